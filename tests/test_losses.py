@@ -1,0 +1,445 @@
+"""Tests of the partial-label selective loss, the class prior and ASL.
+
+Expected values are written out by hand with math.log on the probabilities the logits were built
+from; gradients are compared with autograd of an independently written plain formula.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from src.loss_functions.losses import AsymmetricLoss, AsymmetricLossOptimized
+from src.loss_functions.partial_asymmetric_loss import (
+    PARTIAL_LOSS_MODES,
+    ComputePrior,
+    PartialSelectiveLoss,
+    read_prior_csv,
+)
+
+# Probabilities and labels of the hand-computed cases (2 samples x 4 classes).
+PROBS = [[0.8, 0.25, 0.5, 0.3], [0.9, 0.6, 0.1, 0.2]]
+TARGETS = [[1, 0, -1, -1], [-1, 1, 0, 0]]
+NO_FOCUS = dict(gamma_pos=0, gamma_neg=0, gamma_unann=0)
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def hand_inputs():
+    logits = torch.tensor([[logit(p) for p in row] for row in PROBS], dtype=torch.float32)
+    return logits, torch.tensor(TARGETS, dtype=torch.float32)
+
+
+def loss_value(**settings) -> float:
+    logits, targets = hand_inputs()
+    return PartialSelectiveLoss(**settings)(logits, targets).item()
+
+
+def write_prior(path, names, values):
+    path.write_text("Classes,avg_pred\n" + "".join(f"{n},{v!r}\n" for n, v in zip(names, values)))
+    return path
+
+
+# Default focusing (gamma_pos 0, gamma_neg 1, gamma_unann 2): per-entry terms of the hand case.
+L = math.log
+POS_00 = L(0.8)                    # positive, p 0.8, weight (1-p)^0
+NEG_01 = 0.25 * L(0.75)            # negative, q 0.75, weight (1-q)^1
+UNANN_02 = 0.5**2 * L(0.5)         # un-annotated, q 0.5, weight (1-q)^2
+UNANN_03 = 0.3**2 * L(0.7)
+UNANN_10 = 0.9**2 * L(0.1)
+POS_11 = L(0.6)
+NEG_12 = 0.1 * L(0.9)
+NEG_13 = 0.2 * L(0.8)
+ANNOTATED = POS_00 + NEG_01 + POS_11 + NEG_12 + NEG_13
+
+
+def test_defaults_match_the_paper_train_script():
+    loss = PartialSelectiveLoss()
+    assert (loss.clip, loss.gamma_pos, loss.gamma_neg, loss.gamma_unann) == (0, 0, 1, 2)
+    assert (loss.alpha_pos, loss.alpha_neg, loss.alpha_unann) == (1, 1, 1)
+    assert (loss.partial_loss_mode, loss.likelihood_topk, loss.prior_path, loss.prior_threshold) == (
+        "negative", 5, None, 0.05)
+
+
+def test_negative_mode_hand_computed():
+    expected = -(ANNOTATED + UNANN_02 + UNANN_03 + UNANN_10)
+    assert loss_value(partial_loss_mode="negative") == pytest.approx(expected, rel=1e-5)
+
+
+def test_ignore_mode_hand_computed():
+    assert loss_value(partial_loss_mode="ignore") == pytest.approx(-ANNOTATED, rel=1e-5)
+
+
+def test_ignore_normalize_classes_hand_computed():
+    # Row 0 has 2 annotated entries -> weight 1 + 1/3; row 1 has 3 -> weight 1 + 1/4.
+    expected = -((1 + 1 / 3) * (POS_00 + NEG_01) + (1 + 1 / 4) * (POS_11 + NEG_12 + NEG_13))
+    assert loss_value(partial_loss_mode="ignore_normalize_classes") == pytest.approx(expected, rel=1e-5)
+
+
+def test_selective_mode_hand_computed():
+    # likelihood_topk 1, batch 2 -> k = 2: the un-annotated entries with p 0.9 and 0.5 are dropped.
+    expected = -(ANNOTATED + UNANN_03)
+    assert loss_value(partial_loss_mode="selective", likelihood_topk=1) == pytest.approx(expected, rel=1e-5)
+    # k = int(0.5 * 2) = 1: only p 0.9 dropped.
+    expected = -(ANNOTATED + UNANN_02 + UNANN_03)
+    assert loss_value(partial_loss_mode="selective", likelihood_topk=0.5) == pytest.approx(expected, rel=1e-5)
+    # k = 5 * 2 = 10 exceeds the 3 un-annotated entries: all of them are dropped.
+    assert loss_value(partial_loss_mode="selective", likelihood_topk=5) == pytest.approx(-ANNOTATED, rel=1e-5)
+
+
+def test_selective_mode_with_prior_hand_computed(tmp_path):
+    # Class 2 (prior 0.2 > 0.1) loses its un-annotated entry (0, 2); k = 1 then drops p 0.9.
+    prior = write_prior(tmp_path / "prior.csv", ["a", "b", "c", "d"], [0.01, 0.05, 0.2, 0.02])
+    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5, prior_path=prior,
+                       prior_threshold=0.1)
+    assert value == pytest.approx(-(ANNOTATED + UNANN_03), rel=1e-5)
+    # prior_threshold 0 disables the prior: only the top-k applies.
+    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5, prior_path=prior,
+                       prior_threshold=0)
+    assert value == pytest.approx(-(ANNOTATED + UNANN_02 + UNANN_03), rel=1e-5)
+
+
+def test_selective_top_k_counts_entries_the_prior_already_dropped(tmp_path):
+    # Class 0 (prior 0.9) drops (1, 0), which is also the top-1 un-annotated entry, so k = 1
+    # drops nothing more: (0, 2) and (0, 3) stay.
+    prior = write_prior(tmp_path / "prior.csv", ["a", "b", "c", "d"], [0.9, 0.01, 0.01, 0.01])
+    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5, prior_path=prior,
+                       prior_threshold=0.1)
+    assert value == pytest.approx(-(ANNOTATED + UNANN_02 + UNANN_03), rel=1e-5)
+
+
+def test_clip_gamma_alpha_hand_computed():
+    settings = dict(clip=0.1, gamma_pos=1, gamma_neg=2, gamma_unann=3, alpha_pos=2, alpha_neg=0.5,
+                    alpha_unann=0.25, partial_loss_mode="negative")
+    expected = -(
+        2 * L(0.8) * 0.2                 # positive p 0.8: (1-p)^1
+        + 0.5 * L(0.85) * 0.15**2        # negative p 0.25: q = 0.75 + 0.1
+        + 0.25 * L(0.6) * 0.4**3         # un-annotated p 0.5: q = 0.6
+        + 0.25 * L(0.8) * 0.2**3         # un-annotated p 0.3: q = 0.8
+        + 0.25 * L(0.2) * 0.8**3         # un-annotated p 0.9: q = 0.2
+        + 2 * L(0.6) * 0.4               # positive p 0.6
+        + 0.5 * L(1.0) * 0.0**2          # negative p 0.1: q = min(1.0, 1) -> term 0
+        + 0.5 * L(0.9) * 0.1**2          # negative p 0.2: q = 0.9
+    )
+    assert loss_value(**settings) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradient_without_focusing_is_p_minus_label():
+    logits, targets = hand_inputs()
+    logits.requires_grad_(True)
+    PartialSelectiveLoss(partial_loss_mode="negative", **NO_FOCUS)(logits, targets).backward()
+    # d/dx of -log(p) is p - 1; of -log(1 - p) is p (un-annotated treated as negative).
+    expected = torch.tensor([[0.8 - 1, 0.25, 0.5, 0.3], [0.9, 0.6 - 1, 0.1, 0.2]])
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_probability_floor_gives_constant_loss_and_zero_gradient():
+    logits = torch.tensor([[-30.0]], requires_grad=True)  # p ~ 9e-14 < 1e-8
+    loss = PartialSelectiveLoss(**NO_FOCUS)(logits, torch.tensor([[1.0]]))
+    loss.backward()
+    assert loss.item() == pytest.approx(-math.log(1e-8), rel=1e-6)
+    assert logits.grad.item() == 0.0
+
+
+def plain_loss(logits, targets, weights, clip, gamma_pos, gamma_neg, gamma_unann, alpha_pos, alpha_neg,
+               alpha_unann):
+    """The issue's formula, entry by entry; ``weights`` is the mode weight w."""
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(logits.shape[0]):
+        for c in range(logits.shape[1]):
+            p = torch.sigmoid(logits[i, c].double())
+            q = torch.clamp(1 - p + clip, max=1) if clip > 0 else 1 - p
+            label = int(targets[i, c])
+            if label == 1:
+                term = alpha_pos * torch.log(torch.clamp(p, min=1e-8)) * (1 - p.detach()) ** gamma_pos
+            else:
+                alpha, gamma = (alpha_neg, gamma_neg) if label == 0 else (alpha_unann, gamma_unann)
+                term = alpha * torch.log(torch.clamp(q, min=1e-8)) * (1 - q.detach()) ** gamma
+            total = total - weights[i][c] * term
+    return total
+
+
+def plain_mode_weights(probs, targets, mode, likelihood_topk=0, ignored_classes=()):
+    """Mode weights as nested lists, computed with Python sorting and counting."""
+    n, c = len(targets), len(targets[0])
+    weights = [[1.0] * c for _ in range(n)]
+    unann = [(i, j) for i in range(n) for j in range(c) if targets[i][j] == -1]
+    if mode in ("ignore", "ignore_normalize_classes"):
+        for i in range(n):
+            n_annotated = sum(1 for j in range(c) if targets[i][j] != -1)
+            for j in range(c):
+                scale = 1 + 1 / (1 + n_annotated) if mode == "ignore_normalize_classes" else 1.0
+                weights[i][j] = 0.0 if targets[i][j] == -1 else scale
+    elif mode == "selective":
+        for i, j in unann:
+            if j in ignored_classes:
+                weights[i][j] = 0.0
+        for i, j in sorted(unann, key=lambda e: -probs[e[0]][e[1]])[: int(likelihood_topk * n)]:
+            weights[i][j] = 0.0
+    return weights
+
+
+def random_case(seed, n=5, c=7, unann_fraction=0.5):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=generator) * 2
+    targets = (torch.rand(n, c, generator=generator) < 0.3).float()
+    targets[torch.rand(n, c, generator=generator) < unann_fraction] = -1
+    return logits, targets
+
+
+@pytest.mark.parametrize("mode", PARTIAL_LOSS_MODES)
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_value_and_gradient_match_the_plain_formula(mode, clip, tmp_path):
+    settings = dict(clip=clip, gamma_pos=1.0, gamma_neg=2.0, gamma_unann=3.0, alpha_pos=1.5, alpha_neg=0.7,
+                    alpha_unann=0.4)
+    logits, targets = random_case(seed=len(mode) + int(clip * 100))
+    prior_values = [0.01, 0.3, 0.02, 0.5, 0.01, 0.04, 0.2]
+    prior = write_prior(tmp_path / "prior.csv", [f"c{j}" for j in range(7)], prior_values)
+    loss_fn = PartialSelectiveLoss(partial_loss_mode=mode, likelihood_topk=1, prior_path=prior,
+                                   prior_threshold=0.1, **settings)
+    ours_logits = logits.clone().requires_grad_(True)
+    ours = loss_fn(ours_logits, targets)
+    ours.backward()
+
+    ignored = {j for j, v in enumerate(prior_values) if v > 0.1}
+    weights = plain_mode_weights(torch.sigmoid(logits).tolist(), targets.tolist(), mode, 1, ignored)
+    plain_logits = logits.double().clone().requires_grad_(True)
+    expected = plain_loss(plain_logits, targets, weights, **settings)
+    expected.backward()
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_logits.grad.double(), plain_logits.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_selective_without_prior_and_zero_topk_equals_negative():
+    logits, targets = random_case(seed=3, n=6, c=9)
+    negative = PartialSelectiveLoss(partial_loss_mode="negative")(logits, targets)
+    selective = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=0)(logits, targets)
+    torch.testing.assert_close(selective, negative)
+
+
+def test_ignore_equals_negative_when_nothing_is_unannotated():
+    logits, targets = random_case(seed=4, n=6, c=9, unann_fraction=0.0)
+    assert not (targets == -1).any()
+    torch.testing.assert_close(PartialSelectiveLoss(partial_loss_mode="ignore")(logits, targets),
+                               PartialSelectiveLoss(partial_loss_mode="negative")(logits, targets))
+    assert PartialSelectiveLoss(partial_loss_mode="ignore")(logits, targets).item() != pytest.approx(
+        PartialSelectiveLoss(partial_loss_mode="ignore")(logits, torch.full_like(targets, -1)).item())
+
+
+def zero_gradient_entries(loss_fn, logits, targets) -> set[tuple[int, int]]:
+    leaf = logits.clone().requires_grad_(True)
+    loss_fn(leaf, targets).backward()
+    return {tuple(index) for index in (leaf.grad == 0).nonzero().tolist()}
+
+
+@pytest.mark.parametrize("topk", [1, 2, 100])
+def test_selective_drops_exactly_the_k_most_likely_unannotated_entries(topk):
+    logits, targets = random_case(seed=5, n=4, c=10, unann_fraction=0.6)
+    probs = torch.sigmoid(logits)
+    unann = [(i, j) for i, j in (targets == -1).nonzero().tolist()]
+    expected = set(sorted(unann, key=lambda e: -probs[e].item())[: topk * 4])
+    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=topk, gamma_unann=2)
+    assert zero_gradient_entries(loss_fn, logits, targets) == expected
+    assert len(expected) == min(topk * 4, len(unann))
+
+
+def test_prior_threshold_drops_unannotated_entries_of_frequent_classes_only(tmp_path):
+    logits, targets = random_case(seed=6, n=6, c=5, unann_fraction=0.5)
+    prior = write_prior(tmp_path / "p.csv", list("abcde"), [0.5, 0.01, 0.3, 0.02, 0.1])
+    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=0, prior_path=prior,
+                                   prior_threshold=0.2)
+    expected = {(i, j) for i, j in (targets == -1).nonzero().tolist() if j in (0, 2)}
+    assert expected  # the case has un-annotated entries in the frequent classes
+    assert zero_gradient_entries(loss_fn, logits, targets) == expected
+
+
+def test_prior_csv_is_matched_by_class_name(tmp_path):
+    path = write_prior(tmp_path / "prior.csv", ["dog", "cat", "NA"], [0.3, 0.1, 0.2])
+    torch.testing.assert_close(read_prior_csv(path), torch.tensor([0.3, 0.1, 0.2]))
+    torch.testing.assert_close(read_prior_csv(path, ["cat", "NA", "dog"]), torch.tensor([0.1, 0.2, 0.3]))
+    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", prior_path=path,
+                                   class_names=["cat", "NA", "dog"])
+    torch.testing.assert_close(loss_fn.prior, torch.tensor([0.1, 0.2, 0.3]))
+    assert "prior" not in loss_fn.state_dict()  # the CSV is the source of truth
+
+
+@pytest.mark.parametrize(
+    "names, content, match",
+    [
+        (["cat", "dog", "cow"], "Classes,avg_pred\ncat,0.1\ndog,0.2\n", r"missing 1 \['cow'\]"),
+        (["cat"], "Classes,avg_pred\ncat,0.1\ndog,0.2\n", r"unknown 1 \['dog'\]"),
+        (None, "Classes,avg_pred\ncat,0.1\ncat,0.2\n", "more than once: 'cat'"),
+        (None, "Classes,prob\ncat,0.1\n", "lacks column"),
+        (None, "Classes,avg_pred\ncat,high\n", "row 2 .*'cat'"),
+        (None, "Classes,avg_pred\ncat,1.5\n", r"probabilities in \[0, 1\]"),
+    ],
+)
+def test_bad_prior_csv_raises_a_clear_error(tmp_path, names, content, match):
+    path = tmp_path / "bad_prior.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match) as info:
+        read_prior_csv(path, names)
+    assert "bad_prior.csv" in str(info.value)
+
+
+def test_missing_prior_file_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        PartialSelectiveLoss(partial_loss_mode="selective", prior_path=tmp_path / "nowhere.csv")
+
+
+def test_prior_row_count_is_checked_against_the_classes(tmp_path):
+    path = write_prior(tmp_path / "prior.csv", ["a", "b", "c"], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="3 rows but the model has 4 classes"):
+        PartialSelectiveLoss(partial_loss_mode="selective", prior_path=path, num_classes=4)
+    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", prior_path=path)
+    with pytest.raises(ValueError, match="prior.csv.*3 rows but the model has 4 classes"):
+        loss_fn(torch.zeros(2, 4), torch.zeros(2, 4))
+    # All negatives at p = 0.5: 6 entries of 0.5^1 * log(2).
+    expected = 6 * 0.5 * math.log(2)
+    assert loss_fn(torch.zeros(2, 3), torch.zeros(2, 3)).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_namespace_and_keywords_build_the_same_loss(tmp_path):
+    path = write_prior(tmp_path / "prior.csv", [f"c{j}" for j in range(7)], [0.2, 0.01, 0.3, 0, 0, 0.5, 0.01])
+    settings = dict(clip=0.05, gamma_pos=1.0, gamma_neg=3.0, gamma_unann=4.0, alpha_pos=1.0, alpha_neg=0.5,
+                    alpha_unann=0.8, partial_loss_mode="selective", likelihood_topk=1, prior_path=str(path),
+                    prior_threshold=0.1)
+    args = argparse.Namespace(lr=1e-4, batch_size=64, **settings)  # extra train.py flags are ignored
+    logits, targets = random_case(seed=7)
+    from_args, from_kwargs = PartialSelectiveLoss(args), PartialSelectiveLoss(**settings)
+    assert from_args.extra_repr() == from_kwargs.extra_repr()
+    torch.testing.assert_close(from_args(logits, targets), from_kwargs(logits, targets))
+    # Keywords override the Namespace.
+    overridden = PartialSelectiveLoss(args, partial_loss_mode="negative")
+    negative = PartialSelectiveLoss(**{**settings, "partial_loss_mode": "negative"})
+    torch.testing.assert_close(overridden(logits, targets), negative(logits, targets))
+
+
+def test_bad_settings_and_inputs_are_rejected():
+    valid = "'negative', 'ignore', 'ignore_normalize_classes', 'selective'"
+    with pytest.raises(ValueError, match=f"'selectve'.*{valid}"):
+        PartialSelectiveLoss(partial_loss_mode="selectve")
+    with pytest.raises(TypeError, match="gama_neg"):
+        PartialSelectiveLoss(gama_neg=2)
+    with pytest.raises(ValueError, match="gamma_neg must be >= 0"):
+        PartialSelectiveLoss(gamma_neg=-1)
+    loss_fn = PartialSelectiveLoss()
+    with pytest.raises(ValueError, match="same shape"):
+        loss_fn(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"1 \(positive\), 0 \(negative\) and -1"):
+        loss_fn(torch.zeros(1, 2), torch.tensor([[1.0, 2.0]]))
+    assert PartialSelectiveLoss(partial_loss_mode=None).partial_loss_mode == "negative"
+
+
+def test_autocast_bfloat16_gives_a_float32_loss_close_to_float32():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 6)
+    features = torch.randn(8, 16)
+    targets = torch.randint(-1, 2, (8, 6)).float()
+    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=1, gamma_neg=2,
+                                   gamma_unann=4)
+    reference = loss_fn(layer(features), targets)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        logits = layer(features)
+        loss = loss_fn(logits, targets)
+    assert logits.dtype == torch.bfloat16
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, rtol=3e-2, atol=1e-3)
+    loss.backward()
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+    # The bfloat16 logits are used exactly as their float32 values.
+    torch.testing.assert_close(loss, loss_fn(logits.detach().float(), targets))
+
+
+def plain_asl(x, y, gamma_neg, gamma_pos, clip, eps, detach_focusing):
+    p = torch.sigmoid(x)
+    q = (1 - p + clip).clamp(max=1) if clip > 0 else 1 - p
+    pt = p * y + q * (1 - y)
+    base = 1 - pt.detach() if detach_focusing else 1 - pt
+    focusing = base ** (gamma_pos * y + gamma_neg * (1 - y))
+    return -((y * torch.log(p.clamp(min=eps)) + (1 - y) * torch.log(q.clamp(min=eps))) * focusing).sum()
+
+
+def test_asl_hand_computed():
+    x = torch.tensor([[logit(0.8), logit(0.25)]])
+    y = torch.tensor([[1.0, 0.0]])
+    # Positive: log(0.8) (1-0.8)^1; negative: q = 0.75 + 0.05 = 0.8, weight (1-0.8)^4.
+    expected = -(L(0.8) * 0.2 + L(0.8) * 0.2**4)
+    for loss_cls in (AsymmetricLoss, AsymmetricLossOptimized):
+        assert loss_cls()(x, y).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("disable_grad", [True, False])
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_asl_variants_agree_with_each_other_and_the_plain_formula(disable_grad, clip):
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(6, 9, generator=generator) * 3
+    y = (torch.rand(6, 9, generator=generator) < 0.4).float()
+    settings = dict(gamma_neg=4, gamma_pos=1, clip=clip, eps=1e-8)
+    grads, values = [], []
+    for loss_fn in (AsymmetricLoss(**settings, disable_torch_grad_focal_loss=disable_grad),
+                    AsymmetricLossOptimized(**settings, disable_torch_grad_focal_loss=disable_grad)):
+        leaf = x.clone().requires_grad_(True)
+        values.append(loss_fn(leaf, y))
+        values[-1].backward()
+        grads.append(leaf.grad)
+    leaf = x.double().clone().requires_grad_(True)
+    expected = plain_asl(leaf, y.double(), **settings, detach_focusing=disable_grad)
+    expected.backward()
+    torch.testing.assert_close(values[0], values[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(values[0].double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0].double(), leaf.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_compute_prior_averages_each_split_separately():
+    prior = ComputePrior({0: "cat", 1: "dog"})  # a mapping's values are the names, as in the paper
+    prior.update(torch.tensor([[logit(0.2), logit(0.9)], [logit(0.4), logit(0.5)]]), training=True)
+    prior.update(torch.tensor([[logit(0.6), logit(0.1)]]), training=True)
+    prior.update(torch.tensor([[logit(0.7), logit(0.3)]]), training=False)
+    torch.testing.assert_close(prior.avg_pred_train, torch.tensor([0.4, 0.5]))
+    torch.testing.assert_close(prior.avg_pred_val, torch.tensor([0.7, 0.3]))
+    assert (prior.count_train, prior.count_val) == (3, 1)
+    assert prior.get_top_freq_classes(k=1, verbose=False) == [("dog", pytest.approx(0.5, rel=1e-6))]
+    assert [name for name, _ in prior.get_top_freq_classes(training=False, verbose=False)] == ["cat", "dog"]
+
+
+def test_compute_prior_csv_round_trip(tmp_path):
+    names = ["person", "bicycle", "car"]
+    prior = ComputePrior(names)
+    assert prior.avg_pred_train is None
+    with pytest.raises(ValueError, match="no training predictions"):
+        prior.save_prior(tmp_path)
+    logits = torch.randn(10, 3)
+    prior.update(logits[:4])
+    prior.update(logits[4:])
+    path = prior.save_prior(tmp_path / "new" / "folder", filename="train_prior.csv")
+    assert path == tmp_path / "new" / "folder" / "train_prior.csv"
+    assert path.read_text().splitlines()[0] == "Classes,avg_pred"
+    torch.testing.assert_close(read_prior_csv(path, list(reversed(names))),
+                               torch.sigmoid(logits).mean(dim=0).flip(0))
+    with pytest.raises(ValueError, match=r"\(batch, 3\)"):
+        prior.update(torch.zeros(2, 4))
+
+
+def test_compute_prior_all_reduce(tmp_path):
+    prior = ComputePrior(["a", "b"])
+    prior.update(torch.tensor([[0.0, logit(0.75)]]))
+    prior.all_reduce()  # no process group: nothing changes
+    torch.testing.assert_close(prior.avg_pred_train, torch.tensor([0.5, 0.75]))
+    dist = torch.distributed
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        prior.all_reduce()  # one rank: the sums stay, the unused validation split stays empty
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(prior.avg_pred_train, torch.tensor([0.5, 0.75]))
+    assert (prior.count_train, prior.count_val, prior.avg_pred_val) == (1, 0, None)
