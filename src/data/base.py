@@ -1,0 +1,120 @@
+"""Shared behaviour of the multi-label image datasets (COCO, OpenImages, LVIS).
+
+A dataset is a list of images (``image_paths``, ``image_ids``) and a `LabelMatrix` with one row per
+image and one column per class (``class_names``).  ``__getitem__(i)`` decodes image ``i``, applies
+``transform`` and returns ``(image, target)`` where ``target`` is a float32 tensor of shape (C,) with
+1 (positive), 0 (negative) and -1 (un-annotated).
+
+If ``transform`` exposes a ``draft_size`` attribute (the pipelines of `src.data.transforms` do), JPEGs
+are decoded in libjpeg draft mode towards that size (see `src.data.image_io`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from src.data.image_io import PathSequence, load_rgb, scan_images
+from src.data.labels import DatasetError, LabelMatrix, as_label_matrix
+
+
+class SkippedImagesWarning(UserWarning):
+    """Some images were dropped by the start-up scan (``skip_bad_images=True``)."""
+
+
+def take(sequence, rows: np.ndarray):
+    """``sequence[rows]`` for a list, a numpy array or a PathSequence."""
+    if isinstance(sequence, PathSequence | np.ndarray):
+        return sequence.take(rows) if isinstance(sequence, PathSequence) else sequence[rows]
+    return [sequence[int(r)] for r in rows]
+
+
+def require_file(path: str, what: str, fix: str) -> None:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{what} not found: {path}. {fix}")
+
+
+def require_dir(path: str, what: str, fix: str) -> None:
+    if not os.path.isdir(path):
+        raise DatasetError(f"{what} not found: {path}. {fix}")
+
+
+class MultiLabelImageDataset(Dataset):
+    """Base class; subclasses fill ``root, class_names, image_ids, image_paths, labels`` then call
+    `_finish_init`."""
+
+    root: str
+    class_names: list[str]
+    image_ids: list
+    image_paths: list[str] | PathSequence
+    labels: LabelMatrix
+    transform = None
+    target_transform = None
+
+    def _finish_init(self, source: str, skip_bad_images: bool) -> None:
+        """Validate the result and optionally drop unreadable images (``source`` names the label file)."""
+        if self.labels.num_samples == 0:
+            raise DatasetError(f"{source}: the dataset is empty (no image has a usable label). Check that "
+                               f"the annotation file and split are the intended ones")
+        if skip_bad_images:
+            ok = scan_images(self.image_paths)
+            n_bad = int((~ok).sum())
+            if n_bad:
+                examples = [self.image_paths[int(i)] for i in np.nonzero(~ok)[0][:3]]
+                warnings.warn(f"{source}: skipped {n_bad} of {len(ok)} images that are missing or cannot "
+                              f"be decoded (e.g. {examples})", SkippedImagesWarning, stacklevel=3)
+                self._keep_rows(np.nonzero(ok)[0])
+            if self.labels.num_samples == 0:
+                raise DatasetError(f"{source}: no readable image left after skipping bad images; check "
+                                   f"that --data points at the image folder ({self.root})")
+
+    # ----------------------------------------------------------------- torch Dataset API
+    def __len__(self) -> int:
+        return self.labels.num_samples
+
+    def __getitem__(self, index: int):
+        draft_size = getattr(self.transform, "draft_size", None)
+        image = load_rgb(self.image_paths[index], draft_size=draft_size)
+        if self.transform is not None:
+            image = self.transform(image)
+        target = torch.from_numpy(self.labels.row(index).astype(np.float32))
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+    # ----------------------------------------------------------------- label / subset API
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def classes(self) -> dict[int, str]:
+        """Class index -> name, the form the paper's code used (``train_dataset.classes``)."""
+        return dict(enumerate(self.class_names))
+
+    def set_labels(self, labels) -> None:
+        """Replace the label matrix (e.g. by simulated partial labels); shape and values are checked."""
+        self.labels = as_label_matrix(labels, len(self), self.num_classes,
+                                      source=f"{type(self).__name__}.set_labels")
+
+    def subset(self, indices) -> MultiLabelImageDataset:
+        """A dataset of the same type over rows ``indices``; images and transforms are shared."""
+        rows = np.asarray(indices)
+        if rows.dtype == bool:
+            rows = np.nonzero(rows)[0]
+        rows = rows.astype(np.int64, copy=False).ravel()
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"subset: indices must lie in [0, {len(self)})")
+        new = copy.copy(self)
+        new._keep_rows(rows)
+        return new
+
+    def _keep_rows(self, rows: np.ndarray) -> None:
+        self.labels = self.labels.subset(rows)
+        self.image_paths = take(self.image_paths, rows)
+        self.image_ids = take(self.image_ids, rows)

@@ -1,0 +1,102 @@
+"""MS-COCO 2014 as a fully labelled multi-label dataset (the source of the simulated partial labels).
+
+Format: a COCO "instances" JSON (``instances_train2014.json``; the paper's code called it
+``train.json``) with ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``,
+``category_id``) and ``categories`` (``id``, ``name``), parsed by pycocotools.
+
+Labels, as in the paper's code: an image is in the dataset iff it has at least one annotation
+(82,081 of 82,783 train2014 images, 40,137 of 40,504 val2014); class ``c`` is 1 if any annotation of
+the image has that category (crowd annotations and every object size count) and 0 otherwise, so the
+fully labelled matrix has no -1.  Columns follow ascending category id (80 for COCO, derived from the
+file), rows follow the order in which images first appear in ``annotations`` (``ids``, as
+pycocotools' ``imgToAnns`` and the paper's code).  Image ``i`` is read from ``root/file_name``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+
+import numpy as np
+
+from src.data.base import MultiLabelImageDataset, require_dir, require_file
+from src.data.labels import DatasetError, LabelMatrix
+
+
+def load_coco_api(ann_file: str, verbose: bool = False):
+    """pycocotools COCO object for ``ann_file``, without its progress prints unless ``verbose``."""
+    from pycocotools.coco import COCO
+
+    require_file(ann_file, "COCO annotation file", "Pass the instances JSON (e.g. "
+                 "annotations/instances_train2014.json under --data, or train.json under --metadata)")
+    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    try:
+        with sink:
+            return COCO(ann_file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"COCO annotation file {ann_file} is not valid JSON ({exc}); "
+                           f"re-download it") from exc
+    except (AssertionError, TypeError, KeyError) as exc:
+        raise DatasetError(f"COCO annotation file {ann_file} is not a COCO instances file ({exc!r}); it "
+                           f"must be a JSON object with 'images', 'annotations' and 'categories'") from exc
+
+
+class CocoDetection(MultiLabelImageDataset):
+    """COCO multi-label dataset with the paper code's constructor, ``ids`` and ``(image, target)`` items.
+
+    Extra keyword arguments: ``skip_bad_images`` (drop missing/undecodable images at start-up with a
+    warning; otherwise such an image is an error when first read) and ``verbose`` (pycocotools prints).
+    """
+
+    def __init__(self, root: str, annFile: str, transform=None, target_transform=None,
+                 skip_bad_images: bool = False, verbose: bool = False):
+        self.root = root
+        self.ann_file = annFile
+        self.transform = transform
+        self.target_transform = target_transform
+        require_dir(root, "COCO image folder", f"Pass the folder holding the images of {annFile} "
+                    f"(e.g. --data DIR with DIR/train2014 and DIR/val2014)")
+        self.coco = load_coco_api(annFile, verbose=verbose)
+
+        category_ids = sorted(self.coco.cats.keys())
+        if not category_ids:
+            raise DatasetError(f"COCO annotation file {annFile} has no 'categories'; it must list the "
+                               f"classes (id, name)")
+        self.category_ids = category_ids
+        self.cat2cat = {cat_id: column for column, cat_id in enumerate(category_ids)}
+        self.class_names = [self.coco.cats[c]["name"] for c in category_ids]
+
+        self.image_ids = list(self.coco.imgToAnns.keys())
+        self.labels = LabelMatrix.from_dense(self._multi_hot(self.image_ids))
+        self.image_paths = [self._image_path(img_id) for img_id in self.image_ids]
+        self._finish_init(annFile, skip_bad_images)
+
+    @property
+    def ids(self) -> list:
+        """COCO image ids, one per row (the paper code's attribute)."""
+        return self.image_ids
+
+    @ids.setter
+    def ids(self, value) -> None:
+        self.image_ids = list(value)
+
+    def _multi_hot(self, image_ids: list) -> np.ndarray:
+        row_of = {img_id: row for row, img_id in enumerate(image_ids)}
+        labels = np.zeros((len(image_ids), len(self.cat2cat)), dtype=np.int8)
+        for ann in self.coco.dataset.get("annotations", []):
+            try:
+                labels[row_of[ann["image_id"]], self.cat2cat[ann["category_id"]]] = 1
+            except KeyError as exc:
+                raise DatasetError(f"COCO annotation file {self.ann_file}: annotation {ann.get('id')} has "
+                                   f"image_id/category_id {exc} that is not listed in 'images'/'categories'; "
+                                   f"the file is inconsistent") from None
+        return labels
+
+    def _image_path(self, img_id) -> str:
+        image = self.coco.imgs.get(img_id)
+        if image is None or "file_name" not in image:
+            raise DatasetError(f"COCO annotation file {self.ann_file}: image {img_id} has annotations but no "
+                               f"entry with a 'file_name' in 'images'; the file is inconsistent")
+        return os.path.join(self.root, image["file_name"])

@@ -1,0 +1,119 @@
+"""LVIS v1 as a partially labelled multi-label dataset (1,203 classes, federated annotation).
+
+Format: ``lvis_v1_train.json`` / ``lvis_v1_val.json``, COCO-style JSON with
+
+* ``categories``: ``id``, ``name``, ``frequency`` ('r' rare: 1-10 training images, 'c' common: 11-100,
+  'f' frequent: >100);
+* ``images``: ``id``, ``coco_url`` (e.g. ``http://images.cocodataset.org/train2017/000000391895.jpg``),
+  ``neg_category_ids`` (verified absent), ``not_exhaustive_category_ids`` (present but not every
+  instance boxed);
+* ``annotations``: ``image_id``, ``category_id``.
+
+Labels of image i, class c: 1 if an annotation of c is on the image or c is in its
+``not_exhaustive_category_ids``; 0 if c is in its ``neg_category_ids``; -1 otherwise (LVIS does not
+say).  A class both annotated and listed negative (should not happen) counts as positive.  Columns
+follow ascending category id (derived from the file); ``frequency_groups[c]`` is the class's
+'r'/'c'/'f' so evaluation can report mAP per group.  Rows: images with at least one known label, in
+file order.  Image i is read from ``{root}/{folder}/{file}`` where folder/file are the last two
+components of ``coco_url`` (LVIS v1 uses COCO 2017 images; val images may come from train2017).
+Labels are stored sparse (CSR).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from src.data.base import MultiLabelImageDataset, require_dir, require_file
+from src.data.labels import DatasetError
+from src.data.openimages import build_label_csr
+
+FREQUENCY_GROUPS = ("r", "c", "f")
+
+
+def _load_json(path: str) -> dict:
+    require_file(path, "LVIS annotation file", "Download lvis_v1_train.json / lvis_v1_val.json and pass "
+                 "their folder as --metadata (or put them in --data/annotations)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"LVIS annotation file {path} is not valid JSON ({exc}); re-download it") from exc
+    missing = [k for k in ("images", "annotations", "categories") if k not in content]
+    if missing:
+        raise DatasetError(f"LVIS annotation file {path} lacks {missing}; it must be an LVIS v1 JSON")
+    return content
+
+
+def _relative_path(image: dict, source: str) -> str:
+    url = image.get("coco_url") or image.get("file_name")
+    if not url:
+        raise DatasetError(f"{source}: image {image.get('id')} has neither 'coco_url' nor 'file_name'")
+    parts = url.rstrip("/").split("/")
+    return "/".join(parts[-2:]) if "coco_url" in image else url
+
+
+class LVISDataset(MultiLabelImageDataset):
+    """LVIS v1 image-level labels; ``frequency_groups`` lists 'r'/'c'/'f' per class."""
+
+    def __init__(self, root: str, annFile: str, transform=None, target_transform=None,
+                 skip_bad_images: bool = False):
+        require_dir(root, "LVIS image root", "Pass the folder holding train2017/ and val2017/ as --data")
+        self.root = root
+        self.ann_file = annFile
+        self.transform = transform
+        self.target_transform = target_transform
+        content = _load_json(annFile)
+        categories = sorted(content["categories"], key=lambda c: c["id"])
+        if not categories:
+            raise DatasetError(f"{annFile}: 'categories' is empty")
+        self.category_ids = [c["id"] for c in categories]
+        self.class_names = [c["name"] for c in categories]
+        self.frequency_groups = [c.get("frequency") for c in categories]
+        if any(g not in FREQUENCY_GROUPS for g in self.frequency_groups):
+            raise DatasetError(f"{annFile}: every category needs 'frequency' in {FREQUENCY_GROUPS}; use the "
+                               f"LVIS v1 files, which have it")
+        self._build_labels(content)
+        self._finish_init(annFile, skip_bad_images)
+
+    def _build_labels(self, content: dict) -> None:
+        column_of = {cat_id: c for c, cat_id in enumerate(self.category_ids)}
+        images = content["images"]
+        row_of = {image["id"]: r for r, image in enumerate(images)}
+        rows, cols, positive = [], [], []
+        try:
+            for ann in content["annotations"]:
+                rows.append(row_of[ann["image_id"]])
+                cols.append(column_of[ann["category_id"]])
+                positive.append(True)
+            for r, image in enumerate(images):
+                for key, is_positive in (("not_exhaustive_category_ids", True), ("neg_category_ids", False)):
+                    ids = image.get(key, [])
+                    rows.extend([r] * len(ids))
+                    cols.extend(column_of[c] for c in ids)
+                    positive.extend([is_positive] * len(ids))
+        except KeyError as exc:
+            raise DatasetError(f"{self.ann_file}: image or category id {exc} is used but not listed in "
+                               f"'images'/'categories'; the file is inconsistent") from None
+        labels, self.load_stats = build_label_csr(np.asarray(rows, np.int64), np.asarray(cols, np.int64),
+                                                  np.asarray(positive, bool), len(images), len(column_of))
+        keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
+        self.labels = labels.subset(keep)
+        self.image_ids = [images[r]["id"] for r in keep]
+        self.image_paths = [os.path.join(self.root, _relative_path(images[r], self.ann_file)) for r in keep]
+
+
+def lvis_from_args(args, split: str, transform) -> LVISDataset:
+    """LVIS split 'train' or 'val': JSON in --metadata, --data/annotations or --data; images under --data."""
+    data = getattr(args, "data", "./data")
+    name = f"lvis_v1_{split}.json"
+    folders = [f for f in (getattr(args, "metadata", None), os.path.join(data, "annotations"), data) if f]
+    candidates = [os.path.join(folder, name) for folder in folders]
+    ann_file = next((c for c in candidates if os.path.isfile(c)), candidates[0])
+    if not os.path.isfile(ann_file):
+        raise DatasetError(f"LVIS {split} annotations not found; looked for {candidates}. Download {name} "
+                           f"and pass its folder as --metadata")
+    return LVISDataset(data, ann_file, transform=transform,
+                       skip_bad_images=bool(getattr(args, "skip_bad_images", False)))

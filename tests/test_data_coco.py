@@ -1,0 +1,184 @@
+"""CocoDetection and build_datasets on tiny COCO-format fixtures written by the tests."""
+
+import json
+import sys
+import types
+import warnings
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.data import DatasetError, build_datasets, resolve_coco_files
+from src.data.base import SkippedImagesWarning
+from src.data.coco import CocoDetection
+from src.data.image_io import ImageReadError
+from src.data.transforms import build_val_transform
+
+# Categories listed out of id order on purpose: columns must follow ascending id (3 'cat', 5 'dog', 9 'car').
+CATEGORIES = [{"id": 5, "name": "dog"}, {"id": 9, "name": "car"}, {"id": 3, "name": "cat"}]
+# image id -> categories of its annotations; image 4 has none and must be dropped.
+ANNOTATED = [(20, [5, 5, 3]), (10, [9]), (30, [3, 9, 5])]
+EXPECTED_IDS = [20, 10, 30]
+EXPECTED = np.array([[1, 1, 0], [0, 0, 1], [1, 1, 1]], dtype=np.int8)
+
+
+def coco_json(split: str) -> dict:
+    images = [{"id": i, "file_name": f"COCO_{split}2014_{i:012d}.jpg", "width": 12, "height": 10}
+              for i in (10, 20, 30, 4)]
+    annotations, ann_id = [], 1
+    for img_id, cats in ANNOTATED:
+        for cat in cats:
+            annotations.append({"id": ann_id, "image_id": img_id, "category_id": cat, "area": 4.0,
+                                "bbox": [0, 0, 2, 2], "iscrowd": 0})
+            ann_id += 1
+    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+def write_images(folder, split):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in (10, 20, 30, 4):
+        Image.new("RGB", (12, 10), (i, 2 * i, 3 * i)).save(folder / f"COCO_{split}2014_{i:012d}.jpg")
+
+
+@pytest.fixture
+def coco_root(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "annotations" / f"instances_{split}2014.json").write_text(json.dumps(coco_json(split)))
+        write_images(tmp_path / f"{split}2014", split)
+    return tmp_path
+
+
+def test_labels_ids_and_classes(coco_root):
+    ds = CocoDetection(str(coco_root / "train2014"), str(coco_root / "annotations/instances_train2014.json"))
+    assert ds.ids == EXPECTED_IDS
+    assert ds.class_names == ["cat", "dog", "car"]
+    assert ds.classes == {0: "cat", 1: "dog", 2: "car"}
+    np.testing.assert_array_equal(ds.labels.to_dense(), EXPECTED)
+    assert len(ds) == 3 and ds.image_paths[0].endswith("COCO_train2014_000000000020.jpg")
+
+
+def test_getitem_returns_tensor_and_float_target(coco_root):
+    ds = CocoDetection(str(coco_root / "train2014"), str(coco_root / "annotations/instances_train2014.json"),
+                       transform=build_val_transform(8))
+    image, target = ds[1]
+    assert image.shape == (3, 8, 8) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert target.dtype == torch.float32
+    torch.testing.assert_close(target, torch.tensor([0.0, 0.0, 1.0]))
+
+
+def test_set_labels_and_subset(coco_root):
+    ds = CocoDetection(str(coco_root / "train2014"), str(coco_root / "annotations/instances_train2014.json"))
+    partial = np.array([[1, -1, 0], [-1, -1, 1], [-1, 1, -1]])
+    ds.set_labels(partial)
+    torch.testing.assert_close(ds[0][1], torch.tensor([1.0, -1.0, 0.0]))
+    sub = ds.subset([2, 0])
+    assert sub.ids == [30, 20] and ds.ids == EXPECTED_IDS
+    np.testing.assert_array_equal(sub.labels.to_dense(), partial[[2, 0]])
+    with pytest.raises(DatasetError, match="3 images x 3 classes"):
+        ds.set_labels(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="-1 \\(un-annotated\\)"):
+        ds.set_labels(np.full((3, 3), 7))
+
+
+def test_paper_layout_and_standard_layout_resolve(tmp_path, coco_root):
+    metadata = tmp_path / "meta"
+    metadata.mkdir()
+    (metadata / "train.json").write_text(json.dumps(coco_json("train")))
+    images = tmp_path / "flat"
+    write_images(images, "train")
+    root, ann = resolve_coco_files(str(images), str(metadata), "train")
+    assert (root, ann) == (str(images), str(metadata / "train.json"))
+    root, ann = resolve_coco_files(str(coco_root), str(metadata), "train")
+    assert root == str(coco_root / "train2014")
+    assert ann == str(coco_root / "annotations" / "instances_train2014.json")
+    with pytest.raises(DatasetError, match="val.json"):
+        resolve_coco_files(str(images), str(metadata), "val")
+
+
+def test_missing_files_and_folders_name_the_path(coco_root):
+    ann = str(coco_root / "annotations/instances_train2014.json")
+    with pytest.raises(DatasetError, match="nope.json"):
+        CocoDetection(str(coco_root / "train2014"), str(coco_root / "nope.json"))
+    with pytest.raises(DatasetError, match="image folder not found: .*missing_dir"):
+        CocoDetection(str(coco_root / "missing_dir"), ann)
+    (coco_root / "bad.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="bad.json is not valid JSON"):
+        CocoDetection(str(coco_root / "train2014"), str(coco_root / "bad.json"))
+
+
+def test_empty_dataset_is_an_error(coco_root):
+    empty = dict(coco_json("train"), annotations=[])
+    (coco_root / "empty.json").write_text(json.dumps(empty))
+    with pytest.raises(DatasetError, match="empty.json: the dataset is empty"):
+        CocoDetection(str(coco_root / "train2014"), str(coco_root / "empty.json"))
+
+
+def test_bad_images_error_at_read_or_skipped_with_warning(coco_root):
+    folder = coco_root / "train2014"
+    (folder / "COCO_train2014_000000000010.jpg").write_bytes(b"not a jpeg")
+    (folder / "COCO_train2014_000000000030.jpg").unlink()
+    ann = str(coco_root / "annotations/instances_train2014.json")
+    ds = CocoDetection(str(folder), ann)
+    with pytest.raises(ImageReadError, match="cannot decode image .*000000000010.jpg.*--skip_bad_images"):
+        ds[1]
+    with pytest.raises(ImageReadError, match="not found: .*000000000030.jpg"):
+        ds[2]
+    with pytest.warns(SkippedImagesWarning, match="skipped 2 of 3 images"):
+        ds = CocoDetection(str(folder), ann, skip_bad_images=True)
+    assert ds.ids == [20]
+    np.testing.assert_array_equal(ds.labels.to_dense(), EXPECTED[[0]])
+
+
+def test_pycocotools_prints_are_silenced(coco_root, capsys):
+    CocoDetection(str(coco_root / "train2014"), str(coco_root / "annotations/instances_train2014.json"))
+    assert capsys.readouterr().out == ""
+
+
+def fake_simulation_module(monkeypatch, calls):
+    module = types.ModuleType("coco_simulation.simulate")
+
+    def simulate_coco(args, dataset):
+        calls.append(("simulate", args.simulate_partial_type))
+        labels = dataset.labels.to_dense()
+        labels[:, 0] = -1
+        dataset.set_labels(labels)
+        return dataset
+
+    def load_partial_labels(path, class_names=None, image_ids=None):
+        calls.append(("load", path, tuple(class_names), tuple(image_ids)))
+        return np.full((len(image_ids), len(class_names)), -1, dtype=np.int8)
+
+    module.simulate_coco, module.load_partial_labels = simulate_coco, load_partial_labels
+    package = types.ModuleType("coco_simulation")
+    package.simulate = module
+    monkeypatch.setitem(sys.modules, "coco_simulation", package)
+    monkeypatch.setitem(sys.modules, "coco_simulation.simulate", module)
+
+
+def test_build_datasets_wires_transforms_and_partial_labels(coco_root, monkeypatch):
+    calls = []
+    fake_simulation_module(monkeypatch, calls)
+    args = Namespace(dataset_type="coco", data=str(coco_root), metadata=None, image_size=16,
+                     simulate_partial_type="fpc", simulate_partial_param=1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train, val = build_datasets(args)
+    assert calls == [("simulate", "fpc")]
+    assert train.image_paths[0].startswith(str(coco_root / "train2014"))
+    assert val.image_paths[0].startswith(str(coco_root / "val2014"))
+    assert (train.labels.to_dense()[:, 0] == -1).all() and (val.labels.to_dense()[:, 0] != -1).all()
+    assert train[0][0].shape == (3, 16, 16) and val[0][0].shape == (3, 16, 16)
+    assert "CutoutPIL" in repr(train.transform) and "CutoutPIL" not in repr(val.transform)
+
+    args = Namespace(dataset_type="coco", data=str(coco_root), partial_labels="p.npz", image_size=16)
+    train, _ = build_datasets(args)
+    assert calls[-1] == ("load", "p.npz", ("cat", "dog", "car"), tuple(EXPECTED_IDS))
+    assert (train.labels.to_dense() == -1).all()
+    args.simulate_partial_type = "rps"
+    with pytest.raises(ValueError, match="not both"):
+        build_datasets(args)
