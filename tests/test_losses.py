@@ -443,3 +443,16 @@ def test_compute_prior_all_reduce(tmp_path):
         dist.destroy_process_group()
     torch.testing.assert_close(prior.avg_pred_train, torch.tensor([0.5, 0.75]))
     assert (prior.count_train, prior.count_val, prior.avg_pred_val) == (1, 0, None)
+
+
+def test_prior_csv_tolerates_the_papers_trailing_stray_line(tmp_path):
+    # The paper's outputs/priors/prior_fpc_1000.csv ends with a bare number on its own line.
+    path = tmp_path / "prior_fpc_1000.csv"
+    path.write_text("Classes,avg_pred\nperson,0.542279\nbicycle,0.13131638\n1542867\n")
+    with pytest.warns(UserWarning, match="trailing"):
+        prior = read_prior_csv(path, class_names=["person", "bicycle"])
+    assert prior.tolist() == pytest.approx([0.542279, 0.13131638])
+    # A stray value in the middle is still an error: only trailing empty rows are dropped.
+    path.write_text("Classes,avg_pred\nperson,\nbicycle,0.13\n")
+    with pytest.raises(ValueError, match="avg_pred"):
+        read_prior_csv(path)

@@ -34,6 +34,7 @@ probability of that class (written by :class:`ComputePrior`).
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -67,6 +68,23 @@ def _format_names(names: Sequence[str], limit: int = 5) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+def _drop_trailing_stray_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Drop rows at the end of the file that have an empty avg_pred field, with a warning.
+
+    The paper's published ``outputs/priors/prior_fpc_1000.csv`` ends with a stray line holding a
+    bare number (``1542867``) and no second field; reading that file must keep working.
+    """
+    empty = (frame[PRIOR_CSV_COLUMNS[1]].astype(str).str.strip() == "").to_numpy()
+    keep = len(frame)
+    while keep > 0 and empty[keep - 1]:
+        keep -= 1
+    if keep < len(frame):
+        stray = [str(name) for name in frame[PRIOR_CSV_COLUMNS[0]].iloc[keep:]]
+        warnings.warn(f"prior file {str(path)!r}: ignored {len(frame) - keep} trailing line(s) without an "
+                      f"avg_pred value ({_format_names(stray)})", stacklevel=3)
+    return frame.iloc[:keep]
+
+
 def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -> torch.Tensor:
     """Read a ``Classes,avg_pred`` prior CSV into a float32 tensor (one value per class).
 
@@ -90,6 +108,7 @@ def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -
             f"prior file {str(path)!r} lacks column(s) {missing_columns}; expected header "
             f"'{','.join(PRIOR_CSV_COLUMNS)}', found {list(frame.columns)}"
         )
+    frame = _drop_trailing_stray_rows(frame, path)
     names = [str(name) for name in frame[PRIOR_CSV_COLUMNS[0]]]
     values = pd.to_numeric(frame[PRIOR_CSV_COLUMNS[1]], errors="coerce").to_numpy(dtype=np.float64)
     bad_rows = np.flatnonzero(~np.isfinite(values) | (values < 0) | (values > 1))

@@ -1,0 +1,178 @@
+"""Command-line parser of train.py (shared helpers for validate.py / infer.py).
+
+Every flag of the paper's train.py keeps its name, meaning and default. The paper mixes
+``--snake_case`` and ``--kebab-case`` (``--model-name`` next to ``--path_dest``); :func:`add_flag`
+registers both spellings of every long option under one destination, so ``--model_name`` and
+``--model-name`` (or ``--path-dest`` and ``--path_dest``) are the same flag.
+
+``--model-path`` keeps the paper's default ``./tresnet_m.pth`` (the ImageNet-pretrained TResNet-M
+the paper starts from). train.py checks it before anything else: when the file is missing it stops
+with a hint to pass ``--model-path none`` (train from random initialisation).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+PAPER_DEFAULT_MODEL_PATH = "./tresnet_m.pth"
+ESTIMATE_PRIOR_CHOICES = ("auto", "clean", "running_average", "both", "none")
+
+
+def _other_spelling(option: str) -> str | None:
+    if not option.startswith("--"):
+        return None
+    body = option[2:]
+    swapped = body.replace("_", "-") if "_" in body else body.replace("-", "_")
+    return None if swapped == body else "--" + swapped
+
+
+def add_flag(parser, *names: str, **kwargs):
+    """``parser.add_argument`` with both the snake_case and kebab-case spelling of each long option.
+
+    The first long option given fixes ``dest`` (argparse replaces '-' by '_'), so both spellings
+    land in the same attribute; ``--help`` lists both.
+    """
+    options = []
+    for name in names:
+        options.append(name)
+        other = _other_spelling(name)
+        if other is not None and other not in names:
+            options.append(other)
+    return parser.add_argument(*options, **kwargs)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
+    return value
+
+
+def _add_paper_flags(parser) -> None:
+    add_flag(parser, "--data", metavar="DIR", type=str, default="./data",
+             help="path to dataset (COCO layout: DIR/annotations, DIR/train2014, DIR/val2014)")
+    add_flag(parser, "--metadata", type=str, default="./data/COCO_2014",
+             help="folder of the paper's annotation files (train.json/val.json for COCO; label files "
+                  "for OpenImages/LVIS)")
+    add_flag(parser, "--lr", type=float, default=2e-4, help="maximal learning rate of OneCycleLR (Adam)")
+    add_flag(parser, "--epochs", type=positive_int, default=30,
+             help="number of epochs the OneCycle schedule spans")
+    add_flag(parser, "--stop_epoch", type=positive_int, default=None,
+             help="stop after this many epochs (the schedule still spans --epochs); default: --epochs. "
+                  "The paper's loop ran one epoch more (it broke when the 0-based epoch exceeded it)")
+    add_flag(parser, "--weight_decay", type=float, default=1e-4,
+             help="weight decay, applied to weights only (not to biases and normalisation parameters)")
+    add_flag(parser, "--model-name", type=str, default="tresnet_m",
+             help="architecture: tresnet_m, tresnet_l, tresnet_xl or any timm model name")
+    add_flag(parser, "--model-path", type=str, default=PAPER_DEFAULT_MODEL_PATH,
+             help="pretrained (ImageNet) weights loaded into the backbone, classifier excluded; "
+                  "'none' trains from random initialisation")
+    add_flag(parser, "--num-classes", type=positive_int, default=80,
+             help="number of classes; must match the dataset")
+    add_flag(parser, "-j", "--workers", type=non_negative_int, default=8, metavar="N",
+             help="number of data loading workers per process")
+    add_flag(parser, "--image-size", type=positive_int, default=448, metavar="N",
+             help="input image size")
+    add_flag(parser, "--simulate_partial_type", type=str, default=None,
+             help="simulate partial annotation of the (fully labelled) train set: fpc (fixed number of "
+                  "annotations per class) or rps (random per sample)")
+    add_flag(parser, "--simulate_partial_param", type=float, default=1000,
+             help="parameter of the simulation: annotations per class (fpc) or annotated fraction (rps)")
+    add_flag(parser, "--partial_loss_mode", type=str, default="negative",
+             help="how un-annotated labels enter the loss: negative, ignore, ignore_normalize_classes or "
+                  "selective (CSL)")
+    add_flag(parser, "--clip", type=float, default=0,
+             help="probability margin of the negative terms (ASL clip)")
+    add_flag(parser, "--gamma_pos", type=float, default=0, help="focusing parameter of positive labels")
+    add_flag(parser, "--gamma_neg", type=float, default=1, help="focusing parameter of negative labels")
+    add_flag(parser, "--gamma_unann", type=float, default=2,
+             help="focusing parameter of un-annotated labels")
+    add_flag(parser, "--alpha_pos", type=float, default=1, help="weight of positive labels")
+    add_flag(parser, "--alpha_neg", type=float, default=1, help="weight of negative labels")
+    add_flag(parser, "--alpha_unann", type=float, default=1, help="weight of un-annotated labels")
+    add_flag(parser, "--likelihood_topk", type=int, default=5,
+             help="selective mode: per batch, the likelihood_topk x batch-size un-annotated labels with "
+                  "the highest predicted probability are ignored (per GPU batch under DDP)")
+    add_flag(parser, "--prior_path", type=str, default=None,
+             help="class prior CSV (Classes,avg_pred) used by selective mode")
+    add_flag(parser, "--prior_threshold", type=float, default=0.05,
+             help="selective mode: un-annotated labels of classes whose prior exceeds this are ignored")
+    add_flag(parser, "-b", "--batch-size", type=positive_int, default=64, metavar="N",
+             help="mini-batch size per process")
+    add_flag(parser, "--print-freq", "-p", type=positive_int, default=64, metavar="N",
+             help="print the training loss every N batches")
+    add_flag(parser, "--path_dest", type=str, default="./outputs",
+             help="output folder: checkpoints, args.json, metrics.jsonl, tensorboard/, priors/")
+    add_flag(parser, "--debug_mode", type=str, default="hyperml",
+             help="accepted for compatibility with the paper's scripts; the data layout is detected "
+                  "from --data/--metadata")
+
+
+def _add_new_flags(parser) -> None:
+    add_flag(parser, "--device", type=str, default="auto",
+             help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    add_flag(parser, "--amp", action=argparse.BooleanOptionalAction, default=None,
+             help="mixed precision (default: on for CUDA, off on CPU); the loss is computed in float32")
+    add_flag(parser, "--amp_dtype", type=str, choices=("float16", "bfloat16"), default="float16",
+             help="autocast dtype with --amp: float16 (with GradScaler) or bfloat16")
+    add_flag(parser, "--seed", type=int, default=0,
+             help="seed of initialisation, simulation, data order and augmentation")
+    add_flag(parser, "--resume", type=str, default=None, metavar="PATH",
+             help="continue a run exactly from its checkpoint (e.g. <path_dest>/last.pth)")
+    add_flag(parser, "--dataset_type", type=str, choices=("coco", "openimages", "lvis"), default="coco",
+             help="dataset reader (default: coco; the embedded dataset uses the coco layout)")
+    add_flag(parser, "--partial_labels", type=str, default=None, metavar="FILE",
+             help="partial labels of the train set saved by 'python -m coco_simulation' (.npz)")
+    add_flag(parser, "--val_split", type=fraction, default=None, metavar="FRACTION",
+             help="hold out this fraction of the training set (seeded) to select the best epoch; the "
+                  "evaluation-set mAP is then reported at that epoch. Without it the best epoch is chosen "
+                  "on the evaluation set (the paper's protocol)")
+    add_flag(parser, "--ema_decay", type=float, default=0.9997, help="decay of the EMA of the weights")
+    add_flag(parser, "--skip_bad_images", action="store_true",
+             help="drop missing or undecodable images at start-up (with a warning) instead of failing")
+    add_flag(parser, "--do_bottleneck_head", action="store_true",
+             help="the paper's OpenImages head: Linear(features, 512) then Linear(512, classes)")
+    add_flag(parser, "--grad_checkpointing", action="store_true",
+             help="gradient checkpointing (less memory, ~30%% slower)")
+    add_flag(parser, "--channels_last", action="store_true", help="channels_last memory format")
+    add_flag(parser, "--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    add_flag(parser, "--sync_bn", action="store_true", help="SyncBatchNorm under DDP")
+    add_flag(parser, "--estimate_prior", type=str, choices=ESTIMATE_PRIOR_CHOICES, default="auto",
+             help="class prior written at the end of training: clean (eval pass over the training images, "
+                  "no augmentation, best model), running_average (the paper's average of the training "
+                  "predictions), both, none; auto = clean when --partial_loss_mode ignore (stage 1), "
+                  "else none")
+    add_flag(parser, "--prior_dest", type=str, default=None,
+             help="folder of the estimated prior CSV (default: <path_dest>/priors)")
+    add_flag(parser, "--thre", type=float, default=0.5,
+             help="score threshold of the CP/CR/CF1/OP/OR/OF1 metrics printed per epoch")
+    # Test hooks, hidden from --help: end the process right after a given point.
+    parser.add_argument("--_debug_kill_after_epoch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_debug_sigterm_at_step", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955). "
+                    "Stage 1: --partial_loss_mode ignore (writes the class prior); stage 2: "
+                    "--partial_loss_mode selective --prior_path <prior.csv>. Multi-GPU: torchrun "
+                    "--nproc_per_node N train.py ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_paper_flags(parser)
+    _add_new_flags(parser)
+    return parser

@@ -1,0 +1,276 @@
+"""Training and evaluation loops shared by train.py, validate.py and the prior command.
+
+Determinism (exact resume). The data order and the augmentation randomness of epoch ``e`` are a
+function of (seed, epoch, rank) only: :func:`seed_epoch` calls ``DistributedSampler.set_epoch``
+(permutation seeded with seed + epoch), reseeds the loader's generator (it draws the base seed of
+the worker processes, which seed python/numpy/torch as base_seed + worker_id) and reseeds the
+global generators of the main process (used by the transforms when ``workers == 0``, and by the
+model). A run resumed at an epoch boundary therefore replays exactly the same batches; a mid-epoch
+resume (SIGTERM checkpoint) reloads the epoch's first ``k`` batches without training on them, so
+every generator advances as in the original run, then restores the saved global RNG state.
+
+Distributed evaluation. :func:`predict` needs a loader built by :func:`build_eval_loader`: each
+rank predicts a contiguous shard of the dataset without padding, and the shards are gathered in
+rank order, so the result equals single-process prediction row for row (no duplicated or missing
+samples, unlike ``DistributedSampler`` which pads).
+
+Selective loss under DDP. The loss is computed per rank on its own batch, so the likelihood top-k
+of selective mode ignores ``likelihood_topk x per-GPU batch`` un-annotated labels chosen among that
+rank's images (not ``likelihood_topk x global batch`` among all images); with N GPUs of batch B
+this matches a single-GPU run of batch B per step, not of batch N*B. DDP averages the gradients of
+the per-rank summed losses, i.e. the update is 1/N of the gradient of the summed global loss; Adam
+is invariant to that scale (up to eps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from src.utils.checkpoint import derive_seed, restore_rng_state, seed_everything
+from src.utils.distributed import ShardSampler, gather_rows, get_rank, get_world_size, is_dist, unwrap_model
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
+    """torch.autocast for ``device`` with ``amp_dtype``; a no-op context when AMP is off."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
+
+
+# ------------------------------------------------------------------------------------------ loaders
+def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device: torch.device,
+                       rank: int | None = None, world_size: int | None = None) -> DataLoader:
+    """Shuffled loader whose order depends on (seed, epoch) only; call :func:`seed_epoch` every epoch.
+
+    ``DistributedSampler`` is used in single-process runs too (one replica): its permutation is
+    seeded with seed + epoch, independent of any global RNG. Under DDP it pads the dataset so every
+    rank runs the same number of steps (DDP needs that).
+    """
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                 drop_last=False)
+    generator = torch.Generator()
+    generator.manual_seed(derive_seed(seed, 0, rank, 1))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=torch.device(device).type == "cuda", drop_last=False,
+                      generator=generator, persistent_workers=False)
+
+
+def seed_epoch(loader: DataLoader, seed: int, epoch: int, rank: int | None = None) -> None:
+    """Make epoch ``epoch`` of ``loader`` (and the main process's RNG) a function of (seed, epoch, rank)."""
+    rank = get_rank() if rank is None else rank
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(derive_seed(seed, epoch, rank, 1))
+    seed_everything(derive_seed(seed, epoch, rank, 0))
+
+
+def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.device | str = "cpu"):
+    """Sequential loader over this rank's contiguous shard (the whole dataset without DDP), cut at
+    batch boundaries so that predictions equal a single-process pass bit for bit."""
+    sampler = ShardSampler(len(dataset), batch_size=batch_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=False,
+                      pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
+
+
+# ------------------------------------------------------------------------------------------ training
+@dataclass
+class EpochResult:
+    loss_sum: float  # summed over this rank's steps of the epoch (each step's loss is a batch sum)
+    steps_done: int  # optimizer steps completed in the epoch (including resumed ones)
+    interrupted: bool  # stopped early by ``should_stop`` (SIGTERM)
+    seconds: float
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / self.steps_done if self.steps_done else float("nan")
+
+
+def _to_device(images, targets, device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, ema, device, epoch: int,
+                    amp_dtype: torch.dtype | None = None, train_prior=None, start_step: int = 0,
+                    loss_sum: float = 0.0, resume_rng_state: dict | None = None, print_freq: int = 64,
+                    num_epochs: int | None = None, should_stop: Callable[[], bool] | None = None,
+                    on_step: Callable[[int, float, float], None] | None = None,
+                    show_progress: bool = False) -> EpochResult:
+    """One epoch as in the paper: autocast forward, float32 loss, scaled backward, optimizer and
+    OneCycle step per batch, EMA update, optional running-average prior update.
+
+    ``start_step`` > 0 resumes inside the epoch: the first ``start_step`` batches are loaded but not
+    trained on (so the data RNGs advance as before), then ``resume_rng_state`` is restored.
+    ``should_stop`` is polled after every step; when it returns True the epoch ends early with
+    ``interrupted=True`` (a safe point: the step is complete). ``on_step(step, loss, lr)`` is called
+    after each step with the step index within the epoch.
+    """
+    model.train()
+    started = time.perf_counter()
+    steps_done = start_step
+    total = len(loader)
+    bar = tqdm(total=total, initial=start_step, disable=not show_progress, leave=False, dynamic_ncols=True,
+               desc=f"epoch {epoch + 1}/{num_epochs or '?'}")
+    interrupted = False
+    try:
+        for step, (images, targets) in enumerate(loader):
+            if step < start_step:  # fast-forward of a mid-epoch resume: loaded, not trained on
+                if step == start_step - 1 and resume_rng_state is not None:
+                    # Before the next batch is loaded (with workers=0 it draws from these generators).
+                    restore_rng_state(resume_rng_state)
+                continue
+            images, targets = _to_device(images, targets, device, _is_channels_last(model))
+            with autocast_context(device, amp_dtype):
+                logits = model(images)
+            loss = criterion(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            ema.update(unwrap_model(model))
+            if train_prior is not None:
+                train_prior.update(logits.detach().float())
+            loss_value = float(loss.item())
+            loss_sum += loss_value
+            steps_done = step + 1
+            lr = scheduler.get_last_lr()[0]
+            bar.update(1)
+            if step % print_freq == 0:
+                bar.set_postfix(loss=f"{loss_value:.1f}", lr=f"{lr:.1e}")
+                if not show_progress and get_rank() == 0:
+                    print(f"Epoch [{epoch + 1}/{num_epochs}], Step [{step:03d}/{total:03d}], "
+                          f"LR {lr:.1e}, Loss: {loss_value:.1f}", flush=True)
+            if on_step is not None:
+                on_step(step, loss_value, lr)
+            if should_stop is not None and should_stop():
+                interrupted = steps_done < total
+                break
+    finally:
+        bar.close()
+    return EpochResult(loss_sum, steps_done, interrupted, time.perf_counter() - started)
+
+
+def _is_channels_last(model) -> bool:
+    net = unwrap_model(model)
+    weight = next((p for p in net.parameters() if p.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) \
+        and not weight.is_contiguous()
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def _num_classes_of(loader, model) -> int:
+    names = getattr(loader.dataset, "class_names", None)
+    if names is not None:
+        return len(names)
+    return int(unwrap_model(model).num_classes)
+
+
+@torch.no_grad()
+def predict(model, loader, device, amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores float32 (N, C) and targets int8 (N, C) of every sample of ``loader.dataset``.
+
+    Under DDP every rank returns the full, gathered arrays in dataset order; the loader must come
+    from :func:`build_eval_loader` (a ``ShardSampler``). The model runs unwrapped (no DDP buffer
+    broadcast, whose collective would hang when ranks run different numbers of batches) in eval
+    mode; its previous train/eval mode is restored.
+    """
+    if is_dist() and not isinstance(loader.sampler, ShardSampler):
+        raise ValueError("predict: under DDP the loader must shard without padding; build it with "
+                         "src.engine.build_eval_loader(dataset, batch_size, workers)")
+    device = torch.device(device)
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    channels_last = _is_channels_last(net)
+    num_classes = _num_classes_of(loader, net)
+    rows = []
+    try:
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, amp_dtype):
+                logits = net(images)
+            scores = torch.sigmoid(logits.float()).cpu()
+            rows.append(torch.cat([scores, targets.float().cpu()], dim=1))
+    finally:
+        net.train(was_training)
+    local = torch.cat(rows) if rows else torch.zeros((0, 2 * num_classes))
+    if local.shape[1] != 2 * num_classes:
+        raise ValueError(f"predict: the model outputs {local.shape[1] - num_classes} classes but the dataset "
+                         f"has {num_classes}")
+    gathered = gather_rows(local, len(loader.dataset), getattr(loader.sampler, "batch_size", 1))
+    preds = gathered[:, :num_classes].numpy().astype(np.float32)
+    return preds, gathered[:, num_classes:].numpy().astype(np.int8)
+
+
+def compute_metrics(targets: np.ndarray, preds: np.ndarray, threshold: float = 0.5) -> dict:
+    """mAP (full, or partial AP when any label is -1) and the threshold metrics of src.metrics.
+
+    Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
+    Partial labels: AP over annotated entries only, classes without annotated samples, positives or
+    negatives skipped (counted). ``ap_per_class`` holds NaN for skipped classes.
+    """
+    from src.metrics import AP_partial, average_precision, threshold_metrics
+
+    partial = bool((targets == -1).any())
+    result = {"num_samples": int(targets.shape[0]), "num_classes": int(targets.shape[1]), "partial": partial}
+    if partial:
+        ap, map_, map_macro, n_no_labels, n_no_neg, n_no_pos = AP_partial(targets, preds)
+        ap = np.where(ap < 0, np.nan, ap)
+        result.update(mAP=float(map_), mAP_weighted=float(map_macro), skipped_no_labels=n_no_labels,
+                      skipped_no_negatives=n_no_neg, skipped_no_positives=n_no_pos,
+                      num_classes_skipped=n_no_labels + n_no_neg + n_no_pos)
+    else:
+        ap = np.asarray(average_precision(preds, targets), dtype=np.float64)
+        no_pos = int(((targets == 1).sum(axis=0) == 0).sum())
+        result.update(mAP=100.0 * float(ap.mean()), num_classes_skipped=0, classes_without_positives=no_pos)
+    result["ap_per_class"] = ap
+    result.update(threshold_metrics(targets, preds, threshold=threshold))
+    result["threshold"] = float(threshold)
+    return result
+
+
+def evaluate(model, loader, device, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
+             return_predictions: bool = False) -> dict:
+    """:func:`predict` then :func:`compute_metrics`; adds 'preds'/'targets' when asked."""
+    preds, targets = predict(model, loader, device, amp_dtype=amp_dtype)
+    result = compute_metrics(targets, preds, threshold=threshold)
+    if return_predictions:
+        result["preds"], result["targets"] = preds, targets
+    return result
+
+
+def describe_map(result: dict) -> str:
+    """'mAP 71.23' or 'partial mAP 64.10 (AP over annotated labels; 3 of 80 classes skipped)'."""
+    value = result["mAP"]
+    text = f"{value:.2f}" if math.isfinite(value) else "nan"
+    if result["partial"]:
+        return (f"partial mAP {text} (AP over annotated labels only; {result['num_classes_skipped']} of "
+                f"{result['num_classes']} classes skipped: no annotated sample, positive or negative)")
+    return f"mAP {text}"
+
+
+SCALAR_METRIC_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "num_classes_skipped")
+
+
+def scalar_metrics(result: dict, prefix: str) -> dict:
+    """The JSON-friendly scalars of an evaluate() result, keys prefixed (e.g. 'test_ema_mAP')."""
+    return {f"{prefix}{key}": result[key] for key in SCALAR_METRIC_KEYS if key in result}

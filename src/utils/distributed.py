@@ -1,0 +1,207 @@
+"""Process-group helpers for single-process and ``torchrun`` (DistributedDataParallel) runs.
+
+``torchrun --nproc_per_node N train.py ...`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``;
+:func:`init_distributed` reads them and joins the process group (NCCL when the device is CUDA,
+gloo on CPU). Without those variables everything runs in one process and the helpers here
+degrade to no-ops, so the training code has a single path for both cases.
+
+Evaluation sharding: :class:`ShardSampler` splits the ``ceil(N/B)`` batches of a sequential
+single-process pass (batch size ``B``) into ``w`` contiguous runs, rank ``r`` taking batches
+``[r*nb//w, (r+1)*nb//w)``; there is no padding (``DistributedSampler`` pads by repeating samples,
+which would count them twice in the mAP). Because each rank's slice is contiguous and in rank
+order, concatenating the per-rank predictions in rank order restores the dataset order exactly
+(:func:`gather_rows`, a padded ``all_gather``); and because the slices are cut at batch boundaries
+every image is forwarded in the same batch as in a single-process run, so the predictions are
+bitwise identical to it (batched convolutions round differently for different batch contents).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in the job: rank, world size and its device."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; anything else must be a valid torch device string."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {name!r} was requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def init_distributed(device_name: str = "auto") -> DistributedContext:
+    """Join the process group when launched by torchrun, else return a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world_size <= 1:
+        return DistributedContext(device=device)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def _comm_device(tensor_device: torch.device) -> torch.device:
+    """NCCL only moves CUDA tensors; gloo only CPU ones."""
+    if is_dist() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over all ranks (returns a new tensor on the input's device)."""
+    if not is_dist():
+        return tensor.clone()
+    work = tensor.detach().to(_comm_device(tensor.device)).clone()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
+
+
+def any_rank_true(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a SIGTERM seen by one rank)."""
+    if not is_dist():
+        return bool(flag)
+    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0], device=device)).item() > 0)
+
+
+def broadcast_object(obj, src: int = 0):
+    if not is_dist():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+@torch.no_grad()
+def broadcast_tensors(tensors, src: int = 0) -> None:
+    """Overwrite ``tensors`` in place with rank ``src``'s values (no-op without a process group).
+
+    Used before evaluation/checkpointing: DDP keeps parameters equal on all ranks, but each rank's
+    BatchNorm running statistics (and hence its EMA copy) drift apart after the last broadcast of
+    a training forward; rank 0's state is the one that is saved, so every rank takes it.
+    """
+    if not is_dist():
+        return
+    for tensor in tensors:
+        work = tensor.detach().to(_comm_device(tensor.device))
+        dist.broadcast(work, src=src)
+        if work is not tensor:
+            tensor.copy_(work.to(tensor.device))
+
+
+def shard_bounds(num_samples: int, rank: int, world_size: int, batch_size: int = 1) -> tuple[int, int]:
+    """Half-open index range of rank's contiguous evaluation shard, cut at multiples of batch_size."""
+    num_batches = -(-num_samples // batch_size)
+    first, last = rank * num_batches // world_size, (rank + 1) * num_batches // world_size
+    return min(first * batch_size, num_samples), min(last * batch_size, num_samples)
+
+
+class ShardSampler(Sampler[int]):
+    """Sequential sampler over this rank's contiguous shard; no padding, no duplicates."""
+
+    def __init__(self, num_samples: int, rank: int | None = None, world_size: int | None = None,
+                 batch_size: int = 1):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.rank = get_rank() if rank is None else rank
+        self.world_size = get_world_size() if world_size is None else world_size
+        self.start, self.stop = shard_bounds(num_samples, self.rank, self.world_size, batch_size)
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def gather_rows(local: torch.Tensor, num_total: int, batch_size: int = 1) -> torch.Tensor:
+    """Concatenate every rank's ``local`` (rows of its contiguous shard) in rank order.
+
+    Shards may differ in length (by up to one batch), so each rank pads to the longest shard, all_gathers
+    and the padding is cut off again using the known shard sizes. Returns a CPU tensor with
+    ``num_total`` rows; raises if the shards do not add up (a duplicated or missing sample).
+    """
+    if not is_dist():
+        if local.shape[0] != num_total:
+            raise RuntimeError(f"predict: got {local.shape[0]} rows for a dataset of {num_total} samples")
+        return local.cpu()
+    world = dist.get_world_size()
+    sizes = [shard_bounds(num_total, r, world, batch_size) for r in range(world)]
+    sizes = [stop - start for start, stop in sizes]
+    if local.shape[0] != sizes[dist.get_rank()]:
+        raise RuntimeError(
+            f"predict: rank {dist.get_rank()} produced {local.shape[0]} rows, expected "
+            f"{sizes[dist.get_rank()]}; build the evaluation loader with src.engine.build_eval_loader"
+        )
+    max_rows = max(sizes)
+    comm_device = _comm_device(local.device)
+    padded = torch.zeros((max_rows, *local.shape[1:]), dtype=local.dtype, device=comm_device)
+    padded[: local.shape[0]] = local.to(comm_device)
+    buckets = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(buckets, padded)
+    return torch.cat([bucket[:size].cpu() for bucket, size in zip(buckets, sizes)], dim=0)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

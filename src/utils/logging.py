@@ -1,0 +1,90 @@
+"""Run outputs of train.py: args.json, metrics.jsonl and TensorBoard scalars (rank 0 only).
+
+``metrics.jsonl`` holds one JSON object per finished epoch (see ``train.py`` for the keys). On
+resume the file is rewritten from the checkpoint's history first, so lines of epochs that ran after
+the checkpoint (and were lost with the killed process) do not appear twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+from src.utils.checkpoint import atomic_write_json, atomic_write_text
+
+
+def git_commit(repo_dir: str | None = None) -> str | None:
+    """The checked-out commit hash (suffixed ``-dirty`` with uncommitted changes), or None."""
+    repo_dir = repo_dir or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_dir,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit or None
+
+
+def _json_safe(value):
+    """NaN/inf are not JSON; write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunLogger:
+    """Writes args.json, metrics.jsonl and TensorBoard scalars under ``folder``; inert when not main."""
+
+    def __init__(self, folder: str, enabled: bool = True, tensorboard: bool = True):
+        self.folder = folder
+        self.enabled = enabled
+        self.metrics_path = os.path.join(folder, "metrics.jsonl")
+        self._writer = None
+        if enabled:
+            os.makedirs(folder, exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"))
+
+    def write_args(self, config: dict) -> None:
+        if self.enabled:
+            atomic_write_json(os.path.join(self.folder, "args.json"), _json_safe(config))
+
+    def reset_history(self, history: list[dict]) -> None:
+        """Rewrite metrics.jsonl with ``history`` (the epochs a resumed checkpoint already covers)."""
+        if self.enabled:
+            atomic_write_text(self.metrics_path, "".join(json.dumps(_json_safe(h)) + "\n" for h in history))
+
+    def log_epoch(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(_json_safe(record)) + "\n")
+        if self._writer is not None:
+            step = record["epoch"] + 1
+            for key, value in record.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and key != "epoch":
+                    self._writer.add_scalar(f"epoch/{key}", value, step)
+            self._writer.flush()
+
+    def log_step(self, name: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def main_print(is_main: bool, *args, **kwargs) -> None:
+    if is_main:
+        print(*args, **kwargs, flush=True)

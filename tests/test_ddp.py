@@ -1,0 +1,113 @@
+"""Multi-process training and evaluation on CPU (gloo), launched like a user would: torchrun.
+
+The DDP run's per-epoch evaluation (sharded over 2 ranks, gathered) must give exactly the metrics a
+single process computes from the saved weights, the prior statistics must count every training
+image of every rank, and only rank 0 may write outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import train
+from src.utils.distributed import ShardSampler, shard_bounds
+from tests.conftest import SINGLE_THREAD_ENV, tiny_train_argv
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("num_samples", [0, 1, 5, 47, 48, 100])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+@pytest.mark.parametrize("batch_size", [1, 5, 16])
+def test_eval_shards_partition_the_dataset_at_batch_boundaries(num_samples, world_size, batch_size):
+    covered = []
+    for rank in range(world_size):
+        start, stop = shard_bounds(num_samples, rank, world_size, batch_size)
+        assert start % batch_size == 0 or start == num_samples
+        sampler = ShardSampler(num_samples, rank=rank, world_size=world_size, batch_size=batch_size)
+        assert list(sampler) == list(range(start, stop)) and len(sampler) == stop - start
+        covered.extend(sampler)
+    assert covered == list(range(num_samples))  # in order, no duplicate, nothing missing
+    batches = -(-num_samples // batch_size)
+    sizes = [len(ShardSampler(num_samples, r, world_size, batch_size)) for r in range(world_size)]
+    assert max(sizes) - min(sizes) <= batch_size * (1 if batches >= world_size else batches)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(embedded_data_dir, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("ddp")
+    argv = tiny_train_argv(embedded_data_dir, dest, "--partial_loss_mode", "ignore",
+                           "--estimate_prior", "both")
+    env = dict(os.environ, **SINGLE_THREAD_ENV)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "train.py", *argv]
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return str(dest), completed.stdout
+
+
+def test_ddp_outputs_are_written_once(ddp_run):
+    dest, stdout = ddp_run
+    with open(os.path.join(dest, "args.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    assert config["world_size"] == 2 and config["steps_per_epoch"] == 3  # 96 images / 2 ranks / batch 16
+    with open(os.path.join(dest, "metrics.jsonl"), encoding="utf-8") as handle:
+        assert len(handle.readlines()) == 1
+    assert stdout.count("epoch 1/1: loss") == 1  # rank 0 prints, rank 1 does not
+
+
+def test_ddp_evaluation_equals_single_process(ddp_run, embedded_data_dir):
+    from src.data import build_datasets
+    from src.engine import build_eval_loader, evaluate
+
+    dest, _ = ddp_run
+    checkpoint = torch.load(os.path.join(dest, "last.pth"), map_location="cpu", weights_only=True)
+    args = train.parse_args(tiny_train_argv(embedded_data_dir, "unused"))
+    _, val_set = build_datasets(args)
+    model = train.build_model(args, _single_process_context())
+    with open(os.path.join(dest, "metrics.jsonl"), encoding="utf-8") as handle:
+        logged = json.loads(handle.readline())
+    results = {}  # one torch thread (torch_single_thread) as the ranks: same kernels, same rounding
+    for variant, state in (("regular", checkpoint["model"]), ("ema", checkpoint["ema"])):
+        model.load_state_dict(state)
+        results[variant] = evaluate(model, build_eval_loader(val_set, 16, 0), "cpu")
+    for variant, result in results.items():
+        for key in ("mAP", "CF1", "OF1", "CP", "OR"):
+            assert result[key] == logged[f"test_{variant}_{key}"], (variant, key)  # exact, not approx
+
+
+def test_ddp_priors_count_every_rank(ddp_run, embedded_data_dir):
+    from src.data import build_datasets
+    from src.data.transforms import build_val_transform
+    from src.prior import compute_prior_from_model, eval_view
+
+    dest, _ = ddp_run
+    last = torch.load(os.path.join(dest, "last.pth"), map_location="cpu", weights_only=True)
+    assert last["train_prior"]["count_train"] == 96  # 48 images per rank, summed over both ranks
+    running = pd.read_csv(os.path.join(dest, "priors", "prior_fpc_10_running_average.csv"))
+    np.testing.assert_allclose(running["avg_pred"], last["train_prior"]["sums_train"].numpy() / 96, atol=1e-7)
+
+    args = train.parse_args(tiny_train_argv(embedded_data_dir, "unused"))
+    train_set, _ = build_datasets(args)
+    model = train.build_model(args, _single_process_context())
+    best = torch.load(os.path.join(dest, "best.pth"), map_location="cpu", weights_only=True)
+    model.load_state_dict(best["model"])
+    expected = compute_prior_from_model(model, eval_view(train_set, build_val_transform(32)), "cpu", 16)
+    clean = pd.read_csv(os.path.join(dest, "priors", "prior_fpc_10.csv"))
+    np.testing.assert_allclose(clean["avg_pred"], expected, rtol=0, atol=1e-6)
+
+
+def _single_process_context():
+    from src.utils.distributed import DistributedContext
+
+    return DistributedContext(device=torch.device("cpu"))

@@ -1,0 +1,105 @@
+"""Exact resume: SIGKILL after an epoch, SIGTERM in the middle of one, then --resume.
+
+One trajectory is interrupted twice - killed hard (SIGKILL, a subprocess) right after the epoch-1
+checkpoint, resumed and pre-empted by SIGTERM after step 2 of epoch 2, resumed again to the end -
+and must end bit-identical to an uninterrupted run with the same seed: weights, EMA, optimizer
+state, per-epoch metrics and the running-average prior.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS_PER_EPOCH = 6  # 96 images, batch 16
+
+
+def _argv(data, dest, *extra):
+    # negative mode uses every label; running_average makes the prior part of the resumed state.
+    return tiny_train_argv(data, dest, "--epochs", "2", "--partial_loss_mode", "negative",
+                           "--estimate_prior", "running_average", "--ema_decay", "0.9", *extra)
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_same_tensors(left: dict, right: dict, what: str):
+    assert left.keys() == right.keys(), what
+    for key in left:
+        assert torch.equal(left[key], right[key]), f"{what}: {key}"
+
+
+def _metrics(dest):
+    with open(os.path.join(dest, "metrics.jsonl"), encoding="utf-8") as handle:
+        lines = [json.loads(line) for line in handle]
+    return [{k: v for k, v in line.items() if not k.endswith("time_s")} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(embedded_data_dir, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("uninterrupted")
+    with single_thread():  # the same thread count as the interrupted run: same rounding
+        train.main(_argv(embedded_data_dir, dest))
+    return str(dest)
+
+
+def test_resume_after_sigkill_and_sigterm_is_exact(embedded_data_dir, uninterrupted, tmp_path):
+    dest = tmp_path / "interrupted"
+    killed = subprocess.run([sys.executable, "train.py", *_argv(embedded_data_dir, dest),
+                             "--_debug_kill_after_epoch", "1"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, **SINGLE_THREAD_ENV))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    after_kill = _load(dest / "last.pth")
+    assert (after_kill["epoch"], after_kill["batches_done"]) == (0, STEPS_PER_EPOCH)
+    assert not [name for name in os.listdir(dest) if ".tmp" in name]
+
+    sigterm_step = STEPS_PER_EPOCH + 2  # global step 8 = step 2 of epoch 2
+    handler_before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(train.TrainingInterrupted, match="SIGTERM"):
+        train.main(_argv(embedded_data_dir, dest, "--resume", str(dest / "last.pth"),
+                         "--_debug_sigterm_at_step", str(sigterm_step)))
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # train.py's handler is removed again
+    mid_epoch = _load(dest / "last.pth")
+    assert (mid_epoch["epoch"], mid_epoch["batches_done"]) == (1, 2)
+
+    train.main(_argv(embedded_data_dir, dest, "--resume", str(dest / "last.pth")))
+
+    expected, resumed = _load(os.path.join(uninterrupted, "last.pth")), _load(dest / "last.pth")
+    _assert_same_tensors(expected["model"], resumed["model"], "model")
+    _assert_same_tensors(expected["ema"], resumed["ema"], "ema")
+    for (i, a), (_, b) in zip(expected["optimizer"]["state"].items(), resumed["optimizer"]["state"].items()):
+        _assert_same_tensors(a, b, f"optimizer state {i}")
+    assert expected["scheduler"] == resumed["scheduler"]
+    assert _metrics(uninterrupted) == _metrics(dest)  # same mAPs and losses, no duplicated epoch line
+    assert torch.equal(expected["train_prior"]["sums_train"], resumed["train_prior"]["sums_train"])
+    with open(os.path.join(uninterrupted, "priors", "prior_fpc_10_running_average.csv")) as a, \
+            open(dest / "priors" / "prior_fpc_10_running_average.csv") as b:
+        assert a.read() == b.read()
+
+
+def test_resume_refuses_changed_settings(embedded_data_dir, uninterrupted, tmp_path):
+    argv = _argv(embedded_data_dir, tmp_path / "other", "--resume", os.path.join(uninterrupted, "last.pth"),
+                 "--lr", "1e-3")
+    with pytest.raises(train.ConfigError, match="--lr: checkpoint 0.0002, now 0.001"):
+        train.main(argv)
+
+
+def test_resume_of_a_finished_run_trains_nothing_more(embedded_data_dir, uninterrupted, tmp_path):
+    """A complete run's last.pth resumes past the last epoch: weights and history stay as they are."""
+    dest = tmp_path / "again"
+    summary = train.main(_argv(embedded_data_dir, dest, "--resume", os.path.join(uninterrupted, "last.pth")))
+    assert len(summary["history"]) == 2
+    assert _metrics(dest) == _metrics(uninterrupted)

@@ -1,0 +1,234 @@
+"""train.py: the paper's CLI, configuration errors, outputs and the two-stage CSL smoke run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import train
+from tests.conftest import EMBEDDED_NUM_CLASSES, SINGLE_THREAD_ENV, tiny_train_argv
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every flag of the paper's train.py (Alibaba-MIIL/PartialLabelingCSL) with its default there.
+PAPER_DEFAULTS = {
+    "--data": "./data", "--metadata": "./data/COCO_2014", "--lr": 2e-4, "--epochs": 30, "--stop_epoch": None,
+    "--weight_decay": 1e-4, "--model-name": "tresnet_m", "--model-path": "./tresnet_m.pth",
+    "--num-classes": 80, "--workers": 8, "--image-size": 448, "--simulate_partial_type": None,
+    "--simulate_partial_param": 1000, "--partial_loss_mode": "negative", "--clip": 0, "--gamma_pos": 0,
+    "--gamma_neg": 1, "--gamma_unann": 2, "--alpha_pos": 1, "--alpha_neg": 1, "--alpha_unann": 1,
+    "--likelihood_topk": 5, "--prior_path": None, "--prior_threshold": 0.05, "--batch-size": 64,
+    "--print-freq": 64, "--path_dest": "./outputs", "--debug_mode": "hyperml",
+}
+NEW_FLAGS = ("--device", "--amp", "--no-amp", "--amp_dtype", "--seed", "--resume", "--dataset_type",
+             "--partial_labels", "--val_split", "--ema_decay", "--skip_bad_images", "--do_bottleneck_head",
+             "--grad_checkpointing", "--channels_last", "--compile", "--sync_bn", "--estimate_prior")
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _swap(flag: str) -> str:
+    body = flag[2:]
+    return "--" + (body.replace("_", "-") if "_" in body else body.replace("-", "_"))
+
+
+def test_help_lists_every_paper_flag_in_both_spellings(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in (*PAPER_DEFAULTS, *NEW_FLAGS, "-j", "-b", "-p"):
+        assert flag in help_text, flag
+    for flag in PAPER_DEFAULTS:
+        if "_" in flag or "-" in flag[2:]:
+            assert _swap(flag) in help_text, _swap(flag)
+    assert "_debug" not in help_text  # test hooks stay hidden
+
+
+def test_defaults_match_the_paper_and_both_spellings_set_the_same_field():
+    defaults = vars(train.parse_args([]))
+    for flag, value in PAPER_DEFAULTS.items():
+        assert defaults[_dest(flag)] == value, flag
+    for flag in (*PAPER_DEFAULTS, "--val_split", "--ema_decay", "--amp_dtype", "--dataset_type"):
+        if _swap(flag) == flag:
+            continue  # no separator (--data, --lr, ...): one spelling only
+        value = {"--val_split": "0.5", "--amp_dtype": "bfloat16", "--dataset_type": "lvis"}.get(flag, "3")
+        one, other = vars(train.parse_args([flag, value])), vars(train.parse_args([_swap(flag), value]))
+        assert one == other and one != defaults, flag
+
+
+def test_missing_model_path_is_the_first_error(tmp_path):
+    argv = ["--data", str(tmp_path / "no_data"), "--model-path", str(tmp_path / "missing.pth"),
+            "--partial_loss_mode", "bogus", "--path_dest", str(tmp_path / "out")]
+    with pytest.raises(train.ConfigError, match="--model-path none"):
+        train.main(argv)
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--partial_loss_mode", "bogus"], "--partial_loss_mode: unknown mode 'bogus'.*selective"),
+    (["--prior_path", "/nonexistent/prior.csv"], "--prior_path"),
+    (["--resume", "/nonexistent/last.pth"], "--resume"),
+    (["--epochs", "2", "--stop_epoch", "3"], "--stop_epoch 3 exceeds --epochs 2"),
+    (["--amp", "--amp_dtype", "float16"], "float16 needs a CUDA device"),
+    (["--sync_bn"], "--sync_bn needs CUDA"),
+])
+def test_configuration_errors_before_data_is_read(tmp_path, extra, message):
+    argv = ["--data", str(tmp_path / "no_data"), "--model-path", "none", "--device", "cpu",
+            "--path_dest", str(tmp_path / "out"), *extra]
+    with pytest.raises(train.ConfigError, match=message):
+        train.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_and_num_classes_mismatch(embedded_data_dir, tmp_path):
+    argv = tiny_train_argv(embedded_data_dir, tmp_path / "out", "--num-classes", "80")
+    with pytest.raises(train.ConfigError, match=f"pass --num-classes {EMBEDDED_NUM_CLASSES}"):
+        train.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prior_with_other_classes_is_rejected(embedded_data_dir, tmp_path):
+    prior = tmp_path / "prior.csv"
+    pd.DataFrame({"Classes": [f"cls{i}" for i in range(EMBEDDED_NUM_CLASSES)],
+                  "avg_pred": np.full(EMBEDDED_NUM_CLASSES, 0.1)}).to_csv(prior, index=False)
+    argv = tiny_train_argv(embedded_data_dir, tmp_path / "out", "--partial_loss_mode", "selective",
+                           "--prior_path", str(prior))
+    with pytest.raises(train.ConfigError, match="prior"):
+        train.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prints_error_and_exits_2(tmp_path):
+    command = [sys.executable, "train.py", "--model-path", str(tmp_path / "x.pth")]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ, **SINGLE_THREAD_ENV))
+    assert completed.returncode == 2
+    assert "train.py: error: --model-path" in completed.stderr and "Traceback" not in completed.stderr
+
+
+def test_weight_decay_only_on_weights_and_one_cycle_over_all_epochs():
+    from src.models import create_model
+
+    model = create_model(model_name="test_resnet", num_classes=5)
+    args = train.parse_args(["--epochs", "3", "--lr", "1e-3", "--weight_decay", "0.01"])
+    optimizer, scheduler, scaler = train.build_optimization(model, args, 4, None, torch.device("cpu"))
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
+    for name, param in model.named_parameters():
+        assert (id(param) in decayed) == (param.ndim > 1 and not name.endswith(".bias")), name
+    assert scheduler.total_steps == 12 and not scaler.is_enabled()
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-3 / 25)  # OneCycle starts at max_lr / 25
+    lrs = []
+    for _ in range(11):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(scheduler.get_last_lr()[0])
+    assert max(lrs) <= 1e-3 and int(np.argmax(lrs)) in (0, 1)  # warm-up over 20% of the 12 steps
+    assert lrs[-1] == pytest.approx(1e-3 / 25 / 1e4)  # annealed to the minimum at the last step
+
+
+def _metrics_lines(path_dest):
+    with open(os.path.join(path_dest, "metrics.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_stage1_outputs(stage1_run, embedded_data_dir):
+    dest = stage1_run["path_dest"]
+    with open(os.path.join(dest, "args.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    assert config["partial_loss_mode"] == "ignore" and config["epochs"] == 2 and config["lr"] == 2e-4
+    assert config["resolved_device"] == "cpu" and config["resolved_amp_dtype"] is None
+    assert "git_commit" in config and len(config["class_names"]) == EMBEDDED_NUM_CLASSES
+    assert config["selection_protocol"] == train.PAPER_PROTOCOL
+    assert config["steps_per_epoch"] == 6 and config["num_train_images"] == 96
+
+    lines = _metrics_lines(dest)
+    assert [line["epoch"] for line in lines] == [0, 1]
+    for line in lines:
+        for key in ("loss", "lr", "time_s", "test_regular_mAP", "test_ema_mAP", "selection_mAP",
+                    "best_epoch"):
+            assert isinstance(line[key], int | float), key
+        assert line["selection_mAP"] == max(line["test_regular_mAP"], line["test_ema_mAP"])
+        assert line["test_partial"] is False
+    assert lines[-1]["best_selection_mAP"] == max(line["selection_mAP"] for line in lines)
+    assert os.listdir(os.path.join(dest, "tensorboard"))
+    # Without --val_split every summary line names the paper's selection protocol.
+    summaries = [line for line in stage1_run["stdout"].splitlines()
+                 if "best epoch so far" in line or "done." in line]
+    assert len(summaries) == 3 and all(train.PAPER_PROTOCOL in line for line in summaries)
+    assert not [name for name in os.listdir(dest) if ".tmp" in name]
+
+
+def test_best_checkpoint_reproduces_the_reported_map(stage1_run, embedded_data_dir):
+    """best.pth loads with src.models.load_model and re-evaluates to the mAP logged for its epoch."""
+    from src.data import build_datasets
+    from src.engine import build_eval_loader, evaluate
+    from src.models import load_model
+
+    checkpoint = torch.load(stage1_run["best"], map_location="cpu", weights_only=True)
+    for key in ("model", "ema", "optimizer", "scheduler", "scaler", "epoch", "rng_state", "args",
+                "class_names", "model_name", "num_classes", "do_bottleneck_head"):
+        assert key in checkpoint, key
+    model, class_names = load_model(stage1_run["best"])
+    args = train.parse_args(tiny_train_argv(embedded_data_dir, "unused"))
+    _, val_set = build_datasets(args)
+    assert class_names == list(val_set.class_names)
+    result = evaluate(model, build_eval_loader(val_set, 16, 0), "cpu")
+    logged = _metrics_lines(stage1_run["path_dest"])[checkpoint["epoch"]]
+    assert result["mAP"] == pytest.approx(logged[f"test_{checkpoint['selected_variant']}_mAP"], abs=1e-9)
+    assert stage1_run["summary"]["best_test_mAP"] == pytest.approx(result["mAP"], abs=1e-9)
+
+
+def test_stage1_prior_is_the_clean_pass_of_the_best_model(stage1_run, embedded_data_dir):
+    """The CSV equals an independent mean of sigmoid outputs over the un-augmented training images."""
+    from src.data import build_datasets
+    from src.data.transforms import build_val_transform
+    from src.models import load_model
+
+    frame = pd.read_csv(stage1_run["prior"])
+    assert list(frame.columns) == ["Classes", "avg_pred"] and len(frame) == EMBEDDED_NUM_CLASSES
+    model, _ = load_model(stage1_run["best"])
+    args = train.parse_args(tiny_train_argv(embedded_data_dir, "unused"))
+    train_set, _ = build_datasets(args)
+    view = copy.copy(train_set)
+    view.transform = build_val_transform(32)
+    with torch.no_grad():
+        images = torch.stack([view[i][0] for i in range(len(view))])
+        expected = torch.sigmoid(model(images)).mean(dim=0).numpy()
+    assert list(frame["Classes"]) == list(train_set.class_names)
+    np.testing.assert_allclose(frame["avg_pred"].to_numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_stage2_selective_with_prior_and_held_out_selection(stage1_run, embedded_data_dir, tmp_path, capsys):
+    dest = tmp_path / "stage2"
+    summary = train.main(tiny_train_argv(
+        embedded_data_dir, dest, "--partial_loss_mode", "selective", "--prior_path", stage1_run["prior"],
+        "--val_split", "0.25", "--epochs", "3", "--stop_epoch", "1", "--ema_decay", "0.9", "--channels_last"))
+    out = capsys.readouterr().out
+    assert "held-out 25% of the training set" in summary["selection_protocol"]
+    assert "partial mAP" in out and "AP over annotated labels only" in out  # the selection split is partial
+    assert "paper protocol" not in out
+    lines = _metrics_lines(dest)
+    assert len(lines) == 1 and lines[0]["select_partial"] is True and lines[0]["test_partial"] is False
+    assert lines[0]["selection_split"] == "select"
+    assert lines[0]["selection_mAP"] == max(lines[0]["select_regular_mAP"], lines[0]["select_ema_mAP"])
+    assert summary["best_test_mAP"] == lines[0][f"test_{lines[0]['selection_variant']}_mAP"]
+    with open(dest / "args.json", encoding="utf-8") as handle:
+        config = json.load(handle)
+    assert config["num_train_images"] == 72 and config["num_selection_images"] == 24
+    # --stop_epoch 1 of --epochs 3: the OneCycle schedule spans 3 x 5 steps, we stopped after 5.
+    checkpoint = torch.load(dest / "last.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["scheduler"]["total_steps"] == 15 and checkpoint["scheduler"]["last_epoch"] == 5
+    assert not os.path.exists(dest / "priors")  # stage 2 estimates no prior (auto = only in ignore mode)
