@@ -190,11 +190,13 @@ def build_optimization(model, args, steps_per_epoch: int, amp_dtype, device):
     groups = param_groups_weight_decay(model, weight_decay=args.weight_decay)
     optimizer = torch.optim.Adam(groups, lr=args.lr, weight_decay=0)
     total_steps = steps_per_epoch * args.epochs
-    if ONE_CYCLE_PCT_START * total_steps <= 1:  # OneCycleLR's warm-up phase would be empty (divides by 0)
+    # torch's OneCycleLR divides by (pct_start * total_steps - 1): exactly 0 at 5 steps. Fewer steps
+    # work (the warm-up phase is skipped); that one count would crash on the first step.
+    if float(ONE_CYCLE_PCT_START * total_steps) - 1 == 0:
         raise ConfigError(
             f"--epochs {args.epochs} x {steps_per_epoch} batches per epoch = {total_steps} optimisation "
-            f"steps, too few for OneCycleLR (pct_start {ONE_CYCLE_PCT_START} needs more than "
-            f"{int(1 / ONE_CYCLE_PCT_START)}); raise --epochs or lower --batch-size")
+            f"steps: OneCycleLR (pct_start {ONE_CYCLE_PCT_START}) cannot schedule exactly "
+            f"{total_steps} steps; change --epochs or --batch-size")
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                     steps_per_epoch=steps_per_epoch,
                                                     pct_start=ONE_CYCLE_PCT_START)

@@ -144,6 +144,14 @@ def _add_new_flags(parser) -> None:
     add_flag(parser, "--ema_decay", type=float, default=0.9997, help="decay of the EMA of the weights")
     add_flag(parser, "--skip_bad_images", action="store_true",
              help="drop missing or undecodable images at start-up (with a warning) instead of failing")
+    add_flag(parser, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
+             help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
+                  "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
+    add_flag(parser, "--unknown_mids", type=str, choices=("error", "skip"), default=None,
+             help="OpenImages: labels whose class MID is not in the class list - error, or skip and count "
+                  "(default: skip for the official CSVs, which cover ~20k classes; error for data.csv)")
+    add_flag(parser, "--openimages_val_split", type=str, default="validation",
+             help="OpenImages (official files): evaluation split folder and CSV, e.g. validation or test")
     add_flag(parser, "--do_bottleneck_head", action="store_true",
              help="the paper's OpenImages head: Linear(features, 512) then Linear(512, classes)")
     add_flag(parser, "--grad_checkpointing", action="store_true",

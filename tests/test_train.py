@@ -232,3 +232,25 @@ def test_stage2_selective_with_prior_and_held_out_selection(stage1_run, embedded
     checkpoint = torch.load(dest / "last.pth", map_location="cpu", weights_only=True)
     assert checkpoint["scheduler"]["total_steps"] == 15 and checkpoint["scheduler"]["last_epoch"] == 5
     assert not os.path.exists(dest / "priors")  # stage 2 estimates no prior (auto = only in ignore mode)
+
+
+@pytest.mark.parametrize("total_steps", [1, 3, 4, 5, 6])
+def test_one_cycle_guard_rejects_only_the_step_count_torch_cannot_schedule(total_steps):
+    from src.models import create_model
+
+    model = create_model(model_name="test_resnet", num_classes=3)
+    args = train.parse_args(["--epochs", "1", "--lr", "1e-3"])
+    # Independent expectation: what torch's OneCycleLR itself does on its first step.
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    try:
+        torch.optim.lr_scheduler.OneCycleLR(probe, max_lr=1e-3, total_steps=total_steps, pct_start=0.2)
+        torch_schedules = True
+    except ZeroDivisionError:
+        torch_schedules = False
+    if torch_schedules:
+        _, scheduler, _ = train.build_optimization(model, args, total_steps, None, torch.device("cpu"))
+        assert scheduler.total_steps == total_steps
+    else:
+        with pytest.raises(train.ConfigError, match="--epochs 1 x 5 batches"):
+            train.build_optimization(model, args, total_steps, None, torch.device("cpu"))
+    assert torch_schedules == (total_steps != 5)

@@ -1,0 +1,241 @@
+"""Tag pictures with a trained multi-label model (the CSL paper's inference demo, completed).
+
+For each picture: RGB, resize to ``--input_size`` x ``--input_size``, scale to [0, 1] (no mean/std
+normalisation, as in training), sigmoid of the model's logits. The tags are the ``--top_k``
+highest-scoring classes whose score exceeds ``--th`` (strictly, as in the paper's script). They are
+printed, written to ``<output_dir>/predictions.csv`` (image, rank, class, score) and drawn under the
+picture in ``<output_dir>/<picture>_tags.png``.
+
+Checkpoints: ours (train.py) or the paper's released files ``{'model', 'num_classes', 'idx_to_class'}``
+(TResNet weights in the InPlaceABN layout are converted by ``src.models.load_model``). The paper's
+OpenImages models name classes by MID (``/m/01g317``); with ``--class_description_path`` (a CSV with
+columns ``LabelName,DisplayName``, e.g. OpenImages' ``oidv6-class-descriptions.csv``) they are shown
+by display name. For ``--dataset_type openimages`` that file is looked up at the paper's default
+path ``./data/oidv6-class-descriptions.csv`` when the flag is not given.
+
+Flags keep the paper's names and defaults (``--model_path``, ``--pic_path``, ``--model_name``,
+``--input_size 224``, ``--dataset_type``, ``--class_description_path``, ``--th 0.97``, ``--top_k 30``),
+each also in kebab-case; ``--pic_path`` defaults to the example folder ``pics/`` (the paper's default
+photograph is not shipped). New: ``--output_dir`` and ``--device``. Runs on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from src.args import add_flag
+
+PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
+PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coco": "coco", "lvis": "lvis"}
+MIN_DISPLAY_SIZE = 384  # small pictures (e.g. 32 px scenes) are enlarged so the drawing is readable
+MAX_DISPLAY_SIZE = 1024  # large photographs are shrunk so the 16 px text stays readable
+
+
+def dataset_type(text: str) -> str:
+    key = text.lower().replace("_", "").replace("-", "")
+    if key not in DATASET_ALIASES:
+        raise argparse.ArgumentTypeError(f"unknown dataset type {text!r}; use coco, openimages or lvis")
+    return DATASET_ALIASES[key]
+
+
+def top_k_count(text: str) -> int:
+    value = float(text)  # the paper declared --top_k as float (default 30)
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Tag pictures with a multi-label model (CSL demo).")
+    add_flag(parser, "--model_path", type=str, default=PAPER_MODEL_PATH,
+             help=f"checkpoint: ours (train.py) or the paper's (default {PAPER_MODEL_PATH})")
+    add_flag(parser, "--pic_path", type=str, default="./pics",
+             help="a picture or a folder of pictures (its files with an image extension, not recursive)")
+    add_flag(parser, "--model_name", type=str, default=None,
+             help="architecture; default: stored in our checkpoints, inferred from the paper's TResNet "
+                  "weights (the paper's default was tresnet_m); needed for other bare state dicts")
+    add_flag(parser, "--input_size", type=int, default=224, help="the picture is resized to this square size")
+    add_flag(parser, "--dataset_type", type=dataset_type, default="openimages",
+             help="coco, openimages or lvis (only selects the default class descriptions file)")
+    add_flag(parser, "--class_description_path", type=str, default=None,
+             help="CSV LabelName,DisplayName mapping class ids (OpenImages MIDs) to names; default "
+                  f"{PAPER_DESCRIPTIONS_PATH} for openimages when that file exists")
+    add_flag(parser, "--th", type=float, default=0.97, help="a tag needs a score above this threshold")
+    add_flag(parser, "--top_k", type=top_k_count, default=30, help="at most this many tags per picture")
+    add_flag(parser, "--output_dir", type=str, default="outputs/infer",
+             help="folder for <picture>_tags.png and predictions.csv")
+    add_flag(parser, "--device", type=str, default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    return parser
+
+
+# --------------------------------------------------------------------------- inputs
+def list_pictures(pic_path: str) -> list[str]:
+    """The picture itself, or the sorted image files of a folder."""
+    if os.path.isdir(pic_path):
+        paths = (os.path.join(pic_path, name) for name in os.listdir(pic_path)
+                 if name.lower().endswith(IMAGE_EXTENSIONS))
+        found = sorted(path for path in paths if os.path.isfile(path))
+        if not found:
+            raise ValueError(f"--pic_path: folder {pic_path!r} holds no picture (extensions "
+                             f"{', '.join(IMAGE_EXTENSIONS)}); pass a picture or a folder of pictures")
+        return found
+    if not os.path.isfile(pic_path):
+        raise FileNotFoundError(f"--pic_path: {pic_path!r} does not exist; pass a picture or a folder of "
+                                f"pictures (e.g. --pic_path pics)")
+    return [pic_path]
+
+
+def open_picture(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # also decodes: a truncated file fails here, not later
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ValueError(f"--pic_path: {path!r} is not a picture PIL can read ({error}); pass JPEG/PNG/... "
+                         "files") from error
+
+
+def read_class_descriptions(path: str) -> dict[str, str]:
+    """{LabelName: DisplayName} from a CSV with that header (else its first two columns, no header)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--class_description_path: {path!r} does not exist; pass a CSV with columns "
+                                "LabelName,DisplayName (e.g. oidv6-class-descriptions.csv) or omit the flag")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    start, key_col, name_col = 0, 0, 1
+    if rows and "LabelName" in rows[0] and "DisplayName" in rows[0]:
+        start, key_col, name_col = 1, rows[0].index("LabelName"), rows[0].index("DisplayName")
+    mapping = {}
+    for line, row in enumerate(rows[start:], start=start + 1):
+        if not row:
+            continue
+        if len(row) <= max(key_col, name_col):
+            raise ValueError(f"--class_description_path: {path!r} line {line} has {len(row)} column(s); "
+                             "every row needs LabelName,DisplayName")
+        mapping[row[key_col]] = row[name_col]
+    return mapping
+
+
+def resolve_display_names(class_names: list[str], args) -> list[str]:
+    path = args.class_description_path
+    if path is None and args.dataset_type == "openimages" and os.path.isfile(PAPER_DESCRIPTIONS_PATH):
+        path = PAPER_DESCRIPTIONS_PATH
+    if path is None:
+        if any(name.startswith("/m/") for name in class_names):
+            print("note: the classes are OpenImages MIDs; pass --class_description_path "
+                  "oidv6-class-descriptions.csv to print their names")
+        return class_names
+    mapping = read_class_descriptions(path)
+    unmapped = [name for name in class_names if name not in mapping]
+    if len(unmapped) == len(class_names):
+        raise ValueError(f"--class_description_path: none of the model's classes (e.g. {class_names[0]!r}) "
+                         f"is listed in {path!r}; pass the descriptions of the dataset the model was "
+                         "trained on")
+    if unmapped:
+        print(f"note: {len(unmapped)} of {len(class_names)} classes are not in {path} and keep their id "
+              f"(e.g. {unmapped[0]!r})")
+    return [mapping.get(name, name) for name in class_names]
+
+
+# --------------------------------------------------------------------------- model
+@torch.no_grad()
+def predict_tags(model, picture: Image.Image, class_names: list[str], args,
+                 device) -> list[tuple[str, float]]:
+    """(name, score) of the top_k classes with score > th, highest first."""
+    from src.data.transforms import build_val_transform
+
+    tensor = build_val_transform(args.input_size, draft=False)(picture).unsqueeze(0).to(device)
+    scores = torch.sigmoid(model(tensor).float())[0].cpu().numpy()
+    order = np.argsort(-scores, kind="stable")[: args.top_k]
+    return [(class_names[i], float(scores[i])) for i in order if scores[i] > args.th]
+
+
+# --------------------------------------------------------------------------- output
+def draw_tags(picture: Image.Image, tags: list[tuple[str, float]], threshold: float) -> Image.Image:
+    """The picture (enlarged if small) above a white panel listing the tags."""
+    scale = max(1, -(-MIN_DISPLAY_SIZE // min(picture.size)))
+    shown = picture
+    if scale > 1:  # whole-pixel enlargement keeps small synthetic scenes sharp
+        shown = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    elif max(picture.size) > MAX_DISPLAY_SIZE:  # keep the text legible next to large photographs
+        shown = picture.copy()
+        shown.thumbnail((MAX_DISPLAY_SIZE, MAX_DISPLAY_SIZE), Image.LANCZOS)
+    font = ImageFont.load_default(size=16)
+    lines = [f"{name}  {score:.3f}" for name, score in tags] or [f"no class scored above {threshold:g}"]
+    lines.insert(0, "Predicted classes:")
+    line_height = 22
+    canvas = Image.new("RGB", (shown.width, shown.height + 10 + line_height * len(lines)), "white")
+    canvas.paste(shown, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(lines):
+        draw.text((8, shown.height + 5 + i * line_height), text, fill="black", font=font)
+    return canvas
+
+
+def output_name(path: str, used: set[str]) -> str:
+    stem, ext = os.path.splitext(os.path.basename(path))
+    name = f"{stem}_tags.png"
+    if name in used:  # a.jpg and a.png in one folder
+        name = f"{stem}_{ext.lstrip('.')}_tags.png"
+    used.add(name)
+    return name
+
+
+def main(argv=None) -> list[dict]:
+    """Tag every picture; returns [{'picture', 'tags': [(name, score)], 'output'}]."""
+    from src.models import load_model
+    from src.utils.distributed import resolve_device
+
+    args = build_parser().parse_args(argv)
+    if not 0.0 <= args.th <= 1.0:
+        raise ValueError(f"--th {args.th} is not a probability; pass a value in [0, 1] (paper default 0.97)")
+    if args.input_size < 1:
+        raise ValueError(f"--input_size must be positive, got {args.input_size}")
+    if not os.path.isfile(args.model_path):
+        raise FileNotFoundError(f"--model_path: checkpoint {args.model_path!r} does not exist; pass a .pth "
+                                "written by train.py or a released CSL model")
+    pictures = list_pictures(args.pic_path)
+    device = resolve_device(args.device)
+    print("Inference demo with a CSL model")
+    model, class_names = load_model(args.model_path, model_name=args.model_name, device=device)
+    class_names = resolve_display_names(list(class_names), args)
+    results, used = [], set()
+    for path in pictures:
+        picture = open_picture(path)
+        tags = predict_tags(model, picture, class_names, args, device)
+        os.makedirs(args.output_dir, exist_ok=True)  # here: a bad first picture leaves no empty folder
+        print(f"{path}: " + (", ".join(f"{name} ({score:.3f})" for name, score in tags)
+                             or f"no class scored above {args.th:g}"))
+        output = os.path.join(args.output_dir, output_name(path, used))
+        draw_tags(picture, tags, args.th).save(output)
+        results.append({"picture": path, "tags": tags, "output": output})
+    csv_path = os.path.join(args.output_dir, "predictions.csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "rank", "class", "score"])
+        for result in results:
+            writer.writerows([result["picture"], rank + 1, name, f"{score:.6f}"]
+                             for rank, (name, score) in enumerate(result["tags"]))
+    print(f"annotated pictures and predictions.csv written to {args.output_dir}")
+    return results
+
+
+def cli(argv=None) -> int:
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,365 @@
+"""Class-prior estimation for CSL's selective mode, and how well an estimate ranks the classes.
+
+The prior of class c is the fraction of training images that contain it, P(c). CSL estimates it from
+the stage-1 model (trained with ``--partial_loss_mode ignore``) as the mean predicted probability
+over the training images::
+
+    prior[c] = (1 / N) * sum_i sigmoid(model(x_i))[c]
+
+computed here in one clean pass: eval mode (frozen batch-norm statistics, no dropout) and the
+validation transform (resize + ToTensor, no augmentation), so the estimate does not depend on the
+random crops of the last epoch. This differs from the paper code, which averages the predictions of
+the training batches while the model is still changing (that running average is still available as
+``ComputePrior`` in ``src.loss_functions.partial_asymmetric_loss``). With torch.distributed
+initialised every rank predicts a disjoint contiguous shard (no padding) and the per-class sums and
+the image count are all-reduced, so the result equals the single-process one;
+only C sums travel, never the N x C predictions (OpenImages: 9,605 classes x millions of images).
+
+The output file is the paper's format, ``Classes,avg_pred`` (one row per class, in model order).
+
+Ranking quality. When the full labels are known (COCO with simulated partial labels, the embedded
+dataset), the true frequency of class c is ``#positives / N`` over the full labels. An estimate is
+judged by Spearman's rank correlation with it (Pearson correlation of the two rank vectors, ties
+receiving the average of the ranks they span, as ``scipy.stats.spearmanr``) and by its top-10 list,
+the paper's "Estimating the Class Distribution" table. Two naive estimates from the partial
+annotations are reported alongside:
+
+* ``naive (pos / N)``: annotated positives / number of images - the paper's "count the positive
+  annotations" baseline; rank-equivalent to the raw count.
+* ``naive (pos / annotated)``: positives among the images annotated for the class. Unbiased when the
+  annotated images of a class are a uniform sample, biased when annotation favours positives.
+
+Command line (see ``--help``)::
+
+    python -m src.prior --model_path outputs/stage1/best.pth --data data/embedded \
+        --simulate_partial_type fpc --simulate_partial_param 1000 --image-size 224 \
+        --out outputs/priors/prior_fpc_1000.csv --compare outputs/priors/negative_mode.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+# --------------------------------------------------------------------------- rank statistics
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks of ``values`` (ascending); tied values share the mean of the ranks they span."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if np.isnan(x).any():
+        raise ValueError("average_ranks: values contain NaN; a prior or frequency vector must be finite")
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts_group = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
+    group_of_sorted = np.cumsum(starts_group) - 1
+    starts = np.flatnonzero(starts_group)
+    ends = np.r_[starts[1:], len(x)]  # exclusive
+    mean_rank = (starts + ends - 1) / 2.0 + 1.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty_like(x)
+    ranks[order] = mean_rank[group_of_sorted]
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman's rho with average ranks for ties; NaN when either vector is constant."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"spearman: need two vectors of equal length >= 2, got {a.size} and {b.size}")
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def top_classes(values, class_names: Sequence[str], top: int = 10) -> list[str]:
+    """Names of the ``top`` largest values; ties keep class order (stable sort)."""
+    order = np.argsort(-np.asarray(values, dtype=np.float64), kind="mergesort")[:top]
+    return [class_names[i] for i in order]
+
+
+def naive_estimates(labels) -> dict[str, np.ndarray]:
+    """The two count-based estimates of the module docstring from a LabelMatrix of partial labels."""
+    positives = labels.positive_counts().astype(np.float64)
+    annotated = labels.annotated_counts().astype(np.float64)
+    per_annotated = np.divide(positives, annotated, out=np.zeros_like(positives), where=annotated > 0)
+    return {"naive (pos / N)": positives / max(labels.num_samples, 1),
+            "naive (pos / annotated)": per_annotated}
+
+
+def rank_statistics(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
+                    top: int = 10) -> dict[str, dict]:
+    """Per estimate: Spearman rho vs the true frequencies, its top list, and the overlap with the true top.
+
+    The first entry is the true frequency itself (rho 1, full overlap) so tables show the reference.
+    """
+    true_freq = np.asarray(true_freq, dtype=np.float64)
+    if true_freq.shape != (len(class_names),):
+        raise ValueError(f"rank_statistics: true_freq has shape {true_freq.shape}, expected "
+                         f"({len(class_names)},) - one value per class")
+    true_top = top_classes(true_freq, class_names, top)
+    stats = {}
+    for name, values in {"true frequency": true_freq, **estimates}.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != true_freq.shape:
+            raise ValueError(f"rank_statistics: estimate '{name}' has {values.size} values but there are "
+                             f"{true_freq.size} classes; it was computed for a different class list")
+        names = top_classes(values, class_names, top)
+        stats[name] = {"spearman": spearman(true_freq, values), "top": names,
+                       "top_overlap": len(set(names) & set(true_top))}
+    return stats
+
+
+def rank_report(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
+                top: int = 10) -> str:
+    """Markdown table: one column per estimate (true frequency first), rows = top-k classes with values,
+    then Spearman rho and the top-k overlap with the true list."""
+    stats = rank_statistics(true_freq, estimates, class_names, top)
+    all_values = {"true frequency": np.asarray(true_freq, dtype=np.float64), **estimates}
+    index = {name: i for i, name in enumerate(class_names)}
+    columns = list(stats)
+    k = min(top, len(class_names))
+    lines = ["| rank | " + " | ".join(columns) + " |", "|---:|" + "---|" * len(columns)]
+    for r in range(k):
+        cells = []
+        for col in columns:
+            cls = stats[col]["top"][r]
+            cells.append(f"{cls} ({float(np.asarray(all_values[col])[index[cls]]):.3f})")
+        lines.append(f"| {r + 1} | " + " | ".join(cells) + " |")
+    rhos = " | ".join(f"{stats[c]['spearman']:.3f}" for c in columns)
+    lines.append(f"| Spearman rho vs true | {rhos} |")
+    lines.append(f"| top-{k} overlap with true | "
+                 + " | ".join(f"{stats[c]['top_overlap']}/{k}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the clean pass
+def eval_view(dataset, transform):
+    """A shallow copy of ``dataset`` (same images and labels) that applies ``transform`` instead."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    return view
+
+
+@torch.no_grad()
+def compute_prior_from_model(model: torch.nn.Module, dataset: Dataset, device, batch_size: int = 64,
+                             workers: int = 0, amp_dtype: torch.dtype | None = None) -> np.ndarray:
+    """Mean sigmoid prediction per class over ``dataset`` (pass it with the eval transform; see
+    `eval_view`), float32 (C,); the model's train/eval mode is restored afterwards.
+
+    Distributed: each rank predicts its contiguous, batch-aligned shard (`src.engine.build_eval_loader`,
+    no padding) and the sums are all-reduced (`ComputePrior.all_reduce`), so every rank returns the
+    mean over all images, each counted once."""
+    from src.engine import autocast_context, build_eval_loader
+    from src.loss_functions.partial_asymmetric_loss import ComputePrior
+    from src.utils.distributed import unwrap_model
+
+    if len(dataset) == 0:
+        raise ValueError("compute_prior_from_model: the dataset is empty; check --data and the split")
+    device = torch.device(device)
+    loader = build_eval_loader(dataset, batch_size, workers, device)
+    # The plain module: a DDP wrapper may broadcast buffers in forward, a collective that hangs when
+    # ranks run different numbers of batches.
+    net = unwrap_model(model)
+    was_training = net.training
+    net.eval()
+    class_names = getattr(dataset, "class_names", None)
+    accumulator = ComputePrior(class_names) if class_names else None
+    try:
+        for images, _ in loader:
+            with autocast_context(device, amp_dtype):
+                logits = net(images.to(device, non_blocking=True))
+            if accumulator is None:
+                accumulator = ComputePrior([str(c) for c in range(logits.shape[1])])
+            accumulator.update(logits.float())
+    finally:
+        net.train(was_training)
+    if accumulator is None:  # only possible with more ranks than batches and no class_names
+        raise ValueError("compute_prior_from_model: this rank got no images and the dataset has no "
+                         "class_names; use fewer processes or a smaller --batch-size")
+    accumulator.all_reduce()
+    return accumulator.avg_pred_train.cpu().numpy().astype(np.float32)
+
+
+def write_prior_csv(path: str, class_names: Sequence[str], values) -> str:
+    """Write the paper's ``Classes,avg_pred`` file atomically (temp file + rename); returns the path."""
+    import pandas as pd
+
+    from src.loss_functions.partial_asymmetric_loss import PRIOR_CSV_COLUMNS
+
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if len(values) != len(class_names):
+        raise ValueError(f"write_prior_csv: {len(values)} values for {len(class_names)} classes ({path})")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    pd.DataFrame({PRIOR_CSV_COLUMNS[0]: [str(n) for n in class_names], PRIOR_CSV_COLUMNS[1]: values}).to_csv(
+        tmp, index=False, encoding="utf-8", float_format="%.8g")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    from src.args import add_flag, non_negative_int, positive_int
+
+    parser = argparse.ArgumentParser(
+        prog="python -m src.prior",
+        description="Estimate the class prior (Classes,avg_pred) with a clean eval-mode pass of a model over "
+                    "the training images; with full labels known (coco/embedded) also report how well it "
+                    "ranks the classes (Spearman, top-10) next to the naive counts and --compare files.")
+    add_flag(parser, "--model_path", type=str, required=True,
+             help="checkpoint: ours (train.py best.pth/last.pth) or the paper's")
+    add_flag(parser, "--model_name", type=str, default=None,
+             help="architecture; default: stored in the checkpoint or inferred from TResNet tensor shapes")
+    add_flag(parser, "--use_ema", action="store_true", help="use the EMA weights stored in our checkpoint")
+    add_flag(parser, "--data", metavar="DIR", type=str, default="./data", help="dataset folder (as train.py)")
+    add_flag(parser, "--metadata", type=str, default="./data/COCO_2014",
+             help="annotation folder of the paper's layout / OpenImages / LVIS (as train.py)")
+    add_flag(parser, "--dataset_type", type=str, choices=("coco", "openimages", "lvis"), default="coco",
+             help="dataset reader; the embedded dataset uses coco")
+    add_flag(parser, "--partial_labels", type=str, default=None, metavar="FILE",
+             help="partial labels of the train set saved by 'python -m coco_simulation' (.npz)")
+    add_flag(parser, "--simulate_partial_type", type=str, default=None,
+             help="simulate partial labels on the fly: fpc or rps (as train.py)")
+    add_flag(parser, "--simulate_partial_param", type=float, default=1000,
+             help="annotations per class (fpc) or annotated fraction (rps)")
+    add_flag(parser, "--seed", type=int, default=0, help="seed of the simulation (as the training run)")
+    add_flag(parser, "--image-size", type=positive_int, default=448, metavar="N", help="input image size")
+    add_flag(parser, "-b", "--batch-size", type=positive_int, default=64, metavar="N", help="batch size")
+    add_flag(parser, "-j", "--workers", type=non_negative_int, default=8, metavar="N",
+             help="data loading workers")
+    add_flag(parser, "--skip_bad_images", action="store_true", help="drop unreadable images at start-up")
+    add_flag(parser, "--out", type=str, default=None,
+             help="output CSV; default outputs/priors/prior_<simulation or dataset>.csv")
+    add_flag(parser, "--compare", type=str, nargs="+", default=[], metavar="CSV",
+             help="other prior files (Classes,avg_pred) to rank next to this estimate")
+    add_flag(parser, "--top", type=positive_int, default=10, help="length of the top lists")
+    add_flag(parser, "--device", type=str, default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    add_flag(parser, "--amp", action=argparse.BooleanOptionalAction, default=None,
+             help="autocast (default: on for CUDA, off on CPU)")
+    add_flag(parser, "--amp_dtype", type=str, choices=("float16", "bfloat16"), default="float16",
+             help="autocast dtype with --amp")
+    return parser
+
+
+def _default_out(args) -> str:
+    if args.partial_labels:
+        stem = os.path.splitext(os.path.basename(args.partial_labels))[0]
+    elif args.simulate_partial_type:
+        stem = f"{args.simulate_partial_type}_{args.simulate_partial_param:g}"
+    else:
+        stem = args.dataset_type
+    return os.path.join("outputs", "priors", f"prior_{stem}.csv")
+
+
+def _load_train_sets(args):
+    """(train set with the eval transform and the partial labels, full labels or None). Full labels are
+    known for coco (also the embedded dataset): the annotation file is complete and the partial labels
+    are simulated from it. Only the train split is read (build_datasets would also read the val split)."""
+    from src.data import _apply_partial_labels, _build_split
+    from src.data.transforms import build_val_transform
+
+    train_full = _build_split(args, args.dataset_type, "train", build_val_transform(args.image_size))
+    # The partial labels replace the copy's label matrix (set_labels), the original keeps the full one.
+    train_partial = _apply_partial_labels(args, copy.copy(train_full))
+    return train_partial, (train_full.labels if args.dataset_type == "coco" else None)
+
+
+def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[str], dataset: str) -> None:
+    """The model predicts the dataset's classes: same number (else ValueError); same names in the same
+    order, unless the checkpoint stores no names ('class_<i>'). The same names in another order are an
+    error (scores would be paired with the wrong classes); other names (e.g. OpenImages MIDs in a paper
+    checkpoint vs display names in the dataset) only print a note and the order is trusted."""
+    model_classes, dataset_classes = list(model_classes), list(dataset_classes)
+    if len(model_classes) != len(dataset_classes):
+        raise ValueError(f"--model-path: the model predicts {len(model_classes)} classes but {dataset} has "
+                         f"{len(dataset_classes)}; pass a checkpoint trained on this dataset (or the right "
+                         f"--dataset_type)")
+    if model_classes == dataset_classes or all(n == f"class_{i}" for i, n in enumerate(model_classes)):
+        return
+    if sorted(model_classes) == sorted(dataset_classes):
+        raise ValueError(f"--model-path: the checkpoint lists the classes of {dataset} in another order "
+                         f"(e.g. {model_classes[:3]} vs {dataset_classes[:3]}); its scores would be paired "
+                         f"with the wrong classes. Use the annotation files it was trained with")
+    differing = sum(a != b for a, b in zip(model_classes, dataset_classes))
+    print(f"note: {differing} of {len(model_classes)} class names of the checkpoint differ from those of "
+          f"{dataset} (e.g. {model_classes[0]!r} vs {dataset_classes[0]!r}); assuming the same class order")
+
+
+def _check_out_path(path: str) -> None:
+    if not path.lower().endswith(".csv"):
+        raise ValueError(f"--out: {path!r} should be a .csv file (the prior format is Classes,avg_pred)")
+
+
+def main(argv=None) -> dict:
+    """Run the command; returns {'path', 'prior', 'class_names', 'report', 'statistics'} (the last two
+    None without full labels, and on ranks other than 0)."""
+    from src.engine import AMP_DTYPES
+    from src.loss_functions.partial_asymmetric_loss import read_prior_csv
+    from src.models import load_model
+    from src.utils.distributed import cleanup_distributed, init_distributed
+
+    args = build_parser().parse_args(argv)
+    args.out = args.out or _default_out(args)
+    _check_out_path(args.out)
+    if not os.path.isfile(args.model_path):
+        raise FileNotFoundError(f"--model_path: checkpoint {args.model_path!r} does not exist; pass the "
+                                "stage-1 model (e.g. <path_dest>/best.pth)")
+    for path in args.compare:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--compare: prior file {path!r} does not exist")
+    ctx = init_distributed(args.device)
+    try:
+        use_amp = ctx.device.type == "cuda" if args.amp is None else args.amp
+        amp_dtype = AMP_DTYPES[args.amp_dtype] if use_amp else None
+        model, model_classes = load_model(args.model_path, model_name=args.model_name, device=ctx.device,
+                                          use_ema=args.use_ema)
+        train_set, full_labels = _load_train_sets(args)
+        class_names = list(train_set.class_names)
+        check_model_classes(model_classes, class_names,
+                            f"the {args.dataset_type} training set at {args.data}")
+        compares = {os.path.basename(p): read_prior_csv(p, class_names).numpy() for p in args.compare}
+        prior = compute_prior_from_model(model, train_set, ctx.device, batch_size=args.batch_size,
+                                         workers=args.workers, amp_dtype=amp_dtype)
+        report = statistics = None
+        if ctx.is_main:
+            write_prior_csv(args.out, class_names, prior)
+            print(f"class prior written to {args.out} ({len(train_set)} training images, eval mode, "
+                  f"no augmentation)")
+            estimates = {"this estimate": prior, **naive_estimates(train_set.labels), **compares}
+            if full_labels is not None:
+                true_freq = full_labels.positive_counts() / full_labels.num_samples
+                statistics = rank_statistics(true_freq, estimates, class_names, args.top)
+                report = rank_report(true_freq, estimates, class_names, args.top)
+                print("\nEstimating the class distribution (true frequency = positives / N over the full "
+                      "labels):\n" + report)
+            else:
+                print(f"\nfull labels of {args.dataset_type} are unknown: no ranking against the truth. Top "
+                      f"{args.top}:")
+                for name, values in estimates.items():
+                    print(f"  {name}: {', '.join(top_classes(values, class_names, args.top))}")
+        return {"path": args.out, "prior": prior, "class_names": class_names, "report": report,
+                "statistics": statistics}
+    finally:
+        cleanup_distributed()
+
+
+def cli(argv=None) -> int:
+    try:
+        main(argv)
+    except (ValueError, FileNotFoundError, MemoryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,146 @@
+"""infer.py: tags equal an independent forward pass, annotated pictures and CSV are written, the paper's
+checkpoint format and class descriptions work, bad inputs give clear errors; the shipped pics/."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import infer
+from src.models import create_model
+from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL
+from tests.test_validate import embedded_split, manual_scores, save_tiny_checkpoint
+
+PICS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pics")
+
+
+@pytest.fixture
+def two_pictures(embedded_data_dir, tmp_path):
+    """Folder with two embedded scenes (one stored grayscale + alpha, which the paper's code would reject)
+    and a text file that must be skipped."""
+    names, paths, _ = embedded_split(embedded_data_dir)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    shutil.copy(paths[0], folder / "a.png")
+    Image.open(paths[1]).convert("LA").save(folder / "b.png")
+    (folder / "notes.txt").write_text("not a picture")
+    return names, folder
+
+
+def run_infer(checkpoint, pic_path, out_dir, *extra):
+    return infer.main(["--model_path", str(checkpoint), "--pic_path", str(pic_path), "--input_size",
+                       str(TINY_IMAGE_SIZE), "--output_dir", str(out_dir), "--device", "cpu", *extra])
+
+
+def test_folder_tags_match_manual_forward_pass(two_pictures, tmp_path, capsys):
+    names, folder = two_pictures
+    model = save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    pictures = [str(folder / "a.png"), str(folder / "b.png")]
+    scores = manual_scores(model, pictures)
+    results = run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--th", "0", "--top_k", "3")
+    out = capsys.readouterr().out
+
+    assert [r["picture"] for r in results] == pictures  # notes.txt skipped, sorted order
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert len(rows) == 6
+    for i, result in enumerate(results):
+        expected = np.argsort(-scores[i])[:3]
+        assert [name for name, _ in result["tags"]] == [names[c] for c in expected]
+        np.testing.assert_allclose([s for _, s in result["tags"]], scores[i][expected], atol=1e-5)
+        first_name, first_score = result["tags"][0]
+        assert f"{pictures[i]}: {first_name} ({first_score:.3f})" in out
+        assert [r["class"] for r in rows[3 * i:3 * i + 3]] == [n for n, _ in result["tags"]]
+        drawn = Image.open(result["output"])
+        assert os.path.basename(result["output"]) == ["a_tags.png", "b_tags.png"][i]
+        # 32 px enlarged 12x to 384 px, plus the text panel (title + 3 tags) below it
+        assert drawn.size == (384, 384 + 10 + 22 * 4)
+
+
+def test_threshold_and_top_k(two_pictures, tmp_path):
+    names, folder = two_pictures
+    model = save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    top = np.sort(manual_scores(model, [str(folder / "a.png")])[0])[::-1]
+    threshold = (top[1] + top[2]) / 2  # exactly two classes score above it
+    results = run_infer(tmp_path / "tiny.pth", folder / "a.png", tmp_path / "out", "--th", str(threshold))
+    assert len(results[0]["tags"]) == 2
+    results = run_infer(tmp_path / "tiny.pth", folder / "a.png", tmp_path / "out", "--th", "0",
+                        "--top-k", "4.0")  # kebab spelling; the paper declared top_k as a float
+    assert len(results[0]["tags"]) == 4
+    results = run_infer(tmp_path / "tiny.pth", folder / "a.png", tmp_path / "out", "--th", "1")
+    assert results[0]["tags"] == []  # nothing drawn but the "no class" line; no crash
+
+
+def test_paper_checkpoint_with_mids_and_descriptions(two_pictures, tmp_path, capsys):
+    _, folder = two_pictures
+    torch.manual_seed(0)
+    model = create_model(model_name=TINY_MODEL, num_classes=4)
+    mids = ["/m/01", "/m/02", "/m/03", "/m/04"]
+    torch.save({"model": model.state_dict(), "num_classes": 4, "idx_to_class": dict(enumerate(mids))},
+               tmp_path / "paper.pth")
+    descriptions = tmp_path / "descriptions.csv"
+    descriptions.write_text("LabelName,DisplayName\n/m/01,Cat\n/m/02,Dog\n/m/03,Tree\n/m/99,Boat\n")
+    paper_flags = ["--model-name", TINY_MODEL, "--class-description-path", str(descriptions)]
+    results = run_infer(tmp_path / "paper.pth", folder / "a.png", tmp_path / "out", *paper_flags,
+                        "--th", "0", "--top_k", "4")
+    assert sorted(name for name, _ in results[0]["tags"]) == ["/m/04", "Cat", "Dog", "Tree"]
+    assert "1 of 4 classes are not in" in capsys.readouterr().out
+    assert infer.read_class_descriptions(str(descriptions)) == {"/m/01": "Cat", "/m/02": "Dog",
+                                                                "/m/03": "Tree", "/m/99": "Boat"}
+    # Not a TResNet and no stored model_name: the architecture must be named.
+    with pytest.raises(ValueError, match="model_name"):
+        run_infer(tmp_path / "paper.pth", folder / "a.png", tmp_path / "out")
+    unrelated = tmp_path / "unrelated.csv"
+    unrelated.write_text("LabelName,DisplayName\n/m/77,Car\n")
+    with pytest.raises(ValueError, match="none of the model's classes"):
+        run_infer(tmp_path / "paper.pth", folder / "a.png", tmp_path / "out", "--model_name", TINY_MODEL,
+                  "--class_description_path", str(unrelated))
+
+
+def test_errors(two_pictures, tmp_path, capsys):
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    with pytest.raises(FileNotFoundError, match="--pic_path: .*nowhere.png"):
+        run_infer(tmp_path / "tiny.pth", tmp_path / "nowhere.png", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no picture"):
+        run_infer(tmp_path / "tiny.pth", tmp_path / "empty", tmp_path / "out")
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="broken.png' is not a picture PIL can read"):
+        run_infer(tmp_path / "tiny.pth", tmp_path / "broken.png", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="--model_path: checkpoint"):
+        run_infer(tmp_path / "missing.pth", folder, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="--class_description_path"):
+        run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--class_description_path",
+                  str(tmp_path / "none.csv"))
+    with pytest.raises(ValueError, match="--th 1.5 is not a probability"):
+        run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--th", "1.5")
+    argv = ["--model_path", str(tmp_path / "tiny.pth"), "--pic_path", str(tmp_path / "broken.png"),
+            "--output_dir", str(tmp_path / "cli_out")]
+    assert infer.cli(argv) == 2
+    assert not os.path.exists(tmp_path / "cli_out")
+    assert "error: --pic_path" in capsys.readouterr().err
+
+
+def test_paper_flags_and_defaults():
+    args = infer.build_parser().parse_args([])
+    assert (args.model_path, args.model_name, args.input_size, args.th, args.top_k) == (
+        infer.PAPER_MODEL_PATH, None, 224, 0.97, 30)
+    assert args.dataset_type == "openimages" and args.pic_path == "./pics" and args.device == "auto"
+    # The paper's default value had a typo; it still parses.
+    assert infer.build_parser().parse_args(["--dataset_type", "OpenImagess"]).dataset_type == "openimages"
+
+
+def test_shipped_pictures_and_smoke_run_checkpoint(stage1_run, tmp_path):
+    pictures = sorted(p for p in os.listdir(PICS_DIR) if p.endswith(".png"))
+    readme = open(os.path.join(PICS_DIR, "README.md")).read()
+    assert pictures and all(f"`{p}`" in readme for p in pictures)
+    assert sum(os.path.getsize(os.path.join(PICS_DIR, p)) for p in os.listdir(PICS_DIR)) < 300_000
+    results = run_infer(stage1_run["best"], PICS_DIR, tmp_path / "out", "--th", "0.5")
+    assert [os.path.basename(r["picture"]) for r in results] == pictures
+    assert all(os.path.isfile(r["output"]) for r in results)

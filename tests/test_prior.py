@@ -1,0 +1,238 @@
+"""Prior estimation: rank statistics, CSV format, the clean pass (single process and two gloo ranks)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import Dataset
+
+from src.data.labels import LabelMatrix
+from src.prior import (
+    average_ranks,
+    compute_prior_from_model,
+    naive_estimates,
+    rank_report,
+    rank_statistics,
+    spearman,
+    write_prior_csv,
+)
+
+
+# --------------------------------------------------------------------------- rank statistics
+def test_average_ranks_hand_example():
+    np.testing.assert_allclose(average_ranks([10, 20, 20, 5, 20]), [2, 4, 4, 1, 4])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spearman_matches_scipy_with_ties(seed):
+    from scipy.stats import spearmanr  # imported here: the DDP test's spawned workers re-import this module
+
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 6, size=40)  # few distinct values -> many ties
+    b = a + rng.integers(-3, 4, size=40)
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    c = rng.random(40)
+    assert spearman(c, b) == pytest.approx(spearmanr(c, b).statistic, abs=1e-12)
+
+
+def test_spearman_extremes_and_bad_input():
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="equal length"):
+        spearman([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="NaN"):
+        spearman([1, np.nan, 3], [1, 2, 3])
+
+
+def test_rank_report_hand_example():
+    names = ["a", "b", "c", "d"]
+    true = np.array([0.5, 0.1, 0.3, 0.2])
+    estimate = np.array([0.4, 0.3, 0.2, 0.1])
+    # ranks true: a4 b1 c3 d2; estimate: a4 b3 c2 d1; d = 0,2,-1,-1 -> rho = 1 - 6*6 / (4*15) = 0.4
+    stats = rank_statistics(true, {"model": estimate}, names, top=2)
+    assert stats["model"]["spearman"] == pytest.approx(0.4)
+    assert stats["model"]["top"] == ["a", "b"]
+    assert stats["model"]["top_overlap"] == 1
+    assert stats["true frequency"]["top"] == ["a", "c"]
+    table = rank_report(true, {"model": estimate}, names, top=2)
+    lines = table.splitlines()
+    assert lines[0] == "| rank | true frequency | model |"
+    assert lines[2] == "| 1 | a (0.500) | a (0.400) |"
+    assert lines[3] == "| 2 | c (0.300) | b (0.300) |"
+    assert lines[4] == "| Spearman rho vs true | 1.000 | 0.400 |"
+    assert lines[5] == "| top-2 overlap with true | 2/2 | 1/2 |"
+
+
+def test_rank_statistics_rejects_wrong_length():
+    with pytest.raises(ValueError, match="different class list"):
+        rank_statistics([0.1, 0.2], {"x": [0.1, 0.2, 0.3]}, ["a", "b"])
+
+
+def test_naive_estimates_hand_example():
+    labels = LabelMatrix.from_dense([[1, -1, 0], [1, 0, -1], [0, -1, -1], [-1, 1, -1]])
+    naive = naive_estimates(labels)
+    np.testing.assert_allclose(naive["naive (pos / N)"], [2 / 4, 1 / 4, 0])
+    np.testing.assert_allclose(naive["naive (pos / annotated)"], [2 / 3, 1 / 2, 0])
+
+
+def test_prior_csv_round_trip(tmp_path):
+    from src.loss_functions.partial_asymmetric_loss import read_prior_csv
+
+    names = ["person", "None", "traffic light"]
+    values = np.array([0.5, 0.012345678, 1e-7])
+    path = write_prior_csv(str(tmp_path / "sub" / "prior.csv"), names, values)
+    assert open(path).readline().strip() == "Classes,avg_pred"
+    np.testing.assert_allclose(read_prior_csv(path, names[::-1]).numpy(), values[::-1], rtol=1e-6)
+    assert not [p for p in os.listdir(tmp_path / "sub") if p.endswith(".tmp" + str(os.getpid()))]
+    with pytest.raises(ValueError, match="2 values for 3 classes"):
+        write_prior_csv(str(tmp_path / "bad.csv"), names, values[:2])
+
+
+# --------------------------------------------------------------------------- the clean pass
+class _VectorDataset(Dataset):
+    """Images are 2 x 2 x 2 tensors; the label is irrelevant for the prior."""
+
+    def __init__(self, n: int, num_classes: int = 3):
+        self.images = torch.randn(n, 2, 2, 2, generator=torch.Generator().manual_seed(1))
+        self.class_names = [f"class{c}" for c in range(num_classes)]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], torch.zeros(len(self.class_names))
+
+
+def _tiny_model(num_classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 5), nn.BatchNorm1d(5), nn.ReLU(),
+                          nn.Linear(5, num_classes))
+    model[2].running_mean.uniform_(-1, 1)  # make eval-mode output differ from train-mode output
+    return model
+
+
+def test_compute_prior_equals_manual_mean_in_eval_mode():
+    dataset = _VectorDataset(7)
+    model = _tiny_model()
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval()(dataset.images)).mean(0).numpy()
+        # a copy: a train-mode forward updates the batch-norm running statistics
+        train_mode = torch.sigmoid(copy.deepcopy(model).train()(dataset.images)).mean(0).numpy()
+    assert not np.allclose(expected, train_mode, atol=1e-3)  # the check below can tell the modes apart
+    prior = compute_prior_from_model(model, dataset, "cpu", batch_size=3)  # 3 + 3 + 1 images
+    assert prior.shape == (3,) and prior.dtype == np.float32
+    np.testing.assert_allclose(prior, expected, rtol=1e-5)
+    model.train()
+    compute_prior_from_model(model, dataset, "cpu", batch_size=3)
+    assert model.training  # the caller's mode is restored
+
+
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        model, seen = _tiny_model(), []
+        model.register_forward_pre_hook(lambda module, inputs: seen.append(len(inputs[0])))
+        prior = compute_prior_from_model(model, _VectorDataset(7), "cpu", batch_size=2)
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"), prior)
+        np.save(os.path.join(out_dir, f"seen{rank}.npy"), np.array(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_compute_prior_two_gloo_ranks_equals_single_process(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Rank 1 in a spawned process (fork could deadlock in torch's inherited thread pool), rank 0 here:
+    # one interpreter start instead of two.
+    worker = mp.get_context("spawn").Process(target=_ddp_worker, args=(1, 2, port, str(tmp_path)))
+    worker.start()
+    try:
+        _ddp_worker(0, 2, port, str(tmp_path))
+    finally:
+        worker.join(timeout=120)
+    assert worker.exitcode == 0
+    single = compute_prior_from_model(_tiny_model(), _VectorDataset(7), "cpu", batch_size=2)
+    # 7 images in batches of 2: rank 0 predicts 2 + 2, rank 1 2 + 1 (no image twice, none missing) ...
+    assert [np.load(tmp_path / f"seen{rank}.npy").tolist() for rank in range(2)] == [[2, 2], [2, 1]]
+    for rank in range(2):  # ... and both return the mean over all 7
+        np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), single, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- command line
+# Imported inside the tests: the DDP test's spawned workers re-import this module, and timm (pulled in
+# by tests.test_validate) would add seconds to each.
+def _cli_argv(checkpoint, data_dir, out, *extra):
+    from tests.conftest import TINY_IMAGE_SIZE
+
+    return ["--model_path", str(checkpoint), "--data", str(data_dir), "--image-size", str(TINY_IMAGE_SIZE),
+            "-b", "16", "-j", "0", "--device", "cpu", "--simulate_partial_type", "fpc",
+            "--simulate_partial_param", "10", "--seed", "0", "--out", str(out), *extra]
+
+
+def test_cli_reproduces_the_training_prior_and_reports_ranks(stage1_run, embedded_data_dir, tmp_path, capsys):
+    """On the smoke run's best model, the separate command writes the prior train.py wrote at the end of
+    stage 1 (same clean pass), and ranks it against the true frequencies of the JSON labels."""
+    from scipy.stats import spearmanr
+
+    from src.loss_functions.partial_asymmetric_loss import read_prior_csv
+    from src.prior import main
+    from tests.test_validate import embedded_split
+
+    result = main(_cli_argv(stage1_run["best"], embedded_data_dir, tmp_path / "prior.csv",
+                            "--compare", stage1_run["prior"]))
+    out = capsys.readouterr().out
+    names = result["class_names"]
+    np.testing.assert_allclose(read_prior_csv(tmp_path / "prior.csv", names).numpy(),
+                               read_prior_csv(stage1_run["prior"], names).numpy(), atol=1e-6)
+
+    _, _, full = embedded_split(embedded_data_dir, "train")
+    true_freq = full.sum(0) / len(full)
+    stats = result["statistics"]
+    compare = os.path.basename(stage1_run["prior"])
+    assert list(stats) == ["true frequency", "this estimate", "naive (pos / N)", "naive (pos / annotated)",
+                           compare]
+    expected_rho = spearmanr(true_freq, result["prior"]).statistic
+    assert stats["this estimate"]["spearman"] == pytest.approx(expected_rho)
+    assert stats[compare]["spearman"] == pytest.approx(stats["this estimate"]["spearman"], abs=1e-6)
+    true_top = [names[i] for i in np.argsort(-true_freq, kind="stable")[:10]]
+    assert stats["true frequency"]["top"] == true_top
+    assert f"| 1 | {true_top[0]} ({true_freq.max():.3f}) |" in out
+    assert "| Spearman rho vs true | 1.000 |" in out
+
+
+def test_cli_errors(embedded_data_dir, tmp_path):
+    from src.prior import main
+    from tests.test_validate import embedded_split, save_tiny_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="--model_path: checkpoint"):
+        main(_cli_argv(tmp_path / "missing.pth", embedded_data_dir, tmp_path / "p.csv"))
+    names = embedded_split(embedded_data_dir)[0]
+    save_tiny_checkpoint(tmp_path / "five.pth", names[:5])
+    with pytest.raises(ValueError, match="predicts 5 classes but the coco training set .* has 48"):
+        main(_cli_argv(tmp_path / "five.pth", embedded_data_dir, tmp_path / "p.csv"))
+    save_tiny_checkpoint(tmp_path / "shuffled.pth", names[::-1])
+    with pytest.raises(ValueError, match="in another order"):
+        main(_cli_argv(tmp_path / "shuffled.pth", embedded_data_dir, tmp_path / "p.csv"))
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    with pytest.raises(FileNotFoundError, match="--compare: prior file"):
+        main(_cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "p.csv", "--compare", "x.csv"))
+    with pytest.raises(ValueError, match="--out: .* should be a .csv file"):
+        main(_cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "p.txt"))
+    wrong = tmp_path / "wrong.csv"
+    write_prior_csv(str(wrong), names[:3], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="does not match the model's classes"):
+        main(_cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "p.csv", "--compare", str(wrong)))
