@@ -229,12 +229,9 @@ def main(argv=None) -> list[dict]:
 
 
 def cli(argv=None) -> int:
-    try:
-        main(argv)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    from src.utils.cli import run_cli
+
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

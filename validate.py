@@ -78,15 +78,15 @@ def default_output(args) -> str:
 
 def build_val_dataset(args):
     """The validation split alone (building the train split of OpenImages would take minutes)."""
-    from src.data import _build_split
+    from src.data import build_split
     from src.data.transforms import build_val_transform
 
-    return _build_split(args, args.dataset_type, "val", build_val_transform(args.image_size))
+    return build_split(args, args.dataset_type, "val", build_val_transform(args.image_size))
 
 
 def check_classes(model_classes: list[str], dataset_classes: list[str], args) -> None:
-    """--num-classes, model and dataset agree (see `src.prior.check_model_classes` for the names)."""
-    from src.prior import check_model_classes
+    """--num-classes, model and dataset agree (see `src.models.check_model_classes` for the names)."""
+    from src.models import check_model_classes
 
     if args.num_classes is not None and args.num_classes != len(model_classes):
         raise ValueError(f"--num-classes {args.num_classes} does not match the checkpoint {args.model_path}, "
@@ -199,12 +199,9 @@ def main(argv=None) -> dict:
 
 
 def cli(argv=None) -> int:
-    try:
-        main(argv)
-    except (ValueError, FileNotFoundError, MemoryError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    from src.utils.cli import run_cli
+
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

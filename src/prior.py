@@ -264,34 +264,13 @@ def _load_train_sets(args):
     """(train set with the eval transform and the partial labels, full labels or None). Full labels are
     known for coco (also the embedded dataset): the annotation file is complete and the partial labels
     are simulated from it. Only the train split is read (build_datasets would also read the val split)."""
-    from src.data import _apply_partial_labels, _build_split
+    from src.data import apply_partial_labels, build_split
     from src.data.transforms import build_val_transform
 
-    train_full = _build_split(args, args.dataset_type, "train", build_val_transform(args.image_size))
+    train_full = build_split(args, args.dataset_type, "train", build_val_transform(args.image_size))
     # The partial labels replace the copy's label matrix (set_labels), the original keeps the full one.
-    train_partial = _apply_partial_labels(args, copy.copy(train_full))
+    train_partial = apply_partial_labels(args, copy.copy(train_full))
     return train_partial, (train_full.labels if args.dataset_type == "coco" else None)
-
-
-def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[str], dataset: str) -> None:
-    """The model predicts the dataset's classes: same number (else ValueError); same names in the same
-    order, unless the checkpoint stores no names ('class_<i>'). The same names in another order are an
-    error (scores would be paired with the wrong classes); other names (e.g. OpenImages MIDs in a paper
-    checkpoint vs display names in the dataset) only print a note and the order is trusted."""
-    model_classes, dataset_classes = list(model_classes), list(dataset_classes)
-    if len(model_classes) != len(dataset_classes):
-        raise ValueError(f"--model-path: the model predicts {len(model_classes)} classes but {dataset} has "
-                         f"{len(dataset_classes)}; pass a checkpoint trained on this dataset (or the right "
-                         f"--dataset_type)")
-    if model_classes == dataset_classes or all(n == f"class_{i}" for i, n in enumerate(model_classes)):
-        return
-    if sorted(model_classes) == sorted(dataset_classes):
-        raise ValueError(f"--model-path: the checkpoint lists the classes of {dataset} in another order "
-                         f"(e.g. {model_classes[:3]} vs {dataset_classes[:3]}); its scores would be paired "
-                         f"with the wrong classes. Use the annotation files it was trained with")
-    differing = sum(a != b for a, b in zip(model_classes, dataset_classes))
-    print(f"note: {differing} of {len(model_classes)} class names of the checkpoint differ from those of "
-          f"{dataset} (e.g. {model_classes[0]!r} vs {dataset_classes[0]!r}); assuming the same class order")
 
 
 def _check_out_path(path: str) -> None:
@@ -304,7 +283,7 @@ def main(argv=None) -> dict:
     None without full labels, and on ranks other than 0)."""
     from src.engine import AMP_DTYPES
     from src.loss_functions.partial_asymmetric_loss import read_prior_csv
-    from src.models import load_model
+    from src.models import check_model_classes, load_model
     from src.utils.distributed import cleanup_distributed, init_distributed
 
     args = build_parser().parse_args(argv)
@@ -353,12 +332,9 @@ def main(argv=None) -> dict:
 
 
 def cli(argv=None) -> int:
-    try:
-        main(argv)
-    except (ValueError, FileNotFoundError, MemoryError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    from src.utils.cli import run_cli
+
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

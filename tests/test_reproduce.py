@@ -100,3 +100,51 @@ def test_readme_threshold_row_runs_only_on_the_embedded_protocol(tmp_path):
     assert coco.prior_threshold == "0.5" and embedded.prior_threshold == "share"
     row = reproduce.ROWS[-1]
     assert reproduce.resolve_threshold(embedded, row, "unused.csv") == 0.5  # no prior file needed
+
+
+def test_rows_selection_brings_the_stage1_row_and_rejects_unknown_keys(tmp_path):
+    protocol = reproduce.embedded_protocol(reproduce.parse_args(["--data_root", str(tmp_path)]))
+    assert reproduce.select_rows(protocol, None) is None
+    protocol.rows = reproduce.select_rows(protocol, "csl")
+    assert protocol.rows == ("ignore_ce", "csl")  # CSL needs the Ignore run's prior
+    assert [r.key for r in reproduce.protocol_rows(protocol)] == ["ignore_ce", "csl"]
+    assert reproduce.select_rows(protocol, "negative_ce,negative_asl") == ("negative_ce", "negative_asl")
+    with pytest.raises(SystemExit, match="--rows"):
+        reproduce.select_rows(protocol, "csl,bogus")
+    coco = reproduce.coco_protocol(reproduce.parse_args(["--data", str(tmp_path)]))
+    with pytest.raises(SystemExit, match="csl_readme_threshold"):  # embedded-only row
+        reproduce.select_rows(coco, "csl_readme_threshold")
+
+
+def _write_prior(path, values):
+    with open(path, "w") as handle:
+        handle.write("Classes,avg_pred\n" + "".join(f"c{i},{v}\n" for i, v in enumerate(values)))
+    return str(path)
+
+
+def test_ignored_classes_compare_like_the_loss(tmp_path):
+    prior = _write_prior(tmp_path / "prior.csv", [0.53, 0.43, 0.5, 0.2])
+    assert reproduce.ignored_classes(prior, 0.5) == [0]  # strictly above; 0.5 itself is kept
+    assert reproduce.ignored_classes(prior, 0.48) == [0, 2]
+    assert reproduce.ignored_classes(prior, 0.0) == []  # threshold 0 disables the prior in the loss
+
+
+def test_readme_row_reuses_the_csl_run_only_when_it_ignores_the_same_classes(tmp_path, monkeypatch):
+    args = reproduce.parse_args(["--data_root", str(tmp_path), "--out", str(tmp_path / "out")])
+    protocol = reproduce.embedded_protocol(args)
+    group = reproduce.Group(0, "fpc", 73)
+    row = reproduce.ROWS[-1]
+    twin = {"row": "csl", "prior_threshold": 0.48, "best_mAP": 50.0, "final_mAP": 49.0, "seed": 0}
+    started = []
+    monkeypatch.setattr(reproduce, "run_logged", lambda command, log, env: started.append(command))
+    monkeypatch.setattr(reproduce, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
+
+    same = _write_prior(tmp_path / "same.csv", [0.53, 0.43, 0.2])  # 0.48 and 0.5 both ignore class 0
+    result = reproduce.run_cell(args, protocol, group, row, "labels.npz", same, {}, twin)
+    assert started == [] and result["same_run_as"] == "csl" and result["best_mAP"] == 50.0
+    assert result["row"] == row.key and result["prior_threshold"] == 0.5 and result["ignored_classes"] == [0]
+
+    group = reproduce.Group(1, "fpc", 73)
+    other = _write_prior(tmp_path / "other.csv", [0.53, 0.49, 0.2])  # 0.48 also ignores class 1
+    result = reproduce.run_cell(args, protocol, group, row, "labels.npz", other, {}, twin)
+    assert len(started) == 1 and "same_run_as" not in result and result["best_mAP"] == 1.0

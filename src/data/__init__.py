@@ -69,7 +69,8 @@ def resolve_coco_files(data: str, metadata: str | None, split: str) -> tuple[str
                        f"Download COCO 2014 or fix --data / --metadata")
 
 
-def _build_split(args, dataset_type: str, split: str, transform):
+def build_split(args, dataset_type: str, split: str, transform):
+    """One split ('train' or 'val') of ``dataset_type`` with its full labels, from train.py's flags."""
     data = getattr(args, "data", "./data")
     metadata = getattr(args, "metadata", None)
     skip_bad = bool(getattr(args, "skip_bad_images", False))
@@ -87,7 +88,8 @@ def _build_split(args, dataset_type: str, split: str, transform):
     return lvis_from_args(args, split, transform)
 
 
-def _apply_partial_labels(args, train_dataset):
+def apply_partial_labels(args, train_dataset):
+    """Replace the training labels by --partial_labels FILE or a --simulate_partial_type draw (if any)."""
     partial_path = getattr(args, "partial_labels", None)
     simulate_type = getattr(args, "simulate_partial_type", None)
     if partial_path and simulate_type:
@@ -119,11 +121,11 @@ def build_datasets(args):
         raise ValueError(f"--dataset_type must be one of {DATASET_TYPES}, got {dataset_type!r}")
     image_size = getattr(args, "image_size", 448)
     draft = bool(getattr(args, "jpeg_draft", True))  # False: bit-exact full-resolution JPEG decoding
-    train_dataset = _build_split(args, dataset_type, "train", build_train_transform(image_size, draft=draft))
-    val_dataset = _build_split(args, dataset_type, "val", build_val_transform(image_size, draft=draft))
+    train_dataset = build_split(args, dataset_type, "train", build_train_transform(image_size, draft=draft))
+    val_dataset = build_split(args, dataset_type, "val", build_val_transform(image_size, draft=draft))
     if list(train_dataset.class_names) != list(val_dataset.class_names):
         raise DatasetError(f"{dataset_type}: the train and val annotation files list different classes "
                            f"({len(train_dataset.class_names)} vs {len(val_dataset.class_names)}); use files "
                            f"from the same release")
-    train_dataset = _apply_partial_labels(args, train_dataset)
+    train_dataset = apply_partial_labels(args, train_dataset)
     return train_dataset, val_dataset

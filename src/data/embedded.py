@@ -666,4 +666,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from src.utils.cli import run_cli
+
+    sys.exit(run_cli(main))

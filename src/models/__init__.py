@@ -9,6 +9,7 @@ from src.models.checkpoint_convert import (
 from src.models.factory import (
     TRESNET_NAMES,
     BottleneckHead,
+    check_model_classes,
     check_num_classes,
     create_model,
     maybe_compile,
@@ -28,7 +29,8 @@ from src.models.loading import (
 
 __all__ = [
     'TRESNET_ARCHS', 'TRESNET_NAMES', 'BackboneLoadReport', 'BottleneckHead', 'CheckpointError',
-    'CheckpointNotFoundError', 'check_num_classes', 'convert_original_to_timm', 'create_model',
+    'CheckpointNotFoundError', 'check_model_classes', 'check_num_classes', 'convert_original_to_timm',
+    'create_model',
     'extract_state_dict', 'infer_tresnet_name', 'is_original_tresnet_layout', 'load_model',
     'load_pretrained_backbone', 'maybe_compile', 'model_metadata', 'read_checkpoint_file',
     'set_grad_checkpointing', 'to_timm_layout',

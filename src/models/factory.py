@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import timm
 import torch
@@ -224,6 +224,27 @@ def check_num_classes(model: nn.Module, num_classes: int, source: str = 'the dat
     if model_classes != int(num_classes):
         raise ValueError(f'the model outputs {model_classes} classes but {source} has {num_classes}; '
                          'use a checkpoint trained on this class list, or set --num-classes to match')
+
+
+def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[str], dataset: str) -> None:
+    """The model predicts the dataset's classes: same number (else ValueError); same names in the same
+    order, unless the checkpoint stores no names ('class_<i>'). The same names in another order are an
+    error (scores would be paired with the wrong classes); other names (e.g. OpenImages MIDs in a paper
+    checkpoint vs display names in the dataset) only print a note and the order is trusted."""
+    model_classes, dataset_classes = list(model_classes), list(dataset_classes)
+    if len(model_classes) != len(dataset_classes):
+        raise ValueError(f"--model-path: the model predicts {len(model_classes)} classes but {dataset} has "
+                         f"{len(dataset_classes)}; pass a checkpoint trained on this dataset (or the right "
+                         f"--dataset_type)")
+    if model_classes == dataset_classes or all(n == f"class_{i}" for i, n in enumerate(model_classes)):
+        return
+    if sorted(model_classes) == sorted(dataset_classes):
+        raise ValueError(f"--model-path: the checkpoint lists the classes of {dataset} in another order "
+                         f"(e.g. {model_classes[:3]} vs {dataset_classes[:3]}); its scores would be paired "
+                         f"with the wrong classes. Use the annotation files it was trained with")
+    differing = sum(a != b for a, b in zip(model_classes, dataset_classes))
+    print(f"note: {differing} of {len(model_classes)} class names of the checkpoint differ from those of "
+          f"{dataset} (e.g. {model_classes[0]!r} vs {dataset_classes[0]!r}); assuming the same class order")
 
 
 def maybe_compile(model: nn.Module, enabled: bool, device) -> nn.Module:
