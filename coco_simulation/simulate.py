@@ -258,12 +258,13 @@ def simulate_coco(args, dataset):
     simulated = simulate_partial_labels(original, mode, param, seed)
     dataset.set_labels(simulated)
     summary = class_statistics(original, simulated).summary
-    print(
-        f"Simulated partial labels: mode {canonical_mode(mode)}, param {param}, seed {seed}: annotated "
-        f"{100 * summary['annotated_fraction_original']:.1f}% -> "
-        f"{100 * summary['annotated_fraction_simulated']:.1f}%, "
-        f"positives {summary['positives_original']} -> {summary['positives_kept']}"
-    )
+    from src.utils.distributed import get_rank
+
+    if get_rank() == 0:  # every DDP rank draws the same labels (same seed); one of them reports it
+        print(f"Simulated partial labels: mode {canonical_mode(mode)}, param {param}, seed {seed}: annotated "
+              f"{100 * summary['annotated_fraction_original']:.1f}% -> "
+              f"{100 * summary['annotated_fraction_simulated']:.1f}%, "
+              f"positives {summary['positives_original']} -> {summary['positives_kept']}")
     return dataset
 
 

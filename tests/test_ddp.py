@@ -64,6 +64,7 @@ def test_ddp_outputs_are_written_once(ddp_run):
     with open(os.path.join(dest, "metrics.jsonl"), encoding="utf-8") as handle:
         assert len(handle.readlines()) == 1
     assert stdout.count("epoch 1/1: loss") == 1  # rank 0 prints, rank 1 does not
+    assert stdout.count("Simulated partial labels") == 1  # both ranks simulate, one reports
 
 
 def test_ddp_evaluation_equals_single_process(ddp_run, embedded_data_dir):
