@@ -84,6 +84,8 @@ class TrainingInterrupted(Exception):
 def parse_args(argv=None):
     args = build_train_parser().parse_args(argv)
     args.model_path_is_none = str(args.model_path).strip().lower() in ("none", "")
+    if args.prior_path is not None and args.prior_path.strip().lower() in ("none", ""):
+        args.prior_path = None  # the paper's scripts pass --prior_path None for "no prior"
     return args
 
 

@@ -1,18 +1,20 @@
 """Command line: simulate partial labels on the COCO train annotations and write them to a file.
 
     python -m coco_simulation --data DIR [--metadata DIR] --simulate_partial_type fpc \
-        --simulate_partial_param 1000 --seed 0 --out partial.npz [--plot class_freq.png]
+        --simulate_partial_param 1000 --seed 0 --out partial.npz [--plot class_freq.png | --plot none]
 
 Reads the train split through the same loader and the same two layouts as training (``--data DIR``
 with ``annotations/instances_train2014.json`` and ``train2014/``, or the paper code's ``--metadata
 DIR`` with ``train.json``), writes the simulated matrix (see `coco_simulation.simulate` for the file
-format; pass it to training with ``--partial_labels FILE``), prints per-class statistics and
-optionally saves the class-frequency plot (original vs simulated positives per class).
+format; pass it to training with ``--partial_labels FILE``), prints per-class statistics and saves
+the class-frequency plot (original vs simulated positives per class; default: the --out path with
+.png instead of .npz; ``--plot none`` skips it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from coco_simulation.simulate import (
@@ -38,13 +40,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output .npz file")
-    parser.add_argument("--plot", default=None, help="optional PNG of the class frequencies")
+    parser.add_argument("--plot", default=None,
+                        help="PNG of the class frequencies (default: --out with .png; 'none' to skip)")
     parser.add_argument(
         "--skip_bad_images",
         action="store_true",
         help="drop missing/undecodable images first (training must then use it too)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.plot is None:
+        args.plot = os.path.splitext(args.out)[0] + ".png"
+    elif args.plot.strip().lower() == "none":
+        args.plot = None
+    return args
 
 
 def main(argv=None) -> int:

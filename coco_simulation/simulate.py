@@ -74,6 +74,8 @@ def validate_label_matrix(labels, name: str = "labels") -> np.ndarray:
 
 
 def _validate_param(mode: str, param) -> float:
+    if mode == "single_positive" and param is None:
+        return 0.0  # the mode has no parameter
     try:
         value = float(param)
     except (TypeError, ValueError):
@@ -151,7 +153,7 @@ def _per_image(labels: np.ndarray, mode: str, ratio: float, rng: np.random.Gener
     return out
 
 
-def simulate_partial_labels(labels, mode: str, param: float, seed: int = 0) -> np.ndarray:
+def simulate_partial_labels(labels, mode: str, param: float | None = None, seed: int = 0) -> np.ndarray:
     """Return a new int8 label matrix with partial annotation simulated by ``mode`` (see module doc).
 
     ``labels`` (N x C, values in {-1, 0, 1}) is not modified. Deterministic for a given ``seed``.

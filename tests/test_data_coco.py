@@ -182,3 +182,35 @@ def test_build_datasets_wires_transforms_and_partial_labels(coco_root, monkeypat
     args.simulate_partial_type = "rps"
     with pytest.raises(ValueError, match="not both"):
         build_datasets(args)
+
+
+def test_assigning_ids_keeps_those_images_with_their_labels(coco_root):
+    ds = CocoDetection(str(coco_root / "train2014"), str(coco_root / "annotations/instances_train2014.json"))
+    ds.ids = [30, 20]  # the paper's code exposes `ids`; assigning it must not desynchronise the rows
+    assert len(ds) == 2 and ds.ids == [30, 20]
+    np.testing.assert_array_equal(ds.labels.to_dense(), EXPECTED[[2, 0]])
+    assert ds.image_paths[0].endswith("COCO_train2014_000000000030.jpg")
+    with pytest.raises(KeyError, match="image id\\(s\\) \\[10\\] are not in this dataset"):
+        ds.ids = [10]
+
+
+def test_truncated_image_passes_the_header_scan_and_is_replaced_at_read(coco_root):
+    folder = coco_root / "train2014"
+    bad = folder / "COCO_train2014_000000000010.jpg"  # row 1
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(bad, quality=95)
+    bad.write_bytes(bad.read_bytes()[:5000])  # header intact, most pixel data cut
+    ann = str(coco_root / "annotations/instances_train2014.json")
+    ds = CocoDetection(str(folder), ann)
+    with pytest.raises(ImageReadError, match="000000000010.jpg.*--skip_bad_images"):
+        ds[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the start-up scan sees nothing wrong
+        ds = CocoDetection(str(folder), ann, skip_bad_images=True)
+    assert len(ds) == 3
+    with pytest.warns(SkippedImagesWarning, match="skipped at read.*000000000010.jpg") as record:
+        image, target = ds[1]
+    assert "--skip_bad_images to drop" not in str(record[0].message)  # no advice to set what is set
+    # the next row's image *and* target come together
+    torch.testing.assert_close(target, torch.from_numpy(EXPECTED[2].astype(np.float32)))
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(ds[2][0]))

@@ -10,6 +10,7 @@ from PIL import Image
 from src.data.labels import DatasetError
 from src.data.openimages import (
     OpenImagesDataset,
+    SkippedLabelsWarning,
     build_label_csr,
     openimages_from_args,
     read_class_list,
@@ -65,10 +66,11 @@ def processed(tmp_path):
 
 
 def test_official_format_labels(official):
-    ds = OpenImagesDataset.from_official(
-        str(official / "images"), str(official / "oidv6-train-annotations-human-imagelabels.csv"),
-        str(official / "oidv6-classes-trainable.txt"), "train",
-        descriptions_csv=str(official / "oidv6-class-descriptions.csv"))
+    with pytest.warns(SkippedLabelsWarning, match="imagelabels.csv: skipped 2 labels .*--unknown_mids error"):
+        ds = OpenImagesDataset.from_official(
+            str(official / "images"), str(official / "oidv6-train-annotations-human-imagelabels.csv"),
+            str(official / "oidv6-classes-trainable.txt"), "train",
+            descriptions_csv=str(official / "oidv6-class-descriptions.csv"))
     assert ds.labels.is_sparse
     assert ds.class_mids == MIDS and ds.class_names == ["Cat", "Apple", "Bus, red"]
     assert list(ds.image_ids) == OFFICIAL_IDS
@@ -114,7 +116,8 @@ def test_processed_format_bad_inputs(processed):
     torch.save({"/m/0c": "Cat", "/m/0a": "Apple"}, processed / "mid_to_classes.pth")
     with pytest.raises(DatasetError, match="data.csv: .*MIDs that are not in the class list.*/m/0b"):
         OpenImagesDataset.from_processed(*args)
-    skipped = OpenImagesDataset.from_processed(*args, unknown_mids="skip")
+    with pytest.warns(SkippedLabelsWarning, match="data.csv: skipped 2 labels"):
+        skipped = OpenImagesDataset.from_processed(*args, unknown_mids="skip")
     np.testing.assert_array_equal(skipped.labels.to_dense(), PROCESSED_TRAIN[:, :2])
     assert skipped.load_stats["unknown_mid_labels"] == 2
     with pytest.raises(DatasetError, match="split_name in \\['test'\\]; the file has \\['train', 'val'\\]"):

@@ -289,8 +289,23 @@ def test_bad_prior_csv_raises_a_clear_error(tmp_path, names, content, match):
 
 
 def test_missing_prior_file_names_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+    with pytest.raises(FileNotFoundError, match="nowhere.csv.*omit --prior_path"):
         PartialSelectiveLoss(partial_loss_mode="selective", prior_path=tmp_path / "nowhere.csv")
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", ""])
+def test_prior_path_none_on_the_command_line_means_no_prior(spelling):
+    import train
+
+    args = train.parse_args(["--model-path", "none", "--partial_loss_mode", "selective",
+                             "--likelihood_topk", "0", "--prior_path", spelling])
+    assert args.prior_path is None
+    train.check_args(args)  # no "file does not exist" error
+    loss = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=0, prior_path=spelling)
+    assert loss.prior_path is None and loss.prior is None
+    logits, targets = random_case(seed=3, n=6, c=9)
+    torch.testing.assert_close(loss(logits, targets), PartialSelectiveLoss(partial_loss_mode="negative")(
+        logits, targets))
 
 
 def test_prior_row_count_is_checked_against_the_classes(tmp_path):

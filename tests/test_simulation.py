@@ -103,6 +103,10 @@ def test_single_positive_keeps_one_original_positive_per_image():
     np.testing.assert_array_equal((out == 1).sum(axis=1), has_positive.astype(int))
     assert not (out == 0).any()
     assert ((out == 1) <= (labels == 1)).all()
+    # The mode takes no parameter: None (the default) draws the same labels.
+    np.testing.assert_array_equal(simulate_partial_labels(labels, "single_positive", seed=4), out)
+    with pytest.raises(ValueError, match="for mode 'fix_per_class' must be a number"):
+        simulate_partial_labels(labels, "fpc", seed=4)
     # Uniform among the positives of an image: a row with 4 positives, each picked ~1/4 of the time.
     row = np.array([[1, 1, 0, 1, -1, 1]], dtype=np.int8)
     picks = np.stack([simulate_partial_labels(row, "single_positive", 0, s)[0] == 1 for s in range(800)])
@@ -251,6 +255,16 @@ def test_cli_writes_labels_stats_and_plot(tiny_coco, tmp_path, capsys):
     assert contents.meta["mode"] == "fix_per_class" and contents.meta["seed"] == 3
     expected = simulate_partial_labels(dataset.labels.to_dense(), "fpc", 10, 3)
     np.testing.assert_array_equal(contents.labels, expected)
+
+
+def test_cli_plots_next_to_the_labels_by_default_and_none_skips_it(tiny_coco, tmp_path):
+    from coco_simulation.__main__ import main
+
+    argv = ["--data", str(tiny_coco), "--simulate_partial_type", "rps", "--simulate_partial_param", "0.5"]
+    assert main([*argv, "--out", str(tmp_path / "a.npz")]) == 0
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*argv, "--out", str(tmp_path / "b.npz"), "--plot", "none"]) == 0
+    assert (tmp_path / "b.npz").exists() and not (tmp_path / "b.png").exists()
 
 
 def test_training_reads_the_cli_file_through_build_datasets(tiny_coco, tmp_path):

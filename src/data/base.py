@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.data.image_io import PathSequence, load_rgb, scan_images
+from src.data.image_io import ImageReadError, PathSequence, load_rgb, scan_images
 from src.data.labels import DatasetError, LabelMatrix, as_label_matrix
 
 
 class SkippedImagesWarning(UserWarning):
-    """Some images were dropped by the start-up scan (``skip_bad_images=True``)."""
+    """Some images were dropped by the start-up scan, or replaced at read (``skip_bad_images=True``)."""
 
 
 def take(sequence, rows: np.ndarray):
@@ -55,9 +55,11 @@ class MultiLabelImageDataset(Dataset):
     labels: LabelMatrix
     transform = None
     target_transform = None
+    skip_bad_images = False
 
     def _finish_init(self, source: str, skip_bad_images: bool) -> None:
         """Validate the result and optionally drop unreadable images (``source`` names the label file)."""
+        self.skip_bad_images = bool(skip_bad_images)
         if self.labels.num_samples == 0:
             raise DatasetError(f"{source}: the dataset is empty (no image has a usable label). Check that "
                                f"the annotation file and split are the intended ones")
@@ -78,14 +80,29 @@ class MultiLabelImageDataset(Dataset):
         return self.labels.num_samples
 
     def __getitem__(self, index: int):
-        draft_size = getattr(self.transform, "draft_size", None)
-        image = load_rgb(self.image_paths[index], draft_size=draft_size)
+        image, index = self._load_image(index)
         if self.transform is not None:
             image = self.transform(image)
         target = torch.from_numpy(self.labels.row(index).astype(np.float32))
         if self.target_transform is not None:
             target = self.target_transform(target)
         return image, target
+
+    def _load_image(self, index: int):
+        """(image, row) for ``index``. The start-up scan reads headers only, so a file with truncated
+        pixel data is found here; with skip_bad_images it is replaced, with a warning, by the next
+        readable row (image and target together), otherwise it is an error naming the file."""
+        draft_size = getattr(self.transform, "draft_size", None)
+        for offset in range(len(self)):
+            row = (index + offset) % len(self)
+            try:
+                return load_rgb(self.image_paths[row], draft_size=draft_size), row
+            except ImageReadError as error:
+                if not self.skip_bad_images:
+                    raise
+                warnings.warn(f"skipped at read (--skip_bad_images), the next image is used instead: "
+                              f"{error.reason}", SkippedImagesWarning, stacklevel=3)
+        raise DatasetError(f"none of the {len(self)} images could be decoded; check --data ({self.root})")
 
     # ----------------------------------------------------------------- label / subset API
     @property

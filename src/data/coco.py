@@ -80,7 +80,15 @@ class CocoDetection(MultiLabelImageDataset):
 
     @ids.setter
     def ids(self, value) -> None:
-        self.image_ids = list(value)
+        """Assigning ids (as code written for the paper's dataset may do) keeps those images, in that
+        order, with their labels and paths; an id that is not in the dataset is an error."""
+        row_of = {img_id: row for row, img_id in enumerate(self.image_ids)}
+        value = list(value)
+        unknown = [img_id for img_id in value if img_id not in row_of]
+        if unknown:
+            raise KeyError(f"{self.ann_file}: image id(s) {unknown[:5]} are not in this dataset; assign a "
+                           f"selection of dataset.ids (or use dataset.subset(rows))")
+        self._keep_rows(np.asarray([row_of[img_id] for img_id in value], dtype=np.int64))
 
     def _multi_hot(self, image_ids: list) -> np.ndarray:
         row_of = {img_id: row for row, img_id in enumerate(image_ids)}

@@ -14,7 +14,8 @@
   for other modes (greyscale, CMYK, palette).
 
 `scan_images(paths)` opens every file's header in a thread pool (cheap: no pixel decoding) to find
-missing or unreadable files before training starts; truncated pixel data is only found at first read.
+missing or unreadable files before training starts; truncated pixel data is only found at first read
+(where ``skip_bad_images`` datasets replace the sample, see `MultiLabelImageDataset._load_image`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Imag
 
 
 class ImageReadError(DatasetError):
-    """An image file is missing or cannot be decoded."""
+    """An image file is missing or cannot be decoded; ``reason`` is the message without the advice."""
+
+    def __init__(self, reason: str, advice: str = ""):  # one-argument form: DataLoader workers re-raise so
+        super().__init__(f"{reason}. {advice}" if advice else reason)
+        self.reason = reason
 
 
 def load_rgb(path: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
@@ -43,11 +48,11 @@ def load_rgb(path: str, draft_size: tuple[int, int] | None = None) -> Image.Imag
             image.draft("RGB", tuple(int(s) for s in draft_size))
         image.load()
     except FileNotFoundError:
-        raise ImageReadError(f"image file not found: {path}. Check --data (the image root), or pass "
-                             f"--skip_bad_images to drop missing images at start-up") from None
+        raise ImageReadError(f"image file not found: {path}", "Check --data (the image root), or pass "
+                             "--skip_bad_images to drop missing images") from None
     except _DECODE_ERRORS as exc:
-        raise ImageReadError(f"cannot decode image {path}: {exc}. Replace or delete the file, or pass "
-                             f"--skip_bad_images to drop unreadable images at start-up") from exc
+        raise ImageReadError(f"cannot decode image {path}: {exc}", "Replace or delete the file, or pass "
+                             "--skip_bad_images to drop unreadable images") from exc
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image

@@ -46,6 +46,7 @@ import itertools
 import os
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -133,6 +134,10 @@ def build_label_csr(rows: np.ndarray, cols: np.ndarray, positive: np.ndarray, nu
     return labels, stats
 
 
+class SkippedLabelsWarning(UserWarning):
+    """Labels were dropped while reading (MIDs outside the class list)."""
+
+
 def _unknown_mids(source: str, unknown: np.ndarray, policy: str, examples) -> int:
     n_unknown = int(np.count_nonzero(unknown))
     if n_unknown and policy == "error":
@@ -140,6 +145,13 @@ def _unknown_mids(source: str, unknown: np.ndarray, policy: str, examples) -> in
                            f"{list(examples)[:5]}). Use the class file of the same release, or pass "
                            f"unknown_mids='skip' (--unknown_mids skip) to ignore them")
     return n_unknown
+
+
+def _warn_skipped(source: str, n_unknown: int) -> None:
+    if n_unknown:
+        warnings.warn(f"{source}: skipped {n_unknown} labels whose MIDs are not in the class list (expected "
+                      f"for the official CSVs, which cover ~20k classes); --unknown_mids error makes this "
+                      f"an error and lists them", SkippedLabelsWarning, stacklevel=3)
 
 
 def _to_bytes(values) -> np.ndarray:
@@ -177,6 +189,7 @@ def read_official_labels(csv_path: str, class_mids: list[str], unknown_mids: str
                                     len(image_categories), len(class_mids))
     keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
     stats["unknown_mid_labels"] = n_unknown
+    _warn_skipped(csv_path, n_unknown)
     return _to_bytes(image_categories[keep]), labels.subset(keep), stats
 
 
@@ -245,6 +258,7 @@ def read_processed_labels(csv_path: str, class_mids: list[str], split: str | tup
     labels, stats = build_label_csr(np.concatenate(rows), np.concatenate(cols), np.concatenate(positive),
                                     n_rows, len(class_mids))
     stats["unknown_mid_labels"] = n_unknown
+    _warn_skipped(csv_path, n_unknown)
     return np.concatenate(paths), labels, stats
 
 

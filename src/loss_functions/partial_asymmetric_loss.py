@@ -95,7 +95,7 @@ def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -
     if not path.is_file():
         raise FileNotFoundError(
             f"prior file {str(path)!r} (--prior_path) does not exist; compute one with ComputePrior / "
-            "src/prior.py, or pass --prior_path None when partial_loss_mode needs no prior"
+            "src/prior.py, or omit --prior_path (or pass --prior_path none) to train without a prior"
         )
     try:
         # Class names are strings; keep_default_na=False keeps names such as "None" or "NA" intact.
@@ -193,7 +193,10 @@ class PartialSelectiveLoss(nn.Module):
         self.alpha_unann = float(settings["alpha_unann"])
         self.partial_loss_mode = settings["partial_loss_mode"]
         self.likelihood_topk = settings["likelihood_topk"]
-        self.prior_path = settings["prior_path"]
+        prior_path = settings["prior_path"]
+        if isinstance(prior_path, str) and prior_path.strip().lower() in ("", "none"):
+            prior_path = None  # `--prior_path none` on the command line, like `--model-path none`
+        self.prior_path = prior_path
         self.prior_threshold = float(settings["prior_threshold"])
 
         if num_classes is None:
