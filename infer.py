@@ -35,7 +35,8 @@ from src.args import add_flag
 PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
 PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coco": "coco", "lvis": "lvis"}
+DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coco": "coco", "mscoco": "coco",
+                   "lvis": "lvis"}  # keys without "_" and "-": MS-COCO (an older paper README) is mscoco
 MIN_DISPLAY_SIZE = 384  # small pictures (e.g. 32 px scenes) are enlarged so the drawing is readable
 MAX_DISPLAY_SIZE = 1024  # large photographs are shrunk so the 16 px text stays readable
 

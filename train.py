@@ -66,6 +66,7 @@ RESUME_MUST_MATCH = (
     "simulate_partial_param", "partial_loss_mode", "clip", "gamma_pos", "gamma_neg", "gamma_unann",
     "alpha_pos", "alpha_neg", "alpha_unann", "likelihood_topk", "prior_threshold", "batch_size", "seed",
     "dataset_type", "partial_labels", "val_split", "ema_decay", "do_bottleneck_head", "amp", "amp_dtype",
+    "prior_path", "workers",  # the loss's prior; -j changes how the augmentation RNGs are seeded
 )
 
 
@@ -86,6 +87,8 @@ def parse_args(argv=None):
     args.model_path_is_none = str(args.model_path).strip().lower() in ("none", "")
     if args.prior_path is not None and args.prior_path.strip().lower() in ("none", ""):
         args.prior_path = None  # the paper's scripts pass --prior_path None for "no prior"
+    if args.do_bottleneck_head is None:  # the paper's OpenImages models have it, its COCO models do not
+        args.do_bottleneck_head = str(args.dataset_type).lower() == "openimages"
     return args
 
 
@@ -106,8 +109,10 @@ def check_args(args) -> None:
         raise ConfigError(f"--resume: checkpoint {args.resume!r} does not exist; pass <path_dest>/last.pth "
                           "of the run to continue")
     if args.stop_epoch is not None and args.stop_epoch > args.epochs:
-        raise ConfigError(f"--stop_epoch {args.stop_epoch} exceeds --epochs {args.epochs}; the schedule "
-                          "spans --epochs, so --stop_epoch must be <= --epochs")
+        # The paper's loop simply never reached such a stop epoch; keep that meaning, but say so.
+        print(f"note: --stop_epoch {args.stop_epoch} exceeds --epochs {args.epochs}: no early stop, all "
+              f"{args.epochs} epochs run", file=sys.stderr)
+        args.stop_epoch = None
     if args.likelihood_topk < 0:
         raise ConfigError(f"--likelihood_topk must be >= 0, got {args.likelihood_topk}")
     if not 0.0 <= args.ema_decay < 1.0:
@@ -549,7 +554,10 @@ class Trainer:
 def run(args) -> dict:
     """Check, set up (configuration errors surface as ConfigError), train, write the priors."""
     check_args(args)
-    ctx = init_distributed(args.device)
+    try:
+        ctx = init_distributed(args.device)
+    except ValueError as error:  # e.g. --device cuda on a machine without CUDA
+        raise ConfigError(str(error)) from error
     trainer = Trainer(args, ctx)
     try:
         try:

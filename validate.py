@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from src.args import add_flag, non_negative_int, positive_int
+from src.args import add_flag, add_openimages_flags, non_negative_int, positive_int
 
 FREQUENCY_GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--output", type=str, default=None,
              help="per-class AP CSV; default outputs/validate/<checkpoint>_<dataset_type>_per_class_ap.csv")
     add_flag(parser, "--skip_bad_images", action="store_true", help="drop unreadable images at start-up")
+    add_openimages_flags(parser)
     add_flag(parser, "--device", type=str, default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     add_flag(parser, "--amp", action=argparse.BooleanOptionalAction, default=None,
              help="autocast (default: on for CUDA, off on CPU)")

@@ -122,6 +122,15 @@ def _add_paper_flags(parser) -> None:
                   "from --data/--metadata")
 
 
+def add_openimages_flags(parser) -> None:
+    """OpenImages reading options shared by train.py, validate.py and the prior command."""
+    add_flag(parser, "--unknown_mids", type=str, choices=("error", "skip"), default=None,
+             help="OpenImages: labels whose class MID is not in the class list - error, or skip and count "
+                  "(default: skip for the official CSVs, which cover ~20k classes; error for data.csv)")
+    add_flag(parser, "--openimages_val_split", type=str, default="validation",
+             help="OpenImages (official files): evaluation split folder and CSV, e.g. validation or test")
+
+
 def _add_new_flags(parser) -> None:
     add_flag(parser, "--device", type=str, default="auto",
              help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
@@ -147,13 +156,10 @@ def _add_new_flags(parser) -> None:
     add_flag(parser, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
              help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
                   "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
-    add_flag(parser, "--unknown_mids", type=str, choices=("error", "skip"), default=None,
-             help="OpenImages: labels whose class MID is not in the class list - error, or skip and count "
-                  "(default: skip for the official CSVs, which cover ~20k classes; error for data.csv)")
-    add_flag(parser, "--openimages_val_split", type=str, default="validation",
-             help="OpenImages (official files): evaluation split folder and CSV, e.g. validation or test")
-    add_flag(parser, "--do_bottleneck_head", action="store_true",
-             help="the paper's OpenImages head: Linear(features, 512) then Linear(512, classes)")
+    add_openimages_flags(parser)
+    add_flag(parser, "--do_bottleneck_head", action=argparse.BooleanOptionalAction, default=None,
+             help="the paper's OpenImages head: Linear(features, 512) then Linear(512, classes) "
+                  "(default: on for --dataset_type openimages, off otherwise)")
     add_flag(parser, "--grad_checkpointing", action="store_true",
              help="gradient checkpointing (less memory, ~30%% slower)")
     add_flag(parser, "--channels_last", action="store_true", help="channels_last memory format")

@@ -208,7 +208,7 @@ def write_prior_csv(path: str, class_names: Sequence[str], values) -> str:
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    from src.args import add_flag, non_negative_int, positive_int
+    from src.args import add_flag, add_openimages_flags, non_negative_int, positive_int
 
     parser = argparse.ArgumentParser(
         prog="python -m src.prior",
@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "-j", "--workers", type=non_negative_int, default=8, metavar="N",
              help="data loading workers")
     add_flag(parser, "--skip_bad_images", action="store_true", help="drop unreadable images at start-up")
+    add_openimages_flags(parser)
     add_flag(parser, "--out", type=str, default=None,
              help="output CSV; default outputs/priors/prior_<simulation or dataset>.csv")
     add_flag(parser, "--compare", type=str, nargs="+", default=[], metavar="CSV",

@@ -134,6 +134,9 @@ def test_paper_flags_and_defaults():
     assert args.dataset_type == "openimages" and args.pic_path == "./pics" and args.device == "auto"
     # The paper's default value had a typo; it still parses.
     assert infer.build_parser().parse_args(["--dataset_type", "OpenImagess"]).dataset_type == "openimages"
+    assert infer.build_parser().parse_args(["--dataset_type", "MS-COCO"]).dataset_type == "coco"
+    with pytest.raises(SystemExit):
+        infer.build_parser().parse_args(["--dataset_type", "imagenet"])
 
 
 def test_shipped_pictures_and_smoke_run_checkpoint(stage1_run, tmp_path):

@@ -81,7 +81,7 @@ def test_missing_model_path_is_the_first_error(tmp_path):
     (["--partial_loss_mode", "bogus"], "--partial_loss_mode: unknown mode 'bogus'.*selective"),
     (["--prior_path", "/nonexistent/prior.csv"], "--prior_path"),
     (["--resume", "/nonexistent/last.pth"], "--resume"),
-    (["--epochs", "2", "--stop_epoch", "3"], "--stop_epoch 3 exceeds --epochs 2"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--sync_bn"], "CUDA"),
     (["--amp", "--amp_dtype", "float16"], "float16 needs a CUDA device"),
     (["--sync_bn"], "--sync_bn needs CUDA"),
 ])
@@ -91,6 +91,35 @@ def test_configuration_errors_before_data_is_read(tmp_path, extra, message):
     with pytest.raises(train.ConfigError, match=message):
         train.main(argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_stop_epoch_beyond_epochs_means_no_early_stop(capsys):
+    args = train.parse_args(["--model-path", "none", "--epochs", "2", "--stop_epoch", "3"])
+    train.check_args(args)
+    assert args.stop_epoch is None and "no early stop, all 2 epochs run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset_type, flag, expected", [
+    ("openimages", [], True), ("coco", [], False), ("lvis", [], False),
+    ("openimages", ["--no-do_bottleneck_head"], False), ("coco", ["--do_bottleneck_head"], True),
+])
+def test_bottleneck_head_defaults_to_the_papers_openimages_models(dataset_type, flag, expected):
+    args = train.parse_args(["--dataset_type", dataset_type, *flag])
+    assert args.do_bottleneck_head is expected
+
+
+@pytest.mark.parametrize("changed, key", [
+    (["--prior_path", "other.csv"], "prior_path"), (["-j", "2"], "workers"), (["--lr", "1e-3"], "lr"),
+])
+def test_resume_refuses_a_different_prior_or_worker_count(changed, key):
+    from src.utils.distributed import DistributedContext
+
+    base = ["--model-path", "none", "--prior_path", "prior.csv", "-j", "0", "--resume", "last.pth"]
+    saved = train.config_dict(train.parse_args(base))
+    ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    train.check_resume_compatible(train.parse_args(base), {"args": saved}, ctx)  # same settings: fine
+    with pytest.raises(train.ConfigError, match=f"--{key}: checkpoint"):
+        train.check_resume_compatible(train.parse_args(base + changed), {"args": saved}, ctx)
 
 
 def test_dataset_and_num_classes_mismatch(embedded_data_dir, tmp_path):

@@ -171,3 +171,22 @@ def test_checkpoint_of_the_smoke_run(stage1_run, embedded_data_dir, tmp_path):
     ema_argv = base_argv(embedded_data_dir, stage1_run["last"], tmp_path / "ema.csv") + ["--use_ema"]
     ema = validate.main(ema_argv)
     assert np.isfinite(ema["mAP"]) and os.path.isfile(tmp_path / "ema.csv")
+
+
+def test_openimages_split_and_unknown_mid_flags_reach_the_reader(tmp_path):
+    from src.data.labels import DatasetError
+
+    mids = ["/m/0a", "/m/0b"]
+    (tmp_path / "oidv6-classes-trainable.txt").write_text("\n".join(mids) + "\n")
+    (tmp_path / "test-annotations-human-imagelabels.csv").write_text(
+        "ImageID,Source,LabelName,Confidence\nt1,verification,/m/0b,1\nt1,verification,/m/0zz,1\n"
+        "t2,verification,/m/0a,0\n")
+    for image_id in ("t1", "t2"):
+        (tmp_path / "images" / "test").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / "test" / f"{image_id}.jpg")
+    argv = ["--model-path", "unused.pth", "--dataset_type", "openimages", "--data", str(tmp_path / "images"),
+            "--metadata", str(tmp_path), "--openimages_val_split", "test", "--image-size", "8"]
+    dataset = validate.build_val_dataset(validate.build_parser().parse_args(argv))
+    np.testing.assert_array_equal(dataset.labels.to_dense(), [[-1, 1], [0, -1]])  # the test split's labels
+    with pytest.raises(DatasetError, match="MIDs that are not in the class list.*/m/0zz"):
+        validate.build_val_dataset(validate.build_parser().parse_args([*argv, "--unknown_mids", "error"]))
