@@ -155,9 +155,8 @@ def format_report(result: dict, topk: dict, k: int, args) -> str:
 
 def main(argv=None) -> dict:
     """Evaluate; returns the metrics dict (mAP, CP..OF1, 'top_k' dict, 'output', ...) on every rank."""
-    from src.engine import AMP_DTYPES, build_eval_loader, evaluate
+    from src.engine import build_eval_loader, evaluate, load_eval_model
     from src.metrics import topk_metrics
-    from src.models import load_model
     from src.utils.distributed import cleanup_distributed, init_distributed
 
     args = build_parser().parse_args(argv)
@@ -169,10 +168,7 @@ def main(argv=None) -> dict:
     args.output = args.output or default_output(args)
     ctx = init_distributed(args.device)
     try:
-        use_amp = ctx.device.type == "cuda" if args.amp is None else args.amp
-        amp_dtype = AMP_DTYPES[args.amp_dtype] if use_amp else None
-        model, model_classes = load_model(args.model_path, model_name=args.model_name, device=ctx.device,
-                                          use_ema=args.use_ema)
+        model, model_classes, amp_dtype = load_eval_model(args, ctx.device)
         dataset = build_val_dataset(args)
         class_names = list(dataset.class_names)
         check_classes(list(model_classes), class_names, args)

@@ -41,6 +41,17 @@ from src.utils.distributed import ShardSampler, gather_rows, get_rank, get_world
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def load_eval_model(args, device: torch.device):
+    """(model in eval mode, its class names, autocast dtype or None) for the evaluation commands
+    (validate.py, src.prior), from their --model-path, --model-name, --use_ema, --amp, --amp_dtype."""
+    from src.models import load_model
+
+    use_amp = device.type == "cuda" if args.amp is None else args.amp
+    model, class_names = load_model(args.model_path, model_name=args.model_name, device=device,
+                                    use_ema=args.use_ema)
+    return model, class_names, AMP_DTYPES[args.amp_dtype] if use_amp else None
+
+
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
     """torch.autocast for ``device`` with ``amp_dtype``; a no-op context when AMP is off."""
     if amp_dtype is None:

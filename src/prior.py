@@ -282,9 +282,9 @@ def _check_out_path(path: str) -> None:
 def main(argv=None) -> dict:
     """Run the command; returns {'path', 'prior', 'class_names', 'report', 'statistics'} (the last two
     None without full labels, and on ranks other than 0)."""
-    from src.engine import AMP_DTYPES
+    from src.engine import load_eval_model
     from src.loss_functions.partial_asymmetric_loss import read_prior_csv
-    from src.models import check_model_classes, load_model
+    from src.models import check_model_classes
     from src.utils.distributed import cleanup_distributed, init_distributed
 
     args = build_parser().parse_args(argv)
@@ -298,10 +298,7 @@ def main(argv=None) -> dict:
             raise FileNotFoundError(f"--compare: prior file {path!r} does not exist")
     ctx = init_distributed(args.device)
     try:
-        use_amp = ctx.device.type == "cuda" if args.amp is None else args.amp
-        amp_dtype = AMP_DTYPES[args.amp_dtype] if use_amp else None
-        model, model_classes = load_model(args.model_path, model_name=args.model_name, device=ctx.device,
-                                          use_ema=args.use_ema)
+        model, model_classes, amp_dtype = load_eval_model(args, ctx.device)
         train_set, full_labels = _load_train_sets(args)
         class_names = list(train_set.class_names)
         check_model_classes(model_classes, class_names,

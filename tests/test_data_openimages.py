@@ -91,7 +91,8 @@ def test_official_unknown_mids_can_be_an_error(official):
 
 def test_official_via_args_and_subset(official):
     args = Namespace(data=str(official / "images"), metadata=str(official))
-    ds = openimages_from_args(args, "train", transform=None)
+    with pytest.warns(SkippedLabelsWarning, match="skipped 2 labels"):
+        ds = openimages_from_args(args, "train", transform=None)
     np.testing.assert_array_equal(ds.labels.to_dense(), OFFICIAL_EXPECTED)
     sub = ds.subset([1])
     assert list(sub.image_ids) == OFFICIAL_IDS[1:] and sub.image_paths[0].endswith("bbb0000000000002.jpg")

@@ -208,20 +208,45 @@ def test_conversion_maps_anti_aliased_and_downsample_units():
     assert torch.equal(converted['body.layer2.0.se.fc1.weight'], original['body.layer2.0.se.fc1.weight'])
 
 
-def test_converted_tresnet_m_matches_paper_definition(m_coco_original, m_coco_model):
+# Blocks per stage of the paper's TResNet-M / -L (the L model is also 1.2x wider): the reference forward
+# walks the blocks found in the state dict, so this pins down which architecture it really compared.
+PAPER_STAGE_DEPTHS = {'tresnet_m': (3, 4, 11, 3), 'tresnet_l': (4, 5, 18, 3)}
+
+
+def stage_depths(original: dict) -> tuple:
+    return tuple(len({key.split('.')[2] for key in original if key.startswith(f'body.layer{stage}.')})
+                 for stage in range(1, 5))
+
+
+@pytest.mark.parametrize('manifest', ['tresnet_m_coco80', 'tresnet_l_coco80'])
+def test_converted_tresnet_matches_paper_definition(manifest, request):
+    name, num_classes, _ = MANIFESTS[manifest]
+    if manifest == 'tresnet_m_coco80':  # shared with the other M tests
+        original, model = request.getfixturevalue('m_coco_original'), request.getfixturevalue('m_coco_model')
+    else:
+        original = random_original_state_dict(manifest, seed=2)
+        model = create_model(model_name=name, num_classes=num_classes).eval()
+        load_state_dict_strict(model, convert_original_to_timm(original))
+    assert stage_depths(original) == PAPER_STAGE_DEPTHS[name]
+    assert original['body.conv1.0.weight'].shape[0] == {'tresnet_m': 64, 'tresnet_l': 76}[name]  # stem width
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert_close_to_reference(m_coco_model(images), reference_forward(m_coco_original, images))
+        logits = model(images)
+        assert logits.shape == (2, num_classes)
+        assert_close_to_reference(logits, reference_forward(original, images))
 
 
-def test_converted_bottleneck_tresnet_m_matches_paper_definition():
-    original = random_original_state_dict('tresnet_m_openimages9605', seed=3)
-    model = create_model(model_name='tresnet_m', num_classes=9605, do_bottleneck_head=True).eval()
+@pytest.mark.parametrize('manifest', ['tresnet_m_openimages9605', 'tresnet_l_openimages9605'])
+def test_converted_bottleneck_tresnet_matches_paper_definition(manifest):
+    name, num_classes, bottleneck = MANIFESTS[manifest]
+    original = random_original_state_dict(manifest, seed=3)
+    assert bottleneck and stage_depths(original) == PAPER_STAGE_DEPTHS[name]
+    model = create_model(model_name=name, num_classes=num_classes, do_bottleneck_head=True).eval()
     load_state_dict_strict(model, convert_original_to_timm(original))
     images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(images)
-        assert logits.shape == (1, 9605)
+        assert logits.shape == (1, num_classes)
         assert_close_to_reference(logits, reference_forward(original, images))
 
 

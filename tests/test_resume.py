@@ -3,7 +3,8 @@
 One trajectory is interrupted twice - killed hard (SIGKILL, a subprocess) right after the epoch-1
 checkpoint, resumed and pre-empted by SIGTERM after step 2 of epoch 2, resumed again to the end -
 and must end bit-identical to an uninterrupted run with the same seed: weights, EMA, optimizer
-state, per-epoch metrics and the running-average prior.
+state, per-epoch metrics and the running-average prior. A second test sends a real SIGTERM to a
+train.py subprocess from outside (exit code 143, a consistent last.pth) and resumes it to the end.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -103,3 +105,55 @@ def test_resume_of_a_finished_run_trains_nothing_more(embedded_data_dir, uninter
     summary = train.main(_argv(embedded_data_dir, dest, "--resume", os.path.join(uninterrupted, "last.pth")))
     assert len(summary["history"]) == 2
     assert _metrics(dest) == _metrics(uninterrupted)
+
+
+SIGTERM_EPOCHS = 12  # 72 steps of ~0.04 s: still training long after the first step is printed
+
+
+def test_real_sigterm_saves_last_and_exits_143_then_resume_finishes(embedded_data_dir, tmp_path):
+    """A real pre-emption: train.py as a subprocess gets SIGTERM from outside while it trains."""
+    dest = tmp_path / "preempted"
+    argv = _argv(embedded_data_dir, dest, "--epochs", str(SIGTERM_EPOCHS))
+    process = subprocess.Popen([sys.executable, "-u", "train.py", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **SINGLE_THREAD_ENV))
+    watchdog = threading.Timer(120, process.kill)  # a hung run fails the test instead of blocking it
+    watchdog.start()
+    try:
+        output = []
+        for line in process.stdout:  # step 0 of every epoch is printed ("Epoch [1/12], Step [000/006]")
+            output.append(line)
+            if line.startswith("Epoch [1/"):  # the handler is installed before the first step
+                process.send_signal(signal.SIGTERM)
+                break
+        output.extend(process.stdout)
+        returncode = process.wait()
+    finally:
+        watchdog.cancel()
+        process.stdout.close()
+    printed = "".join(output)
+    assert returncode == train.SIGTERM_EXIT_CODE == 128 + signal.SIGTERM, printed[-3000:]
+
+    state = _load(dest / "last.pth")
+    epoch, steps = state["epoch"], state["batches_done"]
+    global_step = epoch * STEPS_PER_EPOCH + steps
+    assert 1 <= steps <= STEPS_PER_EPOCH and 1 <= global_step < SIGTERM_EPOCHS * STEPS_PER_EPOCH
+    assert state["scheduler"]["last_epoch"] == global_step  # OneCycleLR stepped once per trained batch
+    finished = epoch + 1 if steps == STEPS_PER_EPOCH else epoch  # stopped after evaluation, or mid-epoch
+    before = _metrics(dest) if os.path.exists(dest / "metrics.jsonl") else []  # none in epoch 1
+    assert [line["epoch"] for line in before] == list(range(finished))
+    assert len(state["history"]) == finished
+    if steps < STEPS_PER_EPOCH:
+        assert f"at epoch {epoch + 1}, step {steps}/{STEPS_PER_EPOCH}" in printed, printed[-3000:]
+    else:
+        assert f"after epoch {epoch + 1}; continue with --resume" in printed, printed[-3000:]
+    assert not [name for name in os.listdir(dest) if ".tmp" in name]
+
+    summary = train.main(_argv(embedded_data_dir, dest, "--epochs", str(SIGTERM_EPOCHS),
+                               "--resume", str(dest / "last.pth")))
+    after = _metrics(dest)
+    assert [line["epoch"] for line in after] == list(range(SIGTERM_EPOCHS))
+    assert after[:finished] == before  # the epochs before the pre-emption are kept, not redone
+    assert len(summary["history"]) == SIGTERM_EPOCHS
+    final = _load(dest / "last.pth")
+    assert (final["epoch"], final["batches_done"]) == (SIGTERM_EPOCHS - 1, STEPS_PER_EPOCH)
+    assert final["scheduler"]["last_epoch"] == SIGTERM_EPOCHS * STEPS_PER_EPOCH
