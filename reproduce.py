@@ -547,4 +547,9 @@ def _cuda_available() -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as error:  # a cell failed: its log's tail is in the message; finished cells stay
+        print(f"reproduce.py: error: {error}\nRe-run the same command to resume after fixing it.",
+              file=sys.stderr)
+        sys.exit(1)
