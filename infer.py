@@ -3,8 +3,11 @@
 For each picture: RGB, resize to ``--input_size`` x ``--input_size``, scale to [0, 1] (no mean/std
 normalisation, as in training), sigmoid of the model's logits. The tags are the ``--top_k``
 highest-scoring classes whose score exceeds ``--th`` (strictly, as in the paper's script). They are
-printed, written to ``<output_dir>/predictions.csv`` (image, rank, class, score) and drawn under the
-picture in ``<output_dir>/<picture>_tags.png``.
+printed, written to ``<output_dir>/predictions.csv`` (image, rank, class, score; one row with empty
+rank/class/score for a picture without tags; rows are written as each picture is done; UTF-8, a file
+name that is not UTF-8 keeps its bytes) and drawn under the picture in ``<output_dir>/<picture>_tags.png``.
+In a folder, files named ``*_tags.png`` (this script's outputs) are not tagged, and a picture that cannot
+be decoded is skipped with a warning; a single such picture given as ``--pic_path`` is an error.
 
 Checkpoints: ours (train.py) or the paper's released files ``{'model', 'num_classes', 'idx_to_class'}``
 (TResNet weights in the InPlaceABN layout are converted by ``src.models.load_model``). The paper's
@@ -22,19 +25,24 @@ photograph is not shipped). New: ``--output_dir`` and ``--device``. Runs on CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
 from src.args import add_flag
+from src.data.image_io import ImageReadError, load_rgb
+from src.data.labels import DatasetError
 
 PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
 PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+OUTPUT_SUFFIX = "_tags.png"  # the annotated pictures this script writes; never tagged again
+CSV_HEADER = ["image", "rank", "class", "score"]
 DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coco": "coco", "mscoco": "coco",
                    "lvis": "lvis"}  # keys without "_" and "-": MS-COCO (an older paper README) is mscoco
 MIN_DISPLAY_SIZE = 384  # small pictures (e.g. 32 px scenes) are enlarged so the drawing is readable
@@ -79,15 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- inputs
+def shown(path: str) -> str:
+    """``path`` as printed: itself, or its repr when it holds undecodable bytes or control characters."""
+    return path if path.isprintable() else repr(path)
+
+
 def list_pictures(pic_path: str) -> list[str]:
-    """The picture itself, or the sorted image files of a folder."""
+    """The picture itself, or the sorted image files of a folder, without this script's outputs
+    (``*_tags.png``, e.g. when ``--output_dir`` is the folder itself)."""
     if os.path.isdir(pic_path):
-        paths = (os.path.join(pic_path, name) for name in os.listdir(pic_path)
-                 if name.lower().endswith(IMAGE_EXTENSIONS))
-        found = sorted(path for path in paths if os.path.isfile(path))
+        paths = [os.path.join(pic_path, name) for name in os.listdir(pic_path)
+                 if name.lower().endswith(IMAGE_EXTENSIONS)]
+        paths = [path for path in paths if os.path.isfile(path)]
+        found = sorted(path for path in paths if not path.lower().endswith(OUTPUT_SUFFIX))
+        outputs = len(paths) - len(found)
+        if outputs:
+            print(f"note: skipped {outputs} annotated picture(s) *{OUTPUT_SUFFIX} in {shown(pic_path)} "
+                  "(outputs of this script)")
         if not found:
             raise ValueError(f"--pic_path: folder {pic_path!r} holds no picture (extensions "
-                             f"{', '.join(IMAGE_EXTENSIONS)}); pass a picture or a folder of pictures")
+                             f"{', '.join(IMAGE_EXTENSIONS)}, not *{OUTPUT_SUFFIX}); pass a picture or a "
+                             "folder of pictures")
         return found
     if not os.path.isfile(pic_path):
         raise FileNotFoundError(f"--pic_path: {pic_path!r} does not exist; pass a picture or a folder of "
@@ -95,34 +115,42 @@ def list_pictures(pic_path: str) -> list[str]:
     return [pic_path]
 
 
+class UnreadablePicture(ValueError):
+    """A picture that cannot be decoded; ``path`` and ``why`` (PIL's message, one line) for the warning."""
+
+    def __init__(self, path: str, why: str):
+        super().__init__(f"--pic_path: {path!r} is not a picture PIL can read ({why}); pass JPEG/PNG/... "
+                         "files")
+        self.path, self.why = path, why
+
+
 def open_picture(path: str) -> Image.Image:
+    """The decoded picture in RGB (`load_rgb`); `UnreadablePicture` (a ValueError) otherwise."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")  # also decodes: a truncated file fails here, not later
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(f"--pic_path: {path!r} is not a picture PIL can read ({error}); pass JPEG/PNG/... "
-                         "files") from error
+        return load_rgb(path)  # decodes fully: a truncated file fails here, not later
+    except ImageReadError as error:
+        raise UnreadablePicture(path, " ".join(str(error.__cause__ or error.reason).split())) from error
 
 
 def read_class_descriptions(path: str) -> dict[str, str]:
-    """{LabelName: DisplayName} from a CSV with that header (else its first two columns, no header)."""
+    """{LabelName: DisplayName} from a CSV ``LabelName,DisplayName`` (header optional; surrounding quotes
+    of names stripped; a MID listed twice is an error). Rows without a name are left out."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--class_description_path: {path!r} does not exist; pass a CSV with columns "
                                 "LabelName,DisplayName (e.g. oidv6-class-descriptions.csv) or omit the flag")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
-    start, key_col, name_col = 0, 0, 1
-    if rows and "LabelName" in rows[0] and "DisplayName" in rows[0]:
-        start, key_col, name_col = 1, rows[0].index("LabelName"), rows[0].index("DisplayName")
-    mapping = {}
-    for line, row in enumerate(rows[start:], start=start + 1):
-        if not row:
-            continue
-        if len(row) <= max(key_col, name_col):
-            raise ValueError(f"--class_description_path: {path!r} line {line} has {len(row)} column(s); "
-                             "every row needs LabelName,DisplayName")
-        mapping[row[key_col]] = row[name_col]
-    return mapping
+    from src.data.openimages import read_class_list  # pandas: imported only when needed
+
+    try:
+        mids, names = read_class_list(path)
+    except DatasetError as error:  # its message names the file
+        raise ValueError(f"--class_description_path: {error}") from error
+    except ValueError as error:  # pandas' ParserError / EmptyDataError, UnicodeDecodeError: no file named
+        raise ValueError(f"--class_description_path: {path!r} is not a UTF-8 CSV with columns "
+                         f"LabelName,DisplayName ({' '.join(str(error).split())})") from error
+    if names is None:  # a .txt class list: MIDs only
+        raise ValueError(f"--class_description_path: {path!r} lists MIDs without names; pass a CSV with "
+                         "columns LabelName,DisplayName (e.g. oidv6-class-descriptions.csv)")
+    return {mid: name for mid, name in zip(mids, names) if name}
 
 
 def resolve_display_names(class_names: list[str], args) -> list[str]:
@@ -148,12 +176,11 @@ def resolve_display_names(class_names: list[str], args) -> list[str]:
 
 # --------------------------------------------------------------------------- model
 @torch.no_grad()
-def predict_tags(model, picture: Image.Image, class_names: list[str], args,
-                 device) -> list[tuple[str, float]]:
-    """(name, score) of the top_k classes with score > th, highest first."""
-    from src.data.transforms import build_val_transform
-
-    tensor = build_val_transform(args.input_size, draft=False)(picture).unsqueeze(0).to(device)
+def predict_tags(model, picture: Image.Image, class_names: list[str], args, device,
+                 transform) -> list[tuple[str, float]]:
+    """(name, score) of the top_k classes with score > th, highest first; ``transform``: the eval
+    pipeline (``build_val_transform(args.input_size, draft=False)``)."""
+    tensor = transform(picture).unsqueeze(0).to(device)
     scores = torch.sigmoid(model(tensor).float())[0].cpu().numpy()
     order = np.argsort(-scores, kind="stable")[: args.top_k]
     return [(class_names[i], float(scores[i])) for i in order if scores[i] > args.th]
@@ -190,8 +217,19 @@ def output_name(path: str, used: set[str]) -> str:
     return name
 
 
+def csv_rows(picture: str, tags: list[tuple[str, float]]) -> list[list]:
+    """predictions.csv rows of one picture; one row with empty rank/class/score when nothing scored."""
+    if not tags:
+        return [[picture, "", "", ""]]
+    return [[picture, rank + 1, name, f"{score:.6f}"] for rank, (name, score) in enumerate(tags)]
+
+
 def main(argv=None) -> list[dict]:
-    """Tag every picture; returns [{'picture', 'tags': [(name, score)], 'output'}]."""
+    """Tag every picture; returns [{'picture', 'tags': [(name, score)], 'output'}] of those read.
+
+    A folder's unreadable pictures are skipped with a warning; a single unreadable picture is an error.
+    predictions.csv gets each picture's rows as soon as it is done."""
+    from src.data.transforms import build_val_transform
     from src.models import load_model
     from src.utils.distributed import resolve_device
 
@@ -203,29 +241,48 @@ def main(argv=None) -> list[dict]:
     if not os.path.isfile(args.model_path):
         raise FileNotFoundError(f"--model_path: checkpoint {args.model_path!r} does not exist; pass a .pth "
                                 "written by train.py or a released CSL model")
+    transform = build_val_transform(args.input_size, draft=False)
+    folder_mode = os.path.isdir(args.pic_path)
     pictures = list_pictures(args.pic_path)
     device = resolve_device(args.device)
     print("Inference demo with a CSL model")
     model, class_names = load_model(args.model_path, model_name=args.model_name, device=device)
     class_names = resolve_display_names(list(class_names), args)
-    results, used = [], set()
-    for path in pictures:
-        picture = open_picture(path)
-        tags = predict_tags(model, picture, class_names, args, device)
-        os.makedirs(args.output_dir, exist_ok=True)  # here: a bad first picture leaves no empty folder
-        print(f"{path}: " + (", ".join(f"{name} ({score:.3f})" for name, score in tags)
-                             or f"no class scored above {args.th:g}"))
-        output = os.path.join(args.output_dir, output_name(path, used))
-        draw_tags(picture, tags, args.th).save(output)
-        results.append({"picture": path, "tags": tags, "output": output})
+    results, used, skipped = [], set(), 0
     csv_path = os.path.join(args.output_dir, "predictions.csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "rank", "class", "score"])
-        for result in results:
-            writer.writerows([result["picture"], rank + 1, name, f"{score:.6f}"]
-                             for rank, (name, score) in enumerate(result["tags"]))
-    print(f"annotated pictures and predictions.csv written to {args.output_dir}")
+    with contextlib.ExitStack() as stack:
+        handle = writer = None
+        for path in pictures:
+            try:
+                picture = open_picture(path)
+            except UnreadablePicture as error:
+                if not folder_mode:
+                    raise
+                skipped += 1
+                print(f"warning: skipped {error.path!r}: not a picture PIL can read ({error.why})",
+                      file=sys.stderr)
+                continue
+            tags = predict_tags(model, picture, class_names, args, device, transform)
+            if writer is None:  # here: a bad (first) picture leaves no empty folder
+                os.makedirs(args.output_dir, exist_ok=True)
+                # surrogateescape: a file name that is not valid UTF-8 is written back as its own bytes
+                handle = stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8",
+                                                  errors="surrogateescape"))
+                writer = csv.writer(handle)
+                writer.writerow(CSV_HEADER)
+            print(f"{shown(path)}: " + (", ".join(f"{name} ({score:.3f})" for name, score in tags)
+                                        or f"no class scored above {args.th:g}"))
+            output = os.path.join(args.output_dir, output_name(path, used))
+            draw_tags(picture, tags, args.th).save(output)
+            writer.writerows(csv_rows(path, tags))
+            handle.flush()  # an interrupted run keeps the rows of the pictures done
+            results.append({"picture": path, "tags": tags, "output": output})
+    if not results:
+        raise ValueError(f"--pic_path: none of the {len(pictures)} picture(s) in folder {args.pic_path!r} "
+                         "could be read (see the warnings above); pass JPEG/PNG/... files")
+    if skipped:
+        print(f"{skipped} unreadable picture(s) skipped")
+    print(f"annotated pictures and predictions.csv written to {shown(args.output_dir)}")
     return results
 
 

@@ -147,3 +147,143 @@ def test_shipped_pictures_and_smoke_run_checkpoint(stage1_run, tmp_path):
     results = run_infer(stage1_run["best"], PICS_DIR, tmp_path / "out", "--th", "0.5")
     assert [os.path.basename(r["picture"]) for r in results] == pictures
     assert all(os.path.isfile(r["output"]) for r in results)
+
+
+# --------------------------------------------------------------------------- review fixes
+def read_predictions(path):
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folder_skips_unreadable_pictures_and_single_one_is_an_error(two_pictures, tmp_path, capsys,
+                                                                     monkeypatch):
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    (folder / "0bad.png").write_bytes(b"not a png at all")  # sorted first: the good ones must still run
+    results = run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--th", "0", "--top_k", "2")
+    captured = capsys.readouterr()
+    assert [r["picture"] for r in results] == [str(folder / "a.png"), str(folder / "b.png")]
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "0bad.png'" in warnings[0] and "not a picture PIL can read" in warnings[0]
+    rows = read_predictions(tmp_path / "out" / "predictions.csv")
+    assert [r["image"] for r in rows] == [str(folder / "a.png")] * 2 + [str(folder / "b.png")] * 2
+    # A folder of unreadable pictures only: an error, and no output folder.
+    (tmp_path / "bad_only").mkdir()
+    (tmp_path / "bad_only" / "x.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ValueError, match="none of the 1 picture"):
+        run_infer(tmp_path / "tiny.pth", tmp_path / "bad_only", tmp_path / "bad_out")
+    assert not os.path.exists(tmp_path / "bad_out")
+    assert "warning: skipped" in capsys.readouterr().err
+    # Decoding goes through load_rgb: a decompression bomb is a one-line error (exit 2), not a traceback.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 > 2 x 100: DecompressionBombError
+    argv = ["--model_path", str(tmp_path / "tiny.pth"), "--pic_path", str(folder / "a.png"), "--input_size",
+            str(TINY_IMAGE_SIZE), "--output_dir", str(tmp_path / "bomb_out"), "--device", "cpu"]
+    assert infer.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: --pic_path: ") and "a.png' is not a picture" in err
+    assert "decompression bomb" in err and not os.path.exists(tmp_path / "bomb_out")
+
+
+def test_predictions_are_written_as_pictures_are_done(two_pictures, tmp_path, monkeypatch):
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    draw = infer.draw_tags
+
+    def fail_on_second(picture, tags, threshold, calls=[]):  # noqa: B006 (call counter)
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return draw(picture, tags, threshold)
+
+    monkeypatch.setattr(infer, "draw_tags", fail_on_second)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--th", "0", "--top_k", "2")
+    rows = read_predictions(tmp_path / "out" / "predictions.csv")
+    assert [(r["image"], r["rank"]) for r in rows] == [(str(folder / "a.png"), rank) for rank in ("1", "2")]
+
+
+def test_rerun_into_the_picture_folder_skips_its_own_outputs(two_pictures, tmp_path, capsys):
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    first = run_infer(tmp_path / "tiny.pth", folder, folder, "--th", "0", "--top_k", "2")
+    assert sorted(os.listdir(folder)) == ["a.png", "a_tags.png", "b.png", "b_tags.png", "notes.txt",
+                                          "predictions.csv"]
+    second = run_infer(tmp_path / "tiny.pth", folder, folder, "--th", "0", "--top_k", "2")
+    assert [r["picture"] for r in second] == [r["picture"] for r in first]
+    assert [r["tags"] for r in second] == [r["tags"] for r in first]
+    assert "skipped 2 annotated picture(s)" in capsys.readouterr().out
+    assert len(read_predictions(folder / "predictions.csv")) == 4
+    # Only *_tags.png files left: nothing to tag.
+    for name in ("a.png", "b.png"):
+        os.remove(folder / name)
+    with pytest.raises(ValueError, match="holds no picture"):
+        run_infer(tmp_path / "tiny.pth", folder, folder)
+
+
+def test_file_name_that_is_not_utf8(two_pictures, tmp_path, capsys):
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    try:
+        with open(odd, "wb") as handle:
+            handle.write((folder / "a.png").read_bytes())
+    except OSError:
+        pytest.skip("the file system rejects file names that are not UTF-8")
+    os.remove(folder / "b.png")
+    results = run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--th", "0", "--top_k", "1")
+    odd_path = os.fsdecode(odd)
+    assert [r["picture"] for r in results] == [str(folder / "a.png"), odd_path]
+    assert results[0]["tags"] == results[1]["tags"]  # same pixels
+    assert os.path.isfile(results[1]["output"])
+    assert f"{odd_path!r}: {results[1]['tags'][0][0]}" in capsys.readouterr().out
+    rows = read_predictions(tmp_path / "out" / "predictions.csv")
+    assert [r["image"] for r in rows] == [str(folder / "a.png"), odd_path]  # the name survives
+    assert odd in (tmp_path / "out" / "predictions.csv").read_bytes()
+
+
+def test_picture_without_tags_gets_an_empty_row(two_pictures, tmp_path):
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    results = run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--th", "1")
+    assert [r["tags"] for r in results] == [[], []]
+    rows = read_predictions(tmp_path / "out" / "predictions.csv")
+    assert rows == [{"image": str(folder / name), "rank": "", "class": "", "score": ""}
+                    for name in ("a.png", "b.png")]
+
+
+def test_class_descriptions_use_the_openimages_reader(two_pictures, tmp_path, capsys):
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text("LabelName,DisplayName\n/m/01,'Cat'\n /m/02 ,Dog\n/m/03,\n")
+    assert infer.read_class_descriptions(str(quoted)) == {"/m/01": "Cat", "/m/02": "Dog"}  # no empty name
+    duplicated = tmp_path / "duplicated.csv"
+    duplicated.write_text("LabelName,DisplayName\n/m/01,Cat\n/m/01,Dog\n")
+    with pytest.raises(ValueError, match="--class_description_path: .*duplicated.csv: .*repeats some MIDs"):
+        infer.read_class_descriptions(str(duplicated))
+    malformed = tmp_path / "malformed.csv"
+    malformed.write_text("LabelName,DisplayName\n/m/01,Cat\n/m/02,Dog,Extra\n")
+    with pytest.raises(ValueError, match="--class_description_path: '.*malformed.csv' is not a UTF-8 CSV"):
+        infer.read_class_descriptions(str(malformed))
+    argv = ["--model_path", str(tmp_path / "tiny.pth"), "--pic_path", str(folder / "a.png"),
+            "--class_description_path", str(malformed), "--output_dir", str(tmp_path / "out")]
+    assert infer.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "malformed.csv" in err
+
+
+def test_eval_transform_built_once_and_input_size_checked(two_pictures, tmp_path, monkeypatch):
+    import src.data.transforms
+
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    calls = []
+    build = src.data.transforms.build_val_transform
+    monkeypatch.setattr(src.data.transforms, "build_val_transform",
+                        lambda *a, **k: calls.append(a) or build(*a, **k))
+    results = run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out")
+    assert len(results) == 2 and calls == [(TINY_IMAGE_SIZE,)]
+    # type=int accepts 0: main's own check stays and names the flag.
+    with pytest.raises(ValueError, match="--input_size must be positive, got 0"):
+        infer.main(["--model_path", str(tmp_path / "tiny.pth"), "--pic_path", str(folder),
+                    "--input_size", "0"])
