@@ -156,7 +156,7 @@ def load_data(args, ctx: DistributedContext):
             raise ConfigError(f"--val_split {args.val_split} leaves {n_select} of {len(train_full)} training "
                               "images for selection; choose a fraction giving at least one image per side")
         selection_set = eval_view(train_full.subset(np.sort(order[:n_select])),
-                                  build_val_transform(args.image_size))
+                                  build_val_transform(args.image_size, draft=args.jpeg_draft))
         train_set = train_full.subset(np.sort(order[n_select:]))
     if len(train_set) < ctx.world_size:
         raise ConfigError(f"the training set has {len(train_set)} images, fewer than the {ctx.world_size} "
@@ -316,8 +316,8 @@ def clean_pass_prior(args, ctx, ema, train_full, amp_dtype):
         return None
     net = ema.module  # free after training: reuse it to hold the best weights
     net.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
-    return compute_prior_from_model(net, eval_view(train_full, build_val_transform(args.image_size)),
-                                    ctx.device, batch_size=args.batch_size, workers=args.workers,
+    view = eval_view(train_full, build_val_transform(args.image_size, draft=args.jpeg_draft))
+    return compute_prior_from_model(net, view, ctx.device, batch_size=args.batch_size, workers=args.workers,
                                     amp_dtype=amp_dtype)
 
 

@@ -11,7 +11,9 @@ Metrics (all in percent; see ``src/metrics.py`` for the exact definitions):
 * CP, CR, CF1, OP, OR, OF1 at ``--thre`` (score >= threshold) and for the top-``--top_k`` classes of
   every image (as in ASL / ML-GCN).
 * LVIS: the mAP of the rare / common / frequent classes (``dataset.frequency_groups``).
-* Per-class AP written to ``--output`` (CSV: class, AP, n_pos, n_neg, n_unannotated, group).
+* Per-class AP written to ``--output`` (CSV: class, AP, n_pos, n_neg, n_unannotated, group); by default
+  next to the checkpoint, ``<checkpoint folder>/<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv``
+  (so the best.pth of two runs do not share one file).
 
 The paper's repository has no validate.py; the flags follow its train.py and ASL's validate.py
 (``--thre`` default 0.8, ``-b`` 32), with both ``--snake_case`` and ``--kebab-case`` spellings.
@@ -23,13 +25,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import os
 import sys
 
 import numpy as np
 
-from src.args import add_flag, add_openimages_flags, non_negative_int, positive_int
+from src.args import (
+    add_decode_flags,
+    add_flag,
+    add_openimages_flags,
+    non_negative_int,
+    positive_int,
+    prepare_output_file,
+)
 
 FREQUENCY_GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
@@ -61,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--print-freq", "-p", type=positive_int, default=64,
              help="accepted for compatibility with ASL's validate.py; progress is shown by tqdm")
     add_flag(parser, "--output", type=str, default=None,
-             help="per-class AP CSV; default outputs/validate/<checkpoint>_<dataset_type>_per_class_ap.csv")
+             help="per-class AP CSV; default next to the checkpoint: <checkpoint folder>/<checkpoint name>"
+                  "[_ema]_<dataset_type>_per_class_ap.csv")
     add_flag(parser, "--skip_bad_images", action="store_true", help="drop unreadable images at start-up")
+    add_decode_flags(parser)
     add_openimages_flags(parser)
     add_flag(parser, "--device", type=str, default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     add_flag(parser, "--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -73,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_output(args) -> str:
+    """Next to the checkpoint: <folder>/<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv."""
     stem = os.path.splitext(os.path.basename(args.model_path))[0] + ("_ema" if args.use_ema else "")
-    return os.path.join("outputs", "validate", f"{stem}_{args.dataset_type}_per_class_ap.csv")
+    return os.path.join(os.path.dirname(args.model_path), f"{stem}_{args.dataset_type}_per_class_ap.csv")
 
 
 def build_val_dataset(args):
@@ -82,11 +95,13 @@ def build_val_dataset(args):
     from src.data import build_split
     from src.data.transforms import build_val_transform
 
-    return build_split(args, args.dataset_type, "val", build_val_transform(args.image_size))
+    transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
+    return build_split(args, args.dataset_type, "val", transform)
 
 
-def check_classes(model_classes: list[str], dataset_classes: list[str], args) -> None:
-    """--num-classes, model and dataset agree (see `src.models.check_model_classes` for the names)."""
+def check_classes(model_classes: list[str], dataset_classes: list[str], args, verbose: bool = True) -> None:
+    """--num-classes, model and dataset agree (see `src.models.check_model_classes` for the names; its
+    note on differing names is printed only when ``verbose``, i.e. on rank 0)."""
     from src.models import check_model_classes
 
     if args.num_classes is not None and args.num_classes != len(model_classes):
@@ -94,7 +109,7 @@ def check_classes(model_classes: list[str], dataset_classes: list[str], args) ->
                          f"whose head has {len(model_classes)} outputs; drop --num-classes or pass "
                          f"the matching checkpoint")
     check_model_classes(model_classes, dataset_classes,
-                        f"the {args.dataset_type} validation set at {args.data}")
+                        f"the {args.dataset_type} validation set at {args.data}", verbose=verbose)
 
 
 def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) -> list[dict]:
@@ -111,13 +126,14 @@ def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) 
 
 
 def write_per_class_csv(path: str, rows: list[dict]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """The per-class CSV, written atomically (`src.utils.checkpoint.atomic_write_text`)."""
+    from src.utils.checkpoint import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue(), newline="")  # the csv module's \r\n line ends, as before
 
 
 def group_maps(ap_per_class, groups) -> dict[str, dict]:
@@ -166,12 +182,14 @@ def main(argv=None) -> dict:
     if not 0.0 <= args.thre <= 1.0:
         raise ValueError(f"--thre {args.thre} is not a probability; pass a value in [0, 1] (e.g. 0.8)")
     args.output = args.output or default_output(args)
+    # Before any work: an --output that is a folder or cannot be created fails now, not after evaluating.
+    prepare_output_file(args.output, "--output", example=os.path.basename(default_output(args)))
     ctx = init_distributed(args.device)
     try:
         model, model_classes, amp_dtype = load_eval_model(args, ctx.device)
         dataset = build_val_dataset(args)
         class_names = list(dataset.class_names)
-        check_classes(list(model_classes), class_names, args)
+        check_classes(list(model_classes), class_names, args, verbose=ctx.is_main)
         if ctx.is_main:
             print(f"evaluating {args.model_path}{' (EMA weights)' if args.use_ema else ''} on "
                   f"{len(dataset)} {args.dataset_type} validation images at {args.image_size} px")

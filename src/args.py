@@ -13,6 +13,7 @@ with a hint to pass ``--model-path none`` (train from random initialisation).
 from __future__ import annotations
 
 import argparse
+import os
 
 PAPER_DEFAULT_MODEL_PATH = "./tresnet_m.pth"
 ESTIMATE_PRIOR_CHOICES = ("auto", "clean", "running_average", "both", "none")
@@ -131,6 +132,32 @@ def add_openimages_flags(parser) -> None:
              help="OpenImages (official files): evaluation split folder and CSV, e.g. validation or test")
 
 
+def add_decode_flags(parser) -> None:
+    """Image decoding options shared by train.py, validate.py and the prior command."""
+    add_flag(parser, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
+             help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
+                  "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
+
+
+def prepare_output_file(path: str, flag: str, example: str = "out.csv") -> str:
+    """Check, before any work, that the output file ``path`` of ``flag`` can be written, and create its
+    folder; returns ``path``. A ValueError names the flag and the fix when ``path`` is a folder or its
+    folder cannot be created or written (else the file would only fail after the whole run)."""
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        raise ValueError(f"{flag}: {path!r} is a folder, not a file; pass a file path such as "
+                         f"{os.path.join(path, example)!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or error
+        raise ValueError(f"{flag}: cannot create the folder {folder!r} for {path!r} ({reason}); pass a path "
+                         "in a folder that can be created") from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}: the folder {folder!r} is not writable; pass a path in a writable folder")
+    return path
+
+
 def _add_new_flags(parser) -> None:
     add_flag(parser, "--device", type=str, default="auto",
              help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
@@ -153,9 +180,7 @@ def _add_new_flags(parser) -> None:
     add_flag(parser, "--ema_decay", type=float, default=0.9997, help="decay of the EMA of the weights")
     add_flag(parser, "--skip_bad_images", action="store_true",
              help="drop missing or undecodable images at start-up (with a warning) instead of failing")
-    add_flag(parser, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
-             help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
-                  "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
+    add_decode_flags(parser)
     add_openimages_flags(parser)
     add_flag(parser, "--do_bottleneck_head", action=argparse.BooleanOptionalAction, default=None,
              help="the paper's OpenImages head: Linear(features, 512) then Linear(512, classes) "

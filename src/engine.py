@@ -9,10 +9,10 @@ model). A run resumed at an epoch boundary therefore replays exactly the same ba
 resume (SIGTERM checkpoint) reloads the epoch's first ``k`` batches without training on them, so
 every generator advances as in the original run, then restores the saved global RNG state.
 
-Distributed evaluation. :func:`predict` needs a loader built by :func:`build_eval_loader`: each
-rank predicts a contiguous shard of the dataset without padding, and the shards are gathered in
-rank order, so the result equals single-process prediction row for row (no duplicated or missing
-samples, unlike ``DistributedSampler`` which pads).
+Distributed evaluation. :func:`predict` (like every user of :func:`iter_logits`) needs a loader
+built by :func:`build_eval_loader`: each rank predicts a contiguous shard of the dataset without
+padding, and the shards are gathered in rank order, so the result equals single-process prediction
+row for row (no duplicated or missing samples, unlike ``DistributedSampler`` which pads).
 
 Selective loss under DDP. The loss is computed per rank on its own batch, so the likelihood top-k
 of selective mode ignores ``likelihood_topk x per-GPU batch`` un-annotated labels chosen among that
@@ -186,32 +186,39 @@ def _is_channels_last(model) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def _num_classes_of(loader, model) -> int:
+def num_classes_of(loader, model) -> int:
+    """Number of classes of an evaluation: ``loader.dataset.class_names``, else the model's num_classes."""
     names = getattr(loader.dataset, "class_names", None)
     if names is not None:
         return len(names)
-    return int(unwrap_model(model).num_classes)
+    num_classes = getattr(unwrap_model(model), "num_classes", None)
+    if num_classes is None:
+        raise ValueError("the dataset has no class_names and the model no num_classes attribute: the number "
+                         "of classes is unknown; give the dataset a class_names list")
+    return int(num_classes)
+
+
+def iter_logits(model, loader, device, amp_dtype: torch.dtype | None = None):
+    """Generator of ``(logits, targets)`` per batch of ``loader``: float32 logits on ``device`` and the
+    targets as loaded. The shared prediction loop of :func:`predict` and the prior's clean pass.
+
+    The model runs unwrapped (no DDP buffer broadcast, whose collective would hang when ranks run
+    different numbers of batches) in eval mode, its input in channels_last when its weights are; its
+    train/eval mode is restored when the generator ends or is closed (use ``contextlib.closing`` to
+    restore it at once when the loop stops early). Under DDP the loader must come from
+    :func:`build_eval_loader` (a ``ShardSampler``); this is checked when called, not at the first batch.
+    """
+    if is_dist() and not isinstance(loader.sampler, ShardSampler):
+        raise ValueError("under DDP the evaluation loader must shard without padding; build it with "
+                         "src.engine.build_eval_loader(dataset, batch_size, workers)")
+    return _logits_batches(unwrap_model(model), loader, torch.device(device), amp_dtype)
 
 
 @torch.no_grad()
-def predict(model, loader, device, amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores float32 (N, C) and targets int8 (N, C) of every sample of ``loader.dataset``.
-
-    Under DDP every rank returns the full, gathered arrays in dataset order; the loader must come
-    from :func:`build_eval_loader` (a ``ShardSampler``). The model runs unwrapped (no DDP buffer
-    broadcast, whose collective would hang when ranks run different numbers of batches) in eval
-    mode; its previous train/eval mode is restored.
-    """
-    if is_dist() and not isinstance(loader.sampler, ShardSampler):
-        raise ValueError("predict: under DDP the loader must shard without padding; build it with "
-                         "src.engine.build_eval_loader(dataset, batch_size, workers)")
-    device = torch.device(device)
-    net = unwrap_model(model)
+def _logits_batches(net, loader, device: torch.device, amp_dtype: torch.dtype | None):
     was_training = net.training
     net.eval()
     channels_last = _is_channels_last(net)
-    num_classes = _num_classes_of(loader, net)
-    rows = []
     try:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
@@ -219,10 +226,25 @@ def predict(model, loader, device, amp_dtype: torch.dtype | None = None) -> tupl
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast_context(device, amp_dtype):
                 logits = net(images)
-            scores = torch.sigmoid(logits.float()).cpu()
-            rows.append(torch.cat([scores, targets.float().cpu()], dim=1))
+            yield logits.float(), targets
     finally:
         net.train(was_training)
+
+
+@torch.no_grad()
+def predict(model, loader, device, amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores float32 (N, C) and targets int8 (N, C) of every sample of ``loader.dataset``.
+
+    Under DDP every rank returns the full, gathered arrays in dataset order; the loader must come
+    from :func:`build_eval_loader` (a ``ShardSampler``). The batches come from :func:`iter_logits`
+    (unwrapped model in eval mode; its previous train/eval mode is restored).
+    """
+    num_classes = num_classes_of(loader, model)
+    rows = []
+    with contextlib.closing(iter_logits(model, loader, device, amp_dtype)) as batches:
+        for logits, targets in batches:
+            scores = torch.sigmoid(logits).cpu()
+            rows.append(torch.cat([scores, targets.float().cpu()], dim=1))
     local = torch.cat(rows) if rows else torch.zeros((0, 2 * num_classes))
     if local.shape[1] != 2 * num_classes:
         raise ValueError(f"predict: the model outputs {local.shape[1] - num_classes} classes but the dataset "

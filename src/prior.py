@@ -15,7 +15,10 @@ initialised every rank predicts a disjoint contiguous shard (no padding) and the
 the image count are all-reduced, so the result equals the single-process one;
 only C sums travel, never the N x C predictions (OpenImages: 9,605 classes x millions of images).
 
-The output file is the paper's format, ``Classes,avg_pred`` (one row per class, in model order).
+The output file is the paper's format, ``Classes,avg_pred`` (one row per class, in model order). Its
+default location is next to the checkpoint, named after the labels, the checkpoint and the weights
+(``outputs/stage1/prior_fpc_1000_best.csv``, ``..._last_ema.csv``), so it never replaces the prior
+train.py wrote (``<path_dest>/priors/prior_fpc_1000.csv``) nor that of another checkpoint.
 
 Ranking quality. When the full labels are known (COCO with simulated partial labels, the embedded
 dataset), the true frequency of class c is ``#positives / N`` over the full labels. An estimate is
@@ -39,6 +42,7 @@ Command line (see ``--help``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import sys
@@ -118,10 +122,11 @@ def rank_statistics(true_freq, estimates: Mapping[str, np.ndarray], class_names:
 
 
 def rank_report(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
-                top: int = 10) -> str:
+                top: int = 10, statistics: Mapping[str, dict] | None = None) -> str:
     """Markdown table: one column per estimate (true frequency first), rows = top-k classes with values,
-    then Spearman rho and the top-k overlap with the true list."""
-    stats = rank_statistics(true_freq, estimates, class_names, top)
+    then Spearman rho and the top-k overlap with the true list. ``statistics``: the result of
+    `rank_statistics` for the same arguments, when the caller already has it (computed otherwise)."""
+    stats = rank_statistics(true_freq, estimates, class_names, top) if statistics is None else statistics
     all_values = {"true frequency": np.asarray(true_freq, dtype=np.float64), **estimates}
     index = {name: i for i, name in enumerate(class_names)}
     columns = list(stats)
@@ -154,61 +159,50 @@ def compute_prior_from_model(model: torch.nn.Module, dataset: Dataset, device, b
     """Mean sigmoid prediction per class over ``dataset`` (pass it with the eval transform; see
     `eval_view`), float32 (C,); the model's train/eval mode is restored afterwards.
 
-    Distributed: each rank predicts its contiguous, batch-aligned shard (`src.engine.build_eval_loader`,
-    no padding) and the sums are all-reduced (`ComputePrior.all_reduce`), so every rank returns the
-    mean over all images, each counted once."""
-    from src.engine import autocast_context, build_eval_loader
+    The batches come from `src.engine.iter_logits`, the prediction loop of validation (unwrapped model,
+    eval mode, channels_last input for a channels_last model). Distributed: each rank predicts its
+    contiguous, batch-aligned shard (`src.engine.build_eval_loader`, no padding) and the sums are
+    all-reduced (`ComputePrior.all_reduce`), so every rank returns the mean over all images, each
+    counted once."""
+    from src.engine import build_eval_loader, iter_logits, num_classes_of
     from src.loss_functions.partial_asymmetric_loss import ComputePrior
-    from src.utils.distributed import unwrap_model
 
     if len(dataset) == 0:
         raise ValueError("compute_prior_from_model: the dataset is empty; check --data and the split")
     device = torch.device(device)
     loader = build_eval_loader(dataset, batch_size, workers, device)
-    # The plain module: a DDP wrapper may broadcast buffers in forward, a collective that hangs when
-    # ranks run different numbers of batches.
-    net = unwrap_model(model)
-    was_training = net.training
-    net.eval()
     class_names = getattr(dataset, "class_names", None)
-    accumulator = ComputePrior(class_names) if class_names else None
-    try:
-        for images, _ in loader:
-            with autocast_context(device, amp_dtype):
-                logits = net(images.to(device, non_blocking=True))
-            if accumulator is None:
-                accumulator = ComputePrior([str(c) for c in range(logits.shape[1])])
-            accumulator.update(logits.float())
-    finally:
-        net.train(was_training)
-    if accumulator is None:  # only possible with more ranks than batches and no class_names
-        raise ValueError("compute_prior_from_model: this rank got no images and the dataset has no "
-                         "class_names; use fewer processes or a smaller --batch-size")
+    if not class_names:  # the class count as src.engine.predict gets it: dataset, else model
+        class_names = [str(c) for c in range(num_classes_of(loader, model))]
+    accumulator = ComputePrior(class_names)
+    with contextlib.closing(iter_logits(model, loader, device, amp_dtype)) as batches:
+        for logits, _ in batches:
+            accumulator.update(logits)
     accumulator.all_reduce()
     return accumulator.avg_pred_train.cpu().numpy().astype(np.float32)
 
 
 def write_prior_csv(path: str, class_names: Sequence[str], values) -> str:
-    """Write the paper's ``Classes,avg_pred`` file atomically (temp file + rename); returns the path."""
+    """Write the paper's ``Classes,avg_pred`` file atomically (`src.utils.checkpoint.atomic_write_text`:
+    temp file + rename, the folder created); returns the path. The one writer of the format (also
+    behind ``ComputePrior.save_prior``)."""
     import pandas as pd
 
     from src.loss_functions.partial_asymmetric_loss import PRIOR_CSV_COLUMNS
+    from src.utils.checkpoint import atomic_write_text
 
     values = np.asarray(values, dtype=np.float64).ravel()
     if len(values) != len(class_names):
         raise ValueError(f"write_prior_csv: {len(values)} values for {len(class_names)} classes ({path})")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    pd.DataFrame({PRIOR_CSV_COLUMNS[0]: [str(n) for n in class_names], PRIOR_CSV_COLUMNS[1]: values}).to_csv(
-        tmp, index=False, encoding="utf-8", float_format="%.8g")
-    os.replace(tmp, path)
+    frame = pd.DataFrame({PRIOR_CSV_COLUMNS[0]: [str(n) for n in class_names], PRIOR_CSV_COLUMNS[1]: values})
+    # newline="": the line endings pandas writes (os.linesep) go to the file unchanged, as with to_csv(path).
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.8g"), newline="")
     return path
 
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    from src.args import add_flag, add_openimages_flags, non_negative_int, positive_int
+    from src.args import add_decode_flags, add_flag, add_openimages_flags, non_negative_int, positive_int
 
     parser = argparse.ArgumentParser(
         prog="python -m src.prior",
@@ -237,9 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "-j", "--workers", type=non_negative_int, default=8, metavar="N",
              help="data loading workers")
     add_flag(parser, "--skip_bad_images", action="store_true", help="drop unreadable images at start-up")
+    add_decode_flags(parser)
     add_openimages_flags(parser)
     add_flag(parser, "--out", type=str, default=None,
-             help="output CSV; default outputs/priors/prior_<simulation or dataset>.csv")
+             help="output CSV; default next to the checkpoint: <checkpoint folder>/prior_<simulation or "
+                  "dataset>_<checkpoint name>[_ema].csv (train.py's own prior is in <path_dest>/priors/)")
     add_flag(parser, "--compare", type=str, nargs="+", default=[], metavar="CSV",
              help="other prior files (Classes,avg_pred) to rank next to this estimate")
     add_flag(parser, "--top", type=positive_int, default=10, help="length of the top lists")
@@ -252,13 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(args) -> str:
+    """<checkpoint folder>/prior_<labels>_<checkpoint name>[_ema].csv: one file per checkpoint and weights
+    (best / last, EMA or not), never train.py's <path_dest>/priors/prior_<labels>.csv."""
     if args.partial_labels:
         stem = os.path.splitext(os.path.basename(args.partial_labels))[0]
     elif args.simulate_partial_type:
         stem = f"{args.simulate_partial_type}_{args.simulate_partial_param:g}"
     else:
         stem = args.dataset_type
-    return os.path.join("outputs", "priors", f"prior_{stem}.csv")
+    checkpoint = os.path.splitext(os.path.basename(args.model_path))[0] + ("_ema" if args.use_ema else "")
+    return os.path.join(os.path.dirname(args.model_path), f"prior_{stem}_{checkpoint}.csv")
 
 
 def _load_train_sets(args):
@@ -268,15 +267,20 @@ def _load_train_sets(args):
     from src.data import apply_partial_labels, build_split
     from src.data.transforms import build_val_transform
 
-    train_full = build_split(args, args.dataset_type, "train", build_val_transform(args.image_size))
+    train_full = build_split(args, args.dataset_type, "train",
+                             build_val_transform(args.image_size, draft=args.jpeg_draft))
     # The partial labels replace the copy's label matrix (set_labels), the original keeps the full one.
     train_partial = apply_partial_labels(args, copy.copy(train_full))
     return train_partial, (train_full.labels if args.dataset_type == "coco" else None)
 
 
 def _check_out_path(path: str) -> None:
-    if not path.lower().endswith(".csv"):
+    """Before any work: a .csv file path whose folder exists or can be created (created here)."""
+    from src.args import prepare_output_file
+
+    if not os.path.isdir(path) and not path.lower().endswith(".csv"):
         raise ValueError(f"--out: {path!r} should be a .csv file (the prior format is Classes,avg_pred)")
+    prepare_output_file(path, "--out", example="prior.csv")
 
 
 def main(argv=None) -> dict:
@@ -288,22 +292,23 @@ def main(argv=None) -> dict:
     from src.utils.distributed import cleanup_distributed, init_distributed
 
     args = build_parser().parse_args(argv)
-    args.out = args.out or _default_out(args)
-    _check_out_path(args.out)
     if not os.path.isfile(args.model_path):
         raise FileNotFoundError(f"--model_path: checkpoint {args.model_path!r} does not exist; pass the "
                                 "stage-1 model (e.g. <path_dest>/best.pth)")
     for path in args.compare:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--compare: prior file {path!r} does not exist")
+    args.out = args.out or _default_out(args)
+    _check_out_path(args.out)  # before any work: a bad --out fails now, not after the pass
     ctx = init_distributed(args.device)
     try:
         model, model_classes, amp_dtype = load_eval_model(args, ctx.device)
         train_set, full_labels = _load_train_sets(args)
         class_names = list(train_set.class_names)
         check_model_classes(model_classes, class_names,
-                            f"the {args.dataset_type} training set at {args.data}")
-        compares = {os.path.basename(p): read_prior_csv(p, class_names).numpy() for p in args.compare}
+                            f"the {args.dataset_type} training set at {args.data}", verbose=ctx.is_main)
+        # Keyed by the path as given: r1/prior.csv and r2/prior.csv are two columns, not one.
+        compares = {p: read_prior_csv(p, class_names).numpy() for p in args.compare}
         prior = compute_prior_from_model(model, train_set, ctx.device, batch_size=args.batch_size,
                                          workers=args.workers, amp_dtype=amp_dtype)
         report = statistics = None
@@ -315,7 +320,7 @@ def main(argv=None) -> dict:
             if full_labels is not None:
                 true_freq = full_labels.positive_counts() / full_labels.num_samples
                 statistics = rank_statistics(true_freq, estimates, class_names, args.top)
-                report = rank_report(true_freq, estimates, class_names, args.top)
+                report = rank_report(true_freq, estimates, class_names, args.top, statistics=statistics)
                 print("\nEstimating the class distribution (true frequency = positives / N over the full "
                       "labels):\n" + report)
             else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import pytest
 import torch
@@ -441,6 +442,27 @@ def test_compute_prior_csv_round_trip(tmp_path):
                                torch.sigmoid(logits).mean(dim=0).flip(0))
     with pytest.raises(ValueError, match=r"\(batch, 3\)"):
         prior.update(torch.zeros(2, 4))
+
+
+def test_save_prior_is_atomic_and_writes_the_shared_format(tmp_path, monkeypatch):
+    """save_prior goes through the atomic writer: a failed write keeps the previous file, leaves no temp."""
+    prior = ComputePrior(["person", "car"])
+    prior.update(torch.zeros(2, 2))  # sigmoid(0) = 0.5 exactly
+    path = tmp_path / "prior.csv"
+    path.write_text("previous\n")
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        prior.save_prior(tmp_path)
+    assert path.read_text() == "previous\n" and os.listdir(tmp_path) == ["prior.csv"]
+    monkeypatch.undo()
+    assert prior.save_prior(tmp_path) == path
+    with open(path, newline="", encoding="utf-8") as handle:
+        assert handle.read() == os.linesep.join(["Classes,avg_pred", "person,0.5", "car,0.5", ""])
+    assert os.listdir(tmp_path) == ["prior.csv"]
 
 
 def test_compute_prior_all_reduce(tmp_path):

@@ -71,6 +71,20 @@ def test_rank_report_hand_example():
     assert lines[5] == "| top-2 overlap with true | 2/2 | 1/2 |"
 
 
+def test_rank_report_reuses_given_statistics(monkeypatch):
+    import src.prior as prior_module
+
+    names, true, estimate = ["a", "b", "c"], np.array([0.5, 0.1, 0.3]), np.array([0.2, 0.4, 0.3])
+    expected = rank_report(true, {"model": estimate}, names, top=2)
+    statistics = rank_statistics(true, {"model": estimate}, names, top=2)
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("rank_statistics recomputed")
+
+    monkeypatch.setattr(prior_module, "rank_statistics", recomputed)
+    assert rank_report(true, {"model": estimate}, names, top=2, statistics=statistics) == expected
+
+
 def test_rank_statistics_rejects_wrong_length():
     with pytest.raises(ValueError, match="different class list"):
         rank_statistics([0.1, 0.2], {"x": [0.1, 0.2, 0.3]}, ["a", "b"])
@@ -83,6 +97,24 @@ def test_naive_estimates_hand_example():
     np.testing.assert_allclose(naive["naive (pos / annotated)"], [2 / 3, 1 / 2, 0])
 
 
+def test_write_prior_csv_failure_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "prior.csv"
+    write_prior_csv(str(path), ["a", "b"], [0.5, 0.25])
+    with open(path, newline="", encoding="utf-8") as handle:  # as pandas' to_csv(path) wrote it
+        previous = handle.read()
+    assert previous == os.linesep.join(["Classes,avg_pred", "a,0.5", "b,0.25", ""])
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_prior_csv(str(path), ["a", "b"], [0.1, 0.2])
+    with open(path, newline="", encoding="utf-8") as handle:
+        assert handle.read() == previous
+    assert os.listdir(tmp_path) == ["prior.csv"]
+
+
 def test_prior_csv_round_trip(tmp_path):
     from src.loss_functions.partial_asymmetric_loss import read_prior_csv
 
@@ -91,7 +123,7 @@ def test_prior_csv_round_trip(tmp_path):
     path = write_prior_csv(str(tmp_path / "sub" / "prior.csv"), names, values)
     assert open(path).readline().strip() == "Classes,avg_pred"
     np.testing.assert_allclose(read_prior_csv(path, names[::-1]).numpy(), values[::-1], rtol=1e-6)
-    assert not [p for p in os.listdir(tmp_path / "sub") if p.endswith(".tmp" + str(os.getpid()))]
+    assert not [p for p in os.listdir(tmp_path / "sub") if ".tmp" in p]
     with pytest.raises(ValueError, match="2 values for 3 classes"):
         write_prior_csv(str(tmp_path / "bad.csv"), names, values[:2])
 
@@ -133,6 +165,24 @@ def test_compute_prior_equals_manual_mean_in_eval_mode():
     model.train()
     compute_prior_from_model(model, dataset, "cpu", batch_size=3)
     assert model.training  # the caller's mode is restored
+
+
+def test_compute_prior_feeds_a_channels_last_model_channels_last_input():
+    """As src.engine.predict does: a model converted to channels_last gets channels_last batches."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 2), nn.Flatten(), nn.Linear(36, 3))
+    model = model.to(memory_format=torch.channels_last)
+    images = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    dataset = _VectorDataset(5)
+    dataset.images = images
+    layouts = []
+    model.register_forward_pre_hook(lambda module, inputs: layouts.append(
+        inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous()))
+    prior = compute_prior_from_model(model, dataset, "cpu", batch_size=2)
+    assert layouts == [True, True, True]  # batches of 2, 2, 1
+    with torch.no_grad():
+        expected = torch.sigmoid(model.eval()(images)).mean(0).numpy()
+    np.testing.assert_allclose(prior, expected, rtol=1e-5)
 
 
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -180,7 +230,8 @@ def _cli_argv(checkpoint, data_dir, out, *extra):
 
     return ["--model_path", str(checkpoint), "--data", str(data_dir), "--image-size", str(TINY_IMAGE_SIZE),
             "-b", "16", "-j", "0", "--device", "cpu", "--simulate_partial_type", "fpc",
-            "--simulate_partial_param", "10", "--seed", "0", "--out", str(out), *extra]
+            "--simulate_partial_param", "10", "--seed", "0", *([] if out is None else ["--out", str(out)]),
+            *extra]
 
 
 def test_cli_reproduces_the_training_prior_and_reports_ranks(stage1_run, embedded_data_dir, tmp_path, capsys):
@@ -202,7 +253,7 @@ def test_cli_reproduces_the_training_prior_and_reports_ranks(stage1_run, embedde
     _, _, full = embedded_split(embedded_data_dir, "train")
     true_freq = full.sum(0) / len(full)
     stats = result["statistics"]
-    compare = os.path.basename(stage1_run["prior"])
+    compare = stage1_run["prior"]  # --compare files are keyed by the path as given
     assert list(stats) == ["true frequency", "this estimate", "naive (pos / N)", "naive (pos / annotated)",
                            compare]
     expected_rho = spearmanr(true_freq, result["prior"]).statistic
@@ -236,3 +287,108 @@ def test_cli_errors(embedded_data_dir, tmp_path):
     write_prior_csv(str(wrong), names[:3], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="does not match the model's classes"):
         main(_cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "p.csv", "--compare", str(wrong)))
+
+
+def test_cli_compare_files_with_the_same_name_stay_apart(embedded_data_dir, tmp_path, monkeypatch):
+    """r1/p.csv and r2/p.csv are two columns (keyed by the path as given); ranks computed once."""
+    from scipy.stats import spearmanr
+
+    import src.prior as prior_module
+    from tests.test_validate import embedded_split, save_tiny_checkpoint
+
+    names, _, _ = embedded_split(embedded_data_dir)
+    _, _, full = embedded_split(embedded_data_dir, "train")
+    true_freq = full.sum(0) / len(full)
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    rng = np.random.default_rng(0)
+    files = {}
+    for run in ("r1", "r2"):
+        files[str(tmp_path / run / "p.csv")] = rng.random(len(names))
+        write_prior_csv(str(tmp_path / run / "p.csv"), names, files[str(tmp_path / run / "p.csv")])
+    calls = []
+    real = prior_module.rank_statistics
+    monkeypatch.setattr(prior_module, "rank_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = prior_module.main(_cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "p.csv",
+                                         "--compare", *files))
+    stats = result["statistics"]
+    assert list(stats)[-2:] == list(files)
+    for path, values in files.items():
+        assert stats[path]["spearman"] == pytest.approx(spearmanr(true_freq, values).statistic, abs=1e-9)
+    assert len(calls) == 1
+
+
+def test_cli_bad_out_fails_before_any_work(embedded_data_dir, tmp_path, monkeypatch, capsys):
+    from src.prior import cli, main
+    from tests.test_validate import embedded_split, save_tiny_checkpoint
+
+    save_tiny_checkpoint(tmp_path / "tiny.pth", embedded_split(embedded_data_dir)[0])
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("init_distributed reached")
+
+    monkeypatch.setattr("src.utils.distributed.init_distributed", no_work)
+    (tmp_path / "dir.csv").mkdir()
+    argv = _cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "dir.csv")
+    with pytest.raises(ValueError, match=r"--out: .*dir.csv' is a folder, not a file; pass a file path"):
+        main(argv)
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: --out" in err and "Traceback" not in err
+    (tmp_path / "plain_file").write_text("")
+    with pytest.raises(ValueError, match="--out: cannot create the folder"):
+        main(_cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "plain_file" / "p.csv"))
+    with pytest.raises(AssertionError, match="init_distributed reached"):  # a good path: its folder is made
+        main(_cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "new" / "deeper" / "p.csv"))
+    assert (tmp_path / "new" / "deeper").is_dir()
+
+
+def test_cli_default_out_is_next_to_the_checkpoint(stage1_run, embedded_data_dir, tmp_path, monkeypatch):
+    """Without --out: one file per checkpoint and weights, in the checkpoint's folder, never train.py's."""
+    import shutil
+
+    import train
+    from src.prior import main
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(stage1_run["last"], run / "last.pth")
+    shutil.copy(stage1_run["best"], run / "best.pth")
+    ema = main(_cli_argv(run / "last.pth", embedded_data_dir, None, "--use_ema"))
+    regular = main(_cli_argv(run / "last.pth", embedded_data_dir, None))
+    best = main(_cli_argv(run / "best.pth", embedded_data_dir, None))
+    assert ema["path"] == str(run / "prior_fpc_10_last_ema.csv")
+    assert regular["path"] == str(run / "prior_fpc_10_last.csv")
+    assert best["path"] == str(run / "prior_fpc_10_best.csv")
+    stem = train.prior_file_stem(train.parse_args(["--simulate_partial_type", "fpc",
+                                                   "--simulate_partial_param", "10"]))
+    assert os.path.join(str(run), "priors", f"{stem}.csv") not in {ema["path"], regular["path"], best["path"]}
+    assert sorted(os.listdir(run)) == ["best.pth", "last.pth", "prior_fpc_10_best.csv",
+                                       "prior_fpc_10_last.csv", "prior_fpc_10_last_ema.csv"]
+    assert not os.path.exists(tmp_path / "outputs")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_cli_class_name_note_only_on_rank_0(embedded_data_dir, tmp_path, monkeypatch, capsys, rank):
+    from src.prior import main
+    from src.utils.distributed import DistributedContext
+    from tests.test_validate import embedded_split, save_tiny_checkpoint
+
+    names = embedded_split(embedded_data_dir)[0]
+    save_tiny_checkpoint(tmp_path / "renamed.pth", [f"x_{n}" for n in names])
+    ctx = DistributedContext(rank=rank, world_size=2, device=torch.device("cpu"))
+    monkeypatch.setattr("src.utils.distributed.init_distributed", lambda device: ctx)
+    main(_cli_argv(tmp_path / "renamed.pth", embedded_data_dir, tmp_path / "p.csv"))
+    out = capsys.readouterr().out
+    assert (f"note: {len(names)} of {len(names)} class names of the checkpoint differ" in out) == (rank == 0)
+
+
+def test_jpeg_draft_flag_reaches_the_training_images(embedded_data_dir):
+    from src.prior import _load_train_sets, build_parser
+
+    argv = _cli_argv("unused.pth", embedded_data_dir, "p.csv")
+    args = build_parser().parse_args(argv)
+    assert args.jpeg_draft is True and _load_train_sets(args)[0].transform.draft_size == (32, 32)
+    for flag in ("--no-jpeg_draft", "--no-jpeg-draft"):
+        args = build_parser().parse_args([*argv, flag])
+        assert args.jpeg_draft is False and _load_train_sets(args)[0].transform.draft_size is None

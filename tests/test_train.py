@@ -283,3 +283,28 @@ def test_one_cycle_guard_rejects_only_the_step_count_torch_cannot_schedule(total
         with pytest.raises(train.ConfigError, match="--epochs 1 x 5 batches"):
             train.build_optimization(model, args, total_steps, None, torch.device("cpu"))
     assert torch_schedules == (total_steps != 5)
+
+
+def test_jpeg_draft_flag_reaches_every_eval_view(stage1_run, embedded_data_dir, monkeypatch):
+    """--no-jpeg_draft also holds for the held-out selection split and the clean-pass prior (not only for
+    the evaluation set), and the flag keeps its name and default (shared with validate.py / src.prior)."""
+    import src.prior
+    from src.utils.distributed import DistributedContext
+
+    ctx = DistributedContext(device=torch.device("cpu"))
+    assert train.parse_args([]).jpeg_draft is True
+    for flags, expected in (([], (32, 32)), (["--no-jpeg_draft"], None), (["--no-jpeg-draft"], None)):
+        args = train.parse_args(tiny_train_argv(embedded_data_dir, stage1_run["path_dest"], "--val_split",
+                                                "0.25", *flags))
+        assert args.jpeg_draft is (expected is not None)
+        _, eval_set, selection_set, train_full = train.load_data(args, ctx)
+        assert eval_set.transform.draft_size == expected and selection_set.transform.draft_size == expected
+        seen = []
+
+        def record(net, view, *args, seen=seen, **kwargs):
+            seen.append(view.transform.draft_size)
+
+        monkeypatch.setattr(src.prior, "compute_prior_from_model", record)
+        ema = type("Ema", (), {"module": train.build_model(args, ctx)})()
+        train.clean_pass_prior(args, ctx, ema, train_full, None)
+        assert seen == [expected]

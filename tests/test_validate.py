@@ -191,3 +191,110 @@ def test_openimages_split_and_unknown_mid_flags_reach_the_reader(tmp_path):
     np.testing.assert_array_equal(dataset.labels.to_dense(), [[-1, 1], [0, -1]])  # the test split's labels
     with pytest.raises(DatasetError, match="MIDs that are not in the class list.*/m/0zz"):
         validate.build_val_dataset(validate.build_parser().parse_args([*argv, "--unknown_mids", "error"]))
+
+
+def test_per_class_csv_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "ap.csv"
+    validate.write_per_class_csv(str(path), [{"class": "a", "AP": "50.0000"}, {"class": "b", "AP": ""}])
+    with open(path, newline="", encoding="utf-8") as handle:
+        previous = handle.read()
+    assert previous == "class,AP\r\na,50.0000\r\nb,\r\n"  # the csv module's line ends, as before
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        validate.write_per_class_csv(str(path), [{"class": "c", "AP": "1.0000"}])
+    with open(path, newline="", encoding="utf-8") as handle:
+        assert handle.read() == previous
+    assert os.listdir(tmp_path) == ["ap.csv"]  # no temp file left behind
+
+
+def test_bad_output_fails_before_any_work(embedded_data_dir, tmp_path, monkeypatch, capsys):
+    save_tiny_checkpoint(tmp_path / "tiny.pth", embedded_split(embedded_data_dir)[0])
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("init_distributed reached")
+
+    monkeypatch.setattr("src.utils.distributed.init_distributed", no_work)
+    (tmp_path / "folder").mkdir()
+    argv = base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "folder")
+    with pytest.raises(ValueError, match=r"--output: .*folder' is a folder, not a file; pass a file path "
+                                         r"such as .*tiny_coco_per_class_ap.csv"):
+        validate.main(argv)
+    assert validate.cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: --output" in err and "Traceback" not in err
+    (tmp_path / "plain_file").write_text("")
+    with pytest.raises(ValueError, match="--output: cannot create the folder"):
+        validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "plain_file" / "x.csv"))
+    with pytest.raises(AssertionError, match="init_distributed reached"):  # a good path: its folder is made
+        validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "new" / "sub" / "x.csv"))
+    assert (tmp_path / "new" / "sub").is_dir()
+
+
+def test_default_output_is_next_to_the_checkpoint(embedded_data_dir, tmp_path, monkeypatch):
+    """Two runs' best.pth get two files (each in its run folder); EMA weights get their own name."""
+    monkeypatch.chdir(tmp_path)
+    names, paths, labels = embedded_split(embedded_data_dir)
+    results = {}
+    for seed, run in enumerate(("run1", "run2")):
+        (tmp_path / run).mkdir()
+        model = save_tiny_checkpoint(tmp_path / run / "best.pth", names, seed=seed)
+        argv = base_argv(embedded_data_dir, tmp_path / run / "best.pth", "unused")[:-2]  # no --output
+        results[run] = validate.main(argv)
+        assert results[run]["output"] == str(tmp_path / run / "best_coco_per_class_ap.csv")
+        expected_ap = 100 * average_precision(manual_scores(model, paths), labels)
+        np.testing.assert_allclose([float(r["AP"]) for r in read_csv(results[run]["output"])], expected_ap,
+                                   atol=1e-3)
+        ema_args = validate.build_parser().parse_args([*argv, "--use_ema"])
+        assert validate.default_output(ema_args) == str(tmp_path / run / "best_ema_coco_per_class_ap.csv")
+    assert not os.path.exists(tmp_path / "outputs")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_class_name_note_only_on_rank_0(embedded_data_dir, tmp_path, monkeypatch, capsys, rank):
+    from src.utils.distributed import DistributedContext
+
+    names = embedded_split(embedded_data_dir)[0]
+    save_tiny_checkpoint(tmp_path / "renamed.pth", [f"x_{n}" for n in names])
+    ctx = DistributedContext(rank=rank, world_size=2, device=torch.device("cpu"))
+    monkeypatch.setattr("src.utils.distributed.init_distributed", lambda device: ctx)
+    validate.main(base_argv(embedded_data_dir, tmp_path / "renamed.pth", tmp_path / "ap.csv"))
+    out = capsys.readouterr().out
+    assert (f"note: {len(names)} of {len(names)} class names of the checkpoint differ" in out) == (rank == 0)
+
+
+def test_no_jpeg_draft_decodes_at_full_resolution(tmp_path):
+    """--no-jpeg_draft: bit-exact with plain PIL decoding + torchvision Resize/ToTensor; the default
+    (draft) decodes a large JPEG at reduced scale, which gives other pixels."""
+    from torchvision import transforms
+
+    (tmp_path / "oidv6-classes-trainable.txt").write_text("/m/0a\n/m/0b\n")
+    (tmp_path / "test-annotations-human-imagelabels.csv").write_text(
+        "ImageID,Source,LabelName,Confidence\nt1,verification,/m/0b,1\nt2,verification,/m/0a,0\n")
+    (tmp_path / "images" / "test").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for image_id in ("t1", "t2"):
+        pixels = rng.integers(0, 256, size=(160, 160, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "images" / "test" / f"{image_id}.jpg", quality=95)
+    argv = ["--model-path", "unused.pth", "--dataset_type", "openimages", "--data", str(tmp_path / "images"),
+            "--metadata", str(tmp_path), "--openimages_val_split", "test", "--image-size", "8"]
+    reference = transforms.Compose([transforms.Resize((8, 8)), transforms.ToTensor()])
+    exact = validate.build_val_dataset(validate.build_parser().parse_args([*argv, "--no-jpeg_draft"]))
+    drafted = validate.build_val_dataset(validate.build_parser().parse_args(argv))
+    for i in range(2):
+        expected = reference(Image.open(exact.image_paths[i]).convert("RGB"))
+        torch.testing.assert_close(exact[i][0], expected, rtol=0, atol=0)
+        assert not torch.equal(drafted[i][0], expected)
+
+
+def test_prepare_output_file(tmp_path):
+    from src.args import prepare_output_file
+
+    target = tmp_path / "a" / "b" / "out.csv"
+    assert prepare_output_file(str(target), "--output") == str(target)
+    assert (tmp_path / "a" / "b").is_dir() and not target.exists()  # the folder, not the file
+    with pytest.raises(ValueError, match="--x: .* is a folder"):
+        prepare_output_file(str(tmp_path / "a") + os.sep, "--x")  # a trailing separator names a folder

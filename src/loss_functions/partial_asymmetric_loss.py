@@ -365,19 +365,18 @@ class ComputePrior:
         return self._counts[False]
 
     def save_prior(self, folder: str | Path, filename: str = "prior.csv", training: bool = True) -> Path:
-        """Write ``Classes,avg_pred`` to ``folder/filename`` (folder created) and return the path."""
+        """Write ``Classes,avg_pred`` to ``folder/filename`` (folder created) and return the path; the
+        file is written atomically by `src.prior.write_prior_csv`, the one writer of the format."""
+        from src.prior import write_prior_csv  # here: src.prior imports this module
+
         if self._counts[training] == 0:
             split = "training" if training else "validation"
             raise ValueError(
                 f"ComputePrior.save_prior: no {split} predictions were accumulated; call update() first"
             )
         averages = (self._sums[training] / self._counts[training]).double().cpu().numpy()
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / filename
-        pd.DataFrame({PRIOR_CSV_COLUMNS[0]: self.classes, PRIOR_CSV_COLUMNS[1]: averages}).to_csv(
-            path, index=False, encoding="utf-8"
-        )
+        path = Path(folder) / filename
+        write_prior_csv(str(path), self.classes, averages)
         return path
 
     def get_top_freq_classes(

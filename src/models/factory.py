@@ -226,11 +226,13 @@ def check_num_classes(model: nn.Module, num_classes: int, source: str = 'the dat
                          'use a checkpoint trained on this class list, or set --num-classes to match')
 
 
-def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[str], dataset: str) -> None:
+def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[str], dataset: str,
+                        verbose: bool = True) -> None:
     """The model predicts the dataset's classes: same number (else ValueError); same names in the same
     order, unless the checkpoint stores no names ('class_<i>'). The same names in another order are an
     error (scores would be paired with the wrong classes); other names (e.g. OpenImages MIDs in a paper
-    checkpoint vs display names in the dataset) only print a note and the order is trusted."""
+    checkpoint vs display names in the dataset) only print a note (when ``verbose``: pass False on
+    every rank but 0) and the order is trusted."""
     model_classes, dataset_classes = list(model_classes), list(dataset_classes)
     if len(model_classes) != len(dataset_classes):
         raise ValueError(f"--model-path: the model predicts {len(model_classes)} classes but {dataset} has "
@@ -242,6 +244,8 @@ def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[
         raise ValueError(f"--model-path: the checkpoint lists the classes of {dataset} in another order "
                          f"(e.g. {model_classes[:3]} vs {dataset_classes[:3]}); its scores would be paired "
                          f"with the wrong classes. Use the annotation files it was trained with")
+    if not verbose:
+        return
     differing = sum(a != b for a, b in zip(model_classes, dataset_classes))
     print(f"note: {differing} of {len(model_classes)} class names of the checkpoint differ from those of "
           f"{dataset} (e.g. {model_classes[0]!r} vs {dataset_classes[0]!r}); assuming the same class order")

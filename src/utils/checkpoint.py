@@ -46,13 +46,20 @@ def atomic_torch_save(obj, path: str) -> str:
     return path
 
 
-def atomic_write_text(path: str, text: str) -> str:
+def atomic_write_text(path: str, text: str, newline: str | None = None) -> str:
+    """Write ``text`` (UTF-8) to a temp file next to ``path``, then rename it over ``path``; the folder
+    is created. ``newline`` is passed to ``open`` (``""`` writes line endings as given, e.g. the
+    ``\\r\\n`` of the csv module). On any error the temp file is removed and ``path`` is untouched."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
