@@ -1,9 +1,11 @@
-"""Command-line parser of train.py (shared helpers for validate.py / infer.py).
+"""Command-line flags, declared once: parent parsers (``add_help=False``, as in DETR) shared by train.py,
+validate.py, infer.py, the prior command (``python -m src.prior``) and reproduce.py.
 
 Every flag of the paper's train.py keeps its name, meaning and default. The paper mixes
 ``--snake_case`` and ``--kebab-case`` (``--model-name`` next to ``--path_dest``); :func:`add_flag`
 registers both spellings of every long option under one destination, so ``--model_name`` and
-``--model-name`` (or ``--path-dest`` and ``--path_dest``) are the same flag.
+``--model-name`` (or ``--path-dest`` and ``--path_dest``) are the same flag. Choices come from the
+constants of the modules that own them (dataset types, simulation modes, loss modes, AMP dtypes).
 
 ``--model-path`` keeps the paper's default ``./tresnet_m.pth`` (the ImageNet-pretrained TResNet-M
 the paper starts from). train.py checks it before anything else: when the file is missing it stops
@@ -15,10 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 
+from src.data import DATASET_TYPES
+from src.data.partial_labels import SIMULATION_MODES
+from src.loss_functions import PARTIAL_LOSS_MODES
+from src.utils.amp import AMP_DTYPES
+from src.utils.io import prepare_output_file  # noqa: F401 - re-exported: the scripts' output check
+
 PAPER_DEFAULT_MODEL_PATH = "./tresnet_m.pth"
 ESTIMATE_PRIOR_CHOICES = ("auto", "clean", "running_average", "both", "none")
+NONE_WORDS = ("none", "")
 
 
+# ------------------------------------------------------------------------------------------ helpers
 def _other_spelling(option: str) -> str | None:
     if not option.startswith("--"):
         return None
@@ -63,37 +73,133 @@ def fraction(text: str) -> float:
     return value
 
 
-def _add_paper_flags(parser) -> None:
-    add_flag(parser, "--data", metavar="DIR", type=str, default="./data",
-             help="path to dataset (COCO layout: DIR/annotations, DIR/train2014, DIR/val2014)")
-    add_flag(parser, "--metadata", type=str, default="./data/COCO_2014",
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text}")
+    return value
+
+
+def optional_path(text: str) -> str | None:
+    """A path, or None for 'none' / '' (the paper's scripts pass ``--prior_path None`` for no prior)."""
+    return None if text.strip().lower() in NONE_WORDS else text
+
+
+def is_none_path(path: str | None) -> bool:
+    return path is None or str(path).strip().lower() in NONE_WORDS
+
+
+def require_file(path: str, flag: str, what: str, hint: str) -> str:
+    """``path`` when it is a file; else a FileNotFoundError naming the flag, what was expected and the fix."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag}: {what} {path!r} does not exist; {hint}")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ parents
+def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentParser:
+    """Where the images and labels are and how they are read (train.py, validate.py, the prior)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("data")
+    add_flag(group, "--data", metavar="DIR", type=str, default="./data",
+             help="path to dataset (COCO layout: DIR/annotations, DIR/train2014, DIR/val2014; the embedded "
+                  "dataset uses it too)")
+    add_flag(group, "--metadata", type=str, default="./data/COCO_2014",
              help="folder of the paper's annotation files (train.json/val.json for COCO; label files "
                   "for OpenImages/LVIS)")
+    add_flag(group, "--dataset_type", type=str, choices=DATASET_TYPES, default="coco",
+             help="dataset reader (the embedded dataset uses the coco layout)")
+    add_flag(group, "--image-size", type=positive_int, default=448, metavar="N", help="input image size")
+    add_flag(group, "-b", "--batch-size", type=positive_int, default=batch_size, metavar="N",
+             help="mini-batch size per process")
+    add_flag(group, "-j", "--workers", type=non_negative_int, default=workers, metavar="N",
+             help="number of data loading workers per process")
+    add_flag(group, "--skip_bad_images", action="store_true",
+             help="drop missing or undecodable images at start-up (with a warning) instead of failing")
+    add_flag(group, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
+             help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
+                  "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
+    add_flag(group, "--unknown_mids", type=str, choices=("error", "skip"), default=None,
+             help="OpenImages: labels whose class MID is not in the class list - error, or skip and count "
+                  "(default: skip for the official CSVs, which cover ~20k classes; error for data.csv)")
+    add_flag(group, "--openimages_val_split", type=str, default="validation",
+             help="OpenImages (official files): evaluation split folder and CSV, e.g. validation or test")
+    return parser
+
+
+def partial_labels_parser() -> argparse.ArgumentParser:
+    """Which partial labels the training set gets (train.py, the prior command)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("partial labels")
+    add_flag(group, "--simulate_partial_type", type=str, choices=SIMULATION_MODES, default=None,
+             help="simulate partial annotation of the (fully labelled) train set: fpc (fixed number of "
+                  "annotations per class) or rps (random per sample); see src/data/partial_labels.py")
+    add_flag(group, "--simulate_partial_param", type=float, default=1000,
+             help="parameter of the simulation: fpc - positives and negatives kept per class; rps - the "
+                  "probability of REMOVING each label (rps 0.9 keeps about 10%%)")
+    add_flag(group, "--partial_labels", type=str, default=None, metavar="FILE",
+             help="partial labels of the train set saved by 'python -m coco_simulation' (.npz)")
+    add_flag(group, "--seed", type=int, default=0,
+             help="seed of initialisation, simulation, data order and augmentation")
+    return parser
+
+
+def model_parser(path_default: str | None = PAPER_DEFAULT_MODEL_PATH,
+                 name_default: str | None = "tresnet_m") -> argparse.ArgumentParser:
+    """--model-name and --model-path (required when ``path_default`` is None)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("model")
+    add_flag(group, "--model-name", type=str, default=name_default,
+             help="architecture: tresnet_m, tresnet_l, tresnet_xl or any timm model name"
+                  + ("" if name_default else "; default: stored in our checkpoints, inferred from the "
+                                             "tensor shapes of the paper's TResNets"))
+    if path_default is None:
+        add_flag(group, "--model-path", type=str, required=True,
+                 help="checkpoint: ours (train.py best.pth / last.pth) or the paper's released .pth")
+    else:
+        add_flag(group, "--model-path", type=str, default=path_default,
+                 help="pretrained (ImageNet) weights loaded into the backbone, classifier excluded; "
+                      "'none' trains from random initialisation")
+    return parser
+
+
+def eval_weights_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_flag(parser, "--use_ema", action="store_true", help="use the EMA weights stored in our checkpoint")
+    return parser
+
+
+def device_parser() -> argparse.ArgumentParser:
+    """--device, --amp, --amp_dtype (every command that runs a model)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("device")
+    add_flag(group, "--device", type=str, default="auto",
+             help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    add_flag(group, "--amp", action=argparse.BooleanOptionalAction, default=None,
+             help="mixed precision (default: on for CUDA, off on CPU); losses are computed in float32")
+    add_flag(group, "--amp_dtype", type=str, choices=tuple(AMP_DTYPES), default="float16",
+             help="autocast dtype with --amp: float16 (with GradScaler when training) or bfloat16")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ train.py
+def _add_optimisation_flags(parser) -> None:
     add_flag(parser, "--lr", type=float, default=2e-4, help="maximal learning rate of OneCycleLR (Adam)")
     add_flag(parser, "--epochs", type=positive_int, default=30,
              help="number of epochs the OneCycle schedule spans")
     add_flag(parser, "--stop_epoch", type=positive_int, default=None,
-             help="stop after this many epochs (the schedule still spans --epochs); default: --epochs. "
-                  "The paper's loop ran one epoch more (it broke when the 0-based epoch exceeded it)")
+             help="stop after this many epochs (the schedule still spans --epochs); default: --epochs; "
+                  "a value above --epochs means no early stop. The paper's loop ran one epoch more (it "
+                  "broke when the 0-based epoch exceeded it)")
     add_flag(parser, "--weight_decay", type=float, default=1e-4,
              help="weight decay, applied to weights only (not to biases and normalisation parameters)")
-    add_flag(parser, "--model-name", type=str, default="tresnet_m",
-             help="architecture: tresnet_m, tresnet_l, tresnet_xl or any timm model name")
-    add_flag(parser, "--model-path", type=str, default=PAPER_DEFAULT_MODEL_PATH,
-             help="pretrained (ImageNet) weights loaded into the backbone, classifier excluded; "
-                  "'none' trains from random initialisation")
     add_flag(parser, "--num-classes", type=positive_int, default=80,
              help="number of classes; must match the dataset")
-    add_flag(parser, "-j", "--workers", type=non_negative_int, default=8, metavar="N",
-             help="number of data loading workers per process")
-    add_flag(parser, "--image-size", type=positive_int, default=448, metavar="N",
-             help="input image size")
-    add_flag(parser, "--simulate_partial_type", type=str, default=None,
-             help="simulate partial annotation of the (fully labelled) train set: fpc (fixed number of "
-                  "annotations per class) or rps (random per sample)")
-    add_flag(parser, "--simulate_partial_param", type=float, default=1000,
-             help="parameter of the simulation: annotations per class (fpc) or annotated fraction (rps)")
-    add_flag(parser, "--partial_loss_mode", type=str, default="negative",
+    add_flag(parser, "--ema_decay", type=float, default=0.9997, help="decay of the EMA of the weights")
+
+
+def _add_loss_flags(parser) -> None:
+    add_flag(parser, "--partial_loss_mode", type=str, choices=PARTIAL_LOSS_MODES, default="negative",
              help="how un-annotated labels enter the loss: negative, ignore, ignore_normalize_classes or "
                   "selective (CSL)")
     add_flag(parser, "--clip", type=float, default=0,
@@ -105,83 +211,29 @@ def _add_paper_flags(parser) -> None:
     add_flag(parser, "--alpha_pos", type=float, default=1, help="weight of positive labels")
     add_flag(parser, "--alpha_neg", type=float, default=1, help="weight of negative labels")
     add_flag(parser, "--alpha_unann", type=float, default=1, help="weight of un-annotated labels")
-    add_flag(parser, "--likelihood_topk", type=int, default=5,
+    add_flag(parser, "--likelihood_topk", type=non_negative_int, default=5,
              help="selective mode: per batch, the likelihood_topk x batch-size un-annotated labels with "
                   "the highest predicted probability are ignored (per GPU batch under DDP)")
-    add_flag(parser, "--prior_path", type=str, default=None,
-             help="class prior CSV (Classes,avg_pred) used by selective mode")
-    add_flag(parser, "--prior_threshold", type=float, default=0.05,
+    add_flag(parser, "--prior_path", type=optional_path, default=None,
+             help="class prior CSV (Classes,avg_pred) used by selective mode; 'none' for no prior")
+    add_flag(parser, "--prior_threshold", type=probability, default=0.05,
              help="selective mode: un-annotated labels of classes whose prior exceeds this are ignored")
-    add_flag(parser, "-b", "--batch-size", type=positive_int, default=64, metavar="N",
-             help="mini-batch size per process")
+
+
+def _add_run_flags(parser) -> None:
     add_flag(parser, "--print-freq", "-p", type=positive_int, default=64, metavar="N",
              help="print the training loss every N batches")
     add_flag(parser, "--path_dest", type=str, default="./outputs",
              help="output folder: checkpoints, args.json, metrics.jsonl, tensorboard/, priors/")
     add_flag(parser, "--debug_mode", type=str, default="hyperml",
-             help="accepted for compatibility with the paper's scripts; the data layout is detected "
-                  "from --data/--metadata")
-
-
-def add_openimages_flags(parser) -> None:
-    """OpenImages reading options shared by train.py, validate.py and the prior command."""
-    add_flag(parser, "--unknown_mids", type=str, choices=("error", "skip"), default=None,
-             help="OpenImages: labels whose class MID is not in the class list - error, or skip and count "
-                  "(default: skip for the official CSVs, which cover ~20k classes; error for data.csv)")
-    add_flag(parser, "--openimages_val_split", type=str, default="validation",
-             help="OpenImages (official files): evaluation split folder and CSV, e.g. validation or test")
-
-
-def add_decode_flags(parser) -> None:
-    """Image decoding options shared by train.py, validate.py and the prior command."""
-    add_flag(parser, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
-             help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
-                  "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
-
-
-def prepare_output_file(path: str, flag: str, example: str = "out.csv") -> str:
-    """Check, before any work, that the output file ``path`` of ``flag`` can be written, and create its
-    folder; returns ``path``. A ValueError names the flag and the fix when ``path`` is a folder or its
-    folder cannot be created or written (else the file would only fail after the whole run)."""
-    if os.path.isdir(path) or path.endswith(("/", os.sep)):
-        raise ValueError(f"{flag}: {path!r} is a folder, not a file; pass a file path such as "
-                         f"{os.path.join(path, example)!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or error
-        raise ValueError(f"{flag}: cannot create the folder {folder!r} for {path!r} ({reason}); pass a path "
-                         "in a folder that can be created") from error
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag}: the folder {folder!r} is not writable; pass a path in a writable folder")
-    return path
-
-
-def _add_new_flags(parser) -> None:
-    add_flag(parser, "--device", type=str, default="auto",
-             help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    add_flag(parser, "--amp", action=argparse.BooleanOptionalAction, default=None,
-             help="mixed precision (default: on for CUDA, off on CPU); the loss is computed in float32")
-    add_flag(parser, "--amp_dtype", type=str, choices=("float16", "bfloat16"), default="float16",
-             help="autocast dtype with --amp: float16 (with GradScaler) or bfloat16")
-    add_flag(parser, "--seed", type=int, default=0,
-             help="seed of initialisation, simulation, data order and augmentation")
+             help="accepted (and ignored) for compatibility with the paper's scripts; the data layout is "
+                  "detected from --data/--metadata")
     add_flag(parser, "--resume", type=str, default=None, metavar="PATH",
              help="continue a run exactly from its checkpoint (e.g. <path_dest>/last.pth)")
-    add_flag(parser, "--dataset_type", type=str, choices=("coco", "openimages", "lvis"), default="coco",
-             help="dataset reader (default: coco; the embedded dataset uses the coco layout)")
-    add_flag(parser, "--partial_labels", type=str, default=None, metavar="FILE",
-             help="partial labels of the train set saved by 'python -m coco_simulation' (.npz)")
     add_flag(parser, "--val_split", type=fraction, default=None, metavar="FRACTION",
              help="hold out this fraction of the training set (seeded) to select the best epoch; the "
                   "evaluation-set mAP is then reported at that epoch. Without it the best epoch is chosen "
                   "on the evaluation set (the paper's protocol)")
-    add_flag(parser, "--ema_decay", type=float, default=0.9997, help="decay of the EMA of the weights")
-    add_flag(parser, "--skip_bad_images", action="store_true",
-             help="drop missing or undecodable images at start-up (with a warning) instead of failing")
-    add_decode_flags(parser)
-    add_openimages_flags(parser)
     add_flag(parser, "--do_bottleneck_head", action=argparse.BooleanOptionalAction, default=None,
              help="the paper's OpenImages head: Linear(features, 512) then Linear(512, classes) "
                   "(default: on for --dataset_type openimages, off otherwise)")
@@ -199,9 +251,6 @@ def _add_new_flags(parser) -> None:
              help="folder of the estimated prior CSV (default: <path_dest>/priors)")
     add_flag(parser, "--thre", type=float, default=0.5,
              help="score threshold of the CP/CR/CF1/OP/OR/OF1 metrics printed per epoch")
-    # Test hooks, hidden from --help: end the process right after a given point.
-    parser.add_argument("--_debug_kill_after_epoch", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--_debug_sigterm_at_step", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -211,7 +260,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                     "--partial_loss_mode selective --prior_path <prior.csv>. Multi-GPU: torchrun "
                     "--nproc_per_node N train.py ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        parents=[data_parser(), partial_labels_parser(), model_parser(), device_parser()],
     )
-    _add_paper_flags(parser)
-    _add_new_flags(parser)
+    _add_optimisation_flags(parser)
+    _add_loss_flags(parser)
+    _add_run_flags(parser)
     return parser

@@ -13,7 +13,7 @@
 The train set gets the train pipeline (Resize, CutoutPIL, RandAugment, ToTensor), the val set the val
 pipeline; ``args.jpeg_draft=False`` disables JPEG draft decoding (see `src.data.image_io`).
 Partial labels are applied to the train set only: ``args.partial_labels`` (a file written by
-``python -m coco_simulation``) or ``args.simulate_partial_type`` / ``args.simulate_partial_param``
+``python -m coco_simulation``, see `src.data.partial_labels`) or ``args.simulate_partial_type`` / ``args.simulate_partial_param``
 (simulated on the fly with ``args.seed``); giving both is an error.
 
 Submodules are imported lazily so that ``from src.data.labels import LabelMatrix`` stays light.
@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 
 from src.data.labels import DatasetError, LabelMatrix
+from src.data.partial_labels import describe_simulation, load_partial_labels, simulate_dataset
+from src.utils.distributed import get_rank
 
 __all__ = ["DatasetError", "LabelMatrix", "build_datasets", "resolve_coco_files"]
 
@@ -96,19 +98,17 @@ def apply_partial_labels(args, train_dataset):
         raise ValueError("give either --partial_labels FILE or --simulate_partial_type MODE, not both: the "
                          "file already holds simulated labels")
     if partial_path:
-        from coco_simulation.simulate import load_partial_labels
-
         loaded = load_partial_labels(partial_path, class_names=list(train_dataset.class_names),
                                      image_ids=list(train_dataset.image_ids))
         labels = loaded[0] if isinstance(loaded, tuple) else loaded
         labels = labels["labels"] if isinstance(labels, dict) else labels
         train_dataset.set_labels(labels)
     elif simulate_type:
-        from coco_simulation.simulate import simulate_coco
-
-        result = simulate_coco(args, train_dataset)
-        if result is not None:
-            train_dataset = result
+        seed = getattr(args, "seed", None) or 0
+        summary = simulate_dataset(train_dataset, simulate_type, getattr(args, "simulate_partial_param", None),
+                                   seed)
+        if get_rank() == 0:
+            print(describe_simulation(simulate_type, args.simulate_partial_param, seed, summary))
     return train_dataset
 
 

@@ -1,20 +1,38 @@
-"""The command-line entry shared by validate.py, infer.py, the prior and simulation commands."""
+"""The one way a command turns a user error into a clean exit (train.py, validate.py, infer.py,
+reproduce.py, the prior and simulation commands)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-# Bad input (a missing file, a malformed CSV, mismatched classes, an impossible setting) is reported
-# as one line that names the file/flag and the fix; the library code raises these with such messages.
-USER_ERRORS = (ValueError, FileNotFoundError, MemoryError)
+
+class ConfigError(ValueError):
+    """A setting or input that cannot work; raised before any work is done where possible."""
 
 
-def run_cli(main: Callable, argv=None) -> int:
-    """Run ``main(argv)``; a user error prints ``error: ...`` on stderr and gives exit status 2."""
+class ExitRequest(Exception):
+    """Ends a command with ``exit_code`` and the message, without a traceback (e.g. SIGTERM: 143)."""
+
+    exit_code = 1
+
+
+# Bad input (a missing file, a malformed CSV, mismatched classes, an impossible setting, an output that
+# cannot be written) is reported as one line that names the file/flag and the fix; the library code
+# raises these with such messages.
+USER_ERRORS = (ValueError, FileNotFoundError, MemoryError, OSError)
+
+
+def run_cli(main: Callable, argv=None, prog: str | None = None) -> int:
+    """Run ``main(argv)``; a user error prints ``[<prog>: ]error: ...`` on stderr and gives exit status 2,
+    an :class:`ExitRequest` its own message and exit code."""
+    prefix = f"{prog}: " if prog else ""
     try:
         main(argv)
+    except ExitRequest as request:
+        print(str(request), file=sys.stderr)
+        return request.exit_code
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{prefix}error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,396 @@
+"""Simulate partial annotation on a fully labelled multi-label matrix, and partial label files.
+
+Labels are an (N_images x N_classes) matrix with 1 = positive, 0 = negative, -1 = un-annotated.
+Every mode only ever turns annotated entries (0/1) into -1; entries that are already -1 stay -1 and
+are never selected. All randomness comes from ``np.random.default_rng(seed)``, so a (labels, mode,
+param, seed) tuple always gives the same matrix.
+
+Modes (``param`` meaning in brackets):
+
+* ``fpc`` / ``fix_per_class`` [n, integer >= 0] - the paper's main COCO scheme: for every class,
+  ``min(n, #pos)`` of its positive images and ``min(n, #neg)`` of its negative images are drawn
+  uniformly without replacement and kept; every other entry of that class becomes -1.
+* ``rps`` / ``random_per_sample`` [p in [0, 1]] - the paper's second scheme: every entry
+  independently becomes -1 with probability p (so a fraction ~1-p of the labels stays annotated).
+* ``known_ratio`` [r in [0, 1]] - per image, keep ``k(r, n_pos)`` of its positives and
+  ``k(r, n_neg)`` of its negatives, drawn uniformly without replacement, where
+  ``k(r, n) = 0 if r == 0 or n == 0 else max(1, floor(r * n + 0.5))`` (round half up, but an image
+  that has labels of a kind keeps at least one of them when r > 0; r = 1 keeps everything).
+* ``single_positive`` [param ignored, pass 0] - per image keep one positive drawn uniformly, every
+  other entry (all negatives included) becomes -1; images without a positive become all -1.
+
+Partial label files (``save_partial_labels`` / ``load_partial_labels``) are ``.npz`` archives with
+``labels`` (int8, N x C), ``class_names`` (str, C), ``image_ids`` (int64 or str, N) and ``meta`` (a
+JSON string: mode, param, seed, source ...). They let several runs share the exact same partial
+labels; loading checks that classes and images match the dataset they are applied to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODE_ALIASES = {
+    "fpc": "fix_per_class",
+    "fix_per_class": "fix_per_class",
+    "rps": "random_per_sample",
+    "random_per_sample": "random_per_sample",
+    "known_ratio": "known_ratio",
+    "single_positive": "single_positive",
+}
+SIMULATION_MODES = tuple(MODE_ALIASES)
+
+# Rows handled at once by the row-wise modes: bounds the temporary float64 matrices to ~rows x C.
+_ROW_BLOCK = 8192
+
+
+def canonical_mode(mode: str) -> str:
+    """Map a mode name or its alias ('fpc', 'rps') to its canonical long name."""
+    if not isinstance(mode, str) or mode not in MODE_ALIASES:
+        raise ValueError(
+            f"simulate_partial_type={mode!r} is not a partial-label simulation mode; "
+            f"use one of {', '.join(SIMULATION_MODES)}"
+        )
+    return MODE_ALIASES[mode]
+
+
+def validate_label_matrix(labels, name: str = "labels") -> np.ndarray:
+    """Return ``labels`` as a 2-D int8 array after checking that every value is in {-1, 0, 1}."""
+    array = np.asarray(labels)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (images x classes) matrix, got shape {array.shape}")
+    if array.size and not np.isin(array, (-1, 0, 1)).all():
+        bad = np.unique(array[~np.isin(array, (-1, 0, 1))])[:5]
+        raise ValueError(
+            f"{name} may only contain 1 (positive), 0 (negative) and -1 (un-annotated); found {bad.tolist()}"
+        )
+    return array.astype(np.int8, copy=False)
+
+
+def _validate_param(mode: str, param) -> float:
+    if mode == "single_positive" and param is None:
+        return 0.0  # the mode has no parameter
+    try:
+        value = float(param)
+    except (TypeError, ValueError):
+        raise ValueError(f"simulate_partial_param={param!r} for mode {mode!r} must be a number") from None
+    if mode == "fix_per_class":
+        if not math.isfinite(value) or value < 0 or value != int(value):
+            raise ValueError(
+                f"simulate_partial_param={param!r} for mode 'fpc' is the number of positive and of negative "
+                "samples kept per class: use a non-negative integer such as 1000"
+            )
+    elif mode in ("random_per_sample", "known_ratio"):
+        if not 0.0 <= value <= 1.0:
+            meaning = "probability of removing a label" if mode == "random_per_sample" else "kept fraction"
+            raise ValueError(
+                f"simulate_partial_param={param!r} for mode {mode!r} is the {meaning}: use a value in [0, 1]"
+            )
+    return value
+
+
+def known_count(ratio: float, counts: np.ndarray) -> np.ndarray:
+    """How many of ``counts`` labels ``known_ratio`` keeps: round half up, at least 1 if r > 0 and n > 0."""
+    counts = np.asarray(counts, dtype=np.int64)
+    kept = np.floor(ratio * counts + 0.5).astype(np.int64)
+    if ratio > 0:
+        kept = np.where(counts > 0, np.maximum(kept, 1), 0)
+    return np.minimum(kept, counts)
+
+
+def _keep_random_k_per_row(candidates: np.ndarray, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask keeping ``k[i]`` entries of row i of ``candidates``, a uniform subset without replacement.
+
+    Random keys on the candidates sort before the (key 2.0) non-candidates; the first k of that
+    uniformly random order are a uniform k-subset.
+    """
+    keys = rng.random(candidates.shape)
+    keys[~candidates] = 2.0
+    order = np.argsort(keys, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(candidates.shape[1])[None, :], axis=1)
+    return candidates & (ranks < k[:, None])
+
+
+def _fix_per_class(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.full_like(labels, -1)
+    for c in range(labels.shape[1]):
+        column = labels[:, c]
+        for value in (1, 0):
+            rows = np.flatnonzero(column == value)
+            chosen = rng.choice(rows, size=min(n, rows.size), replace=False)
+            out[chosen, c] = value
+    return out
+
+
+def _random_per_sample(labels: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    out = labels.copy()
+    for start in range(0, labels.shape[0], _ROW_BLOCK):
+        block = out[start : start + _ROW_BLOCK]
+        block[rng.random(block.shape) < p] = -1
+    return out
+
+
+def _per_image(labels: np.ndarray, mode: str, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    out = np.full_like(labels, -1)
+    for start in range(0, labels.shape[0], _ROW_BLOCK):
+        block = labels[start : start + _ROW_BLOCK]
+        for value in (1, 0):
+            candidates = block == value
+            n_candidates = candidates.sum(axis=1)
+            if mode == "single_positive":
+                keep_count = np.minimum(n_candidates, 1) if value == 1 else np.zeros_like(n_candidates)
+            else:
+                keep_count = known_count(ratio, n_candidates)
+            keep = _keep_random_k_per_row(candidates, keep_count, rng)
+            out[start : start + _ROW_BLOCK][keep] = value
+    return out
+
+
+def simulate_partial_labels(labels, mode: str, param: float | None = None, seed: int = 0) -> np.ndarray:
+    """Return a new int8 label matrix with partial annotation simulated by ``mode`` (see module doc).
+
+    ``labels`` (N x C, values in {-1, 0, 1}) is not modified. Deterministic for a given ``seed``.
+    """
+    mode = canonical_mode(mode)
+    full = validate_label_matrix(labels)
+    value = _validate_param(mode, param)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed={seed!r} must be an integer")
+    rng = np.random.default_rng(int(seed))
+    if mode == "fix_per_class":
+        return _fix_per_class(full, int(value), rng)
+    if mode == "random_per_sample":
+        return _random_per_sample(full, value, rng)
+    return _per_image(full, mode, value, rng)
+
+
+@dataclass
+class ClassStatistics:
+    """Per-class counts before and after simulation (arrays of length C)."""
+
+    original_positive: np.ndarray
+    original_negative: np.ndarray
+    kept_positive: np.ndarray
+    kept_negative: np.ndarray
+    unannotated: np.ndarray
+    num_images: int
+    summary: dict = field(default_factory=dict)
+
+
+def class_statistics(original, simulated) -> ClassStatistics:
+    """Count positives / negatives / un-annotated per class before and after a simulation."""
+    original = validate_label_matrix(original, "original labels")
+    simulated = validate_label_matrix(simulated, "simulated labels")
+    if original.shape != simulated.shape:
+        raise ValueError(f"original labels {original.shape} and simulated labels {simulated.shape} differ")
+    stats = ClassStatistics(
+        original_positive=(original == 1).sum(0),
+        original_negative=(original == 0).sum(0),
+        kept_positive=(simulated == 1).sum(0),
+        kept_negative=(simulated == 0).sum(0),
+        unannotated=(simulated == -1).sum(0),
+        num_images=original.shape[0],
+    )
+    total = max(original.size, 1)
+    stats.summary = {
+        "images": int(original.shape[0]),
+        "classes": int(original.shape[1]),
+        "annotated_fraction_original": float((original != -1).sum() / total),
+        "annotated_fraction_simulated": float((simulated != -1).sum() / total),
+        "positives_original": int(stats.original_positive.sum()),
+        "positives_kept": int(stats.kept_positive.sum()),
+        "negatives_original": int(stats.original_negative.sum()),
+        "negatives_kept": int(stats.kept_negative.sum()),
+        "images_without_known_positive": int((~(simulated == 1).any(1)).sum()),
+        "images_without_any_label": int((~(simulated != -1).any(1)).sum()),
+    }
+    return stats
+
+
+def format_class_statistics(
+    stats: ClassStatistics, class_names: Sequence[str], max_rows: int | None = None
+) -> str:
+    """A fixed-width table of per-class counts followed by the summary line(s)."""
+    header = f"{'class':<24}{'pos':>8}{'kept pos':>10}{'neg':>8}{'kept neg':>10}{'un-ann':>9}"
+    lines = [header, "-" * len(header)]
+    rows = range(len(class_names)) if max_rows is None else range(min(max_rows, len(class_names)))
+    for c in rows:
+        lines.append(
+            f"{str(class_names[c])[:23]:<24}{stats.original_positive[c]:>8}{stats.kept_positive[c]:>10}"
+            f"{stats.original_negative[c]:>8}{stats.kept_negative[c]:>10}{stats.unannotated[c]:>9}"
+        )
+    if max_rows is not None and max_rows < len(class_names):
+        lines.append(f"... ({len(class_names) - max_rows} more classes)")
+    s = stats.summary
+    lines.append(
+        f"images {s['images']}, classes {s['classes']}: annotated "
+        f"{100 * s['annotated_fraction_original']:.1f}% "
+        f"-> {100 * s['annotated_fraction_simulated']:.1f}%; positives {s['positives_original']} -> "
+        f"{s['positives_kept']}; negatives {s['negatives_original']} -> {s['negatives_kept']}; images "
+        f"without a known positive {s['images_without_known_positive']}, without any label "
+        f"{s['images_without_any_label']}"
+    )
+    return "\n".join(lines)
+
+
+def simulate_dataset(dataset, mode: str, param: float, seed: int = 0) -> dict:
+    """Replace ``dataset``'s labels (through ``dataset.set_labels``) by a simulated partial draw and
+    return the summary of `class_statistics` (the caller reports it; this module prints nothing)."""
+    if param is None:
+        raise ValueError(f"--simulate_partial_type {mode} needs --simulate_partial_param (e.g. 1000 for fpc)")
+    labels = dataset.labels
+    original = labels.to_dense() if hasattr(labels, "to_dense") else np.asarray(labels)
+    simulated = simulate_partial_labels(original, mode, param, seed)
+    dataset.set_labels(simulated)
+    return class_statistics(original, simulated).summary
+
+
+def describe_simulation(mode: str, param: float, seed: int, summary: dict) -> str:
+    """The one-line report of a `simulate_dataset` draw."""
+    return (f"Simulated partial labels: mode {canonical_mode(mode)}, param {param}, seed {seed}: annotated "
+            f"{100 * summary['annotated_fraction_original']:.1f}% -> "
+            f"{100 * summary['annotated_fraction_simulated']:.1f}%, "
+            f"positives {summary['positives_original']} -> {summary['positives_kept']}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Partial label files
+# ----------------------------------------------------------------------------------------------
+
+_FILE_FIELDS = ("labels", "class_names", "image_ids", "meta")
+
+
+@dataclass
+class PartialLabelFile:
+    """Contents of a partial label ``.npz`` file."""
+
+    labels: np.ndarray
+    class_names: list[str]
+    image_ids: list
+    meta: dict
+
+
+def _ids_array(image_ids: Sequence) -> np.ndarray:
+    ids = list(image_ids)
+    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        return np.asarray(ids, dtype=np.int64)
+    return np.asarray([str(i) for i in ids], dtype=str)
+
+
+def save_partial_labels(
+    path, labels, class_names: Sequence[str], image_ids: Sequence, meta: dict | None = None
+):
+    """Write a partial label matrix with its class names, image ids and metadata to ``path`` (.npz)."""
+    labels = validate_label_matrix(labels)
+    class_names = [str(name) for name in class_names]
+    image_ids = list(image_ids)
+    if labels.shape != (len(image_ids), len(class_names)):
+        raise ValueError(
+            f"labels have shape {labels.shape} but there are {len(image_ids)} image ids and "
+            f"{len(class_names)} class names; pass the ids and names of the labelled dataset"
+        )
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"partial label file {path!r} must end with .npz")
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    np.savez_compressed(
+        path,
+        labels=labels,
+        class_names=np.asarray(class_names, dtype=str),
+        image_ids=_ids_array(image_ids),
+        meta=np.asarray(json.dumps(meta or {}, sort_keys=True)),
+    )
+    return path
+
+
+def _first_differences(expected: Sequence, found: Sequence, limit: int = 3) -> str:
+    diffs = [f"#{i}: file {f!r} vs dataset {e!r}" for i, (e, f) in enumerate(zip(expected, found)) if e != f]
+    text = "; ".join(diffs[:limit])
+    if len(diffs) > limit:
+        text += f"; ... ({len(diffs)} differ)"
+    return text
+
+
+def _check_matches(path: str, what: str, stored: list, expected: Sequence | None) -> None:
+    if expected is None:
+        return
+    expected = [str(x) for x in expected]
+    stored_str = [str(x) for x in stored]
+    if stored_str == expected:
+        return
+    if len(stored_str) != len(expected):
+        detail = f"the file has {len(stored_str)} {what}, the dataset has {len(expected)}"
+    elif sorted(stored_str) == sorted(expected):
+        detail = f"same {what} in a different order ({_first_differences(expected, stored_str)})"
+    else:
+        detail = _first_differences(expected, stored_str)
+    raise ValueError(
+        f"partial label file {path}: {what} do not match the dataset ({detail}). The file was made for "
+        "another dataset or annotation file; regenerate it with "
+        "`python -m coco_simulation --data ... --out FILE.npz` "
+        "on this dataset, or drop --partial_labels"
+    )
+
+
+class PartialLabelFileNotFoundError(FileNotFoundError, ValueError):
+    """The partial label file does not exist (catchable as FileNotFoundError or ValueError)."""
+
+
+def _read_archive(path: str) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:  # not an npz, corrupt, or pickled
+        raise ValueError(
+            f"partial label file {path} is not a readable .npz archive ({error}); regenerate it with "
+            "`python -m coco_simulation`"
+        ) from None
+
+
+def read_partial_label_file(path) -> PartialLabelFile:
+    """Read every field of a partial label file, with clear errors for a missing file or field."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise PartialLabelFileNotFoundError(
+            f"partial label file {path} does not exist; create it with "
+            f"`python -m coco_simulation --out {path} ...`"
+        )
+    contents = _read_archive(path)
+    missing = [name for name in _FILE_FIELDS if name not in contents]
+    if missing:
+        raise ValueError(
+            f"partial label file {path} lacks field(s) {missing} (has {sorted(contents)}); it was not "
+            "written by "
+            "coco_simulation.save_partial_labels - regenerate it with `python -m coco_simulation`"
+        )
+    labels = validate_label_matrix(contents["labels"], f"labels in {path}")
+    class_names = contents["class_names"].tolist()
+    image_ids = contents["image_ids"].tolist()
+    if labels.shape != (len(image_ids), len(class_names)):
+        raise ValueError(
+            f"partial label file {path}: labels shape {labels.shape} does not match "
+            f"{len(image_ids)} image ids x "
+            f"{len(class_names)} class names; the file is corrupt - regenerate it"
+        )
+    return PartialLabelFile(labels, class_names, image_ids, json.loads(str(contents["meta"])))
+
+
+def load_partial_labels(path, class_names: Sequence[str] | None = None, image_ids: Sequence | None = None):
+    """Load the int8 label matrix of a partial label file, checking its classes and images.
+
+    When ``class_names`` / ``image_ids`` are given they must equal the stored ones exactly (same
+    order; ids are compared as strings), otherwise a ValueError names the file and the differences.
+    """
+    contents = read_partial_label_file(path)
+    _check_matches(os.fspath(path), "class names", contents.class_names, class_names)
+    _check_matches(os.fspath(path), "image ids", contents.image_ids, image_ids)
+    return contents.labels
