@@ -13,7 +13,7 @@
 The train set gets the train pipeline (Resize, CutoutPIL, RandAugment, ToTensor), the val set the val
 pipeline; ``args.jpeg_draft=False`` disables JPEG draft decoding (see `src.data.image_io`).
 Partial labels are applied to the train set only: ``args.partial_labels`` (a file written by
-``python -m coco_simulation``, see `src.data.partial_labels`) or ``args.simulate_partial_type`` / ``args.simulate_partial_param``
+``python -m coco_simulation``) or ``args.simulate_partial_type`` / ``args.simulate_partial_param``
 (simulated on the fly with ``args.seed``); giving both is an error.
 
 Submodules are imported lazily so that ``from src.data.labels import LabelMatrix`` stays light.
@@ -105,8 +105,8 @@ def apply_partial_labels(args, train_dataset):
         train_dataset.set_labels(labels)
     elif simulate_type:
         seed = getattr(args, "seed", None) or 0
-        summary = simulate_dataset(train_dataset, simulate_type, getattr(args, "simulate_partial_param", None),
-                                   seed)
+        param = getattr(args, "simulate_partial_param", None)
+        summary = simulate_dataset(train_dataset, simulate_type, param, seed)
         if get_rank() == 0:
             print(describe_simulation(simulate_type, args.simulate_partial_param, seed, summary))
     return train_dataset
