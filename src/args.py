@@ -183,19 +183,21 @@ def device_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------ train.py
-def _add_optimisation_flags(parser) -> None:
-    add_flag(parser, "--lr", type=float, default=2e-4, help="maximal learning rate of OneCycleLR (Adam)")
-    add_flag(parser, "--epochs", type=positive_int, default=30,
+def optimisation_parser() -> argparse.ArgumentParser:
+    """The schedule flags of train.py (reproduce.py forwards them to its cells)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("optimisation")
+    add_flag(group, "--lr", type=float, default=2e-4, help="maximal learning rate of OneCycleLR (Adam)")
+    add_flag(group, "--epochs", type=positive_int, default=30,
              help="number of epochs the OneCycle schedule spans")
-    add_flag(parser, "--stop_epoch", type=positive_int, default=None,
+    add_flag(group, "--stop_epoch", type=positive_int, default=None,
              help="stop after this many epochs (the schedule still spans --epochs); default: --epochs; "
                   "a value above --epochs means no early stop. The paper's loop ran one epoch more (it "
                   "broke when the 0-based epoch exceeded it)")
-    add_flag(parser, "--weight_decay", type=float, default=1e-4,
+    add_flag(group, "--weight_decay", type=float, default=1e-4,
              help="weight decay, applied to weights only (not to biases and normalisation parameters)")
-    add_flag(parser, "--num-classes", type=positive_int, default=80,
-             help="number of classes; must match the dataset")
-    add_flag(parser, "--ema_decay", type=float, default=0.9997, help="decay of the EMA of the weights")
+    add_flag(group, "--ema_decay", type=float, default=0.9997, help="decay of the EMA of the weights")
+    return parser
 
 
 def _add_loss_flags(parser) -> None:
@@ -221,6 +223,8 @@ def _add_loss_flags(parser) -> None:
 
 
 def _add_run_flags(parser) -> None:
+    add_flag(parser, "--num-classes", type=positive_int, default=80,
+             help="number of classes; must match the dataset")
     add_flag(parser, "--print-freq", "-p", type=positive_int, default=64, metavar="N",
              help="print the training loss every N batches")
     add_flag(parser, "--path_dest", type=str, default="./outputs",
@@ -260,9 +264,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                     "--partial_loss_mode selective --prior_path <prior.csv>. Multi-GPU: torchrun "
                     "--nproc_per_node N train.py ...",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        parents=[data_parser(), partial_labels_parser(), model_parser(), device_parser()],
+        parents=[data_parser(), partial_labels_parser(), model_parser(), optimisation_parser(),
+                 device_parser()],
     )
-    _add_optimisation_flags(parser)
     _add_loss_flags(parser)
     _add_run_flags(parser)
     return parser
