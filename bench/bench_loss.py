@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.loss_functions.partial_asymmetric_loss import PartialSelectiveLoss  # noqa: E402
+from src.loss_functions import PartialSelectiveLoss  # noqa: E402
 
 SCALES = (
     # name, batch, classes, fraction of un-annotated entries
@@ -87,15 +86,14 @@ def run_once(loss_fn, logits, targets):
     return (time.perf_counter() - start) * 1e3, loss.detach(), leaf.grad
 
 
-def bench_case(scale, case, repeats, prior_csv):
+def bench_case(scale, case, repeats):
     """Best-of-``repeats`` time of ours and of the reference, runs interleaved so that load from
     other processes hits both alike; asserts equal losses and gradients."""
     name, batch, classes, unann_fraction = scale
     label, mode, with_prior = case
     logits, targets, prior = make_inputs(batch, classes, unann_fraction)
-    ours = PartialSelectiveLoss(partial_loss_mode=mode, prior_path=prior_csv if with_prior else None,
-                                num_classes=classes, **LOSS_SETTINGS)
     ref_prior = prior if with_prior else None
+    ours = PartialSelectiveLoss(partial_loss_mode=mode, prior=ref_prior, **LOSS_SETTINGS)
 
     def reference(x, y):
         return reference_loss(x, y, mode, ref_prior, **LOSS_SETTINGS)
@@ -122,17 +120,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args([] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for scale in SCALES:
-            _, _, classes, _ = scale
-            _, _, prior = make_inputs(*scale[1:])
-            prior_csv = Path(folder) / f"prior_{classes}.csv"
-            # repr keeps every float32 digit so the loss sees exactly the reference's prior.
-            lines = ["Classes,avg_pred"] + [f"class_{i},{v!r}" for i, v in enumerate(prior.tolist())]
-            prior_csv.write_text("\n".join(lines) + "\n")
-            for case in CASES:
-                rows.append(bench_case(scale, case, args.repeats, prior_csv))
+    rows = [bench_case(scale, case, args.repeats) for scale in SCALES for case in CASES]
     print(f"PartialSelectiveLoss forward+backward, best of {args.repeats} runs, "
           f"{torch.get_num_threads()} thread(s); values and gradients equal to the reference")
     print(f"{'scale':<22} {'mode':<26} {'reference ms':>12} {'ours ms':>9} {'speedup':>8}")

@@ -1,4 +1,5 @@
-"""Tests of the partial-label selective loss, the class prior and ASL.
+"""Tests of the partial-label selective loss, its builder from train.py's flags, the paper's import
+surface, and ASL.
 
 Expected values are written out by hand with math.log on the probabilities the logits were built
 from; gradients are compared with autograd of an independently written plain formula.
@@ -7,25 +8,24 @@ from; gradients are compared with autograd of an independently written plain for
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
-import os
 
 import pytest
 import torch
 from torch import nn
 
+from src.args import build_train_parser
+from src.loss_functions import PARTIAL_LOSS_MODES, PartialSelectiveLoss, build_criterion
 from src.loss_functions.losses import AsymmetricLoss, AsymmetricLossOptimized
-from src.loss_functions.partial_asymmetric_loss import (
-    PARTIAL_LOSS_MODES,
-    ComputePrior,
-    PartialSelectiveLoss,
-    read_prior_csv,
-)
 
 # Probabilities and labels of the hand-computed cases (2 samples x 4 classes).
 PROBS = [[0.8, 0.25, 0.5, 0.3], [0.9, 0.6, 0.1, 0.2]]
 TARGETS = [[1, 0, -1, -1], [-1, 1, 0, 0]]
+NAMES = ["a", "b", "c", "d"]
 NO_FOCUS = dict(gamma_pos=0, gamma_neg=0, gamma_unann=0)
+LOSS_FLAGS = ("partial_loss_mode", "prior_threshold", "likelihood_topk", "clip", "gamma_pos", "gamma_neg",
+              "gamma_unann", "alpha_pos", "alpha_neg", "alpha_unann")
 
 
 def logit(p: float) -> float:
@@ -37,14 +37,19 @@ def hand_inputs():
     return logits, torch.tensor(TARGETS, dtype=torch.float32)
 
 
-def loss_value(**settings) -> float:
+def loss_value(loss_fn=None, **settings) -> float:
     logits, targets = hand_inputs()
-    return PartialSelectiveLoss(**settings)(logits, targets).item()
+    return (loss_fn or PartialSelectiveLoss(**settings))(logits, targets).item()
 
 
 def write_prior(path, names, values):
     path.write_text("Classes,avg_pred\n" + "".join(f"{n},{v!r}\n" for n, v in zip(names, values)))
     return path
+
+
+def train_args(*argv: str) -> argparse.Namespace:
+    """train.py's Namespace for ``argv`` (the loss flags and everything else at their defaults)."""
+    return build_train_parser().parse_args(["--model-path", "none", *argv])
 
 
 # Default focusing (gamma_pos 0, gamma_neg 1, gamma_unann 2): per-entry terms of the hand case.
@@ -64,8 +69,14 @@ def test_defaults_match_the_paper_train_script():
     loss = PartialSelectiveLoss()
     assert (loss.clip, loss.gamma_pos, loss.gamma_neg, loss.gamma_unann) == (0, 0, 1, 2)
     assert (loss.alpha_pos, loss.alpha_neg, loss.alpha_unann) == (1, 1, 1)
-    assert (loss.partial_loss_mode, loss.likelihood_topk, loss.prior_path, loss.prior_threshold) == (
+    assert (loss.partial_loss_mode, loss.likelihood_topk, loss.prior, loss.prior_threshold) == (
         "negative", 5, None, 0.05)
+    # The keyword defaults are train.py's flag defaults, and build_criterion of the bare flags equals them.
+    defaults = {name: p.default for name, p in inspect.signature(PartialSelectiveLoss).parameters.items()}
+    args = train_args()
+    assert {name: getattr(args, name) for name in LOSS_FLAGS} == {name: defaults[name] for name in LOSS_FLAGS}
+    assert set(defaults) == {*LOSS_FLAGS, "prior"} and args.prior_path is None
+    assert build_criterion(args, NAMES).extra_repr() == loss.extra_repr()
 
 
 def test_negative_mode_hand_computed():
@@ -96,23 +107,36 @@ def test_selective_mode_hand_computed():
 
 def test_selective_mode_with_prior_hand_computed(tmp_path):
     # Class 2 (prior 0.2 > 0.1) loses its un-annotated entry (0, 2); k = 1 then drops p 0.9.
-    prior = write_prior(tmp_path / "prior.csv", ["a", "b", "c", "d"], [0.01, 0.05, 0.2, 0.02])
-    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5, prior_path=prior,
-                       prior_threshold=0.1)
+    values = [0.01, 0.05, 0.2, 0.02]
+    prior = torch.tensor(values)
+    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5, prior=prior, prior_threshold=0.1)
     assert value == pytest.approx(-(ANNOTATED + UNANN_03), rel=1e-5)
+    # Through the flags and the prior file, k = 0: the prior alone drops (0, 2).
+    path = write_prior(tmp_path / "prior.csv", NAMES, values)
+    criterion = build_criterion(train_args("--partial_loss_mode", "selective", "--likelihood_topk", "0",
+                                           "--prior_path", str(path), "--prior_threshold", "0.1"), NAMES)
+    assert loss_value(criterion) == pytest.approx(-(ANNOTATED + UNANN_03 + UNANN_10), rel=1e-5)
     # prior_threshold 0 disables the prior: only the top-k applies.
-    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5, prior_path=prior,
-                       prior_threshold=0)
+    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5, prior=prior, prior_threshold=0)
     assert value == pytest.approx(-(ANNOTATED + UNANN_02 + UNANN_03), rel=1e-5)
 
 
-def test_selective_top_k_counts_entries_the_prior_already_dropped(tmp_path):
+def test_selective_top_k_counts_entries_the_prior_already_dropped():
     # Class 0 (prior 0.9) drops (1, 0), which is also the top-1 un-annotated entry, so k = 1
     # drops nothing more: (0, 2) and (0, 3) stay.
-    prior = write_prior(tmp_path / "prior.csv", ["a", "b", "c", "d"], [0.9, 0.01, 0.01, 0.01])
-    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5, prior_path=prior,
-                       prior_threshold=0.1)
+    value = loss_value(partial_loss_mode="selective", likelihood_topk=0.5,
+                       prior=torch.tensor([0.9, 0.01, 0.01, 0.01]), prior_threshold=0.1)
     assert value == pytest.approx(-(ANNOTATED + UNANN_02 + UNANN_03), rel=1e-5)
+
+
+def test_prior_is_used_by_selective_mode_only():
+    prior = torch.tensor([0.9, 0.9, 0.9, 0.9])
+    for mode in ("negative", "ignore", "ignore_normalize_classes"):
+        assert loss_value(partial_loss_mode=mode, prior=prior, prior_threshold=0.1) == pytest.approx(
+            loss_value(partial_loss_mode=mode), rel=1e-7)
+    # Selective, k = 0: the prior alone drops every un-annotated entry.
+    assert loss_value(partial_loss_mode="selective", likelihood_topk=0, prior=prior,
+                      prior_threshold=0.1) == pytest.approx(-ANNOTATED, rel=1e-5)
 
 
 def test_clip_gamma_alpha_hand_computed():
@@ -196,14 +220,13 @@ def random_case(seed, n=5, c=7, unann_fraction=0.5):
 
 @pytest.mark.parametrize("mode", PARTIAL_LOSS_MODES)
 @pytest.mark.parametrize("clip", [0.0, 0.05])
-def test_value_and_gradient_match_the_plain_formula(mode, clip, tmp_path):
+def test_value_and_gradient_match_the_plain_formula(mode, clip):
     settings = dict(clip=clip, gamma_pos=1.0, gamma_neg=2.0, gamma_unann=3.0, alpha_pos=1.5, alpha_neg=0.7,
                     alpha_unann=0.4)
     logits, targets = random_case(seed=len(mode) + int(clip * 100))
     prior_values = [0.01, 0.3, 0.02, 0.5, 0.01, 0.04, 0.2]
-    prior = write_prior(tmp_path / "prior.csv", [f"c{j}" for j in range(7)], prior_values)
-    loss_fn = PartialSelectiveLoss(partial_loss_mode=mode, likelihood_topk=1, prior_path=prior,
-                                   prior_threshold=0.1, **settings)
+    loss_fn = PartialSelectiveLoss(partial_loss_mode=mode, likelihood_topk=1,
+                                   prior=torch.tensor(prior_values), prior_threshold=0.1, **settings)
     ours_logits = logits.clone().requires_grad_(True)
     ours = loss_fn(ours_logits, targets)
     ours.backward()
@@ -250,107 +273,55 @@ def test_selective_drops_exactly_the_k_most_likely_unannotated_entries(topk):
     assert len(expected) == min(topk * 4, len(unann))
 
 
-def test_prior_threshold_drops_unannotated_entries_of_frequent_classes_only(tmp_path):
+def test_prior_threshold_drops_unannotated_entries_of_frequent_classes_only():
     logits, targets = random_case(seed=6, n=6, c=5, unann_fraction=0.5)
-    prior = write_prior(tmp_path / "p.csv", list("abcde"), [0.5, 0.01, 0.3, 0.02, 0.1])
-    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=0, prior_path=prior,
-                                   prior_threshold=0.2)
+    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=0,
+                                   prior=torch.tensor([0.5, 0.01, 0.3, 0.02, 0.1]), prior_threshold=0.2)
     expected = {(i, j) for i, j in (targets == -1).nonzero().tolist() if j in (0, 2)}
     assert expected  # the case has un-annotated entries in the frequent classes
     assert zero_gradient_entries(loss_fn, logits, targets) == expected
 
 
-def test_prior_csv_is_matched_by_class_name(tmp_path):
-    path = write_prior(tmp_path / "prior.csv", ["dog", "cat", "NA"], [0.3, 0.1, 0.2])
-    torch.testing.assert_close(read_prior_csv(path), torch.tensor([0.3, 0.1, 0.2]))
-    torch.testing.assert_close(read_prior_csv(path, ["cat", "NA", "dog"]), torch.tensor([0.1, 0.2, 0.3]))
-    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", prior_path=path,
-                                   class_names=["cat", "NA", "dog"])
+def test_prior_is_a_non_persistent_float32_copy():
+    source = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", prior=source)
+    source[0] = 0.9
+    assert loss_fn.prior.dtype == torch.float32
     torch.testing.assert_close(loss_fn.prior, torch.tensor([0.1, 0.2, 0.3]))
     assert "prior" not in loss_fn.state_dict()  # the CSV is the source of truth
+    assert "prior" in dict(loss_fn.named_buffers())  # ... but it follows .to(device)
+    with pytest.raises(ValueError, match=r"shape \(C,\)"):
+        PartialSelectiveLoss(prior=torch.zeros(2, 3))
 
 
-@pytest.mark.parametrize(
-    "names, content, match",
-    [
-        (["cat", "dog", "cow"], "Classes,avg_pred\ncat,0.1\ndog,0.2\n", r"missing 1 \['cow'\]"),
-        (["cat"], "Classes,avg_pred\ncat,0.1\ndog,0.2\n", r"unknown 1 \['dog'\]"),
-        (None, "Classes,avg_pred\ncat,0.1\ncat,0.2\n", "more than once: 'cat'"),
-        (None, "Classes,prob\ncat,0.1\n", "lacks column"),
-        (None, "Classes,avg_pred\ncat,high\n", "row 2 .*'cat'"),
-        (None, "Classes,avg_pred\ncat,1.5\n", r"probabilities in \[0, 1\]"),
-    ],
-)
-def test_bad_prior_csv_raises_a_clear_error(tmp_path, names, content, match):
-    path = tmp_path / "bad_prior.csv"
-    path.write_text(content)
-    with pytest.raises(ValueError, match=match) as info:
-        read_prior_csv(path, names)
-    assert "bad_prior.csv" in str(info.value)
-
-
-def test_missing_prior_file_names_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.csv.*omit --prior_path"):
-        PartialSelectiveLoss(partial_loss_mode="selective", prior_path=tmp_path / "nowhere.csv")
-
-
-@pytest.mark.parametrize("spelling", ["none", "None", ""])
-def test_prior_path_none_on_the_command_line_means_no_prior(spelling):
-    import train
-
-    args = train.parse_args(["--model-path", "none", "--partial_loss_mode", "selective",
-                             "--likelihood_topk", "0", "--prior_path", spelling])
-    assert args.prior_path is None
-    train.check_args(args)  # no "file does not exist" error
-    loss = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=0, prior_path=spelling)
-    assert loss.prior_path is None and loss.prior is None
-    logits, targets = random_case(seed=3, n=6, c=9)
-    torch.testing.assert_close(loss(logits, targets), PartialSelectiveLoss(partial_loss_mode="negative")(
-        logits, targets))
-
-
-def test_prior_row_count_is_checked_against_the_classes(tmp_path):
-    path = write_prior(tmp_path / "prior.csv", ["a", "b", "c"], [0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="3 rows but the model has 4 classes"):
-        PartialSelectiveLoss(partial_loss_mode="selective", prior_path=path, num_classes=4)
-    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", prior_path=path)
-    with pytest.raises(ValueError, match="prior.csv.*3 rows but the model has 4 classes"):
+def test_prior_size_is_checked_against_the_logits():
+    loss_fn = PartialSelectiveLoss(partial_loss_mode="selective", prior=torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="prior has 3 values but the logits have 4 classes"):
         loss_fn(torch.zeros(2, 4), torch.zeros(2, 4))
     # All negatives at p = 0.5: 6 entries of 0.5^1 * log(2).
     expected = 6 * 0.5 * math.log(2)
     assert loss_fn(torch.zeros(2, 3), torch.zeros(2, 3)).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_namespace_and_keywords_build_the_same_loss(tmp_path):
-    path = write_prior(tmp_path / "prior.csv", [f"c{j}" for j in range(7)], [0.2, 0.01, 0.3, 0, 0, 0.5, 0.01])
-    settings = dict(clip=0.05, gamma_pos=1.0, gamma_neg=3.0, gamma_unann=4.0, alpha_pos=1.0, alpha_neg=0.5,
-                    alpha_unann=0.8, partial_loss_mode="selective", likelihood_topk=1, prior_path=str(path),
-                    prior_threshold=0.1)
-    args = argparse.Namespace(lr=1e-4, batch_size=64, **settings)  # extra train.py flags are ignored
-    logits, targets = random_case(seed=7)
-    from_args, from_kwargs = PartialSelectiveLoss(args), PartialSelectiveLoss(**settings)
-    assert from_args.extra_repr() == from_kwargs.extra_repr()
-    torch.testing.assert_close(from_args(logits, targets), from_kwargs(logits, targets))
-    # Keywords override the Namespace.
-    overridden = PartialSelectiveLoss(args, partial_loss_mode="negative")
-    negative = PartialSelectiveLoss(**{**settings, "partial_loss_mode": "negative"})
-    torch.testing.assert_close(overridden(logits, targets), negative(logits, targets))
-
-
 def test_bad_settings_and_inputs_are_rejected():
     valid = "'negative', 'ignore', 'ignore_normalize_classes', 'selective'"
     with pytest.raises(ValueError, match=f"'selectve'.*{valid}"):
         PartialSelectiveLoss(partial_loss_mode="selectve")
+    with pytest.raises(ValueError, match=f"None.*{valid}"):
+        PartialSelectiveLoss(partial_loss_mode=None)  # the keyword class takes no paper-style None
     with pytest.raises(TypeError, match="gama_neg"):
         PartialSelectiveLoss(gama_neg=2)
+    with pytest.raises(TypeError, match="positional"):
+        PartialSelectiveLoss(argparse.Namespace())  # keywords only: a Namespace goes to build_criterion
     with pytest.raises(ValueError, match="gamma_neg must be >= 0"):
         PartialSelectiveLoss(gamma_neg=-1)
+    with pytest.raises(ValueError, match=r"clip must be in \[0, 1\)"):
+        PartialSelectiveLoss(clip=1.0)
     loss_fn = PartialSelectiveLoss()
     with pytest.raises(ValueError, match="same shape"):
         loss_fn(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"1 \(positive\), 0 \(negative\) and -1"):
         loss_fn(torch.zeros(1, 2), torch.tensor([[1.0, 2.0]]))
-    assert PartialSelectiveLoss(partial_loss_mode=None).partial_loss_mode == "negative"
 
 
 def test_autocast_bfloat16_gives_a_float32_loss_close_to_float32():
@@ -368,11 +339,139 @@ def test_autocast_bfloat16_gives_a_float32_loss_close_to_float32():
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, reference, rtol=3e-2, atol=1e-3)
     loss.backward()
-    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+    # Gradient of the autocast loss = that of the float32 loss at the bfloat16 logits' values (the loss
+    # runs in float32), chained through the bfloat16 linear layer.
+    rounded = logits.detach().float().requires_grad_(True)
+    loss_fn(rounded, targets).backward()
+    expected_grad = (rounded.grad.bfloat16().float().T @ features.bfloat16().float())
+    torch.testing.assert_close(layer.weight.grad, expected_grad, rtol=2e-2, atol=1e-2)
     # The bfloat16 logits are used exactly as their float32 values.
     torch.testing.assert_close(loss, loss_fn(logits.detach().float(), targets))
 
 
+# --------------------------------------------------------------------------- build_criterion
+def test_build_criterion_reads_every_loss_flag(tmp_path):
+    path = write_prior(tmp_path / "prior.csv", ["c", "a", "d", "b"], [0.3, 0.1, 0.4, 0.2])
+    args = train_args("--partial_loss_mode", "selective", "--clip", "0.05", "--gamma_pos", "1.5",
+                      "--gamma_neg", "3", "--gamma_unann", "4", "--alpha_pos", "2", "--alpha_neg", "0.5",
+                      "--alpha_unann", "0.8", "--likelihood_topk", "2", "--prior_threshold", "0.25",
+                      "--prior_path", str(path))
+    criterion = build_criterion(args, NAMES)
+    assert type(criterion) is PartialSelectiveLoss
+    assert (criterion.partial_loss_mode, criterion.clip, criterion.likelihood_topk,
+            criterion.prior_threshold) == ("selective", 0.05, 2, 0.25)
+    assert (criterion.gamma_pos, criterion.gamma_neg, criterion.gamma_unann) == (1.5, 3, 4)
+    assert (criterion.alpha_pos, criterion.alpha_neg, criterion.alpha_unann) == (2, 0.5, 0.8)
+    # The file's rows are matched to the model's classes by name.
+    torch.testing.assert_close(criterion.prior, torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    keywords = dict(partial_loss_mode="selective", clip=0.05, gamma_pos=1.5, gamma_neg=3, gamma_unann=4,
+                    alpha_pos=2, alpha_neg=0.5, alpha_unann=0.8, likelihood_topk=2, prior_threshold=0.25,
+                    prior=torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    logits, targets = random_case(seed=9, n=3, c=4, unann_fraction=0.6)
+    torch.testing.assert_close(criterion(logits, targets), PartialSelectiveLoss(**keywords)(logits, targets))
+    assert criterion.extra_repr() == PartialSelectiveLoss(**keywords).extra_repr()
+
+
+@pytest.mark.parametrize("mode", ["negative", "ignore", "ignore_normalize_classes"])
+def test_build_criterion_rejects_a_prior_outside_selective_mode(tmp_path, mode):
+    path = write_prior(tmp_path / "prior.csv", NAMES, [0.1, 0.2, 0.3, 0.4])
+    args = train_args("--partial_loss_mode", mode, "--prior_path", str(path))
+    with pytest.raises(ValueError, match=f"--prior_path .*prior.csv.* only used by --partial_loss_mode "
+                                         f"selective.*'{mode}'.*drop --prior_path"):
+        build_criterion(args, NAMES)
+    args.prior_path = None
+    assert build_criterion(args, NAMES).prior is None
+
+
+def test_build_criterion_checks_the_prior_file(tmp_path):
+    args = train_args("--partial_loss_mode", "selective", "--prior_path", str(tmp_path / "nowhere.csv"))
+    with pytest.raises(FileNotFoundError, match="nowhere.csv.*omit --prior_path"):
+        build_criterion(args, NAMES)
+    args.prior_path = str(write_prior(tmp_path / "prior.csv", ["a", "b", "c"], [0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match=r"prior.csv.*does not match the model's classes: missing 1 \['d'\]"):
+        build_criterion(args, NAMES)
+    with pytest.raises(AttributeError, match=r"lacks the loss flag\(s\) \['gamma_unann'\]"):
+        build_criterion(argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "gamma_unann"}),
+                        NAMES)
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", ""])
+def test_prior_path_none_on_the_command_line_means_no_prior(spelling):
+    args = train_args("--partial_loss_mode", "selective", "--likelihood_topk", "0", "--prior_path", spelling)
+    assert args.prior_path is None
+    criterion = build_criterion(args, [f"c{j}" for j in range(9)])
+    assert criterion.prior is None
+    args.prior_path = spelling  # a Namespace built otherwise: the same words mean no prior
+    assert build_criterion(args, [f"c{j}" for j in range(9)]).prior is None
+    logits, targets = random_case(seed=3, n=6, c=9)
+    torch.testing.assert_close(criterion(logits, targets), PartialSelectiveLoss(partial_loss_mode="negative")(
+        logits, targets))
+
+
+# --------------------------------------------------------------------------- the paper's import surface
+def test_compat_import_of_the_papers_partial_selective_loss(tmp_path):
+    from src.loss_functions.partial_asymmetric_loss import PartialSelectiveLoss as PaperLoss
+
+    path = write_prior(tmp_path / "prior.csv", [f"c{j}" for j in range(7)], [0.2, 0.01, 0.3, 0, 0, 0.5, 0.01])
+    settings = dict(clip=0.05, gamma_pos=1.0, gamma_neg=3.0, gamma_unann=4.0, alpha_pos=1.0, alpha_neg=0.5,
+                    alpha_unann=0.8, partial_loss_mode="selective", likelihood_topk=1, prior_threshold=0.1)
+    args = argparse.Namespace(lr=1e-4, batch_size=64, prior_path=str(path), **settings)  # extra flags ignored
+    logits, targets = random_case(seed=7)
+    paper = PaperLoss(args)  # the paper's call
+    assert isinstance(paper, PartialSelectiveLoss) and paper.prior_path == str(path)
+    torch.testing.assert_close(paper.prior, torch.tensor([0.2, 0.01, 0.3, 0, 0, 0.5, 0.01]))
+    keywords = PartialSelectiveLoss(prior=paper.prior, **settings)
+    built = build_criterion(args, [f"c{j}" for j in range(7)])
+    assert paper.extra_repr() == keywords.extra_repr() == built.extra_repr()
+    torch.testing.assert_close(paper(logits, targets), keywords(logits, targets))
+    torch.testing.assert_close(paper(logits, targets), built(logits, targets))
+    # class_names matches the rows by name.
+    reordered = PaperLoss(args, class_names=[f"c{j}" for j in reversed(range(7))])
+    torch.testing.assert_close(reordered.prior, paper.prior.flip(0))
+
+
+def test_compat_loss_reads_the_namespace_as_the_papers_code(tmp_path):
+    from src.loss_functions.partial_asymmetric_loss import PartialSelectiveLoss as PaperLoss
+
+    defaults = PaperLoss(argparse.Namespace())  # every flag missing: train.py's defaults
+    assert defaults.extra_repr() == PartialSelectiveLoss().extra_repr() and defaults.prior_path is None
+    paper_none = PaperLoss(argparse.Namespace(partial_loss_mode=None, clip=None, prior_path="None"))
+    assert (paper_none.partial_loss_mode, paper_none.clip, paper_none.prior) == ("negative", 0.0, None)
+    # As in the paper's code a prior is read in every mode (and used by selective mode only) ...
+    path = write_prior(tmp_path / "prior.csv", ["a", "b", "c"], [0.1, 0.2, 0.3])
+    negative = PaperLoss(argparse.Namespace(partial_loss_mode="negative", prior_path=str(path)))
+    torch.testing.assert_close(negative.prior, torch.tensor([0.1, 0.2, 0.3]))
+    # ... and its row count is checked against args.num_classes at construction, naming the file.
+    with pytest.raises(ValueError, match="prior.csv.*3 rows but the model has 4 classes"):
+        PaperLoss(argparse.Namespace(partial_loss_mode="selective", prior_path=str(path), num_classes=4))
+    with pytest.raises(FileNotFoundError, match="nowhere.csv.*omit --prior_path"):
+        PaperLoss(argparse.Namespace(partial_loss_mode="selective", prior_path=str(tmp_path / "nowhere.csv")))
+
+
+def test_compat_import_of_the_papers_compute_prior():
+    import src.prior
+    from src.loss_functions.partial_asymmetric_loss import ComputePrior
+
+    assert ComputePrior is src.prior.ComputePrior
+    prior = ComputePrior({0: "cat", 1: "dog"})  # the paper passes a mapping whose values are the names
+    prior.update(torch.tensor([[logit(0.2), logit(0.9)], [logit(0.4), logit(0.5)]]))
+    torch.testing.assert_close(prior.avg_pred_train, torch.tensor([0.3, 0.7]))
+
+
+def test_compat_import_of_the_asymmetric_losses():
+    import src.loss_functions
+    from src.loss_functions.losses import AsymmetricLoss as PaperASL
+    from src.loss_functions.losses import AsymmetricLossOptimized as PaperASLOptimized
+
+    assert PaperASL is src.loss_functions.AsymmetricLoss
+    assert PaperASLOptimized is src.loss_functions.AsymmetricLossOptimized
+    x, y = torch.tensor([[logit(0.8), logit(0.25)]]), torch.tensor([[1.0, 0.0]])
+    expected = -(L(0.8) * 0.2 + L(0.8) * 0.2**4)  # the paper's defaults: gamma_neg 4, gamma_pos 1, clip 0.05
+    assert PaperASL()(x, y).item() == pytest.approx(expected, rel=1e-5)
+    assert PaperASLOptimized()(x, y).item() == pytest.approx(expected, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- ASL
 def plain_asl(x, y, gamma_neg, gamma_pos, clip, eps, detach_focusing):
     p = torch.sigmoid(x)
     q = (1 - p + clip).clamp(max=1) if clip > 0 else 1 - p
@@ -412,84 +511,3 @@ def test_asl_variants_agree_with_each_other_and_the_plain_formula(disable_grad, 
     torch.testing.assert_close(grads[0], grads[1])
     torch.testing.assert_close(values[0].double(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[0].double(), leaf.grad, rtol=1e-4, atol=1e-6)
-
-
-def test_compute_prior_averages_each_split_separately():
-    prior = ComputePrior({0: "cat", 1: "dog"})  # a mapping's values are the names, as in the paper
-    prior.update(torch.tensor([[logit(0.2), logit(0.9)], [logit(0.4), logit(0.5)]]), training=True)
-    prior.update(torch.tensor([[logit(0.6), logit(0.1)]]), training=True)
-    prior.update(torch.tensor([[logit(0.7), logit(0.3)]]), training=False)
-    torch.testing.assert_close(prior.avg_pred_train, torch.tensor([0.4, 0.5]))
-    torch.testing.assert_close(prior.avg_pred_val, torch.tensor([0.7, 0.3]))
-    assert (prior.count_train, prior.count_val) == (3, 1)
-    assert prior.get_top_freq_classes(k=1, verbose=False) == [("dog", pytest.approx(0.5, rel=1e-6))]
-    assert [name for name, _ in prior.get_top_freq_classes(training=False, verbose=False)] == ["cat", "dog"]
-
-
-def test_compute_prior_csv_round_trip(tmp_path):
-    names = ["person", "bicycle", "car"]
-    prior = ComputePrior(names)
-    assert prior.avg_pred_train is None
-    with pytest.raises(ValueError, match="no training predictions"):
-        prior.save_prior(tmp_path)
-    logits = torch.randn(10, 3)
-    prior.update(logits[:4])
-    prior.update(logits[4:])
-    path = prior.save_prior(tmp_path / "new" / "folder", filename="train_prior.csv")
-    assert path == tmp_path / "new" / "folder" / "train_prior.csv"
-    assert path.read_text().splitlines()[0] == "Classes,avg_pred"
-    torch.testing.assert_close(read_prior_csv(path, list(reversed(names))),
-                               torch.sigmoid(logits).mean(dim=0).flip(0))
-    with pytest.raises(ValueError, match=r"\(batch, 3\)"):
-        prior.update(torch.zeros(2, 4))
-
-
-def test_save_prior_is_atomic_and_writes_the_shared_format(tmp_path, monkeypatch):
-    """save_prior goes through the atomic writer: a failed write keeps the previous file, leaves no temp."""
-    prior = ComputePrior(["person", "car"])
-    prior.update(torch.zeros(2, 2))  # sigmoid(0) = 0.5 exactly
-    path = tmp_path / "prior.csv"
-    path.write_text("previous\n")
-
-    def fail(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        prior.save_prior(tmp_path)
-    assert path.read_text() == "previous\n" and os.listdir(tmp_path) == ["prior.csv"]
-    monkeypatch.undo()
-    assert prior.save_prior(tmp_path) == path
-    with open(path, newline="", encoding="utf-8") as handle:
-        assert handle.read() == os.linesep.join(["Classes,avg_pred", "person,0.5", "car,0.5", ""])
-    assert os.listdir(tmp_path) == ["prior.csv"]
-
-
-def test_compute_prior_all_reduce(tmp_path):
-    prior = ComputePrior(["a", "b"])
-    prior.update(torch.tensor([[0.0, logit(0.75)]]))
-    prior.all_reduce()  # no process group: nothing changes
-    torch.testing.assert_close(prior.avg_pred_train, torch.tensor([0.5, 0.75]))
-    dist = torch.distributed
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        prior.all_reduce()  # one rank: the sums stay, the unused validation split stays empty
-    finally:
-        dist.destroy_process_group()
-    torch.testing.assert_close(prior.avg_pred_train, torch.tensor([0.5, 0.75]))
-    assert (prior.count_train, prior.count_val, prior.avg_pred_val) == (1, 0, None)
-
-
-def test_prior_csv_tolerates_the_papers_trailing_stray_line(tmp_path):
-    # The paper's outputs/priors/prior_fpc_1000.csv ends with a bare number on its own line.
-    path = tmp_path / "prior_fpc_1000.csv"
-    path.write_text("Classes,avg_pred\nperson,0.542279\nbicycle,0.13131638\n1542867\n")
-    with pytest.warns(UserWarning, match="trailing"):
-        prior = read_prior_csv(path, class_names=["person", "bicycle"])
-    assert prior.tolist() == pytest.approx([0.542279, 0.13131638])
-    # A stray value in the middle is still an error: only trailing empty rows are dropped.
-    path.write_text("Classes,avg_pred\nperson,\nbicycle,0.13\n")
-    with pytest.raises(ValueError, match="avg_pred"):
-        read_prior_csv(path)

@@ -1,0 +1,173 @@
+"""Partial-label asymmetric loss with class-aware selective handling (CSL).
+
+Targets hold, per (image, class), 1 (positive), 0 (negative) or -1 (un-annotated). With
+p = sigmoid(logit) and q = 1 - p (if clip > 0: q = min(q + clip, 1)) the loss is
+
+    loss = -sum_{i,c} w_ic * f_ic * t_ic
+
+    t_ic = alpha_pos   * log(max(p, 1e-8))   on positives
+           alpha_neg   * log(max(q, 1e-8))   on negatives
+           alpha_unann * log(max(q, 1e-8))   on un-annotated entries
+    f_ic = (1 - p)^gamma_pos on positives, (1 - q)^gamma_neg on negatives,
+           (1 - q)^gamma_unann on un-annotated entries      (focusing weight, no gradient)
+
+and the mode weight w (no gradient) depends on ``partial_loss_mode``:
+
+- ``negative``: 1 everywhere (un-annotated entries are treated as negatives);
+- ``ignore``: 0 on un-annotated entries, 1 elsewhere;
+- ``ignore_normalize_classes``: 0 on un-annotated entries and 1 + 1 / (1 + n_annotated(sample))
+  elsewhere (Durand et al. 2019, alpha = beta = 1);
+- ``selective`` (CSL): 1, then 0 on the un-annotated entries of every class whose prior exceeds
+  ``prior_threshold`` (when a prior is given and the threshold is non-zero), then 0 on the
+  k = int(likelihood_topk * batch_size) un-annotated entries of the whole batch with the highest p
+  (counted over all un-annotated entries, including those the prior already zeroed; all of them
+  when there are fewer than k). Ties at the k-th probability are broken arbitrarily. The prior is used
+  by this mode only.
+
+The selection uses ``torch.topk`` over p with annotated entries masked below every probability, so a
+128 x 9,605 batch never sorts its 1.2 M entries. Everything is computed in float32, also under
+autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+PARTIAL_LOSS_MODES = ("negative", "ignore", "ignore_normalize_classes", "selective")
+PROBABILITY_FLOOR = 1e-8
+
+
+class PartialSelectiveLoss(nn.Module):
+    """Partial-label asymmetric loss (see the module docstring for the exact formula).
+
+    The keyword defaults are those of train.py's flags (``src.loss_functions.build_criterion`` builds the
+    loss from the flags). ``prior``: the class prior (C,) of selective mode, e.g. from
+    `src.prior.read_prior_csv`, or None; it is a non-persistent buffer (follows ``.to(device)``, is not
+    saved in the state dict: the prior file is the source of truth).
+    """
+
+    def __init__(
+        self,
+        *,
+        partial_loss_mode: str = "negative",
+        prior: Tensor | None = None,
+        prior_threshold: float = 0.05,
+        likelihood_topk: float = 5,
+        clip: float = 0.0,
+        gamma_pos: float = 0.0,
+        gamma_neg: float = 1.0,
+        gamma_unann: float = 2.0,
+        alpha_pos: float = 1.0,
+        alpha_neg: float = 1.0,
+        alpha_unann: float = 1.0,
+    ):
+        super().__init__()
+        if partial_loss_mode not in PARTIAL_LOSS_MODES:
+            raise ValueError(f"partial_loss_mode {partial_loss_mode!r} is not supported; "
+                             f"choose one of {list(PARTIAL_LOSS_MODES)}")
+        settings = dict(clip=clip, gamma_pos=gamma_pos, gamma_neg=gamma_neg, gamma_unann=gamma_unann,
+                        likelihood_topk=likelihood_topk, prior_threshold=prior_threshold)
+        for name, value in settings.items():
+            if float(value) < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if float(clip) >= 1:
+            raise ValueError(f"clip must be in [0, 1), got {clip!r}")
+        self.partial_loss_mode = partial_loss_mode
+        self.prior_threshold = float(prior_threshold)
+        self.likelihood_topk = likelihood_topk
+        self.clip = float(clip)
+        self.gamma_pos = float(gamma_pos)
+        self.gamma_neg = float(gamma_neg)
+        self.gamma_unann = float(gamma_unann)
+        self.alpha_pos = float(alpha_pos)
+        self.alpha_neg = float(alpha_neg)
+        self.alpha_unann = float(alpha_unann)
+        if prior is not None:
+            prior = torch.as_tensor(prior).detach().to(torch.float32).clone()
+            if prior.dim() != 1:
+                raise ValueError(f"prior must hold one value per class (shape (C,)), got shape "
+                                 f"{tuple(prior.shape)}")
+        # A buffer follows .to(device); non-persistent because the prior file is the source of truth.
+        self.register_buffer("prior", prior, persistent=False)
+
+    def extra_repr(self) -> str:
+        prior = "None" if self.prior is None else f"{self.prior.numel()} classes"
+        return (
+            f"mode={self.partial_loss_mode}, clip={self.clip}, gamma(pos,neg,unann)=({self.gamma_pos}, "
+            f"{self.gamma_neg}, {self.gamma_unann}), alpha(pos,neg,unann)=({self.alpha_pos}, "
+            f"{self.alpha_neg}, {self.alpha_unann}), likelihood_topk={self.likelihood_topk}, "
+            f"prior={prior}, prior_threshold={self.prior_threshold}"
+        )
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Summed loss of ``logits`` (N, C) against ``targets`` (N, C) in {1, 0, -1}."""
+        if logits.dim() != 2 or tuple(targets.shape) != tuple(logits.shape):
+            raise ValueError(
+                f"logits must be (batch, classes) and targets the same shape; got logits "
+                f"{tuple(logits.shape)} and targets {tuple(targets.shape)}"
+            )
+        if self.prior is not None and self.prior.numel() != logits.shape[1]:
+            raise ValueError(f"the prior has {self.prior.numel()} values but the logits have "
+                             f"{logits.shape[1]} classes; use the prior computed for this dataset")
+        device_type = logits.device.type
+        if torch.amp.is_autocast_available(device_type):
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self._summed_loss(logits.float(), targets)
+        return self._summed_loss(logits.float(), targets)
+
+    def _summed_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        positive, negative, unannotated = targets == 1, targets == 0, targets == -1
+        if not bool((positive | negative | unannotated).all()):
+            raise ValueError("targets must hold only 1 (positive), 0 (negative) and -1 (un-annotated)")
+        probs = torch.sigmoid(logits)
+        probs_neg = 1.0 - probs
+        if self.clip > 0:
+            probs_neg = (probs_neg + self.clip).clamp(max=1.0)
+        # The likelihood of the entry's own label: p on positives, q on negatives and un-annotated.
+        likelihood = torch.where(positive, probs, probs_neg)
+        log_likelihood = torch.log(likelihood.clamp(min=PROBABILITY_FLOOR))
+        with torch.no_grad():
+            weight = self._per_label(positive, negative, self.alpha_pos, self.alpha_neg, self.alpha_unann)
+            if self.gamma_pos != 0 or self.gamma_neg != 0 or self.gamma_unann != 0:
+                gamma = self._per_label(positive, negative, self.gamma_pos, self.gamma_neg, self.gamma_unann)
+                weight = weight * torch.pow(1.0 - likelihood, gamma)
+            mode_weight = self.mode_weights(probs, unannotated)
+            if mode_weight is not None:
+                weight = weight * mode_weight
+        return -(weight * log_likelihood).sum()
+
+    @staticmethod
+    def _per_label(positive, negative, on_positive: float, on_negative: float, on_unannotated: float):
+        return torch.where(positive, on_positive, torch.where(negative, on_negative, on_unannotated))
+
+    def mode_weights(self, probs: Tensor, unannotated: Tensor) -> Tensor | None:
+        """The mode weight w (float32, same shape as probs), or None when it is 1 everywhere."""
+        with torch.no_grad():
+            if self.partial_loss_mode == "negative":
+                return None
+            annotated = ~unannotated
+            if self.partial_loss_mode == "ignore":
+                return annotated.float()
+            if self.partial_loss_mode == "ignore_normalize_classes":
+                n_annotated = annotated.sum(dim=1, keepdim=True, dtype=probs.dtype)
+                return annotated.float() * (1.0 + 1.0 / (1.0 + n_annotated))
+            return self._selective_weights(probs, unannotated)
+
+    def _selective_weights(self, probs: Tensor, unannotated: Tensor) -> Tensor:
+        if self.prior is not None and self.prior_threshold:
+            if self.prior.device != probs.device:  # moved once, then kept on the logits' device
+                self.prior = self.prior.to(probs.device)
+            ignored_classes = self.prior > self.prior_threshold
+            weights = (~(unannotated & ignored_classes.unsqueeze(0))).float()
+        else:
+            weights = torch.ones_like(probs)
+        num_top_k = min(int(self.likelihood_topk * probs.shape[0]), probs.numel())
+        if num_top_k > 0:
+            # Annotated entries score -1, below every probability, so the top k are un-annotated
+            # entries unless there are fewer than k of them; no host sync needed to count them.
+            scores = probs.masked_fill(~unannotated, -1.0).flatten()
+            top_scores, top_index = torch.topk(scores, num_top_k, sorted=False)
+            flat_weights = weights.view(-1)
+            flat_weights[top_index] = torch.where(top_scores >= 0, 0.0, flat_weights[top_index])
+        return weights

@@ -1,0 +1,130 @@
+"""`ComputePrior`: the paper's running mean of the sigmoid predictions per class.
+
+train.py feeds it the logits of every training batch (``--estimate_prior running_average``); the
+clean pass (`src.prior.compute_prior_from_model`) feeds it the eval-mode logits of the training images.
+The state is C float64 sums and an image count, so it can be saved in a checkpoint (`state_dict`), resumed
+(`load_state_dict`) and summed over torch.distributed ranks (`all_reduce`, `reduced_state_dict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    # float64 keeps the running sums exact enough over millions of images; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class ComputePrior:
+    """Running mean of sigmoid predictions per class.
+
+    ``classes`` is a sequence of class names or a mapping whose values are the names (as in the
+    paper's code). The sums live on the device of the logits given to :meth:`update`.
+    """
+
+    def __init__(self, classes: Sequence[str] | Mapping):
+        names = list(classes.values()) if isinstance(classes, Mapping) else list(classes)
+        if not names:
+            raise ValueError("ComputePrior needs at least one class name")
+        self.classes = [str(name) for name in names]
+        self._sums: torch.Tensor | None = None
+        self._count = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def count(self) -> int:
+        """Number of images (rows of logits) accumulated."""
+        return self._count
+
+    @property
+    def avg_pred_train(self) -> torch.Tensor | None:
+        """Mean prediction per class (float32, on the device of the sums); None before the first image."""
+        if self._count == 0:
+            return None
+        return (self._sums / self._count).float()
+
+    def update(self, logits: torch.Tensor) -> None:
+        """Add the sigmoid of ``logits`` (N, C) to the sums."""
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"ComputePrior.update expects logits of shape (batch, {self.num_classes}); "
+                f"got {tuple(logits.shape)}"
+            )
+        with torch.no_grad():
+            batch_sum = torch.sigmoid(logits.float()).sum(dim=0)
+            dtype = _accumulator_dtype(logits.device)
+            if self._sums is None:
+                self._sums = torch.zeros(self.num_classes, dtype=dtype, device=logits.device)
+            elif self._sums.device != logits.device:
+                self._sums = self._sums.to(logits.device, dtype)
+            self._sums = self._sums + batch_sum.to(self._sums.dtype)
+            self._count += logits.shape[0]
+
+    # ------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """``{"sums": float64 CPU tensor (C,), "count": int}`` (a copy; zeros before the first update)."""
+        if self._sums is None:
+            sums = torch.zeros(self.num_classes, dtype=torch.float64)
+        else:
+            sums = self._sums.detach().to("cpu", torch.float64, copy=True)
+        return {"sums": sums, "count": int(self._count)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Replace the sums and the count by those of :meth:`state_dict` (e.g. from a checkpoint)."""
+        missing = [key for key in ("sums", "count") if key not in state]
+        if missing:
+            raise ValueError(f"ComputePrior.load_state_dict: the state lacks {missing}; expected the dict of "
+                             f"ComputePrior.state_dict() with keys 'sums' and 'count', got {sorted(state)}")
+        sums = torch.as_tensor(state["sums"]).detach()
+        if sums.shape != (self.num_classes,):
+            raise ValueError(f"ComputePrior.load_state_dict: sums of shape {tuple(sums.shape)} for "
+                             f"{self.num_classes} classes; the state was saved for another class list")
+        count = int(state["count"])
+        if count < 0:
+            raise ValueError(f"ComputePrior.load_state_dict: count must be >= 0, got {count}")
+        self._sums = sums.to("cpu", torch.float64, copy=True)
+        self._count = count
+
+    # ------------------------------------------------------------------------------ distributed
+    def reduced_state_dict(self) -> dict:
+        """The :meth:`state_dict` summed over all torch.distributed ranks, ``self`` unchanged.
+
+        A collective: every rank must call it (e.g. when saving a checkpoint mid-training). Without a
+        process group it is :meth:`state_dict`.
+        """
+        if not _is_distributed():
+            return self.state_dict()
+        # One float64 message: the C sums and the count (exact as float64 up to 2**53 images).
+        device = torch.device("cpu")
+        if "nccl" in str(dist.get_backend()):
+            device = torch.device("cuda", torch.cuda.current_device())
+        state = self.state_dict()
+        packed = torch.cat([state["sums"], torch.tensor([float(state["count"])], dtype=torch.float64)])
+        packed = packed.to(device)
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        packed = packed.cpu()
+        return {"sums": packed[:self.num_classes].clone(), "count": int(round(packed[-1].item()))}
+
+    def all_reduce(self) -> None:
+        """Sum the accumulator over all torch.distributed ranks, in place (no-op without a process group).
+
+        Call it once, after the last update of every rank: afterwards each rank holds the global sums, and
+        a second call would count them again.
+        """
+        if not _is_distributed():
+            return
+        device = self._sums.device if self._sums is not None else torch.device("cpu")
+        state = self.reduced_state_dict()
+        self._sums = state["sums"].to(device, _accumulator_dtype(device))
+        self._count = state["count"]

@@ -1,0 +1,110 @@
+"""How well a prior estimate ranks the classes against their true frequencies.
+
+The true frequency of class c is ``#positives / N`` over the full labels (known for COCO with simulated
+partial labels and for the embedded dataset). An estimate is judged by Spearman's rank correlation with
+it (Pearson correlation of the two rank vectors, ties receiving the average of the ranks they span, as
+``scipy.stats.spearmanr``) and by its top-10 list, the paper's "Estimating the Class Distribution"
+table. Two naive estimates from the partial annotations are reported alongside:
+
+* ``naive (pos / N)``: annotated positives / number of images - the paper's "count the positive
+  annotations" baseline; rank-equivalent to the raw count.
+* ``naive (pos / annotated)``: positives among the images annotated for the class. Unbiased when the
+  annotated images of a class are a uniform sample, biased when annotation favours positives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks of ``values`` (ascending); tied values share the mean of the ranks they span."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if np.isnan(x).any():
+        raise ValueError("average_ranks: values contain NaN; a prior or frequency vector must be finite")
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts_group = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
+    group_of_sorted = np.cumsum(starts_group) - 1
+    starts = np.flatnonzero(starts_group)
+    ends = np.r_[starts[1:], len(x)]  # exclusive
+    mean_rank = (starts + ends - 1) / 2.0 + 1.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty_like(x)
+    ranks[order] = mean_rank[group_of_sorted]
+    return ranks
+
+
+def spearman(a, b) -> float:
+    """Spearman's rho with average ranks for ties; NaN when either vector is constant."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"spearman: need two vectors of equal length >= 2, got {a.size} and {b.size}")
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def top_classes(values, class_names: Sequence[str], top: int = 10) -> list[str]:
+    """Names of the ``top`` largest values; ties keep class order (stable sort)."""
+    order = np.argsort(-np.asarray(values, dtype=np.float64), kind="mergesort")[:top]
+    return [class_names[i] for i in order]
+
+
+def naive_estimates(labels) -> dict[str, np.ndarray]:
+    """The two count-based estimates of the module docstring from a LabelMatrix of partial labels."""
+    positives = labels.positive_counts().astype(np.float64)
+    annotated = labels.annotated_counts().astype(np.float64)
+    per_annotated = np.divide(positives, annotated, out=np.zeros_like(positives), where=annotated > 0)
+    return {"naive (pos / N)": positives / max(labels.num_samples, 1),
+            "naive (pos / annotated)": per_annotated}
+
+
+def rank_statistics(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
+                    top: int = 10) -> dict[str, dict]:
+    """Per estimate: Spearman rho vs the true frequencies, its top list, and the overlap with the true top.
+
+    The first entry is the true frequency itself (rho 1, full overlap) so tables show the reference.
+    """
+    true_freq = np.asarray(true_freq, dtype=np.float64)
+    if true_freq.shape != (len(class_names),):
+        raise ValueError(f"rank_statistics: true_freq has shape {true_freq.shape}, expected "
+                         f"({len(class_names)},) - one value per class")
+    true_top = top_classes(true_freq, class_names, top)
+    stats = {}
+    for name, values in {"true frequency": true_freq, **estimates}.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != true_freq.shape:
+            raise ValueError(f"rank_statistics: estimate '{name}' has {values.size} values but there are "
+                             f"{true_freq.size} classes; it was computed for a different class list")
+        names = top_classes(values, class_names, top)
+        stats[name] = {"spearman": spearman(true_freq, values), "top": names,
+                       "top_overlap": len(set(names) & set(true_top))}
+    return stats
+
+
+def rank_report(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
+                top: int = 10, statistics: Mapping[str, dict] | None = None) -> str:
+    """Markdown table: one column per estimate (true frequency first), rows = top-k classes with values,
+    then Spearman rho and the top-k overlap with the true list. ``statistics``: the result of
+    `rank_statistics` for the same arguments, when the caller already has it (computed otherwise)."""
+    stats = rank_statistics(true_freq, estimates, class_names, top) if statistics is None else statistics
+    all_values = {"true frequency": np.asarray(true_freq, dtype=np.float64), **estimates}
+    index = {name: i for i, name in enumerate(class_names)}
+    columns = list(stats)
+    k = min(top, len(class_names))
+    lines = ["| rank | " + " | ".join(columns) + " |", "|---:|" + "---|" * len(columns)]
+    for r in range(k):
+        cells = []
+        for col in columns:
+            cls = stats[col]["top"][r]
+            cells.append(f"{cls} ({float(np.asarray(all_values[col])[index[cls]]):.3f})")
+        lines.append(f"| {r + 1} | " + " | ".join(cells) + " |")
+    rhos = " | ".join(f"{stats[c]['spearman']:.3f}" for c in columns)
+    lines.append(f"| Spearman rho vs true | {rhos} |")
+    lines.append(f"| top-{k} overlap with true | "
+                 + " | ".join(f"{stats[c]['top_overlap']}/{k}" for c in columns) + " |")
+    return "\n".join(lines)
