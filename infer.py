@@ -19,7 +19,14 @@ path ``./data/oidv6-class-descriptions.csv`` when the flag is not given.
 Flags keep the paper's names and defaults (``--model_path``, ``--pic_path``, ``--model_name``,
 ``--input_size 224``, ``--dataset_type``, ``--class_description_path``, ``--th 0.97``, ``--top_k 30``),
 each also in kebab-case; ``--pic_path`` defaults to the example folder ``pics/`` (the paper's default
-photograph is not shipped). New: ``--output_dir`` and ``--device``. Runs on CPU.
+photograph is not shipped). New: ``--output_dir`` and the device flags shared with train.py and validate.py
+(``--device``, ``--amp``, ``--amp_dtype`` from ``src.args.device_parser``; AMP is on for CUDA by default, as
+in validate.py, off on CPU). Runs on CPU.
+
+A checkpoint whose outputs hold NaN/inf (e.g. the weights of a diverged run) is refused with an error
+that names it, by the finiteness check the metrics apply to validate.py's predictions
+(``src.metrics.check_finite_scores``), instead of silently tagging nothing (NaN never exceeds ``--th``)
+or everything (+inf scores 1.0).
 """
 
 from __future__ import annotations
@@ -34,9 +41,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from src.args import add_flag
+from src.args import add_flag, device_parser, require_file
 from src.data.image_io import ImageReadError, load_rgb
 from src.data.labels import DatasetError
+from src.data.openimages import read_class_list
+from src.data.transforms import build_val_transform
+from src.metrics import check_finite_scores
+from src.models import load_model
+from src.utils.amp import autocast_context, resolve_amp
+from src.utils.cli import run_cli
+from src.utils.distributed import resolve_device
+from src.utils.io import prepare_output_folder
 
 PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
 PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
@@ -64,7 +79,8 @@ def top_k_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Tag pictures with a multi-label model (CSL demo).")
+    parser = argparse.ArgumentParser(description="Tag pictures with a multi-label model (CSL demo).",
+                                     parents=[device_parser()])
     add_flag(parser, "--model_path", type=str, default=PAPER_MODEL_PATH,
              help=f"checkpoint: ours (train.py) or the paper's (default {PAPER_MODEL_PATH})")
     add_flag(parser, "--pic_path", type=str, default="./pics",
@@ -82,7 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--top_k", type=top_k_count, default=30, help="at most this many tags per picture")
     add_flag(parser, "--output_dir", type=str, default="outputs/infer",
              help="folder for <picture>_tags.png and predictions.csv")
-    add_flag(parser, "--device", type=str, default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     return parser
 
 
@@ -138,8 +153,6 @@ def read_class_descriptions(path: str) -> dict[str, str]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--class_description_path: {path!r} does not exist; pass a CSV with columns "
                                 "LabelName,DisplayName (e.g. oidv6-class-descriptions.csv) or omit the flag")
-    from src.data.openimages import read_class_list  # pandas: imported only when needed
-
     try:
         mids, names = read_class_list(path)
     except DatasetError as error:  # its message names the file
@@ -175,13 +188,20 @@ def resolve_display_names(class_names: list[str], args) -> list[str]:
 
 
 # --------------------------------------------------------------------------- model
+NON_FINITE_HINT = ("the checkpoint's weights hold NaN/inf (e.g. a diverged training run) or the model "
+                   "overflows; pass the checkpoint of a run that did not diverge (or try --no-amp)")
+
+
 @torch.no_grad()
-def predict_tags(model, picture: Image.Image, class_names: list[str], args, device,
-                 transform) -> list[tuple[str, float]]:
+def predict_tags(model, picture: Image.Image, class_names: list[str], args, device, transform, *,
+                 amp_dtype: torch.dtype | None = None) -> list[tuple[str, float]]:
     """(name, score) of the top_k classes with score > th, highest first; ``transform``: the eval
-    pipeline (``build_val_transform(args.input_size, draft=False)``)."""
+    pipeline (``build_val_transform(args.input_size, draft=False)``). Non-finite logits: ValueError."""
     tensor = transform(picture).unsqueeze(0).to(device)
-    scores = torch.sigmoid(model(tensor).float())[0].cpu().numpy()
+    with autocast_context(device, amp_dtype):
+        logits = model(tensor).float()
+    check_finite_scores(logits, f"--model_path: the outputs of {args.model_path!r}", hint=NON_FINITE_HINT)
+    scores = torch.sigmoid(logits)[0].cpu().numpy()
     order = np.argsort(-scores, kind="stable")[: args.top_k]
     return [(class_names[i], float(scores[i])) for i in order if scores[i] > args.th]
 
@@ -229,22 +249,18 @@ def main(argv=None) -> list[dict]:
 
     A folder's unreadable pictures are skipped with a warning; a single unreadable picture is an error.
     predictions.csv gets each picture's rows as soon as it is done."""
-    from src.data.transforms import build_val_transform
-    from src.models import load_model
-    from src.utils.distributed import resolve_device
-
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.th <= 1.0:
         raise ValueError(f"--th {args.th} is not a probability; pass a value in [0, 1] (paper default 0.97)")
     if args.input_size < 1:
         raise ValueError(f"--input_size must be positive, got {args.input_size}")
-    if not os.path.isfile(args.model_path):
-        raise FileNotFoundError(f"--model_path: checkpoint {args.model_path!r} does not exist; pass a .pth "
-                                "written by train.py or a released CSL model")
+    require_file(args.model_path, "--model_path", "checkpoint",
+                 "pass a .pth written by train.py or a released CSL model")
     transform = build_val_transform(args.input_size, draft=False)
     folder_mode = os.path.isdir(args.pic_path)
     pictures = list_pictures(args.pic_path)
     device = resolve_device(args.device)
+    amp_dtype = resolve_amp(device, args.amp, args.amp_dtype, training=False)
     print("Inference demo with a CSL model")
     model, class_names = load_model(args.model_path, model_name=args.model_name, device=device)
     class_names = resolve_display_names(list(class_names), args)
@@ -262,9 +278,9 @@ def main(argv=None) -> list[dict]:
                 print(f"warning: skipped {error.path!r}: not a picture PIL can read ({error.why})",
                       file=sys.stderr)
                 continue
-            tags = predict_tags(model, picture, class_names, args, device, transform)
-            if writer is None:  # here: a bad (first) picture leaves no empty folder
-                os.makedirs(args.output_dir, exist_ok=True)
+            tags = predict_tags(model, picture, class_names, args, device, transform, amp_dtype=amp_dtype)
+            if writer is None:  # here: a bad (first) picture or checkpoint leaves no empty folder
+                prepare_output_folder(args.output_dir, "--output_dir")
                 # surrogateescape: a file name that is not valid UTF-8 is written back as its own bytes
                 handle = stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8",
                                                   errors="surrogateescape"))
@@ -287,8 +303,6 @@ def main(argv=None) -> list[dict]:
 
 
 def cli(argv=None) -> int:
-    from src.utils.cli import run_cli
-
     return run_cli(main, argv)
 
 

@@ -16,7 +16,10 @@ Metrics (all in percent; see ``src/metrics.py`` for the exact definitions):
   (so the best.pth of two runs do not share one file).
 
 The paper's repository has no validate.py; the flags follow its train.py and ASL's validate.py
-(``--thre`` default 0.8, ``-b`` 32), with both ``--snake_case`` and ``--kebab-case`` spellings.
+(``--thre`` default 0.8, ``-b`` 32), with both ``--snake_case`` and ``--kebab-case`` spellings. The data,
+model, EMA and device flags are train.py's, from the parent parsers of ``src/args.py``.
+A checkpoint whose outputs hold NaN/inf is refused by the metrics' finiteness check
+(``src.metrics.check_finite_scores``).
 Predictions come from ``src.engine.evaluate`` (the training loop's evaluation), so under
 ``torchrun --nproc_per_node N validate.py ...`` every image is evaluated exactly once.
 """
@@ -33,54 +36,45 @@ import sys
 import numpy as np
 
 from src.args import (
-    add_decode_flags,
     add_flag,
-    add_openimages_flags,
-    non_negative_int,
+    data_parser,
+    device_parser,
+    eval_weights_parser,
+    model_parser,
     positive_int,
-    prepare_output_file,
+    require_file,
 )
+from src.data import build_split_from_args
+from src.data.transforms import build_val_transform
+from src.engine import build_eval_loader, evaluate, load_eval_model
+from src.metrics import THRESHOLD_METRIC_KEYS, topk_metrics
+from src.models import check_model_classes
+from src.utils.cli import run_cli
+from src.utils.distributed import cleanup_distributed, init_distributed
+from src.utils.io import atomic_write_text, prepare_output_file
 
 FREQUENCY_GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate a multi-label checkpoint (CSL paper or ours).")
-    add_flag(parser, "--data", metavar="DIR", type=str, default="./data",
-             help="dataset folder (as train.py; the embedded dataset uses the coco layout)")
-    add_flag(parser, "--metadata", type=str, default="./data/COCO_2014",
-             help="annotation folder of the paper's layout / OpenImages / LVIS (as train.py)")
-    add_flag(parser, "--dataset_type", type=str, choices=("coco", "openimages", "lvis"), default="coco",
-             help="dataset reader")
-    add_flag(parser, "--model-path", type=str, required=True,
-             help="checkpoint: ours (train.py best.pth / last.pth) or the paper's released .pth")
-    add_flag(parser, "--model-name", type=str, default=None,
-             help="architecture; default: stored in our checkpoints, inferred from the tensor shapes of "
-                  "the paper's TResNets")
-    add_flag(parser, "--num-classes", type=positive_int, default=None,
+    """The shared data / model / EMA / device flags of src.args (``-b`` 32 as ASL's validate.py), plus
+    validate.py's own: --num-classes, --thre, --top_k, --print-freq, --output."""
+    parser = argparse.ArgumentParser(
+        description="Evaluate a multi-label checkpoint (CSL paper or ours).",
+        parents=[data_parser(batch_size=32, workers=8), model_parser(path_default=None, name_default=None),
+                 eval_weights_parser(), device_parser()],
+    )
+    group = parser.add_argument_group("evaluation")
+    add_flag(group, "--num-classes", type=positive_int, default=None,
              help="expected number of classes (default: the checkpoint's); checked against model and data")
-    add_flag(parser, "--use_ema", action="store_true", help="evaluate the EMA weights of our checkpoint")
-    add_flag(parser, "--image-size", type=positive_int, default=448, metavar="N", help="input image size")
-    add_flag(parser, "-b", "--batch-size", type=positive_int, default=32, metavar="N",
-             help="batch size per process")
-    add_flag(parser, "-j", "--workers", type=non_negative_int, default=8, metavar="N",
-             help="data loading workers per process")
-    add_flag(parser, "--thre", type=float, default=0.8,
+    add_flag(group, "--thre", type=float, default=0.8,
              help="score threshold of CP/CR/CF1/OP/OR/OF1 (ASL's validate.py default 0.8)")
-    add_flag(parser, "--top_k", type=positive_int, default=3, help="k of the top-k CP/CR/CF1/OP/OR/OF1")
-    add_flag(parser, "--print-freq", "-p", type=positive_int, default=64,
+    add_flag(group, "--top_k", type=positive_int, default=3, help="k of the top-k CP/CR/CF1/OP/OR/OF1")
+    add_flag(group, "--print-freq", "-p", type=positive_int, default=64,
              help="accepted for compatibility with ASL's validate.py; progress is shown by tqdm")
-    add_flag(parser, "--output", type=str, default=None,
+    add_flag(group, "--output", type=str, default=None,
              help="per-class AP CSV; default next to the checkpoint: <checkpoint folder>/<checkpoint name>"
                   "[_ema]_<dataset_type>_per_class_ap.csv")
-    add_flag(parser, "--skip_bad_images", action="store_true", help="drop unreadable images at start-up")
-    add_decode_flags(parser)
-    add_openimages_flags(parser)
-    add_flag(parser, "--device", type=str, default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    add_flag(parser, "--amp", action=argparse.BooleanOptionalAction, default=None,
-             help="autocast (default: on for CUDA, off on CPU)")
-    add_flag(parser, "--amp_dtype", type=str, choices=("float16", "bfloat16"), default="float16",
-             help="autocast dtype with --amp")
     return parser
 
 
@@ -92,24 +86,21 @@ def default_output(args) -> str:
 
 def build_val_dataset(args):
     """The validation split alone (building the train split of OpenImages would take minutes)."""
-    from src.data import build_split
-    from src.data.transforms import build_val_transform
-
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
-    return build_split(args, args.dataset_type, "val", transform)
+    return build_split_from_args(args, "val", transform)
 
 
 def check_classes(model_classes: list[str], dataset_classes: list[str], args, verbose: bool = True) -> None:
     """--num-classes, model and dataset agree (see `src.models.check_model_classes` for the names; its
     note on differing names is printed only when ``verbose``, i.e. on rank 0)."""
-    from src.models import check_model_classes
-
     if args.num_classes is not None and args.num_classes != len(model_classes):
         raise ValueError(f"--num-classes {args.num_classes} does not match the checkpoint {args.model_path}, "
                          f"whose head has {len(model_classes)} outputs; drop --num-classes or pass "
                          f"the matching checkpoint")
-    check_model_classes(model_classes, dataset_classes,
-                        f"the {args.dataset_type} validation set at {args.data}", verbose=verbose)
+    note = check_model_classes(model_classes, dataset_classes,
+                               f"the {args.dataset_type} validation set at {args.data}")
+    if note and verbose:
+        print(note)
 
 
 def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) -> list[dict]:
@@ -126,9 +117,7 @@ def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) 
 
 
 def write_per_class_csv(path: str, rows: list[dict]) -> None:
-    """The per-class CSV, written atomically (`src.utils.checkpoint.atomic_write_text`)."""
-    from src.utils.checkpoint import atomic_write_text
-
+    """The per-class CSV, written atomically (`src.utils.io.atomic_write_text`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -160,7 +149,7 @@ def format_report(result: dict, topk: dict, k: int, args) -> str:
     else:
         lines.append(f"mAP {result['mAP']:.2f} (full labels, all {result['num_classes']} classes; "
                      f"{result['classes_without_positives']} without positives count AP 0)")
-    keys = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+    keys = THRESHOLD_METRIC_KEYS
     lines.append(f"threshold {args.thre:g}: " + " ".join(f"{key} {result[key]:.2f}" for key in keys))
     lines.append(f"top-{k}:        " + " ".join(f"{key} {topk[key]:.2f}" for key in keys))
     for key, group in result.get("frequency_groups", {}).items():
@@ -171,14 +160,9 @@ def format_report(result: dict, topk: dict, k: int, args) -> str:
 
 def main(argv=None) -> dict:
     """Evaluate; returns the metrics dict (mAP, CP..OF1, 'top_k' dict, 'output', ...) on every rank."""
-    from src.engine import build_eval_loader, evaluate, load_eval_model
-    from src.metrics import topk_metrics
-    from src.utils.distributed import cleanup_distributed, init_distributed
-
     args = build_parser().parse_args(argv)
-    if not os.path.isfile(args.model_path):
-        raise FileNotFoundError(f"--model-path: checkpoint {args.model_path!r} does not exist; pass a .pth "
-                                "written by train.py or a released CSL model")
+    require_file(args.model_path, "--model-path", "checkpoint",
+                 "pass a .pth written by train.py or a released CSL model")
     if not 0.0 <= args.thre <= 1.0:
         raise ValueError(f"--thre {args.thre} is not a probability; pass a value in [0, 1] (e.g. 0.8)")
     args.output = args.output or default_output(args)
@@ -196,9 +180,9 @@ def main(argv=None) -> dict:
         loader = build_eval_loader(dataset, args.batch_size, args.workers, ctx.device)
         result = evaluate(model, loader, ctx.device, amp_dtype=amp_dtype, threshold=args.thre,
                           return_predictions=True)
-        preds, targets = result.pop("preds"), result.pop("targets")
+        targets, scores = result.pop("targets"), result.pop("scores")
         k = min(args.top_k, len(class_names))
-        result["top_k"] = topk_metrics(targets, preds, k=k)
+        result["top_k"] = topk_metrics(targets, scores, k=k)
         groups = getattr(dataset, "frequency_groups", None)
         if groups is not None:
             result["frequency_groups"] = group_maps(result["ap_per_class"], groups)
@@ -214,8 +198,6 @@ def main(argv=None) -> dict:
 
 
 def cli(argv=None) -> int:
-    from src.utils.cli import run_cli
-
     return run_cli(main, argv)
 
 

@@ -4,8 +4,9 @@ Scales (random data, scores correlated with labels so AP is non-trivial; float32
 - COCO val: 40,137 x 80, fully annotated, ~2.9 positives per image.
 - OpenImages test: 125,000 x 9,605, ~1.5% of entries annotated (~18M), ~35% of them positive; classes
   0-9 get no positive, 10-19 no negative, 20-29 no annotation, to exercise the exclusion rules.
-  Timed through the sparse entry point (``AP_partial_sparse``) and the dense one (``AP_partial`` on a
-  4.8 GB float32 score matrix + 1.2 GB int8 labels; skip with --skip-dense-openimages).
+  Timed through the sparse entry point (``partial_average_precision_sparse``) and the dense one
+  (``partial_average_precision`` on a 4.8 GB float32 score matrix + 1.2 GB int8 labels; skip with
+  --skip-dense-openimages).
 
 References:
 - loop: per-class Python loop over dense columns (the paper code's structure), tie-aware via
@@ -30,7 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.metrics import AP_partial, AP_partial_sparse, mAP  # noqa: E402
+from src.metrics import (  # noqa: E402
+    mean_average_precision,
+    partial_average_precision,
+    partial_average_precision_sparse,
+)
 
 ATOL = 1e-9  # AP values are sums of exact ratios; implementations differ only by float rounding
 
@@ -45,7 +50,7 @@ def _timed(function, *args, repeats: int = 1):
     return best, result
 
 
-def reference_ap_one_class(scores: np.ndarray, labels: np.ndarray) -> float:
+def reference_ap_one_class(labels: np.ndarray, scores: np.ndarray) -> float:
     """Tie-aware AP of one class: mean over positives of #pos(score >= s) / #all(score >= s); -1 if the
     class has no positive or no negative (the partial-label exclusion rule)."""
     positive_scores = np.sort(scores[labels == 1])
@@ -57,23 +62,23 @@ def reference_ap_one_class(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(pos_at_or_above / n_at_or_above))
 
 
-def reference_loop_dense(targs: np.ndarray, preds: np.ndarray, classes) -> np.ndarray:
+def reference_loop_dense(targets: np.ndarray, scores: np.ndarray, classes) -> np.ndarray:
     """Per-class loop over dense columns, as the paper's code does."""
     ap = np.empty(len(classes))
     for i, k in enumerate(classes):
-        column_labels = targs[:, k]
+        column_labels = targets[:, k]
         annotated = column_labels != -1
-        ap[i] = reference_ap_one_class(preds[annotated, k], column_labels[annotated])
+        ap[i] = reference_ap_one_class(column_labels[annotated], scores[annotated, k])
     return ap
 
 
-def sklearn_ap(targs: np.ndarray, preds: np.ndarray, classes) -> np.ndarray:
+def sklearn_ap(targets: np.ndarray, scores: np.ndarray, classes) -> np.ndarray:
     from sklearn.metrics import average_precision_score
 
     ap = np.empty(len(classes))
     for i, k in enumerate(classes):
-        annotated = targs[:, k] != -1
-        ap[i] = average_precision_score(targs[annotated, k], preds[annotated, k])
+        annotated = targets[:, k] != -1
+        ap[i] = average_precision_score(targets[annotated, k], scores[annotated, k])
     return ap
 
 
@@ -92,19 +97,21 @@ def _assert_close(name: str, ours: np.ndarray, reference: np.ndarray) -> float:
 
 def bench_coco(rng: np.random.Generator, repeats: int) -> list[dict]:
     num_samples, num_classes = 40_137, 80
-    targs = (rng.random((num_samples, num_classes)) < 2.9 / num_classes).astype(np.int8)
-    preds = _scores_for(targs, rng)
-    ours_s, ours_map = _timed(mAP, targs, preds, repeats=repeats)
+    targets = (rng.random((num_samples, num_classes)) < 2.9 / num_classes).astype(np.int8)
+    scores = _scores_for(targets, rng)
+    ours_s, ours_map = _timed(mean_average_precision, targets, scores, repeats=repeats)
     classes = range(num_classes)
-    loop_s, loop_ap = _timed(reference_loop_dense, targs, preds, classes)
-    sk_s, sk_ap = _timed(sklearn_ap, targs, preds, classes)
-    ours_ap = AP_partial(targs, preds)[0]  # every class has positives and negatives here
+    loop_s, loop_ap = _timed(reference_loop_dense, targets, scores, classes)
+    sk_s, sk_ap = _timed(sklearn_ap, targets, scores, classes)
+    # every class has positives and negatives here, so no class is skipped
+    ours_ap = partial_average_precision(targets, scores).ap_per_class
     err = max(_assert_close("coco loop", ours_ap, loop_ap), _assert_close("coco sklearn", ours_ap, sk_ap))
     if abs(ours_map - 100 * loop_ap.mean()) > 1e-6:
         raise AssertionError(f"coco: mAP {ours_map} != loop {100 * loop_ap.mean()}")
     scale = f"COCO val {num_samples}x{num_classes}"
     return [
-        _row(scale, "src.metrics.mAP", ours_s, ours_s, err, f"best of {repeats}; mAP={ours_map:.3f}"),
+        _row(scale, "src.metrics.mean_average_precision", ours_s, ours_s, err,
+             f"best of {repeats}; mAP={ours_map:.3f}"),
         _row(scale, "per-class loop", loop_s, ours_s, err, "all classes"),
         _row(scale, "sklearn average_precision_score", sk_s, ours_s, err, "all classes"),
     ]
@@ -134,7 +141,7 @@ def _loop_over_sparse(class_ids, scores, labels, num_classes) -> np.ndarray:
     for k in range(num_classes):
         members = order[bounds[k] : bounds[k + 1]]
         if members.size:
-            ap[k] = reference_ap_one_class(scores[members], labels[members])
+            ap[k] = reference_ap_one_class(labels[members], scores[members])
     return ap
 
 
@@ -142,34 +149,37 @@ def bench_openimages(rng, dense: bool, loop_classes: int, sklearn_classes: int) 
     num_samples, num_classes, fraction = 125_000, 9_605, 0.015
     scale = f"OpenImages test {num_samples}x{num_classes}"
     flat, class_ids, labels, scores = _openimages_entries(rng, num_samples, num_classes, fraction)
-    sparse_s, result = _timed(AP_partial_sparse, class_ids, scores, labels, num_classes)
-    ap, map_, _, n_no_labels, n_no_neg, n_no_pos = result
-    if (n_no_labels, n_no_neg, n_no_pos) != (10, 10, 10):
-        raise AssertionError(f"openimages exclusion counts {(n_no_labels, n_no_neg, n_no_pos)} != 10 each")
+    sparse_s, result = _timed(lambda: partial_average_precision_sparse(class_ids, labels, scores,
+                                                                       num_classes=num_classes))
+    ap = result.ap_per_class
+    counts = (result.skipped_no_labels, result.skipped_no_negatives, result.skipped_no_positives)
+    if counts != (10, 10, 10):
+        raise AssertionError(f"openimages exclusion counts {counts} != 10 each")
     loop_ap = _loop_over_sparse(class_ids, scores, labels, num_classes)
     err = _assert_close("openimages sparse loop", ap, loop_ap)
-    note = f"{flat.size / 1e6:.1f}M annotated entries; mAP={map_:.3f}"
-    rows = [_row(scale, "src.metrics.AP_partial_sparse", sparse_s, sparse_s, err, note)]
+    note = f"{flat.size / 1e6:.1f}M annotated entries; mAP={result.mAP:.3f}"
+    rows = [_row(scale, "src.metrics.partial_average_precision_sparse", sparse_s, sparse_s, err, note)]
     if not dense:
         return rows
 
-    targs = np.full((num_samples, num_classes), -1, dtype=np.int8)
-    targs.ravel()[flat] = labels
-    preds = np.full((num_samples, num_classes), 0.5, dtype=np.float32)  # un-annotated: never read
-    preds.ravel()[flat] = scores
+    targets = np.full((num_samples, num_classes), -1, dtype=np.int8)
+    targets.ravel()[flat] = labels
+    dense_scores = np.full((num_samples, num_classes), 0.5, dtype=np.float32)  # un-annotated: never read
+    dense_scores.ravel()[flat] = scores
     del flat
-    dense_s, dense_result = _timed(AP_partial, targs, preds)
-    err = max(err, _assert_close("openimages dense vs sparse", dense_result[0], ap))
-    rows.append(_row(scale, "src.metrics.AP_partial (dense)", dense_s, dense_s, err, "same values as sparse"))
+    dense_s, dense_result = _timed(partial_average_precision, targets, dense_scores)
+    err = max(err, _assert_close("openimages dense vs sparse", dense_result.ap_per_class, ap))
+    rows.append(_row(scale, "src.metrics.partial_average_precision (dense)", dense_s, dense_s, err,
+                     "same values as sparse"))
 
     subset = np.linspace(30, num_classes - 1, loop_classes).astype(int)  # classes with valid AP
-    loop_s, loop_ap = _timed(reference_loop_dense, targs, preds, subset)
+    loop_s, loop_ap = _timed(reference_loop_dense, targets, dense_scores, subset)
     err = max(err, _assert_close("openimages loop", ap[subset], loop_ap))
     loop_total = loop_s * num_classes / len(subset)
     rows.append(_row(scale, "per-class loop", loop_total, dense_s, err,
                      f"extrapolated from {len(subset)} classes ({loop_s:.1f}s)"))
     subset = subset[:: max(1, len(subset) // sklearn_classes)][:sklearn_classes]
-    sk_s, sk_ap = _timed(sklearn_ap, targs, preds, subset)
+    sk_s, sk_ap = _timed(sklearn_ap, targets, dense_scores, subset)
     err = max(err, _assert_close("openimages sklearn", ap[subset], sk_ap))
     rows.append(_row(scale, "sklearn average_precision_score", sk_s * num_classes / len(subset), dense_s,
                      err, f"extrapolated from {len(subset)} classes ({sk_s:.1f}s)"))
@@ -189,9 +199,9 @@ def _row(scale, implementation, seconds, ours_seconds, max_error, note) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'scale':34} {'implementation':34} {'seconds':>9} {'x ours':>7} {'max|dAP|':>9}  note")
+    print(f"{'scale':30} {'implementation':46} {'seconds':>9} {'x ours':>7} {'max|dAP|':>9}  note")
     for r in rows:
-        print(f"{r['scale']:34} {r['implementation']:34} {r['seconds']:9.3f} {r['slowdown_vs_ours']:7.1f} "
+        print(f"{r['scale']:30} {r['implementation']:46} {r['seconds']:9.3f} {r['slowdown_vs_ours']:7.1f} "
               f"{r['max_abs_ap_diff']:9.1e}  {r['note']}")
 
 

@@ -15,11 +15,12 @@ Ties
     independent of how a sort orders equal keys. Without ties it is the textbook definition above.
 
 Full vs partial labels
-    ``average_precision`` / ``mAP`` ignore -1 entries and give AP 0 to a class without positives (as
-    the paper's code does), so ``mAP`` always averages over all C classes.
-    ``AP_partial`` instead excludes (ap = -1) every class with no annotated sample, no positive or no
-    negative, counts them, and averages over the kept classes: ``map`` is the plain mean, ``map_macro``
-    the mean weighted by each kept class's number of positives. If no class is kept both are NaN.
+    ``average_precision_per_class`` / ``mean_average_precision`` ignore -1 entries and give AP 0 to a
+    class without positives (as the paper's code does), so the mean is over all C classes.
+    ``partial_average_precision`` instead excludes (ap = -1) every class with no annotated sample, no
+    positive or no negative, counts them, and averages over the kept classes: ``mAP`` is the plain mean,
+    ``mAP_weighted`` the mean weighted by each kept class's number of positives (the paper's code calls
+    it ``map_macro``). If no class is kept both are NaN.
 
 Algorithm (vectorised, no per-class Python loop)
     Bring the annotated entries into per-class segments sorted by descending score:
@@ -45,23 +46,39 @@ Threshold metrics (``threshold_metrics``, ``topk_metrics``), as in ML-GCN / ASL 
     entries take part in choosing the top k but are not counted.
 
 Inputs may be numpy arrays or torch tensors (moved to CPU); accumulation is in float64.
+
+Conventions: every function takes ``(targets, scores)`` in that order (labels first, as scikit-learn's
+``(y_true, y_score)``); parameters such as ``threshold`` and ``k`` are keyword-only. The paper's names keep
+their paper signatures as thin aliases at the end of this module: ``average_precision(output, target)``
+(scores first), ``mAP(targs, preds)``, ``AP_partial(targs, preds)`` (the plain 6-tuple) and
+``mAP_partial(targs, preds)``; ``src.helper_functions.helper_functions`` re-exports them.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 __all__ = [
+    "THRESHOLD_METRIC_KEYS",
+    "PartialAP",
+    "average_precision_per_class",
+    "check_finite_scores",
+    "mean_average_precision",
+    "partial_average_precision",
+    "partial_average_precision_sparse",
+    "threshold_metrics",
+    "topk_metrics",
+    # the paper's names and signatures
     "AP_partial",
-    "AP_partial_sparse",
     "average_precision",
     "mAP",
     "mAP_partial",
-    "threshold_metrics",
-    "topk_metrics",
 ]
 
-METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+# The keys of the dicts returned by threshold_metrics / topk_metrics, in this order.
+THRESHOLD_METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -81,22 +98,34 @@ def _to_numpy(array, name: str) -> np.ndarray:
     return array
 
 
+DEFAULT_SCORE_HINT = "scores must be finite - check the model outputs for overflow"
+
+
+def check_finite_scores(scores, what: str, hint: str = DEFAULT_SCORE_HINT) -> None:
+    """Raise a ValueError naming ``what``, the number and first index of NaN/inf values of ``scores``
+    (numpy array or torch tensor) and ``hint``; the one finiteness check of model outputs (evaluation
+    through these metrics, and infer.py)."""
+    scores = _to_numpy(scores, what)
+    # A float64 sum of finite values is finite unless it overflows; only then pay for the exact check.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = scores.sum(dtype=np.float64)
+    if np.isfinite(total):
+        return
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{what} contains {int(bad.sum())} NaN/inf value(s) (first at index {first}: "
+            f"{scores[first]}); {hint}"
+        )
+
+
 def _check_scores(scores: np.ndarray, name: str) -> np.ndarray:
     if scores.dtype == np.float16:
         scores = scores.astype(np.float32)  # float16 has no fast sort and overflows easily
     elif not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)  # integer / bool scores
-    # A float64 sum of finite values is finite unless it overflows; only then pay for the exact check.
-    with np.errstate(over="ignore"):
-        total = scores.sum(dtype=np.float64)
-    if not np.isfinite(total):
-        bad = ~np.isfinite(scores)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"metrics: {name} contains {int(bad.sum())} NaN/inf value(s) (first at index {first}: "
-                f"{scores[first]}); scores must be finite - check the model outputs for overflow"
-            )
+    check_finite_scores(scores, f"metrics: {name}")
     return scores
 
 
@@ -119,23 +148,23 @@ def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     return labels.astype(np.int8, copy=False)
 
 
-def _prepare(targs, preds, allow_1d: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _prepare(targets, scores, allow_1d: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Validate a (targets, scores) pair; returns int8 labels and float scores of equal 2-D shape."""
-    targs = _to_numpy(targs, "targets")
-    preds = _to_numpy(preds, "predictions")
-    if targs.shape != preds.shape:
+    targets = _to_numpy(targets, "targets")
+    scores = _to_numpy(scores, "predictions")
+    if targets.shape != scores.shape:
         raise ValueError(
-            f"metrics: targets shape {targs.shape} != predictions shape {preds.shape}; both must be "
+            f"metrics: targets shape {targets.shape} != predictions shape {scores.shape}; both must be "
             "(num_samples, num_classes)"
         )
-    if allow_1d and targs.ndim == 1:
-        targs, preds = targs[:, None], preds[:, None]
-    if targs.ndim != 2:
+    if allow_1d and targets.ndim == 1:
+        targets, scores = targets[:, None], scores[:, None]
+    if targets.ndim != 2:
         expected = "1-D (one class) or 2-D" if allow_1d else "2-D (num_samples, num_classes)"
-        raise ValueError(f"metrics: expected {expected} arrays, got shape {targs.shape}")
-    if targs.size == 0:
-        raise ValueError(f"metrics: empty input of shape {targs.shape}; need >= 1 sample and >= 1 class")
-    return _check_labels(targs, "targets"), _check_scores(preds, "predictions")
+        raise ValueError(f"metrics: expected {expected} arrays, got shape {targets.shape}")
+    if targets.size == 0:
+        raise ValueError(f"metrics: empty input of shape {targets.shape}; need >= 1 sample and >= 1 class")
+    return _check_labels(targets, "targets"), _check_scores(scores, "predictions")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,14 +250,14 @@ def _ap_sums_from_entries(class_ids, scores, positive, num_classes):
     return _ap_sums_argsort(class_ids, scores, positive, num_classes)
 
 
-def _ap_sums_by_columns(targs: np.ndarray, preds: np.ndarray, annotated: np.ndarray):
+def _ap_sums_by_columns(targets: np.ndarray, scores: np.ndarray, annotated: np.ndarray):
     """Per-column sort for mostly annotated, non-float32 scores. Un-annotated entries get score -inf:
     they sort after every positive, so they change no precision (their counts are replaced below)."""
-    num_samples, num_classes = targs.shape
-    neg_keys = np.ascontiguousarray(np.where(annotated, -preds, np.inf).T)  # one row per class
+    num_samples, num_classes = targets.shape
+    neg_keys = np.ascontiguousarray(np.where(annotated, -scores, np.inf).T)  # one row per class
     order = np.argsort(neg_keys, axis=1)
     run_keys = np.take_along_axis(neg_keys, order, axis=1).ravel()
-    pos = np.take_along_axis(np.ascontiguousarray(targs.T == 1), order, axis=1).ravel()
+    pos = np.take_along_axis(np.ascontiguousarray(targets.T == 1), order, axis=1).ravel()
     cls = np.repeat(np.arange(num_classes, dtype=np.int32), num_samples)
     precision_sum, n_pos, _ = _ap_sums_sorted(cls, run_keys, pos, num_classes)
     return precision_sum, n_pos, np.count_nonzero(annotated, axis=0)
@@ -238,41 +267,64 @@ def _ap_sums_by_columns(targs: np.ndarray, preds: np.ndarray, annotated: np.ndar
 _COLUMN_SORT_MIN_ANNOTATED = 0.5
 
 
-def _ap_per_class_dense(targs: np.ndarray, preds: np.ndarray):
+def _ap_sums_dense(targets: np.ndarray, scores: np.ndarray):
     """(precision_sum, n_pos, n_annotated) per class of a dense (N, C) label / score pair."""
-    num_classes = targs.shape[1]
-    annotated = targs != -1
+    num_classes = targets.shape[1]
+    annotated = targets != -1
     n_annotated = np.count_nonzero(annotated)
-    if n_annotated >= _COLUMN_SORT_MIN_ANNOTATED * targs.size and _exact_float32(preds) is None:
-        return _ap_sums_by_columns(targs, preds, annotated)
-    if n_annotated == targs.size:
-        class_ids = np.tile(np.arange(num_classes, dtype=np.int32), targs.shape[0])
-        return _ap_sums_from_entries(class_ids, preds.ravel(), targs.ravel() == 1, num_classes)
+    if n_annotated >= _COLUMN_SORT_MIN_ANNOTATED * targets.size and _exact_float32(scores) is None:
+        return _ap_sums_by_columns(targets, scores, annotated)
+    if n_annotated == targets.size:
+        class_ids = np.tile(np.arange(num_classes, dtype=np.int32), targets.shape[0])
+        return _ap_sums_from_entries(class_ids, scores.ravel(), targets.ravel() == 1, num_classes)
     flat = np.flatnonzero(annotated)  # row-major, so only the annotated entries are touched afterwards
     class_ids = (flat % num_classes).astype(np.int32)
-    return _ap_sums_from_entries(class_ids, preds.ravel()[flat], targs.ravel()[flat] == 1, num_classes)
+    return _ap_sums_from_entries(class_ids, scores.ravel()[flat], targets.ravel()[flat] == 1, num_classes)
 
 
-def average_precision(output, target):
-    """Non-interpolated, tie-aware AP per class.
+def _full_label_ap(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AP per class of prepared arrays; -1 entries ignored, a class without positives gets 0."""
+    precision_sum, n_pos, _ = _ap_sums_dense(targets, scores)
+    return precision_sum / np.maximum(n_pos, 1)
 
-    ``output`` (scores) and ``target`` (labels) are (N, C) -> float64 array (C,), or 1-D (N,) -> float.
-    -1 labels are ignored; a class without positives gets AP 0.
+
+# ----------------------------------------------------------------------------------------------------
+# Average precision: full labels
+# ----------------------------------------------------------------------------------------------------
+def average_precision_per_class(targets, scores) -> np.ndarray:
+    """Non-interpolated, tie-aware AP of every class: (N, C) labels and scores -> float64 (C,) in [0, 1].
+
+    -1 labels are ignored; a class without positives gets AP 0 (as the paper's code does).
     """
-    target_2d, output_2d = _prepare(target, output, allow_1d=True)
-    precision_sum, n_pos, _ = _ap_per_class_dense(target_2d, output_2d)
-    ap = precision_sum / np.maximum(n_pos, 1)
-    return float(ap[0]) if np.ndim(output) == 1 else ap
+    return _full_label_ap(*_prepare(targets, scores))
 
 
-def mAP(targs, preds) -> float:
-    """100 x mean over all classes of ``average_precision`` (a class without positives counts 0)."""
-    targs, preds = _prepare(targs, preds)
-    precision_sum, n_pos, _ = _ap_per_class_dense(targs, preds)
-    return 100.0 * float((precision_sum / np.maximum(n_pos, 1)).mean())
+def mean_average_precision(targets, scores) -> float:
+    """The paper's mAP: 100 x mean over ALL classes of :func:`average_precision_per_class` (a class
+    without positives counts 0)."""
+    return 100.0 * float(_full_label_ap(*_prepare(targets, scores)).mean())
 
 
-def _summarise_partial(precision_sum, n_pos, n_entries):
+# ----------------------------------------------------------------------------------------------------
+# Average precision: partial labels
+# ----------------------------------------------------------------------------------------------------
+class PartialAP(NamedTuple):
+    """Result of :func:`partial_average_precision`; its fields are in the order of the paper's
+    ``AP_partial`` tuple ``(ap, map, map_macro, n_no_labels, n_no_neg, n_no_pos)``."""
+
+    ap_per_class: np.ndarray  # float64 (C,) in [0, 1]; -1 for a skipped class
+    mAP: float  # percent: plain mean AP over the kept classes (NaN when none is kept)
+    mAP_weighted: float  # percent: mean AP weighted by each kept class's number of positives
+    skipped_no_labels: int  # classes without any annotated sample
+    skipped_no_negatives: int  # classes with annotated positives but no annotated negative
+    skipped_no_positives: int  # classes with annotated samples but no positive
+
+    @property
+    def num_classes_skipped(self) -> int:
+        return self.skipped_no_labels + self.skipped_no_negatives + self.skipped_no_positives
+
+
+def _summarise_partial(precision_sum, n_pos, n_entries) -> PartialAP:
     """Exclusion rules and averages shared by the dense and sparse partial-label entry points."""
     n_neg = n_entries - n_pos
     no_labels = n_entries == 0
@@ -282,38 +334,37 @@ def _summarise_partial(precision_sum, n_pos, n_entries):
     ap = np.full(n_entries.shape, -1.0)
     ap[kept] = precision_sum[kept] / n_pos[kept]
     if kept.any():
-        map_ = 100.0 * float(ap[kept].mean())
-        map_macro = 100.0 * float(np.sum(ap[kept] * n_pos[kept]) / n_pos[kept].sum())
+        mean = 100.0 * float(ap[kept].mean())
+        weighted = 100.0 * float(np.sum(ap[kept] * n_pos[kept]) / n_pos[kept].sum())
     else:
-        map_ = map_macro = float("nan")
-    return ap, map_, map_macro, int(no_labels.sum()), int(no_neg.sum()), int(no_pos.sum())
+        mean = weighted = float("nan")
+    return PartialAP(ap, mean, weighted, int(no_labels.sum()), int(no_neg.sum()), int(no_pos.sum()))
 
 
-def AP_partial(targs, preds):
-    """AP over annotated entries only -> (ap, map, map_macro, n_no_labels, n_no_neg, n_no_pos).
+def partial_average_precision(targets, scores) -> PartialAP:
+    """AP over annotated entries only, for (N, C) labels with -1 (un-annotated) entries.
 
-    ap: float64 (C,), -1 for excluded classes (no annotated sample / no positive / no negative; each
-    excluded class is counted once, in that order of checks). map and map_macro are in percent.
+    A class without an annotated sample, positive or negative is skipped (its AP is -1) and counted once,
+    in that order of checks; ``mAP`` and ``mAP_weighted`` (percent) average over the kept classes.
     """
-    targs, preds = _prepare(targs, preds)
-    return _summarise_partial(*_ap_per_class_dense(targs, preds))
+    return _summarise_partial(*_ap_sums_dense(*_prepare(targets, scores)))
 
 
-def AP_partial_sparse(class_ids, scores, labels, num_classes: int):
-    """``AP_partial`` for annotated entries given as flat arrays (one element per annotated entry).
+def partial_average_precision_sparse(class_ids, labels, scores, *, num_classes: int) -> PartialAP:
+    """:func:`partial_average_precision` of annotated entries given as flat arrays (one element each).
 
-    class_ids: int (n,) in [0, num_classes); scores: float (n,); labels: (n,) in {0, 1} (-1 entries
-    are dropped). Avoids building the dense N x C matrix for huge, sparsely annotated label sets.
+    class_ids: int (n,) in [0, num_classes); labels: (n,) in {0, 1} (-1 entries are dropped); scores:
+    float (n,). Avoids building the dense N x C matrix for huge, sparsely annotated label sets.
     """
     class_ids = _to_numpy(class_ids, "class_ids")
-    scores = _to_numpy(scores, "scores")
     labels = _to_numpy(labels, "labels")
+    scores = _to_numpy(scores, "scores")
     if not (class_ids.ndim == scores.ndim == labels.ndim == 1) or not (
         class_ids.shape == scores.shape == labels.shape
     ):
         raise ValueError(
-            "metrics: AP_partial_sparse needs 1-D class_ids, scores, labels of equal length; got shapes "
-            f"{class_ids.shape}, {scores.shape}, {labels.shape}"
+            "metrics: partial_average_precision_sparse needs 1-D class_ids, labels, scores of equal "
+            f"length; got shapes {class_ids.shape}, {labels.shape}, {scores.shape}"
         )
     if int(num_classes) < 1 or class_ids.size == 0:
         raise ValueError(f"metrics: empty input (num_classes={num_classes}, {class_ids.size} entries)")
@@ -333,11 +384,6 @@ def AP_partial_sparse(class_ids, scores, labels, num_classes: int):
     return _summarise_partial(*_ap_sums_from_entries(class_ids, scores, labels == 1, int(num_classes)))
 
 
-def mAP_partial(targs, preds) -> float:
-    """Mean AP in percent over the classes ``AP_partial`` keeps."""
-    return AP_partial(targs, preds)[1]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Threshold / top-k metrics
 # ----------------------------------------------------------------------------------------------------
@@ -351,9 +397,9 @@ def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
-def _counts_to_metrics(targs: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    annotated = targs != -1
-    positive = targs == 1
+def _counts_to_metrics(targets: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    annotated = targets != -1
+    positive = targets == 1
     true_pos = np.count_nonzero(predicted & positive, axis=0)
     n_predicted = np.count_nonzero(predicted & annotated, axis=0)
     n_ground_truth = np.count_nonzero(positive, axis=0)
@@ -361,25 +407,53 @@ def _counts_to_metrics(targs: np.ndarray, predicted: np.ndarray) -> dict[str, fl
     cr = 100.0 * float(_safe_ratio(true_pos, n_ground_truth).mean())
     op = 100.0 * float(_safe_ratio(true_pos.sum(), n_predicted.sum()))
     or_ = 100.0 * float(_safe_ratio(true_pos.sum(), n_ground_truth.sum()))
-    return {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": or_, "OF1": _f1(op, or_)}
+    values = (cp, cr, _f1(cp, cr), op, or_, _f1(op, or_))
+    return dict(zip(THRESHOLD_METRIC_KEYS, values, strict=True))
 
 
-def threshold_metrics(targs, preds, threshold: float = 0.5) -> dict[str, float]:
+def threshold_metrics(targets, scores, *, threshold: float) -> dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 (percent) predicting positive where score >= threshold."""
-    targs, preds = _prepare(targs, preds)
+    targets, scores = _prepare(targets, scores)
     if not np.isfinite(threshold):
         raise ValueError(f"metrics: threshold must be a finite number, got {threshold}")
-    return _counts_to_metrics(targs, preds >= threshold)
+    return _counts_to_metrics(targets, scores >= threshold)
 
 
-def topk_metrics(targs, preds, k: int = 3) -> dict[str, float]:
+def topk_metrics(targets, scores, *, k: int) -> dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 (percent) predicting each sample's k highest-scoring classes.
 
     Scores tied with a row's k-th largest score are all predicted (so no dependence on sort order).
     """
-    targs, preds = _prepare(targs, preds)
-    num_classes = targs.shape[1]
+    targets, scores = _prepare(targets, scores)
+    num_classes = targets.shape[1]
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= num_classes:
         raise ValueError(f"metrics: k must be an integer in [1, num_classes={num_classes}], got {k!r}")
-    kth_largest = -np.partition(-preds, k - 1, axis=1)[:, k - 1 : k]
-    return _counts_to_metrics(targs, preds >= kth_largest)
+    kth_largest = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    return _counts_to_metrics(targets, scores >= kth_largest)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The paper's names and signatures (src/helper_functions/helper_functions.py of the CSL code)
+# ----------------------------------------------------------------------------------------------------
+def average_precision(output, target):
+    """The paper's argument order (scores first): :func:`average_precision_per_class` for (N, C) input;
+    a 1-D (N,) pair (one class) gives a float."""
+    target_2d, output_2d = _prepare(target, output, allow_1d=True)
+    ap = _full_label_ap(target_2d, output_2d)
+    return float(ap[0]) if np.ndim(output) == 1 else ap
+
+
+def mAP(targs, preds) -> float:
+    """The paper's name of :func:`mean_average_precision`."""
+    return mean_average_precision(targs, preds)
+
+
+def AP_partial(targs, preds) -> tuple:
+    """The paper's name of :func:`partial_average_precision`, as its plain tuple
+    ``(ap, map, map_macro, n_no_labels, n_no_neg, n_no_pos)`` (map_macro is ``mAP_weighted``)."""
+    return tuple(partial_average_precision(targs, preds))
+
+
+def mAP_partial(targs, preds) -> float:
+    """The paper's name of ``partial_average_precision(targs, preds).mAP``."""
+    return partial_average_precision(targs, preds).mAP

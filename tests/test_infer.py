@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import infer
-from src.models import create_model
+from src.models import create_model, load_model
 from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL
 from tests.test_validate import embedded_split, manual_scores, save_tiny_checkpoint
 
@@ -65,13 +65,15 @@ def test_folder_tags_match_manual_forward_pass(two_pictures, tmp_path, capsys):
 def test_threshold_and_top_k(two_pictures, tmp_path):
     names, folder = two_pictures
     model = save_tiny_checkpoint(tmp_path / "tiny.pth", names)
-    top = np.sort(manual_scores(model, [str(folder / "a.png")])[0])[::-1]
-    threshold = (top[1] + top[2]) / 2  # exactly two classes score above it
+    scores = manual_scores(model, [str(folder / "a.png")])[0]
+    order = np.argsort(-scores)
+    threshold = (scores[order[1]] + scores[order[2]]) / 2  # exactly two classes score above it
     results = run_infer(tmp_path / "tiny.pth", folder / "a.png", tmp_path / "out", "--th", str(threshold))
-    assert len(results[0]["tags"]) == 2
+    assert [name for name, _ in results[0]["tags"]] == [names[c] for c in order[:2]]
     results = run_infer(tmp_path / "tiny.pth", folder / "a.png", tmp_path / "out", "--th", "0",
                         "--top-k", "4.0")  # kebab spelling; the paper declared top_k as a float
-    assert len(results[0]["tags"]) == 4
+    assert [name for name, _ in results[0]["tags"]] == [names[c] for c in order[:4]]
+    np.testing.assert_allclose([score for _, score in results[0]["tags"]], scores[order[:4]], atol=1e-5)
     results = run_infer(tmp_path / "tiny.pth", folder / "a.png", tmp_path / "out", "--th", "1")
     assert results[0]["tags"] == []  # nothing drawn but the "no class" line; no crash
 
@@ -132,6 +134,7 @@ def test_paper_flags_and_defaults():
     assert (args.model_path, args.model_name, args.input_size, args.th, args.top_k) == (
         infer.PAPER_MODEL_PATH, None, 224, 0.97, 30)
     assert args.dataset_type == "openimages" and args.pic_path == "./pics" and args.device == "auto"
+    assert (args.amp, args.amp_dtype) == (None, "float16")  # src.args.device_parser: AMP off on CPU
     # The paper's default value had a typo; it still parses.
     assert infer.build_parser().parse_args(["--dataset_type", "OpenImagess"]).dataset_type == "openimages"
     assert infer.build_parser().parse_args(["--dataset_type", "MS-COCO"]).dataset_type == "coco"
@@ -146,7 +149,17 @@ def test_shipped_pictures_and_smoke_run_checkpoint(stage1_run, tmp_path):
     assert sum(os.path.getsize(os.path.join(PICS_DIR, p)) for p in os.listdir(PICS_DIR)) < 300_000
     results = run_infer(stage1_run["best"], PICS_DIR, tmp_path / "out", "--th", "0.5")
     assert [os.path.basename(r["picture"]) for r in results] == pictures
-    assert all(os.path.isfile(r["output"]) for r in results)
+    # The tags of the trained model equal those of an independent forward pass (PIL resize, sigmoid).
+    model, names = load_model(stage1_run["best"])
+    scores = manual_scores(model, [os.path.join(PICS_DIR, p) for p in pictures])
+    for result, row in zip(results, scores, strict=True):
+        expected = [c for c in np.argsort(-row, kind="stable")[:30] if row[c] > 0.5]
+        assert [name for name, _ in result["tags"]] == [names[c] for c in expected]
+        np.testing.assert_allclose([score for _, score in result["tags"]], row[expected], atol=1e-5)
+        width, height = Image.open(result["picture"]).size  # enlarged to >= 384 px, then the text panel
+        scale = max(1, -(-384 // min(width, height)))
+        assert Image.open(result["output"]).size == (width * scale,
+                                                     height * scale + 10 + 22 * (1 + max(1, len(expected))))
 
 
 # --------------------------------------------------------------------------- review fixes
@@ -273,17 +286,53 @@ def test_class_descriptions_use_the_openimages_reader(two_pictures, tmp_path, ca
 
 
 def test_eval_transform_built_once_and_input_size_checked(two_pictures, tmp_path, monkeypatch):
-    import src.data.transforms
-
     names, folder = two_pictures
     save_tiny_checkpoint(tmp_path / "tiny.pth", names)
     calls = []
-    build = src.data.transforms.build_val_transform
-    monkeypatch.setattr(src.data.transforms, "build_val_transform",
-                        lambda *a, **k: calls.append(a) or build(*a, **k))
+    build = infer.build_val_transform
+    monkeypatch.setattr(infer, "build_val_transform", lambda *a, **k: calls.append(a) or build(*a, **k))
     results = run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out")
     assert len(results) == 2 and calls == [(TINY_IMAGE_SIZE,)]
     # type=int accepts 0: main's own check stays and names the flag.
     with pytest.raises(ValueError, match="--input_size must be positive, got 0"):
         infer.main(["--model_path", str(tmp_path / "tiny.pth"), "--pic_path", str(folder),
                     "--input_size", "0"])
+
+
+def save_non_finite_checkpoint(path, names, key_part: str, value: float):
+    """The tiny checkpoint with every tensor whose name contains ``key_part`` set to ``value``."""
+    model = save_tiny_checkpoint(path, names)
+    state = model.state_dict()
+    changed = [key for key in state if key_part in key and state[key].is_floating_point()]
+    assert changed
+    for key in changed:
+        state[key].fill_(value)
+    torch.save({"model": state, "model_name": TINY_MODEL, "num_classes": len(names),
+                "do_bottleneck_head": False, "class_names": list(names)}, path)
+
+
+@pytest.mark.parametrize(("key_part", "value"), [("conv1.weight", float("nan")), ("fc.bias", float("inf")),
+                                                 ("fc.weight", float("nan"))])
+def test_non_finite_weights_are_refused(two_pictures, tmp_path, capsys, key_part, value):
+    """NaN outputs used to tag nothing (NaN > th is False) and +inf logits everything (sigmoid = 1.0),
+    silently; now the run stops before writing anything, with an error naming the checkpoint."""
+    names, folder = two_pictures
+    save_non_finite_checkpoint(tmp_path / "bad.pth", names, key_part, value)
+    with pytest.raises(ValueError, match=r"--model_path: the outputs of '.*bad.pth' contains \d+ NaN/inf "
+                                         r"value\(s\) \(first at index \(0, \d+\): (nan|inf)\); the "
+                                         r"checkpoint's weights hold NaN/inf"):
+        run_infer(tmp_path / "bad.pth", folder, tmp_path / "out", "--th", "0.5")
+    assert not os.path.exists(tmp_path / "out")
+    argv = ["--model_path", str(tmp_path / "bad.pth"), "--pic_path", str(folder), "--input_size",
+            str(TINY_IMAGE_SIZE), "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
+    assert infer.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: --model_path: the outputs of") and "NaN/inf" in err
+
+
+def test_output_dir_that_is_a_file_is_a_clear_error(two_pictures, tmp_path):
+    names, folder = two_pictures
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ValueError, match="--output_dir: .*taken' is a file, not a folder"):
+        run_infer(tmp_path / "tiny.pth", folder, tmp_path / "taken")

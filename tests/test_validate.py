@@ -13,8 +13,14 @@ import torch
 from PIL import Image
 
 import validate
-from src.metrics import AP_partial, average_precision, mAP, threshold_metrics, topk_metrics
-from src.models import create_model
+from src.metrics import (
+    average_precision_per_class,
+    mean_average_precision,
+    partial_average_precision,
+    threshold_metrics,
+    topk_metrics,
+)
+from src.models import create_model, load_model
 from tests.conftest import EMBEDDED_NUM_CLASSES, TINY_IMAGE_SIZE, TINY_MODEL
 
 
@@ -69,7 +75,7 @@ def test_full_labels_match_src_metrics(embedded_data_dir, tmp_path, capsys):
     result = validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "ap.csv"))
     out = capsys.readouterr().out
 
-    expected_map = mAP(labels, scores)
+    expected_map = mean_average_precision(labels, scores)
     assert result["mAP"] == pytest.approx(expected_map, abs=1e-3)
     assert f"mAP {expected_map:.2f} (full labels" in out
     no_pos = int((labels.sum(0) == 0).sum())
@@ -81,7 +87,7 @@ def test_full_labels_match_src_metrics(embedded_data_dir, tmp_path, capsys):
 
     rows = read_csv(tmp_path / "ap.csv")
     assert [r["class"] for r in rows] == names
-    expected_ap = 100 * average_precision(scores, labels)
+    expected_ap = 100 * average_precision_per_class(labels, scores)
     np.testing.assert_allclose([float(r["AP"]) for r in rows], expected_ap, atol=1e-3)
     assert [int(r["n_pos"]) for r in rows] == labels.sum(0).tolist()
     assert [int(r["n_neg"]) for r in rows] == (labels == 0).sum(0).tolist()
@@ -120,9 +126,15 @@ def test_partial_labels_report_skipped_classes_and_groups(embedded_data_dir, tmp
     result = validate.main(argv + ["--dataset_type", "lvis", "--metadata", str(tmp_path / "meta")])
     out = capsys.readouterr().out
 
-    ap, expected_map, _, n_no_labels, n_no_neg, n_no_pos = AP_partial(labels, scores)
+    expected = partial_average_precision(labels, scores)
+    ap, expected_map = expected.ap_per_class, expected.mAP
+    n_no_labels, n_no_neg, n_no_pos = (expected.skipped_no_labels, expected.skipped_no_negatives,
+                                       expected.skipped_no_positives)
     assert n_no_labels >= 1 and n_no_neg >= 1  # classes 0 and 1 by construction
     assert result["mAP"] == pytest.approx(expected_map, abs=1e-3)
+    assert result["mAP_weighted"] == pytest.approx(expected.mAP_weighted, abs=1e-3)
+    assert (result["skipped_no_labels"], result["skipped_no_negatives"], result["skipped_no_positives"]) == (
+        n_no_labels, n_no_neg, n_no_pos)
     skipped = n_no_labels + n_no_neg + n_no_pos
     assert (f"partial mAP {expected_map:.2f} (labels contain -1: AP over annotated labels only; {skipped} of "
             f"{len(names)} classes skipped: {n_no_labels} without any annotated image, {n_no_pos} without an "
@@ -170,7 +182,14 @@ def test_checkpoint_of_the_smoke_run(stage1_run, embedded_data_dir, tmp_path):
     assert result["mAP"] == pytest.approx(stage1_run["summary"]["best_test_mAP"], abs=1e-3)
     ema_argv = base_argv(embedded_data_dir, stage1_run["last"], tmp_path / "ema.csv") + ["--use_ema"]
     ema = validate.main(ema_argv)
-    assert np.isfinite(ema["mAP"]) and os.path.isfile(tmp_path / "ema.csv")
+    # --use_ema evaluates the EMA weights of last.pth: the mAP of an independent forward pass with them
+    names, paths, labels = embedded_split(embedded_data_dir)
+    ema_model, _ = load_model(stage1_run["last"], use_ema=True)
+    ema_scores = manual_scores(ema_model, paths)
+    assert ema["mAP"] == pytest.approx(mean_average_precision(labels, ema_scores), abs=1e-3)
+    rows = read_csv(tmp_path / "ema.csv")
+    np.testing.assert_allclose([float(r["AP"]) for r in rows],
+                               100 * average_precision_per_class(labels, ema_scores), atol=1e-3)
 
 
 def test_openimages_split_and_unknown_mid_flags_reach_the_reader(tmp_path):
@@ -217,7 +236,7 @@ def test_bad_output_fails_before_any_work(embedded_data_dir, tmp_path, monkeypat
     def no_work(*args, **kwargs):
         raise AssertionError("init_distributed reached")
 
-    monkeypatch.setattr("src.utils.distributed.init_distributed", no_work)
+    monkeypatch.setattr(validate, "init_distributed", no_work)
     (tmp_path / "folder").mkdir()
     argv = base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "folder")
     with pytest.raises(ValueError, match=r"--output: .*folder' is a folder, not a file; pass a file path "
@@ -227,8 +246,11 @@ def test_bad_output_fails_before_any_work(embedded_data_dir, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "error: --output" in err and "Traceback" not in err
     (tmp_path / "plain_file").write_text("")
-    with pytest.raises(ValueError, match="--output: cannot create the folder"):
+    with pytest.raises(ValueError, match="--output: .*plain_file' is a file, not a folder"):
         validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "plain_file" / "x.csv"))
+    with pytest.raises(ValueError, match="--output: cannot create the folder .*plain_file/sub"):
+        validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth",
+                                tmp_path / "plain_file" / "sub" / "x.csv"))
     with pytest.raises(AssertionError, match="init_distributed reached"):  # a good path: its folder is made
         validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "new" / "sub" / "x.csv"))
     assert (tmp_path / "new" / "sub").is_dir()
@@ -245,7 +267,7 @@ def test_default_output_is_next_to_the_checkpoint(embedded_data_dir, tmp_path, m
         argv = base_argv(embedded_data_dir, tmp_path / run / "best.pth", "unused")[:-2]  # no --output
         results[run] = validate.main(argv)
         assert results[run]["output"] == str(tmp_path / run / "best_coco_per_class_ap.csv")
-        expected_ap = 100 * average_precision(manual_scores(model, paths), labels)
+        expected_ap = 100 * average_precision_per_class(labels, manual_scores(model, paths))
         np.testing.assert_allclose([float(r["AP"]) for r in read_csv(results[run]["output"])], expected_ap,
                                    atol=1e-3)
         ema_args = validate.build_parser().parse_args([*argv, "--use_ema"])
@@ -260,7 +282,7 @@ def test_class_name_note_only_on_rank_0(embedded_data_dir, tmp_path, monkeypatch
     names = embedded_split(embedded_data_dir)[0]
     save_tiny_checkpoint(tmp_path / "renamed.pth", [f"x_{n}" for n in names])
     ctx = DistributedContext(rank=rank, world_size=2, device=torch.device("cpu"))
-    monkeypatch.setattr("src.utils.distributed.init_distributed", lambda device: ctx)
+    monkeypatch.setattr(validate, "init_distributed", lambda device: ctx)
     validate.main(base_argv(embedded_data_dir, tmp_path / "renamed.pth", tmp_path / "ap.csv"))
     out = capsys.readouterr().out
     assert (f"note: {len(names)} of {len(names)} class names of the checkpoint differ" in out) == (rank == 0)
@@ -291,10 +313,75 @@ def test_no_jpeg_draft_decodes_at_full_resolution(tmp_path):
 
 
 def test_prepare_output_file(tmp_path):
-    from src.args import prepare_output_file
+    from src.utils.io import prepare_output_file
 
     target = tmp_path / "a" / "b" / "out.csv"
     assert prepare_output_file(str(target), "--output") == str(target)
     assert (tmp_path / "a" / "b").is_dir() and not target.exists()  # the folder, not the file
     with pytest.raises(ValueError, match="--x: .* is a folder"):
         prepare_output_file(str(tmp_path / "a") + os.sep, "--x")  # a trailing separator names a folder
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_checkpoint_with_non_finite_weights_is_refused(embedded_data_dir, tmp_path, bad_value):
+    """NaN/inf weights give NaN outputs; the metrics' finiteness check (shared with infer.py) refuses them."""
+    names = embedded_split(embedded_data_dir)[0]
+    model = save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    state = model.state_dict()
+    first_weight = next(key for key, value in state.items() if value.dim() == 4)
+    state[first_weight].fill_(bad_value)
+    checkpoint = torch.load(tmp_path / "tiny.pth", weights_only=False)
+    checkpoint["model"] = state
+    torch.save(checkpoint, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"predictions contains \d+ NaN/inf value\(s\)"):
+        validate.main(base_argv(embedded_data_dir, tmp_path / "bad.pth", tmp_path / "ap.csv"))
+    assert not (tmp_path / "ap.csv").exists()
+
+
+def test_flags_come_from_the_shared_parent_parsers():
+    """validate.py declares only its own flags; the rest are src.args' parents (one declaration each)."""
+    from src.args import data_parser, device_parser, eval_weights_parser, model_parser
+
+    parser = validate.build_parser()
+    options = {option for action in parser._actions for option in action.option_strings}
+    for parent in (data_parser(), model_parser(path_default=None), eval_weights_parser(), device_parser()):
+        for action in parent._actions:
+            assert set(action.option_strings) <= options
+    own = {"--num-classes", "--num_classes", "--thre", "--top_k", "--top-k", "--print-freq", "--print_freq",
+           "-p", "--output", "-h", "--help"}
+    shared = {option for parent in (data_parser(), model_parser(path_default=None), eval_weights_parser(),
+                                    device_parser()) for action in parent._actions
+              for option in action.option_strings}
+    assert options == shared | own
+    args = parser.parse_args(["--model-path", "x.pth"])
+    assert (args.batch_size, args.workers, args.thre, args.top_k, args.model_name) == (32, 8, 0.8, 3, None)
+    assert (args.device, args.amp, args.amp_dtype, args.use_ema, args.num_classes) == (
+        "auto", None, "float16", False, None)
+    with pytest.raises(SystemExit):  # --model-path is required
+        parser.parse_args([])
+
+
+def test_engine_predict_and_compute_metrics_take_targets_first(embedded_data_dir, tmp_path):
+    """src.engine's evaluation API follows src.metrics: predict -> (targets, scores), compute_metrics(targets,
+    scores, *, threshold), evaluate(..., return_predictions=True) -> 'targets' and 'scores'."""
+    from src.engine import build_eval_loader, compute_metrics, evaluate, predict
+
+    names, paths, labels = embedded_split(embedded_data_dir)
+    model = save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    args = validate.build_parser().parse_args(base_argv(embedded_data_dir, tmp_path / "tiny.pth", "x.csv"))
+    loader = build_eval_loader(validate.build_val_dataset(args), 16, 0)
+    targets, scores = predict(model, loader, "cpu")
+    assert targets.dtype == np.int8 and scores.dtype == np.float32
+    np.testing.assert_array_equal(targets, labels)
+    np.testing.assert_allclose(scores, manual_scores(model, paths), atol=1e-5)
+    with pytest.raises(TypeError):
+        compute_metrics(targets, scores, 0.5)  # threshold is keyword-only
+    result = compute_metrics(targets, scores, threshold=0.8)
+    assert result["mAP"] == pytest.approx(mean_average_precision(labels, scores))
+    assert {key: result[key] for key in ("CP", "CR", "CF1", "OP", "OR", "OF1")} == pytest.approx(
+        threshold_metrics(labels, scores, threshold=0.8))
+    full = evaluate(model, loader, "cpu", threshold=0.8, return_predictions=True)
+    np.testing.assert_array_equal(full.pop("targets"), targets)
+    np.testing.assert_array_equal(full.pop("scores"), scores)
+    np.testing.assert_array_equal(full.pop("ap_per_class"), result.pop("ap_per_class"))
+    assert full == result
