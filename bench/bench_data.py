@@ -34,6 +34,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from src.data.image_io import load_rgb  # noqa: E402  (after the sys.path insert: run as bench/x.py)
+from src.data.openimages import read_official_labels, read_processed_labels  # noqa: E402
+from src.data.transforms import CutoutPIL, build_train_transform, build_val_transform  # noqa: E402
+
 NUM_CLASSES = 9605
 
 
@@ -58,8 +62,6 @@ def plain_pipelines(size: int):
     from PIL import Image
     from torchvision import transforms
 
-    from src.data.transforms import CutoutPIL
-
     np.int = int  # the randaugment package (as used by the paper) needs the removed alias
     from randaugment import RandAugment as PackageRandAugment
 
@@ -74,9 +76,6 @@ def plain_pipelines(size: int):
 
 
 def our_pipelines(size: int):
-    from src.data.image_io import load_rgb
-    from src.data.transforms import build_train_transform, build_val_transform
-
     train, val = build_train_transform(size), build_val_transform(size)
     return (lambda path: load_rgb(path, draft_size=train.draft_size)), train, val
 
@@ -152,8 +151,6 @@ def resident_kb() -> int:
 
 def memory_child(kind: str, path: str) -> None:
     """Runs in a fresh interpreter: load the labels, print JSON with peak RSS and timings."""
-    from src.data.openimages import read_official_labels, read_processed_labels
-
     mids = [f"/m/{c:05d}" for c in range(NUM_CLASSES)]
     # Baseline = resident memory now; ru_maxrss would also hold transient import peaks, so a thread
     # samples the resident size every 2 ms during loading instead.

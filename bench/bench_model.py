@@ -28,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from src.models import create_model  # noqa: E402  (after the sys.path insert: run as bench/x.py)
+
 
 def _rss_mib() -> float:
     """Current resident set size (Linux /proc), MiB."""
@@ -40,8 +42,6 @@ def run_config(config: dict) -> dict:
     """One configuration in this process: returns images/s and peak memory (see module docstring)."""
     import torch
     import torch.nn.functional as F
-
-    from src.models import create_model
 
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.manual_seed(0)

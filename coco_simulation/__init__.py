@@ -1,6 +1,6 @@
 """Partial-label simulation for fully labelled multi-label datasets (COCO in the paper).
 
-See :mod:`coco_simulation.simulate` for the modes and the partial label file format, and
+See :mod:`src.data.partial_labels` for the modes and the partial label file format, and
 ``python -m coco_simulation --help`` for the command line.
 """
 

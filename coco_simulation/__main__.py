@@ -5,7 +5,7 @@
 
 Reads the train split through the same loader and the same two layouts as training (``--data DIR``
 with ``annotations/instances_train2014.json`` and ``train2014/``, or the paper code's ``--metadata
-DIR`` with ``train.json``), writes the simulated matrix (see `coco_simulation.simulate` for the file
+DIR`` with ``train.json``), writes the simulated matrix (see `src.data.partial_labels` for the file
 format; pass it to training with ``--partial_labels FILE``), prints per-class statistics and saves
 the class-frequency plot (original vs simulated positives per class; default: the --out path with
 .png instead of .npz; ``--plot none`` skips it).
@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from coco_simulation.plot import plot_class_frequencies
 from coco_simulation.simulate import (
     SIMULATION_MODES,
     canonical_mode,
@@ -25,6 +26,8 @@ from coco_simulation.simulate import (
     save_partial_labels,
     simulate_partial_labels,
 )
+from src.data import build_split
+from src.utils.cli import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,11 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from src.data import resolve_coco_files
-    from src.data.coco import CocoDetection
-
-    root, ann_file = resolve_coco_files(args.data, args.metadata, "train")
-    dataset = CocoDetection(root, ann_file, skip_bad_images=args.skip_bad_images)
+    dataset = build_split("coco", "train", data=args.data, metadata=args.metadata,
+                          skip_bad_images=args.skip_bad_images)
+    ann_file = dataset.ann_file
     original = dataset.labels.to_dense()
     simulated = simulate_partial_labels(
         original, args.simulate_partial_type, args.simulate_partial_param, args.seed
@@ -79,8 +80,6 @@ def main(argv=None) -> int:
     print(format_class_statistics(stats, dataset.class_names))
     print(f"wrote {args.out}")
     if args.plot:
-        from coco_simulation.plot import plot_class_frequencies
-
         title = f"{meta['mode']} {args.simulate_partial_param:g} (seed {args.seed})"
         plot_class_frequencies(
             stats.original_positive, stats.kept_positive, args.plot, dataset.class_names, title
@@ -90,8 +89,6 @@ def main(argv=None) -> int:
 
 
 def cli(argv=None) -> int:
-    from src.utils.cli import run_cli
-
     return run_cli(main, argv)
 
 

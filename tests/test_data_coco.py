@@ -1,20 +1,30 @@
-"""CocoDetection and build_datasets on tiny COCO-format fixtures written by the tests."""
+"""CocoDetection, build_split, apply_partial_labels and build_datasets on tiny COCO-format fixtures."""
 
+import argparse
 import json
-import sys
-import types
 import warnings
-from argparse import Namespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
-from src.data import DatasetError, build_datasets, resolve_coco_files
+import src.data
+from src.args import data_parser, partial_labels_parser
+from src.data import (
+    DatasetError,
+    apply_partial_labels,
+    build_datasets,
+    build_datasets_with_summary,
+    build_split,
+    describe_simulation,
+    resolve_coco_files,
+)
 from src.data.base import SkippedImagesWarning
 from src.data.coco import CocoDetection
 from src.data.image_io import ImageReadError
+from src.data.partial_labels import class_statistics, simulate_partial_labels
 from src.data.transforms import build_val_transform
 
 # Categories listed out of id order on purpose: columns must follow ascending id (3 'cat', 5 'dog', 9 'car').
@@ -139,49 +149,86 @@ def test_pycocotools_prints_are_silenced(coco_root, capsys):
     assert capsys.readouterr().out == ""
 
 
-def fake_simulation_module(monkeypatch, calls):
-    module = types.ModuleType("coco_simulation.simulate")
+def data_args(*argv: str):
+    """The namespace train.py reads the data from (the real parsers, so no attribute is missing)."""
+    parser = argparse.ArgumentParser(parents=[data_parser(), partial_labels_parser()])
+    return parser.parse_args(["--metadata", "", *argv])
 
-    def simulate_coco(args, dataset):
-        calls.append(("simulate", args.simulate_partial_type))
+
+def fake_simulation(monkeypatch, calls):
+    """Replace the simulation and the file reader where src.data uses them; record their calls."""
+
+    def simulate_dataset(dataset, mode, param, seed):
+        calls.append(("simulate", mode, param, seed))
         labels = dataset.labels.to_dense()
         labels[:, 0] = -1
         dataset.set_labels(labels)
-        return dataset
+        return {"fake_summary": mode}
 
     def load_partial_labels(path, class_names=None, image_ids=None):
         calls.append(("load", path, tuple(class_names), tuple(image_ids)))
         return np.full((len(image_ids), len(class_names)), -1, dtype=np.int8)
 
-    module.simulate_coco, module.load_partial_labels = simulate_coco, load_partial_labels
-    package = types.ModuleType("coco_simulation")
-    package.simulate = module
-    monkeypatch.setitem(sys.modules, "coco_simulation", package)
-    monkeypatch.setitem(sys.modules, "coco_simulation.simulate", module)
+    monkeypatch.setattr(src.data, "simulate_dataset", simulate_dataset)
+    monkeypatch.setattr(src.data, "load_partial_labels", load_partial_labels)
 
 
-def test_build_datasets_wires_transforms_and_partial_labels(coco_root, monkeypatch):
+def test_build_datasets_wires_transforms_and_partial_labels(coco_root, monkeypatch, capsys):
     calls = []
-    fake_simulation_module(monkeypatch, calls)
-    args = Namespace(dataset_type="coco", data=str(coco_root), metadata=None, image_size=16,
-                     simulate_partial_type="fpc", simulate_partial_param=1, seed=0)
+    fake_simulation(monkeypatch, calls)
+    args = data_args("--data", str(coco_root), "--image-size", "16", "--simulate_partial_type", "fpc",
+                     "--simulate_partial_param", "1", "--seed", "4")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train, val = build_datasets(args)
-    assert calls == [("simulate", "fpc")]
+        train, val, summary = build_datasets_with_summary(args)
+    assert calls == [("simulate", "fpc", 1.0, 4)] and summary == {"fake_summary": "fpc"}
+    assert capsys.readouterr().out == ""  # the caller reports the draw, not the library
     assert train.image_paths[0].startswith(str(coco_root / "train2014"))
     assert val.image_paths[0].startswith(str(coco_root / "val2014"))
-    assert (train.labels.to_dense()[:, 0] == -1).all() and (val.labels.to_dense()[:, 0] != -1).all()
-    assert train[0][0].shape == (3, 16, 16) and val[0][0].shape == (3, 16, 16)
-    assert "CutoutPIL" in repr(train.transform) and "CutoutPIL" not in repr(val.transform)
+    np.testing.assert_array_equal(train.labels.to_dense(), np.where(np.arange(3) == 0, -1, EXPECTED))
+    np.testing.assert_array_equal(val.labels.to_dense(), EXPECTED)  # the val set keeps its full labels
+    # val: exactly torchvision's Resize + ToTensor of the decoded image; train: the augmenting pipeline
+    reference = transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()])
+    torch.testing.assert_close(val[0][0], reference(Image.open(val.image_paths[0]).convert("RGB")),
+                               rtol=0, atol=0)
+    assert [type(step).__name__ for step in train.transform.transforms] == [
+        "Resize", "CutoutPIL", "RandAugment", "ToTensor01"]
+    assert train.transform.draft_size == (16, 16) and val.transform.draft_size == (16, 16)
 
-    args = Namespace(dataset_type="coco", data=str(coco_root), partial_labels="p.npz", image_size=16)
-    train, _ = build_datasets(args)
-    assert calls[-1] == ("load", "p.npz", ("cat", "dog", "car"), tuple(EXPECTED_IDS))
+    train_only, _ = build_datasets(args)  # the 2-tuple form draws the same labels
+    np.testing.assert_array_equal(train_only.labels.to_dense(), train.labels.to_dense())
+
+    args = data_args("--data", str(coco_root), "--image-size", "16", "--partial_labels", "p.npz",
+                     "--no-jpeg_draft")
+    train, _, summary = build_datasets_with_summary(args)
+    assert calls[-1] == ("load", "p.npz", ("cat", "dog", "car"), tuple(EXPECTED_IDS)) and summary is None
     assert (train.labels.to_dense() == -1).all()
+    assert train.transform.draft_size is None
     args.simulate_partial_type = "rps"
     with pytest.raises(ValueError, match="not both"):
         build_datasets(args)
+
+
+def test_apply_partial_labels_returns_the_summary_and_prints_nothing(coco_root, capsys):
+    ds = build_split("coco", "train", data=str(coco_root))
+    summary = apply_partial_labels(ds, simulate_type="fpc", simulate_param=1, seed=3)
+    expected = simulate_partial_labels(EXPECTED, "fpc", 1, 3)
+    np.testing.assert_array_equal(ds.labels.to_dense(), expected)
+    assert summary == class_statistics(EXPECTED, expected).summary
+    assert summary["positives_original"] == 6 and summary["positives_kept"] == 3  # one per class
+    assert capsys.readouterr().out == ""
+    assert describe_simulation("fpc", 1, 3, summary).startswith(
+        "Simulated partial labels: mode fix_per_class, param 1, seed 3: annotated 100.0% -> ")
+    untouched = build_split("coco", "train", data=str(coco_root))
+    assert apply_partial_labels(untouched) is None
+    np.testing.assert_array_equal(untouched.labels.to_dense(), EXPECTED)
+
+
+def test_build_split_rejects_unknown_dataset_types_and_splits(coco_root):
+    with pytest.raises(ValueError, match="dataset_type must be one of"):
+        build_split("imagenet", "train", data=str(coco_root))
+    with pytest.raises(ValueError, match="split must be one of"):
+        build_split("coco", "test", data=str(coco_root))
 
 
 def test_assigning_ids_keeps_those_images_with_their_labels(coco_root):

@@ -1,15 +1,15 @@
 """LVIS v1 reader on a tiny fixture with a hand-written expected label matrix."""
 
 import json
-from argparse import Namespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from src.data import build_split
 from src.data.labels import DatasetError
-from src.data.lvis import LVISDataset, lvis_from_args
+from src.data.lvis import LVISDataset, lvis_dataset
 
 CATEGORIES = [{"id": 7, "name": "zebra", "frequency": "f"}, {"id": 2, "name": "abacus", "frequency": "r"},
               {"id": 4, "name": "kite", "frequency": "c"}, {"id": 9, "name": "yak", "frequency": "r"}]
@@ -40,7 +40,7 @@ def lvis_root(tmp_path):
 
 
 def test_labels_classes_frequency_and_paths(lvis_root):
-    ds = lvis_from_args(Namespace(data=str(lvis_root)), "train", transform=None)
+    ds = lvis_dataset("train", data=str(lvis_root))
     assert isinstance(ds, LVISDataset) and ds.labels.is_sparse
     assert ds.class_names == ["abacus", "kite", "zebra", "yak"]
     assert ds.frequency_groups == ["r", "c", "f", "r"]
@@ -51,9 +51,21 @@ def test_labels_classes_frequency_and_paths(lvis_root):
     torch.testing.assert_close(target, torch.tensor([0.0, 0.0, -1.0, 1.0]))
 
 
+def test_metadata_folder_comes_first(lvis_root, tmp_path):
+    content = json.loads((lvis_root / "annotations" / "lvis_v1_train.json").read_text())
+    content["images"] = content["images"][2:]  # only image 103 and its annotation
+    content["annotations"] = [a for a in content["annotations"] if a["image_id"] == 103]
+    metadata = tmp_path / "meta"
+    metadata.mkdir()
+    (metadata / "lvis_v1_train.json").write_text(json.dumps(content))
+    ds = build_split("lvis", "train", data=str(lvis_root), metadata=str(metadata))
+    assert ds.ann_file == str(metadata / "lvis_v1_train.json") and ds.image_ids == [103]
+    np.testing.assert_array_equal(ds.labels.to_dense(), EXPECTED[1:])
+
+
 def test_bad_files(lvis_root):
     with pytest.raises(DatasetError, match="lvis_v1_val.json"):
-        lvis_from_args(Namespace(data=str(lvis_root)), "val", transform=None)
+        lvis_dataset("val", data=str(lvis_root))
     content = json.loads((lvis_root / "annotations" / "lvis_v1_train.json").read_text())
     content["categories"][0].pop("frequency")
     (lvis_root / "nofreq.json").write_text(json.dumps(content))

@@ -1,18 +1,17 @@
 """OpenImages readers on tiny fixtures of both formats, with hand-written expected label matrices."""
 
-from argparse import Namespace
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from src.data import build_split
 from src.data.labels import DatasetError
 from src.data.openimages import (
     OpenImagesDataset,
     SkippedLabelsWarning,
     build_label_csr,
-    openimages_from_args,
+    openimages_dataset,
     read_class_list,
 )
 
@@ -89,16 +88,28 @@ def test_official_unknown_mids_can_be_an_error(official):
             str(official / "oidv6-classes-trainable.txt"), "train", unknown_mids="error")
 
 
-def test_official_via_args_and_subset(official):
-    args = Namespace(data=str(official / "images"), metadata=str(official))
+def test_official_found_in_metadata_and_subset(official):
+    folders = {"data": str(official / "images"), "metadata": str(official)}
     with pytest.warns(SkippedLabelsWarning, match="skipped 2 labels"):
-        ds = openimages_from_args(args, "train", transform=None)
+        ds = openimages_dataset("train", data=folders["data"], metadata=folders["metadata"])
+    assert ds.class_names == ["Cat", "Apple", "Bus, red"]  # names from the descriptions file found there
     np.testing.assert_array_equal(ds.labels.to_dense(), OFFICIAL_EXPECTED)
     sub = ds.subset([1])
     assert list(sub.image_ids) == OFFICIAL_IDS[1:] and sub.image_paths[0].endswith("bbb0000000000002.jpg")
     np.testing.assert_array_equal(sub.labels.to_dense(), OFFICIAL_EXPECTED[1:])
     with pytest.raises(DatasetError, match="validation-annotations-human-imagelabels"):
-        openimages_from_args(args, "val", transform=None)
+        openimages_dataset("val", data=folders["data"], metadata=folders["metadata"])
+    with pytest.raises(DatasetError, match="test-annotations-human-imagelabels"):
+        build_split("openimages", "val", **folders, openimages_val_split="test")
+    with pytest.raises(DatasetError, match="2 labels use MIDs that are not in the class list"):
+        build_split("openimages", "train", **folders, unknown_mids="error")
+    # the val split of the official release is read from --openimages_val_split's CSV and folder
+    (official / "oidv6-test-annotations-human-imagelabels.csv").write_text(
+        "ImageID,Source,LabelName,Confidence\nddd0000000000004,verification,/m/0b,1\n")
+    write_jpeg(official / "images" / "test" / "ddd0000000000004.jpg")
+    test = build_split("openimages", "val", **folders, openimages_val_split="test")
+    assert test.image_paths[0] == str(official / "images" / "test" / "ddd0000000000004.jpg")
+    np.testing.assert_array_equal(test.labels.to_dense(), [[-1, -1, 1]])
 
 
 def test_processed_format_labels(processed):
@@ -107,9 +118,9 @@ def test_processed_format_labels(processed):
     assert ds.class_mids == ["/m/0c", "/m/0a", "/m/0b"] and ds.class_names == ["Cat", "Apple", "Bus"]
     np.testing.assert_array_equal(ds.labels.to_dense(), PROCESSED_TRAIN)
     assert ds.image_paths[2] == str(processed / "images" / "train" / "x3.jpg")
-    args = Namespace(data=str(processed / "images"), metadata=str(processed))
-    val = openimages_from_args(args, "val", None)
+    val = build_split("openimages", "val", data=str(processed / "images"), metadata=str(processed))
     np.testing.assert_array_equal(val.labels.to_dense(), [[-1, 0, 1]])
+    assert val.image_paths[0] == str(processed / "images" / "val" / "y1.jpg")
 
 
 def test_processed_format_bad_inputs(processed):

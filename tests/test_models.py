@@ -12,6 +12,7 @@ import copy
 import functools
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ from timm.models.tresnet import TResNet, checkpoint_filter_fn
 from src.models import (
     BottleneckHead,
     CheckpointError,
-    check_num_classes,
+    build_model_from_args,
+    check_model_classes,
     convert_original_to_timm,
     create_model,
     extract_state_dict,
@@ -33,6 +35,7 @@ from src.models import (
     load_pretrained_backbone,
     maybe_compile,
     model_metadata,
+    resolve_bottleneck_head,
     set_grad_checkpointing,
 )
 from src.models.factory import CheckpointedSequential
@@ -298,7 +301,7 @@ def test_loading_signed_abn_weights_without_abs_changes_outputs(m_coco_original,
 @pytest.mark.parametrize('name,bottleneck', [('tresnet_xl', False), ('tresnet_v2_l', True),
                                              ('test_resnet', True)])
 def test_factory_builds_each_name_and_head(name, bottleneck):
-    model = create_model(model_name=name, num_classes='7', do_bottleneck_head=bottleneck)
+    model = create_model(model_name=name, num_classes=7, do_bottleneck_head=bottleneck)
     assert model_metadata(model) == {'model_name': name, 'num_classes': 7, 'do_bottleneck_head': bottleneck,
                                      'bottleneck_features': 512 if bottleneck else None}
     classifier = model.get_submodule(model.pretrained_cfg['classifier'])
@@ -307,8 +310,15 @@ def test_factory_builds_each_name_and_head(name, bottleneck):
         assert classifier.embedding_generator[0].out_features == 512 and classifier.FC.out_features == 7
     else:
         assert isinstance(classifier, torch.nn.Linear) and classifier.out_features == 7
-    if name == 'test_resnet':  # cheap enough to run
-        assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 7)
+    if name == 'test_resnet':  # cheap enough to run: logits = FC(embedding(pooled features)), no activation
+        model.eval()
+        images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            pooled = model.forward_features(images).mean((2, 3))
+            embedding = F.linear(pooled, classifier.embedding_generator[0].weight,
+                                 classifier.embedding_generator[0].bias)
+            expected = F.linear(embedding, classifier.FC.weight, classifier.FC.bias)
+            torch.testing.assert_close(model(images), expected)
     else:  # the layout inference used by load_model recognises every TResNet variant
         assert infer_tresnet_name(model.state_dict()) == name
 
@@ -343,30 +353,75 @@ def test_v2_layout_converts_and_is_recognised():
         assert torch.equal(value, target), key
 
 
-def test_args_and_keyword_forms_agree():
-    args = argparse.Namespace(model_name='tresnet_m', num_classes='80', do_bottleneck_head=True, lr=1e-4)
+def test_paper_call_create_model_args_equals_the_keyword_form():
+    """The paper's ``create_model(args)`` (strings as a command line gives them) builds the same model."""
+    args = argparse.Namespace(model_name='TResNet_M', num_classes='80', do_bottleneck_head='true', lr=1e-4)
     torch.manual_seed(0)
     from_args = create_model(args)
     torch.manual_seed(0)
     from_kwargs = create_model(model_name='tresnet_m', num_classes=80, do_bottleneck_head=True)
+    assert model_metadata(from_args) == model_metadata(from_kwargs)
     assert from_args.num_classes == 80 and isinstance(from_args.num_classes, int)
     state_a, state_b = from_args.state_dict(), from_kwargs.state_dict()
     assert list(state_a) == list(state_b)
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    overridden = create_model(args, model_name='test_resnet', do_bottleneck_head=False, num_classes=3)
-    assert isinstance(overridden.fc, torch.nn.Linear) and overridden.fc.out_features == 3  # keywords win
+    with pytest.raises(TypeError, match=r"either the namespace or keywords"):
+        create_model(args, model_name='test_resnet', num_classes=3)
 
 
-@pytest.mark.parametrize('kwargs,message', [
-    ({'model_name': 'tresnet_m'}, 'num_classes'),
-    ({'model_name': 'tresnet_m', 'num_classes': 'eighty'}, 'num_classes'),
-    ({'model_name': 'tresnet_m', 'num_classes': 0}, 'num_classes'),
-    ({'model_name': 'no_such_net', 'num_classes': 3}, 'no_such_net'),
-    ({'model_name': 'tresnet_m', 'num_classes': 3, 'pretrained': True}, 'local file'),
-    ({'model_name': 'tresnet_m', 'num_classes': 3, 'do_bottleneck_head': 'maybe'}, 'do_bottleneck_head'),
+@pytest.mark.parametrize('settings,bottleneck', [
+    ({'dataset_type': 'openimages', 'do_bottleneck_head': None}, True),  # train.py's default
+    ({'dataset_type': 'coco', 'do_bottleneck_head': None}, False),
+    ({'dataset_type': 'openimages', 'do_bottleneck_head': False}, False),  # --no-do_bottleneck_head
+    ({'dataset_type': 'lvis', 'do_bottleneck_head': True}, True),
+    ({}, False),  # the paper's namespace: neither attribute
+    ({'dataset_type': 'OpenImages'}, True),
 ])
-def test_factory_rejects_bad_settings(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_build_model_from_args_applies_the_openimages_head_rule(settings, bottleneck):
+    args = argparse.Namespace(model_name='test_resnet', num_classes=3, **settings)
+    model = build_model_from_args(args)
+    assert model.do_bottleneck_head is bottleneck
+    assert isinstance(model.fc, BottleneckHead if bottleneck else torch.nn.Linear)
+    resolved = resolve_bottleneck_head(settings.get('do_bottleneck_head'), settings.get('dataset_type'))
+    assert resolved is bottleneck
+
+
+def test_build_model_from_args_reads_every_setting_and_dicts():
+    args = {'model_name': 'test_resnet', 'num_classes': '5', 'grad_checkpointing': 'yes',
+            'channels_last': True, 'drop_path_rate': '0.1', 'bottleneck_features': 16,
+            'do_bottleneck_head': True}
+    model = build_model_from_args(args)
+    assert model_metadata(model) == {'model_name': 'test_resnet', 'num_classes': 5,
+                                     'do_bottleneck_head': True, 'bottleneck_features': 16}
+    assert model.fc.embedding_generator[0].out_features == 16
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
+    assert model.grad_checkpointing  # timm's flag: test_resnet is not a TResNet
+    assert model.layer4[0].drop_path.drop_prob == pytest.approx(0.1)  # timm: linear ramp up to the rate
+    with pytest.raises(ValueError, match='num_classes'):
+        build_model_from_args(argparse.Namespace(model_name='test_resnet'))
+    with pytest.raises(ValueError, match='do_bottleneck_head must be a boolean'):
+        build_model_from_args({'model_name': 'test_resnet', 'num_classes': 2, 'do_bottleneck_head': 'maybe'})
+
+
+@pytest.mark.parametrize('kwargs,error,message', [
+    ({'model_name': 'tresnet_m'}, ValueError, 'num_classes'),
+    ({'num_classes': 3}, ValueError, 'model_name'),
+    ({'model_name': 'tresnet_m', 'num_classes': 'eighty'}, ValueError, 'num_classes'),
+    ({'model_name': 'tresnet_m', 'num_classes': '80'}, ValueError, 'num_classes'),  # no string parsing
+    ({'model_name': 'tresnet_m', 'num_classes': 0}, ValueError, 'num_classes'),
+    ({'model_name': 'tresnet_m', 'num_classes': True}, ValueError, 'num_classes'),
+    ({'model_name': 'no_such_net', 'num_classes': 3}, ValueError, 'no_such_net'),
+    ({'model_name': 'tresnet_m', 'num_classes': 3, 'pretrained': True}, TypeError, 'pretrained'),
+    ({'model_name': 'tresnet_m', 'num_classes': 3, 'do_bottleneck_head': 'maybe'}, ValueError,
+     'do_bottleneck_head'),
+    ({'model_name': 'tresnet_m', 'num_classes': 3, 'do_bottleneck_head': 'false'}, ValueError,
+     'do_bottleneck_head must be True or False'),
+    ({'model_name': 'tresnet_m', 'num_classes': 3, 'grad_checkpointing': 1}, ValueError,
+     'grad_checkpointing'),
+    ({'model_name': 'tresnet_m', 'num_classes': 3, 'drop_path_rate': 1.5}, ValueError, 'drop_path_rate'),
+])
+def test_factory_rejects_bad_settings(kwargs, error, message):
+    with pytest.raises(error, match=message):
         create_model(**kwargs)
 
 
@@ -392,20 +447,40 @@ def test_grad_checkpointing_updates_batchnorm_once_and_keeps_gradients():
 
 
 def test_grad_checkpointing_option_survives_deepcopy_and_eval():
+    torch.manual_seed(0)
     model = create_model(model_name='tresnet_m', num_classes=5, grad_checkpointing=True, channels_last=True)
     assert model.body.conv1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(model.body.layer3, CheckpointedSequential)
+    plain = create_model(model_name='tresnet_m', num_classes=5)  # same weights, neither option
+    plain.load_state_dict(model.state_dict())
     ema = copy.deepcopy(model).eval()
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert ema(torch.rand(1, 3, 32, 32)).shape == (1, 5)
+        torch.testing.assert_close(ema(images), plain.eval()(images))
 
 
-def test_maybe_compile_only_on_cuda_and_num_classes_check():
+def test_maybe_compile_only_on_cuda_and_warns_instead_of_printing(capsys):
     model = create_model(model_name='test_resnet', num_classes=4)
-    assert maybe_compile(model, True, 'cpu') is model
-    assert maybe_compile(model, False, 'cpu') is model
-    check_num_classes(model, 4, 'coco')
-    with pytest.raises(ValueError, match='outputs 4 classes but coco has 80'):
-        check_num_classes(model, 80, 'coco')
+    with pytest.warns(UserWarning, match='torch.compile skipped: only used on CUDA'):
+        assert maybe_compile(model, True, 'cpu') is model
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert maybe_compile(model, False, 'cpu') is model
+    assert capsys.readouterr().out == ''
+
+
+def test_check_model_classes_returns_a_note_instead_of_printing(capsys):
+    names = ['cat', 'dog', 'car']
+    assert check_model_classes(names, names, 'coco') is None
+    assert check_model_classes(['class_0', 'class_1', 'class_2'], names, 'coco') is None  # no stored names
+    note = check_model_classes(['/m/01', '/m/02', 'car'], names, 'the coco set')
+    assert note == ("note: 2 of 3 class names of the checkpoint differ from those of the coco set "
+                    "(e.g. '/m/01' vs 'cat'); assuming the same class order")
+    assert capsys.readouterr().out == ''
+    with pytest.raises(ValueError, match='predicts 2 classes but coco has 3'):
+        check_model_classes(names[:2], names, 'coco')
+    with pytest.raises(ValueError, match='in another order'):
+        check_model_classes(['dog', 'cat', 'car'], names, 'coco')
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -487,11 +562,12 @@ def test_load_pretrained_backbone_from_paper_layout(tmp_path, m_coco_original, c
     head_before = model.head.fc.FC.weight.detach().clone()
     conv3_before = model.body.layer4[2].conv3.conv.weight.detach().clone()
     report = load_pretrained_backbone(model, path)
+    assert capsys.readouterr().out == ''  # the caller prints str(report)
+    assert str(report).startswith('pretrained backbone ') and 'loaded 431 tensors' in str(report)
     assert report.skipped_classifier == ['head.fc.weight', 'head.fc.bias']
     assert [s.split(':')[0] for s in report.skipped_shape] == ['body.layer4.2.conv3.conv.weight']
     assert report.missing == ['body.layer4.2.conv3.conv.weight']
     assert len(report.loaded) == len(m_coco_original) - 2 - 1
-    assert 'loaded 431 tensors' in capsys.readouterr().out
     torch.testing.assert_close(model.body.layer1[0].conv1.bn.weight.detach(),
                                m_coco_original['body.layer1.0.conv1.1.weight'].abs() + 1e-5)
     assert torch.equal(model.head.fc.FC.weight.detach(), head_before)
@@ -502,7 +578,7 @@ def test_load_pretrained_backbone_timm_layout_and_mismatch(tmp_path):
     source = timm.create_model('test_resnet', pretrained=False, num_classes=11)
     torch.save(source.state_dict(), tmp_path / 'timm.pth')
     model = create_model(model_name='test_resnet', num_classes=2)
-    report = load_pretrained_backbone(model, tmp_path / 'timm.pth', verbose=False)
+    report = load_pretrained_backbone(model, tmp_path / 'timm.pth')
     assert report.skipped_classifier == ['fc.weight', 'fc.bias'] and not report.missing
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in source.state_dict().items() if not k.startswith('fc.'))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +18,10 @@ from coco_simulation.simulate import (
     simulate_coco,
     simulate_partial_labels,
 )
+from src.args import data_parser, partial_labels_parser
 from src.data.labels import LabelMatrix
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ALL_MODES = [("fpc", 7), ("rps", 0.4), ("known_ratio", 0.5), ("single_positive", 0)]
 
@@ -284,8 +290,52 @@ def test_training_reads_the_cli_file_through_build_datasets(tiny_coco, tmp_path)
             str(out),
         ]
     )
-    args = SimpleNamespace(dataset_type="coco", data=str(tiny_coco), image_size=32, partial_labels=str(out))
+    parser = argparse.ArgumentParser(parents=[data_parser(), partial_labels_parser()])
+    args = parser.parse_args(["--data", str(tiny_coco), "--metadata", "", "--image-size", "32",
+                              "--partial_labels", str(out)])
     train, _ = build_datasets(args)
     partial = load_partial_labels(out)
     assert (partial == -1).any()  # the file really is partial, so equality below is informative
     np.testing.assert_array_equal(train.labels.to_dense(), partial)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_imports_point_down_and_the_simulation_module_is_pure():
+    """src never imports the top-level coco_simulation package (coco_simulation imports src), and
+    src/data/partial_labels.py neither prints nor reads an args namespace."""
+    offenders = [str(path.relative_to(REPO_ROOT)) for path in sorted((REPO_ROOT / "src").rglob("*.py"))
+                 if any(name.split(".")[0] == "coco_simulation" for name in _imported_modules(path))]
+    assert offenders == []
+    tree = ast.parse((REPO_ROOT / "src" / "data" / "partial_labels.py").read_text(encoding="utf-8"))
+    calls = {node.func.id for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    assert "print" not in calls and "args" not in names and "getattr" not in calls
+
+
+def _print_calls_outside_main(path: Path) -> list[int]:
+    """Line numbers of print() calls that are not inside a function named ``main`` (a command line)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    inside_main = {id(node) for function in ast.walk(tree)
+                   if isinstance(function, ast.FunctionDef) and function.name == "main"
+                   for node in ast.walk(function)}
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+            and id(node) not in inside_main]
+
+
+def test_data_and_model_libraries_print_nothing():
+    paths = [path for package in ("data", "models")
+             for path in sorted((REPO_ROOT / "src" / package).glob("*.py"))]
+    prints = {str(path.relative_to(REPO_ROOT)): _print_calls_outside_main(path) for path in paths}
+    assert {name: lines for name, lines in prints.items() if lines} == {}

@@ -35,15 +35,23 @@ def test_val_pipeline_equals_torchvision_reference():
     torch.testing.assert_close(ToTensor01()(image), transforms.ToTensor()(image), rtol=0, atol=0)
 
 
-def test_train_pipeline_shape_and_range():
-    random.seed(0)
-    np.random.seed(0)
+def test_train_pipeline_is_the_paper_sequence():
+    """Same seeds: Resize -> CutoutPIL(0.5) -> RandAugment -> torchvision ToTensor, step by step."""
     pipeline = pickle.loads(pickle.dumps(build_train_transform(32)))  # DataLoader workers may pickle it
-    assert pipeline.draft_size == (32, 32)
-    for _ in range(20):
+    assert pipeline.draft_size == (32, 32) and build_train_transform(32, draft=False).draft_size is None
+    reference = transforms.Compose([transforms.Resize((32, 32)), CutoutPIL(0.5), RandAugment(),
+                                    transforms.ToTensor()])
+    augmented = 0
+    for seed in range(20):
+        random.seed(seed)
+        np.random.seed(seed)
         out = pipeline(textured_image())
-        assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-        assert 0.0 <= out.min().item() and out.max().item() <= 1.0
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.testing.assert_close(out, reference(textured_image()), rtol=0, atol=0)
+        assert out.dtype == torch.float32 and out.is_contiguous()
+        augmented += not torch.equal(out, build_val_transform(32)(textured_image()))
+    assert augmented == 20  # the cutout alone changes every image
 
 
 def test_cutout_paints_the_expected_rectangle():

@@ -1,35 +1,48 @@
 """Datasets of the CSL reimplementation: COCO 2014, OpenImages V6 and LVIS v1.
 
-`build_datasets(args)` returns ``(train_dataset, val_dataset)`` for ``args.dataset_type``:
+`build_split(dataset_type, split, transform, *, data, metadata, ...)` reads one split with its full labels:
 
-* ``coco``: standard layout ``--data DIR`` with ``DIR/annotations/instances_{train,val}2014.json`` and
-  images in ``DIR/train2014``, ``DIR/val2014``; or the paper code's layout ``--metadata DIR`` with
-  ``DIR/train.json``, ``DIR/val.json`` and images under ``--data`` (joined with each ``file_name``;
-  ``--data/train2014`` / ``--data/val2014`` are used instead when the images are there).
-* ``openimages``: see `src.data.openimages` (``--metadata`` holds the label files, ``--data`` the images).
-* ``lvis``: see `src.data.lvis` (``lvis_v1_{train,val}.json`` in ``--metadata``, ``--data/annotations``
-  or ``--data``; images in ``--data/train2017``, ``--data/val2017``).
+* ``coco``: standard layout ``data`` = DIR with ``DIR/annotations/instances_{train,val}2014.json`` and
+  images in ``DIR/train2014``, ``DIR/val2014``; or the paper code's layout ``metadata`` = DIR with
+  ``DIR/train.json``, ``DIR/val.json`` and images under ``data`` (joined with each ``file_name``;
+  ``data/train2014`` / ``data/val2014`` are used instead when the images are there).
+* ``openimages``: see `src.data.openimages` (``metadata`` holds the label files, ``data`` the images).
+* ``lvis``: see `src.data.lvis` (``lvis_v1_{train,val}.json`` in ``metadata``, ``data/annotations``
+  or ``data``; images in ``data/train2017``, ``data/val2017``).
 
-The train set gets the train pipeline (Resize, CutoutPIL, RandAugment, ToTensor), the val set the val
-pipeline; ``args.jpeg_draft=False`` disables JPEG draft decoding (see `src.data.image_io`).
-Partial labels are applied to the train set only: ``args.partial_labels`` (a file written by
-``python -m coco_simulation``) or ``args.simulate_partial_type`` / ``args.simulate_partial_param``
-(simulated on the fly with ``args.seed``); giving both is an error.
+`apply_partial_labels(dataset, *, partial_labels, simulate_type, simulate_param, seed)` replaces the labels
+of a dataset by a partial label file (written by ``python -m coco_simulation``) or by a simulated draw,
+and returns the simulation summary (None for a file or no change); it prints nothing, the caller reports
+the draw with `describe_simulation`.
 
-Submodules are imported lazily so that ``from src.data.labels import LabelMatrix`` stays light.
+`build_datasets(args)` is the one reader of the command-line namespace for the data: it returns
+``(train_dataset, val_dataset)`` for ``args.dataset_type`` (`build_datasets_with_summary` also returns the
+simulation summary). The train set gets the train pipeline (Resize, CutoutPIL, RandAugment, ToTensor),
+the val set the val pipeline; ``args.jpeg_draft=False`` disables JPEG draft decoding (see
+`src.data.image_io`). Partial labels are applied to the train set only: ``args.partial_labels`` or
+``args.simulate_partial_type`` / ``args.simulate_partial_param`` (simulated with ``args.seed``); giving
+both is an error.
 """
 
 from __future__ import annotations
 
 import os
 
+from src.data.coco import CocoDetection
 from src.data.labels import DatasetError, LabelMatrix
+from src.data.lvis import lvis_dataset
+from src.data.openimages import openimages_dataset
 from src.data.partial_labels import describe_simulation, load_partial_labels, simulate_dataset
-from src.utils.distributed import get_rank
+from src.data.transforms import build_train_transform, build_val_transform
 
-__all__ = ["DatasetError", "LabelMatrix", "build_datasets", "resolve_coco_files"]
+__all__ = [
+    "DATASET_TYPES", "SPLITS", "DatasetError", "LabelMatrix", "apply_partial_labels", "build_datasets",
+    "build_datasets_with_summary", "build_split", "build_split_from_args", "describe_simulation",
+    "resolve_coco_files",
+]
 
 DATASET_TYPES = ("coco", "openimages", "lvis")
+SPLITS = ("train", "val")
 
 
 def _first_existing_dir(candidates: list[str], probe_name: str | None) -> str:
@@ -71,61 +84,70 @@ def resolve_coco_files(data: str, metadata: str | None, split: str) -> tuple[str
                        f"Download COCO 2014 or fix --data / --metadata")
 
 
-def build_split(args, dataset_type: str, split: str, transform):
-    """One split ('train' or 'val') of ``dataset_type`` with its full labels, from train.py's flags."""
-    data = getattr(args, "data", "./data")
-    metadata = getattr(args, "metadata", None)
-    skip_bad = bool(getattr(args, "skip_bad_images", False))
+
+def build_split(dataset_type: str, split: str, transform=None, *, data: str, metadata: str | None = None,
+                skip_bad_images: bool = False, unknown_mids: str | None = None,
+                openimages_val_split: str = "validation"):
+    """One split ('train' or 'val') of ``dataset_type`` with its full labels (see the module docstring).
+
+    ``skip_bad_images`` drops unreadable images at start-up; ``unknown_mids`` ('error', 'skip' or None for
+    the format's default) and ``openimages_val_split`` ('validation' or 'test') apply to OpenImages only.
+    """
+    if dataset_type not in DATASET_TYPES:
+        raise ValueError(f"dataset_type must be one of {DATASET_TYPES}, got {dataset_type!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if dataset_type == "coco":
-        from src.data.coco import CocoDetection
-
         root, ann_file = resolve_coco_files(data, metadata, split)
-        return CocoDetection(root, ann_file, transform=transform, skip_bad_images=skip_bad)
+        return CocoDetection(root, ann_file, transform=transform, skip_bad_images=skip_bad_images)
     if dataset_type == "openimages":
-        from src.data.openimages import openimages_from_args
-
-        return openimages_from_args(args, split, transform)
-    from src.data.lvis import lvis_from_args
-
-    return lvis_from_args(args, split, transform)
+        return openimages_dataset(split, transform, data=data, metadata=metadata,
+                                  skip_bad_images=skip_bad_images, unknown_mids=unknown_mids,
+                                  val_split=openimages_val_split)
+    return lvis_dataset(split, transform, data=data, metadata=metadata, skip_bad_images=skip_bad_images)
 
 
-def apply_partial_labels(args, train_dataset):
-    """Replace the training labels by --partial_labels FILE or a --simulate_partial_type draw (if any)."""
-    partial_path = getattr(args, "partial_labels", None)
-    simulate_type = getattr(args, "simulate_partial_type", None)
-    if partial_path and simulate_type:
+def apply_partial_labels(dataset, *, partial_labels: str | None = None, simulate_type: str | None = None,
+                         simulate_param: float | None = None, seed: int = 0) -> dict | None:
+    """Replace the labels of ``dataset`` (in place) by the partial label file ``partial_labels`` or by a
+    ``simulate_type`` draw (`src.data.partial_labels`, with ``simulate_param`` and ``seed``); neither:
+    unchanged. Returns the simulation summary (report it with `describe_simulation`), else None."""
+    if partial_labels and simulate_type:
         raise ValueError("give either --partial_labels FILE or --simulate_partial_type MODE, not both: the "
                          "file already holds simulated labels")
-    if partial_path:
-        loaded = load_partial_labels(partial_path, class_names=list(train_dataset.class_names),
-                                     image_ids=list(train_dataset.image_ids))
-        labels = loaded[0] if isinstance(loaded, tuple) else loaded
-        labels = labels["labels"] if isinstance(labels, dict) else labels
-        train_dataset.set_labels(labels)
-    elif simulate_type:
-        seed = getattr(args, "seed", None) or 0
-        param = getattr(args, "simulate_partial_param", None)
-        summary = simulate_dataset(train_dataset, simulate_type, param, seed)
-        if get_rank() == 0:
-            print(describe_simulation(simulate_type, args.simulate_partial_param, seed, summary))
-    return train_dataset
+    if partial_labels:
+        dataset.set_labels(load_partial_labels(partial_labels, class_names=list(dataset.class_names),
+                                               image_ids=list(dataset.image_ids)))
+        return None
+    if simulate_type:
+        return simulate_dataset(dataset, simulate_type, simulate_param, seed)
+    return None
+
+
+def build_split_from_args(args, split: str, transform=None):
+    """`build_split` for ``args.dataset_type`` with the data flags of ``args`` (src.args.data_parser)."""
+    return build_split(str(args.dataset_type).lower(), split, transform, data=args.data,
+                       metadata=args.metadata, skip_bad_images=args.skip_bad_images,
+                       unknown_mids=args.unknown_mids, openimages_val_split=args.openimages_val_split)
+
+
+def build_datasets_with_summary(args):
+    """(train_dataset, val_dataset, simulation summary or None) described by ``args`` (module docstring)."""
+    train_transform = build_train_transform(args.image_size, draft=args.jpeg_draft)
+    val_transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
+    train_dataset = build_split_from_args(args, "train", train_transform)
+    val_dataset = build_split_from_args(args, "val", val_transform)
+    if list(train_dataset.class_names) != list(val_dataset.class_names):
+        raise DatasetError(f"{args.dataset_type}: the train and val annotation files list different classes "
+                           f"({len(train_dataset.class_names)} vs {len(val_dataset.class_names)}); use files "
+                           f"from the same release")
+    summary = apply_partial_labels(train_dataset, partial_labels=args.partial_labels,
+                                   simulate_type=args.simulate_partial_type,
+                                   simulate_param=args.simulate_partial_param, seed=args.seed)
+    return train_dataset, val_dataset, summary
 
 
 def build_datasets(args):
     """(train_dataset, val_dataset) described by ``args`` (see the module docstring)."""
-    from src.data.transforms import build_train_transform, build_val_transform
-
-    dataset_type = str(getattr(args, "dataset_type", "coco")).lower()
-    if dataset_type not in DATASET_TYPES:
-        raise ValueError(f"--dataset_type must be one of {DATASET_TYPES}, got {dataset_type!r}")
-    image_size = getattr(args, "image_size", 448)
-    draft = bool(getattr(args, "jpeg_draft", True))  # False: bit-exact full-resolution JPEG decoding
-    train_dataset = build_split(args, dataset_type, "train", build_train_transform(image_size, draft=draft))
-    val_dataset = build_split(args, dataset_type, "val", build_val_transform(image_size, draft=draft))
-    if list(train_dataset.class_names) != list(val_dataset.class_names):
-        raise DatasetError(f"{dataset_type}: the train and val annotation files list different classes "
-                           f"({len(train_dataset.class_names)} vs {len(val_dataset.class_names)}); use files "
-                           f"from the same release")
-    train_dataset = apply_partial_labels(args, train_dataset)
+    train_dataset, val_dataset, _ = build_datasets_with_summary(args)
     return train_dataset, val_dataset

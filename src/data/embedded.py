@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import struct
+import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,8 @@ from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
+
+from src.utils.cli import run_cli
 
 SHAPES = ("circle", "square", "triangle", "plus", "ring", "diamond")
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
@@ -666,8 +669,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    from src.utils.cli import run_cli
-
     sys.exit(run_cli(main))

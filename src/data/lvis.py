@@ -105,15 +105,15 @@ class LVISDataset(MultiLabelImageDataset):
         self.image_paths = [os.path.join(self.root, _relative_path(images[r], self.ann_file)) for r in keep]
 
 
-def lvis_from_args(args, split: str, transform) -> LVISDataset:
-    """LVIS split 'train' or 'val': JSON in --metadata, --data/annotations or --data; images under --data."""
-    data = getattr(args, "data", "./data")
+def lvis_dataset(split: str, transform=None, *, data: str, metadata: str | None = None,
+                 skip_bad_images: bool = False) -> LVISDataset:
+    """Split 'train' or 'val': ``lvis_v1_{split}.json`` from ``metadata``, ``data/annotations`` or ``data``
+    (the first that has it); images under ``data``."""
     name = f"lvis_v1_{split}.json"
-    folders = [f for f in (getattr(args, "metadata", None), os.path.join(data, "annotations"), data) if f]
+    folders = [f for f in (metadata, os.path.join(data, "annotations"), data) if f]
     candidates = [os.path.join(folder, name) for folder in folders]
     ann_file = next((c for c in candidates if os.path.isfile(c)), candidates[0])
     if not os.path.isfile(ann_file):
         raise DatasetError(f"LVIS {split} annotations not found; looked for {candidates}. Download {name} "
                            f"and pass its folder as --metadata")
-    return LVISDataset(data, ann_file, transform=transform,
-                       skip_bad_images=bool(getattr(args, "skip_bad_images", False)))
+    return LVISDataset(data, ann_file, transform=transform, skip_bad_images=bool(skip_bad_images))

@@ -50,6 +50,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import torch
 
 from src.data.base import MultiLabelImageDataset, require_dir, require_file
 from src.data.image_io import PathSequence
@@ -93,8 +94,6 @@ def read_class_list(path: str) -> tuple[list[str], list[str] | None]:
 
 def read_mid_to_classes(path: str, trust_pickle: bool = False) -> tuple[list[str], list[str]]:
     """(MIDs in key order, display names) from the authors' ``mid_to_classes.pth``."""
-    import torch
-
     require_file(path, "OpenImages mid_to_classes.pth", "It ships with the authors' processed release, "
                  "next to data.csv (pass its folder as --metadata)")
     try:
@@ -324,20 +323,26 @@ def _glob_one(folder: str, patterns: list[str]) -> str | None:
     return None
 
 
-def openimages_from_args(args, split: str, transform) -> OpenImagesDataset:
-    """Dataset for split 'train' or 'val' from ``--data`` (images) and ``--metadata`` (label files)."""
-    root = getattr(args, "data", "./data")
-    metadata = getattr(args, "metadata", None) or root
-    common = {"transform": transform, "skip_bad_images": bool(getattr(args, "skip_bad_images", False))}
-    policy = getattr(args, "unknown_mids", None)
-    if policy:
-        common["unknown_mids"] = policy
+def openimages_dataset(split: str, transform=None, *, data: str, metadata: str | None = None,
+                       skip_bad_images: bool = False, unknown_mids: str | None = None,
+                       val_split: str = "validation") -> OpenImagesDataset:
+    """Split 'train' or 'val': images under ``data``, label files in ``metadata`` (default: ``data``).
+
+    ``metadata`` holds either the authors' ``data.csv`` + ``mid_to_classes.pth`` (the val split is the
+    first of ``val`` / ``validation`` / ``test`` present in data.csv) or the official CSVs (the val split
+    is ``val_split``: ``validation`` or ``test``).  ``unknown_mids`` None keeps each format's default
+    ('skip' for the official CSVs, 'error' for data.csv).
+    """
+    metadata = metadata or data
+    common = {"transform": transform, "skip_bad_images": bool(skip_bad_images)}
+    if unknown_mids:
+        common["unknown_mids"] = unknown_mids
     data_csv = os.path.join(metadata, "data.csv")
     if os.path.isfile(data_csv):
         names = ("train",) if split == "train" else ("val", "validation", "test")
-        return OpenImagesDataset.from_processed(root, data_csv, os.path.join(metadata, "mid_to_classes.pth"),
+        return OpenImagesDataset.from_processed(data, data_csv, os.path.join(metadata, "mid_to_classes.pth"),
                                                 split=names, **common)
-    split_dir = "train" if split == "train" else getattr(args, "openimages_val_split", "validation")
+    split_dir = "train" if split == "train" else val_split
     annotations = _glob_one(metadata, [f"*{split_dir}-annotations-human-imagelabels*.csv"])
     classes = _glob_one(metadata, ["*classes-trainable*.txt", "*class-descriptions*.csv"])
     descriptions = _glob_one(metadata, ["*class-descriptions*.csv"])
@@ -346,5 +351,5 @@ def openimages_from_args(args, split: str, transform) -> OpenImagesDataset:
                            f"mid_to_classes.pth (authors' release) or *{split_dir}-annotations-human-"
                            f"imagelabels*.csv + oidv6-classes-trainable.txt (official release). "
                            f"Fix --metadata")
-    return OpenImagesDataset.from_official(root, annotations, classes, split_dir,
+    return OpenImagesDataset.from_official(data, annotations, classes, split_dir,
                                            descriptions_csv=descriptions, **common)

@@ -9,11 +9,12 @@ from src.models.checkpoint_convert import (
 from src.models.factory import (
     TRESNET_NAMES,
     BottleneckHead,
+    build_model_from_args,
     check_model_classes,
-    check_num_classes,
     create_model,
     maybe_compile,
     model_metadata,
+    resolve_bottleneck_head,
     set_grad_checkpointing,
 )
 from src.models.loading import (
@@ -29,9 +30,8 @@ from src.models.loading import (
 
 __all__ = [
     'TRESNET_ARCHS', 'TRESNET_NAMES', 'BackboneLoadReport', 'BottleneckHead', 'CheckpointError',
-    'CheckpointNotFoundError', 'check_model_classes', 'check_num_classes', 'convert_original_to_timm',
-    'create_model',
-    'extract_state_dict', 'infer_tresnet_name', 'is_original_tresnet_layout', 'load_model',
+    'CheckpointNotFoundError', 'build_model_from_args', 'check_model_classes', 'convert_original_to_timm',
+    'create_model', 'extract_state_dict', 'infer_tresnet_name', 'is_original_tresnet_layout', 'load_model',
     'load_pretrained_backbone', 'maybe_compile', 'model_metadata', 'read_checkpoint_file',
-    'set_grad_checkpointing', 'to_timm_layout',
+    'resolve_bottleneck_head', 'set_grad_checkpointing', 'to_timm_layout',
 ]

@@ -18,13 +18,21 @@ remains (documented, not corrected).
 
 ``channels_last`` converts the parameters only; feed channels_last inputs for the speed-up.
 ``torch.compile`` is applied by :func:`maybe_compile` only when asked for and on CUDA.
+
+Settings. :func:`create_model` takes typed keywords and parses nothing; :func:`build_model_from_args` is
+the one reader of a namespace (train.py's arguments, or the paper's for ``create_model(args)``): it
+parses command-line strings and applies the defaults, e.g. the OpenImages bottleneck head rule
+(:func:`resolve_bottleneck_head`). Nothing here prints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import numbers
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from types import SimpleNamespace
 
 import timm
 import torch
@@ -37,18 +45,7 @@ from src.models.checkpoint_convert import TRESNET_ARCHS
 
 TRESNET_NAMES = tuple(TRESNET_ARCHS)
 DEFAULT_BOTTLENECK_FEATURES = 512
-
-# name -> default; read from kwargs first, then from args (attribute or mapping key).
-_SETTINGS = {
-    'model_name': 'tresnet_m',
-    'num_classes': None,
-    'do_bottleneck_head': False,
-    'bottleneck_features': DEFAULT_BOTTLENECK_FEATURES,
-    'grad_checkpointing': False,
-    'channels_last': False,
-    'drop_path_rate': 0.0,
-}
-
+DEFAULT_MODEL_NAME = 'tresnet_m'  # the paper's default (--model_name)
 
 class BottleneckHead(nn.Module):
     """The paper's OpenImages classifier: Linear(features -> bottleneck), Linear(bottleneck -> classes)."""
@@ -117,36 +114,6 @@ def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> None:
             setattr(model.body, name, stage_cls(OrderedDict(stage.named_children())))
 
 
-def _read_setting(args, kwargs: dict, name: str):
-    if name in kwargs:
-        return kwargs[name]
-    if isinstance(args, Mapping):
-        return args.get(name, _SETTINGS[name])
-    return getattr(args, name, _SETTINGS[name])
-
-
-def parse_bool(value, name: str) -> bool:
-    """bool from a bool, 0/1 or a command-line string ('true'/'false', 'yes'/'no', '1'/'0')."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ('true', 'yes', '1', 'false', 'no', '0'):
-        return value.strip().lower() in ('true', 'yes', '1')
-    raise ValueError(f'{name} must be a boolean (true/false), got {value!r}')
-
-
-def parse_num_classes(value, source: str = 'num_classes') -> int:
-    """Positive int from an int or a command-line string such as '80'."""
-    try:
-        number = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        number = None
-    if number is None or isinstance(value, bool) or number < 1:
-        raise ValueError(f'{source} must be a positive integer (e.g. 80 for COCO), got {value!r}')
-    return number
-
-
 def _build_timm_model(model_name: str, num_classes: int, drop_path_rate: float) -> nn.Module:
     if not timm.is_model(model_name):
         raise ValueError(f'model_name {model_name!r} is not a timm model; use one of {TRESNET_NAMES} '
@@ -168,42 +135,142 @@ def _install_bottleneck_head(model: nn.Module, num_classes: int, bottleneck_feat
     setattr(parent, attr, BottleneckHead(in_features, num_classes, bottleneck_features))
 
 
-def create_model(args=None, **kwargs) -> nn.Module:
-    """Build a classifier; settings come from ``kwargs``, then ``args`` (namespace or dict), then defaults.
+def _require_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f'{name} must be True or False, got {value!r}')
+    return value
 
-    Settings: model_name ('tresnet_m', 'tresnet_l', 'tresnet_xl', 'tresnet_v2_l' or any timm name),
-    num_classes (required; strings like '80' accepted), do_bottleneck_head (OpenImages head),
-    bottleneck_features (512), grad_checkpointing, channels_last, drop_path_rate. Nothing is
-    downloaded: load weights with :func:`src.models.load_pretrained_backbone` or ``load_model``.
-    The model gets attributes ``model_name``, ``num_classes``, ``do_bottleneck_head`` and
-    ``bottleneck_features`` (see :func:`model_metadata`).
+
+def _require_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f'{name} must be a positive integer (e.g. 80 classes for COCO), got {value!r}')
+    return int(value)
+
+
+def _require_rate(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f'{name} must be a number in [0, 1), got {value!r}')
+    return float(value)
+
+
+_KEYWORD_DEFAULTS = {
+    'model_name': None, 'num_classes': None, 'do_bottleneck_head': False,
+    'bottleneck_features': DEFAULT_BOTTLENECK_FEATURES, 'grad_checkpointing': False, 'channels_last': False,
+    'drop_path_rate': 0.0,
+}
+
+
+def create_model(args=None, /, *, model_name: str | None = None, num_classes: int | None = None,
+                 do_bottleneck_head: bool = False, bottleneck_features: int = DEFAULT_BOTTLENECK_FEATURES,
+                 grad_checkpointing: bool = False, channels_last: bool = False,
+                 drop_path_rate: float = 0.0) -> nn.Module:
+    """Build a classifier from typed keywords (``model_name`` and ``num_classes`` are required).
+
+    model_name: 'tresnet_m', 'tresnet_l', 'tresnet_xl', 'tresnet_v2_l' or any timm name; num_classes: a
+    positive int; do_bottleneck_head: the paper's OpenImages head with ``bottleneck_features`` (512)
+    features; grad_checkpointing, channels_last (bools), drop_path_rate (in [0, 1)). Values are not
+    parsed: a string such as '80' or 'true' is an error (`build_model_from_args` parses a namespace).
+    Nothing is downloaded: load weights with :func:`src.models.load_pretrained_backbone` or
+    ``load_model``. The model gets attributes ``model_name``, ``num_classes``, ``do_bottleneck_head``
+    and ``bottleneck_features`` (see :func:`model_metadata`).
+
+    ``create_model(args)``, with a namespace (or dict) as the only argument, is the paper code's call:
+    it is `build_model_from_args(args)`.
     """
-    unknown = set(kwargs) - set(_SETTINGS)
-    if unknown:
-        if kwargs.get('pretrained'):
-            raise ValueError('create_model(pretrained=True) is not supported (nothing is downloaded); '
-                             'use load_pretrained_backbone(model, path) with a local file')
-        raise ValueError(f'create_model got unknown settings {sorted(unknown)}; known: {sorted(_SETTINGS)}')
-    settings = {name: _read_setting(args, kwargs, name) for name in _SETTINGS}
-    if settings['num_classes'] is None:
-        raise ValueError('create_model needs num_classes (args.num_classes or num_classes=...)')
-    model_name = str(settings['model_name']).lower()
-    num_classes = parse_num_classes(settings['num_classes'])
-    do_bottleneck_head = parse_bool(settings['do_bottleneck_head'], 'do_bottleneck_head')
-    bottleneck_features = parse_num_classes(settings['bottleneck_features'], 'bottleneck_features')
+    given = {'model_name': model_name, 'num_classes': num_classes, 'do_bottleneck_head': do_bottleneck_head,
+             'bottleneck_features': bottleneck_features, 'grad_checkpointing': grad_checkpointing,
+             'channels_last': channels_last, 'drop_path_rate': drop_path_rate}
+    if args is not None:
+        mixed = sorted(name for name, value in given.items() if value != _KEYWORD_DEFAULTS[name])
+        if mixed:
+            raise TypeError(f'create_model(args) reads every setting from args; got keywords {mixed} too. '
+                            'Pass either the namespace or keywords')
+        return build_model_from_args(args)
+    if model_name is None or num_classes is None:
+        raise ValueError('create_model needs model_name=... and num_classes=... (or a namespace with '
+                         'model_name and num_classes: create_model(args))')
+    if not isinstance(model_name, str):
+        raise ValueError(f'model_name must be a timm model name (str), got {model_name!r}')
+    num_classes = _require_positive_int(num_classes, 'num_classes')
+    do_bottleneck_head = _require_bool(do_bottleneck_head, 'do_bottleneck_head')
+    bottleneck_features = _require_positive_int(bottleneck_features, 'bottleneck_features')
+    grad_checkpointing = _require_bool(grad_checkpointing, 'grad_checkpointing')
+    channels_last = _require_bool(channels_last, 'channels_last')
+    drop_path_rate = _require_rate(drop_path_rate, 'drop_path_rate')
 
-    model = _build_timm_model(model_name, num_classes, settings['drop_path_rate'])
+    model = _build_timm_model(model_name, num_classes, drop_path_rate)
     if do_bottleneck_head:
         _install_bottleneck_head(model, num_classes, bottleneck_features)
     model.model_name = model_name
     model.num_classes = num_classes
     model.do_bottleneck_head = do_bottleneck_head
     model.bottleneck_features = bottleneck_features if do_bottleneck_head else None
-    if parse_bool(settings['grad_checkpointing'], 'grad_checkpointing'):
+    if grad_checkpointing:
         set_grad_checkpointing(model, True)
-    if parse_bool(settings['channels_last'], 'channels_last'):
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+# ------------------------------------------------------------------------------------ from a namespace
+def parse_bool(value, name: str) -> bool:
+    """bool from a bool, 0/1 or a command-line string ('true'/'false', 'yes'/'no', '1'/'0')."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ('true', 'yes', '1', 'false', 'no', '0'):
+        return value.strip().lower() in ('true', 'yes', '1')
+    raise ValueError(f'{name} must be a boolean (true/false), got {value!r}')
+
+
+def parse_positive_int(value, name: str) -> int:
+    """Positive int from an int or a command-line string such as '80'."""
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        number = None
+    if number is None or isinstance(value, bool) or number < 1:
+        raise ValueError(f'{name} must be a positive integer (e.g. 80 for COCO), got {value!r}')
+    return number
+
+
+def resolve_bottleneck_head(do_bottleneck_head, dataset_type) -> bool:
+    """--do_bottleneck_head as given (a bool or a string such as 'true'), or when it is None the paper's
+    choice: on for --dataset_type openimages (its OpenImages models have the head), off otherwise."""
+    if do_bottleneck_head is None:
+        return str(dataset_type).lower() == 'openimages'
+    return parse_bool(do_bottleneck_head, 'do_bottleneck_head')
+
+
+def build_model_from_args(args) -> nn.Module:
+    """The model that a namespace (or dict) describes: train.py's arguments or the paper code's.
+
+    The one place where model settings are read from a namespace: ``num_classes`` (required; strings
+    such as '80' accepted), ``model_name`` (default 'tresnet_m', lower-cased), ``do_bottleneck_head``
+    (None or absent: `resolve_bottleneck_head` with ``dataset_type``), ``bottleneck_features`` (512),
+    ``grad_checkpointing``, ``channels_last`` (false; 'true'/'false' strings accepted) and
+    ``drop_path_rate`` (0); attributes the namespace lacks take these defaults.
+    """
+    if isinstance(args, Mapping):
+        args = SimpleNamespace(**args)
+    num_classes = getattr(args, 'num_classes', None)
+    if num_classes is None:
+        raise ValueError('the model needs num_classes (--num-classes, or args.num_classes)')
+    model_name = getattr(args, 'model_name', DEFAULT_MODEL_NAME)
+    if model_name is None:
+        raise ValueError('the model needs model_name (--model-name, e.g. tresnet_m)')
+    return create_model(
+        model_name=str(model_name).strip().lower(),
+        num_classes=parse_positive_int(num_classes, 'num_classes'),
+        do_bottleneck_head=resolve_bottleneck_head(getattr(args, 'do_bottleneck_head', None),
+                                                   getattr(args, 'dataset_type', None)),
+        bottleneck_features=parse_positive_int(
+            getattr(args, 'bottleneck_features', DEFAULT_BOTTLENECK_FEATURES), 'bottleneck_features'),
+        grad_checkpointing=parse_bool(getattr(args, 'grad_checkpointing', False), 'grad_checkpointing'),
+        channels_last=parse_bool(getattr(args, 'channels_last', False), 'channels_last'),
+        drop_path_rate=float(getattr(args, 'drop_path_rate', 0.0)),
+    )
 
 
 def model_metadata(model: nn.Module) -> dict:
@@ -218,45 +285,38 @@ def model_metadata(model: nn.Module) -> dict:
     }
 
 
-def check_num_classes(model: nn.Module, num_classes: int, source: str = 'the dataset') -> None:
-    """Raise a clear error when the model's output size differs from the number of classes of ``source``."""
-    model_classes = model_metadata(model)['num_classes']
-    if model_classes != int(num_classes):
-        raise ValueError(f'the model outputs {model_classes} classes but {source} has {num_classes}; '
-                         'use a checkpoint trained on this class list, or set --num-classes to match')
-
-
-def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[str], dataset: str,
-                        verbose: bool = True) -> None:
+def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[str],
+                        dataset: str) -> str | None:
     """The model predicts the dataset's classes: same number (else ValueError); same names in the same
     order, unless the checkpoint stores no names ('class_<i>'). The same names in another order are an
-    error (scores would be paired with the wrong classes); other names (e.g. OpenImages MIDs in a paper
-    checkpoint vs display names in the dataset) only print a note (when ``verbose``: pass False on
-    every rank but 0) and the order is trusted."""
+    error (scores would be paired with the wrong classes). Other names (e.g. OpenImages MIDs in a paper
+    checkpoint vs display names in the dataset) are accepted, trusting the order: the returned note says
+    so (the caller prints it, on rank 0); None when there is nothing to note."""
     model_classes, dataset_classes = list(model_classes), list(dataset_classes)
     if len(model_classes) != len(dataset_classes):
         raise ValueError(f"--model-path: the model predicts {len(model_classes)} classes but {dataset} has "
                          f"{len(dataset_classes)}; pass a checkpoint trained on this dataset (or the right "
                          f"--dataset_type)")
     if model_classes == dataset_classes or all(n == f"class_{i}" for i, n in enumerate(model_classes)):
-        return
+        return None
     if sorted(model_classes) == sorted(dataset_classes):
         raise ValueError(f"--model-path: the checkpoint lists the classes of {dataset} in another order "
                          f"(e.g. {model_classes[:3]} vs {dataset_classes[:3]}); its scores would be paired "
                          f"with the wrong classes. Use the annotation files it was trained with")
-    if not verbose:
-        return
     differing = sum(a != b for a, b in zip(model_classes, dataset_classes))
-    print(f"note: {differing} of {len(model_classes)} class names of the checkpoint differ from those of "
-          f"{dataset} (e.g. {model_classes[0]!r} vs {dataset_classes[0]!r}); assuming the same class order")
+    return (f"note: {differing} of {len(model_classes)} class names of the checkpoint differ from those of "
+            f"{dataset} (e.g. {model_classes[0]!r} vs {dataset_classes[0]!r}); assuming the same class order")
 
 
 def maybe_compile(model: nn.Module, enabled: bool, device) -> nn.Module:
-    """``torch.compile(model)`` when enabled and ``device`` is CUDA; otherwise the model unchanged."""
+    """``torch.compile(model)`` when enabled and ``device`` is CUDA; otherwise the model unchanged.
+
+    A UserWarning says when compile is skipped (not CUDA) or only partly applies (checkpointed stages)."""
     if enabled and torch.device(device).type == 'cuda':
         if any(isinstance(m, CheckpointedSequential) for m in model.modules()):
-            print('torch.compile with gradient checkpointing: the checkpointed stages run eagerly')
+            warnings.warn('torch.compile with gradient checkpointing: the checkpointed stages run eagerly',
+                          stacklevel=2)
         return torch.compile(model)
     if enabled:
-        print(f'torch.compile skipped: only used on CUDA (device is {device})')
+        warnings.warn(f'torch.compile skipped: only used on CUDA (device is {device})', stacklevel=2)
     return model

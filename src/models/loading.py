@@ -248,12 +248,12 @@ def _classifier_prefix(model: nn.Module) -> str:
     return classifier if isinstance(classifier, str) else classifier[0]
 
 
-def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = True,
-                             verbose: bool = True) -> BackboneLoadReport:
+def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = True) -> BackboneLoadReport:
     """Load ImageNet-1k/21k weights (paper InPlaceABN or timm layout) into ``model`` except the classifier.
 
     Tensors whose shape differs from the model's are skipped and reported; the classifier (``head.fc*``
-    for TResNets) is never loaded. Raises CheckpointError when nothing at all fits the model.
+    for TResNets) is never loaded. Raises CheckpointError when nothing at all fits the model. Prints
+    nothing: the returned report's ``str()`` is the summary for the caller to print.
     """
     checkpoint = read_checkpoint_file(path, allow_pickle=allow_pickle)
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path))
@@ -280,6 +280,4 @@ def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = True,
                               'expected a pretrained backbone of the same architecture in the paper '
                               '(InPlaceABN) or timm layout')
     target.load_state_dict(to_load, strict=False)
-    if verbose:
-        print(report)
     return report
