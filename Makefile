@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test test-fast lint demo bench clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,11 @@ lint: venv
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the end-to-end runs marked slow (make test runs them all).
+test-fast: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 demo: venv
 	$(PY) reproduce.py

@@ -20,7 +20,9 @@ import os
 from src.data import DATASET_TYPES
 from src.data.partial_labels import SIMULATION_MODES
 from src.loss_functions import PARTIAL_LOSS_MODES
+from src.loss_functions.factory import LOSS_FLAG_DEFAULTS
 from src.utils.amp import AMP_DTYPES
+from src.utils.cli import MissingFileError
 from src.utils.io import prepare_output_file  # noqa: F401 - re-exported: the scripts' output check
 
 PAPER_DEFAULT_MODEL_PATH = "./tresnet_m.pth"
@@ -90,9 +92,10 @@ def is_none_path(path: str | None) -> bool:
 
 
 def require_file(path: str, flag: str, what: str, hint: str) -> str:
-    """``path`` when it is a file; else a FileNotFoundError naming the flag, what was expected and the fix."""
+    """``path`` when it is a file; else a MissingFileError (a FileNotFoundError) naming the flag, what was
+    expected and the fix."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag}: {what} {path!r} does not exist; {hint}")
+        raise MissingFileError(f"{flag}: {what} {path!r} does not exist; {hint}")
     return path
 
 
@@ -144,10 +147,19 @@ def partial_labels_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unsafe_pickle_parser() -> argparse.ArgumentParser:
+    """--unsafe_pickle: the one way to load a checkpoint that a safe load (weights_only) refuses."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_flag(parser, "--unsafe_pickle", action="store_true",
+             help="allow checkpoints that hold arbitrary Python objects (torch.load weights_only=False). "
+                  "Loading such a file can execute code: only for files from a source you trust")
+    return parser
+
+
 def model_parser(path_default: str | None = PAPER_DEFAULT_MODEL_PATH,
                  name_default: str | None = "tresnet_m") -> argparse.ArgumentParser:
-    """--model-name and --model-path (required when ``path_default`` is None)."""
-    parser = argparse.ArgumentParser(add_help=False)
+    """--model-name and --model-path (required when ``path_default`` is None), --unsafe_pickle."""
+    parser = argparse.ArgumentParser(add_help=False, parents=[unsafe_pickle_parser()])
     group = parser.add_argument_group("model")
     add_flag(group, "--model-name", type=str, default=name_default,
              help="architecture: tresnet_m, tresnet_l, tresnet_xl or any timm model name"
@@ -201,24 +213,25 @@ def optimisation_parser() -> argparse.ArgumentParser:
 
 
 def _add_loss_flags(parser) -> None:
-    add_flag(parser, "--partial_loss_mode", type=str, choices=PARTIAL_LOSS_MODES, default="negative",
+    loss = LOSS_FLAG_DEFAULTS  # the defaults are the loss's own keyword defaults, declared once there
+    add_flag(parser, "--partial_loss_mode", type=str, choices=PARTIAL_LOSS_MODES,
+             default=loss["partial_loss_mode"],
              help="how un-annotated labels enter the loss: negative, ignore, ignore_normalize_classes or "
                   "selective (CSL)")
-    add_flag(parser, "--clip", type=float, default=0,
+    add_flag(parser, "--clip", type=float, default=loss["clip"],
              help="probability margin of the negative terms (ASL clip)")
-    add_flag(parser, "--gamma_pos", type=float, default=0, help="focusing parameter of positive labels")
-    add_flag(parser, "--gamma_neg", type=float, default=1, help="focusing parameter of negative labels")
-    add_flag(parser, "--gamma_unann", type=float, default=2,
-             help="focusing parameter of un-annotated labels")
-    add_flag(parser, "--alpha_pos", type=float, default=1, help="weight of positive labels")
-    add_flag(parser, "--alpha_neg", type=float, default=1, help="weight of negative labels")
-    add_flag(parser, "--alpha_unann", type=float, default=1, help="weight of un-annotated labels")
-    add_flag(parser, "--likelihood_topk", type=non_negative_int, default=5,
+    for kind, what in (("pos", "positive"), ("neg", "negative"), ("unann", "un-annotated")):
+        add_flag(parser, f"--gamma_{kind}", type=float, default=loss[f"gamma_{kind}"],
+                 help=f"focusing parameter of {what} labels")
+    for kind, what in (("pos", "positive"), ("neg", "negative"), ("unann", "un-annotated")):
+        add_flag(parser, f"--alpha_{kind}", type=float, default=loss[f"alpha_{kind}"],
+                 help=f"weight of {what} labels")
+    add_flag(parser, "--likelihood_topk", type=non_negative_int, default=loss["likelihood_topk"],
              help="selective mode: per batch, the likelihood_topk x batch-size un-annotated labels with "
                   "the highest predicted probability are ignored (per GPU batch under DDP)")
     add_flag(parser, "--prior_path", type=optional_path, default=None,
              help="class prior CSV (Classes,avg_pred) used by selective mode; 'none' for no prior")
-    add_flag(parser, "--prior_threshold", type=probability, default=0.05,
+    add_flag(parser, "--prior_threshold", type=probability, default=loss["prior_threshold"],
              help="selective mode: un-annotated labels of classes whose prior exceeds this are ignored")
 
 

@@ -35,28 +35,25 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from src.utils.checkpoint import derive_seed, restore_rng_state, seed_everything
+from src.metrics import (
+    THRESHOLD_METRIC_KEYS,
+    average_precision_per_class,
+    partial_average_precision,
+    threshold_metrics,
+)
+from src.models import load_model
+from src.utils.amp import autocast_context, resolve_amp
+from src.utils.checkpoint import ResumePoint
 from src.utils.distributed import ShardSampler, gather_rows, get_rank, get_world_size, is_dist, unwrap_model
-
-AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+from src.utils.seed import derive_seed, restore_rng_state, seed_everything
 
 
 def load_eval_model(args, device: torch.device):
     """(model in eval mode, its class names, autocast dtype or None) for the evaluation commands
     (validate.py, src.prior), from their --model-path, --model-name, --use_ema, --amp, --amp_dtype."""
-    from src.models import load_model
-
-    use_amp = device.type == "cuda" if args.amp is None else args.amp
     model, class_names = load_model(args.model_path, model_name=args.model_name, device=device,
                                     use_ema=args.use_ema)
-    return model, class_names, AMP_DTYPES[args.amp_dtype] if use_amp else None
-
-
-def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
-    """torch.autocast for ``device`` with ``amp_dtype``; a no-op context when AMP is off."""
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)
+    return model, class_names, resolve_amp(device, args.amp, args.amp_dtype, training=False)
 
 
 # ------------------------------------------------------------------------------------------ loaders
@@ -99,15 +96,26 @@ def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.devi
 
 # ------------------------------------------------------------------------------------------ training
 @dataclass
+class TrainingParts:
+    """What one optimisation step touches: the (possibly DDP/compiled) model, its EMA, the loss, the
+    optimizer with its per-step scheduler and AMP gradient scaler, and the optional running-average
+    prior (`src.prior.ComputePrior`)."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_prior: object | None = None
+
+
+@dataclass
 class EpochResult:
     loss_sum: float  # summed over this rank's steps of the epoch (each step's loss is a batch sum)
     steps_done: int  # optimizer steps completed in the epoch (including resumed ones)
     interrupted: bool  # stopped early by ``should_stop`` (SIGTERM)
     seconds: float
-
-    @property
-    def mean_loss(self) -> float:
-        return self.loss_sum / self.steps_done if self.steps_done else float("nan")
 
 
 def _to_device(images, targets, device, channels_last: bool):
@@ -117,51 +125,55 @@ def _to_device(images, targets, device, channels_last: bool):
     return images, targets.to(device, non_blocking=True)
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, ema, device, epoch: int,
-                    amp_dtype: torch.dtype | None = None, train_prior=None, start_step: int = 0,
-                    loss_sum: float = 0.0, resume_rng_state: dict | None = None, print_freq: int = 64,
-                    num_epochs: int | None = None, should_stop: Callable[[], bool] | None = None,
+def train_step(parts: TrainingParts, images, targets, device, amp_dtype) -> float:
+    """One step as in the paper: autocast forward, float32 loss, scaled backward, optimizer and OneCycle
+    step, EMA update, optional running-average prior update; returns the loss."""
+    with autocast_context(device, amp_dtype):
+        logits = parts.model(images)
+    loss = parts.criterion(logits.float(), targets)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.scheduler.step()
+    parts.ema.update(unwrap_model(parts.model))
+    if parts.train_prior is not None:
+        parts.train_prior.update(logits.detach().float())
+    return float(loss.item())
+
+
+def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epochs: int,
+                    amp_dtype: torch.dtype | None = None, resume: ResumePoint | None = None,
+                    print_freq: int = 64, should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[int, float, float], None] | None = None,
                     show_progress: bool = False) -> EpochResult:
-    """One epoch as in the paper: autocast forward, float32 loss, scaled backward, optimizer and
-    OneCycle step per batch, EMA update, optional running-average prior update.
+    """One epoch of :func:`train_step` over ``loader``.
 
-    ``start_step`` > 0 resumes inside the epoch: the first ``start_step`` batches are loaded but not
-    trained on (so the data RNGs advance as before), then ``resume_rng_state`` is restored.
-    ``should_stop`` is polled after every step; when it returns True the epoch ends early with
-    ``interrupted=True`` (a safe point: the step is complete). ``on_step(step, loss, lr)`` is called
-    after each step with the step index within the epoch.
+    ``resume`` (a `ResumePoint` of this epoch with ``steps_done`` > 0) continues inside the epoch: the
+    first ``steps_done`` batches are loaded but not trained on (so the data RNGs advance as before),
+    then its RNG state is restored. ``should_stop`` is polled after every step; when it returns True
+    the epoch ends early with ``interrupted=True`` (a safe point: the step is complete).
+    ``on_step(step, loss, lr)`` is called after each step with the step index within the epoch.
     """
-    model.train()
+    resume = resume or ResumePoint(epoch=epoch)
+    parts.model.train()
     started = time.perf_counter()
-    steps_done = start_step
-    total = len(loader)
-    bar = tqdm(total=total, initial=start_step, disable=not show_progress, leave=False, dynamic_ncols=True,
-               desc=f"epoch {epoch + 1}/{num_epochs or '?'}")
-    interrupted = False
+    steps_done, loss_sum, total = resume.steps_done, resume.loss_sum, len(loader)
+    bar = tqdm(total=total, initial=steps_done, disable=not show_progress, leave=False, dynamic_ncols=True,
+               desc=f"epoch {epoch + 1}/{num_epochs}")
+    interrupted, channels_last = False, _is_channels_last(parts.model)
     try:
         for step, (images, targets) in enumerate(loader):
-            if step < start_step:  # fast-forward of a mid-epoch resume: loaded, not trained on
-                if step == start_step - 1 and resume_rng_state is not None:
+            if step < resume.steps_done:  # fast-forward of a mid-epoch resume: loaded, not trained on
+                if step == resume.steps_done - 1 and resume.rng_state is not None:
                     # Before the next batch is loaded (with workers=0 it draws from these generators).
-                    restore_rng_state(resume_rng_state)
+                    restore_rng_state(resume.rng_state)
                 continue
-            images, targets = _to_device(images, targets, device, _is_channels_last(model))
-            with autocast_context(device, amp_dtype):
-                logits = model(images)
-            loss = criterion(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            ema.update(unwrap_model(model))
-            if train_prior is not None:
-                train_prior.update(logits.detach().float())
-            loss_value = float(loss.item())
+            images, targets = _to_device(images, targets, device, channels_last)
+            loss_value = train_step(parts, images, targets, device, amp_dtype)
             loss_sum += loss_value
             steps_done = step + 1
-            lr = scheduler.get_last_lr()[0]
+            lr = parts.scheduler.get_last_lr()[0]
             bar.update(1)
             if step % print_freq == 0:
                 bar.set_postfix(loss=f"{loss_value:.1f}", lr=f"{lr:.1e}")
@@ -232,8 +244,9 @@ def _logits_batches(net, loader, device: torch.device, amp_dtype: torch.dtype | 
 
 
 @torch.no_grad()
-def predict(model, loader, device, amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmoid scores float32 (N, C) and targets int8 (N, C) of every sample of ``loader.dataset``.
+def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(targets, scores)`` of every sample of ``loader.dataset``: labels int8 (N, C) (1, 0, -1) and
+    sigmoid scores float32 (N, C), in the ``(targets, scores)`` order of :mod:`src.metrics`.
 
     Under DDP every rank returns the full, gathered arrays in dataset order; the loader must come
     from :func:`build_eval_loader` (a ``ShardSampler``). The batches come from :func:`iter_logits`
@@ -250,44 +263,46 @@ def predict(model, loader, device, amp_dtype: torch.dtype | None = None) -> tupl
         raise ValueError(f"predict: the model outputs {local.shape[1] - num_classes} classes but the dataset "
                          f"has {num_classes}")
     gathered = gather_rows(local, len(loader.dataset), getattr(loader.sampler, "batch_size", 1))
-    preds = gathered[:, :num_classes].numpy().astype(np.float32)
-    return preds, gathered[:, num_classes:].numpy().astype(np.int8)
+    targets = gathered[:, num_classes:].numpy().astype(np.int8)
+    return targets, gathered[:, :num_classes].numpy().astype(np.float32)
 
 
-def compute_metrics(targets: np.ndarray, preds: np.ndarray, threshold: float = 0.5) -> dict:
+def compute_metrics(targets: np.ndarray, scores: np.ndarray, *, threshold: float) -> dict:
     """mAP (full, or partial AP when any label is -1) and the threshold metrics of src.metrics.
 
     Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
     Partial labels: AP over annotated entries only, classes without annotated samples, positives or
-    negatives skipped (counted). ``ap_per_class`` holds NaN for skipped classes.
+    negatives skipped (counted by reason); also ``mAP_weighted``, the mean AP weighted by each kept
+    class's number of positives. ``ap_per_class`` (in [0, 1]) holds NaN for skipped classes.
     """
-    from src.metrics import AP_partial, average_precision, threshold_metrics
-
     partial = bool((targets == -1).any())
     result = {"num_samples": int(targets.shape[0]), "num_classes": int(targets.shape[1]), "partial": partial}
     if partial:
-        ap, map_, map_macro, n_no_labels, n_no_neg, n_no_pos = AP_partial(targets, preds)
-        ap = np.where(ap < 0, np.nan, ap)
-        result.update(mAP=float(map_), mAP_weighted=float(map_macro), skipped_no_labels=n_no_labels,
-                      skipped_no_negatives=n_no_neg, skipped_no_positives=n_no_pos,
-                      num_classes_skipped=n_no_labels + n_no_neg + n_no_pos)
+        summary = partial_average_precision(targets, scores)
+        ap = np.where(summary.ap_per_class < 0, np.nan, summary.ap_per_class)
+        result.update(mAP=summary.mAP, mAP_weighted=summary.mAP_weighted,
+                      skipped_no_labels=summary.skipped_no_labels,
+                      skipped_no_negatives=summary.skipped_no_negatives,
+                      skipped_no_positives=summary.skipped_no_positives,
+                      num_classes_skipped=summary.num_classes_skipped)
     else:
-        ap = np.asarray(average_precision(preds, targets), dtype=np.float64)
+        ap = average_precision_per_class(targets, scores)
         no_pos = int(((targets == 1).sum(axis=0) == 0).sum())
         result.update(mAP=100.0 * float(ap.mean()), num_classes_skipped=0, classes_without_positives=no_pos)
     result["ap_per_class"] = ap
-    result.update(threshold_metrics(targets, preds, threshold=threshold))
+    result.update(threshold_metrics(targets, scores, threshold=threshold))
     result["threshold"] = float(threshold)
     return result
 
 
-def evaluate(model, loader, device, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
+def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
              return_predictions: bool = False) -> dict:
-    """:func:`predict` then :func:`compute_metrics`; adds 'preds'/'targets' when asked."""
-    preds, targets = predict(model, loader, device, amp_dtype=amp_dtype)
-    result = compute_metrics(targets, preds, threshold=threshold)
+    """:func:`predict` then :func:`compute_metrics`; with ``return_predictions`` the result also holds
+    the arrays under 'targets' and 'scores'."""
+    targets, scores = predict(model, loader, device, amp_dtype=amp_dtype)
+    result = compute_metrics(targets, scores, threshold=threshold)
     if return_predictions:
-        result["preds"], result["targets"] = preds, targets
+        result["targets"], result["scores"] = targets, scores
     return result
 
 
@@ -301,7 +316,7 @@ def describe_map(result: dict) -> str:
     return f"mAP {text}"
 
 
-SCALAR_METRIC_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "num_classes_skipped")
+SCALAR_METRIC_KEYS = ("mAP", *THRESHOLD_METRIC_KEYS, "num_classes_skipped")
 
 
 def scalar_metrics(result: dict, prefix: str) -> dict:

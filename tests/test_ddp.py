@@ -94,9 +94,9 @@ def test_ddp_priors_count_every_rank(ddp_run, embedded_data_dir):
 
     dest, _ = ddp_run
     last = torch.load(os.path.join(dest, "last.pth"), map_location="cpu", weights_only=True)
-    assert last["train_prior"]["count_train"] == 96  # 48 images per rank, summed over both ranks
+    assert last["train_prior"]["count"] == 96  # 48 images per rank, summed over both ranks
     running = pd.read_csv(os.path.join(dest, "priors", "prior_fpc_10_running_average.csv"))
-    np.testing.assert_allclose(running["avg_pred"], last["train_prior"]["sums_train"].numpy() / 96, atol=1e-7)
+    np.testing.assert_allclose(running["avg_pred"], last["train_prior"]["sums"].numpy() / 96, atol=1e-7)
 
     args = train.parse_args(tiny_train_argv(embedded_data_dir, "unused"))
     train_set, _ = build_datasets(args)

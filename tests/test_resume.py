@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import train
+from src.trainer import SIGTERM_EXIT_CODE, Callback, TrainingInterrupted
 from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -50,6 +51,32 @@ def _metrics(dest):
     return [{k: v for k, v in line.items() if not k.endswith("time_s")} for line in lines]
 
 
+# train.main with a callback that kills the process (SIGKILL) right after epoch N's checkpoints.
+KILL_AFTER_EPOCH_SCRIPT = """
+import os, signal, sys
+import train
+from src.trainer import Callback
+
+class KillAfterEpoch(Callback):
+    def on_epoch_end(self, trainer, epoch):
+        if epoch + 1 == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)  # die like an OOM-killed or pre-empted job
+
+train.main(sys.argv[2:], callbacks=[KillAfterEpoch()])
+"""
+
+
+class SigtermAtStep(Callback):
+    """A pre-emption notice (a real SIGTERM to this process) after global step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, trainer, global_step):
+        if global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(embedded_data_dir, tmp_path_factory):
     dest = tmp_path_factory.mktemp("uninterrupted")
@@ -60,22 +87,22 @@ def uninterrupted(embedded_data_dir, tmp_path_factory):
 
 def test_resume_after_sigkill_and_sigterm_is_exact(embedded_data_dir, uninterrupted, tmp_path):
     dest = tmp_path / "interrupted"
-    killed = subprocess.run([sys.executable, "train.py", *_argv(embedded_data_dir, dest),
-                             "--_debug_kill_after_epoch", "1"], cwd=REPO, capture_output=True, text=True,
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_SCRIPT, "1",
+                             *_argv(embedded_data_dir, dest)], cwd=REPO, capture_output=True, text=True,
                             timeout=300, env=dict(os.environ, **SINGLE_THREAD_ENV))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     after_kill = _load(dest / "last.pth")
-    assert (after_kill["epoch"], after_kill["batches_done"]) == (0, STEPS_PER_EPOCH)
+    assert (after_kill["epoch"], after_kill["steps_done"]) == (0, STEPS_PER_EPOCH)
     assert not [name for name in os.listdir(dest) if ".tmp" in name]
 
     sigterm_step = STEPS_PER_EPOCH + 2  # global step 8 = step 2 of epoch 2
     handler_before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(train.TrainingInterrupted, match="SIGTERM"):
-        train.main(_argv(embedded_data_dir, dest, "--resume", str(dest / "last.pth"),
-                         "--_debug_sigterm_at_step", str(sigterm_step)))
+    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+        train.main(_argv(embedded_data_dir, dest, "--resume", str(dest / "last.pth")),
+                   callbacks=[SigtermAtStep(sigterm_step)])
     assert signal.getsignal(signal.SIGTERM) is handler_before  # train.py's handler is removed again
     mid_epoch = _load(dest / "last.pth")
-    assert (mid_epoch["epoch"], mid_epoch["batches_done"]) == (1, 2)
+    assert (mid_epoch["epoch"], mid_epoch["steps_done"]) == (1, 2)
 
     train.main(_argv(embedded_data_dir, dest, "--resume", str(dest / "last.pth")))
 
@@ -86,7 +113,7 @@ def test_resume_after_sigkill_and_sigterm_is_exact(embedded_data_dir, uninterrup
         _assert_same_tensors(a, b, f"optimizer state {i}")
     assert expected["scheduler"] == resumed["scheduler"]
     assert _metrics(uninterrupted) == _metrics(dest)  # same mAPs and losses, no duplicated epoch line
-    assert torch.equal(expected["train_prior"]["sums_train"], resumed["train_prior"]["sums_train"])
+    assert torch.equal(expected["train_prior"]["sums"], resumed["train_prior"]["sums"])
     with open(os.path.join(uninterrupted, "priors", "prior_fpc_10_running_average.csv")) as a, \
             open(dest / "priors" / "prior_fpc_10_running_average.csv") as b:
         assert a.read() == b.read()
@@ -131,10 +158,10 @@ def test_real_sigterm_saves_last_and_exits_143_then_resume_finishes(embedded_dat
         watchdog.cancel()
         process.stdout.close()
     printed = "".join(output)
-    assert returncode == train.SIGTERM_EXIT_CODE == 128 + signal.SIGTERM, printed[-3000:]
+    assert returncode == SIGTERM_EXIT_CODE == 128 + signal.SIGTERM, printed[-3000:]
 
     state = _load(dest / "last.pth")
-    epoch, steps = state["epoch"], state["batches_done"]
+    epoch, steps = state["epoch"], state["steps_done"]
     global_step = epoch * STEPS_PER_EPOCH + steps
     assert 1 <= steps <= STEPS_PER_EPOCH and 1 <= global_step < SIGTERM_EPOCHS * STEPS_PER_EPOCH
     assert state["scheduler"]["last_epoch"] == global_step  # OneCycleLR stepped once per trained batch
@@ -155,5 +182,5 @@ def test_real_sigterm_saves_last_and_exits_143_then_resume_finishes(embedded_dat
     assert after[:finished] == before  # the epochs before the pre-emption are kept, not redone
     assert len(summary["history"]) == SIGTERM_EPOCHS
     final = _load(dest / "last.pth")
-    assert (final["epoch"], final["batches_done"]) == (SIGTERM_EPOCHS - 1, STEPS_PER_EPOCH)
+    assert (final["epoch"], final["steps_done"]) == (SIGTERM_EPOCHS - 1, STEPS_PER_EPOCH)
     assert final["scheduler"]["last_epoch"] == SIGTERM_EPOCHS * STEPS_PER_EPOCH

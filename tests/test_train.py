@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 import train
+from src.trainer import PAPER_PROTOCOL
 from tests.conftest import EMBEDDED_NUM_CLASSES, SINGLE_THREAD_ENV, tiny_train_argv
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -54,7 +56,6 @@ def test_help_lists_every_paper_flag_in_both_spellings(capsys):
     for flag in PAPER_DEFAULTS:
         if "_" in flag or "-" in flag[2:]:
             assert _swap(flag) in help_text, _swap(flag)
-    assert "_debug" not in help_text  # test hooks stay hidden
 
 
 def test_defaults_match_the_paper_and_both_spellings_set_the_same_field():
@@ -64,21 +65,35 @@ def test_defaults_match_the_paper_and_both_spellings_set_the_same_field():
     for flag in (*PAPER_DEFAULTS, "--val_split", "--ema_decay", "--amp_dtype", "--dataset_type"):
         if _swap(flag) == flag:
             continue  # no separator (--data, --lr, ...): one spelling only
-        value = {"--val_split": "0.5", "--amp_dtype": "bfloat16", "--dataset_type": "lvis"}.get(flag, "3")
+        value = {"--val_split": "0.5", "--amp_dtype": "bfloat16", "--dataset_type": "lvis",
+                 "--simulate_partial_type": "rps", "--partial_loss_mode": "ignore",
+                 "--prior_threshold": "0.3"}.get(flag, "3")
         one, other = vars(train.parse_args([flag, value])), vars(train.parse_args([_swap(flag), value]))
         assert one == other and one != defaults, flag
 
 
 def test_missing_model_path_is_the_first_error(tmp_path):
     argv = ["--data", str(tmp_path / "no_data"), "--model-path", str(tmp_path / "missing.pth"),
-            "--partial_loss_mode", "bogus", "--path_dest", str(tmp_path / "out")]
+            "--prior_path", str(tmp_path / "missing.csv"), "--path_dest", str(tmp_path / "out")]
     with pytest.raises(train.ConfigError, match="--model-path none"):
         train.main(argv)
     assert not (tmp_path / "out").exists()  # nothing ran, nothing written
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--partial_loss_mode", "bogus", "invalid choice: 'bogus'.*selective"),
+    ("--likelihood_topk", "-1", "must be >= 0"),
+    ("--prior_threshold", "1.5", "must be a probability in"),
+    ("--simulate_partial_type", "half", "invalid choice: 'half'.*fpc"),
+])
+def test_flag_values_that_cannot_work_are_usage_errors(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args([flag, value])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["--partial_loss_mode", "bogus"], "--partial_loss_mode: unknown mode 'bogus'.*selective"),
     (["--prior_path", "/nonexistent/prior.csv"], "--prior_path"),
     (["--resume", "/nonexistent/last.pth"], "--resume"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--sync_bn"], "CUDA"),
@@ -96,7 +111,9 @@ def test_configuration_errors_before_data_is_read(tmp_path, extra, message):
 def test_stop_epoch_beyond_epochs_means_no_early_stop(capsys):
     args = train.parse_args(["--model-path", "none", "--epochs", "2", "--stop_epoch", "3"])
     train.check_args(args)
-    assert args.stop_epoch is None and "no early stop, all 2 epochs run" in capsys.readouterr().err
+    assert train.build_settings(args).last_epoch == 2 and "no early stop, all 2 epochs run" in \
+        capsys.readouterr().err
+    assert train.build_settings(train.parse_args(["--epochs", "3", "--stop_epoch", "2"])).last_epoch == 2
 
 
 @pytest.mark.parametrize("dataset_type, flag, expected", [
@@ -105,21 +122,24 @@ def test_stop_epoch_beyond_epochs_means_no_early_stop(capsys):
 ])
 def test_bottleneck_head_defaults_to_the_papers_openimages_models(dataset_type, flag, expected):
     args = train.parse_args(["--dataset_type", dataset_type, *flag])
-    assert args.do_bottleneck_head is expected
+    assert train.resolved_config(args)["do_bottleneck_head"] is expected
 
 
 @pytest.mark.parametrize("changed, key", [
     (["--prior_path", "other.csv"], "prior_path"), (["-j", "2"], "workers"), (["--lr", "1e-3"], "lr"),
 ])
 def test_resume_refuses_a_different_prior_or_worker_count(changed, key):
+    from src.trainer import check_resume_compatible
     from src.utils.distributed import DistributedContext
 
     base = ["--model-path", "none", "--prior_path", "prior.csv", "-j", "0", "--resume", "last.pth"]
-    saved = train.config_dict(train.parse_args(base))
+    saved = {"args": train.resolved_config(train.parse_args(base))}
     ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    train.check_resume_compatible(train.parse_args(base), {"args": saved}, ctx)  # same settings: fine
+    config = train.build_settings(train.parse_args(base)).config  # what the Trainer compares
+    check_resume_compatible(saved, config, ctx, "last.pth")  # same settings: fine
+    changed_config = train.build_settings(train.parse_args(base + changed)).config
     with pytest.raises(train.ConfigError, match=f"--{key}: checkpoint"):
-        train.check_resume_compatible(train.parse_args(base + changed), {"args": saved}, ctx)
+        check_resume_compatible(saved, changed_config, ctx, "last.pth")
 
 
 def test_dataset_and_num_classes_mismatch(embedded_data_dir, tmp_path):
@@ -180,7 +200,7 @@ def test_stage1_outputs(stage1_run, embedded_data_dir):
     assert config["partial_loss_mode"] == "ignore" and config["epochs"] == 2 and config["lr"] == 2e-4
     assert config["resolved_device"] == "cpu" and config["resolved_amp_dtype"] is None
     assert "git_commit" in config and len(config["class_names"]) == EMBEDDED_NUM_CLASSES
-    assert config["selection_protocol"] == train.PAPER_PROTOCOL
+    assert config["selection_protocol"] == PAPER_PROTOCOL
     assert config["steps_per_epoch"] == 6 and config["num_train_images"] == 96
 
     lines = _metrics_lines(dest)
@@ -196,7 +216,7 @@ def test_stage1_outputs(stage1_run, embedded_data_dir):
     # Without --val_split every summary line names the paper's selection protocol.
     summaries = [line for line in stage1_run["stdout"].splitlines()
                  if "best epoch so far" in line or "done." in line]
-    assert len(summaries) == 3 and all(train.PAPER_PROTOCOL in line for line in summaries)
+    assert len(summaries) == 3 and all(PAPER_PROTOCOL in line for line in summaries)
     assert not [name for name in os.listdir(dest) if ".tmp" in name]
 
 
@@ -288,23 +308,24 @@ def test_one_cycle_guard_rejects_only_the_step_count_torch_cannot_schedule(total
 def test_jpeg_draft_flag_reaches_every_eval_view(stage1_run, embedded_data_dir, monkeypatch):
     """--no-jpeg_draft also holds for the held-out selection split and the clean-pass prior (not only for
     the evaluation set), and the flag keeps its name and default (shared with validate.py / src.prior)."""
-    import src.prior
+    import src.trainer
     from src.utils.distributed import DistributedContext
 
     ctx = DistributedContext(device=torch.device("cpu"))
     assert train.parse_args([]).jpeg_draft is True
     for flags, expected in (([], (32, 32)), (["--no-jpeg_draft"], None), (["--no-jpeg-draft"], None)):
         args = train.parse_args(tiny_train_argv(embedded_data_dir, stage1_run["path_dest"], "--val_split",
-                                                "0.25", *flags))
+                                                "0.25", "--epochs", "2", *flags))
         assert args.jpeg_draft is (expected is not None)
-        _, eval_set, selection_set, train_full = train.load_data(args, ctx)
-        assert eval_set.transform.draft_size == expected and selection_set.transform.draft_size == expected
+        trainer = train.build_trainer(args, ctx)
+        data = trainer.data
+        assert data.evaluation.transform.draft_size == expected
+        assert data.selection.transform.draft_size == expected
         seen = []
 
         def record(net, view, *args, seen=seen, **kwargs):
             seen.append(view.transform.draft_size)
 
-        monkeypatch.setattr(src.prior, "compute_prior_from_model", record)
-        ema = type("Ema", (), {"module": train.build_model(args, ctx)})()
-        train.clean_pass_prior(args, ctx, ema, train_full, None)
+        monkeypatch.setattr(src.trainer, "compute_prior_from_model", record)
+        trainer.clean_pass_prior()
         assert seen == [expected]

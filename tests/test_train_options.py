@@ -34,18 +34,16 @@ def _args_json(path_dest):
 
 
 def test_bf16_amp_grad_checkpointing_channels_last_run_on_cpu(embedded_data_dir, tmp_path, monkeypatch):
-    import src.models
-
     seen = []  # (training, grad enabled, input channels_last, output dtype) of every model forward
 
     def hook(module, inputs, output):
         seen.append((module.training, torch.is_grad_enabled(),
                      inputs[0].is_contiguous(memory_format=torch.channels_last), output.dtype))
 
-    original_create_model = src.models.create_model
+    original_build_model = train.build_model_from_args
 
-    def create_model_with_hook(*args, **kwargs):
-        model = original_create_model(*args, **kwargs)
+    def build_model_with_hook(*args, **kwargs):
+        model = original_build_model(*args, **kwargs)
         model.register_forward_hook(hook)
         return model
 
@@ -56,7 +54,7 @@ def test_bf16_amp_grad_checkpointing_channels_last_run_on_cpu(embedded_data_dir,
         checkpoint_calls.append(torch.is_grad_enabled())
         return original_checkpoint(*args, **kwargs)
 
-    monkeypatch.setattr(src.models, "create_model", create_model_with_hook)
+    monkeypatch.setattr(train, "build_model_from_args", build_model_with_hook)
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
     dest = tmp_path / "options"
     summary = train.main(tiny_train_argv(embedded_data_dir, dest, "--amp", "--amp_dtype", "bfloat16",
@@ -104,7 +102,6 @@ def _without_simulation(argv: list[str]) -> list[str]:
 
 def test_partial_labels_file_from_coco_simulation_is_what_train_py_trains_on(embedded_data_dir, tmp_path,
                                                                             monkeypatch):
-    import src.data
     from coco_simulation.__main__ import main as simulate_main
     from coco_simulation.simulate import load_partial_labels, simulate_partial_labels
     from src.data import resolve_coco_files
@@ -122,14 +119,14 @@ def test_partial_labels_file_from_coco_simulation_is_what_train_py_trains_on(emb
     assert not np.array_equal(file_labels, simulate_partial_labels(full, "fpc", 10, 0))
 
     used = []
-    original_build_datasets = src.data.build_datasets
+    original_build_datasets = train.build_datasets_with_summary
 
     def recording_build_datasets(args):
-        train_set, val_set = original_build_datasets(args)
+        train_set, val_set, summary = original_build_datasets(args)
         used.append(train_set.labels.to_dense())
-        return train_set, val_set
+        return train_set, val_set, summary
 
-    monkeypatch.setattr(src.data, "build_datasets", recording_build_datasets)
+    monkeypatch.setattr(train, "build_datasets_with_summary", recording_build_datasets)
     dest = tmp_path / "run"
     argv = _without_simulation(tiny_train_argv(embedded_data_dir, dest, "--partial_labels", str(labels_file)))
     summary = train.main(argv)

@@ -11,6 +11,10 @@ class ConfigError(ValueError):
     """A setting or input that cannot work; raised before any work is done where possible."""
 
 
+class MissingFileError(ConfigError, FileNotFoundError):
+    """A file named by a flag does not exist (both a ConfigError and a FileNotFoundError)."""
+
+
 class ExitRequest(Exception):
     """Ends a command with ``exit_code`` and the message, without a traceback (e.g. SIGTERM: 143)."""
 

@@ -12,7 +12,7 @@ import math
 import os
 import subprocess
 
-from src.utils.checkpoint import atomic_write_json, atomic_write_text
+from src.utils.io import atomic_write_json, atomic_write_text
 
 
 def git_commit(repo_dir: str | None = None) -> str | None:
