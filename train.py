@@ -16,6 +16,7 @@ Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (see src/engine.py for t
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -38,6 +39,7 @@ from src.utils.checkpoint import load_training_checkpoint
 from src.utils.cli import ConfigError, run_cli
 from src.utils.distributed import DistributedContext, cleanup_distributed, init_distributed
 from src.utils.logging import git_commit, main_print
+from src.utils.run_folder import resolve_run_folder
 from src.utils.seed import derive_seed, seed_everything
 
 ONE_CYCLE_PCT_START = 0.2  # the paper's OneCycleLR warm-up share
@@ -217,6 +219,10 @@ def main(argv=None, callbacks=()) -> dict:
         raise ConfigError(str(error)) from error
     trainer = None
     try:
+        run_name = f"{args.partial_loss_mode}_{prior_file_stem(args)[len('prior_'):]}"
+        folder = resolve_run_folder(args.path_dest, run_name, resume=args.resume, overwrite=args.overwrite,
+                                    is_main=ctx.is_main)
+        args = argparse.Namespace(**{**vars(args), "path_dest": folder})
         try:
             trainer = build_trainer(args, ctx, callbacks)
         except (ValueError, FileNotFoundError) as error:  # bad data/prior/checkpoint: before any step

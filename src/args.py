@@ -240,8 +240,12 @@ def _add_run_flags(parser) -> None:
              help="number of classes; must match the dataset")
     add_flag(parser, "--print-freq", "-p", type=positive_int, default=64, metavar="N",
              help="print the training loss every N batches")
-    add_flag(parser, "--path_dest", type=str, default="./outputs",
-             help="output folder: checkpoints, args.json, metrics.jsonl, tensorboard/, priors/")
+    add_flag(parser, "--path_dest", type=str, default=None,
+             help="output folder: checkpoints, args.json, metrics.jsonl, tensorboard/, priors/ (default: a "
+                  "fresh folder ./outputs/<date>-<time>_<mode> per run). A folder holding another run is "
+                  "refused unless --resume continues it or --overwrite replaces it")
+    add_flag(parser, "--overwrite", action="store_true",
+             help="allow --path_dest to hold another run: its files are removed before this run starts")
     add_flag(parser, "--debug_mode", type=str, default="hyperml",
              help="accepted (and ignored) for compatibility with the paper's scripts; the data layout is "
                   "detected from --data/--metadata")

@@ -44,7 +44,15 @@ from src.metrics import (
 from src.models import load_model
 from src.utils.amp import autocast_context, resolve_amp
 from src.utils.checkpoint import ResumePoint
-from src.utils.distributed import ShardSampler, gather_rows, get_rank, get_world_size, is_dist, unwrap_model
+from src.utils.distributed import (
+    ShardSampler,
+    any_rank_true,
+    gather_rows,
+    get_rank,
+    get_world_size,
+    is_dist,
+    unwrap_model,
+)
 from src.utils.seed import derive_seed, restore_rng_state, seed_everything
 
 
@@ -125,12 +133,20 @@ def _to_device(images, targets, device, channels_last: bool):
     return images, targets.to(device, non_blocking=True)
 
 
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite: the run stops before that step changes the weights."""
+
+
 def train_step(parts: TrainingParts, images, targets, device, amp_dtype) -> float:
     """One step as in the paper: autocast forward, float32 loss, scaled backward, optimizer and OneCycle
-    step, EMA update, optional running-average prior update; returns the loss."""
+    step, EMA update, optional running-average prior update; returns the loss. A non-finite loss on any
+    rank raises `NonFiniteLossError` on every rank before the backward pass."""
     with autocast_context(device, amp_dtype):
         logits = parts.model(images)
     loss = parts.criterion(logits.float(), targets)
+    loss_value = float(loss.item())
+    if any_rank_true(not math.isfinite(loss_value), device):
+        raise NonFiniteLossError(f"loss {loss_value}")
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()
     parts.scaler.step(parts.optimizer)
@@ -139,7 +155,7 @@ def train_step(parts: TrainingParts, images, targets, device, amp_dtype) -> floa
     parts.ema.update(unwrap_model(parts.model))
     if parts.train_prior is not None:
         parts.train_prior.update(logits.detach().float())
-    return float(loss.item())
+    return loss_value
 
 
 def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epochs: int,
@@ -170,7 +186,14 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
                     restore_rng_state(resume.rng_state)
                 continue
             images, targets = _to_device(images, targets, device, channels_last)
-            loss_value = train_step(parts, images, targets, device, amp_dtype)
+            try:
+                loss_value = train_step(parts, images, targets, device, amp_dtype)
+            except NonFiniteLossError as error:
+                lr = parts.scheduler.get_last_lr()[0]
+                raise NonFiniteLossError(
+                    f"training diverged: {error} at epoch {epoch + 1}, step {step + 1}/{total} (learning "
+                    f"rate {lr:.3g} at that step); nothing of this step was saved. Lower --lr; with --amp "
+                    "and float16 try --amp_dtype bfloat16 or --no-amp") from None
             loss_sum += loss_value
             steps_done = step + 1
             lr = parts.scheduler.get_last_lr()[0]

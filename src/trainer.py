@@ -10,6 +10,7 @@ each epoch's checkpoint), not through flags.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ import torch
 from src.data.transforms import build_val_transform
 from src.engine import (
     EpochResult,
+    NonFiniteLossError,
     TrainingParts,
     describe_map,
     evaluate,
@@ -43,6 +45,7 @@ from src.utils.distributed import (
 from src.utils.logging import RunLogger, main_print
 from src.utils.seed import capture_rng_state
 
+LOSS_GROWTH_WARNING = 10.0  # a step loss this many times the run's first one: warn (once) of divergence
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a pre-empted job
 PAPER_PROTOCOL = "best over epochs on the evaluation set (paper protocol)"
 # Settings that shape the training trajectory: a resumed run must use the checkpoint's values.
@@ -135,14 +138,59 @@ class PriorRequest:
     stem: str = "prior"
 
 
-def check_resume_compatible(checkpoint: dict, config: dict, ctx: DistributedContext, path: str) -> None:
-    """The checkpoint's run was started with the settings ``config`` has (`RESUME_MUST_MATCH`)."""
+def _sha256(*arrays) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def label_fingerprint(labels) -> str:
+    """A short hash of a `LabelMatrix` (shape, positives and negatives per row): equal labels, equal hash."""
+    (pos_indptr, pos_indices), (neg_indptr, neg_indices) = labels.csr()
+    return _sha256(labels.shape, pos_indptr, pos_indices, neg_indptr, neg_indices)
+
+
+def data_identity(data: DataSplits) -> dict:
+    """What identifies the data a run trains and is evaluated on: classes in order, image counts and ids,
+    the training labels as trained on (partial) and the evaluation labels."""
+    train, evaluation = data.train_full, data.evaluation
+    ids = [str(i) for i in train.image_ids]
+    return {"class_names": data.class_names, "num_train_images": len(train),
+            "num_eval_images": len(evaluation),
+            "train_image_ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
+            "train_labels": label_fingerprint(train.labels),
+            "eval_labels": label_fingerprint(evaluation.labels)}
+
+
+def _data_differences(saved: dict, current: dict) -> list[str]:
+    differences = []
+    if saved["class_names"] != current["class_names"]:
+        same_set = sorted(saved["class_names"]) == sorted(current["class_names"])
+        differences.append("class names: " + ("the same classes in another order" if same_set else
+                                              f"{len(saved['class_names'])} in the checkpoint, "
+                                              f"{len(current['class_names'])} now, or other names"))
+    for key, what in (("num_train_images", "training images"), ("num_eval_images", "evaluation images"),
+                      ("train_image_ids", "training image ids"), ("train_labels", "training labels"),
+                      ("eval_labels", "evaluation labels")):
+        if saved.get(key) != current[key]:
+            differences.append(f"{what}: checkpoint {saved.get(key)}, now {current[key]}")
+    return differences
+
+
+def check_resume_compatible(checkpoint: dict, config: dict, ctx: DistributedContext, path: str,
+                            data: dict | None = None) -> None:
+    """The checkpoint's run was started with the settings ``config`` has (`RESUME_MUST_MATCH`) and, when
+    ``data`` (`data_identity`) is given and the checkpoint records it, on the same data."""
     saved = checkpoint["args"]
     differences = [f"--{key}: checkpoint {saved.get(key)!r}, now {config.get(key)!r}"
                    for key in RESUME_MUST_MATCH if saved.get(key) != config.get(key)]
+    if data is not None and checkpoint.get("data") is not None:
+        differences += _data_differences(checkpoint["data"], data)
     if differences:
-        raise ConfigError(f"--resume {path}: the run was started with other settings; pass the same "
-                          "values (or start a new run):\n  " + "\n  ".join(differences))
+        raise ConfigError(f"--resume {path}: the run was started with other settings or data; pass the same "
+                          "values and --data (or start a new run):\n  " + "\n  ".join(differences))
     if checkpoint.get("world_size", 1) != ctx.world_size:
         main_print(ctx.is_main, f"warning: resuming a run of {checkpoint.get('world_size')} processes with "
                                 f"{ctx.world_size}; the data order, hence the result, will differ")
@@ -183,6 +231,7 @@ class Trainer:
         self.best = {"metric": -float("inf"), "epoch": None, "variant": None, "test_mAP": None}
         self.resume = ResumePoint()
         self.global_step = 0
+        self.first_loss, self.warned_growth = None, False
         self.stop = StopFlag()
         self.held_out = data.selection is not None
         self.selection_split = "select" if self.held_out else "test"
@@ -191,11 +240,12 @@ class Trainer:
         self.paths = {"last": os.path.join(settings.path_dest, "last.pth"),
                       "best": os.path.join(settings.path_dest, "best.pth")}
         self.logger: RunLogger | None = None
+        self.data_identity = data_identity(data)
 
     # ---------------------------------------------------------------- state
     def restore(self, checkpoint: dict, path: str) -> None:
         """Continue from the train.py checkpoint ``checkpoint`` (read from ``path``) after checking it."""
-        check_resume_compatible(checkpoint, self.settings.config, self.ctx, path)
+        check_resume_compatible(checkpoint, self.settings.config, self.ctx, path, self.data_identity)
         parts = self.parts
         self.model.load_state_dict(checkpoint["model"])
         parts.ema.module.load_state_dict(checkpoint["ema"])
@@ -219,7 +269,7 @@ class Trainer:
             "scaler": parts.scaler.state_dict(), "epoch": epoch, "steps_done": steps_done,
             "epoch_loss_sum": loss_sum, "rng_state": capture_rng_state(), "history": list(self.history),
             "best": dict(self.best), "args": dict(self.settings.config), "world_size": self.ctx.world_size,
-            "train_prior": prior_state,
+            "train_prior": prior_state, "data": self.data_identity,
         }
 
     def save(self, name: str, epoch: int, steps_done: int, loss_sum: float, override: dict | None = None):
@@ -241,11 +291,33 @@ class Trainer:
 
     def _on_step(self, step: int, loss_value: float, lr: float) -> None:
         self.global_step += 1
+        self._watch_loss(loss_value, lr)
         if step % self.settings.print_freq == 0 and self.logger is not None:
             self.logger.log_step("train/loss", loss_value, self.global_step)
             self.logger.log_step("train/lr", lr, self.global_step)
         for callback in self.callbacks:
             callback.on_step(self, self.global_step)
+
+    def _watch_loss(self, loss_value: float, lr: float) -> None:
+        if self.first_loss is None:
+            self.first_loss = loss_value
+        elif not self.warned_growth and loss_value > LOSS_GROWTH_WARNING * abs(self.first_loss):
+            self.warned_growth = True
+            main_print(self.ctx.is_main,
+                       f"warning: the loss grew to {loss_value:.4g} at step {self.global_step}, over "
+                       f"{LOSS_GROWTH_WARNING:g}x its first value {self.first_loss:.4g}: training may be "
+                       f"diverging; consider a lower --lr (now {lr:.3g} at this step)")
+
+    def check_finite_weights(self, epoch: int) -> None:
+        """Non-finite weights (regular or EMA) stop the run before anything of them is saved."""
+        for variant, net in (("regular", self.model), ("ema", self.parts.ema.module)):
+            bad = [name for name, tensor in net.state_dict().items()
+                   if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+            if bad:
+                raise NonFiniteLossError(
+                    f"training diverged: the {variant} weights hold NaN or inf after epoch {epoch + 1} "
+                    f"(first: {bad[0]}; {len(bad)} tensors); no checkpoint of this epoch was saved. Lower "
+                    "--lr; with --amp and float16 try --amp_dtype bfloat16 or --no-amp")
 
     def stop_requested(self) -> bool:
         return any_rank_true(self.stop.requested, self.ctx.device)
@@ -275,6 +347,7 @@ class Trainer:
 
     def end_epoch(self, epoch: int, result: EpochResult, started: float) -> None:
         self.sync_ranks()
+        self.check_finite_weights(epoch)
         totals = all_reduce_sum(torch.tensor([result.loss_sum, result.steps_done], dtype=torch.float64))
         mean_loss = float(totals[0] / totals[1])
         results = self.evaluate_epoch()

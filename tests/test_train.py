@@ -30,7 +30,7 @@ PAPER_DEFAULTS = {
     "--simulate_partial_param": 1000, "--partial_loss_mode": "negative", "--clip": 0, "--gamma_pos": 0,
     "--gamma_neg": 1, "--gamma_unann": 2, "--alpha_pos": 1, "--alpha_neg": 1, "--alpha_unann": 1,
     "--likelihood_topk": 5, "--prior_path": None, "--prior_threshold": 0.05, "--batch-size": 64,
-    "--print-freq": 64, "--path_dest": "./outputs", "--debug_mode": "hyperml",
+    "--print-freq": 64, "--path_dest": None, "--debug_mode": "hyperml",  # None: ./outputs/<fresh folder>
 }
 NEW_FLAGS = ("--device", "--amp", "--no-amp", "--amp_dtype", "--seed", "--resume", "--dataset_type",
              "--partial_labels", "--val_split", "--ema_decay", "--skip_bad_images", "--do_bottleneck_head",

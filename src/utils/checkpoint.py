@@ -76,7 +76,7 @@ def read_torch_file(path: str, flag: str) -> object:
                              f"{_first_line(error)})") from error
         raise ValueError(f"{flag}: {path!r} holds objects that a safe load refuses ({_first_line(error)})"
                          ) from error
-    except (EOFError, RuntimeError, zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+    except Exception as error:  # any parse failure (EOFError, zip/miniz errors, IndexError...): unreadable
         raise ValueError(f"{flag}: {path!r} is not a readable torch file (truncated or not written by "
                          f"torch.save: {type(error).__name__}: {_first_line(error)})") from error
 

@@ -118,6 +118,15 @@ def any_rank_true(flag: bool, device: torch.device) -> bool:
     return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0], device=device)).item() > 0)
 
 
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` (picklable) on every rank; ``obj`` itself without a process group."""
+    if not is_dist():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
 @torch.no_grad()
 def broadcast_tensors(tensors, src: int = 0) -> None:
     """Overwrite ``tensors`` in place with rank ``src``'s values (no-op without a process group).

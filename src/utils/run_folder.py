@@ -1,0 +1,129 @@
+"""Where a training run writes, and the rule that a run never destroys another run's results.
+
+``--path_dest`` unset: a fresh folder ``./outputs/<date>-<time>_<mode>[_<labels>]`` per run (the paper's
+``./outputs`` stays the parent; ``-2``, ``-3`` ... are appended if two runs start in the same second).
+``--path_dest DIR`` holding a run (any of `RUN_FILES`) is refused unless ``--resume`` continues a
+checkpoint of that very folder, or ``--overwrite`` is given; ``--overwrite`` removes the old run's
+files first, so nothing of it (a stale best.pth, metrics.jsonl lines) mixes with the new run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from src.utils.cli import ConfigError
+from src.utils.distributed import barrier, broadcast_object
+
+DEFAULT_PARENT = "./outputs"
+RUN_FILES = ("args.json", "metrics.jsonl", "last.pth", "best.pth")
+RUN_FOLDERS = ("tensorboard",)  # priors/ stays: a stage-2 --prior_path may point into it
+
+
+def fresh_run_folder(parent: str, name: str, now: float | None = None) -> str:
+    """``parent/<YYYYmmdd-HHMMSS>_<name>``, suffixed -2, -3 ... when that folder exists already."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    base = os.path.join(parent, f"{stamp}_{name}")
+    candidate, n = base, 1
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def describe_run(folder: str) -> str:
+    """One line on the run held in ``folder``: finished or not, epochs, best mAP (from metrics.jsonl)."""
+    epochs_planned = None
+    try:
+        with open(os.path.join(folder, "args.json"), encoding="utf-8") as handle:
+            epochs_planned = json.load(handle).get("epochs")
+    except (OSError, ValueError):
+        pass
+    lines = []
+    try:
+        with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as handle:
+            lines = [json.loads(line) for line in handle if line.strip()]
+    except (OSError, ValueError):
+        pass
+    if not lines:
+        return "a run that saved no epoch yet (stopped before its first checkpoint)"
+    best = max((line.get("best_test_mAP") or 0.0) for line in lines)
+    finished = epochs_planned is not None and len(lines) >= epochs_planned
+    state = "a finished run" if finished else "an unfinished run"
+    return f"{state} ({len(lines)} of {epochs_planned or '?'} epochs, best evaluation mAP {best:.2f})"
+
+
+def held_run_files(folder: str) -> list[str]:
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(folder, name))]
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_run_folder(folder: str, resume: str | None, overwrite: bool) -> None:
+    """Refuse a ``folder`` that holds another run (see the module docstring); checks it can be written."""
+    if os.path.isdir(folder) and held_run_files(folder) and not overwrite:
+        resuming_here = resume is not None and _same_folder(os.path.dirname(os.path.abspath(resume)), folder)
+        if not resuming_here:
+            raise ConfigError(
+                f"--path_dest {folder!r} holds {describe_run(folder)} ({', '.join(held_run_files(folder))}); "
+                f"a new run would overwrite it. Pass --resume {os.path.join(folder, 'last.pth')} to continue "
+                "it, --overwrite to replace it, or another --path_dest")
+    check_writable_folder(folder, "--path_dest")
+
+
+def check_writable_folder(folder: str, flag: str) -> None:
+    """The folder exists and is writable, or can be created: checked without creating anything, so that a
+    run refused later leaves no trace. The first existing ancestor must be a writable folder."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if not os.path.isdir(path):
+        raise ConfigError(f"{flag}: {path!r} is a file, so the folder {folder!r} cannot be created; pass "
+                          "another folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: {path!r} is not writable (read-only or no permission), so {folder!r} "
+                          "cannot be written; pass a writable folder")
+
+
+def clear_run_files(folder: str) -> list[str]:
+    """Remove the files of the run held in ``folder`` (for --overwrite); returns what was removed."""
+    removed = []
+    for name in RUN_FILES:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.remove(path)
+            removed.append(name)
+    for name in RUN_FOLDERS:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            removed.append(name + "/")
+    return removed
+
+
+def resolve_run_folder(path_dest: str | None, run_name: str, *, resume: str | None, overwrite: bool,
+                       is_main: bool = True) -> str:
+    """The run's folder: ``path_dest``, or a fresh one named after ``run_name`` when it is None (chosen on
+    rank 0, the same on every rank); checked by `check_run_folder` and cleared on --overwrite (rank 0).
+    Called by every rank (it synchronises them)."""
+    folder = path_dest
+    if folder is None:
+        folder = broadcast_object(fresh_run_folder(DEFAULT_PARENT, run_name) if is_main else None)
+    check_run_folder(folder, resume, overwrite)
+    barrier()  # every rank has looked before rank 0 clears
+    if overwrite and is_main and os.path.isdir(folder):
+        removed = clear_run_files(folder)
+        if removed:
+            print(f"--overwrite: removed {', '.join(removed)} of the previous run in {folder}", flush=True)
+    barrier()
+    return folder
