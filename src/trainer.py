@@ -179,6 +179,15 @@ def _data_differences(saved: dict, current: dict) -> list[str]:
     return differences
 
 
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def check_resume_compatible(checkpoint: dict, config: dict, ctx: DistributedContext, path: str,
                             data: dict | None = None) -> None:
     """The checkpoint's run was started with the settings ``config`` has (`RESUME_MUST_MATCH`) and, when
@@ -402,7 +411,11 @@ class Trainer:
         if not self.ctx.is_main:
             return
         best = self.best
-        lines = [f"epoch {epoch + 1}/{self.settings.epochs}: loss {mean_loss:.2f}, {record['time_s']:.1f}s"]
+        remaining = self.settings.last_epoch - epoch - 1
+        recent = [r["time_s"] for r in self.history[-3:]]  # the last epochs' pace (this process included)
+        left = f", about {format_duration(remaining * sum(recent) / len(recent))} left" if remaining else ""
+        lines = [f"epoch {epoch + 1}/{self.settings.epochs}: loss {mean_loss:.2f}, {record['time_s']:.1f}s "
+                 f"per epoch{left}"]
         names = {"test": "evaluation set", "select": "selection split (held out from training)"}
         for (split, variant), metrics in results.items():
             lines.append(f"  {names[split]}, {variant}: {describe_map(metrics)}, CF1 {metrics['CF1']:.2f}, "

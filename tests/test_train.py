@@ -168,6 +168,13 @@ def test_cli_prints_error_and_exits_2(tmp_path):
     assert "train.py: error: --model-path" in completed.stderr and "Traceback" not in completed.stderr
 
 
+def test_durations_read_naturally():
+    from src.trainer import format_duration
+
+    assert [format_duration(s) for s in (3.2, 89, 90, 3000, 5400, 9000)] == \
+        ["3 s", "89 s", "2 min", "50 min", "1.5 h", "2.5 h"]
+
+
 def test_weight_decay_only_on_weights_and_one_cycle_over_all_epochs():
     from src.models import create_model
 
@@ -217,6 +224,9 @@ def test_stage1_outputs(stage1_run, embedded_data_dir):
     summaries = [line for line in stage1_run["stdout"].splitlines()
                  if "best epoch so far" in line or "done." in line]
     assert len(summaries) == 3 and all(PAPER_PROTOCOL in line for line in summaries)
+    epoch_lines = [line for line in stage1_run["stdout"].splitlines() if line.startswith("epoch ")]
+    assert re.fullmatch(r"epoch 1/2: loss [\d.]+, [\d.]+s per epoch, about \d+ s left", epoch_lines[0])
+    assert epoch_lines[1].endswith("per epoch")  # the last epoch: nothing left
     assert not [name for name in os.listdir(dest) if ".tmp" in name]
 
 
