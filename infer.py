@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from src.args import add_flag, device_parser, require_file
+from src.args import add_flag, device_parser, require_file, unsafe_pickle_parser
 from src.data.image_io import ImageReadError, load_rgb
 from src.data.labels import DatasetError
 from src.data.openimages import read_class_list
@@ -80,7 +80,7 @@ def top_k_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Tag pictures with a multi-label model (CSL demo).",
-                                     parents=[device_parser()])
+                                     parents=[device_parser(), unsafe_pickle_parser()])
     add_flag(parser, "--model_path", type=str, default=PAPER_MODEL_PATH,
              help=f"checkpoint: ours (train.py) or the paper's (default {PAPER_MODEL_PATH})")
     add_flag(parser, "--pic_path", type=str, default="./pics",
@@ -262,7 +262,8 @@ def main(argv=None) -> list[dict]:
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(device, args.amp, args.amp_dtype, training=False)
     print("Inference demo with a CSL model")
-    model, class_names = load_model(args.model_path, model_name=args.model_name, device=device)
+    model, class_names = load_model(args.model_path, model_name=args.model_name, device=device,
+                                    allow_pickle=args.unsafe_pickle)
     class_names = resolve_display_names(list(class_names), args)
     results, used, skipped = [], set(), 0
     csv_path = os.path.join(args.output_dir, "predictions.csv")

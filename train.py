@@ -82,6 +82,9 @@ def build_data(args, ctx: DistributedContext) -> DataSplits:
     if simulation is not None:
         main_print(ctx.is_main, describe_simulation(args.simulate_partial_type, args.simulate_partial_param,
                                                     args.seed, simulation))
+    for dataset in (train_full, eval_set):  # OpenImages/LVIS: conflicting, repeated, skipped labels
+        if dataset.describe_load_stats() is not None:
+            main_print(ctx.is_main, dataset.describe_load_stats())
     class_names = list(train_full.class_names)
     if len(class_names) != args.num_classes:
         raise ConfigError(f"--num-classes {args.num_classes} does not match the dataset, which has "
@@ -108,7 +111,8 @@ def build_model(args, ctx: DistributedContext) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     model = build_model_from_args(args)
     if not is_none_path(args.model_path) and args.resume is None:
-        main_print(ctx.is_main, str(load_pretrained_backbone(model, args.model_path)))
+        report = load_pretrained_backbone(model, args.model_path, allow_pickle=args.unsafe_pickle)
+        main_print(ctx.is_main, str(report))
     model.to(ctx.device)
     if ctx.distributed and args.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -172,6 +172,8 @@ def main(argv=None) -> dict:
     try:
         model, model_classes, amp_dtype = load_eval_model(args, ctx.device)
         dataset = build_val_dataset(args)
+        if ctx.is_main and dataset.describe_load_stats() is not None:
+            print(dataset.describe_load_stats())
         class_names = list(dataset.class_names)
         check_classes(list(model_classes), class_names, args, verbose=ctx.is_main)
         if ctx.is_main:

@@ -1,4 +1,4 @@
-"""Data-loading benchmark: pipeline throughput and OpenImages-scale label-loading memory.
+"""Data-loading benchmark: pipeline throughput, start-up image check, OpenImages-scale label memory.
 
 1. Throughput (one process, like one DataLoader worker): COCO-sized JPEGs (640x480, generated here)
    through the train and val pipelines at ``--image-size`` (448, the paper's) and at 224, for
@@ -9,7 +9,12 @@
    alternate plain/ours and the best of ``--repeats`` counts, so other load on the machine matters less.
    Reports images/s, the ratio ours/plain and the max / mean absolute pixel difference of the val
    outputs (0 means bit-identical).
-2. Memory: a synthetic official OpenImages labels CSV (``--csv-rows`` rows, 9,605 classes) and a
+2. Start-up image check (`src.data.image_io.scan_images`, run once per dataset): microseconds per image
+   for the header check (``Image.open`` + size) and the existence-only check used above
+   ``HEADER_CHECK_LIMIT`` images, over the generated JPEGs repeated to ``--scan-paths`` paths (warm
+   page cache: the files were just written; a cold or network disk is slower, which the threads
+   overlap); microseconds per image = seconds per million images.
+3. Memory: a synthetic official OpenImages labels CSV (``--csv-rows`` rows, 9,605 classes) and a
    synthetic processed ``data.csv`` (``--csv-rows / 20`` images, 9 MIDs each) are loaded in a fresh
    subprocess; the peak resident memory above the post-import baseline (sampled every 2 ms) and the
    tracemalloc peak are reported per annotation, next to the size of the dense N x C int8 matrix.
@@ -34,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from src.data.image_io import load_rgb  # noqa: E402  (after the sys.path insert: run as bench/x.py)
+from src.data.image_io import load_rgb, scan_images  # noqa: E402  (after the sys.path insert)
 from src.data.openimages import read_official_labels, read_processed_labels  # noqa: E402
 from src.data.transforms import CutoutPIL, build_train_transform, build_val_transform  # noqa: E402
 
@@ -116,6 +121,21 @@ def throughput_rows(paths: list[str], size: int, repeats: int, splits=("train", 
     diffs = [(our_val(our_load(p)) - plain_val(plain_load(p))).abs() for p in paths]
     rows[-1]["val_max_abs_diff_255"] = round(255 * max(d.max().item() for d in diffs), 2)
     rows[-1]["val_mean_abs_diff_255"] = round(255 * float(torch.stack([d.mean() for d in diffs]).mean()), 4)
+    return rows
+
+
+# ------------------------------------------------------------------------------ start-up check
+def scan_rows(paths: list[str], total: int) -> list[dict]:
+    repeated = (paths * (total // max(len(paths), 1) + 1))[:total]
+    rows = []
+    for header in (True, False):
+        scan_images(repeated[:256], header=header)  # warm-up: imports, thread start
+        start = time.perf_counter()
+        ok = scan_images(repeated, header=header)
+        seconds = time.perf_counter() - start
+        assert ok.all()
+        rows.append({"bench": "startup_check_header" if header else "startup_check_exists",
+                     "paths": len(repeated), "us_per_image": round(1e6 * seconds / len(repeated), 1)})
     return rows
 
 
@@ -204,13 +224,15 @@ def memory_rows(folder: str, csv_rows: int) -> list[dict]:
 
 
 def main(num_images: int = 64, image_size: int = 448, csv_rows: int = 2_000_000,
-         repeats: int = 2) -> list[dict]:
+         repeats: int = 2, scan_paths: int = 20_000) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         paths = make_jpegs(folder, num_images)
         rows += throughput_rows(paths, image_size, repeats)
         if image_size != 224:  # where JPEG draft mode applies to 640x480 inputs
             rows += throughput_rows(paths, 224, repeats, splits=("val",))
+        if scan_paths > 0:
+            rows += scan_rows(paths, scan_paths)
         if csv_rows > 0:
             rows += memory_rows(folder, csv_rows)
     for row in rows:
@@ -227,5 +249,6 @@ if __name__ == "__main__":
     parser.add_argument("--image-size", type=int, default=448)
     parser.add_argument("--csv-rows", type=int, default=2_000_000, help="0 skips the memory benchmark")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--scan-paths", type=int, default=20_000, help="0 skips the start-up check benchmark")
     cli = parser.parse_args()
-    main(cli.num_images, cli.image_size, cli.csv_rows, cli.repeats)
+    main(cli.num_images, cli.image_size, cli.csv_rows, cli.repeats, cli.scan_paths)

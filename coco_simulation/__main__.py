@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         "annotation_file": ann_file,
         "skip_bad_images": args.skip_bad_images,
     }
-    save_partial_labels(args.out, simulated, dataset.class_names, list(dataset.ids), meta)
+    save_partial_labels(args.out, simulated, dataset.class_names, list(dataset.ids), meta,
+                        full_labels=original)
     stats = class_statistics(original, simulated)
     print(f"{ann_file}: mode {meta['mode']}, param {args.simulate_partial_param:g}, seed {args.seed}")
     print(format_class_statistics(stats, dataset.class_names))

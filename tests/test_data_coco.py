@@ -128,16 +128,19 @@ def test_empty_dataset_is_an_error(coco_root):
         CocoDetection(str(coco_root / "train2014"), str(coco_root / "empty.json"))
 
 
-def test_bad_images_error_at_read_or_skipped_with_warning(coco_root):
+def test_bad_images_are_one_error_at_start_up_or_skipped_with_warning(coco_root):
     folder = coco_root / "train2014"
     (folder / "COCO_train2014_000000000010.jpg").write_bytes(b"not a jpeg")
     (folder / "COCO_train2014_000000000030.jpg").unlink()
     ann = str(coco_root / "annotations/instances_train2014.json")
-    ds = CocoDetection(str(folder), ann)
-    with pytest.raises(ImageReadError, match="cannot decode image .*000000000010.jpg.*--skip_bad_images"):
-        ds[1]
-    with pytest.raises(ImageReadError, match="not found: .*000000000030.jpg"):
-        ds[2]
+    with pytest.raises(DatasetError) as error:  # at construction, not when the DataLoader first reads
+        CocoDetection(str(folder), ann)
+    message = str(error.value)
+    assert message.startswith(f"{ann}: 2 of 3 image files are missing or cannot be decoded: ")
+    assert "000000000010.jpg (UnidentifiedImageError: cannot identify image file)" in message
+    assert "000000000030.jpg (not found)" in message
+    assert message.endswith("or pass --skip_bad_images to train without them")
+    assert "\n" not in message
     with pytest.warns(SkippedImagesWarning, match="skipped 2 of 3 images"):
         ds = CocoDetection(str(folder), ann, skip_bad_images=True)
     assert ds.ids == [20]
@@ -165,8 +168,9 @@ def fake_simulation(monkeypatch, calls):
         dataset.set_labels(labels)
         return {"fake_summary": mode}
 
-    def load_partial_labels(path, class_names=None, image_ids=None):
+    def load_partial_labels(path, class_names=None, image_ids=None, full_labels=None):
         calls.append(("load", path, tuple(class_names), tuple(image_ids)))
+        np.testing.assert_array_equal(full_labels.to_dense(), EXPECTED)  # the dataset's own labels
         return np.full((len(image_ids), len(class_names)), -1, dtype=np.int8)
 
     monkeypatch.setattr(src.data, "simulate_dataset", simulate_dataset)
@@ -261,3 +265,23 @@ def test_truncated_image_passes_the_header_scan_and_is_replaced_at_read(coco_roo
     # the next row's image *and* target come together
     torch.testing.assert_close(target, torch.from_numpy(EXPECTED[2].astype(np.float32)))
     np.testing.assert_array_equal(np.asarray(image), np.asarray(ds[2][0]))
+
+
+def test_scan_images_finds_the_same_bad_files_in_one_thread_or_many(tmp_path, monkeypatch):
+    import src.data.image_io as image_io
+
+    paths = []
+    for i in range(9):
+        path = tmp_path / f"{i}.png"
+        if i in (2, 7):
+            path.write_bytes(b"garbage")
+        elif i != 4:  # 4 is missing
+            Image.new("RGB", (3, 2)).save(path)
+        paths.append(str(path))
+    expected = [i not in (2, 4, 7) for i in range(9)]
+    monkeypatch.setattr(image_io, "_SCAN_CHUNK", 2)  # several chunks, so the pool really runs
+    assert image_io.scan_images(paths, num_threads=1).tolist() == expected
+    assert image_io.scan_images(paths, num_threads=4).tolist() == expected
+    monkeypatch.setattr(image_io, "IO_BOUND_US", {True: 0.0, False: 0.0})  # "slow disk": automatic threads
+    assert image_io.scan_images(paths).tolist() == expected
+    assert image_io.scan_images(paths, header=False).tolist() == [i != 4 for i in range(9)]

@@ -74,7 +74,8 @@ def test_official_format_labels(official):
     assert ds.class_mids == MIDS and ds.class_names == ["Cat", "Apple", "Bus, red"]
     assert list(ds.image_ids) == OFFICIAL_IDS
     np.testing.assert_array_equal(ds.labels.to_dense(), OFFICIAL_EXPECTED)
-    assert ds.load_stats == {"unknown_mid_labels": 2, "conflicting_labels": 1, "duplicate_labels": 1}
+    assert ds.load_stats == {"unknown_mid_labels": 2, "conflicting_labels": 1, "duplicate_labels": 1,
+                             "images_without_labels": 1}  # ccc: only an unknown MID
     assert ds.image_paths[1] == str(official / "images" / "train" / "bbb0000000000002.jpg")
     image, target = ds[1]
     torch.testing.assert_close(target, torch.tensor([-1.0, 1.0, 1.0]))
@@ -130,8 +131,11 @@ def test_processed_format_bad_inputs(processed):
         OpenImagesDataset.from_processed(*args)
     with pytest.warns(SkippedLabelsWarning, match="data.csv: skipped 2 labels"):
         skipped = OpenImagesDataset.from_processed(*args, unknown_mids="skip")
-    np.testing.assert_array_equal(skipped.labels.to_dense(), PROCESSED_TRAIN[:, :2])
+    # x3.jpg's only label is the skipped /m/0b: dropped, as the official format drops such images
+    np.testing.assert_array_equal(skipped.labels.to_dense(), PROCESSED_TRAIN[:2, :2])
+    assert [p.rsplit("/", 1)[-1] for p in skipped.image_paths] == ["x1.jpg", "x2.jpg"]
     assert skipped.load_stats["unknown_mid_labels"] == 2
+    assert skipped.load_stats["images_without_labels"] == 1
     with pytest.raises(DatasetError, match="split_name in \\['test'\\]; the file has \\['train', 'val'\\]"):
         OpenImagesDataset.from_processed(*args, split="test")
     (processed / "data.csv").write_text(PROCESSED_CSV + "train/x4.jpg,/m/0a,[],train\n")

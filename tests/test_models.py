@@ -8,13 +8,16 @@ stride 2, SE = mean -> 1x1 conv -> ReLU -> 1x1 conv -> sigmoid gate, space-to-de
 """
 
 import argparse
+import collections
 import copy
 import functools
+import io
 import json
 import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -35,6 +38,7 @@ from src.models import (
     load_pretrained_backbone,
     maybe_compile,
     model_metadata,
+    read_checkpoint_file,
     resolve_bottleneck_head,
     set_grad_checkpointing,
 )
@@ -492,6 +496,33 @@ def test_load_model_reads_paper_checkpoint_with_classes(m_coco_file, m_coco_mode
     assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
 
 
+def test_paper_layout_files_with_numpy_scalars_and_namespaces_load_without_unpickling(tmp_path,
+                                                                                      m_coco_original):
+    """The released files are {'model', 'num_classes', 'idx_to_class'}; some writers store numpy scalars,
+    an OrderedDict and the argparse args. All of that loads with allow_pickle=False (the default), also
+    in torch's legacy format with numpy 1.x module names; anything else is refused (test_bad_inputs_data)."""
+    payload = {'model': collections.OrderedDict(m_coco_original), 'num_classes': np.int64(80),
+               'idx_to_class': {np.int64(i): f'/m/{i:05d}' for i in range(80)}, 'epoch': np.int32(3),
+               'mAP': np.float64(84.1),
+               'args': argparse.Namespace(lr=np.float32(2e-4), model_name='tresnet_m')}
+    torch.save(payload, tmp_path / 'zip.pth')
+    legacy = io.BytesIO()
+    torch.save(payload, legacy, _use_new_zipfile_serialization=False)
+    numpy1 = legacy.getvalue().replace(b'numpy._core.multiarray\nscalar', b'numpy.core.multiarray\nscalar')
+    assert numpy1 != legacy.getvalue()  # the file really names numpy 1.x's module
+    (tmp_path / 'legacy.pth').write_bytes(numpy1)
+    for name in ('zip.pth', 'legacy.pth'):
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # no "loading with weights_only=False" warning
+            model, class_names = load_model(tmp_path / name)
+        assert class_names[:2] == ['/m/00000', '/m/00001'] and len(class_names) == 80
+        expected = convert_original_to_timm(m_coco_original)
+        assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items()
+                   if not key.endswith('num_batches_tracked'))
+        checkpoint = read_checkpoint_file(tmp_path / name)
+        assert checkpoint['epoch'] == 3 and checkpoint['args'].model_name == 'tresnet_m'
+
+
 def test_load_model_bottleneck_file_with_ddp_prefix_and_old_buffers(tmp_path):
     original = random_original_state_dict('tresnet_m_openimages9605', seed=5)
     bare = {f'module.{k}': v for k, v in original.items() if not k.endswith('num_batches_tracked')}
@@ -583,5 +614,5 @@ def test_load_pretrained_backbone_timm_layout_and_mismatch(tmp_path):
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in source.state_dict().items() if not k.startswith('fc.'))
     tresnet = create_model(model_name='tresnet_m', num_classes=2)
-    with pytest.raises(CheckpointError, match='no tensor matches tresnet_m'):
+    with pytest.raises(CheckpointError, match=r"timm.pth' does not hold a tresnet_m backbone: only 0 of"):
         load_pretrained_backbone(tresnet, tmp_path / 'timm.pth')

@@ -10,10 +10,16 @@
 * ``lvis``: see `src.data.lvis` (``lvis_v1_{train,val}.json`` in ``metadata``, ``data/annotations``
   or ``data``; images in ``data/train2017``, ``data/val2017``).
 
+Every split checks its image files once at construction (missing or unreadable files are one `DatasetError`
+naming them and ``--skip_bad_images``, or are dropped with a warning under that flag; see `src.data.base`),
+and ``dataset.describe_load_stats()`` is the label reader's one-line report (OpenImages, LVIS: conflicting,
+repeated and skipped labels, images without a usable label; None for COCO) for the caller to print.
+
 `apply_partial_labels(dataset, *, partial_labels, simulate_type, simulate_param, seed)` replaces the labels
 of a dataset by a partial label file (written by ``python -m coco_simulation``) or by a simulated draw,
 and returns the simulation summary (None for a file or no change); it prints nothing, the caller reports
-the draw with `describe_simulation`.
+the draw with `describe_simulation`. A file is checked against the dataset's own labels (see
+`src.data.partial_labels.load_partial_labels`), so a file made for another dataset is refused.
 
 `build_datasets(args)` is the one reader of the command-line namespace for the data: it returns
 ``(train_dataset, val_dataset)`` for ``args.dataset_type`` (`build_datasets_with_summary` also returns the
@@ -117,7 +123,7 @@ def apply_partial_labels(dataset, *, partial_labels: str | None = None, simulate
                          "file already holds simulated labels")
     if partial_labels:
         dataset.set_labels(load_partial_labels(partial_labels, class_names=list(dataset.class_names),
-                                               image_ids=list(dataset.image_ids)))
+                                               image_ids=list(dataset.image_ids), full_labels=dataset.labels))
         return None
     if simulate_type:
         return simulate_dataset(dataset, simulate_type, simulate_param, seed)

@@ -19,8 +19,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from src.data.image_io import ImageReadError, PathSequence, load_rgb, scan_images
+from src.data.image_io import (
+    HEADER_CHECK_LIMIT,
+    ImageReadError,
+    PathSequence,
+    image_problem,
+    load_rgb,
+    scan_images,
+)
 from src.data.labels import DatasetError, LabelMatrix, as_label_matrix
+
+_EXAMPLES = 3  # bad files named in a start-up error or warning
 
 
 class SkippedImagesWarning(UserWarning):
@@ -56,24 +65,39 @@ class MultiLabelImageDataset(Dataset):
     transform = None
     target_transform = None
     skip_bad_images = False
+    load_stats: dict | None = None  # counts of the label reader (OpenImages, LVIS); see describe_load_stats
+    label_source = ""
 
     def _finish_init(self, source: str, skip_bad_images: bool) -> None:
-        """Validate the result and optionally drop unreadable images (``source`` names the label file)."""
+        """Validate the result and check every image file once (``source`` names the label file).
+
+        Missing or unreadable image files (see `src.data.image_io.scan_images`) are dropped with a
+        `SkippedImagesWarning` when ``skip_bad_images``, otherwise they are one `DatasetError` listing
+        the first of them, so a bad file is found at start-up, not after an epoch of training.
+        """
         self.skip_bad_images = bool(skip_bad_images)
+        self.label_source = source
         if self.labels.num_samples == 0:
             raise DatasetError(f"{source}: the dataset is empty (no image has a usable label). Check that "
                                f"the annotation file and split are the intended ones")
-        if skip_bad_images:
-            ok = scan_images(self.image_paths)
-            n_bad = int((~ok).sum())
-            if n_bad:
-                examples = [self.image_paths[int(i)] for i in np.nonzero(~ok)[0][:3]]
-                warnings.warn(f"{source}: skipped {n_bad} of {len(ok)} images that are missing or cannot "
-                              f"be decoded (e.g. {examples})", SkippedImagesWarning, stacklevel=3)
-                self._keep_rows(np.nonzero(ok)[0])
-            if self.labels.num_samples == 0:
-                raise DatasetError(f"{source}: no readable image left after skipping bad images; check "
-                                   f"that --data points at the image folder ({self.root})")
+        header = len(self.image_paths) <= HEADER_CHECK_LIMIT
+        ok = scan_images(self.image_paths, header=header)
+        n_bad = int((~ok).sum())
+        if not n_bad:
+            return
+        what = "missing or cannot be decoded" if header else "missing"
+        examples = ", ".join(f"{self.image_paths[int(i)]} ({image_problem(self.image_paths[int(i)], header)})"
+                             for i in np.nonzero(~ok)[0][:_EXAMPLES])
+        if n_bad == len(ok):
+            raise DatasetError(f"{source}: none of the {len(ok)} image files can be read (e.g. {examples}); "
+                               f"check that --data points at the image folder ({self.root})")
+        if not skip_bad_images:
+            raise DatasetError(f"{source}: {n_bad} of {len(ok)} image files are {what}: {examples}"
+                               f"{' ...' if n_bad > _EXAMPLES else ''}. Replace or delete them, or pass "
+                               f"--skip_bad_images to train without them")
+        warnings.warn(f"{source}: skipped {n_bad} of {len(ok)} images that are {what} (--skip_bad_images), "
+                      f"e.g. {examples}", SkippedImagesWarning, stacklevel=3)
+        self._keep_rows(np.nonzero(ok)[0])
 
     # ----------------------------------------------------------------- torch Dataset API
     def __len__(self) -> int:
@@ -105,6 +129,25 @@ class MultiLabelImageDataset(Dataset):
         raise DatasetError(f"none of the {len(self)} images could be decoded; check --data ({self.root})")
 
     # ----------------------------------------------------------------- label / subset API
+    def describe_load_stats(self) -> str | None:
+        """One line saying what the label reader resolved or dropped, for the caller to print (the
+        library prints nothing); None for readers with nothing to report (COCO).
+
+        Counts (``load_stats``): (image, class) pairs listed both positive and negative (kept as
+        positive), pairs listed twice (kept once), labels of MIDs outside the class list (skipped) and
+        images left without a usable label (dropped)."""
+        if self.load_stats is None:
+            return None
+        stats = self.load_stats
+        parts = [f"{stats.get('conflicting_labels', 0)} (image, class) pairs listed both positive and "
+                 f"negative counted as positive",
+                 f"{stats.get('duplicate_labels', 0)} repeated labels kept once"]
+        if "unknown_mid_labels" in stats:
+            parts.append(f"{stats['unknown_mid_labels']} labels of classes outside the class list skipped")
+        parts.append(f"{stats.get('images_without_labels', 0)} images without a usable label dropped")
+        return (f"{self.label_source}: {len(self)} images x {self.num_classes} classes; "
+                + ", ".join(parts))
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

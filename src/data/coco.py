@@ -47,7 +47,8 @@ class CocoDetection(MultiLabelImageDataset):
     """COCO multi-label dataset with the paper code's constructor, ``ids`` and ``(image, target)`` items.
 
     Extra keyword arguments: ``skip_bad_images`` (drop missing/undecodable images at start-up with a
-    warning; otherwise such an image is an error when first read) and ``verbose`` (pycocotools prints).
+    warning; otherwise they are one error at start-up listing them, see `MultiLabelImageDataset`) and
+    ``verbose`` (pycocotools prints).
     """
 
     def __init__(self, root: str, annFile: str, transform=None, target_transform=None,

@@ -100,6 +100,7 @@ class LVISDataset(MultiLabelImageDataset):
         labels, self.load_stats = build_label_csr(np.asarray(rows, np.int64), np.asarray(cols, np.int64),
                                                   np.asarray(positive, bool), len(images), len(column_of))
         keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
+        self.load_stats["images_without_labels"] = int(len(images) - len(keep))
         self.labels = labels.subset(keep)
         self.image_ids = [images[r]["id"] for r in keep]
         self.image_paths = [os.path.join(self.root, _relative_path(images[r], self.ann_file)) for r in keep]

@@ -27,10 +27,13 @@ Two input formats are read; both give a sparse `LabelMatrix` (1 positive, 0 nega
      saved dict); surrounding quotes in display names are stripped.  A MID in a label list that is
      not a key is an error by default (the release is self-consistent); ``unknown_mids='skip'``
      skips and counts it instead.
-   * rows: the rows of ``data.csv`` whose ``split_name`` matches, in file order.
+   * rows: the rows of ``data.csv`` whose ``split_name`` matches and that have at least one label of
+     a listed class, in file order.
 
-Either way a (image, class) pair listed twice is kept once, and a pair listed both positive and
-negative becomes positive (counted in ``load_stats['conflicting_labels']``).  Evaluation on
+Either way a (image, class) pair listed twice is kept once (``load_stats['duplicate_labels']``), a
+pair listed both positive and negative becomes positive (``load_stats['conflicting_labels']``), and
+an image left without a usable label is dropped (``load_stats['images_without_labels']``);
+``dataset.describe_load_stats()`` is these counts as one line for the caller to print.  Evaluation on
 OpenImages is partial: AP per class uses only the images annotated for that class.
 
 Memory: the CSVs are read with pandas using only the needed columns, MIDs and ImageIDs as
@@ -188,6 +191,7 @@ def read_official_labels(csv_path: str, class_mids: list[str], unknown_mids: str
                                     len(image_categories), len(class_mids))
     keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
     stats["unknown_mid_labels"] = n_unknown
+    stats["images_without_labels"] = int(len(image_categories) - len(keep))
     _warn_skipped(csv_path, n_unknown)
     return _to_bytes(image_categories[keep]), labels.subset(keep), stats
 
@@ -228,37 +232,48 @@ def _pick_split(csv_path: str, split_names: tuple[str, ...]) -> str:
 
 def read_processed_labels(csv_path: str, class_mids: list[str], split: str | tuple[str, ...],
                           unknown_mids: str = "error"):
-    """(file paths as bytes array, sparse LabelMatrix, stats) for one split of the authors' data.csv."""
+    """(file paths as bytes array, sparse LabelMatrix, stats) for one split of the authors' data.csv.
+
+    Rows without any usable label (both lists empty, or only MIDs skipped as unknown) are dropped and
+    counted in ``stats['images_without_labels']``, as the official format drops such images.
+    """
     require_file(csv_path, "OpenImages data.csv", "It ships with the authors' processed release (pass its "
                  "folder as --metadata)")
     split_names = (split,) if isinstance(split, str) else tuple(split)
-    try:
-        split_name = _pick_split(csv_path, split_names)
-        chunks = pd.read_csv(csv_path, usecols=list(PROCESSED_COLUMNS), dtype=str, keep_default_na=False,
-                             chunksize=_CHUNK_ROWS)
-    except ValueError as exc:
-        raise DatasetError(f"{csv_path}: cannot read columns {PROCESSED_COLUMNS} ({exc}); the processed "
-                           f"release's header is filepath,label,label_neg,split_name") from exc
     categories = pd.Index(class_mids)
     paths, rows, cols, positive = [], [], [], []
     n_rows, n_unknown = 0, 0
-    for chunk in chunks:
-        selected = chunk[chunk["split_name"] == split_name]
-        for column, is_positive in (("label", True), ("label_neg", False)):
-            local_rows, mids = _parse_mid_lists(selected[column], csv_path, column)
-            codes = categories.get_indexer(mids).astype(np.int32)
-            unknown = codes < 0
-            n_unknown += _unknown_mids(csv_path, unknown, unknown_mids, mids[unknown])
-            rows.append(local_rows[~unknown] + n_rows)
-            cols.append(codes[~unknown])
-            positive.append(np.full(int((~unknown).sum()), is_positive))
-        paths.append(_to_bytes(selected["filepath"]))
-        n_rows += len(selected)
+    try:
+        split_name = _pick_split(csv_path, split_names)
+        # The with-block closes the file also when a row is malformed (the reader keeps it open otherwise).
+        with pd.read_csv(csv_path, usecols=list(PROCESSED_COLUMNS), dtype=str, keep_default_na=False,
+                         chunksize=_CHUNK_ROWS) as chunks:
+            for chunk in chunks:
+                selected = chunk[chunk["split_name"] == split_name]
+                for column, is_positive in (("label", True), ("label_neg", False)):
+                    local_rows, mids = _parse_mid_lists(selected[column], csv_path, column)
+                    codes = categories.get_indexer(mids).astype(np.int32)
+                    unknown = codes < 0
+                    n_unknown += _unknown_mids(csv_path, unknown, unknown_mids, mids[unknown])
+                    rows.append(local_rows[~unknown] + n_rows)
+                    cols.append(codes[~unknown])
+                    positive.append(np.full(int((~unknown).sum()), is_positive))
+                paths.append(_to_bytes(selected["filepath"]))
+                n_rows += len(selected)
+    except DatasetError:
+        raise
+    except ValueError as exc:  # missing columns, or a row pandas cannot split (pd.errors.ParserError)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DatasetError(f"{csv_path}: cannot be read as the processed release's data.csv ({first_line}); "
+                           f"its header is filepath,label,label_neg,split_name with one image per "
+                           f"row") from None
     labels, stats = build_label_csr(np.concatenate(rows), np.concatenate(cols), np.concatenate(positive),
                                     n_rows, len(class_mids))
+    keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
     stats["unknown_mid_labels"] = n_unknown
+    stats["images_without_labels"] = int(n_rows - len(keep))
     _warn_skipped(csv_path, n_unknown)
-    return np.concatenate(paths), labels, stats
+    return np.concatenate(paths)[keep], labels.subset(keep), stats
 
 
 # ------------------------------------------------------------------------------ dataset
@@ -276,7 +291,7 @@ class OpenImagesDataset(MultiLabelImageDataset):
         self.class_names = list(class_names)
         self.transform = transform
         self.target_transform = target_transform
-        self.load_stats = load_stats or {}
+        self.load_stats = dict(load_stats or {})
         self._finish_init(source, skip_bad_images)
 
     @classmethod
@@ -323,33 +338,46 @@ def _glob_one(folder: str, patterns: list[str]) -> str | None:
     return None
 
 
+def _find_label_files(folder: str, split_dir: str):
+    """('processed', data.csv, None, None) or ('official', annotations, classes, descriptions) or None."""
+    data_csv = os.path.join(folder, "data.csv")
+    if os.path.isfile(data_csv):
+        return "processed", data_csv, None, None
+    annotations = _glob_one(folder, [f"*{split_dir}-annotations-human-imagelabels*.csv"])
+    classes = _glob_one(folder, ["*classes-trainable*.txt", "*class-descriptions*.csv"])
+    if annotations is None or classes is None:
+        return None
+    return "official", annotations, classes, _glob_one(folder, ["*class-descriptions*.csv"])
+
+
 def openimages_dataset(split: str, transform=None, *, data: str, metadata: str | None = None,
                        skip_bad_images: bool = False, unknown_mids: str | None = None,
                        val_split: str = "validation") -> OpenImagesDataset:
-    """Split 'train' or 'val': images under ``data``, label files in ``metadata`` (default: ``data``).
+    """Split 'train' or 'val': images under ``data``, label files in ``metadata``, else in ``data`` (the
+    command line's --metadata default is the COCO folder, so a missing --metadata falls back to --data).
 
-    ``metadata`` holds either the authors' ``data.csv`` + ``mid_to_classes.pth`` (the val split is the
+    A folder holds either the authors' ``data.csv`` + ``mid_to_classes.pth`` (the val split is the
     first of ``val`` / ``validation`` / ``test`` present in data.csv) or the official CSVs (the val split
     is ``val_split``: ``validation`` or ``test``).  ``unknown_mids`` None keeps each format's default
     ('skip' for the official CSVs, 'error' for data.csv).
     """
-    metadata = metadata or data
     common = {"transform": transform, "skip_bad_images": bool(skip_bad_images)}
     if unknown_mids:
         common["unknown_mids"] = unknown_mids
-    data_csv = os.path.join(metadata, "data.csv")
-    if os.path.isfile(data_csv):
-        names = ("train",) if split == "train" else ("val", "validation", "test")
-        return OpenImagesDataset.from_processed(data, data_csv, os.path.join(metadata, "mid_to_classes.pth"),
-                                                split=names, **common)
     split_dir = "train" if split == "train" else val_split
-    annotations = _glob_one(metadata, [f"*{split_dir}-annotations-human-imagelabels*.csv"])
-    classes = _glob_one(metadata, ["*classes-trainable*.txt", "*class-descriptions*.csv"])
-    descriptions = _glob_one(metadata, ["*class-descriptions*.csv"])
-    if annotations is None or classes is None:
-        raise DatasetError(f"OpenImages label files not found in {metadata}: expected either data.csv + "
-                           f"mid_to_classes.pth (authors' release) or *{split_dir}-annotations-human-"
-                           f"imagelabels*.csv + oidv6-classes-trainable.txt (official release). "
-                           f"Fix --metadata")
-    return OpenImagesDataset.from_official(data, annotations, classes, split_dir,
+    folders = list(dict.fromkeys(f for f in (metadata, data) if f))
+    found = next((hit for hit in (_find_label_files(f, split_dir) for f in folders) if hit), None)
+    if found is None:
+        looked = "; ".join(f"{f}{'' if os.path.isdir(f) else ' (does not exist)'}" for f in folders)
+        raise DatasetError(f"OpenImages {split} label files not found; looked in {looked} for data.csv + "
+                           f"mid_to_classes.pth (the authors' processed release) or "
+                           f"*{split_dir}-annotations-human-imagelabels*.csv + oidv6-classes-trainable.txt "
+                           f"(the official release). Pass --metadata DIR, the folder holding these files "
+                           f"(and --data, the image folder)")
+    kind, labels_file, classes, descriptions = found
+    if kind == "processed":
+        names = ("train",) if split == "train" else ("val", "validation", "test")
+        mid_to_classes = os.path.join(os.path.dirname(labels_file), "mid_to_classes.pth")
+        return OpenImagesDataset.from_processed(data, labels_file, mid_to_classes, split=names, **common)
+    return OpenImagesDataset.from_official(data, labels_file, classes, split_dir,
                                            descriptions_csv=descriptions, **common)

@@ -23,10 +23,26 @@ Partial label files (``save_partial_labels`` / ``load_partial_labels``) are ``.n
 ``labels`` (int8, N x C), ``class_names`` (str, C), ``image_ids`` (int64 or str, N) and ``meta`` (a
 JSON string: mode, param, seed, source ...). They let several runs share the exact same partial
 labels; loading checks that classes and images match the dataset they are applied to.
+
+Class names and image ids alone do not tell datasets apart (every embedded set has ids 1..N and the
+same 48 names), so the file also records where its labels came from, and loading checks it:
+
+* ``save_partial_labels(..., full_labels=...)`` stores ``meta['full_labels_sha256']``, the
+  `label_fingerprint` (sha256 of the shape, the class names and the int8 matrix) of the full labels
+  the simulation started from;
+* ``load_partial_labels(..., full_labels=...)`` (the dataset's own labels, as read from its
+  annotation files) requires every annotated entry of the file to have the same value in the dataset
+  wherever the dataset annotates it (a simulation only turns labels into -1, so a positive of the file
+  is a positive of the dataset, a negative a negative), and, when the dataset's labels are complete
+  (no -1: COCO / embedded, whose annotation files are exhaustive) and the file has a fingerprint, the
+  fingerprints to match.  A mismatch is a ValueError naming the file, the first differing entries and
+  the annotation file the labels were made from.  Files written before the fingerprint existed still
+  load, with the entry check only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -284,10 +300,31 @@ def _ids_array(image_ids: Sequence) -> np.ndarray:
     return np.asarray([str(i) for i in ids], dtype=str)
 
 
+FINGERPRINT_KEY = "full_labels_sha256"
+
+
+def _dense(labels) -> np.ndarray:
+    """A dense int8 matrix from an array or a `LabelMatrix` (anything with ``to_dense``)."""
+    return validate_label_matrix(labels.to_dense() if hasattr(labels, "to_dense") else labels, "full labels")
+
+
+def label_fingerprint(full_labels, class_names: Sequence[str]) -> str:
+    """sha256 (hex) of a full label matrix (shape and int8 values, row-major) and its class names."""
+    dense = np.ascontiguousarray(_dense(full_labels))
+    digest = hashlib.sha256(json.dumps([list(dense.shape), [str(n) for n in class_names]]).encode())
+    digest.update(dense.tobytes())
+    return digest.hexdigest()
+
+
 def save_partial_labels(
-    path, labels, class_names: Sequence[str], image_ids: Sequence, meta: dict | None = None
+    path, labels, class_names: Sequence[str], image_ids: Sequence, meta: dict | None = None,
+    full_labels=None,
 ):
-    """Write a partial label matrix with its class names, image ids and metadata to ``path`` (.npz)."""
+    """Write a partial label matrix with its class names, image ids and metadata to ``path`` (.npz).
+
+    ``full_labels`` (the matrix the partial labels were simulated from) adds its `label_fingerprint`
+    to the metadata, so that loading can tell this dataset from another with the same ids and names.
+    """
     labels = validate_label_matrix(labels)
     class_names = [str(name) for name in class_names]
     image_ids = list(image_ids)
@@ -296,6 +333,13 @@ def save_partial_labels(
             f"labels have shape {labels.shape} but there are {len(image_ids)} image ids and "
             f"{len(class_names)} class names; pass the ids and names of the labelled dataset"
         )
+    meta = dict(meta or {})
+    if full_labels is not None:
+        full = _dense(full_labels)
+        if full.shape != labels.shape:
+            raise ValueError(f"full_labels have shape {full.shape} but the partial labels {labels.shape}; "
+                             f"pass the matrix the partial labels were simulated from")
+        meta[FINGERPRINT_KEY] = label_fingerprint(full, class_names)
     path = os.fspath(path)
     if not path.endswith(".npz"):
         raise ValueError(f"partial label file {path!r} must end with .npz")
@@ -307,7 +351,7 @@ def save_partial_labels(
         labels=labels,
         class_names=np.asarray(class_names, dtype=str),
         image_ids=_ids_array(image_ids),
-        meta=np.asarray(json.dumps(meta or {}, sort_keys=True)),
+        meta=np.asarray(json.dumps(meta, sort_keys=True)),
     )
     return path
 
@@ -384,13 +428,56 @@ def read_partial_label_file(path) -> PartialLabelFile:
     return PartialLabelFile(labels, class_names, image_ids, json.loads(str(contents["meta"])))
 
 
-def load_partial_labels(path, class_names: Sequence[str] | None = None, image_ids: Sequence | None = None):
-    """Load the int8 label matrix of a partial label file, checking its classes and images.
+def _made_from(meta: dict) -> str:
+    source = meta.get("annotation_file")
+    return f" (the file was made from {source})" if source else ""
+
+
+def _check_source(path: str, contents: PartialLabelFile, full_labels) -> None:
+    """The file's annotated entries agree with the dataset's, and the fingerprints match (module doc)."""
+    full = _dense(full_labels)
+    if full.shape != contents.labels.shape:
+        raise ValueError(f"partial label file {path}: labels shape {contents.labels.shape} does not match "
+                         f"the dataset's {full.shape}; regenerate it on this dataset")
+    partial = contents.labels
+    differ = (partial != -1) & (full != -1) & (partial != full)
+    if differ.any():
+        rows, cols = np.nonzero(differ)
+        examples = "; ".join(
+            f"image {contents.image_ids[r]!r}, class {contents.class_names[c]!r}: file {int(partial[r, c])}, "
+            f"dataset {int(full[r, c])}" for r, c in zip(rows[:3], cols[:3]))
+        raise ValueError(
+            f"partial label file {path} does not fit this dataset: {len(rows)} of its "
+            f"{int((partial != -1).sum())} labels contradict the dataset's annotations ({examples})"
+            f"{_made_from(contents.meta)}. It was made for another dataset with the same image ids and "
+            "class names; regenerate it with `python -m coco_simulation --data ... --out FILE.npz` on this "
+            "dataset, or drop --partial_labels"
+        )
+    stored = contents.meta.get(FINGERPRINT_KEY)
+    if stored is not None and not (full == -1).any():
+        found = label_fingerprint(full, contents.class_names)
+        if found != stored:
+            raise ValueError(
+                f"partial label file {path} was simulated from other full labels than this dataset's "
+                f"(fingerprint {str(stored)[:12]}... in the file, {found[:12]}... here)"
+                f"{_made_from(contents.meta)}: the labels it kept agree, but labels it dropped do not. "
+                "Regenerate it with `python -m coco_simulation --data ... --out FILE.npz` on this dataset, "
+                "or drop --partial_labels"
+            )
+
+
+def load_partial_labels(path, class_names: Sequence[str] | None = None, image_ids: Sequence | None = None,
+                        full_labels=None):
+    """Load the int8 label matrix of a partial label file, checking its classes, images and source.
 
     When ``class_names`` / ``image_ids`` are given they must equal the stored ones exactly (same
     order; ids are compared as strings), otherwise a ValueError names the file and the differences.
+    ``full_labels`` (the dataset's labels before partial labels replace them; an array or a
+    `LabelMatrix`) is compared with the file as the module docstring says.
     """
     contents = read_partial_label_file(path)
     _check_matches(os.fspath(path), "class names", contents.class_names, class_names)
     _check_matches(os.fspath(path), "image ids", contents.image_ids, image_ids)
+    if full_labels is not None:
+        _check_source(os.fspath(path), contents, full_labels)
     return contents.labels

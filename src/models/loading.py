@@ -9,6 +9,10 @@ Accepted containers (``torch.load`` of the file):
 State dicts may be in the paper's InPlaceABN layout (converted, see ``checkpoint_convert``) or timm's.
 Older files may lack ``num_batches_tracked``; those buffers keep the model's value (only used when a
 BatchNorm has momentum=None). Nothing is ever downloaded.
+
+Safety: files are read with ``torch.load(weights_only=True)`` plus a short allow-list
+(``SAFE_CHECKPOINT_GLOBALS``: ``argparse.Namespace``, numpy scalars), so loading never runs code from
+the file; anything else is refused unless the caller passes ``allow_pickle=True`` (``--unsafe_pickle``).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,13 +53,51 @@ class CheckpointNotFoundError(FileNotFoundError, ValueError):
     """The checkpoint path does not exist (catchable as FileNotFoundError or ValueError)."""
 
 
-def read_checkpoint_file(path, allow_pickle: bool = True):
-    """``torch.load`` a local file on CPU, safely when possible.
+def _numpy_scalar_globals() -> list:
+    """What ``torch.load(weights_only=True)`` needs for numpy scalars (e.g. ``num_classes`` saved as
+    ``np.int64``): ``numpy.dtype``, the classes of the bool / integer / float / complex dtypes (their
+    state is restored on load) and the scalar constructor, under its numpy 1.x and 2.x module names.
+    None can run code: ``scalar(dtype, bytes)`` only reinterprets bytes as a number of a numeric dtype
+    (object, string and structured dtypes are not allowed)."""
+    core = getattr(np, '_core', None) or np.core
+    scalar = core.multiarray.scalar
+    codes = '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']
+    dtype_classes = list(dict.fromkeys(type(np.dtype(code)) for code in codes))
+    return [np.dtype, *dtype_classes, (scalar, 'numpy.core.multiarray.scalar'),
+            (scalar, 'numpy._core.multiarray.scalar')]
 
-    First with ``weights_only=True`` (plus ``argparse.Namespace``, which training scripts store as
-    ``args``). Some old files hold other Python objects (e.g. numpy arrays in an RNG state); those
-    need full unpickling, which can run code embedded in the file - so it is done only when
-    ``allow_pickle`` is True, with a warning, and should be used only for files you trust.
+
+# Types allowed on top of weights_only's tensors, plain containers (OrderedDict included) and numbers:
+# argparse.Namespace (training scripts store their ``args``) and numpy scalars / dtypes.
+SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals()]
+_UNSUPPORTED_GLOBAL = re.compile(r'Unsupported global: GLOBAL (\S+)')
+
+
+def _refused_globals(path: str, error: Exception) -> list[str]:
+    found = _UNSUPPORTED_GLOBAL.findall(str(error))
+    try:  # every disallowed global of the file, not only the first one (zip-format files only)
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path) or found
+    except Exception:  # noqa: BLE001 - best effort: the message works without the full list
+        pass
+    return [name for name in found if name not in _allowed_names()]
+
+
+def _allowed_names() -> set[str]:
+    names = set()
+    for item in SAFE_CHECKPOINT_GLOBALS:
+        names.add(item[1] if isinstance(item, tuple) else f'{item.__module__}.{item.__qualname__}')
+    return names
+
+
+def read_checkpoint_file(path, allow_pickle: bool = False):
+    """``torch.load`` a local file on CPU without ever running code from it, unless ``allow_pickle``.
+
+    The file is read with ``weights_only=True`` (tensors, plain containers, numbers, strings) plus
+    ``SAFE_CHECKPOINT_GLOBALS`` (``argparse.Namespace``, numpy scalars): this reads the paper's
+    released files, ImageNet backbones and our own checkpoints.  A file that holds any other Python
+    object needs full unpickling, which can execute code embedded in the file: it is refused with a
+    `CheckpointError` naming those objects and ``--unsafe_pickle``, unless ``allow_pickle`` is True
+    (the scripts' ``--unsafe_pickle``), in which case it is loaded with a warning.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -65,18 +109,25 @@ def read_checkpoint_file(path, allow_pickle: bool = True):
     if not (magic.startswith(b'PK\x03\x04') or magic.startswith(b'\x80')):
         raise CheckpointError(f'{path!r} is not a PyTorch checkpoint (starts with {magic!r}); {_EXPECTED}')
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
-        if 'weights only load failed' not in str(error).lower() or not allow_pickle:
+        if 'weights only load failed' not in str(error).lower():
             raise CheckpointError(f'{path!r} is not a PyTorch checkpoint readable with weights_only=True '
-                                  f'({str(error).splitlines()[0]}); {_EXPECTED}') from error
+                                  f'({str(error).splitlines()[0]}); {_EXPECTED}') from None
+        if not allow_pickle:
+            objects = _refused_globals(path, error) or ['objects other than tensors and plain containers']
+            raise CheckpointError(
+                f'{path!r} was not loaded: it holds Python objects ({", ".join(objects[:5])}) whose '
+                'unpickling can execute code embedded in the file. If you trust its source, pass '
+                '--unsafe_pickle (allow_pickle=True); otherwise re-save its state_dict with torch.save'
+            ) from None
     except Exception as error:  # zip/format errors of torch.load: the file is not a torch.save file
         first_line = str(error).splitlines()[0] if str(error) else ''
         raise CheckpointError(f'{path!r} is not a PyTorch checkpoint ({type(error).__name__}: {first_line}); '
                               f'{_EXPECTED}') from error
-    warnings.warn(f'{path!r} holds non-tensor Python objects; loading it with weights_only=False '
-                  '(only do this for files you trust)', stacklevel=2)
+    warnings.warn(f'{path!r} holds arbitrary Python objects; loading it with weights_only=False because of '
+                  '--unsafe_pickle (allow_pickle=True): only do this for files you trust', stacklevel=2)
     try:
         return torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:
@@ -197,13 +248,15 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 
 
 def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool = False,
-               allow_pickle: bool = True) -> tuple[nn.Module, list[str]]:
+               allow_pickle: bool = False) -> tuple[nn.Module, list[str]]:
     """Build the model a checkpoint file describes and load it strictly; returns (model in eval mode, names).
 
     Architecture: ``model_name`` if given, else the file's ``model_name``, else inferred from the TResNet
     tensor shapes. Head type and num_classes come from the tensors (``head.fc.FC.weight`` => bottleneck).
     Class names: the file's ``class_names`` or ``idx_to_class`` (index -> name/MID), else 'class_<i>'.
+    ``allow_pickle``: see `read_checkpoint_file` (False never runs code from the file).
     """
+    path = os.fspath(path)
     checkpoint = read_checkpoint_file(path, allow_pickle=allow_pickle)
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path, use_ema=use_ema))
     name = _resolve_model_name(state_dict, checkpoint, model_name, path)
@@ -248,19 +301,28 @@ def _classifier_prefix(model: nn.Module) -> str:
     return classifier if isinstance(classifier, str) else classifier[0]
 
 
-def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = True) -> BackboneLoadReport:
+MIN_BACKBONE_SHARE = 0.5  # fewer matching backbone tensors than this share: not this model's weights
+
+
+def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False) -> BackboneLoadReport:
     """Load ImageNet-1k/21k weights (paper InPlaceABN or timm layout) into ``model`` except the classifier.
 
     Tensors whose shape differs from the model's are skipped and reported; the classifier (``head.fc*``
-    for TResNets) is never loaded. Raises CheckpointError when nothing at all fits the model. Prints
-    nothing: the returned report's ``str()`` is the summary for the caller to print.
+    for TResNets) is never loaded. Raises CheckpointError (a ValueError) when fewer than
+    ``MIN_BACKBONE_SHARE`` (half) of the model's backbone tensors (classifier and ``num_batches_tracked``
+    excluded) are in the file with the same name and shape: such a file holds another architecture, and
+    training on would be training from scratch after a one-line report. A partial match above that share
+    (e.g. a stage resized) loads, and the report lists what was skipped. ``allow_pickle``: see
+    `read_checkpoint_file`. Prints nothing: the returned report's ``str()`` is the summary for the caller
+    to print.
     """
+    path = os.fspath(path)
     checkpoint = read_checkpoint_file(path, allow_pickle=allow_pickle)
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path))
     target = getattr(model, '_orig_mod', model)
     own = target.state_dict()
     classifier = _classifier_prefix(target)
-    report = BackboneLoadReport(path=os.fspath(path))
+    report = BackboneLoadReport(path=path)
     to_load = {}
     for key, value in state_dict.items():
         if key == classifier or key.startswith(classifier + '.'):
@@ -272,12 +334,17 @@ def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = True) 
         else:
             to_load[key] = value
             report.loaded.append(key)
-    report.missing = [k for k in own if k not in to_load and not k.startswith(classifier + '.')
-                      and not k.endswith('num_batches_tracked')]
-    if not to_load:
+    backbone = [k for k in own
+                if not k.startswith(classifier + '.') and not k.endswith('num_batches_tracked')]
+    report.missing = [k for k in backbone if k not in to_load]
+    matched = len(backbone) - len(report.missing)
+    if matched < MIN_BACKBONE_SHARE * len(backbone) or not to_load:
         arch = getattr(target, 'model_name', type(target).__name__)
-        raise CheckpointError(f'{path!r}: no tensor matches {arch} (file keys e.g. {list(state_dict)[:3]}); '
-                              'expected a pretrained backbone of the same architecture in the paper '
-                              '(InPlaceABN) or timm layout')
+        raise CheckpointError(
+            f'{path!r} does not hold a {arch} backbone: only {matched} of its {len(backbone)} backbone '
+            f'tensors are in the file with the same name and shape (the file has {len(state_dict)} '
+            f'tensors, e.g. {list(state_dict)[:3]}; {len(report.skipped_shape)} with another shape). Pass '
+            f'--model-path with ImageNet weights of {arch} (paper InPlaceABN or timm layout), set '
+            f'--model-name to the architecture of this file, or use --model-path none to train from scratch')
     target.load_state_dict(to_load, strict=False)
     return report

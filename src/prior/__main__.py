@@ -89,6 +89,8 @@ def _load_train_sets(args, verbose: bool = True):
     ``verbose``: print the simulated draw (rank 0)."""
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     train_full = build_split_from_args(args, "train", transform)
+    if verbose and train_full.describe_load_stats() is not None:
+        print(train_full.describe_load_stats())
     # The partial labels replace the copy's label matrix (set_labels), the original keeps the full one.
     train_partial = copy.copy(train_full)
     summary = apply_partial_labels(train_partial, partial_labels=args.partial_labels,
