@@ -138,20 +138,6 @@ class PriorRequest:
     stem: str = "prior"
 
 
-def _sha256(*arrays) -> str:
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()[:16]
-
-
-def label_fingerprint(labels) -> str:
-    """A short hash of a `LabelMatrix` (shape, positives and negatives per row): equal labels, equal hash."""
-    (pos_indptr, pos_indices), (neg_indptr, neg_indices) = labels.csr()
-    return _sha256(labels.shape, pos_indptr, pos_indices, neg_indptr, neg_indices)
-
-
 def data_identity(data: DataSplits) -> dict:
     """What identifies the data a run trains and is evaluated on: classes in order, image counts and ids,
     the training labels as trained on (partial) and the evaluation labels."""
@@ -160,8 +146,8 @@ def data_identity(data: DataSplits) -> dict:
     return {"class_names": data.class_names, "num_train_images": len(train),
             "num_eval_images": len(evaluation),
             "train_image_ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
-            "train_labels": label_fingerprint(train.labels),
-            "eval_labels": label_fingerprint(evaluation.labels)}
+            "train_labels": train.labels.fingerprint()[:16],
+            "eval_labels": evaluation.labels.fingerprint()[:16]}
 
 
 def _data_differences(saved: dict, current: dict) -> list[str]:

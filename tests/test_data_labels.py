@@ -91,3 +91,15 @@ def test_as_label_matrix_checks_shape():
     with pytest.raises(DatasetError, match="shape \\(4, 5\\).*3 images x 5 classes"):
         as_label_matrix(DENSE, 3, 5)
     assert as_label_matrix(DENSE, 4, 5).equals(LabelMatrix.from_dense(DENSE))
+
+
+def test_fingerprint_is_the_same_in_both_layouts_and_changes_with_any_label():
+    rng = np.random.default_rng(3)
+    dense = rng.integers(-1, 2, size=(40, 7)).astype(np.int8)
+    as_dense, as_sparse = LabelMatrix.from_dense(dense), LabelMatrix.from_dense(dense).to_sparse()
+    assert as_dense.fingerprint() == as_sparse.fingerprint()
+    for value in (-1, 0, 1):  # any single change of an entry changes the fingerprint
+        changed = dense.copy()
+        changed[5, 3] = value if value != dense[5, 3] else (value + 2) % 3 - 1
+        assert LabelMatrix.from_dense(changed).fingerprint() != as_dense.fingerprint()
+    assert LabelMatrix.from_dense(dense[:, :6]).fingerprint() != as_dense.fingerprint()  # shape counts

@@ -22,6 +22,7 @@ than ``max_bytes`` so that an accidental densification of OpenImages fails fast 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -254,6 +255,16 @@ class LabelMatrix:
             return (self._dense == value).sum(axis=0, dtype=np.int64)
         indices = self._pos[1] if value == POSITIVE else self._neg[1]
         return np.bincount(indices, minlength=self._num_classes).astype(np.int64)
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the shape and of the positives and negatives of every row: equal matrices, in
+        either layout, give equal fingerprints. Works from the sparse form (OpenImages scale)."""
+        (pos_indptr, pos_indices), (neg_indptr, neg_indices) = self.csr()
+        digest = hashlib.sha256()
+        for array in (self.shape, pos_indptr, pos_indices, neg_indptr, neg_indices):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+            digest.update(b"|")
+        return digest.hexdigest()
 
     def equals(self, other: LabelMatrix) -> bool:
         """Same shape and same values, whatever the layouts."""

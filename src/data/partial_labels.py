@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from src.data.labels import LabelMatrix
+
 MODE_ALIASES = {
     "fpc": "fix_per_class",
     "fix_per_class": "fix_per_class",
@@ -309,10 +311,12 @@ def _dense(labels) -> np.ndarray:
 
 
 def label_fingerprint(full_labels, class_names: Sequence[str]) -> str:
-    """sha256 (hex) of a full label matrix (shape and int8 values, row-major) and its class names."""
-    dense = np.ascontiguousarray(_dense(full_labels))
-    digest = hashlib.sha256(json.dumps([list(dense.shape), [str(n) for n in class_names]]).encode())
-    digest.update(dense.tobytes())
+    """sha256 (hex) of a full label matrix (`LabelMatrix.fingerprint`) and its class names."""
+    matrix = full_labels
+    if not isinstance(matrix, LabelMatrix):
+        matrix = LabelMatrix.from_dense(_dense(full_labels))
+    digest = hashlib.sha256(json.dumps([str(n) for n in class_names]).encode())
+    digest.update(matrix.fingerprint().encode())
     return digest.hexdigest()
 
 
