@@ -1,50 +1,317 @@
-"""reproduce.py: the threshold rule, the table arithmetic, and one tiny end-to-end table with resume."""
+"""reproduce.py and src/reproduce/: the threshold rule, the cells' train.py commands, the table arithmetic,
+atomic outputs, the exits, and one tiny end-to-end table with resume."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shlex
 
 import numpy as np
 import pytest
 
 import reproduce
+from src.args import build_train_parser
+from src.prior import read_prior_csv
+from src.reproduce import protocols, report, runner
+from src.reproduce.protocols import ROWS, share_threshold
 
 
+def _embedded(tmp_path, *flags):
+    args = reproduce.parse_args(["--data_root", str(tmp_path / "data"), "--models_dir",
+                                 str(tmp_path / "models"), "--out", str(tmp_path / "out"), *flags])
+    return args, reproduce.build_protocol(args)
+
+
+def _coco(tmp_path, *flags):
+    args = reproduce.parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "out"), *flags])
+    return args, reproduce.build_protocol(args)
+
+
+def _write_prior(path, values):
+    with open(path, "w") as handle:
+        handle.write("Classes,avg_pred\n" + "".join(f"c{i},{v}\n" for i, v in enumerate(values)))
+    return str(path)
+
+
+def _train_args(command):
+    """The namespace train.py builds from a cell's command (fails if a flag is not train.py's)."""
+    return build_train_parser().parse_args(command[command.index(runner.TRAIN_SCRIPT) + 1:])
+
+
+def _fake_training(monkeypatch, prior_path):
+    """run_logged records the commands instead of running them; every run 'writes' ``prior_path``."""
+    started = []
+    monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
+    monkeypatch.setattr(runner, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
+    monkeypatch.setattr(runner, "find_prior", lambda path: prior_path)
+    return started
+
+
+# ----------------------------------------------------------------------------------- the threshold rule
 def test_share_threshold_ignores_the_papers_share_of_classes():
     prior = np.array([0.10, 0.54, 0.24, 0.05])
     # 4 classes x 1/80 rounds to 0 -> at least one class: midpoint between the top two values.
-    assert reproduce.share_threshold(prior) == pytest.approx((0.54 + 0.24) / 2)
+    assert share_threshold(prior) == pytest.approx((0.54 + 0.24) / 2)
     # 160 classes x 1/80 = 2 classes above the threshold.
     prior = np.linspace(0.01, 0.9, 160)
-    threshold = reproduce.share_threshold(prior)
+    threshold = share_threshold(prior)
     assert (prior > threshold).sum() == 2
 
 
-def test_paper_readme_threshold_ignores_one_of_80_coco_classes():
-    # The rule's premise: on the paper's FPC(1000) prior only 'person' (0.54) exceeds 0.5; the next
-    # value is chair's 0.24. Values taken from that file's top entries.
-    top_values = [0.542279, 0.24080579, 0.22271717, 0.222363]
-    assert sum(v > reproduce.README_PRIOR_THRESHOLD for v in top_values) == 1
-    assert reproduce.PAPER_IGNORED_CLASS_SHARE == 1 / 80
+def test_share_rule_ignores_what_the_readme_threshold_ignores_on_the_papers_coco_prior(tmp_path):
+    # The rule's premise: on the paper's FPC(1000) prior (its top entries: person 0.54, then chair 0.24,
+    # ...; the other 76 classes lower) the README threshold 0.5 ignores exactly one class of 80. The share
+    # rule, applied to that prior, must ignore the same classes, and the COCO protocol uses 0.5 itself.
+    prior = np.concatenate([[0.542279, 0.24080579, 0.22271717, 0.222363], np.linspace(0.2, 0.001, 76)])
+    assert np.flatnonzero(prior > share_threshold(prior)).tolist() == [0]
+    assert np.flatnonzero(prior > 0.5).tolist() == [0]
+    _, coco = _coco(tmp_path)
+    csl = next(row for row in ROWS if row.key == "csl")
+    assert protocols.resolve_threshold(coco, csl, "unused.csv") == 0.5
+
+
+def test_embedded_fpc_n_is_cocos_share_of_the_training_set(tmp_path):
+    # COCO 2014: 1,000 annotations per class out of 82,081 training images; the embedded protocol keeps
+    # that fraction of its own training set (at least 1).
+    for n_train, expected in ((6000, 73), (320, 4), (50, 1)):
+        _, embedded = _embedded(tmp_path, "--n_train", str(n_train))
+        assert embedded.columns == {"fpc": expected, "rps": 0.5}
+        assert expected == max(1, round(1000 / 82081 * n_train))
+    _, coco = _coco(tmp_path)
+    header = report.markdown_table([], coco).splitlines()[0]
+    assert "FPC(1000) best" in header and "RPS(0.5) best" in header
 
 
 def test_mean_std_uses_the_sample_standard_deviation():
-    mean, std = reproduce.mean_std([1.0, 2.0, 4.0])
+    mean, std = report.mean_std([1.0, 2.0, 4.0])
     assert mean == pytest.approx(7 / 3)
     assert std == pytest.approx(np.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
-    assert reproduce.mean_std([3.0]) == (3.0, 0.0)
+    assert report.mean_std([3.0]) == (3.0, 0.0)
 
 
-def test_flags_to_argv_and_row_table():
-    assert reproduce.flags_to_argv({"a": 1, "b": True, "c": False, "d": None}) == ["--a", "1", "--b"]
-    keys = [row.key for row in reproduce.ROWS]
-    assert keys == ["ignore_ce", "negative_ce", "negative_asl", "csl", "csl_readme_threshold"]
-    csl = reproduce.ROWS[3]
-    assert csl.needs_prior and csl.column_flags == {"fpc": {"gamma_neg": 3}, "rps": {"gamma_neg": 1}}
-    assert all((scheme, key) in reproduce.PAPER_RESULTS for scheme in ("fpc", "rps") for key in keys)
+# ----------------------------------------------------------------------------------- the cells' commands
+def test_flags_to_argv():
+    assert runner.flags_to_argv({"a": 1, "b": True, "c": False, "d": None}) == ["--a", "1", "--b"]
 
 
+def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
+    """Each row's cell is a train.py command whose parsed arguments are the paper's README settings."""
+    args, protocol = _embedded(tmp_path)
+    # share rule on 48 classes ignores the top class (threshold 0.8); 0.5 ignores two: both CSL rows train.
+    prior = _write_prior(tmp_path / "prior.csv", [0.9, 0.7, 0.3] + [0.1] * 45)
+    started = _fake_training(monkeypatch, prior)
+    for seed, scheme in ((0, "fpc"), (1, "rps")):
+        runner.run_group(args, protocol, runner.Group(seed, scheme, protocol.columns[scheme]), {})
+    simulations = [c for c in started if runner.TRAIN_SCRIPT not in c]
+    assert [c[c.index("--simulate_partial_type") + 1:c.index("--seed") + 2] for c in simulations] == [
+        ["fpc", "--simulate_partial_param", "73", "--seed", "0"],
+        ["rps", "--simulate_partial_param", "0.5", "--seed", "1"]]
+    cells = {}
+    for command in started:
+        if runner.TRAIN_SCRIPT in command:
+            parsed = _train_args(command)
+            cells[os.path.basename(parsed.path_dest)] = parsed
+    assert sorted(cells) == sorted(f"{s}_{row.key}" for s in ("fpc_seed0", "rps_seed1") for row in ROWS)
+    upstream = protocol.upstream["path"]
+    for name, cell in cells.items():
+        seed = 0 if name.startswith("fpc") else 1
+        assert (cell.model_name, cell.model_path, cell.image_size, cell.num_classes) == (
+            "test_resnet.r160_in1k", upstream, 32, 48)
+        assert (cell.epochs, cell.batch_size, cell.lr, cell.workers, cell.ema_decay, cell.seed) == (
+            10, 64, 8e-3, 0, 0.997, seed)
+        assert cell.data == protocol.data and cell.partial_labels.endswith(f"{name[:9]}.npz")
+    gammas = {key: (c.partial_loss_mode, c.gamma_pos, c.gamma_neg, c.gamma_unann, c.estimate_prior)
+              for key, c in cells.items()}
+    assert gammas["fpc_seed0_ignore_ce"] == ("ignore", 0, 0, 0, "clean")
+    assert gammas["fpc_seed0_negative_ce"] == ("negative", 0, 0, 0, "clean")
+    assert gammas["fpc_seed0_negative_asl"] == ("negative", 1, 4, 4, "none")
+    assert gammas["fpc_seed0_csl"] == ("selective", 0, 3, 4, "none")  # the README's FPC column
+    assert gammas["rps_seed1_csl"] == ("selective", 0, 1, 4, "none")  # and its RPS column
+    for scheme in ("fpc_seed0", "rps_seed1"):
+        csl, readme = cells[f"{scheme}_csl"], cells[f"{scheme}_csl_readme_threshold"]
+        assert csl.prior_path == readme.prior_path == prior and csl.likelihood_topk == 5
+        assert (csl.prior_threshold, readme.prior_threshold) == (pytest.approx(0.8), 0.5)
+    # The whole command of one cell, pinned (the order of the flags is part of "the same command").
+    csl_command = next(c for c in started if c[-4:] == ["--prior_path", prior, "--prior_threshold", "0.8"])
+    out = str(tmp_path / "out")
+    assert shlex.join(csl_command[1:]) == shlex.join([
+        runner.TRAIN_SCRIPT, "--model-name", "test_resnet.r160_in1k", "--image-size", "32", "--epochs", "10",
+        "--batch-size", "64", "--lr", "0.008", "--workers", "0", "--device", "auto", "--dataset_type", "coco",
+        "--num-classes", "48", "--ema_decay", "0.997", "--data", protocol.data,
+        "--partial_labels", f"{out}/labels/fpc_seed0.npz", "--seed", "0",
+        "--path_dest", f"{out}/cells/fpc_seed0_csl", "--partial_loss_mode", "selective",
+        "--likelihood_topk", "5", "--gamma_pos", "0", "--gamma_unann", "4", "--gamma_neg", "3",
+        "--model-path", upstream, "--estimate_prior", "none",
+        "--prior_path", prior, "--prior_threshold", "0.8"])
+
+
+def test_coco_cells_get_the_users_flags_and_the_protocols_defaults(tmp_path, monkeypatch):
+    args, protocol = _coco(tmp_path, "--lr", "1e-4", "-j", "3", "--metadata", str(tmp_path / "meta"))
+    prior = _write_prior(tmp_path / "prior.csv", [0.9, 0.3])
+    started = _fake_training(monkeypatch, prior)
+    runner.run_cell(args, protocol, runner.Group(0, "fpc", 1000), ROWS[0], "labels.npz", None, {})
+    cell = _train_args(started[0])
+    assert (cell.model_name, cell.model_path, cell.image_size, cell.epochs, cell.batch_size) == (
+        "tresnet_m", "none", 448, 30, 64)
+    assert (cell.lr, cell.workers, cell.metadata, cell.num_classes, cell.data) == (
+        1e-4, 3, str(tmp_path / "meta"), 80, str(tmp_path))
+
+
+def test_train_flags_are_passed_on_only_when_set(tmp_path, monkeypatch):
+    prior = _write_prior(tmp_path / "prior.csv", [0.9, 0.3])
+    started = _fake_training(monkeypatch, prior)
+    args, plain = _embedded(tmp_path)
+    runner.run_cell(args, plain, runner.Group(0, "fpc", 4), ROWS[0], "labels.npz", None, {})
+    defaults = build_train_parser().parse_args([])
+    default_cell = _train_args(started[-1])
+    for name in ("weight_decay", "jpeg_draft", "skip_bad_images", "stop_epoch", "amp", "amp_dtype"):
+        assert getattr(default_cell, name) == getattr(defaults, name)
+        assert f"--{name}" not in started[-1] and f"--no-{name}" not in started[-1]
+
+    flags = ["--weight_decay", "1e-3", "--no-jpeg_draft", "--skip_bad_images", "--stop_epoch", "3",
+             "--amp_dtype", "bfloat16", "--ema_decay", "0.99"]
+    args, protocol = _embedded(tmp_path, *flags, "--out", str(tmp_path / "out2"))
+    runner.run_cell(args, protocol, runner.Group(0, "fpc", 4), ROWS[0], "labels.npz", None, {})
+    cell = _train_args(started[-1])
+    assert (cell.weight_decay, cell.jpeg_draft, cell.skip_bad_images, cell.stop_epoch, cell.amp_dtype,
+            cell.ema_decay) == (1e-3, False, True, 3, "bfloat16", 0.99)
+    # The cached upstream backbone is named after them; its pretraining keeps its own schedule.
+    assert protocol.upstream["path"] != plain.upstream["path"]
+    monkeypatch.setattr(runner, "ensure_dataset", lambda *a, **k: None)
+    with pytest.raises(FileNotFoundError):  # the fake training wrote no last.pth
+        runner.prepare_embedded(args, protocol, {})
+    upstream = _train_args(started[-1])
+    assert (upstream.stop_epoch, upstream.epochs, upstream.num_classes, upstream.weight_decay) == (
+        None, 8, 14, 1e-3)
+
+
+def test_readme_threshold_row_runs_only_on_the_embedded_protocol(tmp_path):
+    _, embedded = _embedded(tmp_path)
+    _, coco = _coco(tmp_path)
+    assert [r.key for r in protocols.protocol_rows(embedded)][-1] == "csl_readme_threshold"
+    assert "csl_readme_threshold" not in [r.key for r in protocols.protocol_rows(coco)]
+    assert coco.prior_threshold == "0.5" and embedded.prior_threshold == "share"
+    row = ROWS[-1]
+    assert protocols.resolve_threshold(embedded, row, "unused.csv") == 0.5  # no prior file needed
+
+
+def test_rows_selection_brings_the_stage1_row_and_rejects_unknown_keys(tmp_path):
+    _, protocol = _embedded(tmp_path)
+    assert protocols.select_rows(protocol, None) is None
+    protocol.rows = protocols.select_rows(protocol, "csl")
+    assert protocol.rows == ("ignore_ce", "csl")  # CSL needs the Ignore run's prior
+    assert [r.key for r in protocols.protocol_rows(protocol)] == ["ignore_ce", "csl"]
+    assert protocols.select_rows(protocol, "negative_ce,negative_asl") == ("negative_ce", "negative_asl")
+    with pytest.raises(ValueError, match="--rows"):
+        protocols.select_rows(protocol, "csl,bogus")
+    _, coco = _coco(tmp_path)
+    with pytest.raises(ValueError, match="csl_readme_threshold"):  # embedded-only row
+        protocols.select_rows(coco, "csl_readme_threshold")
+
+
+def test_ignored_classes_compare_like_the_loss(tmp_path):
+    prior = _write_prior(tmp_path / "prior.csv", [0.53, 0.43, 0.5, 0.2])
+    assert runner.ignored_classes(prior, 0.5) == [0]  # strictly above; 0.5 itself is kept
+    assert runner.ignored_classes(prior, 0.48) == [0, 2]
+    assert runner.ignored_classes(prior, 0.0) == []  # threshold 0 disables the prior in the loss
+
+
+def test_readme_row_reuses_the_csl_run_only_when_it_ignores_the_same_classes(tmp_path, monkeypatch):
+    args, protocol = _embedded(tmp_path)
+    group = runner.Group(0, "fpc", 73)
+    row = ROWS[-1]
+    twin = {"row": "csl", "prior_threshold": 0.48, "best_mAP": 50.0, "final_mAP": 49.0, "seed": 0}
+    started = []
+    monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
+    monkeypatch.setattr(runner, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
+
+    same = _write_prior(tmp_path / "same.csv", [0.53, 0.43, 0.2])  # 0.48 and 0.5 both ignore class 0
+    result = runner.run_cell(args, protocol, group, row, "labels.npz", same, {}, twin)
+    assert started == [] and result["same_run_as"] == "csl" and result["best_mAP"] == 50.0
+    assert result["row"] == row.key and result["prior_threshold"] == 0.5 and result["ignored_classes"] == [0]
+
+    group = runner.Group(1, "fpc", 73)
+    other = _write_prior(tmp_path / "other.csv", [0.53, 0.49, 0.2])  # 0.48 also ignores class 1
+    result = runner.run_cell(args, protocol, group, row, "labels.npz", other, {}, twin)
+    assert len(started) == 1 and "same_run_as" not in result and result["best_mAP"] == 1.0
+
+
+# ----------------------------------------------------------------------------------- outputs and exits
+def _failing_replace(monkeypatch, name):
+    """os.replace fails (EIO) for targets called ``name``: the last step of an atomic write."""
+    real = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == name:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_protocol_json_is_written_atomically(tmp_path, monkeypatch, capsys):
+    args, _ = _embedded(tmp_path)
+    os.makedirs(args.out)
+    old = os.path.join(args.out, "protocol.json")
+    with open(old, "w") as handle:
+        handle.write('{"old": true}\n')
+    _failing_replace(monkeypatch, "protocol.json")
+    argv = ["--data_root", str(tmp_path / "data"), "--out", args.out, "--seeds", "1"]
+    assert reproduce.cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reproduce.py: error: ") and f"cannot write {old!r}" in err
+    assert json.load(open(old)) == {"old": True}  # the previous file is intact
+    assert glob.glob(old + ".tmp*") == []
+
+
+def test_result_json_is_written_atomically(tmp_path, monkeypatch):
+    args, protocol = _embedded(tmp_path)
+    _fake_training(monkeypatch, None)
+    group, row = runner.Group(0, "fpc", 73), ROWS[2]
+    result_path = os.path.join(args.out, "cells", "fpc_seed0_negative_asl", "result.json")
+    _failing_replace(monkeypatch, "result.json")
+    with pytest.raises(OSError, match="result.json"):
+        runner.run_cell(args, protocol, group, row, "labels.npz", None, {})
+    # No partial result.json: the cell does not look finished and runs again on the next call.
+    assert not os.path.exists(result_path) and glob.glob(result_path + ".tmp*") == []
+    monkeypatch.undo()
+    started = _fake_training(monkeypatch, None)
+    assert runner.run_cell(args, protocol, group, row, "labels.npz", None, {})["best_mAP"] == 1.0
+    assert len(started) == 1 and json.load(open(result_path))["row"] == "negative_asl"
+
+
+def test_a_failed_cell_exits_1_with_its_log_and_the_resume_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(runner, "prepare_embedded", lambda *a: None)  # no data: the simulation fails
+    out = tmp_path / "out"
+    argv = ["--data_root", str(tmp_path / "missing"), "--out", str(out), "--seeds", "1", "--schemes", "fpc",
+            "--jobs", "1", "--device", "cpu"]
+    assert reproduce.cli(argv) == 1
+    err = capsys.readouterr().err
+    log = out / "labels" / "fpc_seed0.npz.log"
+    assert err.startswith(f"reproduce.py: error: command failed (exit 2); log: {log}\n")
+    assert "COCO train annotations not found" in err  # the tail of the failed command's log
+    assert err.rstrip().endswith("Re-run the same command to resume after fixing it.")
+    assert (out / "protocol.json").exists() and not (out / "labels" / "fpc_seed0.npz").exists()
+
+
+def test_user_errors_exit_2_before_any_work(tmp_path, capsys):
+    base = ["--data_root", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    assert reproduce.cli([*base, "--rows", "csl,bogus"]) == 2
+    assert "reproduce.py: error: --rows: unknown or empty ['bogus']" in capsys.readouterr().err
+    assert reproduce.cli([*base, "--schemes", "fpc,xyz"]) == 2
+    assert "reproduce.py: error: --schemes: unknown ['xyz']" in capsys.readouterr().err
+    assert reproduce.cli([*base, "--dataset_type", "lvis"]) == 2
+    assert "reproduce.py: error: --dataset_type lvis" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a threshold is a number or 'share'
+        reproduce.cli([*base, "--prior_threshold", "half"])
+    assert exit_info.value.code == 2 and "must be a number or 'share'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- end to end
 def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"
@@ -52,7 +319,7 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
             "--out", str(out), "--n_train", "320", "--n_test", "96", "--seeds", "1", "--schemes", "fpc",
             "--epochs", "2",
             "--batch-size", "32", "--upstream_epochs", "1", "--jobs", "1", "--device", "cpu"]
-    reproduce.main(argv)
+    assert reproduce.cli(argv) == 0
 
     table = json.loads((out / "results.json").read_text())
     rows = {row["row"]: row for row in table["table"]}
@@ -66,85 +333,29 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
     # CSL used the Ignore run's prior with the share rule's threshold, and its command line is stored.
     csl_command = (out / "cells" / "fpc_seed0_csl" / "command.txt").read_text()
     assert cells["ignore_ce"]["prior_path"] in csl_command and "--partial_loss_mode selective" in csl_command
-    prior = reproduce.read_prior(cells["ignore_ce"]["prior_path"])
-    assert cells["csl"]["prior_threshold"] == pytest.approx(reproduce.share_threshold(prior), rel=1e-5)
+    prior = read_prior_csv(cells["ignore_ce"]["prior_path"]).numpy()
+    assert cells["csl"]["prior_threshold"] == pytest.approx(share_threshold(prior), rel=1e-5)
     readme_command = (out / "cells" / "fpc_seed0_csl_readme_threshold" / "command.txt").read_text()
     assert cells["csl_readme_threshold"]["prior_threshold"] == 0.5
     assert "--prior_threshold 0.5" in readme_command
     for name in ("results.csv", "results.md", "results.png"):
         assert (out / name).stat().st_size > 0
-    report = (out / "results.md").read_text()
-    assert "Spearman" in report and "CSL, Selective P-ASL" in report
+    assert glob.glob(str(out / "*.tmp*")) == []
+    report_text = (out / "results.md").read_text()
+    assert "Spearman" in report_text and "CSL, Selective P-ASL" in report_text
+    assert json.loads((out / "protocol.json").read_text())["protocol"]["columns"] == {"fpc": n_fpc}
 
     # Re-running finds every cell finished: no training command is started again.
     started = []
-    original = reproduce.run_logged
+    original = runner.run_logged
 
     def recording_run(command, log, env):
         started.append(command)
         return original(command, log, env)
 
-    monkeypatch.setattr(reproduce, "run_logged", recording_run)
+    monkeypatch.setattr(runner, "run_logged", recording_run)
     mtime = os.path.getmtime(out / "cells" / "fpc_seed0_csl" / "result.json")
     reproduce.main(argv)
     assert started == []
     assert os.path.getmtime(out / "cells" / "fpc_seed0_csl" / "result.json") == mtime
     assert json.loads((out / "results.json").read_text())["table"] == table["table"]
-
-
-def test_readme_threshold_row_runs_only_on_the_embedded_protocol(tmp_path):
-    embedded = reproduce.embedded_protocol(reproduce.parse_args(["--data_root", str(tmp_path)]))
-    coco = reproduce.coco_protocol(reproduce.parse_args(["--data", str(tmp_path)]))
-    assert [r.key for r in reproduce.protocol_rows(embedded)][-1] == "csl_readme_threshold"
-    assert "csl_readme_threshold" not in [r.key for r in reproduce.protocol_rows(coco)]
-    assert coco.prior_threshold == "0.5" and embedded.prior_threshold == "share"
-    row = reproduce.ROWS[-1]
-    assert reproduce.resolve_threshold(embedded, row, "unused.csv") == 0.5  # no prior file needed
-
-
-def test_rows_selection_brings_the_stage1_row_and_rejects_unknown_keys(tmp_path):
-    protocol = reproduce.embedded_protocol(reproduce.parse_args(["--data_root", str(tmp_path)]))
-    assert reproduce.select_rows(protocol, None) is None
-    protocol.rows = reproduce.select_rows(protocol, "csl")
-    assert protocol.rows == ("ignore_ce", "csl")  # CSL needs the Ignore run's prior
-    assert [r.key for r in reproduce.protocol_rows(protocol)] == ["ignore_ce", "csl"]
-    assert reproduce.select_rows(protocol, "negative_ce,negative_asl") == ("negative_ce", "negative_asl")
-    with pytest.raises(SystemExit, match="--rows"):
-        reproduce.select_rows(protocol, "csl,bogus")
-    coco = reproduce.coco_protocol(reproduce.parse_args(["--data", str(tmp_path)]))
-    with pytest.raises(SystemExit, match="csl_readme_threshold"):  # embedded-only row
-        reproduce.select_rows(coco, "csl_readme_threshold")
-
-
-def _write_prior(path, values):
-    with open(path, "w") as handle:
-        handle.write("Classes,avg_pred\n" + "".join(f"c{i},{v}\n" for i, v in enumerate(values)))
-    return str(path)
-
-
-def test_ignored_classes_compare_like_the_loss(tmp_path):
-    prior = _write_prior(tmp_path / "prior.csv", [0.53, 0.43, 0.5, 0.2])
-    assert reproduce.ignored_classes(prior, 0.5) == [0]  # strictly above; 0.5 itself is kept
-    assert reproduce.ignored_classes(prior, 0.48) == [0, 2]
-    assert reproduce.ignored_classes(prior, 0.0) == []  # threshold 0 disables the prior in the loss
-
-
-def test_readme_row_reuses_the_csl_run_only_when_it_ignores_the_same_classes(tmp_path, monkeypatch):
-    args = reproduce.parse_args(["--data_root", str(tmp_path), "--out", str(tmp_path / "out")])
-    protocol = reproduce.embedded_protocol(args)
-    group = reproduce.Group(0, "fpc", 73)
-    row = reproduce.ROWS[-1]
-    twin = {"row": "csl", "prior_threshold": 0.48, "best_mAP": 50.0, "final_mAP": 49.0, "seed": 0}
-    started = []
-    monkeypatch.setattr(reproduce, "run_logged", lambda command, log, env: started.append(command))
-    monkeypatch.setattr(reproduce, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
-
-    same = _write_prior(tmp_path / "same.csv", [0.53, 0.43, 0.2])  # 0.48 and 0.5 both ignore class 0
-    result = reproduce.run_cell(args, protocol, group, row, "labels.npz", same, {}, twin)
-    assert started == [] and result["same_run_as"] == "csl" and result["best_mAP"] == 50.0
-    assert result["row"] == row.key and result["prior_threshold"] == 0.5 and result["ignored_classes"] == [0]
-
-    group = reproduce.Group(1, "fpc", 73)
-    other = _write_prior(tmp_path / "other.csv", [0.53, 0.49, 0.2])  # 0.48 also ignores class 1
-    result = reproduce.run_cell(args, protocol, group, row, "labels.npz", other, {}, twin)
-    assert len(started) == 1 and "same_run_as" not in result and result["best_mAP"] == 1.0

@@ -1,0 +1,147 @@
+"""The table's reports: mean ± std per row and column, ``results.{json,csv,md,png}``, and the paper's
+"Estimating the Class Distribution" table of the priors the stage-1 runs wrote."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import numpy as np
+
+from src.data import resolve_coco_files
+from src.data.coco import CocoDetection
+from src.data.labels import LabelMatrix
+from src.data.partial_labels import read_partial_label_file
+from src.prior import naive_estimates, rank_report, read_prior_csv
+from src.reproduce.protocols import PAPER_RESULTS, Protocol, protocol_rows
+from src.utils.io import atomic_write_json, atomic_write_text
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
+    rows = []
+    for row in protocol_rows(protocol):
+        for scheme, param in protocol.columns.items():
+            cells = [r for r in results if r["row"] == row.key and r["scheme"] == scheme]
+            if not cells:
+                continue
+            best, best_std = mean_std([c["best_mAP"] for c in cells])
+            final, final_std = mean_std([c["final_mAP"] for c in cells])
+            rows.append({"row": row.key, "label": row.label, "scheme": scheme, "param": param,
+                         "seeds": len(cells), "best_mAP": best, "best_mAP_std": best_std,
+                         "final_mAP": final, "final_mAP_std": final_std,
+                         "paper_mAP": PAPER_RESULTS.get((scheme, row.key))})
+    return rows
+
+
+def column_title(scheme: str, param) -> str:
+    return f"FPC({int(param)})" if scheme == "fpc" else f"RPS({param:g})"
+
+
+def markdown_table(rows: list[dict], protocol: Protocol) -> str:
+    schemes = list(protocol.columns)
+    head = "| Method | " + " | ".join(
+        f"{column_title(s, protocol.columns[s])} best | final | paper (COCO)" for s in schemes) + " |"
+    lines = [head, "|---|" + "---:|---:|---:|" * len(schemes)]
+    for row in protocol_rows(protocol):
+        cells = []
+        for scheme in schemes:
+            match = [r for r in rows if r["row"] == row.key and r["scheme"] == scheme]
+            if not match:
+                cells += ["-", "-", "-"]
+                continue
+            r = match[0]
+            paper = f"{r['paper_mAP']:.2f}" if r["paper_mAP"] is not None else "-"
+            cells += [f"{r['best_mAP']:.2f} ± {r['best_mAP_std']:.2f}",
+                      f"{r['final_mAP']:.2f} ± {r['final_mAP_std']:.2f}", paper]
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bar_plot(rows: list[dict], protocol: Protocol, path: str) -> None:
+    """Bar chart of the best mAP per row and column, written to a temp file and renamed over ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    schemes = list(protocol.columns)
+    fig, axes = plt.subplots(1, len(schemes), figsize=(5 * len(schemes), 4), squeeze=False)
+    table = protocol_rows(protocol)
+    for ax, scheme in zip(axes[0], schemes):
+        sel = [next((r for r in rows if r["row"] == row.key and r["scheme"] == scheme), None)
+               for row in table]
+        labels = [row.label for row, r in zip(table, sel) if r]
+        means = [r["best_mAP"] for r in sel if r]
+        stds = [r["best_mAP_std"] for r in sel if r]
+        ax.bar(range(len(means)), means, yerr=stds, capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(means)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{protocol.name}: {column_title(scheme, protocol.columns[scheme])}")
+        ax.set_ylabel("mAP (best epoch, mean ± std over seeds)")
+        if means:
+            ax.set_ylim(max(0.0, min(means) - 10), min(100.0, max(means) + 5))
+    fig.tight_layout()
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def prior_tables(results: list[dict], protocol: Protocol) -> str:
+    """The paper's 'Estimating the Class Distribution' table, per column, for the first seed."""
+    root, ann_file = resolve_coco_files(protocol.data, protocol.train_flags.get("metadata"), "train")
+    full = CocoDetection(root, ann_file)
+    true_freq = full.labels.positive_counts() / full.labels.num_samples
+    sections = []
+    for scheme in protocol.columns:
+        by_row = {r["row"]: r for r in results if r["scheme"] == scheme and r["seed"] == min(
+            x["seed"] for x in results)}
+        if "ignore_ce" not in by_row or "negative_ce" not in by_row:
+            continue
+        seed = by_row["ignore_ce"]["seed"]
+        partial = read_partial_label_file(by_row["ignore_ce"]["partial_labels"])
+        model_prior = {row: read_prior_csv(by_row[row]["prior_path"], full.class_names).numpy()
+                       for row in ("ignore_ce", "negative_ce")}
+        estimates = {"Ignore-mode model": model_prior["ignore_ce"],
+                     "Negative-mode model": model_prior["negative_ce"],
+                     **naive_estimates(LabelMatrix.from_dense(partial.labels))}
+        title = column_title(scheme, protocol.columns[scheme])
+        table = rank_report(true_freq, estimates, full.class_names)
+        sections.append(f"#### {title}, seed {seed}\n\n{table}")
+    return "\n\n".join(sections)
+
+
+def csl_thresholds(results: list[dict]) -> list[float]:
+    return sorted({round(r["prior_threshold"], 4) for r in results if r["row"] == "csl"})
+
+
+def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int) -> str:
+    """Write ``<out>/results.{json,csv,md,png}`` (each atomically); returns the markdown report."""
+    rows = table_rows(results, protocol)
+    atomic_write_json(os.path.join(out, "results.json"),
+                      {"protocol": protocol.__dict__, "table": rows, "cells": results})
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(os.path.join(out, "results.csv"), buffer.getvalue(), newline="")
+    text = [f"### {protocol.name}: mAP (%), mean ± std over {seeds} seed(s)", "",
+            "best = best epoch on the evaluation set, max of regular/EMA (the paper's protocol); "
+            "final = last epoch (no selection).", "", markdown_table(rows, protocol), "",
+            f"CSL prior threshold ({protocol.prior_threshold}): {csl_thresholds(results)}"]
+    priors = prior_tables(results, protocol)
+    if priors:
+        text += ["", "### Estimating the class distribution", "", priors]
+    report = "\n".join(text) + "\n"
+    atomic_write_text(os.path.join(out, "results.md"), report)
+    bar_plot(rows, protocol, os.path.join(out, "results.png"))
+    return report

@@ -1,0 +1,226 @@
+"""Running the table: every cell is an ordinary ``train.py`` run in its own process, resumable.
+
+A cell's command line is stored in ``<out>/cells/<cell>/command.txt``; a cell whose ``result.json``
+exists is skipped, so an interrupted table resumes where it stopped. Per (seed, column) group the
+workflow is the paper's: simulate the partial labels, run the Ignore-mode CE (stage 1, writes the prior),
+the Negative runs, then CSL with the prior of stage 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from src.data.embedded import ensure_dataset
+from src.prior import read_prior_csv
+from src.reproduce.protocols import CE_GAMMAS, Protocol, Row, protocol_rows, resolve_threshold
+from src.utils.cli import ExitRequest
+from src.utils.io import atomic_write_json, atomic_write_text
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_SCRIPT = os.path.join(REPO_ROOT, "train.py")
+RESUME_HINT = "Re-run the same command to resume after fixing it."
+LOG_TAIL_LINES = 25
+
+
+class CellFailed(ExitRequest):
+    """A step of the table failed (exit status 1): the message holds the reason (a failed command's log
+    tail) and the resume hint; the finished cells stay and are skipped on the next run."""
+
+    exit_code = 1
+
+    def __init__(self, reason: str):
+        super().__init__(f"reproduce.py: error: {reason}\n{RESUME_HINT}")
+
+
+def run_logged(command: list[str], log_path: str, env: dict) -> None:
+    print("$ " + shlex.join(command), flush=True)
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    if done.returncode != 0:
+        with open(log_path) as log:
+            tail = "".join(log.readlines()[-LOG_TAIL_LINES:])
+        raise CellFailed(f"command failed (exit {done.returncode}); log: {log_path}\n{tail}")
+
+
+def flags_to_argv(flags: dict) -> list[str]:
+    argv = []
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+    return argv
+
+
+def train_command(args, extra_flags: dict) -> list[str]:
+    launcher = [sys.executable]
+    if args.nproc_per_node > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={args.nproc_per_node}"]
+    return launcher + [TRAIN_SCRIPT] + flags_to_argv(extra_flags)
+
+
+def read_metrics(path_dest: str) -> list[dict]:
+    with open(os.path.join(path_dest, "metrics.jsonl")) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def summarise_run(path_dest: str) -> dict:
+    """Best-over-epochs mAP (the paper's protocol, max of regular and EMA) and the final epoch's."""
+    epochs = read_metrics(path_dest)
+    if not epochs:
+        raise CellFailed(f"{path_dest}/metrics.jsonl holds no epoch")
+
+    def best_of(entry):
+        return max(entry["test_regular_mAP"], entry["test_ema_mAP"])
+
+    best = max(epochs, key=best_of)
+    return {"best_mAP": best_of(best), "best_epoch": best["epoch"], "final_mAP": best_of(epochs[-1]),
+            "final_mAP_regular": epochs[-1]["test_regular_mAP"], "epochs": len(epochs)}
+
+
+def find_prior(path_dest: str) -> str:
+    folder = os.path.join(path_dest, "priors")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".csv")) if os.path.isdir(folder) else []
+    if not files:
+        raise CellFailed(f"the run in {path_dest} wrote no prior under {folder}")
+    clean = [f for f in files if "running" not in f]
+    return os.path.join(folder, (clean or files)[0])
+
+
+def ignored_classes(prior_path: str, threshold: float) -> list[int]:
+    """The classes selective mode ignores: prior > threshold, compared as the loss does (float32)."""
+    prior = read_prior_csv(prior_path).numpy().astype(np.float32)
+    return np.flatnonzero(prior > np.float32(threshold)).tolist() if threshold else []
+
+
+@dataclass
+class Group:
+    """One (seed, column): its partial labels and its cells, run in order (CSL needs Ignore's prior)."""
+    seed: int
+    scheme: str
+    param: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.scheme}_seed{self.seed}"
+
+
+def simulate_labels(args, protocol: Protocol, group: Group, env: dict) -> str:
+    out = os.path.join(args.out, "labels", f"{group.name}.npz")
+    if not os.path.exists(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        command = [sys.executable, "-m", "coco_simulation", "--data", protocol.data,
+                   "--simulate_partial_type", group.scheme, "--simulate_partial_param", str(group.param),
+                   "--seed", str(group.seed), "--out", out]
+        if protocol.train_flags.get("metadata"):
+            command += ["--metadata", protocol.train_flags["metadata"]]
+        run_logged(command, out + ".log", env)
+    return out
+
+
+def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str, prior: str | None, env,
+             twin: dict | None = None) -> dict:
+    cell_dir = os.path.join(args.out, "cells", f"{group.name}_{row.key}")
+    result_path = os.path.join(cell_dir, "result.json")
+    if os.path.exists(result_path):
+        with open(result_path) as handle:
+            return json.load(handle)
+    flags = dict(protocol.train_flags, data=protocol.data, partial_labels=labels, seed=group.seed,
+                 path_dest=cell_dir, **row.flags, **row.column_flags.get(group.scheme, {}))
+    if protocol.upstream is not None:
+        flags["model-path"] = protocol.upstream["path"]
+    flags["estimate_prior"] = "clean" if row.writes_prior else "none"
+    threshold = None
+    if row.needs_prior:
+        threshold = float(f"{resolve_threshold(protocol, row, prior):.6g}")  # exactly the flag's value
+        flags.update(prior_path=prior, prior_threshold=f"{threshold:.6g}")
+    os.makedirs(cell_dir, exist_ok=True)
+    command = train_command(args, flags)
+    atomic_write_text(os.path.join(cell_dir, "command.txt"), shlex.join(command) + "\n")
+    same_classes = twin is not None and (
+        ignored_classes(prior, threshold) == ignored_classes(prior, twin["prior_threshold"]))
+    if same_classes:
+        result = dict(twin, row=row.key, prior_threshold=threshold, seconds=0.0,
+                      command=shlex.join(command), same_run_as=twin["row"],
+                      ignored_classes=ignored_classes(prior, threshold))
+        atomic_write_json(result_path, result)
+        print(f"[{group.name}] {row.label}: ignores the same classes as {twin['row']} "
+              f"({result['ignored_classes']}): the same training run, result reused", flush=True)
+        return result
+    start = time.time()
+    run_logged(command, os.path.join(cell_dir, "train.log"), env)
+    result = dict(summarise_run(cell_dir), row=row.key, scheme=group.scheme, seed=group.seed,
+                  param=group.param, prior_threshold=threshold, partial_labels=labels,
+                  seconds=round(time.time() - start, 1), command=shlex.join(command))
+    if row.writes_prior:
+        result["prior_path"] = find_prior(cell_dir)
+    if row.needs_prior:
+        result["ignored_classes"] = ignored_classes(prior, threshold)
+    atomic_write_json(result_path, result)
+    print(f"[{group.name}] {row.label}: best {result['best_mAP']:.2f} final {result['final_mAP']:.2f} "
+          f"({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def run_group(args, protocol: Protocol, group: Group, env: dict) -> list[dict]:
+    labels = simulate_labels(args, protocol, group, env)
+    results, prior = [], None
+    for row in protocol_rows(protocol):
+        twin = next((r for r in results if r["row"] == row.same_run_as), None)
+        result = run_cell(args, protocol, group, row, labels, prior, env, twin)
+        if row.key == "ignore_ce":
+            prior = result["prior_path"]
+        results.append(result)
+    return results
+
+
+def prepare_embedded(args, protocol: Protocol, env: dict) -> None:
+    """Generate the embedded data and pretrain the backbone on the upstream set once (cached)."""
+    ensure_dataset(protocol.data, "embedded", n_train=args.n_train, n_test=args.n_test, seed=0)
+    ensure_dataset(protocol.upstream["data"], "upstream", n_train=args.n_train, n_test=1000, seed=0)
+    target = protocol.upstream["path"]
+    if os.path.exists(target):
+        print(f"upstream backbone: reusing {target}")
+        return
+    path_dest = os.path.join(args.out, "upstream")
+    # stop_epoch None: the pretraining runs its own --upstream_epochs, whatever --stop_epoch the cells get
+    flags = dict(protocol.train_flags, data=protocol.upstream["data"], path_dest=path_dest,
+                 epochs=protocol.upstream["epochs"], partial_loss_mode="negative", estimate_prior="none",
+                 seed=0, stop_epoch=None, **CE_GAMMAS)
+    flags["num-classes"] = 14
+    flags["model-path"] = "none"
+    os.makedirs(path_dest, exist_ok=True)
+    run_logged(train_command(args, flags), os.path.join(path_dest, "train.log"), env)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(path_dest, "last.pth"), target)
+    print(f"upstream backbone: pretrained in {path_dest}, saved to {target}")
+
+
+def cell_environment(device: str, jobs: int | None) -> tuple[int, dict]:
+    """Cells run at once (default: 2 on CPU, 1 on CUDA) and the environment of their processes."""
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    jobs = jobs or (1 if cuda else 2)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not cuda:  # share the cores between parallel cells instead of oversubscribing them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // jobs)))
+    return jobs, env
+
+
+def run_table(args, protocol: Protocol, seeds: int, jobs: int, env: dict) -> list[dict]:
+    """Every (seed, column) group of ``protocol`` (the embedded data and backbone first); their results."""
+    if protocol.upstream is not None:
+        prepare_embedded(args, protocol, env)
+    groups = [Group(seed, s, protocol.columns[s]) for seed in range(seeds) for s in protocol.columns]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [r for group_results in pool.map(lambda g: run_group(args, protocol, g, env), groups)
+                for r in group_results]
