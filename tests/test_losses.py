@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from src.args import build_train_parser
-from src.loss_functions import PARTIAL_LOSS_MODES, PartialSelectiveLoss, build_criterion
+from src.loss_functions import CSL_MODES, PartialSelectiveLoss, build_criterion
 from src.loss_functions.losses import AsymmetricLoss, AsymmetricLossOptimized
 
 # Probabilities and labels of the hand-computed cases (2 samples x 4 classes).
@@ -218,7 +218,7 @@ def random_case(seed, n=5, c=7, unann_fraction=0.5):
     return logits, targets
 
 
-@pytest.mark.parametrize("mode", PARTIAL_LOSS_MODES)
+@pytest.mark.parametrize("mode", CSL_MODES)
 @pytest.mark.parametrize("clip", [0.0, 0.05])
 def test_value_and_gradient_match_the_plain_formula(mode, clip):
     settings = dict(clip=clip, gamma_pos=1.0, gamma_neg=2.0, gamma_unann=3.0, alpha_pos=1.5, alpha_neg=0.7,

@@ -1,4 +1,6 @@
-"""Loss functions: the partial-label selective loss (CSL), its builder from train.py's flags, and ASL.
+"""Loss functions: the partial-label selective loss (CSL), the later partial-label methods it is compared
+with (docs/peer_methods.md), one table of every mode with `create_loss`, the builder from train.py's
+flags, and ASL.
 
 The class prior (its file, the running average ``ComputePrior``) is owned by `src.prior`;
 `src.loss_functions.partial_asymmetric_loss` keeps the paper's import surface.
@@ -6,12 +8,33 @@ The class prior (its file, the running average ``ComputePrior``) is owned by `sr
 
 from src.loss_functions.factory import build_criterion
 from src.loss_functions.losses import AsymmetricLoss, AsymmetricLossOptimized
-from src.loss_functions.partial_selective import PARTIAL_LOSS_MODES, PartialSelectiveLoss
+from src.loss_functions.modes import (
+    CSL_MODES,
+    LOSS_HYPERPARAMETERS,
+    LOSS_MODES,
+    LOSS_REDUCTION,
+    PARTIAL_LOSS_MODES,
+    PEER_MODES,
+    HyperParameter,
+    ModeInfo,
+    create_loss,
+)
+from src.loss_functions.partial_selective import PartialSelectiveLoss
+from src.loss_functions.peer_base import REDUCTIONS
 
 __all__ = [
+    "CSL_MODES",
+    "LOSS_HYPERPARAMETERS",
+    "LOSS_MODES",
+    "LOSS_REDUCTION",
     "PARTIAL_LOSS_MODES",
+    "PEER_MODES",
+    "REDUCTIONS",
     "AsymmetricLoss",
     "AsymmetricLossOptimized",
+    "HyperParameter",
+    "ModeInfo",
     "PartialSelectiveLoss",
     "build_criterion",
+    "create_loss",
 ]

@@ -100,8 +100,14 @@ class PartialSelectiveLoss(nn.Module):
             f"prior={prior}, prior_threshold={self.prior_threshold}"
         )
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Summed loss of ``logits`` (N, C) against ``targets`` (N, C) in {1, 0, -1}."""
+    def forward(self, logits: Tensor, targets: Tensor, *, epoch: int | None = None,
+                num_epochs: int | None = None, indices: Tensor | None = None) -> Tensor:
+        """Summed loss of ``logits`` (N, C) against ``targets`` (N, C) in {1, 0, -1}.
+
+        ``epoch``, ``num_epochs`` and ``indices`` are accepted and ignored: every loss mode is called
+        the same way (`src.loss_functions.create_loss`), and CSL depends on none of them.
+        """
+        del epoch, num_epochs, indices
         if logits.dim() != 2 or tuple(targets.shape) != tuple(logits.shape):
             raise ValueError(
                 f"logits must be (batch, classes) and targets the same shape; got logits "

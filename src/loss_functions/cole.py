@@ -1,0 +1,88 @@
+"""AN-LS and EPR of Cole et al., "Multi-Label Learning from Single Positive Labels" (CVPR 2021);
+official code: github.com/elijahcole/single-positive-multi-label (losses.py, train.py).
+
+With p = sigmoid(x) and their log guard -log(x + 1e-5):
+
+    an_ls   positive:      -(1 - s) log(p + 1e-5) - s log(1 - p + 1e-5)       (s = an_ls_smoothing = 0.1)
+            un-annotated:  -(1 - s) log(1 - p + 1e-5) - s log(p + 1e-5)       (assumed negative, smoothed)
+    epr     positive:      -log(p + 1e-5);  un-annotated: 0
+            regulariser:   (mean_b sum_c p_bc - E)^2 / C^2, added outside the mean (E = expected positives)
+
+Known negatives get -log(1 - p) (our adaptation, `src.loss_functions.peer_base`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from src.loss_functions.peer_base import Labels, PeerLoss, entrywise
+
+COLE_LOG_EPSILON = 1e-5  # their neg_log(x) = -log(x + 1e-5)
+
+
+class AssumeNegativeLabelSmoothing(PeerLoss):
+    """AN-LS: un-annotated entries are negatives, all labels smoothed by ``an_ls_smoothing``."""
+
+    mode = "an_ls"
+
+    def __init__(self, *, an_ls_smoothing: float = 0.1, reduction: str = "sum"):
+        super().__init__(reduction=reduction)
+        if not 0 <= float(an_ls_smoothing) < 1:
+            raise ValueError(f"an_ls_smoothing must be in [0, 1), got {an_ls_smoothing!r}")
+        self.an_ls_smoothing = float(an_ls_smoothing)
+
+    def hyperparameters(self) -> dict:
+        return {"an_ls_smoothing": self.an_ls_smoothing}
+
+    def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
+        p = torch.sigmoid(logits)
+        log_p = torch.log(p + COLE_LOG_EPSILON)
+        log_q = torch.log(1 - p + COLE_LOG_EPSILON)
+        s = self.an_ls_smoothing
+        positive = -(1 - s) * log_p - s * log_q
+        unannotated = -(1 - s) * log_q - s * log_p
+        return entrywise(labels, logits, positive, unannotated), None
+
+
+class ExpectedPositiveRegularizer(PeerLoss):
+    """EPR: positives only, plus the squared gap between the batch's mean number of predicted positives
+    per image and ``epr_expected_positives``, divided by C^2."""
+
+    mode = "epr"
+
+    def __init__(self, *, epr_expected_positives: float = 2.9, reduction: str = "sum"):
+        super().__init__(reduction=reduction)
+        if not float(epr_expected_positives) >= 0:
+            raise ValueError(f"epr_expected_positives must be >= 0, got {epr_expected_positives!r}")
+        self.epr_expected_positives = float(epr_expected_positives)
+
+    def hyperparameters(self) -> dict:
+        return {"epr_expected_positives": self.epr_expected_positives}
+
+    def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, Tensor]:
+        p = torch.sigmoid(logits)
+        positive = -torch.log(p + COLE_LOG_EPSILON)
+        terms = entrywise(labels, logits, positive, torch.zeros_like(p))
+        num_classes = logits.shape[1]
+        regulariser = (p.sum(dim=1).mean(dim=0) - self.epr_expected_positives) ** 2 / num_classes**2
+        return terms, regulariser
+
+
+def expected_positives_per_image(positive_counts, negative_counts, num_samples: int) -> float:
+    """EPR's E estimated from training labels: the sum over classes of each class's positive rate.
+
+    A class with known negatives contributes positives / annotated images (the rate among the images
+    annotated for it, which estimates the true rate when annotations are missing at random); a class
+    without known negatives contributes positives / all images (un-annotated counted as negative, a
+    lower bound). With complete labels this is exactly the mean number of positives per image (Cole et
+    al.'s 2.9 for COCO); with single-positive labels (no negatives at all) it is 1, an underestimate:
+    pass the value instead. ``positive_counts`` / ``negative_counts``: per-class counts (C,).
+    """
+    positives = np.asarray(positive_counts, dtype=np.float64)
+    negatives = np.asarray(negative_counts, dtype=np.float64)
+    if num_samples < 1:
+        raise ValueError(f"expected positives need at least one training image, got {num_samples}")
+    denominators = np.where(negatives > 0, positives + negatives, float(num_samples))
+    return float(np.sum(positives / denominators))

@@ -1,0 +1,156 @@
+"""EM and EM-APL of Zhou et al., "Acknowledging the Unknown for Multi-label Learning with Single Positive
+Labels" (ECCV 2022); official code: github.com/Correr-Zhou/SPML-AckTheUnknown (losses.py, main.py).
+Defaults are their COCO settings (alpha 0.1, beta 0.9, share 0.9, warm-up 5), not main.py's default
+dataset (pascal).
+
+With p = sigmoid(x) and their log guard -log(x + 1e-5):
+
+    em      positive:      -log(p + 1e-5)
+            un-annotated:  -alpha H(p),  H(p) = -p log(p + 1e-5) - (1 - p) log(1 - p + 1e-5)
+    em_apl  as em, except un-annotated entries with a soft pseudo-label s (a stored probability):
+                           beta (-s log(p + 1e-5) - (1 - s) log(1 - p + 1e-5))
+
+EM-APL's pseudo-labels come from a pass over the training set (model in eval mode) after every epoch
+e >= warm-up, first used in epoch warm-up + 1 (their pass after the last epoch labels entries that no
+epoch uses; we skip it): per class c, the int(share U_c / (T - warm-up)) still unlabelled un-annotated
+entries with the lowest p get s = p (U_c: the class's un-annotated entries in the original
+annotations). They are kept in a per-sample store (buffer ``soft_negatives``, float16 (N, C),
+NaN where an entry has no pseudo-label; their code keeps -p in the label matrix instead).
+Known negatives get -log(1 - p) and are never pseudo-labelled (our adaptation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from src.loss_functions.label_store import apply_store_updates, new_label_store, store_rows
+from src.loss_functions.peer_base import Labels, PeerLoss, entrywise
+from src.utils.distributed import get_rank, get_world_size
+
+ZHOU_LOG_EPSILON = 1e-5  # their neg_log(x) = -log(x + 1e-5)
+
+
+class EntropyMaximization(PeerLoss):
+    """EM: the entropy of un-annotated predictions is maximised (weight ``em_alpha``)."""
+
+    mode = "em"
+
+    def __init__(self, *, em_alpha: float = 0.1, reduction: str = "sum"):
+        super().__init__(reduction=reduction)
+        if not float(em_alpha) >= 0:
+            raise ValueError(f"em_alpha must be >= 0, got {em_alpha!r}")
+        self.em_alpha = float(em_alpha)
+
+    def hyperparameters(self) -> dict:
+        return {"em_alpha": self.em_alpha}
+
+    def em_terms(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(log(p + eps), log(1 - p + eps), positive term, un-annotated EM term)."""
+        p = torch.sigmoid(logits)
+        log_p = torch.log(p + ZHOU_LOG_EPSILON)
+        log_q = torch.log(1 - p + ZHOU_LOG_EPSILON)
+        negative_entropy = p * log_p + (1 - p) * log_q  # = -H(p)
+        return log_p, log_q, -log_p, self.em_alpha * negative_entropy
+
+    def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
+        _, _, positive, unannotated = self.em_terms(logits)
+        return entrywise(labels, logits, positive, unannotated), None
+
+
+class EMAsymmetricPseudoLabeling(EntropyMaximization):
+    """EM-APL: EM plus soft pseudo-negatives from a pass over the training set after each epoch >= warm-up.
+
+    The trainer's contract, after every training epoch ``e`` (1-based) of ``T``::
+
+        if criterion.wants_training_pass(e, T):
+            scores = sigmoid of the model's logits on every training image, model.eval(), no gradient,
+                     float (N, C) in dataset order (row i = dataset index i), the same on every rank
+            criterion.update_from_training_pass(scores, targets, e, T)   # targets: the original (N, C)
+
+    ``update_from_training_pass`` is a collective under torchrun (every rank calls it); each rank writes
+    the selected entries of its share of the rows and the stores are gathered, so they stay identical.
+    Training batches must then pass ``indices=`` (their dataset indices) to every call of the loss.
+    """
+
+    mode = "em_apl"
+
+    def __init__(self, *, num_samples: int, num_classes: int, em_alpha: float = 0.1, apl_beta: float = 0.9,
+                 apl_share: float = 0.9, apl_warmup_epochs: int = 5, reduction: str = "sum"):
+        super().__init__(em_alpha=em_alpha, reduction=reduction)
+        if not float(apl_beta) >= 0 or not 0 <= float(apl_share) <= 1:
+            raise ValueError(f"apl_beta must be >= 0 and apl_share in [0, 1], got {apl_beta!r} and "
+                             f"{apl_share!r}")
+        if int(apl_warmup_epochs) != apl_warmup_epochs or int(apl_warmup_epochs) < 1:
+            raise ValueError(f"apl_warmup_epochs must be an integer >= 1, got {apl_warmup_epochs!r}")
+        self.apl_beta, self.apl_share = float(apl_beta), float(apl_share)
+        self.apl_warmup_epochs = int(apl_warmup_epochs)
+        self.register_buffer("soft_negatives", new_label_store(self.mode, num_samples, num_classes,
+                                                               torch.float16, float("nan")))
+
+    def hyperparameters(self) -> dict:
+        return {"em_alpha": self.em_alpha, "apl_beta": self.apl_beta, "apl_share": self.apl_share,
+                "apl_warmup_epochs": self.apl_warmup_epochs}
+
+    def wants_training_pass(self, epoch: int, num_epochs: int) -> bool:
+        """True after the epochs whose end labels new entries: warm-up <= e (their main.py) and e < T (their
+        pass after the last epoch labels entries no epoch uses; we skip it)."""
+        return self.apl_warmup_epochs <= int(epoch) < int(num_epochs)
+
+    def loss_terms(self, logits: Tensor, labels: Labels, *, indices=None, **_) -> tuple[Tensor, None]:
+        if logits.shape[1] != self.soft_negatives.shape[1]:
+            raise ValueError(f"the store was built for {self.soft_negatives.shape[1]} classes but the "
+                             f"logits have {logits.shape[1]}")
+        soft = store_rows(self.soft_negatives, indices, self.mode, logits.shape[0], logits.device).float()
+        pseudo_labelled = ~torch.isnan(soft)
+        p = torch.sigmoid(logits)
+        log_p = torch.log(p + ZHOU_LOG_EPSILON)
+        log_q = torch.log(1 - p + ZHOU_LOG_EPSILON)
+        # Both un-annotated terms are w (t log(p + eps) + (1 - t) log(1 - p + eps)): EM with t = p and
+        # w = alpha (-alpha H(p)), APL with the stored t = s and w = -beta (beta times the soft BCE).
+        # One expression with a per-entry t and w costs half of computing both terms everywhere.
+        t = torch.where(pseudo_labelled, soft, p)
+        w = torch.where(pseudo_labelled, -self.apl_beta, self.em_alpha)
+        unannotated = w * (t * log_p + (1 - t) * log_q)
+        return entrywise(labels, logits, -log_p, unannotated), None
+
+    @torch.no_grad()
+    def update_from_training_pass(self, scores: Tensor, targets: Tensor, epoch: int, num_epochs: int) -> int:
+        """Pseudo-label this epoch's share of un-annotated entries (class docstring); returns how many were
+        labelled (all ranks). A no-op returning 0 when ``wants_training_pass(epoch, num_epochs)`` is False."""
+        store = self.soft_negatives
+        scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
+        if tuple(scores.shape) != tuple(store.shape) or tuple(targets.shape) != tuple(store.shape):
+            raise ValueError(f"scores and targets must be (N, C) = {tuple(store.shape)} in dataset order, "
+                             f"got {tuple(scores.shape)} and {tuple(targets.shape)}")
+        if not self.wants_training_pass(epoch, num_epochs):
+            return 0
+        scores = scores.to(store.device, torch.float32)
+        if not bool(((scores >= 0) & (scores <= 1)).all()):
+            raise ValueError("scores must be probabilities in [0, 1] (sigmoid of the logits), without NaN")
+        unannotated = targets.to(store.device) == -1
+        # int(share * U_c / (T - warm-up)) as their float arithmetic computes it.
+        per_class = torch.floor(self.apl_share * unannotated.sum(0).double()
+                                / (int(num_epochs) - self.apl_warmup_epochs)).long()
+        rows, classes = _lowest_candidates(scores, unannotated & torch.isnan(store), per_class)
+        mine = rows % get_world_size() == get_rank()  # each rank sends a share; the gather joins them
+        rows, classes = rows[mine], classes[mine]
+        return apply_store_updates(store, rows * store.shape[1] + classes, scores[rows, classes])
+
+
+def _lowest_candidates(scores: Tensor, candidates: Tensor, per_class: Tensor) -> tuple[Tensor, Tensor]:
+    """(rows, classes) of the ``per_class[c]`` candidates with the lowest score in each class c (all of a
+    class's candidates when it has fewer). Classes are sorted a block at a time to bound memory."""
+    num_rows, num_classes = scores.shape
+    block = max(1, 2**24 // max(num_rows, 1))
+    found_rows, found_classes = [], []
+    for start in range(0, num_classes, block):
+        stop = min(start + block, num_classes)
+        masked = scores[:, start:stop].masked_fill(~candidates[:, start:stop], float("inf"))
+        order = masked.argsort(dim=0, stable=True)
+        rank = torch.arange(num_rows, device=scores.device).unsqueeze(1)
+        take = (rank < per_class[start:stop].unsqueeze(0)) & candidates[:, start:stop].gather(0, order)
+        columns = torch.arange(start, stop, device=scores.device).expand(num_rows, -1)
+        found_rows.append(order[take])
+        found_classes.append(columns[take])
+    return torch.cat(found_rows), torch.cat(found_classes)

@@ -1,0 +1,83 @@
+"""GR-Loss of Chen et al., "Boosting Single Positive Multi-label Classification with Generalized Robust
+Loss" (IJCAI 2024); official code: github.com/yan4xi1/GRLoss (losses.py, models.py, train.py, config.py).
+
+With p = sigmoid(x) and p' = p detached (K and V carry no gradient):
+
+    positive:      -log(p + 1e-7)
+    un-annotated:  V(p') [ K(p') (1 - p^q2) / q2  +  (1 - K(p')) (1 - (1 - p)^q3) / q3 ]
+                   K(p) = sigmoid(w p + b),  V(p) = exp(-(p - mu)^2 / (2 sigma^2))
+
+averaged over B x C (q2 0.01, q3 1). Their train.py moves w, b, mu and sigma linearly over the T epochs
+(with no linear-initialisation epochs, their default):
+
+    w = w_start + (w_end - w_start) (e - 1) / T,   b likewise          (w 0 -> 2, b -2 -> -2)
+    mu = mu_start + (mu_end - mu_start) e / T,      sigma likewise      (mu 0.5 -> 0.8, sigma 2 -> 0.5)
+
+p^q2 is computed as exp(q2 logsigmoid(x)): the same value, and a finite gradient where p underflows to 0
+(their pow(p, 0.01) has an infinite derivative there); at q3 = 1 the negative-like term is p itself.
+Known negatives get -log(1 - p) (our adaptation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from src.loss_functions.peer_base import Labels, PeerLoss, entrywise, require_epoch
+
+GR_LOG_EPSILON = 1e-7  # their neg_log(x) = -log(x + 1e-7)
+_SCHEDULE = ("w", "b", "mu", "sigma")
+
+
+class GeneralizedRobustLoss(PeerLoss):
+    """GR-Loss with its epoch schedules for K (w, b) and V (mu, sigma)."""
+
+    mode = "gr"
+
+    def __init__(self, *, gr_q2: float = 0.01, gr_q3: float = 1.0, gr_w_start: float = 0.0,
+                 gr_w_end: float = 2.0, gr_b_start: float = -2.0, gr_b_end: float = -2.0,
+                 gr_mu_start: float = 0.5, gr_mu_end: float = 0.8, gr_sigma_start: float = 2.0,
+                 gr_sigma_end: float = 0.5, reduction: str = "sum"):
+        super().__init__(reduction=reduction)
+        if not float(gr_q2) > 0 or not float(gr_q3) > 0:
+            raise ValueError(f"gr_q2 and gr_q3 must be > 0, got {gr_q2!r} and {gr_q3!r}")
+        if not float(gr_sigma_start) > 0 or not float(gr_sigma_end) > 0:
+            raise ValueError(f"gr_sigma_start and gr_sigma_end must be > 0, got {gr_sigma_start!r} and "
+                             f"{gr_sigma_end!r}")
+        self.gr_q2, self.gr_q3 = float(gr_q2), float(gr_q3)
+        self.schedule_ends = {"w": (float(gr_w_start), float(gr_w_end)),
+                              "b": (float(gr_b_start), float(gr_b_end)),
+                              "mu": (float(gr_mu_start), float(gr_mu_end)),
+                              "sigma": (float(gr_sigma_start), float(gr_sigma_end))}
+
+    def hyperparameters(self) -> dict:
+        settings = {"gr_q2": self.gr_q2, "gr_q3": self.gr_q3}
+        for name in _SCHEDULE:
+            settings[f"gr_{name}_start"], settings[f"gr_{name}_end"] = self.schedule_ends[name]
+        return settings
+
+    def schedule(self, epoch: int, num_epochs: int) -> dict[str, float]:
+        """w, b, mu, sigma during ``epoch`` (1-based) of ``num_epochs``: w and b use (e - 1) / T, mu and
+        sigma e / T, as their train.py."""
+        progress = {"w": max(epoch - 1, 0) / num_epochs, "b": max(epoch - 1, 0) / num_epochs,
+                    "mu": max(epoch, 0) / num_epochs, "sigma": max(epoch, 0) / num_epochs}
+        return {name: start + (end - start) * progress[name]
+                for name, (start, end) in self.schedule_ends.items()}
+
+    def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, num_epochs, **_) -> tuple[Tensor, None]:
+        epoch = require_epoch(self.mode, epoch, num_epochs, need_total=True)
+        values = self.schedule(epoch, int(num_epochs))
+        p = torch.sigmoid(logits)
+        with torch.no_grad():  # K and V of the detached p: weights V K and V (1 - K), no gradient
+            k = torch.sigmoid(values["w"] * p + values["b"])
+            v = torch.exp(-0.5 * ((p - values["mu"]) / values["sigma"]) ** 2)
+            weight_positive_like, weight_negative_like = v * k, v * (1 - k)
+        q2, q3 = self.gr_q2, self.gr_q3
+        log_q = F.logsigmoid(-logits)  # log(1 - p)
+        positive_like = (1 - torch.exp(q2 * F.logsigmoid(logits))) / q2  # (1 - p^q2) / q2
+        # (1 - (1 - p)^q3) / q3, which is p itself at their q3 = 1.
+        negative_like = p if q3 == 1 else (1 - torch.exp(q3 * log_q)) / q3
+        unannotated = weight_positive_like * positive_like + weight_negative_like * negative_like
+        positive = -torch.log(p + GR_LOG_EPSILON)
+        return entrywise(labels, logits, positive, unannotated, negative_term=-log_q), None

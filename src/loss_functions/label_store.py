@@ -1,0 +1,101 @@
+"""Per-sample label stores of the methods that change training labels across batches (LL-Cp, EM-APL).
+
+A store is an (N, C) buffer of the loss module (N training images, C classes), so it travels with
+``criterion.state_dict()`` into every checkpoint and back on resume. Updates are written through
+:func:`apply_store_updates`: under ``torchrun`` every rank's (flat positions, values) are all_gathered
+and every rank writes all of them, so the stores stay identical on every rank; without a process
+group it is a plain write.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from src.utils.distributed import is_dist
+
+
+def physical_memory_bytes() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def new_label_store(mode: str, num_samples, num_classes, dtype: torch.dtype, fill) -> Tensor:
+    """A (num_samples, num_classes) tensor filled with ``fill``; refused (MemoryError) when it would take
+    more than half of the physical memory - the rest is needed by the data, the model and the loaders."""
+    if num_samples is None or num_classes is None or int(num_samples) < 1 or int(num_classes) < 1:
+        raise ValueError(f"loss mode {mode!r} keeps a per-sample label store: pass num_samples=N (training "
+                         f"images) and num_classes=C (both >= 1), got num_samples={num_samples!r}, "
+                         f"num_classes={num_classes!r}")
+    rows, columns = int(num_samples), int(num_classes)
+    needed = rows * columns * torch.empty((), dtype=dtype).element_size()
+    limit = physical_memory_bytes() // 2
+    if needed > limit:
+        raise MemoryError(
+            f"loss mode {mode!r}: its per-sample label store of N={rows} images x C={columns} classes "
+            f"({dtype}) needs {needed} bytes ({needed / 2**30:.1f} GiB), more than half of this machine's "
+            f"physical memory ({limit} of {2 * limit} bytes); use another loss mode or a subset of the "
+            "training set"
+        )
+    return torch.full((rows, columns), fill, dtype=dtype)
+
+
+def store_rows(store: Tensor, indices: Tensor | None, mode: str, batch_size: int, device) -> Tensor:
+    """The store's rows of the batch's samples, on ``device``."""
+    if indices is None:
+        raise ValueError(f"loss mode {mode!r} keeps a per-sample label store: call it with indices= (the "
+                         "batch's dataset indices, a LongTensor)")
+    indices = torch.as_tensor(indices).reshape(-1)
+    if indices.numel() != batch_size:
+        raise ValueError(f"indices holds {indices.numel()} dataset indices for a batch of {batch_size}")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= store.shape[0]):
+        raise ValueError(f"indices must lie in [0, {store.shape[0]}) (the store was built for num_samples="
+                         f"{store.shape[0]}), got values in [{int(indices.min())}, {int(indices.max())}]")
+    return store.index_select(0, indices.to(store.device, torch.long)).to(device)
+
+
+def _comm_device() -> torch.device:
+    """NCCL moves CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _gather_from_all_ranks(positions: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Every rank's (positions, values) concatenated in rank order (ranks may send different counts)."""
+    device, world = _comm_device(), dist.get_world_size()
+    count = torch.tensor([positions.numel()], dtype=torch.int64, device=device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c.item()) for c in counts]
+    longest = max(counts)
+    if longest == 0:
+        return positions[:0], values[:0]
+    # float32 carries int8 flags and float16 soft labels exactly (and every backend supports it).
+    sent_positions = torch.zeros(longest, dtype=torch.int64, device=device)
+    sent_values = torch.zeros(longest, dtype=torch.float32, device=device)
+    sent_positions[: positions.numel()] = positions.to(device)
+    sent_values[: values.numel()] = values.to(device, torch.float32)
+    got_positions = [torch.empty_like(sent_positions) for _ in range(world)]
+    got_values = [torch.empty_like(sent_values) for _ in range(world)]
+    dist.all_gather(got_positions, sent_positions)
+    dist.all_gather(got_values, sent_values)
+    return (torch.cat([p[:n] for p, n in zip(got_positions, counts)]),
+            torch.cat([v[:n] for v, n in zip(got_values, counts)]))
+
+
+@torch.no_grad()
+def apply_store_updates(store: Tensor, positions: Tensor, values: Tensor) -> int:
+    """Write ``values`` at the flat ``positions`` (row * C + class) of ``store`` - every rank's updates
+    under a process group (a collective: every rank must call it), this process's otherwise. Returns
+    the number of entries written (all ranks)."""
+    positions = positions.reshape(-1).to(torch.int64)
+    values = values.reshape(-1)
+    if is_dist():
+        positions, values = _gather_from_all_ranks(positions, values)
+    if positions.numel():
+        store.view(-1)[positions.to(store.device)] = values.to(store.device, store.dtype)
+    return int(positions.numel())

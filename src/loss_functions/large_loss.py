@@ -1,0 +1,140 @@
+"""LL-R, LL-Ct and LL-Cp of Kim et al., "Large Loss Matters in Weakly Supervised Multi-Label
+Classification" (CVPR 2022); official code: github.com/snucml/LargeLossMatters (losses.py, train.py,
+config.py); the authors' later code github.com/youngwk/BridgeGapExplanationPAMC (BoostLU, CVPR 2023)
+fixes LL-Cp and sets the deltas (0.5 / 0.2 / 0.1 percent for LL-R / LL-Ct / LL-Cp).
+
+Un-annotated entries are negatives: the loss matrix is BCE(x, y) with y = 1 on positives, 0 elsewhere,
+averaged over all B x C entries. From epoch 2 on, the k un-annotated entries with the largest loss in
+the batch (every entry whose loss reaches the k-th largest) are
+
+    ll_r   rejected: their loss is 0 (they still count in the mean's denominator);
+    ll_ct  flipped to positive for this batch: BCE(x, 1);
+    ll_cp  flipped to positive for this batch and permanently, in a per-sample store (int8, N x C):
+           later batches treat them as positives.
+
+k = ceil(B C (1 - clean_rate)) for ll_r / ll_ct, where their train.py starts clean_rate at 1 and
+subtracts delta after every epoch (so k = ceil(B C (e - 1) delta) up to the rounding of that running
+subtraction, which we repeat to get their k exactly); k = ceil(B C delta) for ll_cp, from epoch 2 on.
+
+LL-Cp in LargeLossMatters compares strings with ``is`` (``P['mod_scheme'] is 'LL-Cp'``), which is False
+for a string parsed from the command line, so it silently runs LL-Ct with LL-Cp's delta; we implement
+the intended LL-Cp, as BoostLU's code does (``==``, flipping and storing the same entries).
+Known negatives keep BCE(x, 0) = -log(1 - p) and are never selected (as in BoostLU's OpenImages setting).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from src.loss_functions.label_store import apply_store_updates, new_label_store, store_rows
+from src.loss_functions.peer_base import Labels, PeerLoss, require_epoch
+
+
+def running_clean_rate(delta: float, epoch: int) -> float:
+    """Their clean_rate during ``epoch`` (1-based): 1.0 minus delta once after each earlier epoch."""
+    clean_rate = 1.0
+    for _ in range(epoch - 1):
+        clean_rate -= delta
+    return clean_rate
+
+
+class _LargeLoss(PeerLoss):
+    """Shared BCE + large-loss selection; subclasses set ``flip`` and the number k."""
+
+    flip = True
+
+    def __init__(self, *, delta: float, delta_name: str, reduction: str):
+        super().__init__(reduction=reduction)
+        if not 0 <= float(delta) <= 1:
+            raise ValueError(f"{delta_name} must be in [0, 1] (a fraction of the batch's entries), got "
+                             f"{delta!r}")
+        self.delta, self._delta_name = float(delta), delta_name
+
+    def hyperparameters(self) -> dict:
+        return {self._delta_name: self.delta}
+
+    def num_selected(self, num_entries: int, epoch: int) -> int:
+        """k: how many un-annotated entries of a batch of ``num_entries`` are rejected or flipped."""
+        clean_rate = running_clean_rate(self.delta, epoch)
+        if clean_rate == 1:  # their "epoch 1": the loss is left as it is
+            return 0
+        return min(math.ceil(num_entries * (1 - clean_rate)), num_entries)
+
+    def large_loss_terms(self, logits: Tensor, positive: Tensor, unannotated: Tensor, epoch: int
+                         ) -> tuple[Tensor, Tensor | None]:
+        """(loss matrix, mask of the selected entries or None when nothing is selected)."""
+        bce = F.binary_cross_entropy_with_logits(logits, positive.float(), reduction="none")
+        k = self.num_selected(logits.numel(), epoch)
+        if k == 0:
+            return bce, None
+        with torch.no_grad():
+            # Annotated entries score -1, below every loss, so they are never selected.
+            scores = bce.masked_fill(~unannotated, -1.0).flatten()
+            kth_largest = torch.topk(scores, k, sorted=False).values.min()
+            selected = unannotated & (bce >= kth_largest)
+        if self.flip:
+            flipped = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+            return torch.where(selected, flipped, bce), selected
+        return torch.where(selected, torch.zeros_like(bce), bce), selected
+
+    def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, **_) -> tuple[Tensor, None]:
+        epoch = require_epoch(self.mode, epoch)
+        terms, _ = self.large_loss_terms(logits, labels.positive, labels.unannotated, epoch)
+        return terms, None
+
+
+class LargeLossRejection(_LargeLoss):
+    """LL-R: the largest un-annotated losses are set to 0."""
+
+    mode, flip = "ll_r", False
+
+    def __init__(self, *, ll_r_delta: float = 0.005, reduction: str = "sum"):
+        super().__init__(delta=ll_r_delta, delta_name="ll_r_delta", reduction=reduction)
+
+
+class LargeLossCorrectionTemporary(_LargeLoss):
+    """LL-Ct: the largest un-annotated losses are computed as positives, for the batch only."""
+
+    mode = "ll_ct"
+
+    def __init__(self, *, ll_ct_delta: float = 0.002, reduction: str = "sum"):
+        super().__init__(delta=ll_ct_delta, delta_name="ll_ct_delta", reduction=reduction)
+
+
+class LargeLossCorrectionPermanent(_LargeLoss):
+    """LL-Cp: the largest un-annotated losses become positives for good (buffer ``flipped_to_positive``:
+    int8 (N, C), 1 where the label was flipped; identical on every rank under torchrun)."""
+
+    mode = "ll_cp"
+
+    def __init__(self, *, num_samples: int, num_classes: int, ll_cp_delta: float = 0.001,
+                 reduction: str = "sum"):
+        super().__init__(delta=ll_cp_delta, delta_name="ll_cp_delta", reduction=reduction)
+        self.register_buffer("flipped_to_positive", new_label_store(self.mode, num_samples, num_classes,
+                                                                    torch.int8, 0))
+
+    def num_selected(self, num_entries: int, epoch: int) -> int:
+        # A constant k from epoch 2 on (their LL-Cp branch): ceil(B C delta).
+        if epoch < 2 or self.delta == 0:
+            return 0
+        return min(math.ceil(num_entries * self.delta), num_entries)
+
+    def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, indices=None, **_) -> tuple[Tensor, None]:
+        epoch = require_epoch(self.mode, epoch)
+        if logits.shape[1] != self.flipped_to_positive.shape[1]:
+            raise ValueError(f"the store was built for {self.flipped_to_positive.shape[1]} classes but the "
+                             f"logits have {logits.shape[1]}")
+        stored = store_rows(self.flipped_to_positive, indices, self.mode, logits.shape[0], logits.device)
+        flipped_before = labels.unannotated & (stored == 1)
+        terms, selected = self.large_loss_terms(logits, labels.positive | flipped_before,
+                                                labels.unannotated & ~flipped_before, epoch)
+        if selected is not None:
+            rows, classes = selected.nonzero(as_tuple=True)
+            sample = torch.as_tensor(indices).reshape(-1).to(rows.device, torch.long)[rows]
+            positions = sample * logits.shape[1] + classes
+            apply_store_updates(self.flipped_to_positive, positions, torch.ones_like(positions))
+        return terms, None

@@ -1,0 +1,91 @@
+"""Hill and SPLC of Zhang et al., "Simple and Robust Loss Design for Multi-Label Learning with Missing
+Labels" (arXiv 2112.07368); official code: github.com/xinyu1205/robust-loss-mlml
+(src/loss_functions/losses.py, train.py). Both are sums in their code.
+
+With p = sigmoid(x), margin m and focusing gamma (their focusing weights carry gradient, unlike CSL's):
+
+    hill   positive:      -(1 - p_m)^gamma log(p_m),  p_m = sigmoid(x - m)      (m 1, gamma 2)
+           un-annotated:  (lambda - p) p^2                                       (lambda 1.5)
+    splc   positive:      -(1 - p_m)^gamma log(p_m)                              (m 1, gamma 2)
+           un-annotated:  -p^gamma log(1 - p); from epoch splc_start_epoch (2) on, an un-annotated entry
+                          with p > tau (0.6) counts as a positive for that batch, without the margin
+                          (the margin is applied before the relabelling): -(1 - p)^gamma log(p)
+
+Known negatives get -log(1 - p) and are never relabelled (our adaptation). log(sigmoid) is computed as
+logsigmoid: the same values where the official log(sigmoid(.)) is finite, no -inf where it underflows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from src.loss_functions.peer_base import Labels, PeerLoss, entrywise, require_epoch
+
+
+def _check_non_negative(**values) -> None:
+    for name, value in values.items():
+        if not float(value) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+class HillLoss(PeerLoss):
+    """Hill: focal-margin positives, the hill-shaped (lambda - p) p^2 on un-annotated entries."""
+
+    mode = "hill"
+
+    def __init__(self, *, hill_lambda: float = 1.5, hill_margin: float = 1.0, hill_gamma: float = 2.0,
+                 reduction: str = "sum"):
+        super().__init__(reduction=reduction)
+        _check_non_negative(hill_lambda=hill_lambda, hill_margin=hill_margin, hill_gamma=hill_gamma)
+        self.hill_lambda, self.hill_margin = float(hill_lambda), float(hill_margin)
+        self.hill_gamma = float(hill_gamma)
+
+    def hyperparameters(self) -> dict:
+        return {"hill_lambda": self.hill_lambda, "hill_margin": self.hill_margin,
+                "hill_gamma": self.hill_gamma}
+
+    def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
+        shifted = logits - self.hill_margin
+        positive = -torch.pow(1 - torch.sigmoid(shifted), self.hill_gamma) * F.logsigmoid(shifted)
+        p = torch.sigmoid(logits)
+        unannotated = (self.hill_lambda - p) * p * p
+        return entrywise(labels, logits, positive, unannotated), None
+
+
+class SPLCLoss(PeerLoss):
+    """SPLC: focal margin loss whose confident un-annotated entries become positives from an epoch on."""
+
+    mode = "splc"
+
+    def __init__(self, *, splc_tau: float = 0.6, splc_margin: float = 1.0, splc_gamma: float = 2.0,
+                 splc_start_epoch: int = 2, reduction: str = "sum"):
+        super().__init__(reduction=reduction)
+        _check_non_negative(splc_margin=splc_margin, splc_gamma=splc_gamma)
+        if not 0 <= float(splc_tau) <= 1:
+            raise ValueError(f"splc_tau must be in [0, 1], got {splc_tau!r}")
+        if int(splc_start_epoch) != splc_start_epoch or int(splc_start_epoch) < 1:
+            raise ValueError(f"splc_start_epoch must be an integer >= 1, got {splc_start_epoch!r}")
+        self.splc_tau, self.splc_margin = float(splc_tau), float(splc_margin)
+        self.splc_gamma, self.splc_start_epoch = float(splc_gamma), int(splc_start_epoch)
+
+    def hyperparameters(self) -> dict:
+        return {"splc_tau": self.splc_tau, "splc_margin": self.splc_margin, "splc_gamma": self.splc_gamma,
+                "splc_start_epoch": self.splc_start_epoch}
+
+    def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, **_) -> tuple[Tensor, None]:
+        epoch = require_epoch(self.mode, epoch)
+        # The margin goes on the annotated positives first; entries relabelled below keep their logit.
+        shifted = torch.where(labels.positive, logits - self.splc_margin, logits)
+        positive = labels.positive
+        if epoch >= self.splc_start_epoch:
+            with torch.no_grad():
+                positive = positive | (labels.unannotated & (torch.sigmoid(shifted) > self.splc_tau))
+        # With z = x' on positives and -x' elsewhere (x' the shifted logit), every entry's log-likelihood
+        # is log sigmoid(z) and its focusing base sigmoid(-z): (1 - p) on positives, p on un-annotated
+        # entries; known negatives (x' = x) keep the plain -log(1 - p), without focusing. One log and
+        # one sigmoid per entry, both accurate in the tails.
+        z = torch.where(positive, shifted, -shifted)
+        focusing = torch.where(labels.negative, 1.0, torch.pow(torch.sigmoid(-z), self.splc_gamma))
+        return -focusing * F.logsigmoid(z), None
