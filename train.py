@@ -178,7 +178,8 @@ def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
     amp_dtype = resolve_amp(ctx.device, args.amp, args.amp_dtype)
     seed_everything(args.seed)
     data = build_data(args, ctx)
-    criterion = build_criterion(args, data.class_names)
+    criterion = build_criterion(args, data.class_names, num_samples=len(data.train),
+                                train_labels=data.train.labels)
     model = build_model(args, ctx)
     ema = ModelEmaV3(model, decay=args.ema_decay)
     train_loader = build_train_loader(data.train, args.batch_size, args.workers, args.seed, ctx.device,

@@ -19,7 +19,13 @@ import os
 
 from src.data import DATASET_TYPES
 from src.data.partial_labels import SIMULATION_MODES
-from src.loss_functions import PARTIAL_LOSS_MODES
+from src.loss_functions import (
+    LOSS_HYPERPARAMETERS,
+    LOSS_MODES,
+    LOSS_REDUCTION,
+    PARTIAL_LOSS_MODES,
+    REDUCTIONS,
+)
 from src.loss_functions.factory import LOSS_FLAG_DEFAULTS
 from src.utils.amp import AMP_DTYPES
 from src.utils.cli import MissingFileError
@@ -214,10 +220,13 @@ def optimisation_parser() -> argparse.ArgumentParser:
 
 def _add_loss_flags(parser) -> None:
     loss = LOSS_FLAG_DEFAULTS  # the defaults are the loss's own keyword defaults, declared once there
+    references = "; ".join(f"{mode}: {info.reference}" for mode, info in LOSS_MODES.items()
+                           if mode not in ("negative", "ignore", "selective"))
     add_flag(parser, "--partial_loss_mode", type=str, choices=PARTIAL_LOSS_MODES,
              default=loss["partial_loss_mode"],
              help="how un-annotated labels enter the loss: negative, ignore, ignore_normalize_classes or "
-                  "selective (CSL)")
+                  "selective (CSL), or a later method run on CSL's protocols (docs/peer_methods.md): "
+                  + references.replace("%", "%%"))
     add_flag(parser, "--clip", type=float, default=loss["clip"],
              help="probability margin of the negative terms (ASL clip)")
     for kind, what in (("pos", "positive"), ("neg", "negative"), ("unann", "un-annotated")):
@@ -233,6 +242,14 @@ def _add_loss_flags(parser) -> None:
              help="class prior CSV (Classes,avg_pred) used by selective mode; 'none' for no prior")
     add_flag(parser, "--prior_threshold", type=probability, default=loss["prior_threshold"],
              help="selective mode: un-annotated labels of classes whose prior exceeds this are ignored")
+    # The later methods' hyper-parameters: one flag each, defaults and help from the loss table.
+    for name, parameter in LOSS_HYPERPARAMETERS.items():
+        if name not in loss:
+            add_flag(parser, f"--{name}", type=type(parameter.default), default=parameter.flag_default,
+                     help=(parameter.help + (f" (default: {parameter.unset_means})" if parameter.unset_means
+                                             else "")).replace("%", "%%"))
+    add_flag(parser, "--loss_reduction", choices=REDUCTIONS, default=LOSS_REDUCTION.default,
+             help=LOSS_REDUCTION.help + " (the later methods; the CSL modes always sum, as the paper)")
 
 
 def _add_run_flags(parser) -> None:

@@ -60,11 +60,26 @@ def load_eval_model(args, device: torch.device):
     """(model in eval mode, its class names, autocast dtype or None) for the evaluation commands
     (validate.py, src.prior), from their --model-path, --model-name, --use_ema, --amp, --amp_dtype."""
     model, class_names = load_model(args.model_path, model_name=args.model_name, device=device,
-                                    use_ema=args.use_ema)
+                                    use_ema=args.use_ema, allow_pickle=args.unsafe_pickle)
     return model, class_names, resolve_amp(device, args.amp, args.amp_dtype, training=False)
 
 
 # ------------------------------------------------------------------------------------------ loaders
+class IndexedDataset(torch.utils.data.Dataset):
+    """``dataset`` whose items also carry their index, ``(image, target, index)``: the losses that keep a
+    per-sample label store (`src.loss_functions.create_loss`) need to know which samples a batch holds."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, target, index
+
+
 def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device: torch.device,
                        rank: int | None = None, world_size: int | None = None) -> DataLoader:
     """Shuffled loader whose order depends on (seed, epoch) only; call :func:`seed_epoch` every epoch.
@@ -79,7 +94,7 @@ def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device
                                  drop_last=False)
     generator = torch.Generator()
     generator.manual_seed(derive_seed(seed, 0, rank, 1))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=torch.device(device).type == "cuda", drop_last=False,
                       generator=generator, persistent_workers=False)
 
@@ -137,13 +152,16 @@ class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite: the run stops before that step changes the weights."""
 
 
-def train_step(parts: TrainingParts, images, targets, device, amp_dtype) -> float:
+def train_step(parts: TrainingParts, images, targets, device, amp_dtype, *, indices=None, epoch: int = 1,
+               num_epochs: int = 1) -> float:
     """One step as in the paper: autocast forward, float32 loss, scaled backward, optimizer and OneCycle
     step, EMA update, optional running-average prior update; returns the loss. A non-finite loss on any
-    rank raises `NonFiniteLossError` on every rank before the backward pass."""
+    rank raises `NonFiniteLossError` on every rank before the backward pass. The loss is called as
+    ``criterion(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with the 1-based epoch ``e`` and
+    the samples' dataset indices (used by the methods that keep a per-sample label store)."""
     with autocast_context(device, amp_dtype):
         logits = parts.model(images)
-    loss = parts.criterion(logits.float(), targets)
+    loss = parts.criterion(logits.float(), targets, epoch=epoch, num_epochs=num_epochs, indices=indices)
     loss_value = float(loss.item())
     if any_rank_true(not math.isfinite(loss_value), device):
         raise NonFiniteLossError(f"loss {loss_value}")
@@ -179,7 +197,7 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
                desc=f"epoch {epoch + 1}/{num_epochs}")
     interrupted, channels_last = False, _is_channels_last(parts.model)
     try:
-        for step, (images, targets) in enumerate(loader):
+        for step, (images, targets, indices) in enumerate(loader):
             if step < resume.steps_done:  # fast-forward of a mid-epoch resume: loaded, not trained on
                 if step == resume.steps_done - 1 and resume.rng_state is not None:
                     # Before the next batch is loaded (with workers=0 it draws from these generators).
@@ -187,7 +205,8 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
                 continue
             images, targets = _to_device(images, targets, device, channels_last)
             try:
-                loss_value = train_step(parts, images, targets, device, amp_dtype)
+                loss_value = train_step(parts, images, targets, device, amp_dtype, indices=indices,
+                                        epoch=epoch + 1, num_epochs=num_epochs)
             except NonFiniteLossError as error:
                 lr = parts.scheduler.get_last_lr()[0]
                 raise NonFiniteLossError(
@@ -243,27 +262,44 @@ def iter_logits(model, loader, device, amp_dtype: torch.dtype | None = None):
     restore it at once when the loop stops early). Under DDP the loader must come from
     :func:`build_eval_loader` (a ``ShardSampler``); this is checked when called, not at the first batch.
     """
+    return _only_model(iter_logits_many({"": model}, loader, device, amp_dtype))
+
+
+def _only_model(batches):
+    with contextlib.closing(batches):  # closing this generator closes the batches (restores train mode)
+        for logits, targets in batches:
+            yield logits[""], targets
+
+
+def iter_logits_many(models: dict, loader, device, amp_dtype: torch.dtype | None = None):
+    """:func:`iter_logits` for several models at once: ``({name: logits}, targets)`` per batch, every
+    batch loaded (decoded, transformed) once for all of them."""
     if is_dist() and not isinstance(loader.sampler, ShardSampler):
         raise ValueError("under DDP the evaluation loader must shard without padding; build it with "
                          "src.engine.build_eval_loader(dataset, batch_size, workers)")
-    return _logits_batches(unwrap_model(model), loader, torch.device(device), amp_dtype)
+    nets = {name: unwrap_model(model) for name, model in models.items()}
+    return _logits_batches(nets, loader, torch.device(device), amp_dtype)
 
 
 @torch.no_grad()
-def _logits_batches(net, loader, device: torch.device, amp_dtype: torch.dtype | None):
-    was_training = net.training
-    net.eval()
-    channels_last = _is_channels_last(net)
+def _logits_batches(nets: dict, loader, device: torch.device, amp_dtype: torch.dtype | None):
+    was_training = {name: net.training for name, net in nets.items()}
+    for net in nets.values():
+        net.eval()
+    channels_last = {name: _is_channels_last(net) for name, net in nets.items()}
     try:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, amp_dtype):
-                logits = net(images)
-            yield logits.float(), targets
+            logits = {}
+            for name, net in nets.items():
+                batch = images.contiguous(memory_format=torch.channels_last) if channels_last[name] \
+                    else images
+                with autocast_context(device, amp_dtype):
+                    logits[name] = net(batch).float()
+            yield logits, targets
     finally:
-        net.train(was_training)
+        for name, net in nets.items():
+            net.train(was_training[name])
 
 
 @torch.no_grad()
@@ -275,19 +311,31 @@ def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None) -> t
     from :func:`build_eval_loader` (a ``ShardSampler``). The batches come from :func:`iter_logits`
     (unwrapped model in eval mode; its previous train/eval mode is restored).
     """
-    num_classes = num_classes_of(loader, model)
+    targets, scores = predict_many({"": model}, loader, device, amp_dtype=amp_dtype)
+    return targets, scores[""]
+
+
+@torch.no_grad()
+def predict_many(models: dict, loader, device, *, amp_dtype: torch.dtype | None = None):
+    """:func:`predict` for several models in one pass over ``loader``: ``(targets, {name: scores})``."""
+    names = list(models)
+    num_classes = num_classes_of(loader, models[names[0]])
+    width = (len(names) + 1) * num_classes
     rows = []
-    with contextlib.closing(iter_logits(model, loader, device, amp_dtype)) as batches:
+    with contextlib.closing(iter_logits_many(models, loader, device, amp_dtype)) as batches:
         for logits, targets in batches:
-            scores = torch.sigmoid(logits).cpu()
-            rows.append(torch.cat([scores, targets.float().cpu()], dim=1))
-    local = torch.cat(rows) if rows else torch.zeros((0, 2 * num_classes))
-    if local.shape[1] != 2 * num_classes:
-        raise ValueError(f"predict: the model outputs {local.shape[1] - num_classes} classes but the dataset "
-                         f"has {num_classes}")
+            outputs = [logits[name] for name in names]
+            if any(out.shape[1] != num_classes for out in outputs):
+                raise ValueError(f"predict: a model outputs {outputs[0].shape[1]} classes but the dataset "
+                                 f"has {num_classes}")
+            rows.append(torch.cat([*(torch.sigmoid(out).cpu() for out in outputs), targets.float().cpu()],
+                                  dim=1))
+    local = torch.cat(rows) if rows else torch.zeros((0, width))
     gathered = gather_rows(local, len(loader.dataset), getattr(loader.sampler, "batch_size", 1))
-    targets = gathered[:, num_classes:].numpy().astype(np.int8)
-    return targets, gathered[:, :num_classes].numpy().astype(np.float32)
+    targets = gathered[:, -num_classes:].numpy().astype(np.int8)
+    scores = {name: gathered[:, i * num_classes:(i + 1) * num_classes].numpy().astype(np.float32)
+              for i, name in enumerate(names)}
+    return targets, scores
 
 
 def compute_metrics(targets: np.ndarray, scores: np.ndarray, *, threshold: float) -> dict:
@@ -327,6 +375,13 @@ def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, thr
     if return_predictions:
         result["targets"], result["scores"] = targets, scores
     return result
+
+
+def evaluate_many(models: dict, loader, device, *, amp_dtype: torch.dtype | None = None,
+                  threshold: float = 0.5) -> dict:
+    """{name: :func:`evaluate` result} of several models from one pass over ``loader``."""
+    targets, scores = predict_many(models, loader, device, amp_dtype=amp_dtype)
+    return {name: compute_metrics(targets, values, threshold=threshold) for name, values in scores.items()}
 
 
 def describe_map(result: dict) -> str:

@@ -25,8 +25,10 @@ from src.engine import (
     EpochResult,
     NonFiniteLossError,
     TrainingParts,
+    build_eval_loader,
     describe_map,
-    evaluate,
+    evaluate_many,
+    predict,
     scalar_metrics,
     seed_epoch,
     train_one_epoch,
@@ -247,6 +249,7 @@ class Trainer:
         parts.optimizer.load_state_dict(checkpoint["optimizer"])
         parts.scheduler.load_state_dict(checkpoint["scheduler"])
         parts.scaler.load_state_dict(checkpoint["scaler"])
+        parts.criterion.load_state_dict(checkpoint.get("criterion", {}))  # label stores of ll_cp / em_apl
         prior_state = checkpoint.get("train_prior")
         # Rank 0 takes the global sums, the other ranks start from zero: the final reduce counts each once.
         if parts.train_prior is not None and prior_state is not None and self.ctx.is_main:
@@ -261,7 +264,8 @@ class Trainer:
             "model": self.model.state_dict(), "ema": parts.ema.module.state_dict(),
             **model_metadata(self.model), "class_names": self.data.class_names,
             "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict(), "epoch": epoch, "steps_done": steps_done,
+            "scaler": parts.scaler.state_dict(), "criterion": parts.criterion.state_dict(), "epoch": epoch,
+            "steps_done": steps_done,
             "epoch_loss_sum": loss_sum, "rng_state": capture_rng_state(), "history": list(self.history),
             "best": dict(self.best), "args": dict(self.settings.config), "world_size": self.ctx.world_size,
             "train_prior": prior_state, "data": self.data_identity,
@@ -334,15 +338,33 @@ class Trainer:
     def evaluate_epoch(self) -> dict:
         """{(split, variant): metrics} for split in the loaders ('test', 'select'), variant regular/ema."""
         results = {}
-        for split, loader in self.eval_loaders.items():
-            for variant, net in (("regular", self.parts.model), ("ema", self.parts.ema.module)):
-                results[(split, variant)] = evaluate(net, loader, self.ctx.device, amp_dtype=self.amp_dtype,
-                                                     threshold=self.settings.threshold)
+        models = {"regular": self.parts.model, "ema": self.parts.ema.module}
+        for split, loader in self.eval_loaders.items():  # one pass per split: each batch decoded once
+            metrics = evaluate_many(models, loader, self.ctx.device, amp_dtype=self.amp_dtype,
+                                    threshold=self.settings.threshold)
+            results.update({(split, variant): metrics[variant] for variant in models})
         return results
+
+    def training_pass(self, epoch: int) -> None:
+        """Losses that relabel from the model's predictions on the training set (em_apl) get them after
+        the epoch, before the checkpoint (so a resumed run has the same labels): eval mode, no
+        augmentation, dataset order, every rank (the loss's update is a collective)."""
+        criterion, settings = self.parts.criterion, self.settings
+        wants = getattr(criterion, "wants_training_pass", None)
+        if wants is None or not wants(epoch + 1, settings.epochs):
+            return
+        view = eval_view(self.data.train, build_val_transform(settings.image_size, draft=settings.jpeg_draft))
+        loader = build_eval_loader(view, settings.batch_size, settings.workers, self.ctx.device)
+        targets, scores = predict(self.parts.model, loader, self.ctx.device, amp_dtype=self.amp_dtype)
+        labelled = criterion.update_from_training_pass(torch.from_numpy(scores), torch.from_numpy(targets)
+                                                       .float(), epoch + 1, settings.epochs)
+        main_print(self.ctx.is_main, f"  pseudo-labelling pass over the {len(view)} training images: "
+                                     f"{labelled} entries labelled")
 
     def end_epoch(self, epoch: int, result: EpochResult, started: float) -> None:
         self.sync_ranks()
         self.check_finite_weights(epoch)
+        self.training_pass(epoch)
         totals = all_reduce_sum(torch.tensor([result.loss_sum, result.steps_done], dtype=torch.float64))
         mean_loss = float(totals[0] / totals[1])
         results = self.evaluate_epoch()

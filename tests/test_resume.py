@@ -184,3 +184,31 @@ def test_real_sigterm_saves_last_and_exits_143_then_resume_finishes(embedded_dat
     final = _load(dest / "last.pth")
     assert (final["epoch"], final["steps_done"]) == (SIGTERM_EPOCHS - 1, STEPS_PER_EPOCH)
     assert final["scheduler"]["last_epoch"] == SIGTERM_EPOCHS * STEPS_PER_EPOCH
+
+
+@pytest.mark.slow
+def test_resume_with_a_per_sample_label_store_is_exact(embedded_data_dir, tmp_path):
+    """em_apl keeps soft pseudo-negatives per sample, relabelled by a pass over the training set after each
+    epoch from --apl_warmup_epochs on: the store is part of the checkpoint, so a run killed after epoch 1
+    (after that pass) and resumed ends exactly as an uninterrupted one."""
+    def argv(dest, *extra):
+        return tiny_train_argv(embedded_data_dir, dest, "--epochs", "2", "--partial_loss_mode", "em_apl",
+                               "--apl_warmup_epochs", "1", "--ema_decay", "0.9", *extra)
+
+    straight = tmp_path / "straight"
+    with single_thread():
+        train.main(argv(straight))
+    dest = tmp_path / "killed"
+    env = dict(os.environ, **SINGLE_THREAD_ENV)
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH_SCRIPT, "1", *argv(dest)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    store_after_kill = _load(dest / "last.pth")["criterion"]["soft_negatives"]
+    assert torch.isfinite(store_after_kill).any()  # the pass after epoch 1 labelled entries before the kill
+    with single_thread():
+        train.main(argv(dest, "--resume", str(dest / "last.pth")))
+    expected, resumed = _load(straight / "last.pth"), _load(dest / "last.pth")
+    _assert_same_tensors(expected["model"], resumed["model"], "model")
+    assert torch.equal(expected["criterion"]["soft_negatives"].nan_to_num(-7),
+                       resumed["criterion"]["soft_negatives"].nan_to_num(-7))
+    assert _metrics(straight) == _metrics(dest)
