@@ -8,10 +8,9 @@ spellings; see src/args.py) plus device/AMP/seed/resume/DDP options. Two-stage C
    ``Classes,avg_pred`` to ``<path_dest>/priors/`` (``--estimate_prior``, ``--prior_dest``).
 2. ``python train.py --partial_loss_mode selective --prior_path <prior.csv> ...`` trains the target.
 
-This file only wires: it parses and checks the flags, builds the data, model, loss and optimizer
-(the ``build_*`` functions are the only readers of the flags) and hands them to `src.trainer.Trainer`,
-which runs the epochs (see its docstring for checkpoints, model selection, resume and SIGTERM).
-Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (see src/engine.py for the DDP semantics).
+This file only wires: it checks the flags, builds the data, model, loss and optimizer (``build_*`` are
+the only readers of the flags) and hands them to `src.trainer.Trainer` (checkpoints, selection, resume,
+SIGTERM). Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (DDP semantics: src/engine.py).
 """
 
 from __future__ import annotations
@@ -52,17 +51,15 @@ def parse_args(argv=None):
 
 def check_args(args) -> None:
     """Errors that need no data: the --model-path file first, then the other settings."""
-    if not is_none_path(args.model_path) and args.resume is None and not os.path.isfile(args.model_path):
-        raise ConfigError(f"--model-path: file {args.model_path!r} does not exist. Download the ImageNet-"
-                          "pretrained weights to that path, or pass --model-path none to train from scratch")
+    if not is_none_path(args.model_path) and args.resume is None:
+        require_file(args.model_path, "--model-path", "file", "download the ImageNet-pretrained weights to "
+                     "that path, or pass --model-path none to train from scratch")
     if args.prior_path is not None:
         require_file(args.prior_path, "--prior_path", "file", "pass the CSV written by stage 1 "
                      "(<path_dest>/priors/*.csv) or by python -m src.prior")
     if args.resume is not None:
         require_file(args.resume, "--resume", "checkpoint",
                      "pass <path_dest>/last.pth of the run to continue")
-    if not 0.0 <= args.ema_decay < 1.0:
-        raise ConfigError(f"--ema_decay must be in [0, 1), got {args.ema_decay}")
     if args.stop_epoch is not None and args.stop_epoch > args.epochs:
         # The paper's loop simply never reached such a stop epoch; keep that meaning, but say so.
         print(f"note: --stop_epoch {args.stop_epoch} exceeds --epochs {args.epochs}: no early stop, all "
@@ -167,7 +164,8 @@ def build_settings(args) -> RunSettings:
     return RunSettings(epochs=args.epochs, last_epoch=last_epoch, path_dest=args.path_dest, seed=args.seed,
                        print_freq=args.print_freq, threshold=args.thre, image_size=args.image_size,
                        jpeg_draft=args.jpeg_draft, batch_size=args.batch_size, workers=args.workers,
-                       val_split=args.val_split, config=resolved_config(args))
+                       val_split=args.val_split, record_ignored=args.record_ignored,
+                       config=resolved_config(args))
 
 
 def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:

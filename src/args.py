@@ -81,6 +81,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def decay(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -214,7 +221,8 @@ def optimisation_parser() -> argparse.ArgumentParser:
                   "broke when the 0-based epoch exceeded it)")
     add_flag(group, "--weight_decay", type=float, default=1e-4,
              help="weight decay, applied to weights only (not to biases and normalisation parameters)")
-    add_flag(group, "--ema_decay", type=float, default=0.9997, help="decay of the EMA of the weights")
+    add_flag(group, "--ema_decay", type=decay, default=0.9997,
+             help="decay of the EMA of the weights, in [0, 1)")
     return parser
 
 
@@ -287,6 +295,9 @@ def _add_run_flags(parser) -> None:
                   "else none")
     add_flag(parser, "--prior_dest", type=str, default=None,
              help="folder of the estimated prior CSV (default: <path_dest>/priors)")
+    add_flag(parser, "--record_ignored", action="store_true",
+             help="selective mode, a measurement: write the un-annotated entries the likelihood top-k "
+                  "ignored in the last epoch to <path_dest>/ignored_last_epoch.npz (image ids, classes)")
     add_flag(parser, "--thre", type=float, default=0.5,
              help="score threshold of the CP/CR/CF1/OP/OR/OF1 metrics printed per epoch")
 

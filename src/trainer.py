@@ -43,7 +43,9 @@ from src.utils.distributed import (
     any_rank_true,
     barrier,
     broadcast_tensors,
+    gather_objects,
 )
+from src.utils.io import save_npz
 from src.utils.logging import RunLogger, main_print
 from src.utils.seed import capture_rng_state
 
@@ -128,6 +130,7 @@ class RunSettings:
     batch_size: int = 64
     workers: int = 0
     val_split: float | None = None
+    record_ignored: bool = False  # write the entries CSL's top-k ignored in the last epoch (a measurement)
     config: dict = field(default_factory=dict)  # the resolved flags: args.json and the checkpoints
 
 
@@ -393,7 +396,9 @@ class Trainer:
         try:
             for epoch in range(self.resume.epoch, self.settings.last_epoch):
                 started = time.perf_counter()
+                recording = self._start_recording(epoch)
                 result = self.train_epoch(epoch)
+                self._write_recording(recording)
                 if result.interrupted:
                     self.sync_ranks()
                     self.save("last", epoch, result.steps_done, result.loss_sum)
@@ -409,6 +414,32 @@ class Trainer:
             barrier()
         finally:
             self.stop.restore()
+
+    IGNORED_FILE = "ignored_last_epoch.npz"
+
+    def _start_recording(self, epoch: int) -> list | None:
+        """In the last epoch with ``settings.record_ignored``: collect what the loss's top-k ignores."""
+        criterion = self.parts.criterion
+        if not self.settings.record_ignored or epoch != self.settings.last_epoch - 1 \
+                or not hasattr(criterion, "record_ignored"):
+            return None
+        entries = []
+        criterion.record_ignored(lambda samples, classes: entries.append(torch.stack([samples, classes], 1)))
+        return entries
+
+    def _write_recording(self, entries: list | None) -> None:
+        """``<path_dest>/ignored_last_epoch.npz``: image ids and class indices of every ignored entry of the
+        epoch (all ranks), for the mechanism analysis of src.reproduce.mechanism."""
+        if entries is None:
+            return
+        self.parts.criterion.record_ignored(None)
+        local = torch.cat(entries).numpy() if entries else np.zeros((0, 2), dtype=np.int64)
+        pairs = np.concatenate(gather_objects(local))
+        if self.ctx.is_main:
+            ids = np.asarray(self.data.train.image_ids)
+            path = os.path.join(self.settings.path_dest, self.IGNORED_FILE)
+            save_npz(path, image_ids=ids[pairs[:, 0]], classes=pairs[:, 1],
+                     class_names=np.asarray(self.data.class_names))
 
     def close(self) -> None:
         if self.logger is not None:

@@ -11,6 +11,7 @@ import argparse
 import inspect
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -511,3 +512,23 @@ def test_asl_variants_agree_with_each_other_and_the_plain_formula(disable_grad, 
     torch.testing.assert_close(grads[0], grads[1])
     torch.testing.assert_close(values[0].double(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[0].double(), leaf.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_record_ignored_reports_the_likelihood_top_k_and_leaves_the_loss_alone():
+    rng = np.random.default_rng(11)
+    logits = torch.from_numpy(rng.normal(size=(6, 5)).astype(np.float32))
+    targets = torch.from_numpy(rng.choice([1, 0, -1, -1], size=(6, 5)).astype(np.float32))
+    indices = torch.tensor([40, 41, 42, 43, 44, 45])
+    loss = PartialSelectiveLoss(partial_loss_mode="selective", likelihood_topk=1, prior=None)
+    plain = loss(logits, targets, indices=indices)
+    seen = []
+    loss.record_ignored(lambda samples, classes: seen.extend(zip(samples.tolist(), classes.tolist())))
+    assert torch.equal(loss(logits, targets, indices=indices), plain)
+    # Independent expectation: the 6 (= topk 1 x batch 6) un-annotated entries of highest probability.
+    probs = 1 / (1 + np.exp(-logits.numpy()))
+    candidates = [(probs[i, c], i, c) for i in range(6) for c in range(5) if targets[i, c] == -1]
+    expected = {(40 + i, c) for _, i, c in sorted(candidates, reverse=True)[:6]}
+    assert set(seen) == expected and len(seen) == 6
+    loss.record_ignored(None)
+    loss(logits, targets, indices=indices)
+    assert len(seen) == 6

@@ -84,6 +84,7 @@ def test_missing_model_path_is_the_first_error(tmp_path):
     ("--partial_loss_mode", "bogus", "invalid choice: 'bogus'.*selective"),
     ("--likelihood_topk", "-1", "must be >= 0"),
     ("--prior_threshold", "1.5", "must be a probability in"),
+    ("--ema_decay", "1.0", r"must be in \[0, 1\)"),
     ("--simulate_partial_type", "half", "invalid choice: 'half'.*fpc"),
 ])
 def test_flag_values_that_cannot_work_are_usage_errors(flag, value, message, capsys):

@@ -90,6 +90,16 @@ class PartialSelectiveLoss(nn.Module):
                                  f"{tuple(prior.shape)}")
         # A buffer follows .to(device); non-persistent because the prior file is the source of truth.
         self.register_buffer("prior", prior, persistent=False)
+        # Measurement hook (not part of the method): called with (sample indices, classes) of the entries
+        # the likelihood top-k ignored in each batch; see record_ignored().
+        self.ignored_recorder = None
+        self._sample_indices = None
+
+    def record_ignored(self, recorder) -> None:
+        """Call ``recorder(samples, classes)`` (CPU int64 tensors) with the un-annotated entries the
+        likelihood top-k ignores in every batch from now on (``samples``: the ``indices`` passed to the
+        loss, else rows of the batch); ``None`` stops. The loss's value is unchanged."""
+        self.ignored_recorder = recorder
 
     def extra_repr(self) -> str:
         prior = "None" if self.prior is None else f"{self.prior.numel()} classes"
@@ -104,10 +114,12 @@ class PartialSelectiveLoss(nn.Module):
                 num_epochs: int | None = None, indices: Tensor | None = None) -> Tensor:
         """Summed loss of ``logits`` (N, C) against ``targets`` (N, C) in {1, 0, -1}.
 
-        ``epoch``, ``num_epochs`` and ``indices`` are accepted and ignored: every loss mode is called
-        the same way (`src.loss_functions.create_loss`), and CSL depends on none of them.
+        ``epoch``, ``num_epochs`` and ``indices`` are accepted: every loss mode is called the same way
+        (`src.loss_functions.create_loss`); CSL's value depends on none of them (``indices`` only names
+        the samples for `record_ignored`).
         """
-        del epoch, num_epochs, indices
+        del epoch, num_epochs
+        self._sample_indices = indices
         if logits.dim() != 2 or tuple(targets.shape) != tuple(logits.shape):
             raise ValueError(
                 f"logits must be (batch, classes) and targets the same shape; got logits "
@@ -176,4 +188,9 @@ class PartialSelectiveLoss(nn.Module):
             top_scores, top_index = torch.topk(scores, num_top_k, sorted=False)
             flat_weights = weights.view(-1)
             flat_weights[top_index] = torch.where(top_scores >= 0, 0.0, flat_weights[top_index])
+            if self.ignored_recorder is not None:
+                chosen = top_index[top_scores >= 0].cpu()
+                rows, classes = chosen // probs.shape[1], chosen % probs.shape[1]
+                samples = rows if self._sample_indices is None else self._sample_indices.cpu()[rows]
+                self.ignored_recorder(samples, classes)
         return weights

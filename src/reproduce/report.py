@@ -14,7 +14,8 @@ from src.data.coco import CocoDetection
 from src.data.labels import LabelMatrix
 from src.data.partial_labels import read_partial_label_file
 from src.prior import naive_estimates, rank_report, read_prior_csv
-from src.reproduce.protocols import PAPER_RESULTS, Protocol, protocol_rows
+from src.reproduce.mechanism import composition_table
+from src.reproduce.protocols import COCO_REGIME, PAPER_RESULTS, REGIME_ROWS, Protocol, protocol_rows
 from src.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -24,10 +25,14 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
+    """Mean ± std per row and column; ``share``: the row's best mAP over the full-label ceiling's (None
+    without a full_labels row). The full-label row has one run per seed, shown in every column."""
+    ceiling_cells = [r["best_mAP"] for r in results if r["row"] == "full_labels"]
+    ceiling = mean_std(ceiling_cells)[0] if ceiling_cells else None
     rows = []
     for row in protocol_rows(protocol):
         for scheme, param in protocol.columns.items():
-            cells = [r for r in results if r["row"] == row.key and r["scheme"] == scheme]
+            cells = [r for r in results if r["row"] == row.key and (r["scheme"] == scheme or row.full_labels)]
             if not cells:
                 continue
             best, best_std = mean_std([c["best_mAP"] for c in cells])
@@ -35,8 +40,28 @@ def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
             rows.append({"row": row.key, "label": row.label, "scheme": scheme, "param": param,
                          "seeds": len(cells), "best_mAP": best, "best_mAP_std": best_std,
                          "final_mAP": final, "final_mAP_std": final_std,
+                         "share": best / ceiling if ceiling else None,
                          "paper_mAP": PAPER_RESULTS.get((scheme, row.key))})
     return rows
+
+
+def regime(rows: list[dict], scheme: str = "fpc") -> dict | None:
+    """The benchmark's regime on ``scheme``: the ceiling and the Ignore / Negative shares of it."""
+    by_row = {r["row"]: r for r in rows if r["scheme"] == scheme}
+    if "full_labels" not in by_row or not all(key in by_row for key in REGIME_ROWS):
+        return None
+    shares = {key: by_row[key]["share"] for key in REGIME_ROWS}
+    return {"ceiling": by_row["full_labels"]["best_mAP"], **shares}
+
+
+def describe_regime(numbers: dict | None, scheme: str = "fpc") -> str:
+    if numbers is None:
+        return ""
+    coco = COCO_REGIME
+    return (f"Regime ({scheme.upper()}): ceiling {numbers['ceiling']:.1f}, Ignore/ceiling "
+            f"{numbers['ignore_ce']:.2f}, Negative/ceiling {numbers['negative_ce']:.2f} - COCO (the paper, "
+            f"TResNet-M 448 px): about {coco['ceiling']:.0f}, {coco['ignore_ce']:.2f}, "
+            f"{coco['negative_ce']:.2f}")
 
 
 def column_title(scheme: str, param) -> str:
@@ -46,18 +71,19 @@ def column_title(scheme: str, param) -> str:
 def markdown_table(rows: list[dict], protocol: Protocol) -> str:
     schemes = list(protocol.columns)
     head = "| Method | " + " | ".join(
-        f"{column_title(s, protocol.columns[s])} best | final | paper (COCO)" for s in schemes) + " |"
-    lines = [head, "|---|" + "---:|---:|---:|" * len(schemes)]
+        f"{column_title(s, protocol.columns[s])} best | share | final | paper (COCO)" for s in schemes) + " |"
+    lines = [head, "|---|" + "---:|---:|---:|---:|" * len(schemes)]
     for row in protocol_rows(protocol):
         cells = []
         for scheme in schemes:
             match = [r for r in rows if r["row"] == row.key and r["scheme"] == scheme]
             if not match:
-                cells += ["-", "-", "-"]
+                cells += ["-", "-", "-", "-"]
                 continue
             r = match[0]
             paper = f"{r['paper_mAP']:.2f}" if r["paper_mAP"] is not None else "-"
-            cells += [f"{r['best_mAP']:.2f} ± {r['best_mAP_std']:.2f}",
+            share = f"{r['share']:.2f}" if r["share"] is not None else "-"
+            cells += [f"{r['best_mAP']:.2f} ± {r['best_mAP_std']:.2f}", share,
                       f"{r['final_mAP']:.2f} ± {r['final_mAP_std']:.2f}", paper]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -127,8 +153,9 @@ def csl_thresholds(results: list[dict]) -> list[float]:
 def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int) -> str:
     """Write ``<out>/results.{json,csv,md,png}`` (each atomically); returns the markdown report."""
     rows = table_rows(results, protocol)
+    regimes = {scheme: regime(rows, scheme) for scheme in protocol.columns}
     atomic_write_json(os.path.join(out, "results.json"),
-                      {"protocol": protocol.__dict__, "table": rows, "cells": results})
+                      {"protocol": protocol.__dict__, "table": rows, "cells": results, "regime": regimes})
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -136,8 +163,14 @@ def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int)
     atomic_write_text(os.path.join(out, "results.csv"), buffer.getvalue(), newline="")
     text = [f"### {protocol.name}: mAP (%), mean ± std over {seeds} seed(s)", "",
             "best = best epoch on the evaluation set, max of regular/EMA (the paper's protocol); "
-            "final = last epoch (no selection).", "", markdown_table(rows, protocol), "",
+            "final = last epoch (no selection); share = best / the full-label ceiling.", "",
+            markdown_table(rows, protocol), "",
+            *[line for line in (describe_regime(regimes[s], s) for s in protocol.columns) if line], "",
             f"CSL prior threshold ({protocol.prior_threshold}): {csl_thresholds(results)}"]
+    composition = composition_table(results, list(protocol.columns))
+    if composition:
+        text += ["", "### What the likelihood top-k ignored in the last epoch (share of the ignored entries)",
+                 "", composition]
     priors = prior_tables(results, protocol)
     if priors:
         text += ["", "### Estimating the class distribution", "", priors]

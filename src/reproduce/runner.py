@@ -8,6 +8,7 @@ the Negative runs, then CSL with the prior of stage 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -20,9 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from src.data import resolve_coco_files
+from src.data.coco import CocoDetection
 from src.data.embedded import ensure_dataset
 from src.prior import read_prior_csv
+from src.reproduce.mechanism import class_attributes_of, ignored_composition, read_ignored_file
 from src.reproduce.protocols import CE_GAMMAS, Protocol, Row, protocol_rows, resolve_threshold
+from src.trainer import Trainer
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
 
@@ -103,6 +108,23 @@ def ignored_classes(prior_path: str, threshold: float) -> list[int]:
     return np.flatnonzero(prior > np.float32(threshold)).tolist() if threshold else []
 
 
+@functools.cache
+def _full_training_labels(data: str) -> tuple[np.ndarray, list, list[str]]:
+    """(dense full labels, image ids, class names) of the COCO-layout training set at ``data``."""
+    root, ann_file = resolve_coco_files(data, None, "train")
+    full = CocoDetection(root, ann_file)
+    return full.labels.to_dense(), list(full.image_ids), list(full.class_names)
+
+
+def cell_composition(cell_dir: str, data: str) -> dict:
+    """`src.reproduce.mechanism.ignored_composition` of a CSL cell's ignored_last_epoch.npz."""
+    image_ids, classes, class_names = read_ignored_file(os.path.join(cell_dir, Trainer.IGNORED_FILE))
+    labels, full_ids, full_names = _full_training_labels(data)
+    if class_names != full_names:
+        raise CellFailed(f"{cell_dir}: the recorded classes differ from those of {data}")
+    return ignored_composition(image_ids, classes, labels, full_ids, class_attributes_of(class_names))
+
+
 @dataclass
 class Group:
     """One (seed, column): its partial labels and its cells, run in order (CSL needs Ignore's prior)."""
@@ -137,9 +159,14 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str, prio
             return json.load(handle)
     flags = dict(protocol.train_flags, data=protocol.data, partial_labels=labels, seed=group.seed,
                  path_dest=cell_dir, **row.flags, **row.column_flags.get(group.scheme, {}))
+    if labels is None:  # the full-label row: no partial labels at all
+        del flags["partial_labels"]
     if protocol.upstream is not None:
         flags["model-path"] = protocol.upstream["path"]
     flags["estimate_prior"] = "clean" if row.writes_prior else "none"
+    measures_ignored = protocol.name == "embedded" and flags.get("partial_loss_mode") == "selective"
+    if measures_ignored:  # the mechanism: what the top-k ignored in the last epoch (the loss is unchanged)
+        flags["record_ignored"] = True
     threshold = None
     if row.needs_prior:
         threshold = float(f"{resolve_threshold(protocol, row, prior):.6g}")  # exactly the flag's value
@@ -166,6 +193,8 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str, prio
         result["prior_path"] = find_prior(cell_dir)
     if row.needs_prior:
         result["ignored_classes"] = ignored_classes(prior, threshold)
+    if measures_ignored:
+        result["ignored"] = cell_composition(cell_dir, protocol.data)
     atomic_write_json(result_path, result)
     print(f"[{group.name}] {row.label}: best {result['best_mAP']:.2f} final {result['final_mAP']:.2f} "
           f"({result['seconds']:.0f} s)", flush=True)
@@ -176,6 +205,8 @@ def run_group(args, protocol: Protocol, group: Group, env: dict) -> list[dict]:
     labels = simulate_labels(args, protocol, group, env)
     results, prior = [], None
     for row in protocol_rows(protocol):
+        if row.full_labels:
+            continue
         twin = next((r for r in results if r["row"] == row.same_run_as), None)
         result = run_cell(args, protocol, group, row, labels, prior, env, twin)
         if row.key == "ignore_ce":
@@ -221,6 +252,11 @@ def run_table(args, protocol: Protocol, seeds: int, jobs: int, env: dict) -> lis
     if protocol.upstream is not None:
         prepare_embedded(args, protocol, env)
     groups = [Group(seed, s, protocol.columns[s]) for seed in range(seeds) for s in protocol.columns]
+    full_rows = [row for row in protocol_rows(protocol) if row.full_labels]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return [r for group_results in pool.map(lambda g: run_group(args, protocol, g, env), groups)
-                for r in group_results]
+        # The ceiling first: one run per seed, shared by every column (scheme 'full' in the results).
+        jobs_full = [(Group(seed, "full", None), row) for seed in range(seeds) for row in full_rows]
+        ceilings = list(pool.map(lambda job: run_cell(args, protocol, job[0], job[1], None, None, env),
+                                 jobs_full))
+        grouped = pool.map(lambda g: run_group(args, protocol, g, env), groups)
+        return ceilings + [r for group_results in grouped for r in group_results]

@@ -118,6 +118,15 @@ def any_rank_true(flag: bool, device: torch.device) -> bool:
     return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0], device=device)).item() > 0)
 
 
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` without a process group."""
+    if not is_dist():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` (picklable) on every rank; ``obj`` itself without a process group."""
     if not is_dist():

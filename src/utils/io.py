@@ -13,6 +13,7 @@ import glob
 import json
 import os
 
+import numpy as np
 import torch
 
 
@@ -100,6 +101,11 @@ def atomic_write_text(path: str, text: str, newline: str | None = None) -> str:
     """Write ``text`` (UTF-8) atomically; ``newline`` is passed to ``open`` (``""`` writes line endings as
     given, e.g. the ``\\r\\n`` of the csv module)."""
     return _atomic_write(path, lambda handle: handle.write(text), "w", encoding="utf-8", newline=newline)
+
+
+def save_npz(path: str, **arrays) -> str:
+    """``numpy.savez`` of ``arrays``, written atomically."""
+    return _atomic_write(path, lambda handle: np.savez(handle, **arrays), "wb")
 
 
 def atomic_write_json(path: str, payload) -> str:
