@@ -35,6 +35,10 @@ def _write_prior(path, values):
     return str(path)
 
 
+def _row(key):
+    return next(row for row in ROWS if row.key == key)
+
+
 def _train_args(command):
     """The namespace train.py builds from a cell's command (fails if a flag is not train.py's)."""
     return build_train_parser().parse_args(command[command.index(runner.TRAIN_SCRIPT) + 1:])
@@ -46,6 +50,7 @@ def _fake_training(monkeypatch, prior_path):
     monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
     monkeypatch.setattr(runner, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
     monkeypatch.setattr(runner, "find_prior", lambda path: prior_path)
+    monkeypatch.setattr(runner, "cell_composition", lambda cell_dir, data: {})  # no ignored_last_epoch.npz
     return started
 
 
@@ -113,7 +118,9 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
         if runner.TRAIN_SCRIPT in command:
             parsed = _train_args(command)
             cells[os.path.basename(parsed.path_dest)] = parsed
-    assert sorted(cells) == sorted(f"{s}_{row.key}" for s in ("fpc_seed0", "rps_seed1") for row in ROWS)
+    table_rows = [row for row in protocols.protocol_rows(protocol) if not row.full_labels]  # one per seed
+    assert sorted(cells) == sorted(f"{s}_{row.key}" for s in ("fpc_seed0", "rps_seed1") for row in table_rows)
+    assert [row.key for row in table_rows] == [row.key for row in ROWS if row.default and not row.full_labels]
     upstream = protocol.upstream["path"]
     for name, cell in cells.items():
         seed = 0 if name.startswith("fpc") else 1
@@ -143,7 +150,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
         "--partial_labels", f"{out}/labels/fpc_seed0.npz", "--seed", "0",
         "--path_dest", f"{out}/cells/fpc_seed0_csl", "--partial_loss_mode", "selective",
         "--likelihood_topk", "5", "--gamma_pos", "0", "--gamma_unann", "4", "--gamma_neg", "3",
-        "--model-path", upstream, "--estimate_prior", "none",
+        "--model-path", upstream, "--estimate_prior", "none", "--record_ignored",
         "--prior_path", prior, "--prior_threshold", "0.8"])
 
 
@@ -190,10 +197,10 @@ def test_train_flags_are_passed_on_only_when_set(tmp_path, monkeypatch):
 def test_readme_threshold_row_runs_only_on_the_embedded_protocol(tmp_path):
     _, embedded = _embedded(tmp_path)
     _, coco = _coco(tmp_path)
-    assert [r.key for r in protocols.protocol_rows(embedded)][-1] == "csl_readme_threshold"
+    assert [r.key for r in protocols.protocol_rows(embedded)][-1] == "csl_readme_threshold"  # default rows
     assert "csl_readme_threshold" not in [r.key for r in protocols.protocol_rows(coco)]
     assert coco.prior_threshold == "0.5" and embedded.prior_threshold == "share"
-    row = ROWS[-1]
+    row = _row("csl_readme_threshold")
     assert protocols.resolve_threshold(embedded, row, "unused.csv") == 0.5  # no prior file needed
 
 
@@ -221,11 +228,12 @@ def test_ignored_classes_compare_like_the_loss(tmp_path):
 def test_readme_row_reuses_the_csl_run_only_when_it_ignores_the_same_classes(tmp_path, monkeypatch):
     args, protocol = _embedded(tmp_path)
     group = runner.Group(0, "fpc", 73)
-    row = ROWS[-1]
+    row = _row("csl_readme_threshold")
     twin = {"row": "csl", "prior_threshold": 0.48, "best_mAP": 50.0, "final_mAP": 49.0, "seed": 0}
     started = []
     monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
     monkeypatch.setattr(runner, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
+    monkeypatch.setattr(runner, "cell_composition", lambda cell_dir, data: {})
 
     same = _write_prior(tmp_path / "same.csv", [0.53, 0.43, 0.2])  # 0.48 and 0.5 both ignore class 0
     result = runner.run_cell(args, protocol, group, row, "labels.npz", same, {}, twin)
@@ -269,7 +277,7 @@ def test_protocol_json_is_written_atomically(tmp_path, monkeypatch, capsys):
 def test_result_json_is_written_atomically(tmp_path, monkeypatch):
     args, protocol = _embedded(tmp_path)
     _fake_training(monkeypatch, None)
-    group, row = runner.Group(0, "fpc", 73), ROWS[2]
+    group, row = runner.Group(0, "fpc", 73), _row("negative_asl")
     result_path = os.path.join(args.out, "cells", "fpc_seed0_negative_asl", "result.json")
     _failing_replace(monkeypatch, "result.json")
     with pytest.raises(OSError, match="result.json"):
@@ -287,7 +295,7 @@ def test_a_failed_cell_exits_1_with_its_log_and_the_resume_hint(tmp_path, monkey
     monkeypatch.setattr(runner, "prepare_embedded", lambda *a: None)  # no data: the simulation fails
     out = tmp_path / "out"
     argv = ["--data_root", str(tmp_path / "missing"), "--out", str(out), "--seeds", "1", "--schemes", "fpc",
-            "--jobs", "1", "--device", "cpu"]
+            "--jobs", "1", "--device", "cpu", "--rows", "ignore_ce"]  # the simulation is the first step
     assert reproduce.cli(argv) == 1
     err = capsys.readouterr().err
     log = out / "labels" / "fpc_seed0.npz.log"
@@ -323,13 +331,24 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
 
     table = json.loads((out / "results.json").read_text())
     rows = {row["row"]: row for row in table["table"]}
-    assert set(rows) == {"ignore_ce", "negative_ce", "negative_asl", "csl", "csl_readme_threshold"}
+    assert set(rows) == {"full_labels", "ignore_ce", "negative_ce", "negative_asl", "csl",
+                         "csl_readme_threshold"}
     n_fpc = round(1000 / 82081 * 320)  # COCO's share of the training set
     assert table["protocol"]["columns"] == {"fpc": n_fpc}
     for row in rows.values():
         assert 0.0 < row["best_mAP"] <= 100.0 and row["best_mAP"] >= row["final_mAP"] - 1e-9
-        assert row["seeds"] == 1 and row["paper_mAP"] is not None
+        assert row["seeds"] == 1 and (row["paper_mAP"] is not None) == (row["row"] != "full_labels")
+        assert row["share"] == pytest.approx(row["best_mAP"] / rows["full_labels"]["best_mAP"])
+    assert table["regime"]["fpc"] == {"ceiling": rows["full_labels"]["best_mAP"],
+                                      "ignore_ce": rows["ignore_ce"]["share"],
+                                      "negative_ce": rows["negative_ce"]["share"]}
     cells = {cell["row"]: cell for cell in table["cells"]}
+    full_command = (out / "cells" / "full_seed0_full_labels" / "command.txt").read_text()
+    assert "--partial_labels" not in full_command and "--simulate_partial_type" not in full_command
+    # The mechanism: CSL's last epoch ignored likelihood_topk (5) x batch (32) entries per full batch.
+    ignored = cells["csl"]["ignored"]
+    assert ignored["entries"] == 5 * 32 * (320 // 32)
+    assert sum(ignored[k] for k in ("true_positive", "other")) <= ignored["entries"]
     # CSL used the Ignore run's prior with the share rule's threshold, and its command line is stored.
     csl_command = (out / "cells" / "fpc_seed0_csl" / "command.txt").read_text()
     assert cells["ignore_ce"]["prior_path"] in csl_command and "--partial_loss_mode selective" in csl_command
@@ -343,6 +362,7 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
     assert glob.glob(str(out / "*.tmp*")) == []
     report_text = (out / "results.md").read_text()
     assert "Spearman" in report_text and "CSL, Selective P-ASL" in report_text
+    assert "Regime (FPC): ceiling" in report_text and "What the likelihood top-k ignored" in report_text
     assert json.loads((out / "protocol.json").read_text())["protocol"]["columns"] == {"fpc": n_fpc}
 
     # Re-running finds every cell finished: no training command is started again.
@@ -359,3 +379,66 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
     assert started == []
     assert os.path.getmtime(out / "cells" / "fpc_seed0_csl" / "result.json") == mtime
     assert json.loads((out / "results.json").read_text())["table"] == table["table"]
+
+
+# ----------------------------------------------------------------------------------- issue 11 additions
+def test_rows_groups_and_opt_in_rows(tmp_path):
+    _, protocol = _embedded(tmp_path)
+    default_keys = [row.key for row in protocols.protocol_rows(protocol)]
+    assert default_keys[0] == "full_labels" and "csl_topk1" not in default_keys
+    assert protocols.select_rows(protocol, "regime") == ("full_labels", "ignore_ce", "negative_ce")
+    assert protocols.select_rows(protocol, "mechanism") == (
+        "ignore_ce", "csl", "csl_prior_only", "csl_likelihood_only", "csl_topk1", "csl_topk2")
+    assert protocols.select_rows(protocol, "full_labels") == ("full_labels",)  # needs no prior
+
+
+def test_ablation_rows_set_only_the_component_they_name(tmp_path, monkeypatch):
+    args, protocol = _embedded(tmp_path, "--rows", "mechanism")
+    protocol.rows = protocols.select_rows(protocol, args.rows)
+    prior = _write_prior(tmp_path / "prior.csv", [0.9] + [0.1] * 47)
+    started = _fake_training(monkeypatch, prior)
+    runner.run_group(args, protocol, runner.Group(0, "fpc", 73), {})
+    cells = {os.path.basename(p.path_dest): p for p in (_train_args(c) for c in started
+                                                         if runner.TRAIN_SCRIPT in c)}
+    prior_only, likelihood_only = cells["fpc_seed0_csl_prior_only"], cells["fpc_seed0_csl_likelihood_only"]
+    assert (prior_only.likelihood_topk, prior_only.prior_path) == (0, prior)
+    assert (likelihood_only.likelihood_topk, likelihood_only.prior_path) == (5, None)
+    assert [cells[f"fpc_seed0_csl_topk{k}"].likelihood_topk for k in (1, 2)] == [1, 2]
+    for name in ("csl", "csl_prior_only", "csl_topk1"):  # everything else as in the CSL row
+        assert (cells[f"fpc_seed0_{name}"].gamma_neg, cells[f"fpc_seed0_{name}"].gamma_unann) == (3, 4)
+
+
+def test_regime_and_share_from_the_table():
+    results = [{"row": "full_labels", "scheme": "full", "best_mAP": 80.0, "final_mAP": 79.0},
+               {"row": "full_labels", "scheme": "full", "best_mAP": 82.0, "final_mAP": 80.0},
+               {"row": "ignore_ce", "scheme": "fpc", "best_mAP": 40.5, "final_mAP": 40.0},
+               {"row": "negative_ce", "scheme": "fpc", "best_mAP": 72.9, "final_mAP": 70.0}]
+    protocol = protocols.Protocol("embedded", "d", {"fpc": 73}, {}, "share",
+                                  rows=("full_labels", "ignore_ce", "negative_ce"))
+    rows = report.table_rows(results, protocol)
+    numbers = report.regime(rows, "fpc")
+    assert numbers == pytest.approx({"ceiling": 81.0, "ignore_ce": 0.5, "negative_ce": 0.9})
+    text = report.describe_regime(numbers)
+    assert "ceiling 81.0, Ignore/ceiling 0.50, Negative/ceiling 0.90 - COCO" in text
+
+
+def test_ignored_composition_by_hand():
+    from src.reproduce.mechanism import class_attributes_of, ignored_composition
+
+    names = ["red_circle", "blue_circle", "red_square", "blue_square", "green_plus"]
+    full = np.array([[1, 0, 0, 0, 0],     # image 10: a red circle
+                     [0, 0, 0, 1, 1]])    # image 11: a blue square and a green plus
+    image_ids = [10, 10, 10, 11, 11, 11]
+    classes = [0,    # positive
+               1,    # blue circle in image 10: shares the circle's shape
+               2,    # red square in image 10: shares the colour
+               1,    # blue circle in image 11: shares the blue square's colour
+               2,    # red square in image 11: shares the square's shape
+               4]    # green plus in image 11: positive
+    got = ignored_composition(image_ids, classes, full, [10, 11], class_attributes_of(names))
+    assert {k: got[k] for k in ("entries", "true_positive", "shares_colour", "shares_shape", "other")} == \
+        {"entries": 6, "true_positive": 2, "shares_colour": 2, "shares_shape": 2, "other": 0}
+    got = ignored_composition([10], [4], full, [10, 11], class_attributes_of(names))
+    assert (got["other"], got["other_share"]) == (1, 1.0)
+    with pytest.raises(ValueError, match="not in the full labels"):
+        ignored_composition([12], [0], full, [10, 11], class_attributes_of(names))
