@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast lint demo bench clean
+.PHONY: venv test test-fast lint demo bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: venv
 
 bench: venv
 	$(PY) bench/run_all.py
+
+# One check of a CUDA machine in <= 8 minutes (throughput, memory, CUDA = CPU, exact resume); exits 0 without a GPU.
+gpu-check: venv
+	$(PY) bench/gpu_check.py --out bench/results/gpu_check.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -17,11 +17,18 @@ by display name. For ``--dataset_type openimages`` that file is looked up at the
 path ``./data/oidv6-class-descriptions.csv`` when the flag is not given.
 
 Flags keep the paper's names and defaults (``--model_path``, ``--pic_path``, ``--model_name``,
-``--input_size 224``, ``--dataset_type``, ``--class_description_path``, ``--th 0.97``, ``--top_k 30``),
-each also in kebab-case; ``--pic_path`` defaults to the example folder ``pics/`` (the paper's default
-photograph is not shipped). New: ``--output_dir`` and the device flags shared with train.py and validate.py
-(``--device``, ``--amp``, ``--amp_dtype`` from ``src.args.device_parser``; AMP is on for CUDA by default, as
-in validate.py, off on CPU). Runs on CPU.
+``--dataset_type``, ``--class_description_path``, ``--th 0.97``, ``--top_k 30``), each also in kebab-case;
+``--input_size`` defaults to the size the checkpoint was trained at (our checkpoints store train.py's
+configuration under ``args``, with ``image_size``), else the paper's 224; the size used and where it came
+from are printed. ``--pic_path`` defaults to the example folder ``pics/`` (the paper's default photograph is
+not shipped). Class names come from the checkpoint (``class_names``, or the paper's ``idx_to_class``). New:
+``--output_dir`` and the device flags shared with train.py and validate.py (``--device``, ``--amp``,
+``--amp_dtype`` from ``src.args.device_parser``; AMP is on for CUDA by default, as in validate.py, off on
+CPU). Runs on CPU.
+
+When no picture gets a tag, a warning (stderr) says so and names the flag to try: the paper's 0.97 suits
+its OpenImages models, whose scores are sharp; a model trained here for a few epochs rarely scores that
+high, and ``--th 0.5`` (train.py's ``--thre``) is the usual threshold for it.
 
 A checkpoint whose outputs hold NaN/inf (e.g. the weights of a diverged run) is refused with an error
 that names it, by the finiteness check the metrics apply to validate.py's predictions
@@ -36,6 +43,7 @@ import contextlib
 import csv
 import os
 import sys
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -47,7 +55,7 @@ from src.data.labels import DatasetError
 from src.data.openimages import read_class_list
 from src.data.transforms import build_val_transform
 from src.metrics import check_finite_scores
-from src.models import load_model
+from src.models import load_model, read_checkpoint_file
 from src.utils.amp import autocast_context, resolve_amp
 from src.utils.cli import run_cli
 from src.utils.distributed import resolve_device
@@ -62,6 +70,8 @@ DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coc
                    "lvis": "lvis"}  # keys without "_" and "-": MS-COCO (an older paper README) is mscoco
 MIN_DISPLAY_SIZE = 384  # small pictures (e.g. 32 px scenes) are enlarged so the drawing is readable
 MAX_DISPLAY_SIZE = 1024  # large photographs are shrunk so the 16 px text stays readable
+PAPER_INPUT_SIZE = 224  # the paper's infer.py default, for checkpoints that do not store their size
+TRAINED_HERE_THRESHOLD = 0.5  # train.py's --thre: the threshold suggested when nothing passes --th
 
 
 def dataset_type(text: str) -> str:
@@ -88,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--model_name", type=str, default=None,
              help="architecture; default: stored in our checkpoints, inferred from the paper's TResNet "
                   "weights (the paper's default was tresnet_m); needed for other bare state dicts")
-    add_flag(parser, "--input_size", type=int, default=224, help="the picture is resized to this square size")
+    add_flag(parser, "--input_size", type=int, default=None,
+             help="the picture is resized to this square size; default: the size stored in the checkpoint "
+                  f"(ours: train.py's --image-size), else the paper's {PAPER_INPUT_SIZE}")
     add_flag(parser, "--dataset_type", type=dataset_type, default="openimages",
              help="coco, openimages or lvis (only selects the default class descriptions file)")
     add_flag(parser, "--class_description_path", type=str, default=None,
@@ -188,6 +200,42 @@ def resolve_display_names(class_names: list[str], args) -> list[str]:
 
 
 # --------------------------------------------------------------------------- model
+def stored_input_size(path: str, allow_pickle: bool = False) -> int | None:
+    """The input size a checkpoint was trained at: ``args['image_size']`` of our train.py checkpoints
+    (a dict, or an argparse.Namespace in older files); None when the file does not say (the paper's).
+    ``allow_pickle``: ``--unsafe_pickle``, as for loading the model."""
+    checkpoint = read_checkpoint_file(path, allow_pickle=allow_pickle)
+    saved = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
+    if isinstance(saved, argparse.Namespace):
+        saved = vars(saved)
+    size = saved.get("image_size") if isinstance(saved, Mapping) else None
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int | float) or size < 1 or size != int(size):
+        raise ValueError(f"--model_path: {path!r} stores image_size {size!r}, which is not a positive whole "
+                         "number; pass --input_size")
+    return int(size)
+
+
+def resolve_input_size(args) -> tuple[int, str]:
+    """(size, where it comes from): --input_size, else the checkpoint's, else the paper's 224."""
+    if args.input_size is not None:
+        return args.input_size, "--input_size"
+    stored = stored_input_size(args.model_path, allow_pickle=args.unsafe_pickle)
+    if stored is not None:
+        return stored, "stored in the checkpoint"
+    return PAPER_INPUT_SIZE, "the paper's default; the checkpoint does not store its size"
+
+
+def no_tags_warning(count: int, threshold: float) -> str:
+    """The warning printed when none of ``count`` pictures got a tag, with the flag to try."""
+    text = f"warning: none of the {count} picture(s) got a tag: no class scored above --th {threshold:g}"
+    if threshold > TRAINED_HERE_THRESHOLD:
+        return (f"{text} (the paper's threshold, set for its released OpenImages models). For a model "
+                f"trained here try --th {TRAINED_HERE_THRESHOLD:g} (train.py's --thre), or lower")
+    return f"{text}. Try a lower threshold, e.g. --th {threshold / 2:g}, and check --model_path"
+
+
 NON_FINITE_HINT = ("the checkpoint's weights hold NaN/inf (e.g. a diverged training run) or the model "
                    "overflows; pass the checkpoint of a run that did not diverge (or try --no-amp)")
 
@@ -252,16 +300,18 @@ def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.th <= 1.0:
         raise ValueError(f"--th {args.th} is not a probability; pass a value in [0, 1] (paper default 0.97)")
-    if args.input_size < 1:
+    if args.input_size is not None and args.input_size < 1:
         raise ValueError(f"--input_size must be positive, got {args.input_size}")
     require_file(args.model_path, "--model_path", "checkpoint",
                  "pass a .pth written by train.py or a released CSL model")
+    args.input_size, size_source = resolve_input_size(args)
     transform = build_val_transform(args.input_size, draft=False)
     folder_mode = os.path.isdir(args.pic_path)
     pictures = list_pictures(args.pic_path)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(device, args.amp, args.amp_dtype, training=False)
     print("Inference demo with a CSL model")
+    print(f"input size {args.input_size} px ({size_source})")
     model, class_names = load_model(args.model_path, model_name=args.model_name, device=device,
                                     allow_pickle=args.unsafe_pickle)
     class_names = resolve_display_names(list(class_names), args)
@@ -299,6 +349,9 @@ def main(argv=None) -> list[dict]:
                          "could be read (see the warnings above); pass JPEG/PNG/... files")
     if skipped:
         print(f"{skipped} unreadable picture(s) skipped")
+    if not any(result["tags"] for result in results):
+        sys.stdout.flush()  # the warning after the per-picture lines, also when both go to one terminal
+        print(no_tags_warning(len(results), args.th), file=sys.stderr)
     print(f"annotated pictures and predictions.csv written to {shown(args.output_dir)}")
     return results
 

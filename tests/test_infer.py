@@ -3,6 +3,7 @@ checkpoint format and class descriptions work, bad inputs give clear errors; the
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import shutil
@@ -131,8 +132,10 @@ def test_errors(two_pictures, tmp_path, capsys):
 
 def test_paper_flags_and_defaults():
     args = infer.build_parser().parse_args([])
+    # --input_size None: the checkpoint's size, else the paper's 224 (test_input_size_from_the_checkpoint)
     assert (args.model_path, args.model_name, args.input_size, args.th, args.top_k) == (
-        infer.PAPER_MODEL_PATH, None, 224, 0.97, 30)
+        infer.PAPER_MODEL_PATH, None, None, 0.97, 30)
+    assert infer.PAPER_INPUT_SIZE == 224
     assert args.dataset_type == "openimages" and args.pic_path == "./pics" and args.device == "auto"
     assert (args.amp, args.amp_dtype) == (None, "float16")  # src.args.device_parser: AMP off on CPU
     # The paper's default value had a typo; it still parses.
@@ -336,3 +339,85 @@ def test_output_dir_that_is_a_file_is_a_clear_error(two_pictures, tmp_path):
     (tmp_path / "taken").write_text("")
     with pytest.raises(ValueError, match="--output_dir: .*taken' is a file, not a folder"):
         run_infer(tmp_path / "tiny.pth", folder, tmp_path / "taken")
+
+
+# --------------------------------------------------------------------------- after training
+def record_transform_sizes(monkeypatch) -> list:
+    calls = []
+    build = infer.build_val_transform
+    monkeypatch.setattr(infer, "build_val_transform", lambda *a, **k: calls.append(a) or build(*a, **k))
+    return calls
+
+
+def test_input_size_and_class_names_from_the_checkpoint(stage1_run, embedded_data_dir, tmp_path, monkeypatch,
+                                                        capsys):
+    """A train.py checkpoint needs no --input_size: the size it stores (32 px here) is used, not 224."""
+    stored = torch.load(stage1_run["best"], map_location="cpu", weights_only=True)
+    assert stored["args"]["image_size"] == TINY_IMAGE_SIZE
+    calls = record_transform_sizes(monkeypatch)
+    argv = ["--model_path", stage1_run["best"], "--pic_path", PICS_DIR, "--device", "cpu", "--th", "0.5"]
+    results = infer.main([*argv, "--output_dir", str(tmp_path / "auto")])
+    assert calls == [(TINY_IMAGE_SIZE,)]
+    assert f"input size {TINY_IMAGE_SIZE} px (stored in the checkpoint)" in capsys.readouterr().out
+    # Same tags as an independent forward pass at 32 px, named with the dataset's class names.
+    names, _, _ = embedded_split(embedded_data_dir)
+    model, _ = load_model(stage1_run["best"])
+    scores = manual_scores(model, [r["picture"] for r in results], size=TINY_IMAGE_SIZE)
+    for result, row in zip(results, scores, strict=True):
+        expected = [c for c in np.argsort(-row, kind="stable")[:30] if row[c] > 0.5]
+        assert [name for name, _ in result["tags"]] == [names[c] for c in expected]
+    # An explicit --input_size still wins.
+    calls.clear()
+    infer.main([*argv, "--input_size", "48", "--output_dir", str(tmp_path / "given")])
+    assert calls == [(48,)] and "input size 48 px (--input_size)" in capsys.readouterr().out
+
+
+def test_checkpoint_without_a_size_uses_the_papers_224_and_a_bad_size_is_an_error(two_pictures, tmp_path,
+                                                                                   monkeypatch, capsys):
+    names, folder = two_pictures
+    model = save_tiny_checkpoint(tmp_path / "plain.pth", names)  # the paper's format: no "args"
+    calls = record_transform_sizes(monkeypatch)
+    infer.main(["--model_path", str(tmp_path / "plain.pth"), "--pic_path", str(folder / "a.png"),
+                "--output_dir", str(tmp_path / "out"), "--device", "cpu", "--th", "0"])
+    assert calls == [(224,)] and "input size 224 px (the paper's default" in capsys.readouterr().out
+    # Older files stored the configuration as an argparse.Namespace: read as well.
+    torch.save({"model": model.state_dict(), "model_name": TINY_MODEL, "num_classes": len(names),
+                "class_names": list(names), "args": argparse.Namespace(image_size=40)}, tmp_path / "ns.pth")
+    calls.clear()
+    infer.main(["--model_path", str(tmp_path / "ns.pth"), "--pic_path", str(folder / "a.png"),
+                "--output_dir", str(tmp_path / "out"), "--device", "cpu", "--th", "0"])
+    assert calls == [(40,)]
+    torch.save({"model": model.state_dict(), "model_name": TINY_MODEL, "num_classes": len(names),
+                "class_names": list(names), "args": {"image_size": "big"}}, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="--model_path: .*odd.pth' stores image_size 'big'.*--input_size"):
+        infer.main(["--model_path", str(tmp_path / "odd.pth"), "--pic_path", str(folder)])
+
+
+def save_silent_checkpoint(path, names, size: int) -> None:
+    """The tiny model with its classifier bias at -20: every score is ~2e-9, nothing passes any --th."""
+    model = save_tiny_checkpoint(path, names)
+    state = model.state_dict()
+    state["fc.bias"].fill_(-20.0)
+    torch.save({"model": state, "model_name": TINY_MODEL, "num_classes": len(names),
+                "class_names": list(names), "args": {"image_size": size}}, path)
+
+
+def test_warning_when_no_picture_gets_a_tag(two_pictures, tmp_path, capsys):
+    names, folder = two_pictures
+    save_silent_checkpoint(tmp_path / "silent.pth", names, TINY_IMAGE_SIZE)
+    argv = ["--model_path", str(tmp_path / "silent.pth"), "--pic_path", str(folder), "--device", "cpu",
+            "--output_dir", str(tmp_path / "out")]
+    results = infer.main(argv)  # the paper's --th 0.97
+    assert [r["tags"] for r in results] == [[], []]
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if line.startswith("warning: none of")]
+    assert warning == ["warning: none of the 2 picture(s) got a tag: no class scored above --th 0.97 (the "
+                       "paper's threshold, set for its released OpenImages models). For a model trained here "
+                       "try --th 0.5 (train.py's --thre), or lower"]
+    infer.main([*argv, "--th", "0.4"])
+    assert "Try a lower threshold, e.g. --th 0.2" in capsys.readouterr().err
+    # One tagged picture is enough: no warning.
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    infer.main(["--model_path", str(tmp_path / "tiny.pth"), "--pic_path", str(folder), "--device", "cpu",
+                "--output_dir", str(tmp_path / "out2"), "--th", "0"])
+    assert "warning: none of" not in capsys.readouterr().err

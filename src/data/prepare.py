@@ -1,0 +1,559 @@
+"""Download a dataset of the paper and lay it out as train.py reads it.
+
+    python -m src.data.prepare coco2014 --root /datasets/coco2014             # ~20 GB download
+    python -m src.data.prepare lvis_v1 --root /datasets/lvis                  # ~20 GB download
+    python -m src.data.prepare openimages_csl --root /datasets/openimages     # ~190 GB (estimate)
+    python -m src.data.prepare coco2014 --root DIR --dry-run                  # what, from where, disk
+
+Each file of `DATASETS` is downloaded into ``ROOT/downloads`` (``--downloads`` elsewhere), resumably
+(`src.utils.download`: an interrupted download continues from its ``.part`` file with HTTP Range; a
+progress bar; the publisher's size and md5 checked where they are documented), unpacked into ``ROOT``
+(zip / tar.gz, path-safe; files already unpacked with the right size are skipped, so an interrupted
+unpacking continues) and then deleted (``--keep_archives`` keeps them). A finished file leaves a stamp in
+``ROOT/.prepare/``: running the same command again skips it. At the end the layout is checked and the
+exact train.py command is printed (`main` also returns it as ``train_argv``).
+
+Layouts written (what `src.data.build_split` reads):
+
+* ``coco2014``: ``ROOT/train2014/``, ``ROOT/val2014/``, ``ROOT/annotations/instances_{train,val}2014.json``
+  (only these two are unpacked from annotations_trainval2014.zip); ``--data ROOT --dataset_type coco``.
+* ``lvis_v1``: ``ROOT/annotations/lvis_v1_{train,val}.json``, COCO 2017 images in ``ROOT/train2017/``,
+  ``ROOT/val2017/``; ``--data ROOT --metadata ROOT/annotations --dataset_type lvis``.
+* ``openimages_csl``: the CSL authors' processed OpenImages V6 (images resized to short edge 256):
+  ``ROOT/data.csv``, ``ROOT/mid_to_classes.pth`` and the images of train.tar.gz / test.tar.gz unpacked
+  into ``ROOT``. The image root (``--data``) is the folder that data.csv's ``filepath`` values are
+  relative to: it is found by looking up sampled filepaths of every split under ``ROOT``, the top
+  folders of the archives and ``ROOT``'s subfolders; ``--metadata ROOT``.
+
+URLs: ``--base_url URL`` (or the environment variable ``CSL_PREPARE_BASE_URL``) fetches every file as
+``URL/<file name>`` (a mirror, a ``file://`` URL or a plain folder path); ``--url NAME=URL`` replaces one
+file's URL. Sizes
+and checksums come from the table below (a dry run cannot ask the server, and nothing is fetched unless
+asked); ``--skip_checksum`` accepts files that differ from the table.
+
+Sources of the table: COCO URLs from cocodataset.org/#download; the COCO zips' byte sizes are the
+Content-Length that images.cocodataset.org serves and their md5 values are those published by widely
+used loaders (e.g. Salesforce LAVIS ``download_coco.py``, GluonCV / PaddleDetection COCO downloaders).
+LVIS v1 URLs from lvisdataset.org (no published size or checksum: sizes are estimates). The processed
+OpenImages URLs from the paper repository's OpenImages.md (Alibaba-MIIL/PartialLabelingCSL); its
+authors list no sizes or checksums, so those sizes are rough estimates (~9M images at short edge 256)
+and the check is the server's Content-Length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shlex
+import shutil
+import sys
+import tarfile
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from src.data.labels import DatasetError
+from src.utils.cli import run_cli
+from src.utils.download import download, human_bytes
+
+BASE_URL_ENV = "CSL_PREPARE_BASE_URL"
+STATE_DIR = ".prepare"
+SAMPLES_PER_SPLIT = 20  # filepaths of data.csv looked up per split to find the OpenImages image root
+
+SOURCES = {
+    "coco_zips": "http://images.cocodataset.org/zips",
+    "coco_annotations": "http://images.cocodataset.org/annotations",
+    "lvis": "https://dl.fbaipublicfiles.com/LVIS",
+    "openimages_csl": "https://miil-public-eu.oss-eu-central-1.aliyuncs.com/public/Open_Images_V6",
+}
+GB = 1_000_000_000
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a dataset. ``kind``: 'zip' / 'tar' (unpacked into ``ROOT/unpack_to``) or 'file' (kept
+    at ``ROOT/<name>``). ``size``: bytes (``exact`` False: an estimate); ``unpacked``: bytes it takes
+    once unpacked (estimate); ``members``: the only archive members to unpack (None: all)."""
+
+    name: str
+    source: str
+    size: int
+    exact: bool
+    checksum: str | None
+    kind: str
+    unpacked: int
+    unpack_to: str = ""
+    members: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    title: str
+    dataset_type: str
+    num_classes: int
+    image_size: int
+    files: tuple[RemoteFile, ...]
+    simulate: bool = False  # fully labelled: the paper simulates partial labels (COCO)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+COCO_IMAGES_2017 = (
+    RemoteFile("train2017.zip", "coco_zips", 19_336_861_798, True, "md5:cced6f7f71b7629ddf16f17bbcfab6b2",
+               "zip", 19_337 * MB),
+    RemoteFile("val2017.zip", "coco_zips", 815_585_330, True, "md5:442b8da7639aecaf257c1dceb8ba8c80",
+               "zip", 816 * MB),
+)
+
+DATASETS: dict[str, DatasetSpec] = {
+    "coco2014": DatasetSpec(
+        "MS-COCO 2014 (82,081 train / 40,137 val images with labels, 80 classes)", "coco", 80, 448, (
+            RemoteFile("train2014.zip", "coco_zips", 13_510_573_713, True,
+                       "md5:0da8c0bd3d6becc4dcb32757491aca88", "zip", 13_511 * MB),
+            RemoteFile("val2014.zip", "coco_zips", 6_645_013_297, True,
+                       "md5:a3d79f5ed8d289b7a7554ce06a5782b3", "zip", 6_645 * MB),
+            RemoteFile("annotations_trainval2014.zip", "coco_annotations", 252_872_794, True,
+                       "md5:0a379cfc70b0e71301e0f377548639bd", "zip", 490 * MB,
+                       members=("annotations/instances_train2014.json",
+                                "annotations/instances_val2014.json")),
+        ), simulate=True),
+    "lvis_v1": DatasetSpec(
+        "LVIS v1 (1,203 classes, federated labels) on COCO 2017 images", "lvis", 1203, 448, (
+            RemoteFile("lvis_v1_train.json.zip", "lvis", 350 * MB, False, None, "zip", 1_100 * MB,
+                       unpack_to="annotations"),
+            RemoteFile("lvis_v1_val.json.zip", "lvis", 64 * MB, False, None, "zip", 200 * MB,
+                       unpack_to="annotations"),
+            *COCO_IMAGES_2017,
+        ), notes=("LVIS v1 val images come from COCO 2017 train and val: both image zips are needed.",)),
+    "openimages_csl": DatasetSpec(
+        "OpenImages V6 as processed by the CSL authors (9,605 classes, short edge 256)", "openimages",
+        9605, 224, (
+            RemoteFile("data.csv", "openimages_csl", 1_200 * MB, False, None, "file", 0),
+            RemoteFile("mid_to_classes.pth", "openimages_csl", 1 * MB, False, None, "file", 0),
+            RemoteFile("test.tar.gz", "openimages_csl", 3 * GB, False, None, "tar", 3 * GB),
+            RemoteFile("train.tar.gz", "openimages_csl", 185 * GB, False, None, "tar", 185 * GB),
+        ), notes=("The publisher lists no sizes: they are rough estimates; each download is checked "
+                  "against the server's Content-Length.",
+                  "OpenImages license: https://storage.googleapis.com/openimages/web/factsfigures.html")),
+}
+
+
+# ------------------------------------------------------------------------------------------ the plan
+@dataclass
+class Step:
+    """A file of the plan: where it comes from, where it lands, and whether it is already done."""
+
+    remote: RemoteFile
+    url: str
+    local: str  # the downloaded file: ROOT/downloads/NAME for archives, ROOT/NAME for plain files
+    stamp: str
+    done: bool
+
+    @property
+    def partial_bytes(self) -> int:
+        part = self.local + ".part"
+        return os.path.getsize(part) if os.path.isfile(part) else 0
+
+
+def parse_url_overrides(pairs: list[str], spec: DatasetSpec) -> dict[str, str]:
+    names = [f.name for f in spec.files]
+    overrides = {}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or not url:
+            raise ValueError(f"--url {pair!r}: expected NAME=URL, e.g. --url {names[0]}=file:///mirror/{names[0]}")
+        if name not in names:
+            raise ValueError(f"--url {pair!r}: {name!r} is not a file of this dataset; its files are {names}")
+        overrides[name] = as_url(url)
+    return overrides
+
+
+def as_url(location: str) -> str:
+    """A URL as given; a plain path (a local mirror folder or file) becomes its ``file://`` URL."""
+    return location if "://" in location else Path(os.path.abspath(location)).as_uri()
+
+
+def resolve_url(remote: RemoteFile, base_url: str | None, overrides: dict[str, str]) -> str:
+    if remote.name in overrides:
+        return overrides[remote.name]
+    return f"{(base_url or SOURCES[remote.source]).rstrip('/')}/{remote.name}"
+
+
+def build_plan(spec: DatasetSpec, root: str, downloads: str, base_url: str | None,
+               overrides: dict[str, str]) -> list[Step]:
+    steps = []
+    for remote in spec.files:
+        local = os.path.join(downloads if remote.kind != "file" else root, remote.name)
+        stamp = os.path.join(root, STATE_DIR, remote.name + ".json")
+        done = os.path.isfile(stamp) and (remote.kind != "file" or os.path.isfile(local))
+        steps.append(Step(remote, resolve_url(remote, base_url, overrides), local, stamp, done))
+    return steps
+
+
+def disk_needs(steps: list[Step], keep_archives: bool) -> dict:
+    """Bytes to download and the disk use of the pending steps, at the peak and at the end: the steps run
+    in order, each archive is unpacked next to itself and then deleted (unless ``keep_archives``)."""
+    pending = [s for s in steps if not s.done]
+    used = peak = 0
+    for step in pending:
+        remote = step.remote
+        if remote.kind == "file":
+            used += remote.size
+        else:
+            peak = max(peak, used + remote.size + remote.unpacked)
+            used += remote.unpacked + (remote.size if keep_archives else 0)
+        peak = max(peak, used)
+    return {"download": sum(max(s.remote.size - s.partial_bytes, 0) for s in pending), "peak": peak,
+            "final": used, "exact": all(s.remote.exact for s in pending)}
+
+
+def existing_ancestor(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def describe_plan(name: str, spec: DatasetSpec, root: str, steps: list[Step], needs: dict) -> str:
+    approx = "" if needs["exact"] else "~"
+    lines = [f"{name}: {spec.title}", f"root: {os.path.abspath(root)}", ""]
+    width = max(len(s.remote.name) for s in steps)
+    lines.append(f"  {'file':<{width}}  {'size':>10}  {'check':<6}  {'then':<26}  status")
+    for step in steps:
+        remote = step.remote
+        size = ("" if remote.exact else "~") + human_bytes(remote.size)
+        check = remote.checksum.split(":")[0] if remote.checksum else "size" if remote.exact else "-"
+        if remote.kind == "file":
+            then = f"keep as {remote.name}"
+        else:
+            target = (remote.unpack_to or ".") + "/"
+            then = f"unpack {'part' if remote.members else 'all'} to {target}"
+        status = "to download"
+        if step.done:
+            status = "done"
+        elif step.partial_bytes:
+            status = f"partial ({human_bytes(step.partial_bytes)})"
+        lines.append(f"  {remote.name:<{width}}  {size:>10}  {check:<6}  {then:<26}  {status}")
+        lines.append(f"  {'':<{width}}  from {step.url}")
+    free = shutil.disk_usage(existing_ancestor(root)).free
+    lines += ["", f"download: {approx}{human_bytes(needs['download'])}; disk needed: {approx}"
+              f"{human_bytes(needs['peak'])} at the peak, {approx}{human_bytes(needs['final'])} at the end; "
+              f"free at {existing_ancestor(root)}: {human_bytes(free)}"]
+    lines += [f"note: {note}" for note in spec.notes]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ unpacking
+def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled,
+                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
+def _inside(folder: str, member: str) -> str:
+    """The destination of archive member ``member`` under ``folder``; an absolute path or one leaving
+    the folder (``..``) is an error (a malicious or broken archive)."""
+    folder = os.path.abspath(folder)
+    target = os.path.abspath(os.path.join(folder, member))
+    if os.path.isabs(member) or os.path.commonpath([target, folder]) != folder:
+        raise DatasetError(f"archive member {member!r} would be written outside {folder}; the archive is "
+                           "corrupt or not the published one: delete it and run again")
+    return target
+
+
+def unpack_zip(path: str, folder: str, members: tuple[str, ...] | None, progress: bool) -> list[str]:
+    """Unpack ``path`` into ``folder``; files already there with the right size are kept (resume)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise DatasetError(f"{path} is not a readable zip archive ({error}); delete it and run again"
+                           ) from error
+    with archive:
+        infos = [i for i in archive.infolist()
+                 if not i.is_dir() and (members is None or i.filename in members)]
+        if members is not None:
+            missing = sorted(set(members) - {i.filename for i in infos})
+            if missing:
+                raise DatasetError(f"{path} lacks {missing}; it is not the published archive: delete it and "
+                                   "run again")
+        with _bar(sum(i.file_size for i in infos), f"unpacking {os.path.basename(path)}", progress) as bar:
+            for info in infos:
+                target = _inside(folder, info.filename)
+                if not (os.path.isfile(target) and os.path.getsize(target) == info.file_size):
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    with archive.open(info) as source, open(target + ".unpacking", "wb") as out:
+                        shutil.copyfileobj(source, out, 1 << 20)
+                    os.replace(target + ".unpacking", target)  # a killed run never leaves a short file
+                bar.update(info.file_size)
+    return [i.filename for i in infos]
+
+
+class _CountingReader:
+    """A read-only file wrapper that counts the bytes read (progress of a streamed .tar.gz)."""
+
+    def __init__(self, handle, bar):
+        self.handle, self.bar = handle, bar
+
+    def read(self, size=-1):
+        block = self.handle.read(size)
+        self.bar.update(len(block))
+        return block
+
+
+def unpack_tar(path: str, folder: str, members: tuple[str, ...] | None, progress: bool) -> list[str]:
+    """Unpack a (gzipped) tar in one streaming pass with tarfile's 'data' filter (no absolute paths, no
+    links leaving ``folder``, no device files); files already there with the right size are kept."""
+    names = []
+    with open(path, "rb") as handle, _bar(os.path.getsize(path), f"unpacking {os.path.basename(path)}",
+                                          progress) as bar:
+        try:
+            with tarfile.open(fileobj=_CountingReader(handle, bar), mode="r|*") as archive:
+                for member in archive:
+                    if members is not None and member.name not in members:
+                        continue
+                    target = _inside(folder, member.name)
+                    if member.isfile():
+                        names.append(member.name)
+                        if os.path.isfile(target) and os.path.getsize(target) == member.size:
+                            continue
+                    archive.extract(member, folder, filter="data")
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as error:  # not disk errors
+            raise DatasetError(f"{path} is not a readable tar archive ({error}); delete it and run again"
+                               ) from error
+    return names
+
+
+def unpack(step: Step, root: str, progress: bool) -> list[str]:
+    folder = os.path.join(root, step.remote.unpack_to)
+    os.makedirs(folder, exist_ok=True)
+    if step.remote.kind == "zip":
+        return unpack_zip(step.local, folder, step.remote.members, progress)
+    return unpack_tar(step.local, folder, step.remote.members, progress)
+
+
+def write_stamp(step: Step, members: list[str]) -> None:
+    os.makedirs(os.path.dirname(step.stamp), exist_ok=True)
+    top = sorted({m.split("/", 1)[0] for m in members if "/" in m})
+    record = {"file": step.remote.name, "url": step.url, "kind": step.remote.kind, "files": len(members),
+              "top_folders": top[:50], "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with open(step.stamp + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(step.stamp + ".tmp", step.stamp)
+
+
+# ------------------------------------------------------------------------------------------ layouts
+def _require(paths: list[str], name: str) -> None:
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise DatasetError(f"{name}: after preparing, {missing} are missing; the archives do not hold the "
+                           f"expected layout. Delete {STATE_DIR}/ under the root and run again, or lay the "
+                           "files out by hand (docs/datasets.md)")
+
+
+def sample_filepaths(data_csv: str, per_split: int = SAMPLES_PER_SPLIT) -> dict[str, list[str]]:
+    """Up to ``per_split`` filepath values of every split_name of data.csv (the first rows of each)."""
+    samples: dict[str, list[str]] = {}
+    try:
+        with pd.read_csv(data_csv, usecols=["filepath", "split_name"], dtype=str, keep_default_na=False,
+                         chunksize=500_000) as chunks:
+            for chunk in chunks:
+                for split, group in chunk.groupby("split_name", sort=False):
+                    taken = samples.setdefault(split, [])
+                    taken.extend(group["filepath"].head(per_split - len(taken)).tolist())
+    except ValueError as error:
+        raise DatasetError(f"{data_csv}: cannot be read as the processed release's data.csv ({error}); "
+                           "delete it and run again") from error
+    if not samples:
+        raise DatasetError(f"{data_csv} lists no images; delete it and run again")
+    return samples
+
+
+def find_image_root(root: str, samples: dict[str, list[str]], extra_candidates: list[str]) -> str:
+    """The folder under which data.csv's sampled filepaths of every split exist (see module docstring)."""
+    every = [path for paths in samples.values() for path in paths]
+    absolute = [p for p in every if os.path.isabs(p)]
+    if absolute:
+        raise DatasetError(f"data.csv lists absolute filepaths (e.g. {absolute[0]!r}); the reader joins them "
+                           "to --data: rewrite them relative to the image folder")
+    candidates = [root, *extra_candidates]
+    candidates += sorted(e.path for e in os.scandir(root) if e.is_dir() and e.name not in (STATE_DIR,
+                                                                                            "downloads"))
+    seen, scores = set(), []
+    for folder in candidates:
+        folder = os.path.abspath(folder)
+        if folder in seen or not os.path.isdir(folder):
+            continue
+        seen.add(folder)
+        found = {split: sum(os.path.isfile(os.path.join(folder, p)) for p in paths)
+                 for split, paths in samples.items()}
+        scores.append((sum(found.values()), folder, found))
+    best = max(scores, key=lambda item: item[0])  # max keeps the first (shallowest) of equal scores
+    total, folder, found = best
+    if total == 0:
+        raise DatasetError(f"none of the sampled images of data.csv (e.g. {every[0]!r}) exists under "
+                           f"{root} or its subfolders {[s[1] for s in scores][:6]}; the archives hold "
+                           "another layout: move the images so that <folder>/<filepath> exists and pass "
+                           "that folder as --data")
+    short = {split: f"{n}/{len(samples[split])}" for split, n in found.items() if n < len(samples[split])}
+    if short:
+        print(f"warning: some sampled images of data.csv are missing under {folder} ({short} found per "
+              "split); train.py --skip_bad_images drops missing images", file=sys.stderr)
+    return folder
+
+
+def finish_coco2014(root: str, stamps: list[dict]) -> dict:
+    _require([os.path.join(root, "annotations", f"instances_{s}2014.json") for s in ("train", "val")]
+             + [os.path.join(root, f"{s}2014") for s in ("train", "val")], "coco2014")
+    return {"data": root, "metadata": None}
+
+
+def finish_lvis_v1(root: str, stamps: list[dict]) -> dict:
+    annotations = os.path.join(root, "annotations")
+    _require([os.path.join(annotations, f"lvis_v1_{s}.json") for s in ("train", "val")]
+             + [os.path.join(root, f"{s}2017") for s in ("train", "val")], "lvis_v1")
+    return {"data": root, "metadata": annotations}
+
+
+def finish_openimages_csl(root: str, stamps: list[dict]) -> dict:
+    _require([os.path.join(root, "data.csv"), os.path.join(root, "mid_to_classes.pth")], "openimages_csl")
+    tops = [os.path.join(root, top) for stamp in stamps for top in stamp.get("top_folders", [])]
+    print("looking up data.csv's filepaths under the unpacked images (reads data.csv once) ...")
+    image_root = find_image_root(root, sample_filepaths(os.path.join(root, "data.csv")), tops)
+    return {"data": image_root, "metadata": root}
+
+
+FINISH = {"coco2014": finish_coco2014, "lvis_v1": finish_lvis_v1, "openimages_csl": finish_openimages_csl}
+
+
+def train_commands(spec: DatasetSpec, layout: dict) -> tuple[list[str], list[str]]:
+    """train.py arguments of the paper's two stages (stage 1 Ignore writes the prior stage 2 reads)."""
+    data = ["--data", layout["data"]]
+    if layout["metadata"]:
+        data += ["--metadata", layout["metadata"]]
+    common = [*data, "--dataset_type", spec.dataset_type, "--num-classes", str(spec.num_classes),
+              "--image-size", str(spec.image_size), "--model-path", "models_local/tresnet_m_miil_21k.pth"]
+    simulate = ["--simulate_partial_type", "fpc", "--simulate_partial_param", "1000"] if spec.simulate else []
+    prior = "prior_fpc_1000.csv" if spec.simulate else "prior.csv"
+    stage1 = [*common, *simulate, "--partial_loss_mode", "ignore", "--gamma_pos", "0", "--gamma_neg", "0",
+              "--gamma_unann", "0", "--path_dest", "outputs/stage1"]
+    stage2 = [*common, *simulate, "--partial_loss_mode", "selective", "--gamma_pos", "0", "--gamma_neg", "3",
+              "--gamma_unann", "4", "--likelihood_topk", "5", "--prior_threshold", "0.5",
+              "--prior_path", f"outputs/stage1/priors/{prior}", "--path_dest", "outputs/stage2"]
+    return stage1, stage2
+
+
+# ------------------------------------------------------------------------------------------ command
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m src.data.prepare",
+                                     description="Download a dataset of the CSL paper and lay it out for "
+                                                 "train.py (resumable; see docs/datasets.md).")
+    parser.add_argument("dataset", choices=sorted(DATASETS), help="which dataset")
+    parser.add_argument("--root", required=True, help="folder the dataset is laid out in (created)")
+    parser.add_argument("--downloads", default=None,
+                        help="folder for the archives while they download (default: ROOT/downloads)")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="list the files, URLs and disk needs; download and write nothing")
+    parser.add_argument("--base_url", "--base-url", default=None,
+                        help=f"fetch every file as BASE_URL/<file name> (a mirror, file:// URL or folder); "
+                             f"default: ${BASE_URL_ENV}, else the publishers' URLs")
+    parser.add_argument("--url", action="append", default=[], metavar="NAME=URL",
+                        help="the URL of one file (repeatable), e.g. --url train2014.zip=file:///m/t.zip")
+    parser.add_argument("--keep_archives", "--keep-archives", action="store_true",
+                        help="keep the archives after unpacking (default: deleted once unpacked)")
+    parser.add_argument("--skip_checksum", "--skip-checksum", action="store_true",
+                        help="do not check the publisher's sizes and checksums (a file changed upstream)")
+    parser.add_argument("--no_space_check", "--no-space-check", action="store_true",
+                        help="start even when the free disk space looks too small")
+    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--retries", type=int, default=3, help="network retries per file (default 3)")
+    return parser
+
+
+def check_space(root: str, needs: dict) -> None:
+    where = existing_ancestor(root)
+    free = shutil.disk_usage(where).free
+    if free >= needs["peak"]:
+        return
+    message = (f"--root {root}: the download needs about {human_bytes(needs['peak'])} of disk at its peak "
+               f"but {where} has {human_bytes(free)} free; free some space, choose another --root (or put "
+               "--downloads on another disk), or pass --no_space_check")
+    if needs["exact"]:
+        raise ValueError(message)
+    print(f"warning: {message} (the sizes are estimates)", file=sys.stderr)
+
+
+def main(argv=None) -> dict:
+    """Prepare the dataset (see the module docstring); returns ``{'dataset', 'root', 'data', 'metadata',
+    'train_argv', 'stage2_argv', 'steps'}`` (a dry run: ``{'dry_run': True, 'steps', 'needs'}``)."""
+    args = build_parser().parse_args(argv)
+    spec = DATASETS[args.dataset]
+    root = os.path.abspath(args.root)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"--root {args.root!r} is a file; pass a folder (it is created when missing)")
+    downloads = os.path.abspath(args.downloads or os.path.join(root, "downloads"))
+    base_url = args.base_url or os.environ.get(BASE_URL_ENV) or None
+    base_url = as_url(base_url) if base_url else None
+    steps = build_plan(spec, root, downloads, base_url, parse_url_overrides(args.url, spec))
+    needs = disk_needs(steps, args.keep_archives)
+    print(describe_plan(args.dataset, spec, root, steps, needs))
+    if args.dry_run:
+        print("\ndry run: nothing was downloaded or written")
+        return {"dry_run": True, "steps": steps, "needs": needs}
+    if not args.no_space_check:
+        check_space(root, needs)
+    os.makedirs(root, exist_ok=True)
+    progress = not args.no_progress
+    stamps = []
+    for number, step in enumerate(steps, 1):
+        remote = step.remote
+        prefix = f"[{number}/{len(steps)}] {remote.name}"
+        if step.done:
+            print(f"{prefix}: already done ({os.path.relpath(step.stamp, root)})")
+        else:
+            exact = remote.exact and not args.skip_checksum
+            result = download(step.url, step.local, size=remote.size if exact else None,
+                              checksum=None if args.skip_checksum else remote.checksum, progress=progress,
+                              retries=args.retries, log=lambda text, p=prefix: print(f"{p}: {text}"))
+            how = "already there" if result.skipped else f"{human_bytes(result.fetched_bytes)} fetched"
+            if result.resumed_from:
+                how += f", continued at {human_bytes(result.resumed_from)}"
+            print(f"{prefix}: downloaded ({human_bytes(result.size)}, {how})")
+            members = []
+            if remote.kind != "file":
+                members = unpack(step, root, progress)
+                print(f"{prefix}: unpacked {len(members)} files into {os.path.join(root, remote.unpack_to)}")
+            write_stamp(step, members)
+            if remote.kind != "file" and not args.keep_archives:
+                os.remove(step.local)
+        with open(step.stamp, encoding="utf-8") as handle:
+            stamps.append(json.load(handle))
+    if not args.keep_archives and os.path.isdir(downloads) and not os.listdir(downloads):
+        os.rmdir(downloads)
+    layout = FINISH[args.dataset](root, stamps)
+    stage1, stage2 = train_commands(spec, layout)
+    print(f"\n{args.dataset} is ready in {root}.")
+    print("Train, stage 1 (Ignore mode; writes the class prior):")
+    print("  " + shlex.join(["python", "train.py", *stage1]))
+    print("stage 2 (CSL, selective mode with that prior):")
+    print("  " + shlex.join(["python", "train.py", *stage2]))
+    print("(put the ImageNet-21k TResNet-M weights at models_local/tresnet_m_miil_21k.pth, see "
+          "models_local/README.md, or pass --model-path none)")
+    return {"dataset": args.dataset, "root": root, "data": layout["data"], "metadata": layout["metadata"],
+            "train_argv": stage1, "stage2_argv": stage2, "steps": steps}
+
+
+def cli(argv=None) -> int:
+    return run_cli(main, argv, prog="prepare")
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,262 @@
+"""Resumable downloads with a progress bar and size / checksum checks (``http(s)://`` and ``file://``).
+
+`download(url, dest, size=..., checksum="md5:...")` writes ``dest`` through ``dest + ".part"``:
+
+* an existing ``.part`` is continued, not restarted: HTTP asks for ``Range: bytes=<size of .part>-`` (a
+  server that answers 200 instead of 206 ignores ranges: the file is then fetched from the start, with a
+  note); ``file://`` URLs seek to that offset, so tests exercise the same code path offline;
+* network errors are retried (``retries`` times, each continuing the ``.part``); after the last one the
+  error says that the partial file is kept and running the same command again continues it;
+* the size is checked against ``size`` (the publisher's number, when given) and against the server's
+  Content-Length; the checksum (``md5:<hex>`` or ``sha256:<hex>``) is computed while the bytes arrive
+  (the bytes of a resumed ``.part`` are hashed first), so a 13 GB archive is not read twice;
+* a file whose size or checksum does not match is moved to ``dest + ".bad"`` and reported with a
+  `DownloadError` that names the file, both checksums and the fix; the next run downloads it afresh;
+* only a complete, verified file is renamed to ``dest``; a ``dest`` that already exists is verified
+  (its checksum recomputed when one is given) and kept.
+
+The progress bar (tqdm, on stderr) shows bytes, speed and time left; on a terminal it refreshes twice a
+second, in a log file every 30 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+CHUNK_BYTES = 1 << 20
+USER_AGENT = "csl-prepare/1.0 (+https://github.com/Alibaba-MIIL/PartialLabelingCSL reimplementation)"
+HASHES = ("md5", "sha256")
+
+
+class DownloadError(ValueError):
+    """A download that failed or whose result does not match the publisher's size or checksum."""
+
+
+@dataclass
+class DownloadResult:
+    """What `download` did: ``fetched_bytes`` came over the network in this call, starting at
+    ``resumed_from`` (the size of the ``.part`` file it continued); ``skipped``: ``dest`` was already
+    complete."""
+
+    path: str
+    size: int
+    fetched_bytes: int = 0
+    resumed_from: int = 0
+    skipped: bool = False
+
+
+def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
+    """("md5", hex) from "md5:<hex>" (or sha256); None for None."""
+    if not checksum:
+        return None
+    algorithm, _, digest = checksum.partition(":")
+    if algorithm not in HASHES or not re.fullmatch(r"[0-9a-fA-F]+", digest or ""):
+        raise ValueError(f"checksum {checksum!r} must look like 'md5:<hex digits>' or 'sha256:<hex digits>'")
+    return algorithm, digest.lower()
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def _progress(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm:
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not enabled, file=sys.stderr, mininterval=0.5 if interactive else 30.0,
+                dynamic_ncols=interactive)
+
+
+def hash_file(path: str, algorithm: str, *, progress: bool = False, desc: str | None = None):
+    """The hashlib object of ``path``'s bytes (shows a progress bar when asked: large archives)."""
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as handle, _progress(os.path.getsize(path), 0, desc or f"{algorithm} "
+                                               f"{os.path.basename(path)}", progress) as bar:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            hasher.update(block)
+            bar.update(len(block))
+    return hasher
+
+
+class _Fetch:
+    """One attempt: a readable stream of the remote bytes from ``offset`` and the total size, if known."""
+
+    def __init__(self, stream, offset: int, total: int | None, restarted: bool):
+        self.stream, self.offset, self.total, self.restarted = stream, offset, total, restarted
+
+
+def _open_file_url(url: str, offset: int) -> _Fetch:
+    path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+    if not os.path.isfile(path):
+        raise DownloadError(f"{url}: no such file ({path}); fix the URL (--base_url / --url)")
+    total = os.path.getsize(path)
+    restarted = offset > total
+    handle = open(path, "rb")  # closed by _copy
+    handle.seek(0 if restarted else offset)
+    return _Fetch(handle, 0 if restarted else offset, total, restarted)
+
+
+def _content_range_total(header: str | None) -> int | None:
+    match = re.match(r"bytes\s+(?:\d+-\d+|\*)/(\d+)", header or "")
+    return int(match.group(1)) if match else None
+
+
+def _open_http_url(url: str, offset: int, timeout: float) -> _Fetch:
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # nothing after offset: the .part may already be complete
+            total = _content_range_total(error.headers.get("Content-Range"))
+            error.close()
+            if total == offset:
+                return _Fetch(None, offset, total, False)
+            fetch = _open_http_url(url, 0, timeout)  # the .part is no prefix of this file: start again
+            fetch.restarted = True
+            return fetch
+        if error.code >= 500 or error.code == 429:  # the server's trouble, often passing: retried
+            raise ConnectionError(f"HTTP {error.code} ({error.reason})") from error
+        raise DownloadError(f"{url}: the server answered HTTP {error.code} ({error.reason}); check the URL "
+                            "(--base_url / --url) or try again later") from error
+    length = response.headers.get("Content-Length")
+    if response.status == 206:
+        match = re.match(r"bytes\s+(\d+)-", response.headers.get("Content-Range", ""))
+        if not match or int(match.group(1)) != offset:
+            response.close()
+            raise DownloadError(f"{url}: the server sent bytes {response.headers.get('Content-Range')!r} "
+                                f"for a request from byte {offset}; delete the .part file and try again")
+        total = _content_range_total(response.headers.get("Content-Range"))
+        if total is None and length is not None:
+            total = offset + int(length)
+        return _Fetch(response, offset, total, False)
+    # 200: the whole file (a server without range support restarts a resumed download)
+    return _Fetch(response, 0, int(length) if length is not None else None, offset > 0)
+
+
+def _open(url: str, offset: int, timeout: float) -> _Fetch:
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme == "file":
+        return _open_file_url(url, offset)
+    if scheme in ("http", "https"):
+        return _open_http_url(url, offset, timeout)
+    raise DownloadError(f"{url}: unsupported URL scheme {scheme!r}; use http://, https:// or file://")
+
+
+def _reject(path: str, bad: str, name: str, why: str, fix: str) -> DownloadError:
+    """Move a wrong file aside to ``bad`` (so the next run starts afresh) and build the error."""
+    os.replace(path, bad)
+    return DownloadError(f"{name}: {why}. The file was moved to {bad}; {fix}")
+
+
+def verify_file(path: str, size: int | None, checksum: str | None, *, name: str, progress: bool = True,
+                hasher=None, bad: str | None = None) -> None:
+    """Size and checksum of a complete file; a mismatch moves it to ``bad`` (default ``path + ".bad"``)
+    and raises DownloadError naming ``name``."""
+    bad = bad or path + ".bad"
+    actual = os.path.getsize(path)
+    fix = ("delete it and run the same command again to download the file afresh (or pass "
+           "--skip_checksum if the publisher has changed the file)")
+    if size is not None and actual != size:
+        raise _reject(path, bad, name, f"has {actual} bytes, expected {size} (the publisher's size)", fix)
+    expected = parse_checksum(checksum)
+    if expected is None:
+        return
+    algorithm, digest = expected
+    if hasher is None:
+        hasher = hash_file(path, algorithm, progress=progress, desc=f"checking {name}")
+    if hasher.hexdigest() != digest:
+        why = (f"checksum mismatch: {algorithm} {hasher.hexdigest()}, expected {digest} (the publisher's); "
+               "the download is corrupt or the file changed upstream")
+        raise _reject(path, bad, name, why, fix)
+
+
+def download(url: str, dest: str, *, size: int | None = None, checksum: str | None = None,
+             progress: bool = True, retries: int = 3, timeout: float = 60.0, retry_wait: float = 5.0,
+             log=print) -> DownloadResult:
+    """Download ``url`` to ``dest`` (see the module docstring); returns a `DownloadResult`."""
+    name = os.path.basename(dest)
+    expected = parse_checksum(checksum)
+    if os.path.isfile(dest):
+        verify_file(dest, size, checksum, name=name, progress=progress)
+        return DownloadResult(dest, os.path.getsize(dest), skipped=True)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    part = dest + ".part"
+    offset = os.path.getsize(part) if os.path.isfile(part) else 0
+    if size is not None and offset > size:  # longer than the file can be: not a prefix of it
+        log(f"{name}: {part} is larger than the file ({offset} > {size} bytes); starting again")
+        os.remove(part)
+        offset = 0
+    resumed_from, fetched = offset, 0
+    hasher = None
+    if expected is not None:
+        hasher = hash_file(part, expected[0]) if offset else hashlib.new(expected[0])
+    if offset:
+        log(f"{name}: continuing the partial download at {human_bytes(offset)} ({part})")
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            fetch = _open(url, offset, timeout)
+            if fetch.restarted:
+                log(f"{name}: the source cannot continue a partial download; starting from the beginning")
+                offset, resumed_from = 0, 0
+                hasher = hashlib.new(expected[0]) if expected is not None else None
+            if size is not None and fetch.total is not None and fetch.total != size:
+                if fetch.stream is not None:
+                    fetch.stream.close()
+                raise DownloadError(f"{name}: {url} has {fetch.total} bytes but the publisher lists {size}; "
+                                    "the file changed upstream or the URL is wrong (pass --skip_checksum to "
+                                    "accept it)")
+            fetched += _copy(fetch, part, hasher, name, progress)
+            offset = os.path.getsize(part)
+            if fetch.total is not None and offset < fetch.total:
+                raise ConnectionError(f"the connection closed at byte {offset} of {fetch.total}")
+            break
+        except DownloadError:
+            raise
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as error:  # network: retry
+            offset = os.path.getsize(part) if os.path.isfile(part) else 0
+            if expected is not None:  # a block may have been written but not hashed: hash the file again
+                hasher = hash_file(part, expected[0]) if offset else hashlib.new(expected[0])
+            if attempt > retries:
+                raise DownloadError(f"{name}: downloading {url} failed after {attempt} attempt(s) ({error}). "
+                                    f"The partial file {part} ({human_bytes(offset)}) is kept: run the same "
+                                    "command again to continue it") from error
+            log(f"{name}: {error}; retrying in {retry_wait:g} s (attempt {attempt + 1} of {retries + 1}, "
+                f"continuing at {human_bytes(offset)})")
+            time.sleep(retry_wait)
+    verify_file(part, size, checksum, name=name, progress=progress, hasher=hasher, bad=dest + ".bad")
+    os.replace(part, dest)
+    return DownloadResult(dest, os.path.getsize(dest), fetched_bytes=fetched, resumed_from=resumed_from)
+
+
+def _copy(fetch: _Fetch, part: str, hasher, name: str, progress: bool) -> int:
+    """Append the stream to ``part`` (truncated first when the fetch starts at 0); returns bytes copied."""
+    if fetch.stream is None:  # the server says the .part is already complete
+        return 0
+    copied = 0
+    with fetch.stream as stream, open(part, "ab" if fetch.offset else "wb") as out, \
+            _progress(fetch.total, fetch.offset, name, progress) as bar:
+        for block in iter(lambda: stream.read(CHUNK_BYTES), b""):
+            out.write(block)
+            if hasher is not None:
+                hasher.update(block)
+            copied += len(block)
+            bar.update(len(block))
+    return copied
