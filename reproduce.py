@@ -26,6 +26,7 @@ import sys
 import time
 
 from src.args import data_parser, device_parser, model_parser, optimisation_parser
+from src.data.embedded import DEFAULT_DESIGN, DESIGNS
 from src.reproduce import (
     cell_environment,
     coco_protocol,
@@ -37,6 +38,7 @@ from src.reproduce import (
     user_train_flags,
     write_reports,
 )
+from src.reproduce.sweep import run_sweep
 from src.utils.cli import run_cli
 from src.utils.io import atomic_write_json, prepare_output_folder
 
@@ -75,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models_dir", default=os.path.join(HERE, "models_local"),
                         help="embedded: where the pretrained upstream backbone is cached")
     parser.add_argument("--out", default=None, help="results folder (default outputs/reproduce_<protocol>)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (partial-label draw and init)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per cell (partial-label draw and init); default 3, with --sweep 1")
     parser.add_argument("--schemes", default="fpc,rps", help="columns to run: fpc, rps or both")
     parser.add_argument("--rows", default=None,
                         help="comma-separated row keys of ROWS to run (default: every row of the protocol); "
@@ -89,12 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_train", type=int, default=6000, help="embedded: train images")
     parser.add_argument("--n_test", type=int, default=3000, help="embedded: test images")
     parser.add_argument("--upstream_epochs", type=int, default=8, help="embedded: backbone pretraining")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the regime sweep (src/reproduce/sweep.py): full labels, Ignore, Negative, "
+                             "Negative-ASL and CSL on FPC and RPS over model strength, label budget and "
+                             "class design on the embedded set; one seed unless --seeds is given; writes "
+                             "<out>/sweep.{md,json,csv,png}")
+    parser.add_argument("--design", choices=DESIGNS, default=DEFAULT_DESIGN,
+                        help="embedded: the class design of the generator (src/data/embedded.py)")
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    args.out = args.out or os.path.join(HERE, "outputs", "reproduce_" + ("coco" if args.data else "embedded"))
+    if args.sweep and args.data:
+        raise ValueError("--sweep runs on the embedded dataset; drop --data")
+    args.seeds = args.seeds or (1 if args.sweep else 3)
+    name = "sweep" if args.sweep else "coco" if args.data else "embedded"
+    args.out = args.out or os.path.join(HERE, "outputs", f"reproduce_{name}")
     return args
 
 
@@ -106,6 +120,13 @@ def build_protocol(args: argparse.Namespace):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.sweep:
+        prepare_output_folder(args.out, "--out")
+        jobs, env = cell_environment(args.device, args.jobs)
+        start = time.time()
+        print(run_sweep(args, user_train_flags(args, train_flag_names()), args.seeds, jobs, env))
+        print(f"written: {args.out}/sweep.{{md,json,csv,png}}; total time {time.time() - start:.0f} s")
+        return
     protocol = build_protocol(args)
     select_columns(protocol, args.schemes)
     protocol.rows = select_rows(protocol, args.rows)

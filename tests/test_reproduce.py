@@ -50,7 +50,7 @@ def _fake_training(monkeypatch, prior_path):
     monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
     monkeypatch.setattr(runner, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
     monkeypatch.setattr(runner, "find_prior", lambda path: prior_path)
-    monkeypatch.setattr(runner, "cell_composition", lambda cell_dir, data: {})  # no ignored_last_epoch.npz
+    monkeypatch.setattr(runner, "cell_composition", lambda *a: {})  # no ignored_last_epoch.npz
     return started
 
 
@@ -233,7 +233,7 @@ def test_readme_row_reuses_the_csl_run_only_when_it_ignores_the_same_classes(tmp
     started = []
     monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
     monkeypatch.setattr(runner, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
-    monkeypatch.setattr(runner, "cell_composition", lambda cell_dir, data: {})
+    monkeypatch.setattr(runner, "cell_composition", lambda cell_dir, data, design: {})
 
     same = _write_prior(tmp_path / "same.csv", [0.53, 0.43, 0.2])  # 0.48 and 0.5 both ignore class 0
     result = runner.run_cell(args, protocol, group, row, "labels.npz", same, {}, twin)
@@ -423,9 +423,10 @@ def test_regime_and_share_from_the_table():
 
 
 def test_ignored_composition_by_hand():
-    from src.reproduce.mechanism import class_attributes_of, ignored_composition
+    from src.reproduce.mechanism import ignored_composition
 
-    names = ["red_circle", "blue_circle", "red_square", "blue_square", "green_plus"]
+    attributes = [("circle", "red"), ("circle", "blue"), ("square", "red"), ("square", "blue"),
+                  ("plus", "green")]  # (shape, colour) of each class
     full = np.array([[1, 0, 0, 0, 0],     # image 10: a red circle
                      [0, 0, 0, 1, 1]])    # image 11: a blue square and a green plus
     image_ids = [10, 10, 10, 11, 11, 11]
@@ -435,10 +436,56 @@ def test_ignored_composition_by_hand():
                1,    # blue circle in image 11: shares the blue square's colour
                2,    # red square in image 11: shares the square's shape
                4]    # green plus in image 11: positive
-    got = ignored_composition(image_ids, classes, full, [10, 11], class_attributes_of(names))
+    got = ignored_composition(image_ids, classes, full, [10, 11], attributes)
     assert {k: got[k] for k in ("entries", "true_positive", "shares_colour", "shares_shape", "other")} == \
         {"entries": 6, "true_positive": 2, "shares_colour": 2, "shares_shape": 2, "other": 0}
-    got = ignored_composition([10], [4], full, [10, 11], class_attributes_of(names))
+    got = ignored_composition([10], [4], full, [10, 11], attributes)
     assert (got["other"], got["other_share"]) == (1, 1.0)
     with pytest.raises(ValueError, match="not in the full labels"):
-        ignored_composition([12], [0], full, [10, 11], class_attributes_of(names))
+        ignored_composition([12], [0], full, [10, 11], attributes)
+
+
+# ----------------------------------------------------------------------------------- the sweep
+def test_sweep_configuration_covers_the_regime_variables(tmp_path):
+    from src.reproduce.sweep import SWEEP_POINTS, SWEEP_ROWS, point_protocol
+
+    strengths = {(p.n_train, p.epochs) for p in SWEEP_POINTS if p.axis == "strength"}
+    assert len(strengths) >= 4
+    assert len({p.fpc_scale for p in SWEEP_POINTS}) >= 2 and len({p.design for p in SWEEP_POINTS}) >= 2
+    args, _ = _embedded(tmp_path, "--sweep")
+    seen_data = {}
+    for point in SWEEP_POINTS:
+        point_args, protocol = point_protocol(args, point, {})
+        assert protocol.rows == SWEEP_ROWS and protocol.design == point.design
+        assert protocol.columns["fpc"] == max(1, round(1000 / 82081 * point.n_train * point.fpc_scale))
+        assert protocol.train_flags["epochs"] == point.epochs
+        key = (point.design, point.n_train, point.n_test)
+        assert seen_data.setdefault(protocol.data, key) == key  # one data folder per generated dataset
+        assert point_args.out.endswith(os.path.join("sweep", point.name))
+    assert args.seeds == 1
+
+
+def test_sweep_summary_and_report(tmp_path, monkeypatch):
+    from src.reproduce.sweep import SweepPoint, run_sweep
+
+    args, _ = _embedded(tmp_path, "--sweep")
+    scores = {"full_labels": 80.0, "ignore_ce": 60.0, "negative_ce": 70.0, "negative_asl": 72.0, "csl": 71.0}
+    monkeypatch.setattr(runner, "prepare_embedded", lambda *a: None)
+    monkeypatch.setattr(runner, "run_logged", lambda command, log, env: None)
+    monkeypatch.setattr(runner, "summarise_run", lambda path: {
+        "best_mAP": scores[os.path.basename(path).split("_", 2)[-1]], "final_mAP": 1.0})
+    prior = _write_prior(tmp_path / "p.csv", [0.5] + [0.1] * 47)
+    monkeypatch.setattr(runner, "find_prior", lambda path: prior)
+    monkeypatch.setattr(runner, "cell_composition", lambda *a: {})
+    monkeypatch.setattr(report, "prior_tables", lambda *a: "")
+    points = (SweepPoint("a", "strength", 600, 2), SweepPoint("b", "design", 600, 2, design="glyphs"))
+    text = run_sweep(args, {}, 1, 1, {}, points=points)
+    lines = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert [(line["name"], line["scheme"]) for line in lines] == [("a", "fpc"), ("a", "rps"), ("b", "fpc"),
+                                                                  ("b", "rps")]
+    for line in lines:  # best baseline Negative-ASL 72, CSL 71: margin -1; regime 80, 0.75, 0.875
+        assert (line["best_baseline"], line["csl_margin"]) == ("negative_asl", pytest.approx(-1.0))
+        assert (line["ceiling"], line["ignore_ce"], line["negative_ce"]) == (80.0, 0.75, 0.875)
+    assert "| a | strength | 600 x 2 | shape_colour | FPC(7) | 80.0 | 0.75 | 0.88 | negative_asl 72.00 |" \
+        in text
+    assert (tmp_path / "out" / "sweep.png").stat().st_size > 0

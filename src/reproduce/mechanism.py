@@ -10,7 +10,7 @@ An ignored entry (image i, class c) is one of:
 * ``other``: a negative sharing neither.
 
 Fractions are of all ignored entries. The attributes come from `src.data.embedded.class_attributes`
-(for the shape x colour design: ``red_circle`` -> shape circle, colour red).
+(shape and body colour of each class, in both designs).
 """
 
 from __future__ import annotations
@@ -48,18 +48,6 @@ def ignored_composition(image_ids: Sequence, classes: Sequence[int], full_labels
     total = len(rows)
     return {"entries": total, **counts,
             **{f"{key}_share": (counts[key] / total if total else float("nan")) for key in COMPOSITION_KEYS}}
-
-
-def class_attributes_of(class_names: Sequence[str]) -> list[tuple[str, str]]:
-    """(shape, colour) of every class from its name ``<colour>_<shape>`` (the embedded dataset's names)."""
-    pairs = []
-    for name in class_names:
-        colour, _, shape = str(name).partition("_")
-        if not shape:
-            raise ValueError(f"class {name!r} is not named <colour>_<shape>: the composition of ignored "
-                             "entries needs the embedded dataset's class attributes")
-        pairs.append((shape, colour))
-    return pairs
 
 
 def read_ignored_file(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from src.data.embedded import DEFAULT_DESIGN
 from src.prior import read_prior_csv
 
 # The paper's README gives CSL's flags per column; its table labels (P-ASL(4,3,1), P-ASL(4,1,1))
@@ -111,6 +112,7 @@ class Protocol:
     prior_threshold: str  # a number, or 'share' for the rule above
     upstream: dict | None = None  # embedded only: pretraining of the backbone
     rows: tuple | None = None  # row keys to run (None: all of this protocol's rows)
+    design: str = "shape_colour"  # embedded only: the class design of the generator
 
 
 # The fields of reproduce.py's namespace (train.py's flags, from the shared parent parsers) the protocols
@@ -144,9 +146,10 @@ def user_train_flags(args, train_flags) -> dict:
     return extra
 
 
-def embedded_fpc_param(n_train: int) -> int:
-    """FPC n of the embedded protocol: the same fraction of the training set as COCO's 1,000 of 82,081."""
-    return max(1, round(COCO_FPC_PARAM / COCO_TRAIN_IMAGES * n_train))
+def embedded_fpc_param(n_train: int, scale: float = 1.0) -> int:
+    """FPC n of the embedded protocol: the same fraction of the training set as COCO's 1,000 of 82,081
+    (``scale`` times that fraction: the sweep's label budget)."""
+    return max(1, round(COCO_FPC_PARAM / COCO_TRAIN_IMAGES * n_train * scale))
 
 
 def embedded_protocol(args, extra_flags: dict | None = None) -> Protocol:
@@ -171,12 +174,13 @@ def embedded_protocol(args, extra_flags: dict | None = None) -> Protocol:
     # (--stop_epoch is not used by the pretraining, which runs --upstream_epochs epochs.)
     extras = "".join(f"_{name}" if value is True else f"_{name}{value}"
                      for name, value in sorted(extra_flags.items()) if name != "stop_epoch")
-    cache_name = (f"embedded_upstream_{flags['model-name']}_n{args.n_train}_{args.upstream_epochs}ep"
+    design = "" if args.design == DEFAULT_DESIGN else f"_{args.design}"  # the default keeps today's names
+    cache_name = (f"embedded_upstream{design}_{flags['model-name']}_n{args.n_train}_{args.upstream_epochs}ep"
                   f"_lr{flags['lr']:g}_b{flags['batch-size']}{extras}.pth")
-    upstream = {"data": os.path.join(args.data_root, "embedded_upstream"), "epochs": args.upstream_epochs,
-                "path": os.path.join(args.models_dir, cache_name)}
-    return Protocol("embedded", os.path.join(args.data_root, "embedded"), {"fpc": n_fpc, "rps": 0.5}, flags,
-                    args.prior_threshold or "share", upstream)
+    upstream = {"data": os.path.join(args.data_root, f"embedded_upstream{design}"),
+                "epochs": args.upstream_epochs, "path": os.path.join(args.models_dir, cache_name)}
+    return Protocol("embedded", os.path.join(args.data_root, f"embedded{design}"), {"fpc": n_fpc, "rps": 0.5},
+                    flags, args.prior_threshold or "share", upstream, design=args.design)
 
 
 def coco_protocol(args, extra_flags: dict | None = None) -> Protocol:

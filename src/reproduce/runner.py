@@ -23,9 +23,9 @@ import torch
 
 from src.data import resolve_coco_files
 from src.data.coco import CocoDetection
-from src.data.embedded import ensure_dataset
+from src.data.embedded import class_attributes, ensure_dataset
 from src.prior import read_prior_csv
-from src.reproduce.mechanism import class_attributes_of, ignored_composition, read_ignored_file
+from src.reproduce.mechanism import ignored_composition, read_ignored_file
 from src.reproduce.protocols import CE_GAMMAS, Protocol, Row, protocol_rows, resolve_threshold
 from src.trainer import Trainer
 from src.utils.cli import ExitRequest
@@ -116,13 +116,13 @@ def _full_training_labels(data: str) -> tuple[np.ndarray, list, list[str]]:
     return full.labels.to_dense(), list(full.image_ids), list(full.class_names)
 
 
-def cell_composition(cell_dir: str, data: str) -> dict:
+def cell_composition(cell_dir: str, data: str, design: str) -> dict:
     """`src.reproduce.mechanism.ignored_composition` of a CSL cell's ignored_last_epoch.npz."""
     image_ids, classes, class_names = read_ignored_file(os.path.join(cell_dir, Trainer.IGNORED_FILE))
     labels, full_ids, full_names = _full_training_labels(data)
     if class_names != full_names:
         raise CellFailed(f"{cell_dir}: the recorded classes differ from those of {data}")
-    return ignored_composition(image_ids, classes, labels, full_ids, class_attributes_of(class_names))
+    return ignored_composition(image_ids, classes, labels, full_ids, class_attributes(design))
 
 
 @dataclass
@@ -194,7 +194,7 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str, prio
     if row.needs_prior:
         result["ignored_classes"] = ignored_classes(prior, threshold)
     if measures_ignored:
-        result["ignored"] = cell_composition(cell_dir, protocol.data)
+        result["ignored"] = cell_composition(cell_dir, protocol.data, protocol.design)
     atomic_write_json(result_path, result)
     print(f"[{group.name}] {row.label}: best {result['best_mAP']:.2f} final {result['final_mAP']:.2f} "
           f"({result['seconds']:.0f} s)", flush=True)
@@ -217,8 +217,10 @@ def run_group(args, protocol: Protocol, group: Group, env: dict) -> list[dict]:
 
 def prepare_embedded(args, protocol: Protocol, env: dict) -> None:
     """Generate the embedded data and pretrain the backbone on the upstream set once (cached)."""
-    ensure_dataset(protocol.data, "embedded", n_train=args.n_train, n_test=args.n_test, seed=0)
-    ensure_dataset(protocol.upstream["data"], "upstream", n_train=args.n_train, n_test=1000, seed=0)
+    ensure_dataset(protocol.data, "embedded", n_train=args.n_train, n_test=args.n_test, seed=0,
+                   design=protocol.design)
+    ensure_dataset(protocol.upstream["data"], "upstream", n_train=args.n_train, n_test=1000, seed=0,
+                   design=protocol.design)
     target = protocol.upstream["path"]
     if os.path.exists(target):
         print(f"upstream backbone: reusing {target}")

@@ -1,0 +1,159 @@
+"""The regime sweep (``python reproduce.py --sweep``): under which conditions does CSL's selection help?
+
+Every point is the embedded protocol with other settings, run with the rows Full labels, Ignore, Negative,
+Negative-ASL and CSL on FPC and RPS (one seed by default). The points vary one regime variable at a time
+around the default:
+
+* model strength (the full-label ceiling): training images and epochs - 6,000 x 10 (the demo), 6,000 x 30,
+  20,000 x 10 and COCO's 82,081 x 4;
+* label budget: FPC's n as 1x (COCO's share of the training set) and 8x that share;
+* class design: ``shape_colour`` (6 shapes x 8 colours; siblings differ in one attribute) and ``glyphs``
+  (`src.data.embedded`: any two classes share at most one of shape, body and core colour).
+
+For each point and column the summary holds the regime (ceiling, Ignore/ceiling, Negative/ceiling), the
+best baseline (the highest of Ignore, Negative and Negative-ASL) and CSL's margin over it. Nothing here
+is tuned on CSL's rows: the points are fixed before any of them runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+from dataclasses import asdict, dataclass
+
+from src.data.embedded import DEFAULT_DESIGN
+from src.reproduce.protocols import Protocol, embedded_fpc_param, embedded_protocol
+from src.reproduce.report import regime, table_rows, write_reports
+from src.reproduce.runner import run_table
+from src.utils.io import atomic_write_json, atomic_write_text
+
+SWEEP_ROWS = ("full_labels", "ignore_ce", "negative_ce", "negative_asl", "csl")
+BASELINE_ROWS = ("ignore_ce", "negative_ce", "negative_asl")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    name: str
+    axis: str  # the regime variable this point moves: strength, budget or design
+    n_train: int
+    epochs: int
+    n_test: int = 3000
+    design: str = DEFAULT_DESIGN
+    fpc_scale: float = 1.0  # FPC n as a multiple of COCO's share of the training set
+
+
+SWEEP_POINTS = (
+    SweepPoint("s1_6k_10ep", "strength", 6000, 10),
+    SweepPoint("s2_6k_30ep", "strength", 6000, 30),
+    SweepPoint("s3_20k_10ep", "strength", 20000, 10),
+    SweepPoint("s4_82k_4ep", "strength", 82081, 4, n_test=10000),
+    SweepPoint("s2_budget_x8", "budget", 6000, 30, fpc_scale=8.0),
+    SweepPoint("s1_glyphs", "design", 6000, 10, design="glyphs"),
+    SweepPoint("s2_glyphs", "design", 6000, 30, design="glyphs"),
+)
+
+
+def point_protocol(args: argparse.Namespace, point: SweepPoint, extra_flags: dict) -> tuple:
+    """(the point's namespace, its embedded protocol): own data folder, FPC n scaled, the sweep's rows."""
+    data_root = os.path.join(args.data_root, "sweep", f"{point.design}_n{point.n_train}_t{point.n_test}")
+    point_args = argparse.Namespace(**{**vars(args), "n_train": point.n_train, "n_test": point.n_test,
+                                       "epochs": point.epochs, "design": point.design, "data_root": data_root,
+                                       "out": os.path.join(args.out, "sweep", point.name)})
+    protocol = embedded_protocol(point_args, extra_flags)
+    protocol.columns["fpc"] = embedded_fpc_param(point.n_train, point.fpc_scale)
+    protocol.rows = SWEEP_ROWS
+    return point_args, protocol
+
+
+def summarise_point(point: SweepPoint, protocol: Protocol, rows: list[dict]) -> list[dict]:
+    """One line per column: the regime, the best baseline and CSL's margin over it."""
+    lines = []
+    for scheme, param in protocol.columns.items():
+        by_row = {r["row"]: r for r in rows if r["scheme"] == scheme}
+        numbers = regime(rows, scheme) or {}
+        baselines = {key: by_row[key]["best_mAP"] for key in BASELINE_ROWS if key in by_row}
+        best_key = max(baselines, key=baselines.get) if baselines else None
+        csl = by_row.get("csl", {}).get("best_mAP")
+        margin = csl - baselines[best_key] if csl is not None and best_key else None
+        lines.append({**asdict(point), "scheme": scheme, "param": param, **numbers,
+                      "best_baseline": best_key, "best_baseline_mAP": baselines.get(best_key),
+                      "csl_mAP": csl, "csl_margin": margin})
+    return lines
+
+
+def sweep_markdown(lines: list[dict]) -> str:
+    def number(value, digits=2):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    out = ["| point | axis | images x epochs | design | column | ceiling | Ignore/ceiling | Negative/ceiling "
+           "| best baseline | CSL | CSL - best baseline |",
+           "|---|---|---|---|---|---:|---:|---:|---|---:|---:|"]
+    for line in lines:
+        column = f"FPC({line['param']})" if line["scheme"] == "fpc" else f"RPS({line['param']:g})"
+        baseline = "-" if not line["best_baseline"] else \
+            f"{line['best_baseline']} {number(line['best_baseline_mAP'])}"
+        out.append(f"| {line['name']} | {line['axis']} | {line['n_train']} x {line['epochs']} "
+                   f"| {line['design']} | {column} | {number(line.get('ceiling'), 1)} "
+                   f"| {number(line.get('ignore_ce'))} "
+                   f"| {number(line.get('negative_ce'))} | {baseline} | {number(line['csl_mAP'])} "
+                   f"| {number(line['csl_margin'])} |")
+    return "\n".join(out)
+
+
+def sweep_plot(lines: list[dict], path: str) -> None:
+    """CSL's margin over the best baseline against the ceiling and against Ignore/ceiling, per column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "ceiling", "full-label ceiling (mAP)"),
+                           (axes[1], "ignore_ce", "Ignore / ceiling")):
+        for scheme, marker in (("fpc", "o"), ("rps", "s")):
+            points = [(line[key], line["csl_margin"], line["name"]) for line in lines
+                      if line["scheme"] == scheme and line.get(key) is not None
+                      and line["csl_margin"] is not None]
+            if points:
+                ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker,
+                           label=scheme.upper())
+                for x, y, name in points:
+                    ax.annotate(name, (x, y), fontsize=6)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("CSL - best baseline (mAP)")
+        ax.legend()
+    fig.tight_layout()
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run_sweep(args: argparse.Namespace, extra_flags: dict, seeds: int, jobs: int, env: dict,
+              points=SWEEP_POINTS) -> str:
+    """Run every point (resumable: finished cells are skipped) and write ``<out>/sweep.{md,json,csv,png}``."""
+    lines = []
+    for point in points:
+        point_args, protocol = point_protocol(args, point, extra_flags)
+        print(f"sweep point {point.name} ({point.axis}): {point.n_train} images x {point.epochs} epochs, "
+              f"{point.design}, FPC({protocol.columns['fpc']})", flush=True)
+        results = run_table(point_args, protocol, seeds, jobs, env)
+        write_reports(point_args.out, protocol, results, seeds)
+        lines += summarise_point(point, protocol, table_rows(results, protocol))
+    text = sweep_markdown(lines)
+    atomic_write_text(os.path.join(args.out, "sweep.md"), text + "\n")
+    atomic_write_json(os.path.join(args.out, "sweep.json"), lines)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(lines[0]))
+    writer.writeheader()
+    writer.writerows(lines)
+    atomic_write_text(os.path.join(args.out, "sweep.csv"), buffer.getvalue(), newline="")
+    sweep_plot(lines, os.path.join(args.out, "sweep.png"))
+    return text
