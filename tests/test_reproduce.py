@@ -489,3 +489,20 @@ def test_sweep_summary_and_report(tmp_path, monkeypatch):
     assert "| a | strength | 600 x 2 | shape_colour | FPC(7) | 80.0 | 0.75 | 0.88 | negative_asl 72.00 |" \
         in text
     assert (tmp_path / "out" / "sweep.png").stat().st_size > 0
+
+
+def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, monkeypatch):
+    from src.loss_functions import PEER_MODES
+
+    args, protocol = _embedded(tmp_path, "--rows", "peers")
+    protocol.rows = protocols.select_rows(protocol, args.rows)
+    default_keys = [row.key for row in ROWS if row.default]
+    assert list(protocol.rows) == [*default_keys, *PEER_MODES]  # next to the paper's rows
+    started = _fake_training(monkeypatch, _write_prior(tmp_path / "p.csv", [0.9] + [0.1] * 47))
+    runner.run_group(args, protocol, runner.Group(0, "rps", 0.5), {})
+    parsed = [_train_args(c) for c in started if runner.TRAIN_SCRIPT in c]
+    peers = {p.partial_loss_mode: p for p in parsed if p.partial_loss_mode in PEER_MODES}
+    assert sorted(peers) == sorted(PEER_MODES)
+    for mode, cell in peers.items():  # one learning rate and schedule for every method, defaults otherwise
+        assert (cell.lr, cell.epochs, cell.batch_size, cell.loss_reduction) == (8e-3, 10, 64, "sum"), mode
+        assert cell.prior_path is None and cell.estimate_prior == "none"

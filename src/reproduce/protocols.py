@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from src.data.embedded import DEFAULT_DESIGN
+from src.loss_functions import LOSS_MODES, PEER_MODES
 from src.prior import read_prior_csv
 
 # The paper's README gives CSL's flags per column; its table labels (P-ASL(4,3,1), P-ASL(4,1,1))
@@ -74,8 +75,20 @@ ROWS = (
           ("topk2", "top-k 2", {"likelihood_topk": 2}, True))),
 )
 
+# The later methods (issue: one harness), opt-in with --rows peers: each at its published defaults
+# (src/loss_functions/modes.py), with the protocol's learning rate and schedule like every other row.
+PEER_LABELS = {"an_ls": "AN-LS (Cole et al. 2021)", "epr": "EPR (Cole et al. 2021)",
+               "hill": "Hill (Zhang et al. 2021)", "splc": "SPLC (Zhang et al. 2021)",
+               "ll_r": "LL-R (Kim et al. 2022)", "ll_ct": "LL-Ct (Kim et al. 2022)",
+               "ll_cp": "LL-Cp (Kim et al. 2022)", "em": "EM (Zhou et al. 2022)",
+               "em_apl": "EM-APL (Zhou et al. 2022)", "gr": "GR-Loss (Chen et al. 2024)"}
+PEER_ROWS = tuple(Row(mode, PEER_LABELS.get(mode, f"{LOSS_MODES[mode].reference} ({mode})"),
+                      {"partial_loss_mode": mode}, default=False) for mode in PEER_MODES)
+ROWS = ROWS + PEER_ROWS
+
 # --rows accepts these names for groups of rows.
 ROW_GROUPS = {
+    "peers": (*(row.key for row in ROWS if row.default), *(row.key for row in PEER_ROWS)),
     "mechanism": ("ignore_ce", "csl", "csl_prior_only", "csl_likelihood_only", "csl_topk1", "csl_topk2"),
     "regime": ("full_labels", "ignore_ce", "negative_ce"),
 }
