@@ -7,6 +7,13 @@ image and one column per class (``class_names``).  ``__getitem__(i)`` decodes im
 
 If ``transform`` exposes a ``draft_size`` attribute (the pipelines of `src.data.transforms` do), JPEGs
 are decoded in libjpeg draft mode towards that size (see `src.data.image_io`).
+
+Decoded-image cache (opt-in, for small datasets such as the embedded benchmark, where decoding the same
+tiny PNGs every epoch costs more than the transforms): ``dataset.cache_decoded_images(max_bytes)``
+decodes every image once, in the calling process (DataLoader workers inherit it), and keeps the RGB
+uint8 pixels when they fit in ``max_bytes`` (default 512 MiB). Each item then starts from a fresh
+copy of the cached pixels, so the transforms (which may draw in place) see the same image as a decode
+and give the same outputs for the same seeds.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import warnings
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from src.data.image_io import (
@@ -25,11 +33,13 @@ from src.data.image_io import (
     PathSequence,
     image_problem,
     load_rgb,
+    rgb_bytes_within,
     scan_images,
 )
 from src.data.labels import DatasetError, LabelMatrix, as_label_matrix
 
 _EXAMPLES = 3  # bad files named in a start-up error or warning
+DEFAULT_IMAGE_CACHE_BYTES = 512 * 2**20  # decoded RGB pixels a cached dataset may hold
 
 
 class SkippedImagesWarning(UserWarning):
@@ -67,6 +77,10 @@ class MultiLabelImageDataset(Dataset):
     skip_bad_images = False
     load_stats: dict | None = None  # counts of the label reader (OpenImages, LVIS); see describe_load_stats
     label_source = ""
+    # Decoded RGB uint8 pixels, one per row (an N x H x W x 3 array when all sizes agree), and the JPEG
+    # draft size they were decoded for; None unless cache_decoded_images() succeeded.
+    _decoded: np.ndarray | list | None = None
+    _decoded_draft: tuple | None = None
 
     def _finish_init(self, source: str, skip_bad_images: bool) -> None:
         """Validate the result and check every image file once (``source`` names the label file).
@@ -117,6 +131,11 @@ class MultiLabelImageDataset(Dataset):
         pixel data is found here; with skip_bad_images it is replaced, with a warning, by the next
         readable row (image and target together), otherwise it is an error naming the file."""
         draft_size = getattr(self.transform, "draft_size", None)
+        if self._decoded is not None and draft_size == self._decoded_draft:
+            row = index % len(self)
+            pixels = self._decoded[row]
+            # A new image from a copy of the bytes: transforms such as CutoutPIL draw on it in place.
+            return Image.frombytes("RGB", (pixels.shape[1], pixels.shape[0]), pixels.tobytes()), row
         for offset in range(len(self)):
             row = (index + offset) % len(self)
             try:
@@ -127,6 +146,28 @@ class MultiLabelImageDataset(Dataset):
                 warnings.warn(f"skipped at read (--skip_bad_images), the next image is used instead: "
                               f"{error.reason}", SkippedImagesWarning, stacklevel=3)
         raise DatasetError(f"none of the {len(self)} images could be decoded; check --data ({self.root})")
+
+    def cache_decoded_images(self, max_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> bool:
+        """Decode every image once and serve items from memory from now on; True if cached.
+
+        Nothing is cached (False; items are decoded per read as before) when the images' RGB pixels
+        would exceed ``max_bytes`` (known from the headers, before decoding anything) or an image
+        cannot be decoded (the normal read path then reports or skips it). The pixels are decoded
+        for the transform's current JPEG ``draft_size``; a later transform with another one reads
+        the files again.
+        """
+        if rgb_bytes_within(self.image_paths, max_bytes) is None:
+            return False
+        draft_size = getattr(self.transform, "draft_size", None)
+        try:
+            pixels = [np.asarray(load_rgb(path, draft_size=draft_size)) for path in self.image_paths]
+        except ImageReadError:
+            return False
+        # One array when all sizes agree: a single object, so forked workers share its pages untouched.
+        same_size = len({p.shape for p in pixels}) == 1
+        self._decoded = np.stack(pixels) if same_size else pixels
+        self._decoded_draft = draft_size
+        return True
 
     # ----------------------------------------------------------------- label / subset API
     def describe_load_stats(self) -> str | None:
@@ -178,3 +219,5 @@ class MultiLabelImageDataset(Dataset):
         self.labels = self.labels.subset(rows)
         self.image_paths = take(self.image_paths, rows)
         self.image_ids = take(self.image_ids, rows)
+        if self._decoded is not None:
+            self._decoded = take(self._decoded, rows)

@@ -1,9 +1,10 @@
 """A small synthetic multi-label dataset in the COCO layout, generated in seconds from a seed.
 
 Images (default 32 x 32 px) show 1-6 coloured shapes on a noisy background; the 48 classes are
-6 shapes x 8 colours ("red_circle", ...). Later objects are drawn over earlier ones (real occlusion);
-hidden objects are moved to the top of the draw order (and, if needed, to a new position) so that
-every labelled class keeps at least ``MIN_VISIBLE_FRACTION`` of one of its instances visible.
+6 shapes x 8 colours ("red_circle", ...) in the default ``design="shape_colour"`` (see "Class designs"
+below). Later objects are drawn over earlier ones (real occlusion); hidden objects are moved to the top
+of the draw order (and, if needed, to a new position) so that every labelled class keeps at least
+``MIN_VISIBLE_FRACTION`` of one of its instances visible.
 
 Label model (what makes it COCO-like):
 
@@ -26,15 +27,37 @@ The "upstream" variant draws images the same way with another rank permutation a
 but labels them with 14 factorised classes (``shape_*`` present, ``colour_*`` present); pretraining on
 it plays the role of ImageNet pretraining.
 
+Class designs (``design=``; the label model, contexts, object counts, sizes, positions, occlusion and
+visibility rule are the same in both):
+
+* ``shape_colour`` (default): class c is the shape ``SHAPES[c // 8]`` filled with ``COLOURS[c % 8]``.
+  Each class has 12 classes that differ from it in one attribute (5 of its colour, 7 of its shape);
+  models trained on partial labels learn the easy attribute (colour) and barely separate a class from
+  its same-colour siblings (measured on the demo cells: ~0.9 of the positive score for Ignore on FPC).
+* ``glyphs``: class c is the same shape and body colour, plus a *core* (the shape shrunk by
+  ``CORE_SCALE`` about its centre; for the ring, the inner part of its band) in the colour
+  ``glyph_core_colour(shape, colour) = (shape + colour + 1) % 8``, never the body colour. The
+  (shape, body, core) triples are a Latin square: any two of the three attributes fix the class, so
+  any two classes share at most one attribute, and every class's nearest negatives differ in two, at
+  least one of them a colour (COCO's classes rarely differ from many others in a single easy cue).
+  Names are "red_circle_orange_core"; ``class_attributes(design)`` gives (shape, body colour) and,
+  ``with_core=True``, the core colour. Core colours are drawn from a stream of their own, so a glyphs
+  dataset has the labels, annotations (boxes, visible areas) and every pixel outside the visible cores of
+  the shape_colour dataset of the same arguments; the visibility rule applies to the whole glyph, not
+  the core. Its upstream variant has 22 factorised classes: ``shape_*``, ``colour_*`` (body) and
+  ``core_*``; an object is annotated with all three (same box).
+
 Layout written (read by the COCO loader with ``--data out_dir``)::
 
     out_dir/annotations/instances_train2014.json   images, annotations (bbox [x, y, w, h], area =
     out_dir/annotations/instances_val2014.json     visible pixels, iscrowd 0), categories (ids 1..C)
     out_dir/train2014/*.png, out_dir/val2014/*.png
-    out_dir/embedded_config.json                   the generation config, written last
+    out_dir/embedded_config.json                   the generation config (design included), written last
 
-Everything derives from ``np.random.default_rng([seed, variant, split])``; JSON is written with
-sorted keys and no timestamps, so the same config gives byte-identical files.
+Everything derives from ``np.random.default_rng([seed, variant, split])`` (glyph cores: ``[seed,
+variant, split, 1]``); JSON is written with sorted keys and no timestamps, so the same config gives
+byte-identical files. The shape_colour files are byte-identical to those written before designs
+existed; their folders (config without "design") are reused as shape_colour by ``ensure_dataset``.
 """
 
 from __future__ import annotations
@@ -69,8 +92,26 @@ COLOUR_RGB = np.array(
     ],
     dtype=np.float32,
 )
+DESIGNS = ("shape_colour", "glyphs")
+DEFAULT_DESIGN = "shape_colour"
+CORE_SCALE = 0.6  # a glyph's core is its shape shrunk about the centre by this factor (ring: the inner band)
+RING_INNER, RING_CORE_OUTER = 0.52, 0.76  # ring band radii; the ring's core is the band's inner part
+
+
+def glyph_core_colour(shape: int, colour: int) -> int:
+    """Core colour of the glyph (shape, body colour): a Latin square, so any two glyphs share at most one
+    of (shape, body colour, core colour); shape + 1 is never 0 mod 8, so the core never equals the body."""
+    return (shape + colour + 1) % len(COLOURS)
+
+
 EMBEDDED_CLASS_NAMES = [f"{colour}_{shape}" for shape in SHAPES for colour in COLOURS]
+GLYPH_CLASS_NAMES = [
+    f"{COLOURS[c]}_{shape}_{COLOURS[glyph_core_colour(s, c)]}_core"
+    for s, shape in enumerate(SHAPES)
+    for c in range(len(COLOURS))
+]
 UPSTREAM_CLASS_NAMES = [f"shape_{shape}" for shape in SHAPES] + [f"colour_{colour}" for colour in COLOURS]
+UPSTREAM_GLYPH_CLASS_NAMES = UPSTREAM_CLASS_NAMES + [f"core_{colour}" for colour in COLOURS]
 NUM_CLASSES = len(EMBEDDED_CLASS_NAMES)
 
 MAX_OBJECTS = 6
@@ -109,6 +150,38 @@ def zipf_prior_by_rank(num_classes: int = NUM_CLASSES) -> np.ndarray:
 def _check_variant(variant: str) -> None:
     if variant not in _VARIANTS:
         raise ValueError(f"variant={variant!r} is unknown; use one of {sorted(_VARIANTS)}")
+
+
+def _check_design(design: str) -> None:
+    if design not in DESIGNS:
+        raise ValueError(f"design={design!r} is unknown; use one of {list(DESIGNS)}")
+
+
+def class_names(variant: str = "embedded", design: str = DEFAULT_DESIGN) -> list[str]:
+    """The category names of a (variant, design) dataset, in class (column) order."""
+    _check_variant(variant)
+    _check_design(design)
+    glyphs = design == "glyphs"
+    if variant == "embedded":
+        return list(GLYPH_CLASS_NAMES if glyphs else EMBEDDED_CLASS_NAMES)
+    return list(UPSTREAM_GLYPH_CLASS_NAMES if glyphs else UPSTREAM_CLASS_NAMES)
+
+
+def class_attributes(design: str = DEFAULT_DESIGN, with_core: bool = False) -> list[tuple[str, ...]]:
+    """(shape, body colour) of each of the 48 embedded classes, in class order; ``with_core`` appends the
+    core colour (for 'shape_colour' the body colour: a solid glyph).
+
+    Class c has shape ``SHAPES[c // 8]`` and body colour ``COLOURS[c % 8]`` in both designs; a negative
+    (image, c) "shares the shape" / "shares the colour" of a present object when another labelled
+    class of the image has the same first / second entry.
+    """
+    _check_design(design)
+    attributes = []
+    for s, shape in enumerate(SHAPES):
+        for c, colour in enumerate(COLOURS):
+            core = COLOURS[glyph_core_colour(s, c)] if design == "glyphs" else colour
+            attributes.append((shape, colour, core) if with_core else (shape, colour))
+    return attributes
 
 
 @cache
@@ -197,8 +270,10 @@ def _sample_labels(num_images: int, model: LabelModel, rng: np.random.Generator)
     return labels
 
 
-def _split_rng(seed: int, variant: str, split: str) -> np.random.Generator:
-    return np.random.default_rng([int(seed), _VARIANTS[variant][0], _SPLITS[split][0]])
+def _split_rng(seed: int, variant: str, split: str, stream: int | None = None) -> np.random.Generator:
+    """The random stream of a split; ``stream`` names an extra stream of it (1: glyph cores)."""
+    key = [int(seed), _VARIANTS[variant][0], _SPLITS[split][0]]
+    return np.random.default_rng(key if stream is None else [*key, stream])
 
 
 def sample_embedded_labels(num_images: int, seed: int = 0, variant: str = "embedded") -> np.ndarray:
@@ -231,8 +306,17 @@ def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return ((au <= 0.34) & (av <= 1.0)) | ((av <= 0.34) & (au <= 1.0))
     if name == "ring":
         r2 = u * u + v * v
-        return (r2 <= 1.0) & (r2 >= 0.52**2)
+        return (r2 <= 1.0) & (r2 >= RING_INNER**2)
     return np.abs(u) + np.abs(v) <= 1.12  # diamond
+
+
+def _core_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside test of a glyph's core: the shape shrunk by CORE_SCALE about its centre, which lies inside
+    every shape but the ring (its hole); the ring's core is the inner part of its band."""
+    if SHAPES[shape] == "ring":
+        r2 = u * u + v * v
+        return (r2 >= RING_INNER**2) & (r2 <= RING_CORE_OUTER**2)
+    return _shape_mask(shape, u / CORE_SCALE, v / CORE_SCALE)
 
 
 @dataclass
@@ -244,9 +328,19 @@ class _Objects:
     cy: np.ndarray
     radius: np.ndarray
     rgb: np.ndarray  # n x MAX_OBJECTS x 3
+    core_rgb: np.ndarray | None = None  # glyphs only: colour of each object's core, n x MAX_OBJECTS x 3
+
+    def slot_arrays(self) -> list[np.ndarray]:
+        """The per-slot arrays, which a change of draw order permutes together."""
+        arrays = [self.classes, self.cx, self.cy, self.radius, self.rgb]
+        return arrays if self.core_rgb is None else [*arrays, self.core_rgb]
 
 
-def _sample_objects(labels: np.ndarray, image_size: int, rng: np.random.Generator) -> _Objects:
+def _sample_objects(
+    labels: np.ndarray, image_size: int, rng: np.random.Generator, core_rng: np.random.Generator | None = None
+) -> _Objects:
+    """Object slots of the labels; with ``core_rng`` (glyphs) also core colours, drawn from that stream
+    alone so that the layout, body colours and backgrounds equal those of the shape_colour design."""
     n = labels.shape[0]
     slots = np.arange(MAX_OBJECTS)
     n_labels = labels.sum(axis=1)
@@ -268,7 +362,13 @@ def _sample_objects(labels: np.ndarray, image_size: int, rng: np.random.Generato
     colour = np.maximum(classes, 0) % len(COLOURS)
     brightness = rng.uniform(0.85, 1.1, size=(n, MAX_OBJECTS, 1))
     rgb = COLOUR_RGB[colour] * brightness + rng.normal(0.0, 10.0, size=(n, MAX_OBJECTS, 3))
-    return _Objects(classes, cx, cy, radius, rgb.astype(np.float32))
+    objects = _Objects(classes, cx, cy, radius, rgb.astype(np.float32))
+    if core_rng is not None:
+        core = glyph_core_colour(np.maximum(classes, 0) // len(COLOURS), colour)
+        # Same brightness as the body: one object, one lighting; its own colour noise.
+        core_rgb = COLOUR_RGB[core] * brightness + core_rng.normal(0.0, 10.0, size=(n, MAX_OBJECTS, 3))
+        objects.core_rgb = core_rgb.astype(np.float32)
+    return objects
 
 
 def _backgrounds(n: int, image_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -286,8 +386,9 @@ def _backgrounds(n: int, image_size: int, rng: np.random.Generator) -> np.ndarra
     return np.einsum("yi,nijc,xj->nyxc", interp, coarse.astype(np.float32), interp, optimize=True)
 
 
-def _object_masks(objects: _Objects, image_size: int) -> np.ndarray:
-    """Boolean masks n x MAX_OBJECTS x S x S (empty for unused slots)."""
+def _object_masks(objects: _Objects, image_size: int, inside=_shape_mask) -> np.ndarray:
+    """Boolean masks n x MAX_OBJECTS x S x S (empty for unused slots); ``inside``: _shape_mask or
+    _core_mask."""
     n = objects.classes.shape[0]
     coords = np.arange(image_size, dtype=np.float32) + 0.5
     masks = np.zeros((n, MAX_OBJECTS, image_size, image_size), dtype=bool)
@@ -299,7 +400,7 @@ def _object_masks(objects: _Objects, image_size: int) -> np.ndarray:
         radius = objects.radius[rows, slots][:, None, None].astype(np.float32)
         u = (coords[None, None, :] - objects.cx[rows, slots][:, None, None]) / radius
         v = (coords[None, :, None] - objects.cy[rows, slots][:, None, None]) / radius
-        masks[rows, slots] = _shape_mask(shape, u, v)
+        masks[rows, slots] = inside(shape, u, v)
     return masks
 
 
@@ -355,17 +456,12 @@ def _ensure_visible(objects: _Objects, masks: np.ndarray, owner: np.ndarray, rng
                 break
             if attempt > 0:
                 _place_randomly(objects, i, slot, image_size, rng)
-                single = _Objects(
-                    *(
-                        a[i : i + 1]
-                        for a in (objects.classes, objects.cx, objects.cy, objects.radius, objects.rgb)
-                    )
-                )
+                single = _Objects(*(a[i : i + 1] for a in objects.slot_arrays()))
                 masks[i, slot] = _object_masks(single, image_size)[0, slot]
                 area[i, slot] = masks[i, slot].sum()
             used = int((objects.classes[i] >= 0).sum())
             order = [j for j in range(used) if j != slot] + [slot] + list(range(used, MAX_OBJECTS))
-            for array in (objects.classes, objects.cx, objects.cy, objects.radius, objects.rgb, masks, area):
+            for array in (*objects.slot_arrays(), masks, area):
                 array[i] = array[i][order]
             owner[i] = _owner_map(masks[i])
             visible[i] = _visible_counts(owner[i])
@@ -373,11 +469,20 @@ def _ensure_visible(objects: _Objects, masks: np.ndarray, owner: np.ndarray, rng
 
 
 def _compose(
-    background: np.ndarray, objects: _Objects, owner: np.ndarray, rng: np.random.Generator
+    background: np.ndarray,
+    objects: _Objects,
+    owner: np.ndarray,
+    rng: np.random.Generator,
+    core_masks: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Paint each pixel in its topmost object's colour (core colour inside ``core_masks``), add noise."""
     n = owner.shape[0]
-    flat_index = np.arange(n)[:, None, None] * MAX_OBJECTS + np.maximum(owner.astype(np.int64) - 1, 0)
+    top_slot = np.maximum(owner.astype(np.int64) - 1, 0)
+    flat_index = np.arange(n)[:, None, None] * MAX_OBJECTS + top_slot
     object_rgb = objects.rgb.reshape(-1, 3)[flat_index]
+    if core_masks is not None:
+        in_core = np.take_along_axis(core_masks, top_slot[:, None], axis=1)[:, 0]
+        object_rgb = np.where(in_core[..., None], objects.core_rgb.reshape(-1, 3)[flat_index], object_rgb)
     image = np.where(owner[..., None] > 0, object_rgb, background)
     image += 5.0 * rng.standard_normal(size=image.shape, dtype=np.float32)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -408,48 +513,56 @@ class GeneratedSplit:
     stats: dict = field(default_factory=dict)
 
 
-def _categories(variant: str) -> list[dict]:
+def _categories(variant: str, design: str) -> list[dict]:
     if variant == "embedded":
         return [
             {"id": c + 1, "name": name, "supercategory": SHAPES[c // len(COLOURS)]}
-            for c, name in enumerate(EMBEDDED_CLASS_NAMES)
+            for c, name in enumerate(class_names(variant, design))
         ]
     return [
         {"id": c + 1, "name": name, "supercategory": name.split("_")[0]}
-        for c, name in enumerate(UPSTREAM_CLASS_NAMES)
+        for c, name in enumerate(class_names(variant, design))
     ]
 
 
-def _category_ids_of(variant: str, combo_class: int) -> tuple[int, ...]:
+def _category_ids_of(variant: str, design: str, combo_class: int) -> tuple[int, ...]:
+    """Category ids (1-based) that an object of the 48-class combination ``combo_class`` is annotated with."""
     if variant == "embedded":
         return (combo_class + 1,)
     shape, colour = divmod(combo_class, len(COLOURS))
-    return (shape + 1, len(SHAPES) + colour + 1)
+    ids = (shape + 1, len(SHAPES) + colour + 1)
+    if design == "glyphs":
+        ids += (len(SHAPES) + len(COLOURS) + glyph_core_colour(shape, colour) + 1,)
+    return ids
 
 
-def _draw_chunk(labels, image_size, rng):
-    objects = _sample_objects(labels, image_size, rng)
+def _draw_chunk(labels, image_size, rng, core_rng=None):
+    """Objects, masks, owner map, uint8 images and visibility fixes of a chunk; ``core_rng``: glyphs."""
+    objects = _sample_objects(labels, image_size, rng, core_rng)
     background = _backgrounds(labels.shape[0], image_size, rng)
     masks = _object_masks(objects, image_size)
     owner = _owner_map(masks)
     fixed = _ensure_visible(objects, masks, owner, rng)
-    images = _compose(background, objects, owner, rng)
+    # Cores are cut from the final placement (after visibility fixes); core & mask guards the shapes.
+    core_masks = None if core_rng is None else _object_masks(objects, image_size, _core_mask) & masks
+    images = _compose(background, objects, owner, rng, core_masks)
     return objects, masks, owner, images, fixed
 
 
-def _write_split(out_dir, split, num_images, image_size, seed, variant, chunk=1024) -> GeneratedSplit:
+def _write_split(out_dir, split, num_images, image_size, seed, variant, design, chunk=1024) -> GeneratedSplit:
     rng = _split_rng(seed, variant, split)
+    # Glyph cores get their own stream so every other pixel equals the shape_colour design's.
+    core_rng = _split_rng(seed, variant, split, stream=1) if design == "glyphs" else None
     combo_labels = _sample_labels(num_images, label_model(variant), rng)
     image_dir_name = _SPLITS[split][1]
     image_dir = os.path.join(out_dir, image_dir_name)
     os.makedirs(image_dir, exist_ok=True)
     images_json, annotations_json, pending = [], [], []
-    num_classes = NUM_CLASSES if variant == "embedded" else len(UPSTREAM_CLASS_NAMES)
-    labels = np.zeros((num_images, num_classes), dtype=bool)
+    labels = np.zeros((num_images, len(class_names(variant, design))), dtype=bool)
     visibility_fixed = 0
     for start in range(0, num_images, chunk):
         objects, masks, owner, images, changed = _draw_chunk(
-            combo_labels[start : start + chunk], image_size, rng
+            combo_labels[start : start + chunk], image_size, rng, core_rng
         )
         visibility_fixed += changed
         boxes, visible = _bboxes(masks), _visible_counts(owner)
@@ -461,7 +574,7 @@ def _write_split(out_dir, split, num_images, image_size, seed, variant, chunk=10
             )
             pending.append((os.path.join(image_dir, file_name), images[offset]))
             for slot in np.flatnonzero(objects.classes[offset] >= 0):
-                for category_id in _category_ids_of(variant, int(objects.classes[offset, slot])):
+                for category_id in _category_ids_of(variant, design, int(objects.classes[offset, slot])):
                     labels[image_id - 1, category_id - 1] = True
                     annotations_json.append(
                         {
@@ -475,24 +588,22 @@ def _write_split(out_dir, split, num_images, image_size, seed, variant, chunk=10
                     )
     _save_pngs(pending)
     annotation_file = os.path.join(out_dir, "annotations", f"instances_{image_dir_name}.json")
+    info = {"description": f"synthetic {variant} dataset", "version": GENERATOR_VERSION, "seed": int(seed)}
+    if design != DEFAULT_DESIGN:  # the default design's files stay byte-identical to the pre-design ones
+        info["design"] = design
     _write_json(
         annotation_file,
         {
-            "info": {
-                "description": f"synthetic {variant} dataset",
-                "version": GENERATOR_VERSION,
-                "seed": int(seed),
-            },
+            "info": info,
             "licenses": [],
             "images": images_json,
             "annotations": annotations_json,
-            "categories": _categories(variant),
+            "categories": _categories(variant, design),
         },
     )
-    objects_per_annotation = 1 if variant == "embedded" else 2
     stats = {
         "images": num_images,
-        "objects": len(annotations_json) // objects_per_annotation,
+        "objects": len(annotations_json) // len(_category_ids_of(variant, design, 0)),
         "visibility_fixed": visibility_fixed,
     }
     return GeneratedSplit(list(range(1, num_images + 1)), labels, annotation_file, image_dir, stats)
@@ -551,7 +662,8 @@ class GeneratedDataset:
     config: dict
 
 
-def _validate_sizes(n_train, n_test, image_size, seed) -> None:
+def _validate_sizes(n_train, n_test, image_size, seed, design) -> None:
+    _check_design(design)
     for name, value, minimum in (
         ("n_train", n_train, 1),
         ("n_test", n_test, 1),
@@ -563,10 +675,13 @@ def _validate_sizes(n_train, n_test, image_size, seed) -> None:
         raise ValueError(f"seed={seed!r} must be a non-negative integer")
 
 
-def dataset_config(variant: str, n_train: int, n_test: int, image_size: int, seed: int) -> dict:
+def dataset_config(
+    variant: str, n_train: int, n_test: int, image_size: int, seed: int, design: str = DEFAULT_DESIGN
+) -> dict:
     """The config recorded in ``embedded_config.json`` (a rebuild is skipped when it matches)."""
     return {
         "variant": variant,
+        "design": design,
         "n_train": int(n_train),
         "n_test": int(n_test),
         "image_size": int(image_size),
@@ -575,35 +690,46 @@ def dataset_config(variant: str, n_train: int, n_test: int, image_size: int, see
     }
 
 
-def _generate(out_dir, variant, n_train, n_test, image_size, seed) -> GeneratedDataset:
-    _validate_sizes(n_train, n_test, image_size, seed)
+def _generate(out_dir, variant, n_train, n_test, image_size, seed, design) -> GeneratedDataset:
+    _validate_sizes(n_train, n_test, image_size, seed, design)
     out_dir = os.fspath(out_dir)
     start = time.perf_counter()
-    config = dataset_config(variant, n_train, n_test, image_size, seed)
+    config = dataset_config(variant, n_train, n_test, image_size, seed, design)
     config_path = os.path.join(out_dir, CONFIG_FILE)
     if os.path.exists(config_path):
         os.remove(config_path)  # a half-written rebuild must not look complete
     splits = {
-        split: _write_split(out_dir, split, count, image_size, seed, variant)
+        split: _write_split(out_dir, split, count, image_size, seed, variant, design)
         for split, count in (("train", n_train), ("val", n_test))
     }
     _write_json(config_path, config)
-    names = list(EMBEDDED_CLASS_NAMES if variant == "embedded" else UPSTREAM_CLASS_NAMES)
+    names = class_names(variant, design)
     return GeneratedDataset(out_dir, names, splits, time.perf_counter() - start, config)
 
 
 def generate_embedded_dataset(
-    out_dir, n_train: int = 6000, n_test: int = 3000, image_size: int = 32, seed: int = 0
+    out_dir,
+    n_train: int = 6000,
+    n_test: int = 3000,
+    image_size: int = 32,
+    seed: int = 0,
+    design: str = DEFAULT_DESIGN,
 ):
-    """Write the 48-class embedded dataset in the COCO layout under ``out_dir``; return what was written."""
-    return _generate(out_dir, "embedded", n_train, n_test, image_size, seed)
+    """Write the 48-class embedded dataset of ``design`` in the COCO layout under ``out_dir``."""
+    return _generate(out_dir, "embedded", n_train, n_test, image_size, seed, design)
 
 
 def generate_upstream_dataset(
-    out_dir, n_train: int = 6000, n_test: int = 1000, image_size: int = 32, seed: int = 0
+    out_dir,
+    n_train: int = 6000,
+    n_test: int = 1000,
+    image_size: int = 32,
+    seed: int = 0,
+    design: str = DEFAULT_DESIGN,
 ):
-    """Write the 14-class factorised (shape_*, colour_*) upstream dataset in the COCO layout."""
-    return _generate(out_dir, "upstream", n_train, n_test, image_size, seed)
+    """Write the factorised upstream dataset in the COCO layout: 14 classes (shape_*, colour_*), 22 with
+    core_* for the glyphs design."""
+    return _generate(out_dir, "upstream", n_train, n_test, image_size, seed, design)
 
 
 def existing_config(out_dir) -> dict | None:
@@ -613,22 +739,32 @@ def existing_config(out_dir) -> dict | None:
         return None
     with open(path, encoding="utf-8") as handle:
         config = json.load(handle)
+    # Folders written before designs existed hold the shape_colour design (its files are unchanged).
+    config.setdefault("design", DEFAULT_DESIGN)
     required = [os.path.join(out_dir, "annotations", f"instances_{d}.json") for _, d in _SPLITS.values()]
     return config if all(os.path.isfile(p) for p in required) else None
 
 
 def ensure_dataset(
-    out_dir, variant: str = "embedded", n_train=None, n_test=None, image_size=32, seed=0, force=False
+    out_dir,
+    variant: str = "embedded",
+    n_train=None,
+    n_test=None,
+    image_size=32,
+    seed=0,
+    force=False,
+    design: str = DEFAULT_DESIGN,
 ):
-    """Generate the dataset unless ``out_dir`` already holds one with the same config.
+    """Generate the dataset unless ``out_dir`` already holds one with the same config (design included).
 
     Returns the GeneratedDataset, or None when the existing folder was reused. Refuses to write into
     a non-empty folder that holds no generated dataset unless ``force``.
     """
     _check_variant(variant)
+    _check_design(design)
     n_train = 6000 if n_train is None else n_train
     n_test = (3000 if variant == "embedded" else 1000) if n_test is None else n_test
-    wanted = dataset_config(variant, n_train, n_test, image_size, seed)
+    wanted = dataset_config(variant, n_train, n_test, image_size, seed, design)
     out_dir = os.fspath(out_dir)
     found = existing_config(out_dir)
     if not force and found == wanted:
@@ -638,7 +774,7 @@ def ensure_dataset(
             f"--out {out_dir} is a non-empty folder without {CONFIG_FILE}; choose an empty or new folder, "
             "or pass --force to write the dataset into it"
         )
-    return _generate(out_dir, variant, n_train, n_test, image_size, seed)
+    return _generate(out_dir, variant, n_train, n_test, image_size, seed, design)
 
 
 def main(argv=None) -> None:
@@ -648,15 +784,25 @@ def main(argv=None) -> None:
     parser.add_argument("--n_test", type=int, default=None, help="val images (default 3000; upstream 1000)")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--upstream", action="store_true", help="write the 14-class factorised upstream set")
+    parser.add_argument("--upstream", action="store_true", help="write the factorised upstream set")
+    parser.add_argument(
+        "--design",
+        choices=DESIGNS,
+        default=DEFAULT_DESIGN,
+        help="class design: shape_colour (6 shapes x 8 colours) or glyphs (adds a core colour; any two "
+        "classes share at most one of shape, body colour, core colour)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder matches the config")
     args = parser.parse_args(argv)
     variant = "upstream" if args.upstream else "embedded"
     result = ensure_dataset(
-        args.out, variant, args.n_train, args.n_test, args.image_size, args.seed, args.force
+        args.out, variant, args.n_train, args.n_test, args.image_size, args.seed, args.force, args.design
     )
     if result is None:
-        print(f"{args.out} already holds the requested {variant} dataset; nothing to do (--force rebuilds)")
+        print(
+            f"{args.out} already holds the requested {variant} dataset ({args.design}); nothing to do "
+            "(--force rebuilds)"
+        )
         return
     for split, info in result.splits.items():
         frequencies = info.labels.mean(axis=0)
@@ -665,7 +811,7 @@ def main(argv=None) -> None:
             f"-> {info.annotation_file}"
         )
         print(f"  measured prior: {describe_prior(frequencies)}")
-    print(f"{variant} dataset written to {result.out_dir} in {result.seconds:.2f} s")
+    print(f"{variant} dataset ({args.design}) written to {result.out_dir} in {result.seconds:.2f} s")
 
 
 if __name__ == "__main__":

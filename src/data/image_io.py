@@ -29,6 +29,10 @@ check waits on the disk (see `scan_images`; bench/bench_data.py measures both ch
 pixel data is also only found at first read (where ``skip_bad_images`` datasets replace the sample,
 see `MultiLabelImageDataset._load_image`); either way the error is one line naming the file, also when
 it is raised in a DataLoader worker (`ImageReadError` drops the worker's traceback text).
+
+`rgb_bytes_within(paths, max_bytes)` sums the decoded RGB size of the images from their headers and
+stops once past the budget; `MultiLabelImageDataset.cache_decoded_images` uses it to decide whether
+a dataset is small enough to keep decoded in memory.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class ImageReadError(DatasetError):
 
 def load_rgb(path: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode ``path`` into an RGB image, JPEG-drafted towards ``draft_size`` (width, height) if given."""
+    image = None
     try:
         image = Image.open(path)
         if draft_size is not None and image.format == "JPEG":
@@ -79,6 +84,8 @@ def load_rgb(path: str, draft_size: tuple[int, int] | None = None) -> Image.Imag
         raise ImageReadError(f"image file not found: {path}", "Check --data (the image root), or pass "
                              "--skip_bad_images to drop missing images") from None
     except _DECODE_ERRORS as exc:
+        if image is not None:
+            image.close()  # the traceback keeps the half-read image, and so its open file, alive
         raise ImageReadError(f"cannot decode image {path}: {exc}", "Replace or delete the file, or pass "
                              "--skip_bad_images to drop unreadable images") from exc
     return to_rgb(image)
@@ -127,6 +134,21 @@ def image_problem(path: str, header: bool = True) -> str | None:
     except _DECODE_ERRORS as exc:  # PIL's messages repeat the path, which the caller prints already
         message = str(exc).replace(repr(path), "").replace(path, "").strip(" :'")
         return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def rgb_bytes_within(paths: Sequence[str], max_bytes: int) -> int | None:
+    """Bytes of all ``paths`` decoded to 8-bit RGB (width x height x 3, from the headers), or None as soon
+    as the sum passes ``max_bytes`` or a header cannot be read (so a large dataset costs a few reads)."""
+    total = 0
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                total += 3 * image.size[0] * image.size[1]
+        except (FileNotFoundError, *_DECODE_ERRORS):
+            return None
+        if total > max_bytes:
+            return None
+    return total
 
 
 def _check_chunk(paths: Sequence[str], header: bool) -> np.ndarray:
