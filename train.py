@@ -60,8 +60,7 @@ def check_args(args) -> None:
     if args.resume is not None:
         require_file(args.resume, "--resume", "checkpoint",
                      "pass <path_dest>/last.pth of the run to continue")
-    if args.stop_epoch is not None and args.stop_epoch > args.epochs:
-        # The paper's loop simply never reached such a stop epoch; keep that meaning, but say so.
+    if args.stop_epoch is not None and args.stop_epoch > args.epochs:  # as the paper's loop, but say so
         print(f"note: --stop_epoch {args.stop_epoch} exceeds --epochs {args.epochs}: no early stop, all "
               f"{args.epochs} epochs run", file=sys.stderr)
 
@@ -82,6 +81,8 @@ def build_data(args, ctx: DistributedContext) -> DataSplits:
     for dataset in (train_full, eval_set):  # OpenImages/LVIS: conflicting, repeated, skipped labels
         if dataset.describe_load_stats() is not None:
             main_print(ctx.is_main, dataset.describe_load_stats())
+        if args.cache_images and not dataset.cache_decoded_images():
+            main_print(ctx.is_main, f"--cache_images: {dataset.root} does not fit in memory; read from disk")
     class_names = list(train_full.class_names)
     if len(class_names) != args.num_classes:
         raise ConfigError(f"--num-classes {args.num_classes} does not match the dataset, which has "

@@ -135,6 +135,9 @@ def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentPars
     add_flag(group, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
              help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
                   "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
+    add_flag(group, "--cache_images", action="store_true",
+             help="decode every image once per process and keep the pixels in memory when the dataset fits "
+                  "in 512 MiB (the embedded set; augmentation is unchanged)")
     add_flag(group, "--unknown_mids", type=str, choices=("error", "skip"), default=None,
              help="OpenImages: labels whose class MID is not in the class list - error, or skip and count "
                   "(default: skip for the official CSVs, which cover ~20k classes; error for data.csv)")

@@ -146,7 +146,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
     assert shlex.join(csl_command[1:]) == shlex.join([
         runner.TRAIN_SCRIPT, "--model-name", "test_resnet.r160_in1k", "--image-size", "32", "--epochs", "10",
         "--batch-size", "64", "--lr", "0.008", "--workers", "0", "--device", "auto", "--dataset_type", "coco",
-        "--num-classes", "48", "--ema_decay", "0.997", "--data", protocol.data,
+        "--num-classes", "48", "--ema_decay", "0.997", "--cache_images", "--data", protocol.data,
         "--partial_labels", f"{out}/labels/fpc_seed0.npz", "--seed", "0",
         "--path_dest", f"{out}/cells/fpc_seed0_csl", "--partial_loss_mode", "selective",
         "--likelihood_topk", "5", "--gamma_pos", "0", "--gamma_unann", "4", "--gamma_neg", "3",

@@ -139,3 +139,22 @@ def test_partial_labels_file_from_coco_simulation_is_what_train_py_trains_on(emb
     lines = _metrics_lines(dest)
     assert [line["epoch"] for line in lines] == [0] and math.isfinite(lines[0]["selection_mAP"])
     assert len(summary["history"]) == 1
+
+
+def test_cache_images_decodes_once_and_trains_to_the_same_result(embedded_data_dir, tmp_path, monkeypatch):
+    from src.data.base import MultiLabelImageDataset
+
+    plain = train.main(tiny_train_argv(embedded_data_dir, tmp_path / "plain"))
+    cached_roots = []
+    original = MultiLabelImageDataset.cache_decoded_images
+
+    def recording(self, *args, **kwargs):
+        done = original(self, *args, **kwargs)
+        cached_roots.append((os.path.basename(self.root), done))
+        return done
+
+    monkeypatch.setattr(MultiLabelImageDataset, "cache_decoded_images", recording)
+    cached = train.main(tiny_train_argv(embedded_data_dir, tmp_path / "cached", "--cache_images"))
+    assert cached_roots == [("train2014", True), ("val2014", True)]
+    assert [h["loss"] for h in cached["history"]] == [h["loss"] for h in plain["history"]]
+    assert cached["best_test_mAP"] == plain["best_test_mAP"]  # same pixels, same augmentation

@@ -179,7 +179,7 @@ def embedded_protocol(args, extra_flags: dict | None = None) -> Protocol:
         "model-name": args.model_name or "test_resnet.r160_in1k", "image-size": args.image_size or 32,
         "epochs": args.epochs or 10, "batch-size": args.batch_size or 64, "lr": args.lr or 8e-3,
         "workers": args.workers if args.workers is not None else 0, "device": args.device,
-        "dataset_type": "coco", "num-classes": 48, "ema_decay": 0.997,
+        "dataset_type": "coco", "num-classes": 48, "ema_decay": 0.997, "cache_images": True,
     }
     extra_flags = extra_flags or {}
     flags.update(extra_flags)
