@@ -506,3 +506,13 @@ def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, m
     for mode, cell in peers.items():  # one learning rate and schedule for every method, defaults otherwise
         assert (cell.lr, cell.epochs, cell.batch_size, cell.loss_reduction) == (8e-3, 10, 64, "sum"), mode
         assert cell.prior_path is None and cell.estimate_prior == "none"
+
+
+def test_progress_line_counts_cells_and_estimates_the_time_left(monkeypatch, capsys):
+    clock = iter([100.0, 160.0, 160.0, 220.0])  # start, then one reading per finished cell
+    monkeypatch.setattr(runner.time, "time", lambda: next(clock))
+    progress = runner.Progress(total=4)
+    assert progress.cell_finished(trained=False) == "[progress] 1/4 cells, 60 s elapsed"  # skipped: no pace
+    assert progress.cell_finished(trained=True) == "[progress] 2/4 cells, 60 s elapsed, about 2 min left"
+    assert progress.cell_finished(trained=True) == "[progress] 3/4 cells, 2 min elapsed, about 60 s left"
+    assert capsys.readouterr().out.count("[progress]") == 3

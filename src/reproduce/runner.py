@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from src.data.embedded import class_attributes, ensure_dataset
 from src.prior import read_prior_csv
 from src.reproduce.mechanism import ignored_composition, read_ignored_file
 from src.reproduce.protocols import CE_GAMMAS, Protocol, Row, protocol_rows, resolve_threshold
-from src.trainer import Trainer
+from src.trainer import Trainer, format_duration
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
 
@@ -125,6 +126,28 @@ def cell_composition(cell_dir: str, data: str, design: str) -> dict:
     return ignored_composition(image_ids, classes, labels, full_ids, class_attributes(design))
 
 
+class Progress:
+    """The whole table's progress line: cells done / total, elapsed, estimated time left (from the pace
+    of the cells trained in this run; cells finished earlier and skipped count as done)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.trained = total, 0, 0
+        self.started = time.time()
+        self._lock = threading.Lock()
+
+    def cell_finished(self, trained: bool) -> str:
+        with self._lock:
+            self.done += 1
+            self.trained += int(trained)
+            elapsed = time.time() - self.started
+            left = self.total - self.done
+            pace = elapsed / self.trained if self.trained else 0.0
+            eta = f", about {format_duration(left * pace)} left" if left and self.trained else ""
+            line = f"[progress] {self.done}/{self.total} cells, {format_duration(elapsed)} elapsed{eta}"
+        print(line, flush=True)
+        return line
+
+
 @dataclass
 class Group:
     """One (seed, column): its partial labels and its cells, run in order (CSL needs Ignore's prior)."""
@@ -151,12 +174,23 @@ def simulate_labels(args, protocol: Protocol, group: Group, env: dict) -> str:
 
 
 def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str, prior: str | None, env,
-             twin: dict | None = None) -> dict:
+             twin: dict | None = None, progress: Progress | None = None) -> dict:
     cell_dir = os.path.join(args.out, "cells", f"{group.name}_{row.key}")
     result_path = os.path.join(cell_dir, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as handle:
-            return json.load(handle)
+            result = json.load(handle)
+        if progress is not None:
+            progress.cell_finished(trained=False)
+        return result
+    result = _train_cell(args, protocol, group, row, labels, prior, env, twin, cell_dir, result_path)
+    if progress is not None:
+        progress.cell_finished(trained="same_run_as" not in result)
+    return result
+
+
+def _train_cell(args, protocol, group, row, labels, prior, env, twin, cell_dir, result_path) -> dict:
+    """Run one cell's train.py (or reuse its twin's run) and write its result.json."""
     flags = dict(protocol.train_flags, data=protocol.data, partial_labels=labels, seed=group.seed,
                  path_dest=cell_dir, **row.flags, **row.column_flags.get(group.scheme, {}))
     if labels is None:  # the full-label row: no partial labels at all
@@ -201,14 +235,15 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str, prio
     return result
 
 
-def run_group(args, protocol: Protocol, group: Group, env: dict) -> list[dict]:
+def run_group(args, protocol: Protocol, group: Group, env: dict,
+              progress: Progress | None = None) -> list[dict]:
     labels = simulate_labels(args, protocol, group, env)
     results, prior = [], None
     for row in protocol_rows(protocol):
         if row.full_labels:
             continue
         twin = next((r for r in results if r["row"] == row.same_run_as), None)
-        result = run_cell(args, protocol, group, row, labels, prior, env, twin)
+        result = run_cell(args, protocol, group, row, labels, prior, env, twin, progress)
         if row.key == "ignore_ce":
             prior = result["prior_path"]
         results.append(result)
@@ -255,10 +290,12 @@ def run_table(args, protocol: Protocol, seeds: int, jobs: int, env: dict) -> lis
         prepare_embedded(args, protocol, env)
     groups = [Group(seed, s, protocol.columns[s]) for seed in range(seeds) for s in protocol.columns]
     full_rows = [row for row in protocol_rows(protocol) if row.full_labels]
+    per_group = len(protocol_rows(protocol)) - len(full_rows)
+    progress = Progress(seeds * len(full_rows) + len(groups) * per_group)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         # The ceiling first: one run per seed, shared by every column (scheme 'full' in the results).
         jobs_full = [(Group(seed, "full", None), row) for seed in range(seeds) for row in full_rows]
-        ceilings = list(pool.map(lambda job: run_cell(args, protocol, job[0], job[1], None, None, env),
-                                 jobs_full))
-        grouped = pool.map(lambda g: run_group(args, protocol, g, env), groups)
+        ceilings = list(pool.map(lambda job: run_cell(args, protocol, job[0], job[1], None, None, env,
+                                                      progress=progress), jobs_full))
+        grouped = pool.map(lambda g: run_group(args, protocol, g, env, progress), groups)
         return ceilings + [r for group_results in grouped for r in group_results]
