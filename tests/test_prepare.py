@@ -264,8 +264,10 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.server.cut is not None:
             body, self.server.cut = body[:self.server.cut], None
-        self.wfile.write(body)
+        # Recorded before the body is sent: the client may finish reading (and the test look at the
+        # requests) before this handler thread runs again after write().
         self.server.requests.append((self.path, requested, len(body)))
+        self.wfile.write(body)
 
 
 @pytest.fixture

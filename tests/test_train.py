@@ -67,7 +67,7 @@ def test_defaults_match_the_paper_and_both_spellings_set_the_same_field():
             continue  # no separator (--data, --lr, ...): one spelling only
         value = {"--val_split": "0.5", "--amp_dtype": "bfloat16", "--dataset_type": "lvis",
                  "--simulate_partial_type": "rps", "--partial_loss_mode": "ignore",
-                 "--prior_threshold": "0.3"}.get(flag, "3")
+                 "--prior_threshold": "0.3", "--ema_decay": "0.5"}.get(flag, "3")
         one, other = vars(train.parse_args([flag, value])), vars(train.parse_args([_swap(flag), value]))
         assert one == other and one != defaults, flag
 

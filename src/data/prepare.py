@@ -51,6 +51,7 @@ import shutil
 import sys
 import tarfile
 import time
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -405,8 +406,8 @@ def find_image_root(root: str, samples: dict[str, list[str]], extra_candidates: 
                            "that folder as --data")
     short = {split: f"{n}/{len(samples[split])}" for split, n in found.items() if n < len(samples[split])}
     if short:
-        print(f"warning: some sampled images of data.csv are missing under {folder} ({short} found per "
-              "split); train.py --skip_bad_images drops missing images", file=sys.stderr)
+        warnings.warn(f"some sampled images of data.csv are missing under {folder} ({short} found per "
+                      "split); train.py --skip_bad_images drops missing images", stacklevel=2)
     return folder
 
 
@@ -426,7 +427,6 @@ def finish_lvis_v1(root: str, stamps: list[dict]) -> dict:
 def finish_openimages_csl(root: str, stamps: list[dict]) -> dict:
     _require([os.path.join(root, "data.csv"), os.path.join(root, "mid_to_classes.pth")], "openimages_csl")
     tops = [os.path.join(root, top) for stamp in stamps for top in stamp.get("top_folders", [])]
-    print("looking up data.csv's filepaths under the unpacked images (reads data.csv once) ...")
     image_root = find_image_root(root, sample_filepaths(os.path.join(root, "data.csv")), tops)
     return {"data": image_root, "metadata": root}
 
@@ -488,7 +488,7 @@ def check_space(root: str, needs: dict) -> None:
                "--downloads on another disk), or pass --no_space_check")
     if needs["exact"]:
         raise ValueError(message)
-    print(f"warning: {message} (the sizes are estimates)", file=sys.stderr)
+    warnings.warn(f"{message} (the sizes are estimates)", stacklevel=2)
 
 
 def main(argv=None) -> dict:
