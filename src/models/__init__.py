@@ -1,4 +1,5 @@
-"""Models: timm TResNets with the paper's heads, and loaders for the paper's / ImageNet / our checkpoints."""
+"""Models: timm TResNets with the paper's heads, and loaders for the paper's / ImageNet / our checkpoints
+(local files, or on demand: ``timm:<name>``, URLs and ``csl:<name>`` aliases, see ``src.models.hub``)."""
 
 from src.models.checkpoint_convert import (
     TRESNET_ARCHS,
@@ -17,6 +18,18 @@ from src.models.factory import (
     resolve_bottleneck_head,
     set_grad_checkpointing,
 )
+from src.models.hub import (
+    CSL_MODEL_ZOO,
+    WeightsDownloadError,
+    WeightsSourceError,
+    WeightsSpec,
+    cached_download,
+    is_remote_weights,
+    parse_weights_spec,
+    resolve_weights_file,
+    timm_pretrained_checkpoint,
+    weights_stem,
+)
 from src.models.loading import (
     BackboneLoadReport,
     CheckpointError,
@@ -24,14 +37,18 @@ from src.models.loading import (
     extract_state_dict,
     load_model,
     load_pretrained_backbone,
+    read_checkpoint,
     read_checkpoint_file,
     to_timm_layout,
 )
 
 __all__ = [
-    'TRESNET_ARCHS', 'TRESNET_NAMES', 'BackboneLoadReport', 'BottleneckHead', 'CheckpointError',
-    'CheckpointNotFoundError', 'build_model_from_args', 'check_model_classes', 'convert_original_to_timm',
-    'create_model', 'extract_state_dict', 'infer_tresnet_name', 'is_original_tresnet_layout', 'load_model',
-    'load_pretrained_backbone', 'maybe_compile', 'model_metadata', 'read_checkpoint_file',
-    'resolve_bottleneck_head', 'set_grad_checkpointing', 'to_timm_layout',
+    'CSL_MODEL_ZOO', 'TRESNET_ARCHS', 'TRESNET_NAMES', 'BackboneLoadReport', 'BottleneckHead',
+    'CheckpointError', 'CheckpointNotFoundError', 'WeightsDownloadError', 'WeightsSourceError', 'WeightsSpec',
+    'build_model_from_args', 'cached_download', 'check_model_classes', 'convert_original_to_timm',
+    'create_model', 'extract_state_dict', 'infer_tresnet_name', 'is_original_tresnet_layout',
+    'is_remote_weights', 'load_model', 'load_pretrained_backbone', 'maybe_compile', 'model_metadata',
+    'parse_weights_spec', 'read_checkpoint', 'read_checkpoint_file', 'resolve_bottleneck_head',
+    'resolve_weights_file', 'set_grad_checkpointing', 'timm_pretrained_checkpoint', 'to_timm_layout',
+    'weights_stem',
 ]

@@ -1,4 +1,9 @@
-"""Loading weights from local files: the paper's checkpoints, ImageNet backbones and our own checkpoints.
+"""Loading weights: the paper's checkpoints, ImageNet backbones and our own checkpoints.
+
+Where from (`read_checkpoint`): a local file, or on demand (``src.models.hub``) ``timm:<name>`` (timm's
+pretrained weights), an ``http(s)://`` / ``file://`` URL (downloaded once into the torch hub cache,
+optional ``#sha256=<hex>``) or a ``csl:<name>`` alias of the paper's released models. A local path never
+downloads anything and fails as before when the file is missing.
 
 Accepted containers (``torch.load`` of the file):
 - the paper's released files ``{'model': state_dict, 'num_classes': int, 'idx_to_class': {idx: name}}``;
@@ -8,11 +13,12 @@ Accepted containers (``torch.load`` of the file):
   ``ema`` (used when ``use_ema=True``).
 State dicts may be in the paper's InPlaceABN layout (converted, see ``checkpoint_convert``) or timm's.
 Older files may lack ``num_batches_tracked``; those buffers keep the model's value (only used when a
-BatchNorm has momentum=None). Nothing is ever downloaded.
+BatchNorm has momentum=None).
 
-Safety: files are read with ``torch.load(weights_only=True)`` plus a short allow-list
-(``SAFE_CHECKPOINT_GLOBALS``: ``argparse.Namespace``, numpy scalars), so loading never runs code from
-the file; anything else is refused unless the caller passes ``allow_pickle=True`` (``--unsafe_pickle``).
+Safety: files, downloaded ones included, are read with ``torch.load(weights_only=True)`` plus a short
+allow-list (``SAFE_CHECKPOINT_GLOBALS``: ``argparse.Namespace``, numpy scalars), so loading never runs
+code from the file; anything else is refused unless the caller passes ``allow_pickle=True``
+(``--unsafe_pickle``). timm reads its own weights with ``weights_only=True`` (or safetensors).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from src.models.checkpoint_convert import (
     strip_wrapper_prefixes,
 )
 from src.models.factory import create_model
+from src.models.hub import cached_download, parse_weights_spec, timm_pretrained_checkpoint
 
 _EXPECTED = 'expected a file written by torch.save holding a state_dict or a dict with a "model" state_dict'
 
@@ -132,6 +139,28 @@ def read_checkpoint_file(path, allow_pickle: bool = False):
         return torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:
         raise CheckpointError(f'{path!r} could not be unpickled ({type(error).__name__}: {error})') from error
+
+
+def read_checkpoint(spec, allow_pickle: bool = False, *, progress: bool = True,
+                    pretrained_cfg_overlay: Mapping | None = None, cache_dir: str | None = None):
+    """(checkpoint, source) for any ``--model-path`` value: a local path (`read_checkpoint_file`, unchanged),
+    a URL or ``csl:`` alias (`src.models.hub.cached_download`, then the same safe `read_checkpoint_file`;
+    ``cache_dir`` overrides the torch hub cache) or ``timm:<name>``
+    (`src.models.hub.timm_pretrained_checkpoint`, which ``pretrained_cfg_overlay`` is passed to).
+    ``source`` is the local file that was read, or a description of timm's source. ``progress``: show
+    download progress bars (stderr)."""
+    parsed = parse_weights_spec(spec)
+    if parsed.kind == 'local':
+        return read_checkpoint_file(parsed.location, allow_pickle=allow_pickle), parsed.location
+    if parsed.kind == 'timm':
+        checkpoint = timm_pretrained_checkpoint(
+            parsed.location, pretrained_cfg_overlay=pretrained_cfg_overlay, spec=parsed.spec)
+        return checkpoint, checkpoint['source']
+    cached = cached_download(parsed.location, parsed.sha256, progress=progress, cache_dir=cache_dir)
+    try:
+        return read_checkpoint_file(cached.path, allow_pickle=allow_pickle), cached.path
+    except CheckpointError as error:
+        raise CheckpointError(f'{parsed.spec} (downloaded to {cached.path}): {error}') from error
 
 
 _EMA_KEYS = ('ema', 'model_ema', 'state_dict_ema')
@@ -248,8 +277,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 
 
 def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool = False,
-               allow_pickle: bool = False) -> tuple[nn.Module, list[str]]:
-    """Build the model a checkpoint file describes and load it strictly; returns (model in eval mode, names).
+               allow_pickle: bool = False, *, progress: bool = True,
+               pretrained_cfg_overlay: Mapping | None = None) -> tuple[nn.Module, list[str]]:
+    """Build the model a checkpoint describes and load it strictly; returns (model in eval mode, names).
+
+    ``path``: a local file, ``timm:<name>``, a URL or a ``csl:`` alias (see `read_checkpoint`, which
+    ``progress`` and ``pretrained_cfg_overlay`` are passed to).
 
     Architecture: ``model_name`` if given, else the file's ``model_name``, else inferred from the TResNet
     tensor shapes. Head type and num_classes come from the tensors (``head.fc.FC.weight`` => bottleneck).
@@ -257,7 +290,8 @@ def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool 
     ``allow_pickle``: see `read_checkpoint_file` (False never runs code from the file).
     """
     path = os.fspath(path)
-    checkpoint = read_checkpoint_file(path, allow_pickle=allow_pickle)
+    checkpoint, _ = read_checkpoint(path, allow_pickle, progress=progress,
+                                    pretrained_cfg_overlay=pretrained_cfg_overlay)
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path, use_ema=use_ema))
     name = _resolve_model_name(state_dict, checkpoint, model_name, path)
     head = _resolve_head(state_dict, checkpoint, name, path)
@@ -271,7 +305,8 @@ def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool 
 
 @dataclass
 class BackboneLoadReport:
-    """What :func:`load_pretrained_backbone` did, by state-dict key."""
+    """What :func:`load_pretrained_backbone` did, by state-dict key. ``path``: the value as given (a path,
+    URL, ``csl:`` or ``timm:`` name); ``source``: the local file read or timm's source, when different."""
 
     path: str
     loaded: list[str] = field(default_factory=list)
@@ -279,13 +314,15 @@ class BackboneLoadReport:
     skipped_unexpected: list[str] = field(default_factory=list)
     skipped_shape: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    source: str | None = None
 
     @property
     def skipped(self) -> list[str]:
         return self.skipped_classifier + self.skipped_unexpected + self.skipped_shape
 
     def __str__(self) -> str:
-        lines = [f'pretrained backbone {self.path}: loaded {len(self.loaded)} tensors, skipped '
+        origin = f' ({self.source})' if self.source and self.source != self.path else ''
+        lines = [f'pretrained backbone {self.path}{origin}: loaded {len(self.loaded)} tensors, skipped '
                  f'{len(self.skipped)} ({len(self.skipped_classifier)} classifier, '
                  f'{len(self.skipped_unexpected)} not in model, {len(self.skipped_shape)} shape mismatch), '
                  f'missing {len(self.missing)}']
@@ -304,8 +341,12 @@ def _classifier_prefix(model: nn.Module) -> str:
 MIN_BACKBONE_SHARE = 0.5  # fewer matching backbone tensors than this share: not this model's weights
 
 
-def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False) -> BackboneLoadReport:
+def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False, *, progress: bool = True,
+                             pretrained_cfg_overlay: Mapping | None = None) -> BackboneLoadReport:
     """Load ImageNet-1k/21k weights (paper InPlaceABN or timm layout) into ``model`` except the classifier.
+
+    ``path``: a local file, ``timm:<name>`` (e.g. ``timm:tresnet_m.miil_in21k``), a URL or a ``csl:``
+    alias (see `read_checkpoint`, which ``progress`` and ``pretrained_cfg_overlay`` are passed to).
 
     Tensors whose shape differs from the model's are skipped and reported; the classifier (``head.fc*``
     for TResNets) is never loaded. Raises CheckpointError (a ValueError) when fewer than
@@ -317,12 +358,13 @@ def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False)
     to print.
     """
     path = os.fspath(path)
-    checkpoint = read_checkpoint_file(path, allow_pickle=allow_pickle)
+    checkpoint, source = read_checkpoint(path, allow_pickle, progress=progress,
+                                         pretrained_cfg_overlay=pretrained_cfg_overlay)
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path))
     target = getattr(model, '_orig_mod', model)
     own = target.state_dict()
     classifier = _classifier_prefix(target)
-    report = BackboneLoadReport(path=path)
+    report = BackboneLoadReport(path=path, source=source)
     to_load = {}
     for key, value in state_dict.items():
         if key == classifier or key.startswith(classifier + '.'):
@@ -344,7 +386,8 @@ def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False)
             f'{path!r} does not hold a {arch} backbone: only {matched} of its {len(backbone)} backbone '
             f'tensors are in the file with the same name and shape (the file has {len(state_dict)} '
             f'tensors, e.g. {list(state_dict)[:3]}; {len(report.skipped_shape)} with another shape). Pass '
-            f'--model-path with ImageNet weights of {arch} (paper InPlaceABN or timm layout), set '
+            f'--model-path with ImageNet weights of {arch} (a file in the paper\'s InPlaceABN or timm '
+            f'layout, or timm:<name>, e.g. timm:tresnet_m.miil_in21k for tresnet_m), set '
             f'--model-name to the architecture of this file, or use --model-path none to train from scratch')
     target.load_state_dict(to_load, strict=False)
     return report

@@ -1,0 +1,405 @@
+"""Weights on demand: where ``--model-path`` / ``--model_path`` may point besides a local file.
+
+Accepted forms (`parse_weights_spec`), see docs/checkpoints.md:
+
+- a local path: read as it always was (nothing is downloaded, a missing file is the same error);
+- ``timm:<name>`` (e.g. ``timm:tresnet_m.miil_in21k``, the paper's ImageNet-21k backbone): timm's pretrained
+  weights, through timm's own hub and cache (``timm.create_model(name, pretrained=True)``; timm reads
+  them with ``weights_only=True`` or safetensors);
+- ``http://``, ``https://`` and ``file://`` URLs: downloaded once into the torch hub cache,
+  ``torch.hub.get_dir()/checkpoints/<file name of the URL>`` (as ``torch.hub.load_state_dict_from_url``;
+  ``TORCH_HOME`` moves it), with a progress bar on stderr, then read like a local file. An optional
+  ``#sha256=<64 hex digits>`` fragment is the expected SHA-256, checked on the download and on every
+  later use of the cached copy;
+- ``csl:<name>``: the paper's released models by short name (`CSL_MODEL_ZOO`, the table that
+  docs/checkpoints.md lists), e.g. ``csl:mtresnet_opim_86.72``; a table entry's SHA-256, once recorded,
+  is checked like a fragment.
+
+Downloads go through `src.utils.download.download` (resumable ``.part`` files, retries). A file whose
+SHA-256 differs from the expected one is deleted, so nothing wrong stays in the cache, and the error names
+the URL and both hashes. Concurrent processes (DDP ranks) take an advisory lock on the cache folder, so
+one downloads and the others then find the file. Nothing here prints: progress bars and retry notes go
+to stderr through tqdm (``progress=False`` silences them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import timm
+import timm.models
+import torch
+from timm.data import ImageNetInfo, infer_imagenet_subset
+from tqdm import tqdm
+
+from src.utils.download import CHUNK_BYTES, DownloadError, download, human_bytes
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: downloads are not serialised between processes
+    fcntl = None
+
+TIMM_PREFIX = 'timm:'
+ALIAS_PREFIX = 'csl:'
+URL_SCHEMES = ('http', 'https', 'file')
+DOWNLOAD_RETRIES = 2  # network errors retried this many times (each continues the .part file)
+RETRY_WAIT_S = 3.0
+_SHA256 = re.compile(r'[0-9a-fA-F]{64}')
+
+# Where the paper's README (Alibaba-MIIL/PartialLabelingCSL, "Pretrained models") serves its OpenImages V6
+# models. SHA-256: None until someone with network access records it (docs/checkpoints.md says how).
+CSL_ZOO_BASE_URL = 'https://miil-public-eu.oss-eu-central-1.aliyuncs.com/model-zoo/CSL/opim_v6/'
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One released model of the paper: its URL, expected SHA-256 (None: not yet recorded), architecture,
+    the loss it was trained with and its OpenImages V6 mAP from the paper's README."""
+
+    url: str
+    sha256: str | None
+    model_name: str
+    loss: str
+    map: float
+
+
+CSL_MODEL_ZOO: dict[str, ZooEntry] = {
+    'mtresnet_opim_86.72': ZooEntry(CSL_ZOO_BASE_URL + 'mtresnet_opim_86.72.pth', None, 'tresnet_m',
+                                    'Selective (CSL)', 86.72),
+    'ltresnet_v2_opim_87.34': ZooEntry(CSL_ZOO_BASE_URL + 'ltresnet_v2_opim_87.34.pth', None, 'tresnet_v2_l',
+                                       'Selective (CSL)', 87.34),
+    'mtresnet_opim_ignore': ZooEntry(CSL_ZOO_BASE_URL + 'mtresnet_opim_ignore.pth', None, 'tresnet_m',
+                                     'Ignore', 85.38),
+    'mtresnet_opim_negative': ZooEntry(CSL_ZOO_BASE_URL + 'mtresnet_opim_negative.pth', None, 'tresnet_m',
+                                       'Negative', 85.85),
+}
+
+
+class WeightsSourceError(ValueError):
+    """A ``--model-path`` value that names no usable source of weights (a bad alias, URL or timm name)."""
+
+
+class WeightsDownloadError(WeightsSourceError):
+    """Weights that could not be fetched, or whose SHA-256 is not the expected one."""
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """A parsed ``--model-path``: ``kind`` is 'local', 'url' or 'timm'; ``location`` the path, the URL
+    (fragment removed) or the timm name; ``sha256`` the expected hash of a URL's file, if known."""
+
+    spec: str
+    kind: str
+    location: str
+    sha256: str | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.kind != 'local'
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    """What `cached_download` did: ``path`` in the cache; ``downloaded`` False when it was there already."""
+
+    url: str
+    path: str
+    downloaded: bool
+    sha256: str | None = None
+
+
+def _alias_list() -> str:
+    return ', '.join(ALIAS_PREFIX + name for name in CSL_MODEL_ZOO)
+
+
+def _check_sha256(value: str, where: str) -> str:
+    if not _SHA256.fullmatch(value):
+        raise WeightsSourceError(f'{where}: {value!r} is not a SHA-256 (64 hex digits); fix it or leave '
+                                 'it out')
+    return value.lower()
+
+
+def _split_fragment(url: str, spec: str) -> tuple[str, str | None]:
+    """(URL without fragment, expected SHA-256 from a ``#sha256=<hex>`` fragment or None)."""
+    base, _, fragment = url.partition('#')
+    if not fragment:
+        return base, None
+    key, _, value = fragment.partition('=')
+    if key.lower() != 'sha256':
+        raise WeightsSourceError(f'--model-path {spec!r}: the only URL fragment understood is '
+                                 f'#sha256=<64 hex digits> (the expected SHA-256), not #{fragment}')
+    return base, _check_sha256(value, f'--model-path {spec!r}')
+
+
+def _zoo_sha256(url: str) -> str | None:
+    return next((entry.sha256 for entry in CSL_MODEL_ZOO.values() if entry.sha256 and entry.url == url), None)
+
+
+def parse_weights_spec(spec) -> WeightsSpec:
+    """Tell a local path from ``timm:<name>``, ``csl:<alias>`` and ``http(s)://`` / ``file://`` URLs
+    (see the module docstring). Only the three prefixes are special: anything else is a local path."""
+    text = os.fspath(spec)
+    if text.startswith(TIMM_PREFIX):
+        name = text[len(TIMM_PREFIX):].strip()
+        if not name:
+            raise WeightsSourceError(f'--model-path {text!r} names no timm model; pass e.g. '
+                                     'timm:tresnet_m.miil_in21k')
+        return WeightsSpec(text, 'timm', name)
+    if text.startswith(ALIAS_PREFIX):
+        name = text[len(ALIAS_PREFIX):].strip()
+        name = name.removesuffix('.pth')
+        entry = CSL_MODEL_ZOO.get(name)
+        if entry is None:
+            close = difflib.get_close_matches(name, list(CSL_MODEL_ZOO), n=1)
+            hint = f'did you mean {ALIAS_PREFIX}{close[0]}? ' if close else ''
+            raise WeightsSourceError(f'--model-path {text!r} is not one of the paper\'s models; {hint}known: '
+                                     f'{_alias_list()} (docs/checkpoints.md)')
+        url, fragment_sha = _split_fragment(entry.url, text)
+        sha = _check_sha256(entry.sha256, f'CSL_MODEL_ZOO[{name!r}]') if entry.sha256 else fragment_sha
+        return WeightsSpec(text, 'url', url, sha)
+    parsed = urllib.parse.urlparse(text)
+    if parsed.scheme.lower() in URL_SCHEMES and '://' in text:
+        if parsed.scheme.lower() == 'file' and parsed.netloc not in ('', 'localhost'):
+            raise WeightsSourceError(f'--model-path {text!r}: a file:// URL needs an absolute path, e.g. '
+                                     f'file:///abs/path/model.pth (or pass the path itself)')
+        url, sha = _split_fragment(text, text)
+        return WeightsSpec(text, 'url', url, sha or _zoo_sha256(url))
+    return WeightsSpec(text, 'local', text)
+
+
+def is_remote_weights(spec) -> bool:
+    """True for ``timm:``, ``csl:`` and URL values, which are fetched on demand rather than checked with
+    ``os.path.isfile`` (scripts: skip the local-file check for these). Never raises."""
+    text = os.fspath(spec)
+    return (text.startswith((TIMM_PREFIX, ALIAS_PREFIX))
+            or ('://' in text and urllib.parse.urlparse(text).scheme.lower() in URL_SCHEMES))
+
+
+def weights_stem(spec) -> str:
+    """A file-name stem for outputs named after the weights: the file name without extension for paths,
+    URLs and aliases (``mtresnet_opim_86.72``), ``timm_<name>`` for timm weights."""
+    text = os.fspath(spec)
+    if text.startswith(TIMM_PREFIX):
+        return 'timm_' + re.sub(r'[^\w.-]', '_', text[len(TIMM_PREFIX):].strip())
+    if text.startswith(ALIAS_PREFIX):
+        return text[len(ALIAS_PREFIX):].strip().removesuffix('.pth')
+    if is_remote_weights(text):
+        text = urllib.parse.unquote(urllib.parse.urlparse(text).path)
+    return os.path.splitext(os.path.basename(text))[0]
+
+
+def default_cache_dir() -> str:
+    """``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``), where torch.hub and timm's
+    URL downloads keep their files."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints')
+
+
+def file_sha256(path: str) -> str:
+    hasher = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(CHUNK_BYTES), b''):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` (flock of the folder itself: no lock file is left)."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _cache_name(url: str) -> str:
+    path = urllib.parse.urlparse(url).path
+    if path.endswith('/'):
+        return ''
+    return os.path.basename(urllib.parse.unquote(path))
+
+
+def cached_download(url: str, sha256: str | None = None, *, progress: bool = True,
+                    cache_dir: str | None = None) -> CachedFile:
+    """The local copy of ``url`` in ``cache_dir`` (default `default_cache_dir`), downloaded if absent.
+
+    ``url`` may carry a ``#sha256=<hex>`` fragment; ``sha256`` (or the fragment) is checked on the new
+    download and on a copy found in the cache. A mismatch deletes the file and raises
+    `WeightsDownloadError` naming the URL and both hashes; any other failure (network, HTTP error, a
+    folder that cannot be written) raises it with the cause. A network failure keeps the ``.part``
+    file, which the next call continues."""
+    url, fragment_sha = _split_fragment(url, url)
+    if sha256 is not None:
+        sha256 = _check_sha256(sha256, f'expected SHA-256 of {url}')
+        if fragment_sha is not None and fragment_sha != sha256:
+            raise WeightsSourceError(f'{url}: two different expected SHA-256 given ({sha256} and the URL '
+                                     f'fragment\'s {fragment_sha}); keep one')
+    expected = sha256 or fragment_sha
+    name = _cache_name(url)
+    if not name:
+        raise WeightsSourceError(f'--model-path {url!r} names no file (the URL path ends in "/"); pass the '
+                                 'URL of the .pth file itself')
+    folder = os.path.abspath(cache_dir or default_cache_dir())
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise WeightsDownloadError(f'cannot create the download cache {folder} for {url} ({error}); set '
+                                   'TORCH_HOME to a writable folder') from error
+    dest = os.path.join(folder, name)
+    bad = dest + '.bad'
+
+    def note(message: str) -> None:  # download()'s resume / retry notes: stderr, beside the progress bar
+        if progress:
+            tqdm.write(f'note: {message}', file=sys.stderr)
+
+    with _folder_lock(folder):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(bad)  # left by an older version or another tool: it is not ours to keep
+        present = os.path.isfile(dest)
+        source = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+        if not present and url.lower().startswith('file:') and not os.path.isfile(source):
+            raise WeightsDownloadError(f'could not download {url}: there is no file {source}; fix the URL or '
+                                       'pass the local path itself')
+        try:
+            download(url, dest, checksum=f'sha256:{expected}' if expected else None, progress=progress,
+                     retries=DOWNLOAD_RETRIES, retry_wait=RETRY_WAIT_S, log=note)
+        except DownloadError as error:
+            if os.path.isfile(bad):  # download() moved a file with the wrong checksum aside
+                actual = file_sha256(bad)
+                os.remove(bad)
+                which = 'the copy in the cache' if present else 'the downloaded file'
+                raise WeightsDownloadError(
+                    f'{url}: SHA-256 mismatch: {which} has {actual}, expected {expected}. The file was '
+                    f'deleted from {folder}; check the URL and the expected SHA-256 (#sha256=... or the '
+                    'csl: table in docs/checkpoints.md)') from None
+            raise WeightsDownloadError(_failure_message(url, dest, error)) from error
+        except OSError as error:  # writing the cache: disk full, permissions
+            raise WeightsDownloadError(f'could not download {url} into {folder} ({error}); free space or '
+                                       'set TORCH_HOME to a writable folder') from error
+    return CachedFile(url=url, path=dest, downloaded=not present, sha256=expected)
+
+
+def _failure_message(url: str, dest: str, error: DownloadError) -> str:
+    """download()'s error, told in terms of --model-path (its own names the dataset flags)."""
+    cause = error.__cause__
+    if isinstance(cause, urllib.error.HTTPError):
+        why = f'the server answered HTTP {cause.code} ({cause.reason})'
+    elif cause is not None:
+        why = f'{cause}; {DOWNLOAD_RETRIES + 1} attempts'
+    else:
+        why = str(error)
+    part = dest + '.part'
+    kept = os.path.getsize(part) if os.path.isfile(part) else 0
+    tail = (f' The partial download {part} ({human_bytes(kept)}) is kept: the next run continues it.'
+            if kept else '')
+    return (f'could not download {url} ({why}).{tail} Check the URL and the network, or download the file '
+            'yourself and pass its path')
+
+
+def resolve_weights_file(spec, *, progress: bool = True, cache_dir: str | None = None) -> str:
+    """The local file behind a local path, URL or ``csl:`` alias (downloaded into the cache if needed);
+    a local path is returned unchanged, not checked. ``timm:`` weights are no single file: read them with
+    `timm_pretrained_checkpoint`."""
+    parsed = spec if isinstance(spec, WeightsSpec) else parse_weights_spec(spec)
+    if parsed.kind == 'local':
+        return parsed.location
+    if parsed.kind == 'timm':
+        raise WeightsSourceError(f'{parsed.spec!r} is timm\'s pretrained weights, not a file; load it with '
+                                 'src.models.load_model / load_pretrained_backbone')
+    return cached_download(parsed.location, parsed.sha256, progress=progress, cache_dir=cache_dir).path
+
+
+# ---------------------------------------------------------------------------------------------- timm
+def _timm_cfg(name: str, spec: str) -> tuple[str, dict]:
+    """(architecture, pretrained cfg as a dict) of a timm name, or a WeightsSourceError with the fix."""
+    arch, tag = timm.models.split_model_name_tag(name)
+    if not timm.models.is_model(arch):
+        close = difflib.get_close_matches(name, timm.list_pretrained(), n=3, cutoff=0.6)
+        hint = f'did you mean {", ".join(TIMM_PREFIX + c for c in close)}? ' if close else ''
+        raise WeightsSourceError(f'--model-path {spec!r}: timm {timm.__version__} has no model {arch!r}; '
+                                 f'{hint}timm.list_pretrained("tresnet*") lists the names with weights')
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown tag
+        cfg = None
+    if cfg is None:
+        tags = timm.list_pretrained(f'{arch}.*')
+        raise WeightsSourceError(f'--model-path {spec!r}: timm has no pretrained tag {tag!r} for {arch}; '
+                                 f'available: {", ".join(TIMM_PREFIX + t for t in tags) or "none"}')
+    return arch, cfg.to_dict()
+
+
+def _timm_class_names(cfg: Mapping, num_classes: int) -> list[str] | None:
+    """ImageNet class descriptions for timm weights (a duplicated description gets its synset id)."""
+    try:
+        subset = infer_imagenet_subset(dict(cfg))
+        if not subset:
+            return None
+        info = ImageNetInfo(subset)
+        names, descriptions = info.label_names(), info.label_descriptions()
+    except Exception:  # noqa: BLE001 - names are a nicety: fall back to class_<i>
+        return None
+    if len(descriptions) != num_classes:
+        return None
+    counts = Counter(descriptions)
+    return [d if counts[d] == 1 else f'{d} ({n})' for d, n in zip(descriptions, names)]
+
+
+def timm_pretrained_checkpoint(name: str, *, pretrained_cfg_overlay: Mapping | None = None,
+                               spec: str | None = None) -> dict:
+    """timm's pretrained weights of ``name`` (e.g. ``tresnet_m.miil_in21k``) as a checkpoint dict like
+    ours: ``model`` (state dict), ``model_name`` (the architecture), ``num_classes``, ``class_names``
+    (ImageNet descriptions when timm knows the label set) and ``source`` (where timm read them).
+
+    timm fetches and caches the file itself (Hugging Face hub cache, or the torch hub cache for URL
+    weights). ``pretrained_cfg_overlay`` is passed to ``timm.create_model``, e.g. ``dict(file=<path>)``
+    to read a local file through timm's machinery. An unknown name or tag, a model without pretrained
+    weights or a failed download raises `WeightsSourceError` / `WeightsDownloadError`."""
+    spec = spec or TIMM_PREFIX + name
+    arch, cfg = _timm_cfg(name, spec)
+    overlay = dict(pretrained_cfg_overlay or {})
+    cfg.update(overlay)
+    sources = [(key, cfg.get(key)) for key in ('state_dict', 'file', 'hf_hub_id', 'url') if cfg.get(key)]
+    if not sources:
+        tags = timm.list_pretrained(f'{arch}.*')
+        raise WeightsSourceError(f'--model-path {spec!r}: timm has no pretrained weights for {name} '
+                                 f'(tag {cfg.get("tag")!r}); use one with weights: '
+                                 f'{", ".join(TIMM_PREFIX + t for t in tags) or "none for " + arch}')
+    key, where = sources[0]
+    labels = {'file': 'file', 'hf_hub_id': 'Hugging Face hub', 'url': 'URL'}
+    source = 'a state dict' if key == 'state_dict' else f'{labels[key]} {where}'
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay or None)
+    except Exception as error:  # noqa: BLE001 - hub, network and file errors of many kinds
+        first_line = str(error).splitlines()[0] if str(error) else ''
+        fix = ('check that the file holds the weights of this model' if key in ('file', 'state_dict') else
+               'Check the network (timm keeps them in the Hugging Face cache, HF_HOME, or the torch hub '
+               'cache, TORCH_HOME; HF_HUB_OFFLINE=1 uses the cache only), or download the weights yourself '
+               'and pass the file path')
+        raise WeightsDownloadError(f'--model-path {spec!r}: timm could not load its pretrained weights from '
+                                   f'{source} ({type(error).__name__}: {first_line}). {fix}') from error
+    num_classes = int(getattr(model, 'num_classes', 0) or cfg.get('num_classes') or 0)
+    checkpoint = {'model': model.state_dict(), 'model_name': arch, 'source': f'timm, {source}'}
+    if num_classes:
+        checkpoint['num_classes'] = num_classes
+        names = _timm_class_names(cfg, num_classes)
+        if names is not None:
+            checkpoint['class_names'] = names
+    return checkpoint
+
