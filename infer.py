@@ -49,13 +49,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from src.args import add_flag, device_parser, require_file, unsafe_pickle_parser
+from src.args import add_flag, device_parser, require_weights, unsafe_pickle_parser
 from src.data.image_io import ImageReadError, load_rgb
 from src.data.labels import DatasetError
 from src.data.openimages import read_class_list
 from src.data.transforms import build_val_transform
 from src.metrics import check_finite_scores
-from src.models import load_model, read_checkpoint_file
+from src.models import load_model, read_checkpoint
 from src.utils.amp import autocast_context, resolve_amp
 from src.utils.cli import run_cli
 from src.utils.distributed import resolve_device
@@ -204,7 +204,7 @@ def stored_input_size(path: str, allow_pickle: bool = False) -> int | None:
     """The input size a checkpoint was trained at: ``args['image_size']`` of our train.py checkpoints
     (a dict, or an argparse.Namespace in older files); None when the file does not say (the paper's).
     ``allow_pickle``: ``--unsafe_pickle``, as for loading the model."""
-    checkpoint = read_checkpoint_file(path, allow_pickle=allow_pickle)
+    checkpoint = read_checkpoint(path, allow_pickle=allow_pickle)[0]
     saved = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
     if isinstance(saved, argparse.Namespace):
         saved = vars(saved)
@@ -302,8 +302,8 @@ def main(argv=None) -> list[dict]:
         raise ValueError(f"--th {args.th} is not a probability; pass a value in [0, 1] (paper default 0.97)")
     if args.input_size is not None and args.input_size < 1:
         raise ValueError(f"--input_size must be positive, got {args.input_size}")
-    require_file(args.model_path, "--model_path", "checkpoint",
-                 "pass a .pth written by train.py or a released CSL model")
+    require_weights(args.model_path, "--model_path", "checkpoint",
+                    "pass a .pth written by train.py or a released CSL model")
     args.input_size, size_source = resolve_input_size(args)
     transform = build_val_transform(args.input_size, draft=False)
     folder_mode = os.path.isdir(args.pic_path)

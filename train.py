@@ -24,7 +24,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 
-from src.args import build_train_parser, is_none_path, require_file
+from src.args import build_train_parser, is_none_path, require_file, require_weights
 from src.data import build_datasets_with_summary
 from src.data.partial_labels import describe_simulation
 from src.data.transforms import build_val_transform
@@ -52,8 +52,8 @@ def parse_args(argv=None):
 def check_args(args) -> None:
     """Errors that need no data: the --model-path file first, then the other settings."""
     if not is_none_path(args.model_path) and args.resume is None:
-        require_file(args.model_path, "--model-path", "file", "download the ImageNet-pretrained weights to "
-                     "that path, or pass --model-path none to train from scratch")
+        require_weights(args.model_path, "--model-path", "file", "download the ImageNet-pretrained weights "
+                        "to that path, or pass --model-path none to train from scratch")
     if args.prior_path is not None:
         require_file(args.prior_path, "--prior_path", "file", "pass the CSV written by stage 1 "
                      "(<path_dest>/priors/*.csv) or by python -m src.prior")

@@ -42,13 +42,14 @@ from src.args import (
     eval_weights_parser,
     model_parser,
     positive_int,
-    require_file,
+    require_weights,
+    weights_output_path,
 )
 from src.data import build_split_from_args
 from src.data.transforms import build_val_transform
 from src.engine import build_eval_loader, evaluate, load_eval_model
 from src.metrics import THRESHOLD_METRIC_KEYS, topk_metrics
-from src.models import check_model_classes
+from src.models import check_model_classes, weights_stem
 from src.utils.cli import run_cli
 from src.utils.distributed import cleanup_distributed, init_distributed
 from src.utils.io import atomic_write_text, prepare_output_file
@@ -80,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_output(args) -> str:
     """Next to the checkpoint: <folder>/<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv."""
-    stem = os.path.splitext(os.path.basename(args.model_path))[0] + ("_ema" if args.use_ema else "")
-    return os.path.join(os.path.dirname(args.model_path), f"{stem}_{args.dataset_type}_per_class_ap.csv")
+    stem = weights_stem(args.model_path) + ("_ema" if args.use_ema else "")
+    return weights_output_path(args.model_path, f"{stem}_{args.dataset_type}_per_class_ap.csv")
 
 
 def build_val_dataset(args):
@@ -161,8 +162,8 @@ def format_report(result: dict, topk: dict, k: int, args) -> str:
 def main(argv=None) -> dict:
     """Evaluate; returns the metrics dict (mAP, CP..OF1, 'top_k' dict, 'output', ...) on every rank."""
     args = build_parser().parse_args(argv)
-    require_file(args.model_path, "--model-path", "checkpoint",
-                 "pass a .pth written by train.py or a released CSL model")
+    require_weights(args.model_path, "--model-path", "checkpoint",
+                    "pass a .pth written by train.py or a released CSL model")
     if not 0.0 <= args.thre <= 1.0:
         raise ValueError(f"--thre {args.thre} is not a probability; pass a value in [0, 1] (e.g. 0.8)")
     args.output = args.output or default_output(args)

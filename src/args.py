@@ -27,6 +27,7 @@ from src.loss_functions import (
     REDUCTIONS,
 )
 from src.loss_functions.factory import LOSS_FLAG_DEFAULTS
+from src.models import is_remote_weights
 from src.utils.amp import AMP_DTYPES
 from src.utils.cli import MissingFileError
 from src.utils.io import prepare_output_file  # noqa: F401 - re-exported: the scripts' output check
@@ -102,6 +103,20 @@ def optional_path(text: str) -> str | None:
 
 def is_none_path(path: str | None) -> bool:
     return path is None or str(path).strip().lower() in NONE_WORDS
+
+
+def require_weights(path: str, flag: str, what: str, hint: str) -> str:
+    """`require_file` for a weights value, except the forms fetched on demand (``timm:``, ``csl:``, URLs;
+    `src.models.is_remote_weights`), which are checked when they are fetched."""
+    return path if is_remote_weights(path) else require_file(path, flag, what, hint + " (or timm:<name>, a "
+                                                             "URL, csl:<name>; docs/checkpoints.md)")
+
+
+def weights_output_path(spec: str, name: str) -> str:
+    """``name`` next to the weights file ``spec``; for weights fetched on demand, in ./outputs (named by the
+    caller after `src.models.weights_stem`)."""
+    folder = "outputs" if is_remote_weights(spec) else os.path.dirname(spec)
+    return os.path.join(folder, name)
 
 
 def require_file(path: str, flag: str, what: str, hint: str) -> str:
@@ -183,11 +198,14 @@ def model_parser(path_default: str | None = PAPER_DEFAULT_MODEL_PATH,
                                              "tensor shapes of the paper's TResNets"))
     if path_default is None:
         add_flag(group, "--model-path", type=str, required=True,
-                 help="checkpoint: ours (train.py best.pth / last.pth) or the paper's released .pth")
+                 help="checkpoint: ours (train.py best.pth / last.pth) or the paper's released .pth; also "
+                      "csl:<name> (the paper's model zoo), an http(s):// URL or timm:<name> "
+                      "(docs/checkpoints.md)")
     else:
         add_flag(group, "--model-path", type=str, default=path_default,
-                 help="pretrained (ImageNet) weights loaded into the backbone, classifier excluded; "
-                      "'none' trains from random initialisation")
+                 help="pretrained (ImageNet) weights loaded into the backbone, classifier excluded: a file, "
+                      "timm:<name> (e.g. timm:tresnet_m.miil_in21k, the paper's ImageNet-21k backbone) or "
+                      "an http(s):// URL (docs/checkpoints.md); 'none' trains from random initialisation")
     return parser
 
 

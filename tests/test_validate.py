@@ -192,6 +192,20 @@ def test_checkpoint_of_the_smoke_run(stage1_run, embedded_data_dir, tmp_path):
                                100 * average_precision_per_class(labels, ema_scores), atol=1e-3)
 
 
+def test_model_path_as_a_url_evaluates_like_the_file(stage1_run, embedded_data_dir, tmp_path,
+                                                      monkeypatch):
+    """--model-path file:///.../best.pth (any URL form) goes through the download cache, not the local-file
+    check; the result equals the local path's, and the default output is named after the weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.chdir(tmp_path)
+    url = "file://" + os.path.abspath(stage1_run["best"])
+    result = validate.main(["--model-path", url, "--data", embedded_data_dir, "--image-size", "32", "-j", "0",
+                            "-b", "16", "--device", "cpu"])
+    assert result["mAP"] == pytest.approx(stage1_run["summary"]["best_test_mAP"], abs=1e-3)
+    assert result["output"] == os.path.join("outputs", "best_coco_per_class_ap.csv")
+    assert os.path.isfile(tmp_path / "torch_home" / "hub" / "checkpoints" / "best.pth")
+
+
 def test_openimages_split_and_unknown_mid_flags_reach_the_reader(tmp_path):
     from src.data.labels import DatasetError
 

@@ -31,11 +31,13 @@ from src.args import (
     partial_labels_parser,
     positive_int,
     require_file,
+    require_weights,
+    weights_output_path,
 )
 from src.data import apply_partial_labels, build_split_from_args, describe_simulation
 from src.data.transforms import build_val_transform
 from src.engine import load_eval_model
-from src.models import check_model_classes
+from src.models import check_model_classes, weights_stem
 from src.prior import (
     compute_prior_from_model,
     naive_estimates,
@@ -78,8 +80,8 @@ def _default_out(args) -> str:
         stem = f"{args.simulate_partial_type}_{args.simulate_partial_param:g}"
     else:
         stem = args.dataset_type
-    checkpoint = os.path.splitext(os.path.basename(args.model_path))[0] + ("_ema" if args.use_ema else "")
-    return os.path.join(os.path.dirname(args.model_path), f"prior_{stem}_{checkpoint}.csv")
+    checkpoint = weights_stem(args.model_path) + ("_ema" if args.use_ema else "")
+    return weights_output_path(args.model_path, f"prior_{stem}_{checkpoint}.csv")
 
 
 def _load_train_sets(args, verbose: bool = True):
@@ -130,8 +132,8 @@ def main(argv=None) -> dict:
     """Run the command; returns {'path', 'prior', 'class_names', 'report', 'statistics'} (the last two
     None without full labels, and on ranks other than 0)."""
     args = build_parser().parse_args(argv)
-    require_file(args.model_path, "--model_path", "checkpoint",
-                 "pass the stage-1 model (e.g. <path_dest>/best.pth)")
+    require_weights(args.model_path, "--model_path", "checkpoint",
+                    "pass the stage-1 model (e.g. <path_dest>/best.pth)")
     for path in args.compare:
         require_file(path, "--compare", "prior file", "pass a Classes,avg_pred CSV")
     args.out = args.out or _default_out(args)
