@@ -516,3 +516,19 @@ def test_progress_line_counts_cells_and_estimates_the_time_left(monkeypatch, cap
     assert progress.cell_finished(trained=True) == "[progress] 2/4 cells, 60 s elapsed, about 2 min left"
     assert progress.cell_finished(trained=True) == "[progress] 3/4 cells, 2 min elapsed, about 60 s left"
     assert capsys.readouterr().out.count("[progress]") == 3
+
+
+@pytest.mark.parametrize("design, upstream_classes", [("shape_colour", 14), ("glyphs", 22)])
+def test_upstream_pretraining_gets_the_designs_attribute_classes(tmp_path, monkeypatch, design,
+                                                                 upstream_classes):
+    args, protocol = _embedded(tmp_path, "--design", design)
+    generated = []
+    monkeypatch.setattr(runner, "ensure_dataset", lambda out, variant, **kw: generated.append((variant, kw)))
+    started = []
+    monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
+    monkeypatch.setattr(runner.os, "replace", lambda src, dst: None)
+    runner.prepare_embedded(args, protocol, {})
+    assert [(variant, kw["design"]) for variant, kw in generated] == [("embedded", design),
+                                                                      ("upstream", design)]
+    assert _train_args(started[0]).num_classes == upstream_classes
+    assert (design in protocol.data) == (design != "shape_colour")  # the default keeps its folder names

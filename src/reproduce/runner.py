@@ -24,7 +24,7 @@ import torch
 
 from src.data import resolve_coco_files
 from src.data.coco import CocoDetection
-from src.data.embedded import class_attributes, ensure_dataset
+from src.data.embedded import class_attributes, class_names, ensure_dataset
 from src.prior import read_prior_csv
 from src.reproduce.mechanism import ignored_composition, read_ignored_file
 from src.reproduce.protocols import CE_GAMMAS, Protocol, Row, protocol_rows, resolve_threshold
@@ -119,9 +119,9 @@ def _full_training_labels(data: str) -> tuple[np.ndarray, list, list[str]]:
 
 def cell_composition(cell_dir: str, data: str, design: str) -> dict:
     """`src.reproduce.mechanism.ignored_composition` of a CSL cell's ignored_last_epoch.npz."""
-    image_ids, classes, class_names = read_ignored_file(os.path.join(cell_dir, Trainer.IGNORED_FILE))
+    image_ids, classes, recorded_names = read_ignored_file(os.path.join(cell_dir, Trainer.IGNORED_FILE))
     labels, full_ids, full_names = _full_training_labels(data)
-    if class_names != full_names:
+    if recorded_names != full_names:
         raise CellFailed(f"{cell_dir}: the recorded classes differ from those of {data}")
     return ignored_composition(image_ids, classes, labels, full_ids, class_attributes(design))
 
@@ -265,7 +265,7 @@ def prepare_embedded(args, protocol: Protocol, env: dict) -> None:
     flags = dict(protocol.train_flags, data=protocol.upstream["data"], path_dest=path_dest,
                  epochs=protocol.upstream["epochs"], partial_loss_mode="negative", estimate_prior="none",
                  seed=0, stop_epoch=None, **CE_GAMMAS)
-    flags["num-classes"] = 14
+    flags["num-classes"] = len(class_names("upstream", protocol.design))  # factorised attribute classes
     flags["model-path"] = "none"
     os.makedirs(path_dest, exist_ok=True)
     run_logged(train_command(args, flags), os.path.join(path_dest, "train.log"), env)
