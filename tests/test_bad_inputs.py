@@ -106,6 +106,7 @@ def test_default_path_dest_is_a_fresh_folder(tmp_path):
     assert train.parse_args([]).path_dest is None  # unset: train.py asks for a fresh folder
 
 
+@pytest.mark.slow
 def test_two_default_runs_get_two_folders(embedded_data_dir, tmp_path):
     argv = [a for a in tiny_train_argv(embedded_data_dir, "unused") if a not in ("--path_dest", "unused")]
     env = dict(os.environ, **SINGLE_THREAD_ENV)
@@ -189,6 +190,7 @@ def test_prior_flags_that_cannot_work(embedded_data_dir, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ 9, 11: files
+@pytest.mark.slow
 @pytest.mark.parametrize("content, message", [(b"", "is empty"),
                                               (b"\x80garbage", "not a readable torch file")])
 def test_resume_of_an_unreadable_file_is_one_clear_error(embedded_data_dir, tmp_path, content, message):

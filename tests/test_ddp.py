@@ -21,7 +21,7 @@ import train
 from src.utils.distributed import ShardSampler, shard_bounds
 from tests.conftest import SINGLE_THREAD_ENV, tiny_train_argv
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
+pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.slow]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

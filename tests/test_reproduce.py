@@ -320,6 +320,7 @@ def test_user_errors_exit_2_before_any_work(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"

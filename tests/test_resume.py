@@ -23,7 +23,7 @@ import train
 from src.trainer import SIGTERM_EXIT_CODE, Callback, TrainingInterrupted
 from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
+pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.slow]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH = 6  # 96 images, batch 16
