@@ -63,6 +63,7 @@ from tqdm import tqdm
 from src.data.labels import DatasetError
 from src.utils.cli import run_cli
 from src.utils.download import download, human_bytes
+from src.utils.io import existing_ancestor
 
 BASE_URL_ENV = "CSL_PREPARE_BASE_URL"
 STATE_DIR = ".prepare"
@@ -213,16 +214,6 @@ def disk_needs(steps: list[Step], keep_archives: bool) -> dict:
         peak = max(peak, used)
     return {"download": sum(max(s.remote.size - s.partial_bytes, 0) for s in pending), "peak": peak,
             "final": used, "exact": all(s.remote.exact for s in pending)}
-
-
-def existing_ancestor(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.isdir(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
 
 
 def describe_plan(name: str, spec: DatasetSpec, root: str, steps: list[Step], needs: dict) -> str:

@@ -16,7 +16,7 @@ from src.data.partial_labels import read_partial_label_file
 from src.prior import naive_estimates, rank_report, read_prior_csv
 from src.reproduce.mechanism import composition_table
 from src.reproduce.protocols import COCO_REGIME, PAPER_RESULTS, REGIME_ROWS, Protocol, protocol_rows
-from src.utils.io import atomic_write_json, atomic_write_text
+from src.utils.io import atomic_write_json, atomic_write_text, save_figure
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -112,14 +112,10 @@ def bar_plot(rows: list[dict], protocol: Protocol, path: str) -> None:
         if means:
             ax.set_ylim(max(0.0, min(means) - 10), min(100.0, max(means) + 5))
     fig.tight_layout()
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        save_figure(fig, path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def prior_tables(results: list[dict], protocol: Protocol) -> str:

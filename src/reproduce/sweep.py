@@ -27,7 +27,7 @@ from src.data.embedded import DEFAULT_DESIGN
 from src.reproduce.protocols import Protocol, embedded_fpc_param, embedded_protocol
 from src.reproduce.report import regime, table_rows, write_reports
 from src.reproduce.runner import run_table
-from src.utils.io import atomic_write_json, atomic_write_text
+from src.utils.io import atomic_write_json, atomic_write_text, save_figure
 
 SWEEP_ROWS = ("full_labels", "ignore_ce", "negative_ce", "negative_asl", "csl")
 BASELINE_ROWS = ("ignore_ce", "negative_ce", "negative_asl")
@@ -126,14 +126,10 @@ def sweep_plot(lines: list[dict], path: str) -> None:
         ax.set_ylabel("CSL - best baseline (mAP)")
         ax.legend()
     fig.tight_layout()
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        save_figure(fig, path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def run_sweep(args: argparse.Namespace, extra_flags: dict, seeds: int, jobs: int, env: dict,

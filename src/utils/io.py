@@ -103,6 +103,25 @@ def atomic_write_text(path: str, text: str, newline: str | None = None) -> str:
     return _atomic_write(path, lambda handle: handle.write(text), "w", encoding="utf-8", newline=newline)
 
 
+def save_figure(figure, path: str, dpi: int = 110) -> str:
+    """A matplotlib figure saved as PNG atomically, then closed."""
+    try:
+        return _atomic_write(path, lambda handle: figure.savefig(handle, dpi=dpi, format="png"), "wb")
+    finally:
+        figure.clear()
+
+
+def existing_ancestor(path: str) -> str:
+    """``path`` itself when it exists, else its nearest existing ancestor (absolute)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
 def save_npz(path: str, **arrays) -> str:
     """``numpy.savez`` of ``arrays``, written atomically."""
     return _atomic_write(path, lambda handle: np.savez(handle, **arrays), "wb")

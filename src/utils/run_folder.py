@@ -16,6 +16,7 @@ import time
 
 from src.utils.cli import ConfigError
 from src.utils.distributed import barrier, broadcast_object
+from src.utils.io import existing_ancestor
 
 DEFAULT_PARENT = "./outputs"
 RUN_FILES = ("args.json", "metrics.jsonl", "last.pth", "best.pth")
@@ -81,12 +82,7 @@ def check_run_folder(folder: str, resume: str | None, overwrite: bool) -> None:
 def check_writable_folder(folder: str, flag: str) -> None:
     """The folder exists and is writable, or can be created: checked without creating anything, so that a
     run refused later leaves no trace. The first existing ancestor must be a writable folder."""
-    path = os.path.abspath(folder)
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
+    path = existing_ancestor(folder)
     if not os.path.isdir(path):
         raise ConfigError(f"{flag}: {path!r} is a file, so the folder {folder!r} cannot be created; pass "
                           "another folder")
