@@ -26,7 +26,7 @@ import sys
 import time
 
 from src.args import data_parser, device_parser, model_parser, optimisation_parser
-from src.data.embedded import DEFAULT_DESIGN, DESIGNS
+from src.data.embedded import DESIGNS
 from src.reproduce import (
     cell_environment,
     coco_protocol,
@@ -38,6 +38,7 @@ from src.reproduce import (
     user_train_flags,
     write_reports,
 )
+from src.reproduce.protocols import EMBEDDED_DEFAULTS
 from src.reproduce.sweep import run_sweep
 from src.utils.cli import run_cli
 from src.utils.io import atomic_write_json, prepare_output_folder
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=None,
                         help="cells run at once (default: 2 on CPU, 1 on CUDA); each uses cores/jobs threads")
     parser.add_argument("--nproc_per_node", type=int, default=1, help="GPUs per cell (torchrun)")
-    parser.add_argument("--n_train", type=int, default=6000, help="embedded: train images")
+    parser.add_argument("--n_train", type=int, default=EMBEDDED_DEFAULTS["n_train"],
+                        help="embedded: train images")
     parser.add_argument("--n_test", type=int, default=3000, help="embedded: test images")
     parser.add_argument("--upstream_epochs", type=int, default=8, help="embedded: backbone pretraining")
     parser.add_argument("--sweep", action="store_true",
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "Negative-ASL and CSL on FPC and RPS over model strength, label budget and "
                              "class design on the embedded set; one seed unless --seeds is given; writes "
                              "<out>/sweep.{md,json,csv,png}")
-    parser.add_argument("--design", choices=DESIGNS, default=DEFAULT_DESIGN,
+    parser.add_argument("--design", choices=DESIGNS, default=EMBEDDED_DEFAULTS["design"],
                         help="embedded: the class design of the generator (src/data/embedded.py)")
     return parser
 

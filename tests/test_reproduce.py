@@ -111,7 +111,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
         runner.run_group(args, protocol, runner.Group(seed, scheme, protocol.columns[scheme]), {})
     simulations = [c for c in started if runner.TRAIN_SCRIPT not in c]
     assert [c[c.index("--simulate_partial_type") + 1:c.index("--seed") + 2] for c in simulations] == [
-        ["fpc", "--simulate_partial_param", "73", "--seed", "0"],
+        ["fpc", "--simulate_partial_param", "244", "--seed", "0"],  # round(1000 / 82081 x 20,000)
         ["rps", "--simulate_partial_param", "0.5", "--seed", "1"]]
     cells = {}
     for command in started:
@@ -127,7 +127,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
         assert (cell.model_name, cell.model_path, cell.image_size, cell.num_classes) == (
             "test_resnet.r160_in1k", upstream, 32, 48)
         assert (cell.epochs, cell.batch_size, cell.lr, cell.workers, cell.ema_decay, cell.seed) == (
-            10, 64, 8e-3, 0, 0.997, seed)
+            6, 64, 8e-3, 0, 0.997, seed)
         assert cell.data == protocol.data and cell.partial_labels.endswith(f"{name[:9]}.npz")
     gammas = {key: (c.partial_loss_mode, c.gamma_pos, c.gamma_neg, c.gamma_unann, c.estimate_prior)
               for key, c in cells.items()}
@@ -144,7 +144,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
     csl_command = next(c for c in started if c[-4:] == ["--prior_path", prior, "--prior_threshold", "0.8"])
     out = str(tmp_path / "out")
     assert shlex.join(csl_command[1:]) == shlex.join([
-        runner.TRAIN_SCRIPT, "--model-name", "test_resnet.r160_in1k", "--image-size", "32", "--epochs", "10",
+        runner.TRAIN_SCRIPT, "--model-name", "test_resnet.r160_in1k", "--image-size", "32", "--epochs", "6",
         "--batch-size", "64", "--lr", "0.008", "--workers", "0", "--device", "auto", "--dataset_type", "coco",
         "--num-classes", "48", "--ema_decay", "0.997", "--cache_images", "--data", protocol.data,
         "--partial_labels", f"{out}/labels/fpc_seed0.npz", "--seed", "0",
@@ -191,7 +191,7 @@ def test_train_flags_are_passed_on_only_when_set(tmp_path, monkeypatch):
         runner.prepare_embedded(args, protocol, {})
     upstream = _train_args(started[-1])
     assert (upstream.stop_epoch, upstream.epochs, upstream.num_classes, upstream.weight_decay) == (
-        None, 8, 14, 1e-3)
+        None, 8, 22, 1e-3)  # the default glyphs design: 6 shapes + 8 body + 8 core colours
 
 
 def test_readme_threshold_row_runs_only_on_the_embedded_protocol(tmp_path):
@@ -505,7 +505,7 @@ def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, m
     peers = {p.partial_loss_mode: p for p in parsed if p.partial_loss_mode in PEER_MODES}
     assert sorted(peers) == sorted(PEER_MODES)
     for mode, cell in peers.items():  # one learning rate and schedule for every method, defaults otherwise
-        assert (cell.lr, cell.epochs, cell.batch_size, cell.loss_reduction) == (8e-3, 10, 64, "sum"), mode
+        assert (cell.lr, cell.epochs, cell.batch_size, cell.loss_reduction) == (8e-3, 6, 64, "sum"), mode
         assert cell.prior_path is None and cell.estimate_prior == "none"
 
 
@@ -533,3 +533,15 @@ def test_upstream_pretraining_gets_the_designs_attribute_classes(tmp_path, monke
                                                                       ("upstream", design)]
     assert _train_args(started[0]).num_classes == upstream_classes
     assert (design in protocol.data) == (design != "shape_colour")  # the default keeps its folder names
+
+
+def test_full_labels_row_alone_needs_no_partial_labels(tmp_path, monkeypatch):
+    args, protocol = _embedded(tmp_path, "--rows", "full_labels", "--seeds", "2")
+    protocol.rows = protocols.select_rows(protocol, args.rows)
+    monkeypatch.setattr(runner, "prepare_embedded", lambda *a: None)
+    started = _fake_training(monkeypatch, None)
+    results = runner.run_table(args, protocol, 2, 1, {})
+    assert [r["row"] for r in results] == ["full_labels", "full_labels"]
+    assert all(runner.TRAIN_SCRIPT in c for c in started)  # no coco_simulation command
+    assert sorted(_train_args(c).seed for c in started) == [0, 1]
+    assert all(_train_args(c).partial_labels is None for c in started)

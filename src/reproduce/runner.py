@@ -288,9 +288,11 @@ def run_table(args, protocol: Protocol, seeds: int, jobs: int, env: dict) -> lis
     """Every (seed, column) group of ``protocol`` (the embedded data and backbone first); their results."""
     if protocol.upstream is not None:
         prepare_embedded(args, protocol, env)
-    groups = [Group(seed, s, protocol.columns[s]) for seed in range(seeds) for s in protocol.columns]
     full_rows = [row for row in protocol_rows(protocol) if row.full_labels]
     per_group = len(protocol_rows(protocol)) - len(full_rows)
+    # --rows full_labels alone needs no partial labels at all: no (seed, column) group then.
+    groups = [Group(seed, s, protocol.columns[s]) for seed in range(seeds) for s in protocol.columns
+              if per_group]
     progress = Progress(seeds * len(full_rows) + len(groups) * per_group)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         # The ceiling first: one run per seed, shared by every column (scheme 'full' in the results).
