@@ -37,7 +37,6 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,7 @@ from src.data.transforms import build_train_transform  # noqa: E402
 from src.loss_functions import PartialSelectiveLoss  # noqa: E402
 from src.metrics import mean_average_precision  # noqa: E402
 from src.models import create_model  # noqa: E402
-from src.trainer import Callback, TrainingInterrupted  # noqa: E402
+from src.trainer import SigtermAtStep, TrainingInterrupted  # noqa: E402
 
 NO_GPU_MESSAGE = "gpu-check: no GPU (torch.cuda.is_available() is False); nothing to check on this machine"
 TOTAL_BUDGET_S = 480.0  # the whole run fits 8 minutes
@@ -318,16 +317,6 @@ def _metrics(dest: str) -> list[dict]:
     with open(os.path.join(dest, "metrics.jsonl"), encoding="utf-8") as handle:
         return [{k: v for k, v in json.loads(line).items() if not k.endswith("time_s")} for line in handle]
 
-
-class SigtermAtStep(Callback):
-    """A pre-emption notice: a real SIGTERM to this process after global step ``step``."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step(self, trainer, global_step):
-        if global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def resume_worker(settings: dict, workdir: str) -> dict:

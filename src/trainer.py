@@ -78,6 +78,18 @@ class Callback:
         """After epoch ``epoch`` (0-based) was evaluated and its checkpoints written."""
 
 
+class SigtermAtStep(Callback):
+    """For tests and tools: a pre-emption notice (a real SIGTERM to this process) after global step
+    ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, trainer, global_step):
+        if global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 class StopFlag:
     """Set by SIGTERM; polled at step boundaries (the handler itself does no I/O)."""
 

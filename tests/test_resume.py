@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import train
-from src.trainer import SIGTERM_EXIT_CODE, Callback, TrainingInterrupted
+from src.trainer import SIGTERM_EXIT_CODE, SigtermAtStep, TrainingInterrupted
 from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv
 
 pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.slow]
@@ -65,16 +65,6 @@ class KillAfterEpoch(Callback):
 train.main(sys.argv[2:], callbacks=[KillAfterEpoch()])
 """
 
-
-class SigtermAtStep(Callback):
-    """A pre-emption notice (a real SIGTERM to this process) after global step ``step``."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step(self, trainer, global_step):
-        if global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
