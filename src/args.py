@@ -30,7 +30,6 @@ from src.loss_functions.factory import LOSS_FLAG_DEFAULTS
 from src.models import is_remote_weights
 from src.utils.amp import AMP_DTYPES
 from src.utils.cli import MissingFileError
-from src.utils.io import prepare_output_file  # noqa: F401 - re-exported: the scripts' output check
 
 PAPER_DEFAULT_MODEL_PATH = "./tresnet_m.pth"
 ESTIMATE_PRIOR_CHOICES = ("auto", "clean", "running_average", "both", "none")
