@@ -81,6 +81,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (0.0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def decay(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -303,6 +310,10 @@ def _add_run_flags(parser) -> None:
     add_flag(parser, "--do_bottleneck_head", action=argparse.BooleanOptionalAction, default=None,
              help="the paper's OpenImages head: Linear(features, 512) then Linear(512, classes) "
                   "(default: on for --dataset_type openimages, off otherwise)")
+    add_flag(parser, "--boostlu_alpha", type=positive_float, default=None, metavar="A",
+             help="BoostLU (Kim et al., CVPR 2023; docs/peer_methods.md): positive class activations x A "
+                  "before global average pooling, at training and test time (stored in the checkpoint); "
+                  "their value 5, with --partial_loss_mode ll_r. Default: off")
     add_flag(parser, "--grad_checkpointing", action="store_true",
              help="gradient checkpointing (less memory, ~30%% slower)")
     add_flag(parser, "--channels_last", action="store_true", help="channels_last memory format")

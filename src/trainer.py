@@ -59,6 +59,7 @@ RESUME_MUST_MATCH = (
     "alpha_pos", "alpha_neg", "alpha_unann", "likelihood_topk", "prior_threshold", "batch_size", "seed",
     "dataset_type", "partial_labels", "val_split", "ema_decay", "do_bottleneck_head", "amp", "amp_dtype",
     "prior_path", "workers",  # the loss's prior; -j changes how the augmentation RNGs are seeded
+    "boostlu_alpha",
 )
 
 

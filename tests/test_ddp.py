@@ -112,3 +112,49 @@ def _single_process_context():
     from src.utils.distributed import DistributedContext
 
     return DistributedContext(device=torch.device("cpu"))
+
+
+def _torchrun_train(argv: list[str]) -> str:
+    env = dict(os.environ, **SINGLE_THREAD_ENV)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "train.py", *argv]
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout
+
+
+def _training_targets(embedded_data_dir) -> np.ndarray:
+    """The run's partial training labels, rebuilt the way train.py builds them (same simulation seed)."""
+    from src.data import build_datasets
+
+    train_set, _ = build_datasets(train.parse_args(tiny_train_argv(embedded_data_dir, "unused")))
+    labels = train_set.labels
+    return np.asarray(labels.to_dense() if hasattr(labels, "to_dense") else labels)
+
+
+@pytest.mark.parametrize("mode", ["ll_cp", "em_apl"])
+def test_ddp_label_stores_hold_every_ranks_updates(mode, embedded_data_dir, tmp_path):
+    """The per-sample stores under torchrun: rank 0's checkpoint holds the updates of both ranks.
+
+    LL-Cp flips ceil(B C delta) = 1 entry (16 x 48 x 0.001 = 0.77) per rank per step from epoch 2: 2 epochs x
+    3 steps x 2 ranks = 12 flips (6 if rank 1's were lost). EM-APL (warm-up 1, T = 3) labels
+    int(0.9 U_c / 2) new entries of class c after epochs 1 and 2, from the whole training set's scores."""
+    stdout = _torchrun_train(tiny_train_argv(embedded_data_dir, tmp_path, "--epochs", "3",
+                                             "--partial_loss_mode", mode, "--apl_warmup_epochs", "1"))
+    store = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)["criterion"]
+    targets = _training_targets(embedded_data_dir)
+    unannotated = targets == -1
+    if mode == "ll_cp":
+        flipped = store["flipped_to_positive"].numpy() == 1
+        assert int(flipped.sum()) == 12
+        assert not (flipped & ~unannotated).any()  # only un-annotated entries are flipped
+        return
+    soft = store["soft_negatives"].float().numpy()
+    labelled = ~np.isnan(soft)
+    per_class = np.floor(0.9 * unannotated.sum(0) / 2).astype(int)
+    np.testing.assert_array_equal(labelled.sum(0), np.minimum(2 * per_class, unannotated.sum(0)))
+    assert not (labelled & ~unannotated).any()
+    assert ((soft[labelled] >= 0) & (soft[labelled] <= 1)).all()
+    counts = [int(line.split("training images: ")[1].split()[0]) for line in stdout.splitlines()
+              if "pseudo-labelling pass" in line]
+    assert counts == [int(per_class.sum())] * 2  # printed once (rank 0), after epochs 1 and 2

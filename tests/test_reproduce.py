@@ -498,12 +498,16 @@ def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, m
     args, protocol = _embedded(tmp_path, "--rows", "peers")
     protocol.rows = protocols.select_rows(protocol, args.rows)
     default_keys = [row.key for row in ROWS if row.default]
-    assert list(protocol.rows) == [*default_keys, *PEER_MODES]  # next to the paper's rows
+    assert list(protocol.rows) == [*default_keys, *PEER_MODES, "ll_r_boostlu"]  # next to the paper's rows
     started = _fake_training(monkeypatch, _write_prior(tmp_path / "p.csv", [0.9] + [0.1] * 47))
     runner.run_group(args, protocol, runner.Group(0, "rps", 0.5), {})
     parsed = [_train_args(c) for c in started if runner.TRAIN_SCRIPT in c]
-    peers = {p.partial_loss_mode: p for p in parsed if p.partial_loss_mode in PEER_MODES}
+    peers = {p.partial_loss_mode: p for p in parsed
+             if p.partial_loss_mode in PEER_MODES and not p.boostlu_alpha}
     assert sorted(peers) == sorted(PEER_MODES)
+    boosted = [(p.partial_loss_mode, p.boostlu_alpha) for p in parsed if p.boostlu_alpha is not None]
+    assert boosted == [("ll_r", 5.0)]  # BoostLU: LL-R with their alpha 5, the only boosted cell
+    peers["ll_r_boostlu"] = next(p for p in parsed if p.boostlu_alpha is not None)
     for mode, cell in peers.items():  # one learning rate and schedule for every method, defaults otherwise
         assert (cell.lr, cell.epochs, cell.batch_size, cell.loss_reduction) == (8e-3, 6, 64, "sum"), mode
         assert cell.prior_path is None and cell.estimate_prior == "none"

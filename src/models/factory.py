@@ -41,6 +41,7 @@ from timm.models.tresnet import TResNet
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from src.models.boostlu import install_boostlu
 from src.models.checkpoint_convert import TRESNET_ARCHS
 
 TRESNET_NAMES = tuple(TRESNET_ARCHS)
@@ -156,30 +157,32 @@ def _require_rate(value, name: str) -> float:
 _KEYWORD_DEFAULTS = {
     'model_name': None, 'num_classes': None, 'do_bottleneck_head': False,
     'bottleneck_features': DEFAULT_BOTTLENECK_FEATURES, 'grad_checkpointing': False, 'channels_last': False,
-    'drop_path_rate': 0.0,
+    'drop_path_rate': 0.0, 'boostlu_alpha': None,
 }
 
 
 def create_model(args=None, /, *, model_name: str | None = None, num_classes: int | None = None,
                  do_bottleneck_head: bool = False, bottleneck_features: int = DEFAULT_BOTTLENECK_FEATURES,
                  grad_checkpointing: bool = False, channels_last: bool = False,
-                 drop_path_rate: float = 0.0) -> nn.Module:
+                 drop_path_rate: float = 0.0, boostlu_alpha: float | None = None) -> nn.Module:
     """Build a classifier from typed keywords (``model_name`` and ``num_classes`` are required).
 
     model_name: 'tresnet_m', 'tresnet_l', 'tresnet_xl', 'tresnet_v2_l' or any timm name; num_classes: a
     positive int; do_bottleneck_head: the paper's OpenImages head with ``bottleneck_features`` (512)
-    features; grad_checkpointing, channels_last (bools), drop_path_rate (in [0, 1)). Values are not
-    parsed: a string such as '80' or 'true' is an error (`build_model_from_args` parses a namespace).
+    features; grad_checkpointing, channels_last (bools), drop_path_rate (in [0, 1)); boostlu_alpha:
+    None (the plain head) or BoostLU's boost of positive class activations (`src.models.boostlu`).
+    Values are not parsed: a string such as '80' or 'true' is an error (`build_model_from_args` parses
+    a namespace).
     Nothing is downloaded: load weights with :func:`src.models.load_pretrained_backbone` or
-    ``load_model``. The model gets attributes ``model_name``, ``num_classes``, ``do_bottleneck_head``
-    and ``bottleneck_features`` (see :func:`model_metadata`).
+    ``load_model``. The model gets attributes ``model_name``, ``num_classes``, ``do_bottleneck_head``,
+    ``bottleneck_features`` and ``boostlu_alpha`` (see :func:`model_metadata`).
 
     ``create_model(args)``, with a namespace (or dict) as the only argument, is the paper code's call:
     it is `build_model_from_args(args)`.
     """
     given = {'model_name': model_name, 'num_classes': num_classes, 'do_bottleneck_head': do_bottleneck_head,
              'bottleneck_features': bottleneck_features, 'grad_checkpointing': grad_checkpointing,
-             'channels_last': channels_last, 'drop_path_rate': drop_path_rate}
+             'channels_last': channels_last, 'drop_path_rate': drop_path_rate, 'boostlu_alpha': boostlu_alpha}
     if args is not None:
         mixed = sorted(name for name, value in given.items() if value != _KEYWORD_DEFAULTS[name])
         if mixed:
@@ -205,6 +208,9 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
     model.num_classes = num_classes
     model.do_bottleneck_head = do_bottleneck_head
     model.bottleneck_features = bottleneck_features if do_bottleneck_head else None
+    model.boostlu_alpha = None
+    if boostlu_alpha is not None:
+        install_boostlu(model, boostlu_alpha)
     if grad_checkpointing:
         set_grad_checkpointing(model, True)
     if channels_last:
@@ -243,6 +249,15 @@ def resolve_bottleneck_head(do_bottleneck_head, dataset_type) -> bool:
     return parse_bool(do_bottleneck_head, 'do_bottleneck_head')
 
 
+def _optional_float(value, name: str) -> float | None:
+    if value is None or isinstance(value, float):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f'{name} must be a number, got {value!r}') from None
+
+
 def build_model_from_args(args) -> nn.Module:
     """The model that a namespace (or dict) describes: train.py's arguments or the paper code's.
 
@@ -250,7 +265,8 @@ def build_model_from_args(args) -> nn.Module:
     such as '80' accepted), ``model_name`` (default 'tresnet_m', lower-cased), ``do_bottleneck_head``
     (None or absent: `resolve_bottleneck_head` with ``dataset_type``), ``bottleneck_features`` (512),
     ``grad_checkpointing``, ``channels_last`` (false; 'true'/'false' strings accepted) and
-    ``drop_path_rate`` (0); attributes the namespace lacks take these defaults.
+    ``drop_path_rate`` (0) and ``boostlu_alpha`` (None: no BoostLU); attributes the namespace lacks take
+    these defaults.
     """
     if isinstance(args, Mapping):
         args = SimpleNamespace(**args)
@@ -270,6 +286,7 @@ def build_model_from_args(args) -> nn.Module:
         grad_checkpointing=parse_bool(getattr(args, 'grad_checkpointing', False), 'grad_checkpointing'),
         channels_last=parse_bool(getattr(args, 'channels_last', False), 'channels_last'),
         drop_path_rate=float(getattr(args, 'drop_path_rate', 0.0)),
+        boostlu_alpha=_optional_float(getattr(args, 'boostlu_alpha', None), 'boostlu_alpha'),
     )
 
 
@@ -282,6 +299,7 @@ def model_metadata(model: nn.Module) -> dict:
         'num_classes': int(model.num_classes),
         'do_bottleneck_head': bool(getattr(model, 'do_bottleneck_head', False)),
         'bottleneck_features': getattr(model, 'bottleneck_features', None),
+        'boostlu_alpha': getattr(model, 'boostlu_alpha', None),
     }
 
 

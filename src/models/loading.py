@@ -287,6 +287,7 @@ def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool 
     Architecture: ``model_name`` if given, else the file's ``model_name``, else inferred from the TResNet
     tensor shapes. Head type and num_classes come from the tensors (``head.fc.FC.weight`` => bottleneck).
     Class names: the file's ``class_names`` or ``idx_to_class`` (index -> name/MID), else 'class_<i>'.
+    A file with ``boostlu_alpha`` gives a BoostLU model (`src.models.boostlu`), as it was trained.
     ``allow_pickle``: see `read_checkpoint_file` (False never runs code from the file).
     """
     path = os.fspath(path)
@@ -295,9 +296,11 @@ def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool 
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path, use_ema=use_ema))
     name = _resolve_model_name(state_dict, checkpoint, model_name, path)
     head = _resolve_head(state_dict, checkpoint, name, path)
+    boostlu_alpha = checkpoint.get('boostlu_alpha') if isinstance(checkpoint, Mapping) else None
     model = create_model(model_name=name, num_classes=head['num_classes'],
                          do_bottleneck_head=head['do_bottleneck_head'],
-                         bottleneck_features=head.get('bottleneck_features', 512))
+                         bottleneck_features=head.get('bottleneck_features', 512),
+                         boostlu_alpha=boostlu_alpha)
     load_state_dict_strict(model, state_dict, path)
     class_names = _class_names(checkpoint, head['num_classes'], path)
     return model.to(device).eval(), class_names

@@ -90,11 +90,14 @@ PEER_LABELS = {"an_ls": "AN-LS (Cole et al. 2021)", "epr": "EPR (Cole et al. 202
                "em_apl": "EM-APL (Zhou et al. 2022)", "gr": "GR-Loss (Chen et al. 2024)"}
 PEER_ROWS = tuple(Row(mode, PEER_LABELS.get(mode, f"{LOSS_MODES[mode].reference} ({mode})"),
                       {"partial_loss_mode": mode}, default=False) for mode in PEER_MODES)
-ROWS = ROWS + PEER_ROWS
+# BoostLU (Kim et al. 2023) is a head option, combined with LL-R as in their code (their --alpha 5).
+BOOSTLU_ROWS = (Row("ll_r_boostlu", "LL-R + BoostLU (Kim et al. 2023)",
+                    {"partial_loss_mode": "ll_r", "boostlu_alpha": 5}, default=False),)
+ROWS = ROWS + PEER_ROWS + BOOSTLU_ROWS
 
 # --rows accepts these names for groups of rows.
 ROW_GROUPS = {
-    "peers": (*(row.key for row in ROWS if row.default), *(row.key for row in PEER_ROWS)),
+    "peers": (*(row.key for row in ROWS if row.default), *(row.key for row in PEER_ROWS + BOOSTLU_ROWS)),
     "mechanism": ("ignore_ce", "csl", "csl_prior_only", "csl_likelihood_only", "csl_topk1", "csl_topk2"),
     "regime": ("full_labels", "ignore_ce", "negative_ce"),
     "baselines": ("negative_asl", "negative_asl_clip"),

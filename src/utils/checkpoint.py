@@ -5,7 +5,8 @@ Layout (a dict saved with ``torch.save``; loadable with ``weights_only=True``):
 - ``model``: state dict of the trained network (for ``best.pth``: the weights of the selected
   variant, regular or EMA, see ``selected_variant``); ``ema``: state dict of the EMA network;
 - ``model_name``, ``num_classes``, ``do_bottleneck_head``, ``bottleneck_features``,
-  ``class_names`` (so :func:`src.models.load_model` rebuilds the network);
+  ``boostlu_alpha`` (None without BoostLU), ``class_names`` (so :func:`src.models.load_model` rebuilds
+  the network);
 - ``optimizer``, ``scheduler``, ``scaler``: their ``state_dict()``;
 - ``epoch``: index of the epoch the state belongs to; ``steps_done``: optimizer steps done in that
   epoch (the epoch length for an end-of-epoch checkpoint, fewer for a mid-epoch SIGTERM checkpoint);
