@@ -13,6 +13,7 @@ import pytest
 
 import reproduce
 from src.args import build_train_parser
+from src.loss_functions import PEER_MODES
 from src.prior import read_prior_csv
 from src.reproduce import protocols, report, runner
 from src.reproduce.protocols import ROWS, share_threshold
@@ -424,7 +425,7 @@ def test_regime_and_share_from_the_table():
 
 
 def test_ignored_composition_by_hand():
-    from src.reproduce.mechanism import ignored_composition
+    from src.reproduce.mechanism import composition_table, ignored_composition
 
     attributes = [("circle", "red"), ("circle", "blue"), ("square", "red"), ("square", "blue"),
                   ("plus", "green")]  # (shape, colour) of each class
@@ -444,6 +445,17 @@ def test_ignored_composition_by_hand():
     assert (got["other"], got["other_share"]) == (1, 1.0)
     with pytest.raises(ValueError, match="not in the full labels"):
         ignored_composition([12], [0], full, [10, 11], attributes)
+    # The table averages the seeds; a row whose top-k ignores nothing (prior only) shows '-', not nan%.
+    seeds = [{"row": "csl", "scheme": "fpc", "ignored": ignored_composition(image_ids, classes, full, [10, 11],
+                                                                            attributes)},
+             {"row": "csl", "scheme": "fpc", "ignored": ignored_composition([10], [4], full, [10, 11],
+                                                                            attributes)},
+             {"row": "csl_prior_only", "scheme": "fpc", "ignored": ignored_composition([], [], full, [10, 11],
+                                                                                       attributes)}]
+    lines = composition_table(seeds, ["fpc"]).splitlines()
+    # csl: entries (6 + 1) / 2; true positives (2/6 + 0) / 2 = 16.7%; colour 16.7%; shape 16.7%; other 50.0%
+    assert lines[2] == "| csl | fpc | 2 | 4 | 16.7% | 16.7% | 16.7% | 50.0% |"
+    assert lines[3] == "| csl_prior_only | fpc | 1 | 0 | - | - | - | - |"
 
 
 # ----------------------------------------------------------------------------------- the sweep
@@ -493,8 +505,6 @@ def test_sweep_summary_and_report(tmp_path, monkeypatch):
 
 
 def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, monkeypatch):
-    from src.loss_functions import PEER_MODES
-
     args, protocol = _embedded(tmp_path, "--rows", "peers")
     protocol.rows = protocols.select_rows(protocol, args.rows)
     default_keys = [row.key for row in ROWS if row.default]
@@ -549,3 +559,31 @@ def test_full_labels_row_alone_needs_no_partial_labels(tmp_path, monkeypatch):
     assert all(runner.TRAIN_SCRIPT in c for c in started)  # no coco_simulation command
     assert sorted(_train_args(c).seed for c in started) == [0, 1]
     assert all(_train_args(c).partial_labels is None for c in started)
+
+
+def test_embedded_report_prints_each_rows_full_scale_command_and_train_py_accepts_it(tmp_path):
+    args, protocol = _embedded(tmp_path, "--rows", "peers")
+    protocol.rows = protocols.select_rows(protocol, args.rows)
+    text = report.full_scale_commands(protocol)
+    by_key = {row.key: row for row in ROWS}
+    at_full_scale = [key for key in protocol.rows if "coco" in by_key[key].protocols]
+    assert "csl_readme_threshold" not in at_full_scale  # the embedded-only row (the same run at full scale)
+    assert f"--rows {','.join(at_full_scale)} --seeds 3" in text and "--data /path/to/COCO_2014" in text
+    coco = ["--data", "/path/to/COCO_2014", "--model-name", "tresnet_m", "--image-size", "448",
+            "--epochs", "30", "--batch-size", "64", "--lr", "2e-4", "--dataset_type", "coco",
+            "--num-classes", "80"]
+    table = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(table) == 1 + 2 * (len(at_full_scale) - 1)  # the ceiling once, every other row per column
+    modes = set()
+    for label, column, flags in table:
+        row = next(r for r in ROWS if r.label == label.lstrip("| "))
+        argv = shlex.split(flags.strip(" |`").replace("<the Ignore run's priors/prior_fpc_*.csv>", "p.csv")
+                           .replace("<the Ignore run's priors/prior_rps_*.csv>", "p.csv"))
+        parsed = build_train_parser().parse_args(coco + argv)  # a command train.py accepts
+        modes.add(parsed.partial_loss_mode)
+        assert parsed.partial_loss_mode == row.flags["partial_loss_mode"]
+        if row.key == "csl":  # the paper's README: threshold 0.5, gamma_neg 3 on FPC and 1 on RPS
+            assert (parsed.prior_threshold, parsed.gamma_neg) == (0.5, 3 if column == "FPC(1000)" else 1)
+        if row.key == "ll_r_boostlu":
+            assert parsed.boostlu_alpha == 5.0
+    assert set(PEER_MODES) <= modes

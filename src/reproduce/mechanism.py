@@ -68,6 +68,6 @@ def composition_table(results: list[dict], schemes: Sequence[str]) -> str:
                  if r["row"] == row and r["scheme"] == scheme and r.get("ignored")]
         mean = {key: float(np.mean([c[f"{key}_share"] for c in cells])) for key in COMPOSITION_KEYS}
         entries = float(np.mean([c["entries"] for c in cells]))
-        lines.append(f"| {row} | {scheme} | {len(cells)} | {entries:.0f} | "
-                     + " | ".join(f"{100 * mean[key]:.1f}%" for key in COMPOSITION_KEYS) + " |")
+        shares = ["-" if np.isnan(mean[key]) else f"{100 * mean[key]:.1f}%" for key in COMPOSITION_KEYS]
+        lines.append(f"| {row} | {scheme} | {len(cells)} | {entries:.0f} | " + " | ".join(shares) + " |")
     return "\n".join(lines) if keys else ""

@@ -15,7 +15,15 @@ from src.data.labels import LabelMatrix
 from src.data.partial_labels import read_partial_label_file
 from src.prior import naive_estimates, rank_report, read_prior_csv
 from src.reproduce.mechanism import composition_table
-from src.reproduce.protocols import COCO_REGIME, PAPER_RESULTS, REGIME_ROWS, Protocol, protocol_rows
+from src.reproduce.protocols import (
+    COCO_FPC_PARAM,
+    COCO_REGIME,
+    PAPER_RESULTS,
+    README_PRIOR_THRESHOLD,
+    REGIME_ROWS,
+    Protocol,
+    protocol_rows,
+)
 from src.utils.io import atomic_write_json, atomic_write_text, save_figure
 
 
@@ -146,6 +154,38 @@ def csl_thresholds(results: list[dict]) -> list[float]:
     return sorted({round(r["prior_threshold"], 4) for r in results if r["row"] == "csl"})
 
 
+COCO_COLUMNS = {"fpc": COCO_FPC_PARAM, "rps": 0.5}
+
+
+def full_scale_commands(protocol: Protocol) -> str:
+    """The same rows at full scale: the reproduce.py call on COCO 2014 and each cell's train.py flags
+    beyond the COCO protocol's (a markdown section of the embedded report)."""
+    rows = [row for row in protocol_rows(protocol) if "coco" in row.protocols]
+    lines = ["### At full scale (COCO 2014, the paper's protocol)", "",
+             "```bash",
+             "python reproduce.py --data /path/to/COCO_2014 --model-path timm:tresnet_m.miil_in21k \\",
+             f"    --rows {','.join(row.key for row in rows)} --seeds 3 --device cuda "
+             "[--nproc_per_node 8]", "```", "",
+             "runs, per seed and column, `python -m coco_simulation` (the partial labels) and one `train.py` "
+             "per row with the COCO protocol (`--model-name tresnet_m --image-size 448 --epochs 30 "
+             "--batch-size 64 --lr 2e-4 --dataset_type coco --num-classes 80`) plus the row's flags:", "",
+             "| row | column | the row's train.py flags |", "|---|---|---|"]
+    for row in rows:
+        for scheme, param in COCO_COLUMNS.items():
+            if scheme not in protocol.columns and not row.full_labels:
+                continue
+            flags = {**row.flags, **row.column_flags.get(scheme, {})}
+            if row.needs_prior:
+                flags.update(prior_path=f"<the Ignore run's priors/prior_{scheme}_*.csv>",
+                             prior_threshold=row.prior_threshold or README_PRIOR_THRESHOLD)
+            labels = "all labels" if row.full_labels else f"{scheme.upper()}({param:g})"
+            argv = " ".join(f"--{name} {value}" for name, value in flags.items())
+            lines.append(f"| {row.label} | {labels} | `{argv}` |")
+            if row.full_labels:
+                break
+    return "\n".join(lines)
+
+
 def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int) -> str:
     """Write ``<out>/results.{json,csv,md,png}`` (each atomically); returns the markdown report."""
     rows = table_rows(results, protocol)
@@ -170,6 +210,8 @@ def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int)
     priors = prior_tables(results, protocol)
     if priors:
         text += ["", "### Estimating the class distribution", "", priors]
+    if protocol.name == "embedded":
+        text += ["", full_scale_commands(protocol)]
     report = "\n".join(text) + "\n"
     atomic_write_text(os.path.join(out, "results.md"), report)
     bar_plot(rows, protocol, os.path.join(out, "results.png"))
