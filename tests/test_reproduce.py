@@ -446,12 +446,10 @@ def test_ignored_composition_by_hand():
     with pytest.raises(ValueError, match="not in the full labels"):
         ignored_composition([12], [0], full, [10, 11], attributes)
     # The table averages the seeds; a row whose top-k ignores nothing (prior only) shows '-', not nan%.
-    seeds = [{"row": "csl", "scheme": "fpc", "ignored": ignored_composition(image_ids, classes, full, [10, 11],
-                                                                            attributes)},
-             {"row": "csl", "scheme": "fpc", "ignored": ignored_composition([10], [4], full, [10, 11],
-                                                                            attributes)},
-             {"row": "csl_prior_only", "scheme": "fpc", "ignored": ignored_composition([], [], full, [10, 11],
-                                                                                       attributes)}]
+    def cell(row, ids, found):
+        return {"row": row, "scheme": "fpc", "ignored": ignored_composition(ids, found, full, [10, 11], attributes)}
+
+    seeds = [cell("csl", image_ids, classes), cell("csl", [10], [4]), cell("csl_prior_only", [], [])]
     lines = composition_table(seeds, ["fpc"]).splitlines()
     # csl: entries (6 + 1) / 2; true positives (2/6 + 0) / 2 = 16.7%; colour 16.7%; shape 16.7%; other 50.0%
     assert lines[2] == "| csl | fpc | 2 | 4 | 16.7% | 16.7% | 16.7% | 50.0% |"
