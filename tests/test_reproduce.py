@@ -447,7 +447,8 @@ def test_ignored_composition_by_hand():
         ignored_composition([12], [0], full, [10, 11], attributes)
     # The table averages the seeds; a row whose top-k ignores nothing (prior only) shows '-', not nan%.
     def cell(row, ids, found):
-        return {"row": row, "scheme": "fpc", "ignored": ignored_composition(ids, found, full, [10, 11], attributes)}
+        ignored = ignored_composition(ids, found, full, [10, 11], attributes)
+        return {"row": row, "scheme": "fpc", "ignored": ignored}
 
     seeds = [cell("csl", image_ids, classes), cell("csl", [10], [4]), cell("csl_prior_only", [], [])]
     lines = composition_table(seeds, ["fpc"]).splitlines()
