@@ -23,6 +23,7 @@ CE_GAMMAS = {"gamma_pos": 0, "gamma_neg": 0, "gamma_unann": 0}
 # COCO 2014's train set and the paper's FPC column: 1,000 annotations per class out of 82,081 images.
 COCO_TRAIN_IMAGES = 82081
 COCO_FPC_PARAM = 1000
+COCO_COLUMNS = {"fpc": COCO_FPC_PARAM, "rps": 0.5}  # the paper's two simulation schemes
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def coco_protocol(args, extra_flags: dict | None = None) -> Protocol:
     if args.metadata:
         flags["metadata"] = args.metadata
     flags.update(extra_flags or {})
-    return Protocol("coco", args.data, {"fpc": COCO_FPC_PARAM, "rps": 0.5}, flags,
+    return Protocol("coco", args.data, dict(COCO_COLUMNS), flags,
                     args.prior_threshold or str(README_PRIOR_THRESHOLD))
 
 

@@ -16,7 +16,7 @@ from src.data.partial_labels import read_partial_label_file
 from src.prior import naive_estimates, rank_report, read_prior_csv
 from src.reproduce.mechanism import composition_table
 from src.reproduce.protocols import (
-    COCO_FPC_PARAM,
+    COCO_COLUMNS,
     COCO_REGIME,
     PAPER_RESULTS,
     README_PRIOR_THRESHOLD,
@@ -152,9 +152,6 @@ def prior_tables(results: list[dict], protocol: Protocol) -> str:
 
 def csl_thresholds(results: list[dict]) -> list[float]:
     return sorted({round(r["prior_threshold"], 4) for r in results if r["row"] == "csl"})
-
-
-COCO_COLUMNS = {"fpc": COCO_FPC_PARAM, "rps": 0.5}
 
 
 def full_scale_commands(protocol: Protocol) -> str:
