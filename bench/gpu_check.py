@@ -130,6 +130,22 @@ def _time_left(deadline: float) -> float:
     return deadline - time.perf_counter()
 
 
+def _timed_steps(step, settings, device: torch.device, deadline: float) -> tuple[int, float]:
+    """(steps, seconds) of ``step()`` run after ``settings.warmup_steps`` untimed ones, until
+    ``settings.max_steps`` or the deadline (at least one step)."""
+    for _ in range(settings.warmup_steps):
+        step()
+    _sync(device)
+    steps, start = 0, time.perf_counter()
+    while steps < settings.max_steps and (steps == 0 or _time_left(deadline) > 0):
+        step()
+        steps += 1
+        if steps % 5 == 0:  # sync now and then so the deadline check sees real progress
+            _sync(device)
+    _sync(device)
+    return steps, time.perf_counter() - start
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
@@ -200,17 +216,7 @@ def train_throughput(settings: Settings, amp: str, channels_last: bool, deadline
         scaler.step(optimizer)
         scaler.update()
 
-    for _ in range(settings.warmup_steps):
-        step()
-    _sync(device)
-    steps, start = 0, time.perf_counter()
-    while steps < settings.max_steps and (steps == 0 or _time_left(deadline) > 0):
-        step()
-        steps += 1
-        if steps % 5 == 0:  # sync now and then so the deadline check sees real progress
-            _sync(device)
-    _sync(device)
-    seconds = time.perf_counter() - start
+    steps, seconds = _timed_steps(step, settings, device, deadline)
     return {"images_per_s": settings.batch * steps / seconds, "peak_mib": _peak_mib(device), "steps": steps}
 
 
@@ -408,17 +414,8 @@ def eval_throughput(settings: Settings, channels_last: bool, deadline: float) ->
         with torch.autocast(device.type, dtype=dtype):
             return torch.sigmoid(model(images).float())
 
-    for _ in range(settings.warmup_steps):
-        forward()
-    _sync(device)
-    steps, start = 0, time.perf_counter()
-    while steps < settings.max_steps and (steps == 0 or _time_left(deadline) > 0):
-        forward()
-        steps += 1
-        if steps % 5 == 0:
-            _sync(device)
-    _sync(device)
-    return settings.eval_batch * steps / (time.perf_counter() - start)
+    steps, seconds = _timed_steps(forward, settings, device, deadline)
+    return settings.eval_batch * steps / seconds
 
 
 def part_eval_throughput(settings: Settings, deadline: float) -> list[Row]:

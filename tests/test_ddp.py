@@ -43,17 +43,21 @@ def test_eval_shards_partition_the_dataset_at_batch_boundaries(num_samples, worl
     assert max(sizes) - min(sizes) <= batch_size * (1 if batches >= world_size else batches)
 
 
-@pytest.fixture(scope="module")
-def ddp_run(embedded_data_dir, tmp_path_factory):
-    dest = tmp_path_factory.mktemp("ddp")
-    argv = tiny_train_argv(embedded_data_dir, dest, "--partial_loss_mode", "ignore",
-                           "--estimate_prior", "both")
+def _torchrun_train(argv: list[str]) -> str:
     env = dict(os.environ, **SINGLE_THREAD_ENV)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "train.py", *argv]
     completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return str(dest), completed.stdout
+    return completed.stdout
+
+
+@pytest.fixture(scope="module")
+def ddp_run(embedded_data_dir, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("ddp")
+    argv = tiny_train_argv(embedded_data_dir, dest, "--partial_loss_mode", "ignore",
+                           "--estimate_prior", "both")
+    return str(dest), _torchrun_train(argv)
 
 
 def test_ddp_outputs_are_written_once(ddp_run):
@@ -112,15 +116,6 @@ def _single_process_context():
     from src.utils.distributed import DistributedContext
 
     return DistributedContext(device=torch.device("cpu"))
-
-
-def _torchrun_train(argv: list[str]) -> str:
-    env = dict(os.environ, **SINGLE_THREAD_ENV)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "train.py", *argv]
-    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed.stdout
 
 
 def _training_targets(embedded_data_dir) -> np.ndarray:
