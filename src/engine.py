@@ -9,7 +9,7 @@ model). A run resumed at an epoch boundary therefore replays exactly the same ba
 resume (SIGTERM checkpoint) reloads the epoch's first ``k`` batches without training on them, so
 every generator advances as in the original run, then restores the saved global RNG state.
 
-Distributed evaluation. :func:`predict` (like every user of :func:`iter_logits`) needs a loader
+Distributed evaluation. :func:`predict` (like the clean pass, :func:`compute_prior_from_model`) needs a loader
 built by :func:`build_eval_loader`: each rank predicts a contiguous shard of the dataset without
 padding, and the shards are gathered in rank order, so the result equals single-process prediction
 row for row (no duplicated or missing samples, unlike ``DistributedSampler`` which pads).
@@ -42,6 +42,7 @@ from src.metrics import (
     threshold_metrics,
 )
 from src.models import load_model
+from src.prior import ComputePrior
 from src.utils.amp import autocast_context, resolve_amp
 from src.utils.checkpoint import ResumePoint
 from src.utils.distributed import (
@@ -252,41 +253,26 @@ def num_classes_of(loader, model) -> int:
     return int(num_classes)
 
 
-def iter_logits(model, loader, device, amp_dtype: torch.dtype | None = None):
-    """Generator of ``(logits, targets)`` per batch of ``loader``: float32 logits on ``device`` and the
-    targets as loaded. The shared prediction loop of :func:`predict` and the prior's clean pass.
+@torch.no_grad()
+def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
+    """Generator of ``({name: float32 logits (B, C) on device}, targets as loaded)`` per batch of
+    ``loader``, each batch loaded (decoded, transformed) once for all ``models``: the one prediction loop
+    of :func:`predict` and the clean pass.
 
-    The model runs unwrapped (no DDP buffer broadcast, whose collective would hang when ranks run
+    Each model runs unwrapped (no DDP buffer broadcast, whose collective would hang when ranks run
     different numbers of batches) in eval mode, its input in channels_last when its weights are; its
-    train/eval mode is restored when the generator ends or is closed (use ``contextlib.closing`` to
-    restore it at once when the loop stops early). Under DDP the loader must come from
-    :func:`build_eval_loader` (a ``ShardSampler``); this is checked when called, not at the first batch.
+    train/eval mode is restored when the generator ends or is closed (``contextlib.closing`` restores it
+    at once when the loop stops early). Under DDP the loader must come from :func:`build_eval_loader`.
     """
-    return _only_model(iter_logits_many({"": model}, loader, device, amp_dtype))
-
-
-def _only_model(batches):
-    with contextlib.closing(batches):  # closing this generator closes the batches (restores train mode)
-        for logits, targets in batches:
-            yield logits[""], targets
-
-
-def iter_logits_many(models: dict, loader, device, amp_dtype: torch.dtype | None = None):
-    """:func:`iter_logits` for several models at once: ``({name: logits}, targets)`` per batch, every
-    batch loaded (decoded, transformed) once for all of them."""
     if is_dist() and not isinstance(loader.sampler, ShardSampler):
         raise ValueError("under DDP the evaluation loader must shard without padding; build it with "
                          "src.engine.build_eval_loader(dataset, batch_size, workers)")
+    device = torch.device(device)
     nets = {name: unwrap_model(model) for name, model in models.items()}
-    return _logits_batches(nets, loader, torch.device(device), amp_dtype)
-
-
-@torch.no_grad()
-def _logits_batches(nets: dict, loader, device: torch.device, amp_dtype: torch.dtype | None):
     was_training = {name: net.training for name, net in nets.items()}
+    channels_last = {name: _is_channels_last(net) for name, net in nets.items()}
     for net in nets.values():
         net.eval()
-    channels_last = {name: _is_channels_last(net) for name, net in nets.items()}
     try:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
@@ -303,26 +289,19 @@ def _logits_batches(nets: dict, loader, device: torch.device, amp_dtype: torch.d
 
 
 @torch.no_grad()
-def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
     """``(targets, scores)`` of every sample of ``loader.dataset``: labels int8 (N, C) (1, 0, -1) and
     sigmoid scores float32 (N, C), in the ``(targets, scores)`` order of :mod:`src.metrics`.
 
-    Under DDP every rank returns the full, gathered arrays in dataset order; the loader must come
-    from :func:`build_eval_loader` (a ``ShardSampler``). The batches come from :func:`iter_logits`
-    (unwrapped model in eval mode; its previous train/eval mode is restored).
+    ``model`` is a module, or a dict name -> module: then ``scores`` is a dict name -> scores, from one
+    pass over ``loader``. Under DDP every rank returns the full, gathered arrays in dataset order; the
+    loader must come from :func:`build_eval_loader` (a ``ShardSampler``).
     """
-    targets, scores = predict_many({"": model}, loader, device, amp_dtype=amp_dtype)
-    return targets, scores[""]
-
-
-@torch.no_grad()
-def predict_many(models: dict, loader, device, *, amp_dtype: torch.dtype | None = None):
-    """:func:`predict` for several models in one pass over ``loader``: ``(targets, {name: scores})``."""
+    models = model if isinstance(model, dict) else {"": model}
     names = list(models)
     num_classes = num_classes_of(loader, models[names[0]])
-    width = (len(names) + 1) * num_classes
     rows = []
-    with contextlib.closing(iter_logits_many(models, loader, device, amp_dtype)) as batches:
+    with contextlib.closing(_batches(models, loader, device, amp_dtype)) as batches:
         for logits, targets in batches:
             outputs = [logits[name] for name in names]
             if any(out.shape[1] != num_classes for out in outputs):
@@ -330,58 +309,76 @@ def predict_many(models: dict, loader, device, *, amp_dtype: torch.dtype | None 
                                  f"has {num_classes}")
             rows.append(torch.cat([*(torch.sigmoid(out).cpu() for out in outputs), targets.float().cpu()],
                                   dim=1))
-    local = torch.cat(rows) if rows else torch.zeros((0, width))
+    local = torch.cat(rows) if rows else torch.zeros((0, (len(names) + 1) * num_classes))
     gathered = gather_rows(local, len(loader.dataset), getattr(loader.sampler, "batch_size", 1))
     targets = gathered[:, -num_classes:].numpy().astype(np.int8)
     scores = {name: gathered[:, i * num_classes:(i + 1) * num_classes].numpy().astype(np.float32)
               for i, name in enumerate(names)}
-    return targets, scores
-
-
-def compute_metrics(targets: np.ndarray, scores: np.ndarray, *, threshold: float) -> dict:
-    """mAP (full, or partial AP when any label is -1) and the threshold metrics of src.metrics.
-
-    Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
-    Partial labels: AP over annotated entries only, classes without annotated samples, positives or
-    negatives skipped (counted by reason); also ``mAP_weighted``, the mean AP weighted by each kept
-    class's number of positives. ``ap_per_class`` (in [0, 1]) holds NaN for skipped classes.
-    """
-    partial = bool((targets == -1).any())
-    result = {"num_samples": int(targets.shape[0]), "num_classes": int(targets.shape[1]), "partial": partial}
-    if partial:
-        summary = partial_average_precision(targets, scores)
-        ap = np.where(summary.ap_per_class < 0, np.nan, summary.ap_per_class)
-        result.update(mAP=summary.mAP, mAP_weighted=summary.mAP_weighted,
-                      skipped_no_labels=summary.skipped_no_labels,
-                      skipped_no_negatives=summary.skipped_no_negatives,
-                      skipped_no_positives=summary.skipped_no_positives,
-                      num_classes_skipped=summary.num_classes_skipped)
-    else:
-        ap = average_precision_per_class(targets, scores)
-        no_pos = int(((targets == 1).sum(axis=0) == 0).sum())
-        result.update(mAP=100.0 * float(ap.mean()), num_classes_skipped=0, classes_without_positives=no_pos)
-    result["ap_per_class"] = ap
-    result.update(threshold_metrics(targets, scores, threshold=threshold))
-    result["threshold"] = float(threshold)
-    return result
+    return targets, (scores if isinstance(model, dict) else scores[""])
 
 
 def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
              return_predictions: bool = False) -> dict:
-    """:func:`predict` then :func:`compute_metrics`; with ``return_predictions`` the result also holds
-    the arrays under 'targets' and 'scores'."""
+    """The metrics of :func:`predict`'s scores (for a dict of models: a dict name -> metrics, one pass);
+    with ``return_predictions`` each result also holds the arrays under 'targets' and 'scores'.
+
+    Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
+    Partial labels (any -1): AP over annotated entries only, classes without annotated samples, positives
+    or negatives skipped (counted by reason); also ``mAP_weighted``, the mean AP weighted by each kept
+    class's number of positives. ``ap_per_class`` (in [0, 1]) holds NaN for skipped classes. Then the
+    threshold metrics of src.metrics at ``threshold``.
+    """
     targets, scores = predict(model, loader, device, amp_dtype=amp_dtype)
-    result = compute_metrics(targets, scores, threshold=threshold)
-    if return_predictions:
-        result["targets"], result["scores"] = targets, scores
-    return result
+    partial = bool((targets == -1).any())
+    results = {}
+    for name, values in (scores.items() if isinstance(model, dict) else [("", scores)]):
+        result = {"num_samples": int(targets.shape[0]), "num_classes": int(targets.shape[1]),
+                  "partial": partial}
+        if partial:
+            summary = partial_average_precision(targets, values)
+            ap = np.where(summary.ap_per_class < 0, np.nan, summary.ap_per_class)
+            result.update(mAP=summary.mAP, mAP_weighted=summary.mAP_weighted,
+                          skipped_no_labels=summary.skipped_no_labels,
+                          skipped_no_negatives=summary.skipped_no_negatives,
+                          skipped_no_positives=summary.skipped_no_positives,
+                          num_classes_skipped=summary.num_classes_skipped)
+        else:
+            ap = average_precision_per_class(targets, values)
+            no_pos = int(((targets == 1).sum(axis=0) == 0).sum())
+            result.update(mAP=100.0 * float(ap.mean()), num_classes_skipped=0,
+                          classes_without_positives=no_pos)
+        result["ap_per_class"] = ap
+        result.update(threshold_metrics(targets, values, threshold=threshold), threshold=float(threshold))
+        if return_predictions:
+            result["targets"], result["scores"] = targets, values
+        results[name] = result
+    return results if isinstance(model, dict) else results[""]
 
 
-def evaluate_many(models: dict, loader, device, *, amp_dtype: torch.dtype | None = None,
-                  threshold: float = 0.5) -> dict:
-    """{name: :func:`evaluate` result} of several models from one pass over ``loader``."""
-    targets, scores = predict_many(models, loader, device, amp_dtype=amp_dtype)
-    return {name: compute_metrics(targets, values, threshold=threshold) for name, values in scores.items()}
+@torch.no_grad()
+def compute_prior_from_model(model: torch.nn.Module, dataset, device, batch_size: int = 64, workers: int = 0,
+                             amp_dtype: torch.dtype | None = None) -> np.ndarray:
+    """The clean pass: the prior as the mean sigmoid prediction per class over ``dataset``, float32 (C,).
+
+    Pass the training set with the eval transform (`src.data.eval_view`): eval mode (frozen batch-norm
+    statistics, no dropout) and no augmentation, so the estimate does not depend on the random crops of
+    the last epoch - unlike the paper's code, which averages the predictions of the training batches while
+    the model still changes (`src.prior.ComputePrior` fed by train.py, ``--estimate_prior
+    running_average``). Same loop as :func:`predict`; under DDP each rank predicts its shard and only the
+    C sums are all-reduced (`ComputePrior.all_reduce`), never the N x C predictions.
+    """
+    if len(dataset) == 0:
+        raise ValueError("compute_prior_from_model: the dataset is empty; check --data and the split")
+    loader = build_eval_loader(dataset, batch_size, workers, device)
+    class_names = getattr(dataset, "class_names", None)
+    if not class_names:  # the class count as predict gets it: dataset, else model
+        class_names = [str(c) for c in range(num_classes_of(loader, model))]
+    accumulator = ComputePrior(class_names)
+    with contextlib.closing(_batches({"": model}, loader, device, amp_dtype)) as batches:
+        for logits, _ in batches:
+            accumulator.update(logits[""])
+    accumulator.all_reduce()
+    return accumulator.avg_pred_train.cpu().numpy().astype(np.float32)
 
 
 def describe_map(result: dict) -> str:

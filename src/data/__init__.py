@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 
+from src.data.base import eval_view
 from src.data.coco import CocoDetection
 from src.data.labels import DatasetError, LabelMatrix
 from src.data.lvis import lvis_dataset
@@ -44,7 +45,7 @@ from src.data.transforms import build_train_transform, build_val_transform
 __all__ = [
     "DATASET_TYPES", "SPLITS", "DatasetError", "LabelMatrix", "apply_partial_labels", "build_datasets",
     "build_datasets_with_summary", "build_split", "build_split_from_args", "describe_simulation",
-    "resolve_coco_files",
+    "eval_view", "resolve_coco_files",
 ]
 
 DATASET_TYPES = ("coco", "openimages", "lvis")

@@ -63,6 +63,14 @@ def require_dir(path: str, what: str, fix: str) -> None:
         raise DatasetError(f"{what} not found: {path}. {fix}")
 
 
+def eval_view(dataset, transform):
+    """A shallow copy of ``dataset`` (same images and labels) that applies ``transform`` instead, e.g. the
+    training set with the eval transform for the clean pass (`src.engine.compute_prior_from_model`)."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    return view
+
+
 class MultiLabelImageDataset(Dataset):
     """Base class; subclasses fill ``root, class_names, image_ids, image_paths, labels`` then call
     `_finish_init`."""

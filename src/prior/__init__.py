@@ -10,15 +10,13 @@ the training images::
   `read_prior_csv` (``PRIOR_CSV_COLUMNS``);
 - the accumulator (`src.prior.accumulator`): `ComputePrior`, the running mean of the predictions, with a
   state that can be checkpointed and summed over torch.distributed ranks;
-- the clean pass (`src.prior.clean_pass`): `compute_prior_from_model` in eval mode over `eval_view` of
-  the training set (no augmentation), sharded over ranks;
-- the rank statistics (`src.prior.ranking`): Spearman's rho and top-k lists against the true frequencies;
-- the command (``python -m src.prior``, `src.prior.__main__`): the clean pass of a checkpoint, written
-  next to it, with the rank report when the full labels are known.
+- the rank statistics (`src.prior.ranking`): Spearman's rho and top-k lists against the true frequencies.
+
+The clean pass that produces an estimate from a model (`src.engine.compute_prior_from_model`) and the
+command (``python -m src.prior``) sit above this package: it imports neither the engine nor the models.
 """
 
 from src.prior.accumulator import ComputePrior
-from src.prior.clean_pass import compute_prior_from_model, eval_view
 from src.prior.csv_format import PRIOR_CSV_COLUMNS, read_prior_csv, write_prior_csv
 from src.prior.ranking import (
     average_ranks,
@@ -33,8 +31,6 @@ __all__ = [
     "PRIOR_CSV_COLUMNS",
     "ComputePrior",
     "average_ranks",
-    "compute_prior_from_model",
-    "eval_view",
     "naive_estimates",
     "rank_report",
     "rank_statistics",

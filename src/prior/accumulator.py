@@ -1,7 +1,7 @@
 """`ComputePrior`: the paper's running mean of the sigmoid predictions per class.
 
 train.py feeds it the logits of every training batch (``--estimate_prior running_average``); the
-clean pass (`src.prior.compute_prior_from_model`) feeds it the eval-mode logits of the training images.
+clean pass (`src.engine.compute_prior_from_model`) feeds it the eval-mode logits of the training images.
 The state is C float64 sums and an image count, so it can be saved in a checkpoint (`state_dict`), resumed
 (`load_state_dict`) and summed over torch.distributed ranks (`all_reduce`, `reduced_state_dict`).
 """
