@@ -1,25 +1,21 @@
-"""Training and evaluation loops shared by train.py, validate.py and the prior command.
+"""The loops under train.py, validate.py and the prior command: loaders, the training step and epoch,
+prediction (`predict`, `evaluate`) and the clean-pass prior (`compute_prior_from_model`).
 
-Determinism (exact resume). The data order and the augmentation randomness of epoch ``e`` are a
-function of (seed, epoch, rank) only: :func:`seed_epoch` calls ``DistributedSampler.set_epoch``
-(permutation seeded with seed + epoch), reseeds the loader's generator (it draws the base seed of
-the worker processes, which seed python/numpy/torch as base_seed + worker_id) and reseeds the
-global generators of the main process (used by the transforms when ``workers == 0``, and by the
-model). A run resumed at an epoch boundary therefore replays exactly the same batches; a mid-epoch
-resume (SIGTERM checkpoint) reloads the epoch's first ``k`` batches without training on them, so
-every generator advances as in the original run, then restores the saved global RNG state.
+Exact resume. The data order and augmentation of epoch ``e`` are a function of (seed, epoch, rank)
+only: :func:`seed_epoch` sets the ``DistributedSampler``'s epoch (permutation seeded with seed + epoch),
+reseeds the loader's generator (it draws the workers' base seed) and the main process's global
+generators (the transforms' when ``workers == 0``, and the model's). A mid-epoch resume (SIGTERM
+checkpoint) loads the epoch's first ``k`` batches without training on them, so every generator
+advances as in the original run, then restores the saved RNG state.
 
-Distributed evaluation. :func:`predict` (like the clean pass, :func:`compute_prior_from_model`) needs a loader
-built by :func:`build_eval_loader`: each rank predicts a contiguous shard of the dataset without
-padding, and the shards are gathered in rank order, so the result equals single-process prediction
-row for row (no duplicated or missing samples, unlike ``DistributedSampler`` which pads).
+Distributed evaluation. :func:`predict` and the clean pass need a loader from :func:`build_eval_loader`:
+each rank predicts a contiguous shard without padding (unlike ``DistributedSampler``), and the shards
+are gathered in rank order, so the result equals single-process prediction row for row.
 
-Selective loss under DDP. The loss is computed per rank on its own batch, so the likelihood top-k
-of selective mode ignores ``likelihood_topk x per-GPU batch`` un-annotated labels chosen among that
-rank's images (not ``likelihood_topk x global batch`` among all images); with N GPUs of batch B
-this matches a single-GPU run of batch B per step, not of batch N*B. DDP averages the gradients of
-the per-rank summed losses, i.e. the update is 1/N of the gradient of the summed global loss; Adam
-is invariant to that scale (up to eps).
+Selective loss under DDP. The loss is computed per rank on its own batch, so selective mode's
+likelihood top-k ignores ``likelihood_topk x per-GPU batch`` labels among that rank's images: N GPUs of
+batch B match a single-GPU run of batch B per step, not N*B. DDP averages the gradients of the per-rank
+summed losses (1/N of the summed global loss's gradient); Adam is invariant to that scale (up to eps).
 """
 
 from __future__ import annotations
@@ -84,11 +80,8 @@ class IndexedDataset(torch.utils.data.Dataset):
 def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device: torch.device,
                        rank: int | None = None, world_size: int | None = None) -> DataLoader:
     """Shuffled loader whose order depends on (seed, epoch) only; call :func:`seed_epoch` every epoch.
-
-    ``DistributedSampler`` is used in single-process runs too (one replica): its permutation is
-    seeded with seed + epoch, independent of any global RNG. Under DDP it pads the dataset so every
-    rank runs the same number of steps (DDP needs that).
-    """
+    ``DistributedSampler`` even in one process: its permutation is seeded with seed + epoch, independent
+    of any global RNG; under DDP it pads the dataset so every rank runs the same number of steps."""
     rank = get_rank() if rank is None else rank
     world_size = get_world_size() if world_size is None else world_size
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
@@ -121,9 +114,7 @@ def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.devi
 # ------------------------------------------------------------------------------------------ training
 @dataclass
 class TrainingParts:
-    """What one optimisation step touches: the (possibly DDP/compiled) model, its EMA, the loss, the
-    optimizer with its per-step scheduler and AMP gradient scaler, and the optional running-average
-    prior (`src.prior.ComputePrior`)."""
+    """What one optimisation step touches (the model possibly DDP-wrapped or compiled)."""
 
     model: torch.nn.Module
     ema: torch.nn.Module
@@ -182,14 +173,10 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
                     print_freq: int = 64, should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[int, float, float], None] | None = None,
                     show_progress: bool = False) -> EpochResult:
-    """One epoch of :func:`train_step` over ``loader``.
-
-    ``resume`` (a `ResumePoint` of this epoch with ``steps_done`` > 0) continues inside the epoch: the
-    first ``steps_done`` batches are loaded but not trained on (so the data RNGs advance as before),
-    then its RNG state is restored. ``should_stop`` is polled after every step; when it returns True
-    the epoch ends early with ``interrupted=True`` (a safe point: the step is complete).
-    ``on_step(step, loss, lr)`` is called after each step with the step index within the epoch.
-    """
+    """One epoch of :func:`train_step` over ``loader``. ``resume`` (a `ResumePoint` of this epoch) skips
+    its ``steps_done`` batches (loaded, not trained on) then restores its RNG state. ``should_stop`` is
+    polled after every (complete) step: True ends the epoch with ``interrupted=True``. ``on_step(step,
+    loss, lr)`` is called after each step, ``step`` counted within the epoch."""
     resume = resume or ResumePoint(epoch=epoch)
     parts.model.train()
     started = time.perf_counter()
@@ -242,7 +229,7 @@ def _is_channels_last(model) -> bool:
 
 # ------------------------------------------------------------------------------------------ evaluation
 def num_classes_of(loader, model) -> int:
-    """Number of classes of an evaluation: ``loader.dataset.class_names``, else the model's num_classes."""
+    """``len(loader.dataset.class_names)``, else the model's ``num_classes``."""
     names = getattr(loader.dataset, "class_names", None)
     if names is not None:
         return len(names)
@@ -255,15 +242,10 @@ def num_classes_of(loader, model) -> int:
 
 @torch.no_grad()
 def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
-    """Generator of ``({name: float32 logits (B, C) on device}, targets as loaded)`` per batch of
-    ``loader``, each batch loaded (decoded, transformed) once for all ``models``: the one prediction loop
-    of :func:`predict` and the clean pass.
-
-    Each model runs unwrapped (no DDP buffer broadcast, whose collective would hang when ranks run
-    different numbers of batches) in eval mode, its input in channels_last when its weights are; its
-    train/eval mode is restored when the generator ends or is closed (``contextlib.closing`` restores it
-    at once when the loop stops early). Under DDP the loader must come from :func:`build_eval_loader`.
-    """
+    """``({name: float32 logits (B, C) on device}, targets as loaded)`` per batch, each batch loaded once
+    for all ``models``: the loop of :func:`predict` and the clean pass. Each model runs unwrapped (DDP's
+    buffer broadcast would hang when ranks run different numbers of batches), in eval mode (its own mode
+    is restored when the generator ends or is closed), fed channels_last when its weights are."""
     if is_dist() and not isinstance(loader.sampler, ShardSampler):
         raise ValueError("under DDP the evaluation loader must shard without padding; build it with "
                          "src.engine.build_eval_loader(dataset, batch_size, workers)")
@@ -290,13 +272,9 @@ def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
 
 @torch.no_grad()
 def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
-    """``(targets, scores)`` of every sample of ``loader.dataset``: labels int8 (N, C) (1, 0, -1) and
-    sigmoid scores float32 (N, C), in the ``(targets, scores)`` order of :mod:`src.metrics`.
-
-    ``model`` is a module, or a dict name -> module: then ``scores`` is a dict name -> scores, from one
-    pass over ``loader``. Under DDP every rank returns the full, gathered arrays in dataset order; the
-    loader must come from :func:`build_eval_loader` (a ``ShardSampler``).
-    """
+    """``(targets, scores)`` of every sample of ``loader.dataset`` (the order of :mod:`src.metrics`):
+    labels int8 (N, C) in {1, 0, -1}, sigmoid scores float32 (N, C); for a dict name -> model, ``scores``
+    is a dict name -> scores from one pass. Under DDP every rank gets the full arrays in dataset order."""
     models = model if isinstance(model, dict) else {"": model}
     names = list(models)
     num_classes = num_classes_of(loader, models[names[0]])
@@ -320,13 +298,12 @@ def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
 def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
              return_predictions: bool = False) -> dict:
     """The metrics of :func:`predict`'s scores (for a dict of models: a dict name -> metrics, one pass);
-    with ``return_predictions`` each result also holds the arrays under 'targets' and 'scores'.
+    with ``return_predictions`` each also holds the arrays under 'targets' and 'scores'.
 
     Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
     Partial labels (any -1): AP over annotated entries only, classes without annotated samples, positives
-    or negatives skipped (counted by reason); also ``mAP_weighted``, the mean AP weighted by each kept
-    class's number of positives. ``ap_per_class`` (in [0, 1]) holds NaN for skipped classes. Then the
-    threshold metrics of src.metrics at ``threshold``.
+    or negatives skipped (counted by reason), and ``mAP_weighted`` (weighted by each class's positives).
+    ``ap_per_class`` in [0, 1], NaN when skipped. Then src.metrics' threshold metrics at ``threshold``.
     """
     targets, scores = predict(model, loader, device, amp_dtype=amp_dtype)
     partial = bool((targets == -1).any())
@@ -360,12 +337,10 @@ def compute_prior_from_model(model: torch.nn.Module, dataset, device, batch_size
                              amp_dtype: torch.dtype | None = None) -> np.ndarray:
     """The clean pass: the prior as the mean sigmoid prediction per class over ``dataset``, float32 (C,).
 
-    Pass the training set with the eval transform (`src.data.eval_view`): eval mode (frozen batch-norm
-    statistics, no dropout) and no augmentation, so the estimate does not depend on the random crops of
-    the last epoch - unlike the paper's code, which averages the predictions of the training batches while
-    the model still changes (`src.prior.ComputePrior` fed by train.py, ``--estimate_prior
-    running_average``). Same loop as :func:`predict`; under DDP each rank predicts its shard and only the
-    C sums are all-reduced (`ComputePrior.all_reduce`), never the N x C predictions.
+    Pass the training set with the eval transform (`src.data.eval_view`): in eval mode without
+    augmentation the estimate does not depend on the last epoch's random crops - unlike the paper's code,
+    which averages the training batches' predictions while the model changes (``--estimate_prior
+    running_average``). Under DDP only the C sums are all-reduced, never the N x C predictions.
     """
     if len(dataset) == 0:
         raise ValueError("compute_prior_from_model: the dataset is empty; check --data and the split")
