@@ -133,13 +133,6 @@ class EpochResult:
     seconds: float
 
 
-def _to_device(images, targets, device, channels_last: bool):
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets.to(device, non_blocking=True)
-
-
 class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite: the run stops before that step changes the weights."""
 
@@ -191,7 +184,9 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
                     # Before the next batch is loaded (with workers=0 it draws from these generators).
                     restore_rng_state(resume.rng_state)
                 continue
-            images, targets = _to_device(images, targets, device, channels_last)
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             try:
                 loss_value = train_step(parts, images, targets, device, amp_dtype, indices=indices,
                                         epoch=epoch + 1, num_epochs=num_epochs)
@@ -312,13 +307,9 @@ def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, thr
         result = {"num_samples": int(targets.shape[0]), "num_classes": int(targets.shape[1]),
                   "partial": partial}
         if partial:
-            summary = partial_average_precision(targets, values)
+            summary = partial_average_precision(targets, values)  # mAP, mAP_weighted, skipped_* counts
+            result.update(summary._asdict(), num_classes_skipped=summary.num_classes_skipped)
             ap = np.where(summary.ap_per_class < 0, np.nan, summary.ap_per_class)
-            result.update(mAP=summary.mAP, mAP_weighted=summary.mAP_weighted,
-                          skipped_no_labels=summary.skipped_no_labels,
-                          skipped_no_negatives=summary.skipped_no_negatives,
-                          skipped_no_positives=summary.skipped_no_positives,
-                          num_classes_skipped=summary.num_classes_skipped)
         else:
             ap = average_precision_per_class(targets, values)
             no_pos = int(((targets == 1).sum(axis=0) == 0).sum())

@@ -75,11 +75,10 @@ def resolve_coco_files(data: str, metadata: str | None, split: str) -> tuple[str
 def build_split(dataset_type: str, split: str, transform=None, *, data: str, metadata: str | None = None,
                 skip_bad_images: bool = False, unknown_mids: str | None = None,
                 openimages_val_split: str = "validation"):
-    """One split ('train' or 'val') of ``dataset_type`` with its full labels (see the module docstring).
-
-    ``skip_bad_images`` drops unreadable images at start-up; ``unknown_mids`` ('error', 'skip' or None for
-    the format's default) and ``openimages_val_split`` ('validation' or 'test') apply to OpenImages only.
-    """
+    """One split ('train' or 'val') of ``dataset_type`` with its full labels (layouts: `resolve_coco_files`,
+    `src.data.openimages`, `src.data.lvis`). ``skip_bad_images`` drops unreadable images at start-up;
+    ``unknown_mids`` ('error', 'skip' or None for the format's default) and ``openimages_val_split``
+    ('validation' or 'test') apply to OpenImages only."""
     if dataset_type not in DATASET_TYPES:
         raise ValueError(f"dataset_type must be one of {DATASET_TYPES}, got {dataset_type!r}")
     if split not in SPLITS:
