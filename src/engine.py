@@ -139,11 +139,10 @@ class NonFiniteLossError(ValueError):
 
 def train_step(parts: TrainingParts, images, targets, device, amp_dtype, *, indices=None, epoch: int = 1,
                num_epochs: int = 1) -> float:
-    """One step as in the paper: autocast forward, float32 loss, scaled backward, optimizer and OneCycle
-    step, EMA update, optional running-average prior update; returns the loss. A non-finite loss on any
-    rank raises `NonFiniteLossError` on every rank before the backward pass. The loss is called as
-    ``criterion(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with the 1-based epoch ``e`` and
-    the samples' dataset indices (used by the methods that keep a per-sample label store)."""
+    """One step as in the paper (AMP forward, float32 loss, OneCycle and EMA steps); returns the loss, called
+    as ``criterion(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with the 1-based epoch ``e`` and
+    the samples' dataset indices. A non-finite loss on any rank raises `NonFiniteLossError` on every rank
+    before the backward pass."""
     with autocast_context(device, amp_dtype):
         logits = parts.model(images)
     loss = parts.criterion(logits.float(), targets, epoch=epoch, num_epochs=num_epochs, indices=indices)

@@ -21,11 +21,8 @@ def _accumulator_dtype(device: torch.device) -> torch.dtype:
 
 
 class ComputePrior:
-    """Running mean of sigmoid predictions per class.
-
-    ``classes`` is a sequence of class names or a mapping whose values are the names (as in the
-    paper's code). The sums live on the device of the logits given to :meth:`update`.
-    """
+    """Running mean of sigmoid predictions per class. ``classes``: the class names, or a mapping whose
+    values are the names (as in the paper's code). The sums live on the device of the logits."""
 
     def __init__(self, classes: Sequence[str] | Mapping):
         names = list(classes.values()) if isinstance(classes, Mapping) else list(classes)
