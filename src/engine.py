@@ -222,7 +222,7 @@ def _is_channels_last(model) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def num_classes_of(loader, model) -> int:
+def _num_classes(loader, model) -> int:
     """``len(loader.dataset.class_names)``, else the model's ``num_classes``."""
     names = getattr(loader.dataset, "class_names", None)
     if names is not None:
@@ -271,7 +271,7 @@ def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
     is a dict name -> scores from one pass. Under DDP every rank gets the full arrays in dataset order."""
     models = model if isinstance(model, dict) else {"": model}
     names = list(models)
-    num_classes = num_classes_of(loader, models[names[0]])
+    num_classes = _num_classes(loader, models[names[0]])
     rows = []
     with contextlib.closing(_batches(models, loader, device, amp_dtype)) as batches:
         for logits, targets in batches:
@@ -337,7 +337,7 @@ def compute_prior_from_model(model: torch.nn.Module, dataset, device, batch_size
     loader = build_eval_loader(dataset, batch_size, workers, device)
     class_names = getattr(dataset, "class_names", None)
     if not class_names:  # the class count as predict gets it: dataset, else model
-        class_names = [str(c) for c in range(num_classes_of(loader, model))]
+        class_names = [str(c) for c in range(_num_classes(loader, model))]
     accumulator = ComputePrior(class_names)
     with contextlib.closing(_batches({"": model}, loader, device, amp_dtype)) as batches:
         for logits, _ in batches:
