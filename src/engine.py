@@ -276,9 +276,10 @@ def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
     with contextlib.closing(_batches(models, loader, device, amp_dtype)) as batches:
         for logits, targets in batches:
             outputs = [logits[name] for name in names]
-            if any(out.shape[1] != num_classes for out in outputs):
-                raise ValueError(f"predict: a model outputs {outputs[0].shape[1]} classes but the dataset "
-                                 f"has {num_classes}")
+            wrong = [out.shape[1] for out in outputs if out.shape[1] != num_classes]
+            if wrong:
+                raise ValueError(f"predict: a model outputs {wrong[0]} classes but the dataset has "
+                                 f"{num_classes}")
             rows.append(torch.cat([*(torch.sigmoid(out).cpu() for out in outputs), targets.float().cpu()],
                                   dim=1))
     local = torch.cat(rows) if rows else torch.zeros((0, (len(names) + 1) * num_classes))

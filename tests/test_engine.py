@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from src.engine import IndexedDataset, build_eval_loader, build_train_loader, evaluate, predict
@@ -62,3 +63,12 @@ def test_train_loader_items_carry_their_dataset_index():
             seen.append(index)
     assert sorted(seen) == list(range(10))
     assert IndexedDataset(data)[7][2] == 7
+
+
+def test_predict_names_a_class_count_mismatch_and_restores_the_mode():
+    data = _Pictures(n=6)
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 4))  # 4 outputs, 5 classes
+    loader = build_eval_loader(data, batch_size=4, workers=0)
+    with pytest.raises(ValueError, match="outputs 4 classes but the dataset has 5"):
+        predict({"right": _model(0), "wrong": wrong}, loader, "cpu")
+    assert wrong.training  # the pass stopped early, the train mode is back
