@@ -25,13 +25,13 @@ from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 
 from src.args import build_train_parser, is_none_path, require_file, require_weights
-from src.data import build_datasets_with_summary
+from src.data import build_datasets_with_summary, eval_view
 from src.data.partial_labels import describe_simulation
 from src.data.transforms import build_val_transform
 from src.engine import TrainingParts, build_eval_loader, build_train_loader
 from src.loss_functions import build_criterion
 from src.models import build_model_from_args, load_pretrained_backbone, maybe_compile, resolve_bottleneck_head
-from src.prior import ComputePrior, eval_view
+from src.prior import ComputePrior
 from src.trainer import DataSplits, PriorRequest, RunSettings, Trainer
 from src.utils.amp import resolve_amp
 from src.utils.checkpoint import load_training_checkpoint

@@ -1,25 +1,21 @@
-"""Training and evaluation loops shared by train.py, validate.py and the prior command.
+"""The loops under train.py, validate.py and the prior command: loaders, the training step and epoch,
+prediction (`predict`, `evaluate`) and the clean-pass prior (`compute_prior_from_model`).
 
-Determinism (exact resume). The data order and the augmentation randomness of epoch ``e`` are a
-function of (seed, epoch, rank) only: :func:`seed_epoch` calls ``DistributedSampler.set_epoch``
-(permutation seeded with seed + epoch), reseeds the loader's generator (it draws the base seed of
-the worker processes, which seed python/numpy/torch as base_seed + worker_id) and reseeds the
-global generators of the main process (used by the transforms when ``workers == 0``, and by the
-model). A run resumed at an epoch boundary therefore replays exactly the same batches; a mid-epoch
-resume (SIGTERM checkpoint) reloads the epoch's first ``k`` batches without training on them, so
-every generator advances as in the original run, then restores the saved global RNG state.
+Exact resume. The data order and augmentation of epoch ``e`` are a function of (seed, epoch, rank)
+only: :func:`seed_epoch` sets the ``DistributedSampler``'s epoch (permutation seeded with seed + epoch),
+reseeds the loader's generator (it draws the workers' base seed) and the main process's global
+generators (the transforms' when ``workers == 0``, and the model's). A mid-epoch resume (SIGTERM
+checkpoint) loads the epoch's first ``k`` batches without training on them, so every generator
+advances as in the original run, then restores the saved RNG state.
 
-Distributed evaluation. :func:`predict` (like every user of :func:`iter_logits`) needs a loader
-built by :func:`build_eval_loader`: each rank predicts a contiguous shard of the dataset without
-padding, and the shards are gathered in rank order, so the result equals single-process prediction
-row for row (no duplicated or missing samples, unlike ``DistributedSampler`` which pads).
+Distributed evaluation. :func:`predict` and the clean pass need a loader from :func:`build_eval_loader`:
+each rank predicts a contiguous shard without padding (unlike ``DistributedSampler``), and the shards
+are gathered in rank order, so the result equals single-process prediction row for row.
 
-Selective loss under DDP. The loss is computed per rank on its own batch, so the likelihood top-k
-of selective mode ignores ``likelihood_topk x per-GPU batch`` un-annotated labels chosen among that
-rank's images (not ``likelihood_topk x global batch`` among all images); with N GPUs of batch B
-this matches a single-GPU run of batch B per step, not of batch N*B. DDP averages the gradients of
-the per-rank summed losses, i.e. the update is 1/N of the gradient of the summed global loss; Adam
-is invariant to that scale (up to eps).
+Selective loss under DDP. The loss is computed per rank on its own batch, so selective mode's
+likelihood top-k ignores ``likelihood_topk x per-GPU batch`` labels among that rank's images: N GPUs of
+batch B match a single-GPU run of batch B per step, not N*B. DDP averages the gradients of the per-rank
+summed losses (1/N of the summed global loss's gradient); Adam is invariant to that scale (up to eps).
 """
 
 from __future__ import annotations
@@ -42,6 +38,7 @@ from src.metrics import (
     threshold_metrics,
 )
 from src.models import load_model
+from src.prior import ComputePrior
 from src.utils.amp import autocast_context, resolve_amp
 from src.utils.checkpoint import ResumePoint
 from src.utils.distributed import (
@@ -83,11 +80,8 @@ class IndexedDataset(torch.utils.data.Dataset):
 def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device: torch.device,
                        rank: int | None = None, world_size: int | None = None) -> DataLoader:
     """Shuffled loader whose order depends on (seed, epoch) only; call :func:`seed_epoch` every epoch.
-
-    ``DistributedSampler`` is used in single-process runs too (one replica): its permutation is
-    seeded with seed + epoch, independent of any global RNG. Under DDP it pads the dataset so every
-    rank runs the same number of steps (DDP needs that).
-    """
+    ``DistributedSampler`` even in one process: its permutation is seeded with seed + epoch, independent
+    of any global RNG; under DDP it pads the dataset so every rank runs the same number of steps."""
     rank = get_rank() if rank is None else rank
     world_size = get_world_size() if world_size is None else world_size
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
@@ -120,9 +114,7 @@ def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.devi
 # ------------------------------------------------------------------------------------------ training
 @dataclass
 class TrainingParts:
-    """What one optimisation step touches: the (possibly DDP/compiled) model, its EMA, the loss, the
-    optimizer with its per-step scheduler and AMP gradient scaler, and the optional running-average
-    prior (`src.prior.ComputePrior`)."""
+    """What one optimisation step touches (the model possibly DDP-wrapped or compiled)."""
 
     model: torch.nn.Module
     ema: torch.nn.Module
@@ -141,24 +133,16 @@ class EpochResult:
     seconds: float
 
 
-def _to_device(images, targets, device, channels_last: bool):
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets.to(device, non_blocking=True)
-
-
 class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite: the run stops before that step changes the weights."""
 
 
 def train_step(parts: TrainingParts, images, targets, device, amp_dtype, *, indices=None, epoch: int = 1,
                num_epochs: int = 1) -> float:
-    """One step as in the paper: autocast forward, float32 loss, scaled backward, optimizer and OneCycle
-    step, EMA update, optional running-average prior update; returns the loss. A non-finite loss on any
-    rank raises `NonFiniteLossError` on every rank before the backward pass. The loss is called as
-    ``criterion(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with the 1-based epoch ``e`` and
-    the samples' dataset indices (used by the methods that keep a per-sample label store)."""
+    """One step as in the paper (AMP forward, float32 loss, OneCycle and EMA steps); returns the loss, called
+    as ``criterion(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with the 1-based epoch ``e`` and
+    the samples' dataset indices. A non-finite loss on any rank raises `NonFiniteLossError` on every rank
+    before the backward pass."""
     with autocast_context(device, amp_dtype):
         logits = parts.model(images)
     loss = parts.criterion(logits.float(), targets, epoch=epoch, num_epochs=num_epochs, indices=indices)
@@ -181,14 +165,10 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
                     print_freq: int = 64, should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[int, float, float], None] | None = None,
                     show_progress: bool = False) -> EpochResult:
-    """One epoch of :func:`train_step` over ``loader``.
-
-    ``resume`` (a `ResumePoint` of this epoch with ``steps_done`` > 0) continues inside the epoch: the
-    first ``steps_done`` batches are loaded but not trained on (so the data RNGs advance as before),
-    then its RNG state is restored. ``should_stop`` is polled after every step; when it returns True
-    the epoch ends early with ``interrupted=True`` (a safe point: the step is complete).
-    ``on_step(step, loss, lr)`` is called after each step with the step index within the epoch.
-    """
+    """One epoch of :func:`train_step` over ``loader``. ``resume`` (a `ResumePoint` of this epoch) skips
+    its ``steps_done`` batches (loaded, not trained on) then restores its RNG state. ``should_stop`` is
+    polled after every (complete) step: True ends the epoch with ``interrupted=True``. ``on_step(step,
+    loss, lr)`` is called after each step, ``step`` counted within the epoch."""
     resume = resume or ResumePoint(epoch=epoch)
     parts.model.train()
     started = time.perf_counter()
@@ -203,7 +183,9 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
                     # Before the next batch is loaded (with workers=0 it draws from these generators).
                     restore_rng_state(resume.rng_state)
                 continue
-            images, targets = _to_device(images, targets, device, channels_last)
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             try:
                 loss_value = train_step(parts, images, targets, device, amp_dtype, indices=indices,
                                         epoch=epoch + 1, num_epochs=num_epochs)
@@ -240,8 +222,8 @@ def _is_channels_last(model) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def num_classes_of(loader, model) -> int:
-    """Number of classes of an evaluation: ``loader.dataset.class_names``, else the model's num_classes."""
+def _num_classes(loader, model) -> int:
+    """``len(loader.dataset.class_names)``, else the model's ``num_classes``."""
     names = getattr(loader.dataset, "class_names", None)
     if names is not None:
         return len(names)
@@ -252,41 +234,21 @@ def num_classes_of(loader, model) -> int:
     return int(num_classes)
 
 
-def iter_logits(model, loader, device, amp_dtype: torch.dtype | None = None):
-    """Generator of ``(logits, targets)`` per batch of ``loader``: float32 logits on ``device`` and the
-    targets as loaded. The shared prediction loop of :func:`predict` and the prior's clean pass.
-
-    The model runs unwrapped (no DDP buffer broadcast, whose collective would hang when ranks run
-    different numbers of batches) in eval mode, its input in channels_last when its weights are; its
-    train/eval mode is restored when the generator ends or is closed (use ``contextlib.closing`` to
-    restore it at once when the loop stops early). Under DDP the loader must come from
-    :func:`build_eval_loader` (a ``ShardSampler``); this is checked when called, not at the first batch.
-    """
-    return _only_model(iter_logits_many({"": model}, loader, device, amp_dtype))
-
-
-def _only_model(batches):
-    with contextlib.closing(batches):  # closing this generator closes the batches (restores train mode)
-        for logits, targets in batches:
-            yield logits[""], targets
-
-
-def iter_logits_many(models: dict, loader, device, amp_dtype: torch.dtype | None = None):
-    """:func:`iter_logits` for several models at once: ``({name: logits}, targets)`` per batch, every
-    batch loaded (decoded, transformed) once for all of them."""
+@torch.no_grad()
+def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
+    """``({name: float32 logits (B, C) on device}, targets as loaded)`` per batch, each batch loaded once
+    for all ``models``: the loop of :func:`predict` and the clean pass. Each model runs unwrapped (DDP's
+    buffer broadcast would hang when ranks run different numbers of batches), in eval mode (its own mode
+    is restored when the generator ends or is closed), fed channels_last when its weights are."""
     if is_dist() and not isinstance(loader.sampler, ShardSampler):
         raise ValueError("under DDP the evaluation loader must shard without padding; build it with "
                          "src.engine.build_eval_loader(dataset, batch_size, workers)")
+    device = torch.device(device)
     nets = {name: unwrap_model(model) for name, model in models.items()}
-    return _logits_batches(nets, loader, torch.device(device), amp_dtype)
-
-
-@torch.no_grad()
-def _logits_batches(nets: dict, loader, device: torch.device, amp_dtype: torch.dtype | None):
     was_training = {name: net.training for name, net in nets.items()}
+    channels_last = {name: _is_channels_last(net) for name, net in nets.items()}
     for net in nets.values():
         net.eval()
-    channels_last = {name: _is_channels_last(net) for name, net in nets.items()}
     try:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
@@ -303,85 +265,86 @@ def _logits_batches(nets: dict, loader, device: torch.device, amp_dtype: torch.d
 
 
 @torch.no_grad()
-def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(targets, scores)`` of every sample of ``loader.dataset``: labels int8 (N, C) (1, 0, -1) and
-    sigmoid scores float32 (N, C), in the ``(targets, scores)`` order of :mod:`src.metrics`.
-
-    Under DDP every rank returns the full, gathered arrays in dataset order; the loader must come
-    from :func:`build_eval_loader` (a ``ShardSampler``). The batches come from :func:`iter_logits`
-    (unwrapped model in eval mode; its previous train/eval mode is restored).
-    """
-    targets, scores = predict_many({"": model}, loader, device, amp_dtype=amp_dtype)
-    return targets, scores[""]
-
-
-@torch.no_grad()
-def predict_many(models: dict, loader, device, *, amp_dtype: torch.dtype | None = None):
-    """:func:`predict` for several models in one pass over ``loader``: ``(targets, {name: scores})``."""
+def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
+    """``(targets, scores)`` of every sample of ``loader.dataset`` (the order of :mod:`src.metrics`):
+    labels int8 (N, C) in {1, 0, -1}, sigmoid scores float32 (N, C); for a dict name -> model, ``scores``
+    is a dict name -> scores from one pass. Under DDP every rank gets the full arrays in dataset order."""
+    models = model if isinstance(model, dict) else {"": model}
     names = list(models)
-    num_classes = num_classes_of(loader, models[names[0]])
-    width = (len(names) + 1) * num_classes
+    num_classes = _num_classes(loader, models[names[0]])
     rows = []
-    with contextlib.closing(iter_logits_many(models, loader, device, amp_dtype)) as batches:
+    with contextlib.closing(_batches(models, loader, device, amp_dtype)) as batches:
         for logits, targets in batches:
             outputs = [logits[name] for name in names]
-            if any(out.shape[1] != num_classes for out in outputs):
-                raise ValueError(f"predict: a model outputs {outputs[0].shape[1]} classes but the dataset "
-                                 f"has {num_classes}")
+            wrong = [out.shape[1] for out in outputs if out.shape[1] != num_classes]
+            if wrong:
+                raise ValueError(f"predict: a model outputs {wrong[0]} classes but the dataset has "
+                                 f"{num_classes}")
             rows.append(torch.cat([*(torch.sigmoid(out).cpu() for out in outputs), targets.float().cpu()],
                                   dim=1))
-    local = torch.cat(rows) if rows else torch.zeros((0, width))
+    local = torch.cat(rows) if rows else torch.zeros((0, (len(names) + 1) * num_classes))
     gathered = gather_rows(local, len(loader.dataset), getattr(loader.sampler, "batch_size", 1))
     targets = gathered[:, -num_classes:].numpy().astype(np.int8)
     scores = {name: gathered[:, i * num_classes:(i + 1) * num_classes].numpy().astype(np.float32)
               for i, name in enumerate(names)}
-    return targets, scores
-
-
-def compute_metrics(targets: np.ndarray, scores: np.ndarray, *, threshold: float) -> dict:
-    """mAP (full, or partial AP when any label is -1) and the threshold metrics of src.metrics.
-
-    Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
-    Partial labels: AP over annotated entries only, classes without annotated samples, positives or
-    negatives skipped (counted by reason); also ``mAP_weighted``, the mean AP weighted by each kept
-    class's number of positives. ``ap_per_class`` (in [0, 1]) holds NaN for skipped classes.
-    """
-    partial = bool((targets == -1).any())
-    result = {"num_samples": int(targets.shape[0]), "num_classes": int(targets.shape[1]), "partial": partial}
-    if partial:
-        summary = partial_average_precision(targets, scores)
-        ap = np.where(summary.ap_per_class < 0, np.nan, summary.ap_per_class)
-        result.update(mAP=summary.mAP, mAP_weighted=summary.mAP_weighted,
-                      skipped_no_labels=summary.skipped_no_labels,
-                      skipped_no_negatives=summary.skipped_no_negatives,
-                      skipped_no_positives=summary.skipped_no_positives,
-                      num_classes_skipped=summary.num_classes_skipped)
-    else:
-        ap = average_precision_per_class(targets, scores)
-        no_pos = int(((targets == 1).sum(axis=0) == 0).sum())
-        result.update(mAP=100.0 * float(ap.mean()), num_classes_skipped=0, classes_without_positives=no_pos)
-    result["ap_per_class"] = ap
-    result.update(threshold_metrics(targets, scores, threshold=threshold))
-    result["threshold"] = float(threshold)
-    return result
+    return targets, (scores if isinstance(model, dict) else scores[""])
 
 
 def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
              return_predictions: bool = False) -> dict:
-    """:func:`predict` then :func:`compute_metrics`; with ``return_predictions`` the result also holds
-    the arrays under 'targets' and 'scores'."""
+    """The metrics of :func:`predict`'s scores (for a dict of models: a dict name -> metrics, one pass);
+    with ``return_predictions`` each also holds the arrays under 'targets' and 'scores'.
+
+    Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
+    Partial labels (any -1): AP over annotated entries only, classes without annotated samples, positives
+    or negatives skipped (counted by reason), and ``mAP_weighted`` (weighted by each class's positives).
+    ``ap_per_class`` in [0, 1], NaN when skipped. Then src.metrics' threshold metrics at ``threshold``.
+    """
     targets, scores = predict(model, loader, device, amp_dtype=amp_dtype)
-    result = compute_metrics(targets, scores, threshold=threshold)
-    if return_predictions:
-        result["targets"], result["scores"] = targets, scores
-    return result
+    partial = bool((targets == -1).any())
+    results = {}
+    for name, values in (scores.items() if isinstance(model, dict) else [("", scores)]):
+        result = {"num_samples": int(targets.shape[0]), "num_classes": int(targets.shape[1]),
+                  "partial": partial}
+        if partial:
+            summary = partial_average_precision(targets, values)  # mAP, mAP_weighted, skipped_* counts
+            result.update(summary._asdict(), num_classes_skipped=summary.num_classes_skipped)
+            ap = np.where(summary.ap_per_class < 0, np.nan, summary.ap_per_class)
+        else:
+            ap = average_precision_per_class(targets, values)
+            no_pos = int(((targets == 1).sum(axis=0) == 0).sum())
+            result.update(mAP=100.0 * float(ap.mean()), num_classes_skipped=0,
+                          classes_without_positives=no_pos)
+        result["ap_per_class"] = ap
+        result.update(threshold_metrics(targets, values, threshold=threshold), threshold=float(threshold))
+        if return_predictions:
+            result["targets"], result["scores"] = targets, values
+        results[name] = result
+    return results if isinstance(model, dict) else results[""]
 
 
-def evaluate_many(models: dict, loader, device, *, amp_dtype: torch.dtype | None = None,
-                  threshold: float = 0.5) -> dict:
-    """{name: :func:`evaluate` result} of several models from one pass over ``loader``."""
-    targets, scores = predict_many(models, loader, device, amp_dtype=amp_dtype)
-    return {name: compute_metrics(targets, values, threshold=threshold) for name, values in scores.items()}
+@torch.no_grad()
+def compute_prior_from_model(model: torch.nn.Module, dataset, device, batch_size: int = 64, workers: int = 0,
+                             amp_dtype: torch.dtype | None = None) -> np.ndarray:
+    """The clean pass: the prior as the mean sigmoid prediction per class over ``dataset``, float32 (C,).
+
+    Pass the training set with the eval transform (`src.data.eval_view`): in eval mode without
+    augmentation the estimate does not depend on the last epoch's random crops - unlike the paper's code,
+    which averages the training batches' predictions while the model changes (``--estimate_prior
+    running_average``). Under DDP only the C sums are all-reduced, never the N x C predictions.
+    """
+    if len(dataset) == 0:
+        raise ValueError("compute_prior_from_model: the dataset is empty; check --data and the split")
+    loader = build_eval_loader(dataset, batch_size, workers, device)
+    class_names = getattr(dataset, "class_names", None)
+    if not class_names:  # the class count as predict gets it: dataset, else model
+        class_names = [str(c) for c in range(_num_classes(loader, model))]
+    accumulator = ComputePrior(class_names)
+    with contextlib.closing(_batches({"": model}, loader, device, amp_dtype)) as batches:
+        for logits, _ in batches:
+            accumulator.update(logits[""])
+    accumulator.all_reduce()
+    return accumulator.avg_pred_train.cpu().numpy().astype(np.float32)
 
 
 def describe_map(result: dict) -> str:

@@ -20,21 +20,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from src.data import eval_view
 from src.data.transforms import build_val_transform
 from src.engine import (
     EpochResult,
     NonFiniteLossError,
     TrainingParts,
     build_eval_loader,
+    compute_prior_from_model,
     describe_map,
-    evaluate_many,
+    evaluate,
     predict,
     scalar_metrics,
     seed_epoch,
     train_one_epoch,
 )
 from src.models import model_metadata
-from src.prior import compute_prior_from_model, eval_view, write_prior_csv
+from src.prior import write_prior_csv
 from src.utils.checkpoint import ResumePoint, save_checkpoint
 from src.utils.cli import ConfigError, ExitRequest
 from src.utils.distributed import (
@@ -356,7 +358,7 @@ class Trainer:
         results = {}
         models = {"regular": self.parts.model, "ema": self.parts.ema.module}
         for split, loader in self.eval_loaders.items():  # one pass per split: each batch decoded once
-            metrics = evaluate_many(models, loader, self.ctx.device, amp_dtype=self.amp_dtype,
+            metrics = evaluate(models, loader, self.ctx.device, amp_dtype=self.amp_dtype,
                                     threshold=self.settings.threshold)
             results.update({(split, variant): metrics[variant] for variant in models})
         return results

@@ -92,9 +92,9 @@ def test_ddp_evaluation_equals_single_process(ddp_run, embedded_data_dir):
 
 
 def test_ddp_priors_count_every_rank(ddp_run, embedded_data_dir):
-    from src.data import build_datasets
+    from src.data import build_datasets, eval_view
     from src.data.transforms import build_val_transform
-    from src.prior import compute_prior_from_model, eval_view
+    from src.engine import compute_prior_from_model
 
     dest, _ = ddp_run
     last = torch.load(os.path.join(dest, "last.pth"), map_location="cpu", weights_only=True)

@@ -1,11 +1,12 @@
-"""src/engine.py: one evaluation pass for several models equals separate passes; the indexed train loader."""
+"""src/engine.py: one evaluation pass for a dict of models equals separate passes; the indexed loader."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from src.engine import IndexedDataset, build_eval_loader, build_train_loader, evaluate, evaluate_many
+from src.engine import IndexedDataset, build_eval_loader, build_train_loader, evaluate, predict
 
 
 class _Pictures(torch.utils.data.Dataset):
@@ -32,18 +33,24 @@ def _model(seed):
                                torch.nn.Linear(8, 5))
 
 
-def test_evaluate_many_equals_separate_passes_and_loads_each_item_once():
+def test_evaluating_a_dict_of_models_equals_separate_passes_and_loads_each_item_once():
     data = _Pictures()
     models = {"a": _model(0), "b": _model(1)}
     models["a"].eval()  # each model gets its own train/eval mode back afterwards
     loader = build_eval_loader(data, batch_size=4, workers=0)
-    together = evaluate_many(models, loader, "cpu", threshold=0.5)
+    together = evaluate(models, loader, "cpu", threshold=0.5)
     assert data.loads == len(data)  # one pass for both models
     for name, model in models.items():
         alone = evaluate(model, loader, "cpu", threshold=0.5)
         for key in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1"):
             assert together[name][key] == alone[key], (name, key)  # exactly: same batches, same kernels
     assert models["b"].training and not models["a"].training
+    targets, scores = predict(models, loader, "cpu")  # a dict of models: a dict of scores
+    alone_targets, alone_scores = predict(models["b"], loader, "cpu")
+    assert set(scores) == {"a", "b"} and scores["b"].shape == (len(data), 5)
+    np.testing.assert_array_equal(scores["b"], alone_scores)
+    np.testing.assert_array_equal(targets, alone_targets)
+    np.testing.assert_array_equal(targets, data.targets.numpy().astype(np.int8))
 
 
 def test_train_loader_items_carry_their_dataset_index():
@@ -56,3 +63,12 @@ def test_train_loader_items_carry_their_dataset_index():
             seen.append(index)
     assert sorted(seen) == list(range(10))
     assert IndexedDataset(data)[7][2] == 7
+
+
+def test_predict_names_a_class_count_mismatch_and_restores_the_mode():
+    data = _Pictures(n=6)
+    wrong = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 4))  # 4 outputs, 5 classes
+    loader = build_eval_loader(data, batch_size=4, workers=0)
+    with pytest.raises(ValueError, match="outputs 4 classes but the dataset has 5"):
+        predict({"right": _model(0), "wrong": wrong}, loader, "cpu")
+    assert wrong.training  # the pass stopped early, the train mode is back

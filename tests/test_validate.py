@@ -375,10 +375,10 @@ def test_flags_come_from_the_shared_parent_parsers():
         parser.parse_args([])
 
 
-def test_engine_predict_and_compute_metrics_take_targets_first(embedded_data_dir, tmp_path):
-    """src.engine's evaluation API follows src.metrics: predict -> (targets, scores), compute_metrics(targets,
-    scores, *, threshold), evaluate(..., return_predictions=True) -> 'targets' and 'scores'."""
-    from src.engine import build_eval_loader, compute_metrics, evaluate, predict
+def test_engine_predict_and_evaluate_take_targets_first(embedded_data_dir, tmp_path):
+    """src.engine's evaluation API follows src.metrics: predict -> (targets, scores), evaluate(..., *,
+    threshold), evaluate(..., return_predictions=True) -> 'targets' and 'scores'."""
+    from src.engine import build_eval_loader, evaluate, predict
 
     names, paths, labels = embedded_split(embedded_data_dir)
     model = save_tiny_checkpoint(tmp_path / "tiny.pth", names)
@@ -389,8 +389,8 @@ def test_engine_predict_and_compute_metrics_take_targets_first(embedded_data_dir
     np.testing.assert_array_equal(targets, labels)
     np.testing.assert_allclose(scores, manual_scores(model, paths), atol=1e-5)
     with pytest.raises(TypeError):
-        compute_metrics(targets, scores, 0.5)  # threshold is keyword-only
-    result = compute_metrics(targets, scores, threshold=0.8)
+        evaluate(model, loader, "cpu", None, 0.5)  # amp_dtype and threshold are keyword-only
+    result = evaluate(model, loader, "cpu", threshold=0.8)
     assert result["mAP"] == pytest.approx(mean_average_precision(labels, scores))
     assert {key: result[key] for key in ("CP", "CR", "CF1", "OP", "OR", "OF1")} == pytest.approx(
         threshold_metrics(labels, scores, threshold=0.8))

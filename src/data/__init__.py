@@ -1,39 +1,19 @@
-"""Datasets of the CSL reimplementation: COCO 2014, OpenImages V6 and LVIS v1.
+"""Datasets of the CSL reimplementation: COCO 2014, OpenImages V6, LVIS v1 (and the embedded benchmark,
+read as COCO).
 
-`build_split(dataset_type, split, transform, *, data, metadata, ...)` reads one split with its full labels:
-
-* ``coco``: standard layout ``data`` = DIR with ``DIR/annotations/instances_{train,val}2014.json`` and
-  images in ``DIR/train2014``, ``DIR/val2014``; or the paper code's layout ``metadata`` = DIR with
-  ``DIR/train.json``, ``DIR/val.json`` and images under ``data`` (joined with each ``file_name``;
-  ``data/train2014`` / ``data/val2014`` are used instead when the images are there).
-* ``openimages``: see `src.data.openimages` (``metadata`` holds the label files, ``data`` the images).
-* ``lvis``: see `src.data.lvis` (``lvis_v1_{train,val}.json`` in ``metadata``, ``data/annotations``
-  or ``data``; images in ``data/train2017``, ``data/val2017``).
-
-Every split checks its image files once at construction (missing or unreadable files are one `DatasetError`
-naming them and ``--skip_bad_images``, or are dropped with a warning under that flag; see `src.data.base`),
-and ``dataset.describe_load_stats()`` is the label reader's one-line report (OpenImages, LVIS: conflicting,
-repeated and skipped labels, images without a usable label; None for COCO) for the caller to print.
-
-`apply_partial_labels(dataset, *, partial_labels, simulate_type, simulate_param, seed)` replaces the labels
-of a dataset by a partial label file (written by ``python -m coco_simulation``) or by a simulated draw,
-and returns the simulation summary (None for a file or no change); it prints nothing, the caller reports
-the draw with `describe_simulation`. A file is checked against the dataset's own labels (see
-`src.data.partial_labels.load_partial_labels`), so a file made for another dataset is refused.
-
-`build_datasets(args)` is the one reader of the command-line namespace for the data: it returns
-``(train_dataset, val_dataset)`` for ``args.dataset_type`` (`build_datasets_with_summary` also returns the
-simulation summary). The train set gets the train pipeline (Resize, CutoutPIL, RandAugment, ToTensor),
-the val set the val pipeline; ``args.jpeg_draft=False`` disables JPEG draft decoding (see
-`src.data.image_io`). Partial labels are applied to the train set only: ``args.partial_labels`` or
-``args.simulate_partial_type`` / ``args.simulate_partial_param`` (simulated with ``args.seed``); giving
-both is an error.
+An item is ``(image, target)``, target float32 (C,): 1 positive, 0 negative, -1 un-annotated
+(`src.data.base`). `build_split` reads one split with its full labels; `apply_partial_labels` replaces
+them by a partial label file (``python -m coco_simulation``, checked against the dataset's own labels, so
+a file made for another dataset is refused) or a simulated draw; `build_datasets(args)` is the one
+reader of the command-line namespace for the data. The library prints nothing: the callers report
+`describe_simulation` and ``dataset.describe_load_stats()``.
 """
 
 from __future__ import annotations
 
 import os
 
+from src.data.base import eval_view
 from src.data.coco import CocoDetection
 from src.data.labels import DatasetError, LabelMatrix
 from src.data.lvis import lvis_dataset
@@ -44,7 +24,7 @@ from src.data.transforms import build_train_transform, build_val_transform
 __all__ = [
     "DATASET_TYPES", "SPLITS", "DatasetError", "LabelMatrix", "apply_partial_labels", "build_datasets",
     "build_datasets_with_summary", "build_split", "build_split_from_args", "describe_simulation",
-    "resolve_coco_files",
+    "eval_view", "resolve_coco_files",
 ]
 
 DATASET_TYPES = ("coco", "openimages", "lvis")
@@ -74,7 +54,10 @@ def _first_file_name(ann_file: str) -> str | None:
 
 
 def resolve_coco_files(data: str, metadata: str | None, split: str) -> tuple[str, str]:
-    """(image root, annotation file) of COCO ``split`` ('train' or 'val') for either supported layout."""
+    """(image root, annotation file) of COCO ``split`` ('train' or 'val') in either layout: the standard
+    ``data/annotations/instances_{split}2014.json`` with images in ``data/{split}2014``, or the paper
+    code's ``metadata/{split}.json`` with images under ``data`` (or ``data/{split}2014`` when they are
+    there)."""
     folder = f"{split}2014"
     standard = os.path.join(data, "annotations", f"instances_{folder}.json")
     if os.path.isfile(standard):
@@ -86,19 +69,16 @@ def resolve_coco_files(data: str, metadata: str | None, split: str) -> tuple[str
     raise DatasetError(f"COCO {split} annotations not found: looked for {standard} (layout --data DIR with "
                        f"annotations/, train2014/, val2014/) and "
                        f"{os.path.join(metadata or '<--metadata>', split + '.json')} (layout of the paper's "
-                       f"code). "
-                       f"Download COCO 2014 or fix --data / --metadata")
-
+                       f"code). Download COCO 2014 or fix --data / --metadata")
 
 
 def build_split(dataset_type: str, split: str, transform=None, *, data: str, metadata: str | None = None,
                 skip_bad_images: bool = False, unknown_mids: str | None = None,
                 openimages_val_split: str = "validation"):
-    """One split ('train' or 'val') of ``dataset_type`` with its full labels (see the module docstring).
-
-    ``skip_bad_images`` drops unreadable images at start-up; ``unknown_mids`` ('error', 'skip' or None for
-    the format's default) and ``openimages_val_split`` ('validation' or 'test') apply to OpenImages only.
-    """
+    """One split ('train' or 'val') of ``dataset_type`` with its full labels (layouts: `resolve_coco_files`,
+    `src.data.openimages`, `src.data.lvis`). ``skip_bad_images`` drops unreadable images at start-up;
+    ``unknown_mids`` ('error', 'skip' or None for the format's default) and ``openimages_val_split``
+    ('validation' or 'test') apply to OpenImages only."""
     if dataset_type not in DATASET_TYPES:
         raise ValueError(f"dataset_type must be one of {DATASET_TYPES}, got {dataset_type!r}")
     if split not in SPLITS:
@@ -138,7 +118,10 @@ def build_split_from_args(args, split: str, transform=None):
 
 
 def build_datasets_with_summary(args):
-    """(train_dataset, val_dataset, simulation summary or None) described by ``args`` (module docstring)."""
+    """(train_dataset, val_dataset, simulation summary or None) of ``args``: the train split with the train
+    pipeline (Resize, CutoutPIL, RandAugment, ToTensor) and the partial labels of ``args.partial_labels``
+    or ``args.simulate_partial_type`` (drawn with ``args.seed``), the val split with the val pipeline and
+    its full labels (``args.jpeg_draft=False`` disables JPEG draft decoding, `src.data.image_io`)."""
     train_transform = build_train_transform(args.image_size, draft=args.jpeg_draft)
     val_transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     train_dataset = build_split_from_args(args, "train", train_transform)
@@ -154,6 +137,6 @@ def build_datasets_with_summary(args):
 
 
 def build_datasets(args):
-    """(train_dataset, val_dataset) described by ``args`` (see the module docstring)."""
+    """(train_dataset, val_dataset) of `build_datasets_with_summary`."""
     train_dataset, val_dataset, _ = build_datasets_with_summary(args)
     return train_dataset, val_dataset

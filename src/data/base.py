@@ -1,19 +1,9 @@
-"""Shared behaviour of the multi-label image datasets (COCO, OpenImages, LVIS).
+"""Shared behaviour of the multi-label image datasets (COCO, OpenImages, LVIS, embedded).
 
-A dataset is a list of images (``image_paths``, ``image_ids``) and a `LabelMatrix` with one row per
-image and one column per class (``class_names``).  ``__getitem__(i)`` decodes image ``i``, applies
-``transform`` and returns ``(image, target)`` where ``target`` is a float32 tensor of shape (C,) with
-1 (positive), 0 (negative) and -1 (un-annotated).
-
-If ``transform`` exposes a ``draft_size`` attribute (the pipelines of `src.data.transforms` do), JPEGs
-are decoded in libjpeg draft mode towards that size (see `src.data.image_io`).
-
-Decoded-image cache (opt-in, for small datasets such as the embedded benchmark, where decoding the same
-tiny PNGs every epoch costs more than the transforms): ``dataset.cache_decoded_images(max_bytes)``
-decodes every image once, in the calling process (DataLoader workers inherit it), and keeps the RGB
-uint8 pixels when they fit in ``max_bytes`` (default 512 MiB). Each item then starts from a fresh
-copy of the cached pixels, so the transforms (which may draw in place) see the same image as a decode
-and give the same outputs for the same seeds.
+A dataset is a list of images (``image_paths``, ``image_ids``) and a `LabelMatrix`, one row per image and
+one column per class (``class_names``). ``dataset[i]`` is ``(image, target)``: image ``i`` decoded (JPEGs in
+libjpeg draft mode towards the transform's ``draft_size`` when it has one, `src.data.image_io`) and
+transformed; target float32 (C,) with 1 (positive), 0 (negative) and -1 (un-annotated).
 """
 
 from __future__ import annotations
@@ -63,6 +53,14 @@ def require_dir(path: str, what: str, fix: str) -> None:
         raise DatasetError(f"{what} not found: {path}. {fix}")
 
 
+def eval_view(dataset, transform):
+    """A shallow copy of ``dataset`` (same images and labels) that applies ``transform`` instead, e.g. the
+    training set with the eval transform for the clean pass (`src.engine.compute_prior_from_model`)."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    return view
+
+
 class MultiLabelImageDataset(Dataset):
     """Base class; subclasses fill ``root, class_names, image_ids, image_paths, labels`` then call
     `_finish_init`."""
@@ -83,12 +81,9 @@ class MultiLabelImageDataset(Dataset):
     _decoded_draft: tuple | None = None
 
     def _finish_init(self, source: str, skip_bad_images: bool) -> None:
-        """Validate the result and check every image file once (``source`` names the label file).
-
-        Missing or unreadable image files (see `src.data.image_io.scan_images`) are dropped with a
-        `SkippedImagesWarning` when ``skip_bad_images``, otherwise they are one `DatasetError` listing
-        the first of them, so a bad file is found at start-up, not after an epoch of training.
-        """
+        """Check every image file once (``source`` names the label file), so that a bad file is found at
+        start-up, not after an epoch: missing or unreadable files are one `DatasetError` naming the first
+        of them, or are dropped with a `SkippedImagesWarning` under ``skip_bad_images``."""
         self.skip_bad_images = bool(skip_bad_images)
         self.label_source = source
         if self.labels.num_samples == 0:
@@ -148,13 +143,14 @@ class MultiLabelImageDataset(Dataset):
         raise DatasetError(f"none of the {len(self)} images could be decoded; check --data ({self.root})")
 
     def cache_decoded_images(self, max_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> bool:
-        """Decode every image once and serve items from memory from now on; True if cached.
+        """Decode every image once, in this process (DataLoader workers inherit the pixels), and serve items
+        from memory from now on; True if cached. For small datasets such as the embedded benchmark, whose
+        tiny PNGs cost more to decode every epoch than the transforms. Each item starts from a fresh copy
+        of the pixels, so in-place transforms give the same outputs as after a decode.
 
-        Nothing is cached (False; items are decoded per read as before) when the images' RGB pixels
-        would exceed ``max_bytes`` (known from the headers, before decoding anything) or an image
-        cannot be decoded (the normal read path then reports or skips it). The pixels are decoded
-        for the transform's current JPEG ``draft_size``; a later transform with another one reads
-        the files again.
+        Nothing is cached (False) when the RGB pixels would exceed ``max_bytes`` (known from the headers)
+        or an image cannot be decoded (the normal read path then reports or skips it). The pixels are for
+        the transform's current JPEG ``draft_size``; a transform with another one reads the files again.
         """
         if rgb_bytes_within(self.image_paths, max_bytes) is None:
             return False
@@ -171,12 +167,8 @@ class MultiLabelImageDataset(Dataset):
 
     # ----------------------------------------------------------------- label / subset API
     def describe_load_stats(self) -> str | None:
-        """One line saying what the label reader resolved or dropped, for the caller to print (the
-        library prints nothing); None for readers with nothing to report (COCO).
-
-        Counts (``load_stats``): (image, class) pairs listed both positive and negative (kept as
-        positive), pairs listed twice (kept once), labels of MIDs outside the class list (skipped) and
-        images left without a usable label (dropped)."""
+        """One line of the label reader's ``load_stats`` (conflicting and repeated pairs, labels outside
+        the class list, images without a usable label), for the caller to print; None for COCO."""
         if self.load_stats is None:
             return None
         stats = self.load_stats

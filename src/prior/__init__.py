@@ -1,24 +1,14 @@
-"""The class prior of CSL's selective mode: its file, its estimation, and how well it ranks the classes.
+"""The class prior of CSL's selective mode: its file, its running estimate, and how well it ranks classes.
 
-The prior of class c is the fraction of training images that contain it, P(c). CSL estimates it from
-the stage-1 model (trained with ``--partial_loss_mode ignore``) as the mean predicted probability over
-the training images::
-
-    prior[c] = (1 / N) * sum_i sigmoid(model(x_i))[c]
-
-- the file (`src.prior.csv_format`): the paper's ``Classes,avg_pred`` CSV, `write_prior_csv` /
-  `read_prior_csv` (``PRIOR_CSV_COLUMNS``);
-- the accumulator (`src.prior.accumulator`): `ComputePrior`, the running mean of the predictions, with a
-  state that can be checkpointed and summed over torch.distributed ranks;
-- the clean pass (`src.prior.clean_pass`): `compute_prior_from_model` in eval mode over `eval_view` of
-  the training set (no augmentation), sharded over ranks;
-- the rank statistics (`src.prior.ranking`): Spearman's rho and top-k lists against the true frequencies;
-- the command (``python -m src.prior``, `src.prior.__main__`): the clean pass of a checkpoint, written
-  next to it, with the rank report when the full labels are known.
+The prior of class c is the fraction of training images that contain it, P(c); CSL estimates it as the
+mean predicted probability of the stage-1 model (``--partial_loss_mode ignore``) over the training
+images, ``prior[c] = (1 / N) * sum_i sigmoid(model(x_i))[c]``. Here: the ``Classes,avg_pred`` CSV
+(`csv_format`), the running mean `ComputePrior` (`accumulator`) and the rank statistics against the true
+frequencies (`ranking`). The clean pass that runs a model (`src.engine.compute_prior_from_model`) and
+``python -m src.prior`` sit above: this package imports neither the engine nor models nor datasets.
 """
 
 from src.prior.accumulator import ComputePrior
-from src.prior.clean_pass import compute_prior_from_model, eval_view
 from src.prior.csv_format import PRIOR_CSV_COLUMNS, read_prior_csv, write_prior_csv
 from src.prior.ranking import (
     average_ranks,
@@ -33,8 +23,6 @@ __all__ = [
     "PRIOR_CSV_COLUMNS",
     "ComputePrior",
     "average_ranks",
-    "compute_prior_from_model",
-    "eval_view",
     "naive_estimates",
     "rank_report",
     "rank_statistics",

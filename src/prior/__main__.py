@@ -1,6 +1,6 @@
 """``python -m src.prior``: the clean-pass prior of a checkpoint, and how well it ranks the classes.
 
-Runs `src.prior.compute_prior_from_model` (eval mode, validation transform) over the training images
+Runs `src.engine.compute_prior_from_model` (eval mode, validation transform) over the training images
 with their partial labels, writes the paper's ``Classes,avg_pred`` file and, when the full labels are
 known (coco, also the embedded dataset), prints Spearman's rho and the top-k lists of this estimate, the
 naive counts and the ``--compare`` files against the true frequencies. With torch.distributed initialised
@@ -36,10 +36,9 @@ from src.args import (
 )
 from src.data import apply_partial_labels, build_split_from_args, describe_simulation
 from src.data.transforms import build_val_transform
-from src.engine import load_eval_model
+from src.engine import compute_prior_from_model, load_eval_model
 from src.models import check_model_classes, weights_stem
 from src.prior import (
-    compute_prior_from_model,
     naive_estimates,
     rank_report,
     rank_statistics,

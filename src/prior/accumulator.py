@@ -1,7 +1,7 @@
 """`ComputePrior`: the paper's running mean of the sigmoid predictions per class.
 
 train.py feeds it the logits of every training batch (``--estimate_prior running_average``); the
-clean pass (`src.prior.compute_prior_from_model`) feeds it the eval-mode logits of the training images.
+clean pass (`src.engine.compute_prior_from_model`) feeds it the eval-mode logits of the training images.
 The state is C float64 sums and an image count, so it can be saved in a checkpoint (`state_dict`), resumed
 (`load_state_dict`) and summed over torch.distributed ranks (`all_reduce`, `reduced_state_dict`).
 """
@@ -11,11 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 
-
-def _is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+from src.utils.distributed import all_reduce_sum, is_dist
 
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -24,11 +21,8 @@ def _accumulator_dtype(device: torch.device) -> torch.dtype:
 
 
 class ComputePrior:
-    """Running mean of sigmoid predictions per class.
-
-    ``classes`` is a sequence of class names or a mapping whose values are the names (as in the
-    paper's code). The sums live on the device of the logits given to :meth:`update`.
-    """
+    """Running mean of sigmoid predictions per class. ``classes``: the class names, or a mapping whose
+    values are the names (as in the paper's code). The sums live on the device of the logits."""
 
     def __init__(self, classes: Sequence[str] | Mapping):
         names = list(classes.values()) if isinstance(classes, Mapping) else list(classes)
@@ -62,13 +56,9 @@ class ComputePrior:
                 f"got {tuple(logits.shape)}"
             )
         with torch.no_grad():
-            batch_sum = torch.sigmoid(logits.float()).sum(dim=0)
             dtype = _accumulator_dtype(logits.device)
-            if self._sums is None:
-                self._sums = torch.zeros(self.num_classes, dtype=dtype, device=logits.device)
-            elif self._sums.device != logits.device:
-                self._sums = self._sums.to(logits.device, dtype)
-            self._sums = self._sums + batch_sum.to(self._sums.dtype)
+            sums = torch.zeros(self.num_classes, dtype=dtype) if self._sums is None else self._sums
+            self._sums = sums.to(logits.device, dtype) + torch.sigmoid(logits.float()).sum(dim=0).to(dtype)
             self._count += logits.shape[0]
 
     # ------------------------------------------------------------------------------------ state
@@ -98,31 +88,20 @@ class ComputePrior:
 
     # ------------------------------------------------------------------------------ distributed
     def reduced_state_dict(self) -> dict:
-        """The :meth:`state_dict` summed over all torch.distributed ranks, ``self`` unchanged.
-
-        A collective: every rank must call it (e.g. when saving a checkpoint mid-training). Without a
-        process group it is :meth:`state_dict`.
-        """
-        if not _is_distributed():
-            return self.state_dict()
-        # One float64 message: the C sums and the count (exact as float64 up to 2**53 images).
-        device = torch.device("cpu")
-        if "nccl" in str(dist.get_backend()):
-            device = torch.device("cuda", torch.cuda.current_device())
+        """The :meth:`state_dict` summed over all torch.distributed ranks, ``self`` unchanged. A collective:
+        every rank must call it (e.g. when saving a checkpoint mid-training)."""
         state = self.state_dict()
-        packed = torch.cat([state["sums"], torch.tensor([float(state["count"])], dtype=torch.float64)])
-        packed = packed.to(device)
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed = packed.cpu()
+        if not is_dist():
+            return state
+        # One float64 message: the C sums and the count (exact as float64 up to 2**53 images).
+        packed = all_reduce_sum(torch.cat([state["sums"], torch.tensor([float(state["count"])],
+                                                                         dtype=torch.float64)]))
         return {"sums": packed[:self.num_classes].clone(), "count": int(round(packed[-1].item()))}
 
     def all_reduce(self) -> None:
         """Sum the accumulator over all torch.distributed ranks, in place (no-op without a process group).
-
-        Call it once, after the last update of every rank: afterwards each rank holds the global sums, and
-        a second call would count them again.
-        """
-        if not _is_distributed():
+        Call it once, after the last update of every rank: a second call would count the sums again."""
+        if not is_dist():
             return
         device = self._sums.device if self._sums is not None else torch.device("cpu")
         state = self.reduced_state_dict()

@@ -1,9 +1,5 @@
 """The prior file: the paper's ``Classes,avg_pred`` CSV, one row per class with its prior (a probability).
-
-`write_prior_csv` is the one writer of the format (atomic: temp file + rename) and `read_prior_csv` the
-one reader; the reader matches rows to the model's classes by name and tolerates the stray last line of
-the paper's published ``outputs/priors/prior_fpc_1000.csv``.
-"""
+`write_prior_csv` is its one writer (atomic), `read_prior_csv` its one reader."""
 
 from __future__ import annotations
 
@@ -26,11 +22,8 @@ def _format_names(names: Sequence[str], limit: int = 5) -> str:
 
 
 def _drop_trailing_stray_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Drop rows at the end of the file that have an empty avg_pred field, with a warning.
-
-    The paper's published ``outputs/priors/prior_fpc_1000.csv`` ends with a stray line holding a
-    bare number (``1542867``) and no second field; reading that file must keep working.
-    """
+    """Drop the last rows without an avg_pred, with a warning: the paper's published
+    ``outputs/priors/prior_fpc_1000.csv`` ends with a stray line holding a bare number (``1542867``)."""
     empty = (frame[PRIOR_CSV_COLUMNS[1]].astype(str).str.strip() == "").to_numpy()
     keep = len(frame)
     while keep > 0 and empty[keep - 1]:
@@ -43,18 +36,13 @@ def _drop_trailing_stray_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -> torch.Tensor:
-    """Read a ``Classes,avg_pred`` prior CSV into a float32 tensor (one value per class).
-
-    With ``class_names`` the rows are matched by name and returned in that order; every class must
-    appear exactly once and the file must hold no other class. Without it the file order is kept.
-    """
+    """The priors of a ``Classes,avg_pred`` CSV, float32 (C,). With ``class_names`` the rows are matched by
+    name and returned in that order (each class exactly once, no other class); else in file order."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"prior file {str(path)!r} (--prior_path) does not exist; compute one with train.py stage 1 "
-            "(--partial_loss_mode ignore) or python -m src.prior, or omit --prior_path (or pass "
-            "--prior_path none) to train without a prior"
-        )
+        raise FileNotFoundError(f"prior file {str(path)!r} (--prior_path) does not exist; compute one with "
+                                "train.py stage 1 (--partial_loss_mode ignore) or python -m src.prior, or "
+                                "omit --prior_path (or pass --prior_path none) to train without a prior")
     try:
         # Class names are strings; keep_default_na=False keeps names such as "None" or "NA" intact.
         frame = pd.read_csv(path, dtype={PRIOR_CSV_COLUMNS[0]: str}, keep_default_na=False)
@@ -62,26 +50,21 @@ def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -
         raise ValueError(f"prior file {str(path)!r} is not a readable CSV: {err}") from err
     missing_columns = [column for column in PRIOR_CSV_COLUMNS if column not in frame.columns]
     if missing_columns:
-        raise ValueError(
-            f"prior file {str(path)!r} lacks column(s) {missing_columns}; expected header "
-            f"'{','.join(PRIOR_CSV_COLUMNS)}', found {list(frame.columns)}"
-        )
+        raise ValueError(f"prior file {str(path)!r} lacks column(s) {missing_columns}; expected header "
+                         f"'{','.join(PRIOR_CSV_COLUMNS)}', found {list(frame.columns)}")
     frame = _drop_trailing_stray_rows(frame, path)
     names = [str(name) for name in frame[PRIOR_CSV_COLUMNS[0]]]
     values = pd.to_numeric(frame[PRIOR_CSV_COLUMNS[1]], errors="coerce").to_numpy(dtype=np.float64)
     bad_rows = np.flatnonzero(~np.isfinite(values) | (values < 0) | (values > 1))
     if bad_rows.size:
         row = int(bad_rows[0])
-        raise ValueError(
-            f"prior file {str(path)!r}: column avg_pred must hold probabilities in [0, 1]; row {row + 2} "
-            f"(class {names[row]!r}) holds {frame[PRIOR_CSV_COLUMNS[1]].iloc[row]!r} "
-            f"({bad_rows.size} bad row(s) in all)"
-        )
+        raise ValueError(f"prior file {str(path)!r}: column avg_pred must hold probabilities in [0, 1]; row "
+                         f"{row + 2} (class {names[row]!r}) holds {frame[PRIOR_CSV_COLUMNS[1]].iloc[row]!r} "
+                         f"({bad_rows.size} bad row(s) in all)")
     duplicates = sorted(pd.Series(names)[pd.Series(names).duplicated()].unique())
     if duplicates:
-        raise ValueError(
-            f"prior file {str(path)!r} lists class(es) more than once: {_format_names(duplicates)}"
-        )
+        raise ValueError(f"prior file {str(path)!r} lists class(es) more than once: "
+                         f"{_format_names(duplicates)}")
     if class_names is None:
         return torch.tensor(values, dtype=torch.float32)
     wanted = [str(name) for name in class_names]
@@ -90,11 +73,10 @@ def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -
     wanted_set = set(wanted)
     unknown = [name for name in names if name not in wanted_set]
     if missing or unknown:
-        raise ValueError(
-            f"prior file {str(path)!r} does not match the model's classes: missing {len(missing)} "
-            f"[{_format_names(missing)}], unknown {len(unknown)} [{_format_names(unknown)}]; "
-            "recompute the prior for this dataset or pass the prior file made for it"
-        )
+        raise ValueError(f"prior file {str(path)!r} does not match the model's classes: missing "
+                         f"{len(missing)} [{_format_names(missing)}], unknown {len(unknown)} "
+                         f"[{_format_names(unknown)}]; "
+                         "recompute the prior for this dataset or pass the prior file made for it")
     return torch.tensor(values[[row_of[name] for name in wanted]], dtype=torch.float32)
 
 

@@ -1,15 +1,12 @@
-"""How well a prior estimate ranks the classes against their true frequencies.
+"""How well a prior estimate ranks the classes against their true frequencies (``#positives / N`` over the
+full labels, known for COCO with simulated partial labels and the embedded dataset): Spearman's rho (ties
+get average ranks, as ``scipy.stats.spearmanr``) and the top-10 list, the paper's "Estimating the Class
+Distribution" table. Two naive estimates from the partial annotations are reported alongside:
 
-The true frequency of class c is ``#positives / N`` over the full labels (known for COCO with simulated
-partial labels and for the embedded dataset). An estimate is judged by Spearman's rank correlation with
-it (Pearson correlation of the two rank vectors, ties receiving the average of the ranks they span, as
-``scipy.stats.spearmanr``) and by its top-10 list, the paper's "Estimating the Class Distribution"
-table. Two naive estimates from the partial annotations are reported alongside:
-
-* ``naive (pos / N)``: annotated positives / number of images - the paper's "count the positive
-  annotations" baseline; rank-equivalent to the raw count.
-* ``naive (pos / annotated)``: positives among the images annotated for the class. Unbiased when the
-  annotated images of a class are a uniform sample, biased when annotation favours positives.
+* ``naive (pos / N)``: annotated positives / number of images, the paper's "count the positive
+  annotations" baseline;
+* ``naive (pos / annotated)``: positives among the images annotated for the class; unbiased when those
+  images are a uniform sample, biased when annotation favours positives.
 """
 
 from __future__ import annotations
@@ -65,10 +62,8 @@ def naive_estimates(labels) -> dict[str, np.ndarray]:
 
 def rank_statistics(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
                     top: int = 10) -> dict[str, dict]:
-    """Per estimate: Spearman rho vs the true frequencies, its top list, and the overlap with the true top.
-
-    The first entry is the true frequency itself (rho 1, full overlap) so tables show the reference.
-    """
+    """Per estimate: Spearman rho vs the true frequencies, its top list and its overlap with the true top
+    list; the first entry is the true frequency itself (rho 1, full overlap), the tables' reference."""
     true_freq = np.asarray(true_freq, dtype=np.float64)
     if true_freq.shape != (len(class_names),):
         raise ValueError(f"rank_statistics: true_freq has shape {true_freq.shape}, expected "
@@ -89,8 +84,8 @@ def rank_statistics(true_freq, estimates: Mapping[str, np.ndarray], class_names:
 def rank_report(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
                 top: int = 10, statistics: Mapping[str, dict] | None = None) -> str:
     """Markdown table: one column per estimate (true frequency first), rows = top-k classes with values,
-    then Spearman rho and the top-k overlap with the true list. ``statistics``: the result of
-    `rank_statistics` for the same arguments, when the caller already has it (computed otherwise)."""
+    then Spearman rho and the top-k overlap with the true list (``statistics``: `rank_statistics`' result
+    when the caller has it)."""
     stats = rank_statistics(true_freq, estimates, class_names, top) if statistics is None else statistics
     all_values = {"true frequency": np.asarray(true_freq, dtype=np.float64), **estimates}
     index = {name: i for i, name in enumerate(class_names)}
