@@ -25,7 +25,7 @@ from src.data.labels import LabelMatrix
 from src.loss_functions import (
     LOSS_HYPERPARAMETERS,
     LOSS_MODES,
-    PARTIAL_LOSS_MODES,
+    LOSS_MODE_NAMES,
     PEER_MODES,
     PartialSelectiveLoss,
     build_criterion,
@@ -232,7 +232,7 @@ def test_every_mode_is_in_the_table_with_the_official_defaults():
                "gr_sigma_end": 0.5},
     }
     assert set(PEER_MODES) == set(expected)
-    assert PARTIAL_LOSS_MODES == ("negative", "ignore", "ignore_normalize_classes", "selective", *expected)
+    assert LOSS_MODE_NAMES == ("negative", "ignore", "ignore_normalize_classes", "selective", *expected)
     for mode, defaults in expected.items():
         info = LOSS_MODES[mode]
         assert {name: entry.default for name, entry in info.hyperparameters.items()} == defaults
@@ -245,7 +245,7 @@ def test_every_mode_is_in_the_table_with_the_official_defaults():
     assert unset == ["epr_expected_positives"]
 
 
-@pytest.mark.parametrize("mode", PARTIAL_LOSS_MODES)
+@pytest.mark.parametrize("mode", LOSS_MODE_NAMES)
 def test_every_mode_takes_the_common_call(mode):
     store = dict(num_samples=6, num_classes=9) if mode in STORE_MODES else {}
     loss_fn = create_loss(mode, **store)

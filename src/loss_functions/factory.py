@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
-from pathlib import Path
 
 from torch import nn
 
 from src.loss_functions.cole import expected_positives_per_image
 from src.loss_functions.modes import LOSS_MODES, PEER_MODES, create_loss
-from src.loss_functions.partial_selective import PartialSelectiveLoss
-from src.prior import read_prior_csv
-
-# The CSL loss flags of train.py and their defaults, derived from PartialSelectiveLoss's keywords (declared
-# there once); the prior comes from --prior_path instead. The paper's import surface reads it too.
-LOSS_FLAG_DEFAULTS = {name: parameter.default
-                      for name, parameter in inspect.signature(PartialSelectiveLoss).parameters.items()
-                      if name != "prior"}
-
-
-def prior_path_of(value: str | Path | None) -> str | Path | None:
-    """The prior file named by a --prior_path value, or None for no prior (None, 'none', 'None', '')."""
-    if value is None or str(value).strip().lower() in ("none", ""):
-        return None
-    return value
+from src.prior.csv_format import read_prior_csv
+from src.utils.values import is_none_path
 
 
 def _read_flags(args, mode: str) -> dict:
@@ -70,7 +55,7 @@ def build_criterion(args, class_names: Sequence[str], num_samples: int | None = 
     if mode not in LOSS_MODES:
         raise ValueError(f"--partial_loss_mode {mode!r} is not supported; choose one of {list(LOSS_MODES)}")
     settings = _read_flags(args, mode)
-    prior_path = prior_path_of(args.prior_path)
+    prior_path = None if is_none_path(args.prior_path) else args.prior_path
     if prior_path is not None and mode != "selective":
         raise ValueError(
             f"--prior_path {str(prior_path)!r} is only used by --partial_loss_mode selective, but "

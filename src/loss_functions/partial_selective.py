@@ -34,7 +34,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-PARTIAL_LOSS_MODES = ("negative", "ignore", "ignore_normalize_classes", "selective")
+from src.utils.values import check_bounds
+
+CSL_MODES = ("negative", "ignore", "ignore_normalize_classes", "selective")
 PROBABILITY_FLOOR = 1e-8
 
 
@@ -46,6 +48,9 @@ class PartialSelectiveLoss(nn.Module):
     `src.prior.read_prior_csv`, or None; it is a non-persistent buffer (follows ``.to(device)``, is not
     saved in the state dict: the prior file is the source of truth).
     """
+
+    bounds = {"clip": "in [0, 1)", "likelihood_topk": ">= 0", "prior_threshold": "in [0, 1]",
+              **{f"gamma_{kind}": ">= 0" for kind in ("pos", "neg", "unann")}}
 
     def __init__(
         self,
@@ -63,16 +68,12 @@ class PartialSelectiveLoss(nn.Module):
         alpha_unann: float = 1.0,
     ):
         super().__init__()
-        if partial_loss_mode not in PARTIAL_LOSS_MODES:
+        if partial_loss_mode not in CSL_MODES:
             raise ValueError(f"partial_loss_mode {partial_loss_mode!r} is not supported; "
-                             f"choose one of {list(PARTIAL_LOSS_MODES)}")
-        settings = dict(clip=clip, gamma_pos=gamma_pos, gamma_neg=gamma_neg, gamma_unann=gamma_unann,
-                        likelihood_topk=likelihood_topk, prior_threshold=prior_threshold)
-        for name, value in settings.items():
-            if float(value) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if float(clip) >= 1:
-            raise ValueError(f"clip must be in [0, 1), got {clip!r}")
+                             f"choose one of {list(CSL_MODES)}")
+        check_bounds(self.bounds, clip=clip, gamma_pos=gamma_pos, gamma_neg=gamma_neg,
+                     gamma_unann=gamma_unann, likelihood_topk=likelihood_topk,
+                     prior_threshold=prior_threshold)
         self.partial_loss_mode = partial_loss_mode
         self.prior_threshold = float(prior_threshold)
         self.likelihood_topk = likelihood_topk

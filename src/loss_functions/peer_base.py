@@ -17,11 +17,13 @@ Known negatives (target 0), which the single-positive methods never see, get the
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from src.utils.values import check_bounds
 
 REDUCTIONS = ("sum", "mean")
 
@@ -71,16 +73,24 @@ def require_epoch(mode: str, epoch, num_epochs=None, *, need_total: bool = False
 class PeerLoss(nn.Module):
     """Base of the peer methods: input checks, float32 computation, reduction (module docstring).
 
-    Subclasses set ``mode`` and implement :meth:`loss_terms`.
+    Subclasses set ``mode`` and ``bounds`` (hyper-parameter -> bound, `src.utils.values`; the flags' ranges
+    are read from there) and implement :meth:`loss_terms`; their keywords are checked and kept as
+    attributes of the same name (ints where the bound says "integer", else floats) and in ``settings``.
     """
 
     mode = ""
+    bounds: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, *, reduction: str = "sum"):
+    def __init__(self, *, reduction: str = "sum", **settings):
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+        check_bounds(self.bounds, **settings)
         self.reduction = reduction
+        self.settings = {name: int(value) if "integer" in self.bounds.get(name, "") else float(value)
+                         for name, value in settings.items()}
+        for name, value in self.settings.items():
+            setattr(self, name, value)
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, num_epochs, indices
                    ) -> tuple[Tensor, Tensor | None]:
@@ -107,9 +117,5 @@ class PeerLoss(nn.Module):
         return terms.sum() if regulariser is None else terms.sum() + regulariser * terms.numel()
 
     def extra_repr(self) -> str:
-        settings = ", ".join(f"{name}={value}" for name, value in self.hyperparameters().items())
-        return f"mode={self.mode}, reduction={self.reduction}" + (f", {settings}" if settings else "")
-
-    def hyperparameters(self) -> dict:
-        """The method's hyper-parameters by their create_loss names (for extra_repr and logs)."""
-        return {}
+        settings = "".join(f", {name}={value}" for name, value in self.settings.items())
+        return f"mode={self.mode}, reduction={self.reduction}{settings}"
