@@ -51,7 +51,8 @@ def bounded(kind: type, bound: str, name: str | None = None):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; must be {bound}") from None
         if not within(value, bound):
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
