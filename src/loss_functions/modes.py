@@ -13,12 +13,13 @@ in each. Defaults are read from the loss classes' signatures, so they are declar
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from torch import Tensor, nn
+from torch import nn
 
 from src.loss_functions.cole import AssumeNegativeLabelSmoothing, ExpectedPositiveRegularizer
 from src.loss_functions.entropy import EMAsymmetricPseudoLabeling, EntropyMaximization
@@ -29,7 +30,6 @@ from src.loss_functions.large_loss import (
     LargeLossRejection,
 )
 from src.loss_functions.partial_selective import CSL_MODES, PartialSelectiveLoss
-from src.loss_functions.peer_base import REDUCTIONS
 from src.loss_functions.robust import HillLoss, SPLCLoss
 
 
@@ -55,17 +55,6 @@ class ModeInfo:
     build: Callable[..., nn.Module] = field(default=None, repr=False, compare=False)
 
 
-class MeanOverEntries(nn.Module):
-    """A summing loss divided by the number of B x C entries (reduction 'mean' of the CSL modes)."""
-
-    def __init__(self, loss: nn.Module):
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, logits: Tensor, targets: Tensor, **keywords) -> Tensor:
-        return self.loss(logits, targets, **keywords) / logits.numel()
-
-
 def _defaults_of(cls) -> dict:
     return {name: p.default for name, p in inspect.signature(cls).parameters.items()
             if p.default is not inspect.Parameter.empty}
@@ -81,21 +70,6 @@ def _table(cls, helps: dict[str, str], unset_means: dict[str, str] | None = None
     unset_means = unset_means or {}
     return {name: HyperParameter(defaults[name], text, unset_means.get(name), cls.bounds.get(name))
             for name, text in helps.items()}
-
-
-def _peer_build(cls):
-    def build(*, reduction: str = "sum", **keywords) -> nn.Module:
-        return cls(reduction=reduction, **keywords)
-    return build
-
-
-def _csl_build(mode: str):
-    def build(*, reduction: str = "sum", **keywords) -> nn.Module:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
-        loss = PartialSelectiveLoss(partial_loss_mode=mode, **keywords)
-        return loss if reduction == "sum" else MeanOverEntries(loss)
-    return build
 
 
 _CSL = ('Ben-Baruch et al., "Multi-label Classification with Partial Annotations using Class-aware Selective '
@@ -141,12 +115,12 @@ def _csl_info(mode: str, label: str, reference: tuple[str, str] = _CSL) -> ModeI
     # selective mode only, as in the paper); the prior itself comes from --prior_path.
     needs = ("prior",) if mode == "selective" else ()
     return ModeInfo(label, *reference, _table(PartialSelectiveLoss, {**_CSL_HELP, **_SELECTIVE_HELP}),
-                    needs, _csl_build(mode))
+                    needs, functools.partial(PartialSelectiveLoss, partial_loss_mode=mode))
 
 
 def _peer_info(label: str, reference: tuple[str, str], cls, helps: dict[str, str], **unset_means) -> ModeInfo:
     needs = ("num_samples", "num_classes") if "num_samples" in inspect.signature(cls).parameters else ()
-    return ModeInfo(label, *reference, _table(cls, helps, unset_means), needs, _peer_build(cls))
+    return ModeInfo(label, *reference, _table(cls, helps, unset_means), needs, cls)
 
 
 def _ll_info(label: str, cls, text: str) -> ModeInfo:
