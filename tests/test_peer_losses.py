@@ -277,7 +277,8 @@ def test_every_mode_takes_the_common_call(mode):
 
 # --------------------------------------------------------------------------- one table owns the vocabulary
 # A value just outside each bound the table uses (a new kind of bound must be added here).
-OUTSIDE = {">= 0": "-1", "> 0": "0", "in [0, 1)": "1", "in [0, 1]": "1.5", "an integer >= 1": "0"}
+OUTSIDE = {">= 0": "-1", "> 0": "0", "in [0, 1)": "1", "in [0, 1]": "1.5", "a probability in [0, 1]": "1.5",
+           "an integer >= 1": "0"}
 
 
 def loss_flag_actions() -> dict[str, argparse.Action]:
@@ -326,10 +327,10 @@ def test_a_value_outside_the_bound_is_refused_by_the_flag_and_the_loss(name, cap
 
 def test_the_bounds_are_those_of_the_papers():
     bounds = {name: entry.bound for name, entry in LOSS_HYPERPARAMETERS.items() if entry.bound}
-    assert {bounds[name] for name in ("clip", "likelihood_topk", "prior_threshold", "splc_start_epoch")} == {
-        "in [0, 1)", ">= 0", "in [0, 1]", "an integer >= 1"}
-    assert (bounds["likelihood_topk"], bounds["prior_threshold"], bounds["gr_q2"]) == (">= 0", "in [0, 1]",
-                                                                                       "> 0")
+    assert [bounds[name] for name in ("clip", "likelihood_topk", "prior_threshold", "splc_start_epoch")] == [
+        "in [0, 1)", ">= 0", "a probability in [0, 1]", "an integer >= 1"]
+    assert (bounds["gr_q2"], bounds["ll_r_delta"], bounds["an_ls_smoothing"]) == (
+        "> 0", "in [0, 1]", "in [0, 1)")
     assert "alpha_pos" not in bounds and "gr_b_start" not in bounds  # any real number
     args = build_train_parser().parse_args(["--likelihood_topk", "0", "--prior_threshold", "1",
                                             "--clip", "0.99"])

@@ -48,7 +48,7 @@ class PartialSelectiveLoss(PeerLoss):
     ``reduction`` 'mean' divides by B x C (`src.loss_functions.peer_base`); the paper sums.
     """
 
-    bounds = {"clip": "in [0, 1)", "likelihood_topk": ">= 0", "prior_threshold": "in [0, 1]",
+    bounds = {"clip": "in [0, 1)", "likelihood_topk": ">= 0", "prior_threshold": "a probability in [0, 1]",
               **{f"gamma_{kind}": ">= 0" for kind in ("pos", "neg", "unann")}}
 
     def __init__(self, *, partial_loss_mode: str = "negative", prior: Tensor | None = None,
