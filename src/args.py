@@ -1,15 +1,9 @@
 """Command-line flags, declared once: parent parsers (``add_help=False``, as in DETR) shared by train.py,
-validate.py, infer.py, the prior command (``python -m src.prior``) and reproduce.py.
+validate.py, infer.py, the prior command and reproduce.py; choices come from the modules that own them.
 
-Every flag of the paper's train.py keeps its name, meaning and default. The paper mixes
-``--snake_case`` and ``--kebab-case`` (``--model-name`` next to ``--path_dest``); :func:`add_flag`
-registers both spellings of every long option under one destination, so ``--model_name`` and
-``--model-name`` (or ``--path-dest`` and ``--path_dest``) are the same flag. Choices come from the
-constants of the modules that own them (dataset types, simulation modes, loss modes, AMP dtypes).
-
-``--model-path`` keeps the paper's default ``./tresnet_m.pth`` (the ImageNet-pretrained TResNet-M
-the paper starts from). train.py checks it before anything else: when the file is missing it stops
-with a hint to pass ``--model-path none`` (train from random initialisation).
+Every flag of the paper's train.py keeps its name, meaning and default (``--model-path`` too: the paper's
+./tresnet_m.pth, which train.py checks first, suggesting ``--model-path none`` when it is missing). The
+paper mixes ``--snake_case`` and ``--kebab-case``, so every long option takes both (:func:`add_flag`).
 """
 
 from __future__ import annotations
@@ -31,36 +25,25 @@ ESTIMATE_PRIOR_CHOICES = ("auto", "clean", "running_average", "both", "none")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _other_spelling(option: str) -> str | None:
-    if not option.startswith("--"):
-        return None
+def _other_spelling(option: str) -> str:
     body = option[2:]
-    swapped = body.replace("_", "-") if "_" in body else body.replace("-", "_")
-    return None if swapped == body else "--" + swapped
+    return "--" + (body.replace("_", "-") if "_" in body else body.replace("-", "_"))
 
 
 def add_flag(parser, *names: str, **kwargs):
-    """``parser.add_argument`` with both the snake_case and kebab-case spelling of each long option.
-
-    The first long option given fixes ``dest`` (argparse replaces '-' by '_'), so both spellings
-    land in the same attribute; ``--help`` lists both.
-    """
-    options = []
-    for name in names:
-        options.append(name)
-        other = _other_spelling(name)
-        if other is not None and other not in names:
-            options.append(other)
-    return parser.add_argument(*options, **kwargs)
+    """``parser.add_argument`` with both the snake_case and kebab-case spelling of each long option; the
+    first long option fixes ``dest``, so ``--model-name`` and ``--model_name`` set the same attribute."""
+    others = [_other_spelling(name) for name in names if name.startswith("--")]
+    return parser.add_argument(*names, *(other for other in others if other not in names), **kwargs)
 
 
 # The range types of the flags (messages name the bound; argparse adds the flag).
-positive_int = bounded(int, "an integer >= 1", "positive_int")
-non_negative_int = bounded(int, ">= 0", "non_negative_int")
-fraction = bounded(float, "a fraction in (0, 1)", "fraction")
-positive_float = bounded(float, "> 0", "positive_float")
-decay = bounded(float, "in [0, 1)", "decay")
-probability = bounded(float, "a probability in [0, 1]", "probability")
+positive_int = bounded(int, "an integer >= 1")
+non_negative_int = bounded(int, ">= 0")
+fraction = bounded(float, "a fraction in (0, 1)")
+positive_float = bounded(float, "> 0")
+decay = bounded(float, "in [0, 1)")
+probability = bounded(float, "a probability in [0, 1]")
 
 
 def require_weights(path: str, flag: str, what: str, hint: str) -> str:

@@ -19,6 +19,8 @@ import contextlib
 import torch
 from torch import nn
 
+from src.loss_functions.peer_base import float32_region
+
 
 def _float32(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.shape != y.shape:
@@ -26,13 +28,6 @@ def _float32(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
             f"ASL: logits {tuple(x.shape)} and targets {tuple(y.shape)} must have the same shape"
         )
     return x.float(), y.float()
-
-
-def _no_autocast(device_type: str):
-    """Autocast off for this device, so that log/pow run in float32 on the float32 copy."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _focusing_grad(disable: bool):
@@ -51,7 +46,7 @@ class AsymmetricLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Summed loss of logits ``x`` against targets ``y`` (same shape, values in [0, 1])."""
-        with _no_autocast(x.device.type):
+        with float32_region(x.device.type):
             x, y = _float32(x, y)
             xs_pos = torch.sigmoid(x)
             xs_neg = 1.0 - xs_pos
@@ -81,7 +76,7 @@ class AsymmetricLossOptimized(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Summed loss of logits ``x`` against binary targets ``y`` in {0, 1}."""
-        with _no_autocast(x.device.type):
+        with float32_region(x.device.type):
             x, y = _float32(x, y)
             positive = y > 0.5
             xs_pos = torch.sigmoid(x)

@@ -44,7 +44,7 @@ def check_bounds(bounds: dict[str, str], **values) -> None:
             raise ValueError(f"{name} must be {bounds[name]}, got {value!r}")
 
 
-def bounded(kind: type, bound: str, name: str | None = None):
+def bounded(kind: type, bound: str):
     """An argparse type: ``kind(text)`` within ``bound``; argparse prefixes the message with the flag."""
 
     def parse(text: str):
@@ -57,5 +57,4 @@ def bounded(kind: type, bound: str, name: str | None = None):
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
-    parse.__name__ = name or kind.__name__
     return parse
