@@ -71,8 +71,9 @@ class EMAsymmetricPseudoLabeling(EntropyMaximization):
     bounds = {"em_alpha": ">= 0", "apl_beta": ">= 0", "apl_share": "in [0, 1]",
               "apl_warmup_epochs": "an integer >= 1"}
 
-    def __init__(self, *, num_samples: int, num_classes: int, em_alpha: float = 0.1, apl_beta: float = 0.9,
-                 apl_share: float = 0.9, apl_warmup_epochs: int = 5, reduction: str = "sum"):
+    def __init__(self, *, num_samples: int | None = None, num_classes: int | None = None,
+                 em_alpha: float = 0.1, apl_beta: float = 0.9, apl_share: float = 0.9,
+                 apl_warmup_epochs: int = 5, reduction: str = "sum"):
         PeerLoss.__init__(self, reduction=reduction, em_alpha=em_alpha, apl_beta=apl_beta,
                           apl_share=apl_share, apl_warmup_epochs=apl_warmup_epochs)
         self.register_buffer("soft_negatives", new_label_store(self.mode, num_samples, num_classes,

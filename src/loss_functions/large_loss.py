@@ -106,8 +106,8 @@ class LargeLossCorrectionPermanent(_LargeLoss):
 
     mode = "ll_cp"
 
-    def __init__(self, *, num_samples: int, num_classes: int, ll_cp_delta: float = 0.001,
-                 reduction: str = "sum"):
+    def __init__(self, *, num_samples: int | None = None, num_classes: int | None = None,
+                 ll_cp_delta: float = 0.001, reduction: str = "sum"):
         super().__init__(reduction=reduction, ll_cp_delta=ll_cp_delta)
         self.register_buffer("flipped_to_positive", new_label_store(self.mode, num_samples, num_classes,
                                                                     torch.int8, 0))

@@ -219,8 +219,4 @@ def create_loss(mode: str, *, reduction: str = "sum", **keywords) -> nn.Module:
     if unknown:
         raise TypeError(f"create_loss({mode!r}) got unknown keyword(s) {unknown}; mode {mode!r} takes "
                         f"{allowed} and reduction")
-    missing = [name for name in info.needs if name != "prior" and keywords.get(name) is None]
-    if missing:
-        raise ValueError(f"loss mode {mode!r} keeps a per-sample label store and needs {missing}: pass "
-                         "num_samples=N (training images) and num_classes=C")
     return info.build(reduction=reduction, **keywords)
