@@ -39,17 +39,12 @@ class EntropyMaximization(PeerLoss):
     def __init__(self, *, em_alpha: float = 0.1, reduction: str = "sum"):
         super().__init__(reduction=reduction, em_alpha=em_alpha)
 
-    def em_terms(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(log(p + eps), log(1 - p + eps), positive term, un-annotated EM term)."""
+    def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
         p = torch.sigmoid(logits)
         log_p = torch.log(p + ZHOU_LOG_EPSILON)
         log_q = torch.log(1 - p + ZHOU_LOG_EPSILON)
         negative_entropy = p * log_p + (1 - p) * log_q  # = -H(p)
-        return log_p, log_q, -log_p, self.em_alpha * negative_entropy
-
-    def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
-        _, _, positive, unannotated = self.em_terms(logits)
-        return entrywise(labels, logits, positive, unannotated), None
+        return entrywise(labels, logits, -log_p, self.em_alpha * negative_entropy), None
 
 
 class EMAsymmetricPseudoLabeling(EntropyMaximization):
@@ -85,10 +80,7 @@ class EMAsymmetricPseudoLabeling(EntropyMaximization):
         return self.apl_warmup_epochs <= int(epoch) < int(num_epochs)
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, indices=None, **_) -> tuple[Tensor, None]:
-        if logits.shape[1] != self.soft_negatives.shape[1]:
-            raise ValueError(f"the store was built for {self.soft_negatives.shape[1]} classes but the "
-                             f"logits have {logits.shape[1]}")
-        soft = store_rows(self.soft_negatives, indices, self.mode, logits.shape[0], logits.device).float()
+        soft = store_rows(self.soft_negatives, indices, self.mode, logits).float()
         pseudo_labelled = ~torch.isnan(soft)
         p = torch.sigmoid(logits)
         log_p = torch.log(p + ZHOU_LOG_EPSILON)

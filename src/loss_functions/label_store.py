@@ -19,7 +19,6 @@ from src.utils.distributed import is_dist
 
 
 def physical_memory_bytes() -> int:
-    """This machine's physical memory in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -43,8 +42,11 @@ def new_label_store(mode: str, num_samples, num_classes, dtype: torch.dtype, fil
     return torch.full((rows, columns), fill, dtype=dtype)
 
 
-def store_rows(store: Tensor, indices: Tensor | None, mode: str, batch_size: int, device) -> Tensor:
-    """The store's rows of the batch's samples, on ``device``."""
+def store_rows(store: Tensor, indices: Tensor | None, mode: str, logits: Tensor) -> Tensor:
+    """The store's rows of the batch's samples (``indices``), on the device of ``logits`` (B, C)."""
+    batch_size, num_classes = logits.shape
+    if num_classes != store.shape[1]:
+        raise ValueError(f"the store was built for {store.shape[1]} classes, the logits have {num_classes}")
     if indices is None:
         raise ValueError(f"loss mode {mode!r} keeps a per-sample label store: call it with indices= (the "
                          "batch's dataset indices, a LongTensor)")
@@ -54,7 +56,7 @@ def store_rows(store: Tensor, indices: Tensor | None, mode: str, batch_size: int
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= store.shape[0]):
         raise ValueError(f"indices must lie in [0, {store.shape[0]}) (the store was built for num_samples="
                          f"{store.shape[0]}), got values in [{int(indices.min())}, {int(indices.max())}]")
-    return store.index_select(0, indices.to(store.device, torch.long)).to(device)
+    return store.index_select(0, indices.to(store.device, torch.long)).to(logits.device)
 
 
 def _comm_device() -> torch.device:

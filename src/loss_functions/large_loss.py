@@ -120,10 +120,7 @@ class LargeLossCorrectionPermanent(_LargeLoss):
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, indices=None, **_) -> tuple[Tensor, None]:
         epoch = require_epoch(self.mode, epoch)
-        if logits.shape[1] != self.flipped_to_positive.shape[1]:
-            raise ValueError(f"the store was built for {self.flipped_to_positive.shape[1]} classes but the "
-                             f"logits have {logits.shape[1]}")
-        stored = store_rows(self.flipped_to_positive, indices, self.mode, logits.shape[0], logits.device)
+        stored = store_rows(self.flipped_to_positive, indices, self.mode, logits)
         flipped_before = labels.unannotated & (stored == 1)
         terms, selected = self.large_loss_terms(logits, labels.positive | flipped_before,
                                                 labels.unannotated & ~flipped_before, epoch)
