@@ -16,8 +16,6 @@ from src.loss_functions.modes import (
     LOSS_SETTING_NAMES,
     LOSS_SETTINGS,
     PEER_MODES,
-    HyperParameter,
-    ModeInfo,
     create_loss,
 )
 from src.loss_functions.partial_selective import CSL_MODES, PartialSelectiveLoss
@@ -34,8 +32,6 @@ __all__ = [
     "REDUCTIONS",
     "AsymmetricLoss",
     "AsymmetricLossOptimized",
-    "HyperParameter",
-    "ModeInfo",
     "PartialSelectiveLoss",
     "build_criterion",
     "create_loss",

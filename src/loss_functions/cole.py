@@ -23,8 +23,6 @@ COLE_LOG_EPSILON = 1e-5  # their neg_log(x) = -log(x + 1e-5)
 
 
 class AssumeNegativeLabelSmoothing(PeerLoss):
-    """AN-LS: un-annotated entries are negatives, all labels smoothed by ``an_ls_smoothing``."""
-
     mode, bounds = "an_ls", {"an_ls_smoothing": "in [0, 1)"}
 
     def __init__(self, *, an_ls_smoothing: float = 0.1, reduction: str = "sum"):

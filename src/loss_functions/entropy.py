@@ -32,8 +32,6 @@ ZHOU_LOG_EPSILON = 1e-5  # their neg_log(x) = -log(x + 1e-5)
 
 
 class EntropyMaximization(PeerLoss):
-    """EM: the entropy of un-annotated predictions is maximised (weight ``em_alpha``)."""
-
     mode, bounds = "em", {"em_alpha": ">= 0"}
 
     def __init__(self, *, em_alpha: float = 0.1, reduction: str = "sum"):

@@ -30,8 +30,6 @@ GR_LOG_EPSILON = 1e-7  # their neg_log(x) = -log(x + 1e-7)
 
 
 class GeneralizedRobustLoss(PeerLoss):
-    """GR-Loss with its epoch schedules for K (w, b) and V (mu, sigma)."""
-
     mode = "gr"
     bounds = {name: "> 0" for name in ("gr_q2", "gr_q3", "gr_sigma_start", "gr_sigma_end")}
 

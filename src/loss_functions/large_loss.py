@@ -83,8 +83,6 @@ class _LargeLoss(PeerLoss):
 
 
 class LargeLossRejection(_LargeLoss):
-    """LL-R: the largest un-annotated losses are set to 0."""
-
     mode, flip = "ll_r", False
 
     def __init__(self, *, ll_r_delta: float = 0.005, reduction: str = "sum"):
@@ -92,8 +90,6 @@ class LargeLossRejection(_LargeLoss):
 
 
 class LargeLossCorrectionTemporary(_LargeLoss):
-    """LL-Ct: the largest un-annotated losses are computed as positives, for the batch only."""
-
     mode = "ll_ct"
 
     def __init__(self, *, ll_ct_delta: float = 0.002, reduction: str = "sum"):

@@ -31,7 +31,6 @@ class AsymmetricLoss(nn.Module):
         self.disable_torch_grad_focal_loss = disable_torch_grad_focal_loss
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Summed loss of logits ``x`` against targets ``y`` (same shape, values in [0, 1])."""
         if x.shape != y.shape:
             raise ValueError(f"ASL: logits {tuple(x.shape)} and targets {tuple(y.shape)} must have the same "
                              "shape")

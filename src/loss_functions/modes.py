@@ -1,10 +1,10 @@
-"""Every loss mode in one table, and `create_loss`, the one way to build any of them.
+"""Every loss mode in one table, ``LOSS_MODES``, and `create_loss`, the one way to build any of them.
 
-``LOSS_MODES[mode]`` is a :class:`ModeInfo`: the paper, the official repository, the hyper-parameters
-(name -> :class:`HyperParameter` (default, help, unset_means)) and the data keywords the mode needs.
-Hyper-parameter names are create_loss keywords and train.py flags alike (``--hill_lambda``); a name
-shared by several modes (CSL's ``clip``, EM's ``em_alpha``) means the same thing with the same default
-in each. Defaults are read from the loss classes' signatures, so they are declared once, there.
+The table is the only place the loss vocabulary is written: train.py's loss flags (their help, defaults
+and ranges; src/args.py), the settings a resumed run must keep (``LOSS_SETTING_NAMES``) and the labels of
+the reproduce tables are derived from it. Defaults are read from the loss classes' signatures and ranges
+from their ``bounds``, so each value is declared where it is used. A hyper-parameter shared by several
+modes (CSL's ``clip``, EM's ``em_alpha``) means the same thing in each, which is checked at import.
 
     loss = create_loss("hill")                                      # official defaults, reduction 'sum'
     loss = create_loss("ll_cp", num_samples=N, num_classes=C, reduction="mean")

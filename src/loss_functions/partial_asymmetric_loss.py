@@ -1,13 +1,8 @@
-"""The paper's import surface, kept as thin re-exports::
-
-    from src.loss_functions.partial_asymmetric_loss import PartialSelectiveLoss, ComputePrior
-
-``PartialSelectiveLoss(args)`` builds the loss from the paper's argparse Namespace as the paper's code
-does: every loss flag missing from ``args`` takes train.py's default, ``partial_loss_mode`` None means
-``negative`` and ``clip`` None means 0, and ``args.prior_path`` (None or 'none' for no prior) is read in
-every mode (used by selective mode only). New code builds the loss with
-`src.loss_functions.build_criterion` and the keyword class `src.loss_functions.PartialSelectiveLoss`;
-``ComputePrior`` lives in `src.prior`.
+"""The paper's import surface: ``from src.loss_functions.partial_asymmetric_loss import
+PartialSelectiveLoss, ComputePrior``, with ``PartialSelectiveLoss(args)`` built from the paper's argparse
+Namespace as its code does (a missing flag takes train.py's default, ``partial_loss_mode`` None means
+'negative', ``clip`` None means 0, ``args.prior_path`` is read in every mode). New code uses
+`src.loss_functions.build_criterion` and the keyword class.
 """
 
 from __future__ import annotations

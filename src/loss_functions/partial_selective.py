@@ -25,8 +25,7 @@ and the mode weight w (no gradient) depends on ``partial_loss_mode``:
   by this mode only.
 
 The selection uses ``torch.topk`` over p with annotated entries masked below every probability, so a
-128 x 9,605 batch never sorts its 1.2 M entries. Everything is computed in float32, also under
-autocast.
+128 x 9,605 batch never sorts its 1.2 M entries.
 """
 
 from __future__ import annotations
@@ -113,7 +112,7 @@ class PartialSelectiveLoss(PeerLoss):
         return torch.where(positive, on_positive, torch.where(negative, on_negative, on_unannotated))
 
     def mode_weights(self, probs: Tensor, unannotated: Tensor) -> Tensor | None:
-        """The mode weight w (float32, same shape as probs), or None when it is 1 everywhere."""
+        """w (B, C), or None when it is 1 everywhere."""
         with torch.no_grad():
             if self.partial_loss_mode == "negative":
                 return None

@@ -30,7 +30,7 @@ REDUCTIONS = ("sum", "mean")
 
 
 class Labels(NamedTuple):
-    """Boolean masks (B, C) of the three kinds of target."""
+    """Boolean masks (B, C)."""
 
     positive: Tensor
     negative: Tensor  # known negatives

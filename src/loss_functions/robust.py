@@ -25,8 +25,6 @@ from src.loss_functions.peer_base import Labels, PeerLoss, entrywise, require_ep
 
 
 class HillLoss(PeerLoss):
-    """Hill: focal-margin positives, the hill-shaped (lambda - p) p^2 on un-annotated entries."""
-
     mode, bounds = "hill", {"hill_lambda": ">= 0", "hill_margin": ">= 0", "hill_gamma": ">= 0"}
 
     def __init__(self, *, hill_lambda: float = 1.5, hill_margin: float = 1.0, hill_gamma: float = 2.0,
@@ -43,8 +41,6 @@ class HillLoss(PeerLoss):
 
 
 class SPLCLoss(PeerLoss):
-    """SPLC: focal margin loss whose confident un-annotated entries become positives from an epoch on."""
-
     mode = "splc"
     bounds = {"splc_tau": "in [0, 1]", "splc_margin": ">= 0", "splc_gamma": ">= 0",
               "splc_start_epoch": "an integer >= 1"}
