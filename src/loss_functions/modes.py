@@ -30,6 +30,7 @@ from src.loss_functions.large_loss import (
     LargeLossRejection,
 )
 from src.loss_functions.partial_selective import CSL_MODES, PartialSelectiveLoss
+from src.loss_functions.peer_base import PeerLoss
 from src.loss_functions.robust import HillLoss, SPLCLoss
 
 
@@ -169,7 +170,7 @@ LOSS_MODES: dict[str, ModeInfo] = {
         "apl_warmup_epochs": "em_apl: pseudo-labelling passes run after this epoch and every later one"}),
     "gr": _peer_info("GR-Loss (Chen et al. 2024)", _CHEN, GeneralizedRobustLoss, _GR_HELP),
 }
-LOSS_MODE_NAMES = tuple(LOSS_MODES)  # all 15; CSL_MODES (partial_selective.py) are the paper's four
+LOSS_MODE_NAMES = tuple(LOSS_MODES)  # all 14; CSL_MODES (partial_selective.py) are the paper's four
 PEER_MODES = tuple(mode for mode in LOSS_MODES if mode not in CSL_MODES)
 
 
@@ -197,9 +198,10 @@ LOSS_SETTINGS: dict[str, HyperParameter] = {
                     if mode not in ("negative", "ignore", "selective"))),
     "prior_path": HyperParameter(None, "class prior CSV (Classes,avg_pred) used by selective mode; 'none' "
                                        "for no prior"),
-    "loss_reduction": HyperParameter("sum", "how the peer loss modes reduce their B x C terms: 'sum' (CSL's "
-                                            "convention; the CSL modes always sum, as the paper) or 'mean' "
-                                            "(the single-positive papers'); 'sum' = B*C x 'mean'"),
+    "loss_reduction": HyperParameter(
+        _defaults_of(PeerLoss)["reduction"],
+        "how the peer loss modes reduce their B x C terms: 'sum' (CSL's convention; the CSL modes always "
+        "sum, as the paper) or 'mean' (the single-positive papers'); 'sum' = B*C x 'mean'"),
 }
 # Every setting that changes the loss: a run resumed with any of them changed is not the same run.
 LOSS_SETTING_NAMES = (*LOSS_SETTINGS, *LOSS_HYPERPARAMETERS)
