@@ -1,15 +1,9 @@
 """Command-line flags, declared once: parent parsers (``add_help=False``, as in DETR) shared by train.py,
-validate.py, infer.py, the prior command (``python -m src.prior``) and reproduce.py.
+validate.py, infer.py, the prior command and reproduce.py; choices come from the modules that own them.
 
-Every flag of the paper's train.py keeps its name, meaning and default. The paper mixes
-``--snake_case`` and ``--kebab-case`` (``--model-name`` next to ``--path_dest``); :func:`add_flag`
-registers both spellings of every long option under one destination, so ``--model_name`` and
-``--model-name`` (or ``--path-dest`` and ``--path_dest``) are the same flag. Choices come from the
-constants of the modules that own them (dataset types, simulation modes, loss modes, AMP dtypes).
-
-``--model-path`` keeps the paper's default ``./tresnet_m.pth`` (the ImageNet-pretrained TResNet-M
-the paper starts from). train.py checks it before anything else: when the file is missing it stops
-with a hint to pass ``--model-path none`` (train from random initialisation).
+Every flag of the paper's train.py keeps its name, meaning and default (``--model-path`` too: the paper's
+./tresnet_m.pth, which train.py checks first, suggesting ``--model-path none`` when it is missing). The
+paper mixes ``--snake_case`` and ``--kebab-case``, so every long option takes both (:func:`add_flag`).
 """
 
 from __future__ import annotations
@@ -19,96 +13,37 @@ import os
 
 from src.data import DATASET_TYPES
 from src.data.partial_labels import SIMULATION_MODES
-from src.loss_functions import (
-    LOSS_HYPERPARAMETERS,
-    LOSS_MODES,
-    LOSS_REDUCTION,
-    PARTIAL_LOSS_MODES,
-    REDUCTIONS,
-)
-from src.loss_functions.factory import LOSS_FLAG_DEFAULTS
+from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_MODE_NAMES, LOSS_SETTINGS, REDUCTIONS
 from src.models import is_remote_weights
 from src.utils.amp import AMP_DTYPES
 from src.utils.cli import MissingFileError
+from src.utils.values import bounded, optional_path
+from src.utils.values import is_none_path as is_none_path  # train.py's import
 
 PAPER_DEFAULT_MODEL_PATH = "./tresnet_m.pth"
 ESTIMATE_PRIOR_CHOICES = ("auto", "clean", "running_average", "both", "none")
-NONE_WORDS = ("none", "")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _other_spelling(option: str) -> str | None:
-    if not option.startswith("--"):
-        return None
+def _other_spelling(option: str) -> str:
     body = option[2:]
-    swapped = body.replace("_", "-") if "_" in body else body.replace("-", "_")
-    return None if swapped == body else "--" + swapped
+    return "--" + (body.replace("_", "-") if "_" in body else body.replace("-", "_"))
 
 
 def add_flag(parser, *names: str, **kwargs):
-    """``parser.add_argument`` with both the snake_case and kebab-case spelling of each long option.
-
-    The first long option given fixes ``dest`` (argparse replaces '-' by '_'), so both spellings
-    land in the same attribute; ``--help`` lists both.
-    """
-    options = []
-    for name in names:
-        options.append(name)
-        other = _other_spelling(name)
-        if other is not None and other not in names:
-            options.append(other)
-    return parser.add_argument(*options, **kwargs)
+    """``parser.add_argument`` with both the snake_case and kebab-case spelling of each long option; the
+    first long option fixes ``dest``, so ``--model-name`` and ``--model_name`` set the same attribute."""
+    others = [_other_spelling(name) for name in names if name.startswith("--")]
+    return parser.add_argument(*names, *(other for other in others if other not in names), **kwargs)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not (0.0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def decay(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text}")
-    return value
-
-
-def optional_path(text: str) -> str | None:
-    """A path, or None for 'none' / '' (the paper's scripts pass ``--prior_path None`` for no prior)."""
-    return None if text.strip().lower() in NONE_WORDS else text
-
-
-def is_none_path(path: str | None) -> bool:
-    return path is None or str(path).strip().lower() in NONE_WORDS
+# The range types of the flags (messages name the bound; argparse adds the flag).
+positive_int = bounded(int, "an integer >= 1")
+non_negative_int = bounded(int, ">= 0")
+fraction = bounded(float, "a fraction in (0, 1)")
+positive_float = bounded(float, "> 0")
+decay = bounded(float, "in [0, 1)")
+probability = bounded(float, "a probability in [0, 1]")
 
 
 def require_weights(path: str, flag: str, what: str, hint: str) -> str:
@@ -254,37 +189,14 @@ def optimisation_parser() -> argparse.ArgumentParser:
 
 
 def _add_loss_flags(parser) -> None:
-    loss = LOSS_FLAG_DEFAULTS  # the defaults are the loss's own keyword defaults, declared once there
-    references = "; ".join(f"{mode}: {info.reference}" for mode, info in LOSS_MODES.items()
-                           if mode not in ("negative", "ignore", "selective"))
-    add_flag(parser, "--partial_loss_mode", type=str, choices=PARTIAL_LOSS_MODES,
-             default=loss["partial_loss_mode"],
-             help="how un-annotated labels enter the loss: negative, ignore, ignore_normalize_classes or "
-                  "selective (CSL), or a later method run on CSL's protocols (docs/peer_methods.md): "
-                  + references.replace("%", "%%"))
-    add_flag(parser, "--clip", type=float, default=loss["clip"],
-             help="probability margin of the negative terms (ASL clip)")
-    for kind, what in (("pos", "positive"), ("neg", "negative"), ("unann", "un-annotated")):
-        add_flag(parser, f"--gamma_{kind}", type=float, default=loss[f"gamma_{kind}"],
-                 help=f"focusing parameter of {what} labels")
-    for kind, what in (("pos", "positive"), ("neg", "negative"), ("unann", "un-annotated")):
-        add_flag(parser, f"--alpha_{kind}", type=float, default=loss[f"alpha_{kind}"],
-                 help=f"weight of {what} labels")
-    add_flag(parser, "--likelihood_topk", type=non_negative_int, default=loss["likelihood_topk"],
-             help="selective mode: per batch, the likelihood_topk x batch-size un-annotated labels with "
-                  "the highest predicted probability are ignored (per GPU batch under DDP)")
-    add_flag(parser, "--prior_path", type=optional_path, default=None,
-             help="class prior CSV (Classes,avg_pred) used by selective mode; 'none' for no prior")
-    add_flag(parser, "--prior_threshold", type=probability, default=loss["prior_threshold"],
-             help="selective mode: un-annotated labels of classes whose prior exceeds this are ignored")
-    # The later methods' hyper-parameters: one flag each, defaults and help from the loss table.
-    for name, parameter in LOSS_HYPERPARAMETERS.items():
-        if name not in loss:
-            add_flag(parser, f"--{name}", type=type(parameter.default), default=parameter.flag_default,
-                     help=(parameter.help + (f" (default: {parameter.unset_means})" if parameter.unset_means
-                                             else "")).replace("%", "%%"))
-    add_flag(parser, "--loss_reduction", choices=REDUCTIONS, default=LOSS_REDUCTION.default,
-             help=LOSS_REDUCTION.help + " (the later methods; the CSL modes always sum, as the paper)")
+    """A flag per loss setting and hyper-parameter, all from the loss table (src/loss_functions/modes.py)."""
+    special = {"partial_loss_mode": dict(choices=LOSS_MODE_NAMES), "prior_path": dict(type=optional_path),
+               "loss_reduction": dict(choices=REDUCTIONS)}
+    for name, entry in {**LOSS_SETTINGS, **LOSS_HYPERPARAMETERS}.items():
+        kind = type(entry.default)
+        options = special.get(name) or dict(type=bounded(kind, entry.bound) if entry.bound else kind)
+        text = entry.help + (f" (default: {entry.unset_means})" if entry.unset_means else "")
+        add_flag(parser, f"--{name}", default=entry.flag_default, help=text.replace("%", "%%"), **options)
 
 
 def _add_run_flags(parser) -> None:

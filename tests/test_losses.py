@@ -76,7 +76,9 @@ def test_defaults_match_the_paper_train_script():
     defaults = {name: p.default for name, p in inspect.signature(PartialSelectiveLoss).parameters.items()}
     args = train_args()
     assert {name: getattr(args, name) for name in LOSS_FLAGS} == {name: defaults[name] for name in LOSS_FLAGS}
-    assert set(defaults) == {*LOSS_FLAGS, "prior"} and args.prior_path is None
+    # reduction is --loss_reduction's, which the CSL modes do not read (they sum, as the paper).
+    assert set(defaults) == {*LOSS_FLAGS, "prior", "reduction"} and defaults["reduction"] == "sum"
+    assert args.prior_path is None
     assert build_criterion(args, NAMES).extra_repr() == loss.extra_repr()
 
 

@@ -23,18 +23,10 @@ COLE_LOG_EPSILON = 1e-5  # their neg_log(x) = -log(x + 1e-5)
 
 
 class AssumeNegativeLabelSmoothing(PeerLoss):
-    """AN-LS: un-annotated entries are negatives, all labels smoothed by ``an_ls_smoothing``."""
-
-    mode = "an_ls"
+    mode, bounds = "an_ls", {"an_ls_smoothing": "in [0, 1)"}
 
     def __init__(self, *, an_ls_smoothing: float = 0.1, reduction: str = "sum"):
-        super().__init__(reduction=reduction)
-        if not 0 <= float(an_ls_smoothing) < 1:
-            raise ValueError(f"an_ls_smoothing must be in [0, 1), got {an_ls_smoothing!r}")
-        self.an_ls_smoothing = float(an_ls_smoothing)
-
-    def hyperparameters(self) -> dict:
-        return {"an_ls_smoothing": self.an_ls_smoothing}
+        super().__init__(reduction=reduction, an_ls_smoothing=an_ls_smoothing)
 
     def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
         p = torch.sigmoid(logits)
@@ -50,16 +42,10 @@ class ExpectedPositiveRegularizer(PeerLoss):
     """EPR: positives only, plus the squared gap between the batch's mean number of predicted positives
     per image and ``epr_expected_positives``, divided by C^2."""
 
-    mode = "epr"
+    mode, bounds = "epr", {"epr_expected_positives": ">= 0"}
 
     def __init__(self, *, epr_expected_positives: float = 2.9, reduction: str = "sum"):
-        super().__init__(reduction=reduction)
-        if not float(epr_expected_positives) >= 0:
-            raise ValueError(f"epr_expected_positives must be >= 0, got {epr_expected_positives!r}")
-        self.epr_expected_positives = float(epr_expected_positives)
-
-    def hyperparameters(self) -> dict:
-        return {"epr_expected_positives": self.epr_expected_positives}
+        super().__init__(reduction=reduction, epr_expected_positives=epr_expected_positives)
 
     def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, Tensor]:
         p = torch.sigmoid(logits)

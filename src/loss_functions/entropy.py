@@ -32,30 +32,17 @@ ZHOU_LOG_EPSILON = 1e-5  # their neg_log(x) = -log(x + 1e-5)
 
 
 class EntropyMaximization(PeerLoss):
-    """EM: the entropy of un-annotated predictions is maximised (weight ``em_alpha``)."""
-
-    mode = "em"
+    mode, bounds = "em", {"em_alpha": ">= 0"}
 
     def __init__(self, *, em_alpha: float = 0.1, reduction: str = "sum"):
-        super().__init__(reduction=reduction)
-        if not float(em_alpha) >= 0:
-            raise ValueError(f"em_alpha must be >= 0, got {em_alpha!r}")
-        self.em_alpha = float(em_alpha)
+        super().__init__(reduction=reduction, em_alpha=em_alpha)
 
-    def hyperparameters(self) -> dict:
-        return {"em_alpha": self.em_alpha}
-
-    def em_terms(self, logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(log(p + eps), log(1 - p + eps), positive term, un-annotated EM term)."""
+    def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
         p = torch.sigmoid(logits)
         log_p = torch.log(p + ZHOU_LOG_EPSILON)
         log_q = torch.log(1 - p + ZHOU_LOG_EPSILON)
         negative_entropy = p * log_p + (1 - p) * log_q  # = -H(p)
-        return log_p, log_q, -log_p, self.em_alpha * negative_entropy
-
-    def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
-        _, _, positive, unannotated = self.em_terms(logits)
-        return entrywise(labels, logits, positive, unannotated), None
+        return entrywise(labels, logits, -log_p, self.em_alpha * negative_entropy), None
 
 
 class EMAsymmetricPseudoLabeling(EntropyMaximization):
@@ -74,23 +61,16 @@ class EMAsymmetricPseudoLabeling(EntropyMaximization):
     """
 
     mode = "em_apl"
+    bounds = {"em_alpha": ">= 0", "apl_beta": ">= 0", "apl_share": "in [0, 1]",
+              "apl_warmup_epochs": "an integer >= 1"}
 
-    def __init__(self, *, num_samples: int, num_classes: int, em_alpha: float = 0.1, apl_beta: float = 0.9,
-                 apl_share: float = 0.9, apl_warmup_epochs: int = 5, reduction: str = "sum"):
-        super().__init__(em_alpha=em_alpha, reduction=reduction)
-        if not float(apl_beta) >= 0 or not 0 <= float(apl_share) <= 1:
-            raise ValueError(f"apl_beta must be >= 0 and apl_share in [0, 1], got {apl_beta!r} and "
-                             f"{apl_share!r}")
-        if int(apl_warmup_epochs) != apl_warmup_epochs or int(apl_warmup_epochs) < 1:
-            raise ValueError(f"apl_warmup_epochs must be an integer >= 1, got {apl_warmup_epochs!r}")
-        self.apl_beta, self.apl_share = float(apl_beta), float(apl_share)
-        self.apl_warmup_epochs = int(apl_warmup_epochs)
+    def __init__(self, *, num_samples: int | None = None, num_classes: int | None = None,
+                 em_alpha: float = 0.1, apl_beta: float = 0.9, apl_share: float = 0.9,
+                 apl_warmup_epochs: int = 5, reduction: str = "sum"):
+        PeerLoss.__init__(self, reduction=reduction, em_alpha=em_alpha, apl_beta=apl_beta,
+                          apl_share=apl_share, apl_warmup_epochs=apl_warmup_epochs)
         self.register_buffer("soft_negatives", new_label_store(self.mode, num_samples, num_classes,
                                                                torch.float16, float("nan")))
-
-    def hyperparameters(self) -> dict:
-        return {"em_alpha": self.em_alpha, "apl_beta": self.apl_beta, "apl_share": self.apl_share,
-                "apl_warmup_epochs": self.apl_warmup_epochs}
 
     def wants_training_pass(self, epoch: int, num_epochs: int) -> bool:
         """True after the epochs whose end labels new entries: warm-up <= e (their main.py) and e < T (their
@@ -98,10 +78,7 @@ class EMAsymmetricPseudoLabeling(EntropyMaximization):
         return self.apl_warmup_epochs <= int(epoch) < int(num_epochs)
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, indices=None, **_) -> tuple[Tensor, None]:
-        if logits.shape[1] != self.soft_negatives.shape[1]:
-            raise ValueError(f"the store was built for {self.soft_negatives.shape[1]} classes but the "
-                             f"logits have {logits.shape[1]}")
-        soft = store_rows(self.soft_negatives, indices, self.mode, logits.shape[0], logits.device).float()
+        soft = store_rows(self.soft_negatives, indices, self.mode, logits).float()
         pseudo_labelled = ~torch.isnan(soft)
         p = torch.sigmoid(logits)
         log_p = torch.log(p + ZHOU_LOG_EPSILON)

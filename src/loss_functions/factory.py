@@ -2,75 +2,36 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
-from pathlib import Path
 
 from torch import nn
 
 from src.loss_functions.cole import expected_positives_per_image
 from src.loss_functions.modes import LOSS_MODES, PEER_MODES, create_loss
-from src.loss_functions.partial_selective import PartialSelectiveLoss
-from src.prior import read_prior_csv
-
-# The CSL loss flags of train.py and their defaults, derived from PartialSelectiveLoss's keywords (declared
-# there once); the prior comes from --prior_path instead. The paper's import surface reads it too.
-LOSS_FLAG_DEFAULTS = {name: parameter.default
-                      for name, parameter in inspect.signature(PartialSelectiveLoss).parameters.items()
-                      if name != "prior"}
-
-
-def prior_path_of(value: str | Path | None) -> str | Path | None:
-    """The prior file named by a --prior_path value, or None for no prior (None, 'none', 'None', '')."""
-    if value is None or str(value).strip().lower() in ("none", ""):
-        return None
-    return value
-
-
-def _read_flags(args, mode: str) -> dict:
-    """The chosen mode's hyper-parameter flags (by name); a clear error when args lacks any. The CSL modes
-    read the flags they always read (a paper-style Namespace still builds them) and sum; the peer modes
-    read --loss_reduction too."""
-    names = [*LOSS_MODES[mode].hyperparameters, "prior_path"]
-    if mode in PEER_MODES:
-        names.append("loss_reduction")
-    missing = [name for name in names if not hasattr(args, name)]
-    if missing:
-        raise AttributeError(f"build_criterion: args lacks the loss flag(s) {missing}; pass the Namespace of "
-                             "train.py's parser (src.args.build_train_parser)")
-    return {name: getattr(args, name) for name in LOSS_MODES[mode].hyperparameters}
-
-
-def _expected_positives(train_labels) -> float:
-    if train_labels is None:
-        raise ValueError("--partial_loss_mode epr without --epr_expected_positives computes the expected "
-                         "number of positives from the training labels: pass train_labels to "
-                         "build_criterion, or set --epr_expected_positives (Cole et al.: 2.9 on COCO)")
-    return expected_positives_per_image(train_labels.positive_counts(), train_labels.negative_counts(),
-                                        train_labels.num_samples)
+from src.prior.csv_format import read_prior_csv
+from src.utils.values import is_none_path
 
 
 def build_criterion(args, class_names: Sequence[str], num_samples: int | None = None,
                     train_labels=None) -> nn.Module:
-    """The loss of train.py's flags (``args``: its argparse Namespace) for the model's ``class_names``.
-
-    Reads ``--partial_loss_mode``, ``--prior_path`` and the hyper-parameter flags of the chosen mode
-    (`src.loss_functions.LOSS_MODES`; the CSL modes: ``--clip``, ``--gamma_pos/neg/unann``,
-    ``--alpha_pos/neg/unann``, ``--likelihood_topk``, ``--prior_threshold``), and ``--loss_reduction``
-    for the peer modes (the CSL modes sum, the paper's convention; ``create_loss(mode,
-    reduction='mean')`` averages them). The prior file's rows are matched to ``class_names`` (the model's
-    classes, in output order) by `src.prior.read_prior_csv`; a prior is used by selective mode only:
-    ``--prior_path`` with another mode is a ValueError.
-
-    ``train_labels`` (a `src.data.labels.LabelMatrix` of the training set) gives EPR's expected number of
-    positives when ``--epr_expected_positives`` is None (`expected_positives_per_image`), and the store
-    size N of ll_cp / em_apl unless ``num_samples`` is given; C is ``len(class_names)``.
+    """The loss of train.py's flags (``args``, its Namespace) for the model's ``class_names``: the mode's
+    hyper-parameters (`LOSS_MODES`), ``--prior_path`` (selective mode only; rows matched to
+    ``class_names``) and, for the peer modes, ``--loss_reduction`` (the CSL modes sum, as the paper, so a
+    paper-style Namespace still builds them). ``train_labels`` (a `src.data.labels.LabelMatrix` of the
+    training set) gives EPR's expected positives when the flag is unset, and the store size N of ll_cp /
+    em_apl unless ``num_samples`` is given.
     """
     mode = args.partial_loss_mode
     if mode not in LOSS_MODES:
         raise ValueError(f"--partial_loss_mode {mode!r} is not supported; choose one of {list(LOSS_MODES)}")
-    settings = _read_flags(args, mode)
-    prior_path = prior_path_of(args.prior_path)
+    hyperparameters = list(LOSS_MODES[mode].hyperparameters)
+    needed = [*hyperparameters, "prior_path", *(["loss_reduction"] if mode in PEER_MODES else [])]
+    missing = [name for name in needed if not hasattr(args, name)]
+    if missing:
+        raise AttributeError(f"build_criterion: args lacks the loss flag(s) {missing}; pass the Namespace of "
+                             "train.py's parser (src.args.build_train_parser)")
+    settings = {name: getattr(args, name) for name in hyperparameters}
+    prior_path = None if is_none_path(args.prior_path) else args.prior_path
     if prior_path is not None and mode != "selective":
         raise ValueError(
             f"--prior_path {str(prior_path)!r} is only used by --partial_loss_mode selective, but "
@@ -80,7 +41,12 @@ def build_criterion(args, class_names: Sequence[str], num_samples: int | None = 
     if mode == "selective":
         settings["prior"] = None if prior_path is None else read_prior_csv(prior_path, class_names)
     if mode == "epr" and settings["epr_expected_positives"] is None:
-        settings["epr_expected_positives"] = _expected_positives(train_labels)
+        if train_labels is None:
+            raise ValueError("--partial_loss_mode epr without --epr_expected_positives computes the expected "
+                             "number of positives from the training labels: pass train_labels to "
+                             "build_criterion, or set --epr_expected_positives (Cole et al.: 2.9 on COCO)")
+        settings["epr_expected_positives"] = expected_positives_per_image(
+            train_labels.positive_counts(), train_labels.negative_counts(), train_labels.num_samples)
     if "num_samples" in LOSS_MODES[mode].needs:
         if num_samples is None and train_labels is None:
             raise ValueError(f"--partial_loss_mode {mode} keeps a per-sample label store: pass num_samples "

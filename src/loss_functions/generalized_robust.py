@@ -27,35 +27,21 @@ from torch import Tensor
 from src.loss_functions.peer_base import Labels, PeerLoss, entrywise, require_epoch
 
 GR_LOG_EPSILON = 1e-7  # their neg_log(x) = -log(x + 1e-7)
-_SCHEDULE = ("w", "b", "mu", "sigma")
 
 
 class GeneralizedRobustLoss(PeerLoss):
-    """GR-Loss with its epoch schedules for K (w, b) and V (mu, sigma)."""
-
     mode = "gr"
+    bounds = {name: "> 0" for name in ("gr_q2", "gr_q3", "gr_sigma_start", "gr_sigma_end")}
 
     def __init__(self, *, gr_q2: float = 0.01, gr_q3: float = 1.0, gr_w_start: float = 0.0,
                  gr_w_end: float = 2.0, gr_b_start: float = -2.0, gr_b_end: float = -2.0,
                  gr_mu_start: float = 0.5, gr_mu_end: float = 0.8, gr_sigma_start: float = 2.0,
                  gr_sigma_end: float = 0.5, reduction: str = "sum"):
-        super().__init__(reduction=reduction)
-        if not float(gr_q2) > 0 or not float(gr_q3) > 0:
-            raise ValueError(f"gr_q2 and gr_q3 must be > 0, got {gr_q2!r} and {gr_q3!r}")
-        if not float(gr_sigma_start) > 0 or not float(gr_sigma_end) > 0:
-            raise ValueError(f"gr_sigma_start and gr_sigma_end must be > 0, got {gr_sigma_start!r} and "
-                             f"{gr_sigma_end!r}")
-        self.gr_q2, self.gr_q3 = float(gr_q2), float(gr_q3)
-        self.schedule_ends = {"w": (float(gr_w_start), float(gr_w_end)),
-                              "b": (float(gr_b_start), float(gr_b_end)),
-                              "mu": (float(gr_mu_start), float(gr_mu_end)),
-                              "sigma": (float(gr_sigma_start), float(gr_sigma_end))}
-
-    def hyperparameters(self) -> dict:
-        settings = {"gr_q2": self.gr_q2, "gr_q3": self.gr_q3}
-        for name in _SCHEDULE:
-            settings[f"gr_{name}_start"], settings[f"gr_{name}_end"] = self.schedule_ends[name]
-        return settings
+        super().__init__(reduction=reduction, gr_q2=gr_q2, gr_q3=gr_q3, gr_w_start=gr_w_start,
+                         gr_w_end=gr_w_end, gr_b_start=gr_b_start, gr_b_end=gr_b_end, gr_mu_start=gr_mu_start,
+                         gr_mu_end=gr_mu_end, gr_sigma_start=gr_sigma_start, gr_sigma_end=gr_sigma_end)
+        self.schedule_ends = {name: (self.settings[f"gr_{name}_start"], self.settings[f"gr_{name}_end"])
+                              for name in ("w", "b", "mu", "sigma")}
 
     def schedule(self, epoch: int, num_epochs: int) -> dict[str, float]:
         """w, b, mu, sigma during ``epoch`` (1-based) of ``num_epochs``: w and b use (e - 1) / T, mu and

@@ -19,7 +19,6 @@ from src.utils.distributed import is_dist
 
 
 def physical_memory_bytes() -> int:
-    """This machine's physical memory in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -43,8 +42,11 @@ def new_label_store(mode: str, num_samples, num_classes, dtype: torch.dtype, fil
     return torch.full((rows, columns), fill, dtype=dtype)
 
 
-def store_rows(store: Tensor, indices: Tensor | None, mode: str, batch_size: int, device) -> Tensor:
-    """The store's rows of the batch's samples, on ``device``."""
+def store_rows(store: Tensor, indices: Tensor | None, mode: str, logits: Tensor) -> Tensor:
+    """The store's rows of the batch's samples (``indices``), on the device of ``logits`` (B, C)."""
+    batch_size, num_classes = logits.shape
+    if num_classes != store.shape[1]:
+        raise ValueError(f"the store was built for {store.shape[1]} classes, the logits have {num_classes}")
     if indices is None:
         raise ValueError(f"loss mode {mode!r} keeps a per-sample label store: call it with indices= (the "
                          "batch's dataset indices, a LongTensor)")
@@ -54,37 +56,14 @@ def store_rows(store: Tensor, indices: Tensor | None, mode: str, batch_size: int
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= store.shape[0]):
         raise ValueError(f"indices must lie in [0, {store.shape[0]}) (the store was built for num_samples="
                          f"{store.shape[0]}), got values in [{int(indices.min())}, {int(indices.max())}]")
-    return store.index_select(0, indices.to(store.device, torch.long)).to(device)
-
-
-def _comm_device() -> torch.device:
-    """NCCL moves CUDA tensors only, gloo CPU ones."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return store.index_select(0, indices.to(store.device, torch.long)).to(logits.device)
 
 
 def _gather_from_all_ranks(positions: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     """Every rank's (positions, values) concatenated in rank order (ranks may send different counts)."""
-    device, world = _comm_device(), dist.get_world_size()
-    count = torch.tensor([positions.numel()], dtype=torch.int64, device=device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c.item()) for c in counts]
-    longest = max(counts)
-    if longest == 0:
-        return positions[:0], values[:0]
-    # float32 carries int8 flags and float16 soft labels exactly (and every backend supports it).
-    sent_positions = torch.zeros(longest, dtype=torch.int64, device=device)
-    sent_values = torch.zeros(longest, dtype=torch.float32, device=device)
-    sent_positions[: positions.numel()] = positions.to(device)
-    sent_values[: values.numel()] = values.to(device, torch.float32)
-    got_positions = [torch.empty_like(sent_positions) for _ in range(world)]
-    got_values = [torch.empty_like(sent_values) for _ in range(world)]
-    dist.all_gather(got_positions, sent_positions)
-    dist.all_gather(got_values, sent_values)
-    return (torch.cat([p[:n] for p, n in zip(got_positions, counts)]),
-            torch.cat([v[:n] for v, n in zip(got_values, counts)]))
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (positions.cpu(), values.cpu()))
+    return torch.cat([p for p, _ in gathered]), torch.cat([v for _, v in gathered])
 
 
 @torch.no_grad()

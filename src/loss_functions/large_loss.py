@@ -46,16 +46,11 @@ class _LargeLoss(PeerLoss):
     """Shared BCE + large-loss selection; subclasses set ``flip`` and the number k."""
 
     flip = True
+    bounds = {f"{mode}_delta": "in [0, 1]" for mode in ("ll_r", "ll_ct", "ll_cp")}  # a share of B x C
 
-    def __init__(self, *, delta: float, delta_name: str, reduction: str):
-        super().__init__(reduction=reduction)
-        if not 0 <= float(delta) <= 1:
-            raise ValueError(f"{delta_name} must be in [0, 1] (a fraction of the batch's entries), got "
-                             f"{delta!r}")
-        self.delta, self._delta_name = float(delta), delta_name
-
-    def hyperparameters(self) -> dict:
-        return {self._delta_name: self.delta}
+    @property
+    def delta(self) -> float:
+        return self.settings[f"{self.mode}_delta"]
 
     def num_selected(self, num_entries: int, epoch: int) -> int:
         """k: how many un-annotated entries of a batch of ``num_entries`` are rejected or flipped."""
@@ -88,21 +83,17 @@ class _LargeLoss(PeerLoss):
 
 
 class LargeLossRejection(_LargeLoss):
-    """LL-R: the largest un-annotated losses are set to 0."""
-
     mode, flip = "ll_r", False
 
     def __init__(self, *, ll_r_delta: float = 0.005, reduction: str = "sum"):
-        super().__init__(delta=ll_r_delta, delta_name="ll_r_delta", reduction=reduction)
+        super().__init__(reduction=reduction, ll_r_delta=ll_r_delta)
 
 
 class LargeLossCorrectionTemporary(_LargeLoss):
-    """LL-Ct: the largest un-annotated losses are computed as positives, for the batch only."""
-
     mode = "ll_ct"
 
     def __init__(self, *, ll_ct_delta: float = 0.002, reduction: str = "sum"):
-        super().__init__(delta=ll_ct_delta, delta_name="ll_ct_delta", reduction=reduction)
+        super().__init__(reduction=reduction, ll_ct_delta=ll_ct_delta)
 
 
 class LargeLossCorrectionPermanent(_LargeLoss):
@@ -111,9 +102,9 @@ class LargeLossCorrectionPermanent(_LargeLoss):
 
     mode = "ll_cp"
 
-    def __init__(self, *, num_samples: int, num_classes: int, ll_cp_delta: float = 0.001,
-                 reduction: str = "sum"):
-        super().__init__(delta=ll_cp_delta, delta_name="ll_cp_delta", reduction=reduction)
+    def __init__(self, *, num_samples: int | None = None, num_classes: int | None = None,
+                 ll_cp_delta: float = 0.001, reduction: str = "sum"):
+        super().__init__(reduction=reduction, ll_cp_delta=ll_cp_delta)
         self.register_buffer("flipped_to_positive", new_label_store(self.mode, num_samples, num_classes,
                                                                     torch.int8, 0))
 
@@ -125,10 +116,7 @@ class LargeLossCorrectionPermanent(_LargeLoss):
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, indices=None, **_) -> tuple[Tensor, None]:
         epoch = require_epoch(self.mode, epoch)
-        if logits.shape[1] != self.flipped_to_positive.shape[1]:
-            raise ValueError(f"the store was built for {self.flipped_to_positive.shape[1]} classes but the "
-                             f"logits have {logits.shape[1]}")
-        stored = store_rows(self.flipped_to_positive, indices, self.mode, logits.shape[0], logits.device)
+        stored = store_rows(self.flipped_to_positive, indices, self.mode, logits)
         flipped_before = labels.unannotated & (stored == 1)
         terms, selected = self.large_loss_terms(logits, labels.positive | flipped_before,
                                                 labels.unannotated & ~flipped_before, epoch)

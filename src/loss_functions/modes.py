@@ -1,10 +1,10 @@
-"""Every loss mode in one table, and `create_loss`, the one way to build any of them.
+"""Every loss mode in one table, ``LOSS_MODES``, and `create_loss`, the one way to build any of them.
 
-``LOSS_MODES[mode]`` is a :class:`ModeInfo`: the paper, the official repository, the hyper-parameters
-(name -> :class:`HyperParameter` (default, help, unset_means)) and the data keywords the mode needs.
-Hyper-parameter names are create_loss keywords and train.py flags alike (``--hill_lambda``); a name
-shared by several modes (CSL's ``clip``, EM's ``em_alpha``) means the same thing with the same default
-in each. Defaults are read from the loss classes' signatures, so they are declared once, there.
+The table is the only place the loss vocabulary is written: train.py's loss flags (their help, defaults
+and ranges; src/args.py), the settings a resumed run must keep (``LOSS_SETTING_NAMES``) and the labels of
+the reproduce tables are derived from it. Defaults are read from the loss classes' signatures and ranges
+from their ``bounds``, so each value is declared where it is used. A hyper-parameter shared by several
+modes (CSL's ``clip``, EM's ``em_alpha``) means the same thing in each, which is checked at import.
 
     loss = create_loss("hill")                                      # official defaults, reduction 'sum'
     loss = create_loss("ll_cp", num_samples=N, num_classes=C, reduction="mean")
@@ -13,12 +13,13 @@ in each. Defaults are read from the loss classes' signatures, so they are declar
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from torch import Tensor, nn
+from torch import nn
 
 from src.loss_functions.cole import AssumeNegativeLabelSmoothing, ExpectedPositiveRegularizer
 from src.loss_functions.entropy import EMAsymmetricPseudoLabeling, EntropyMaximization
@@ -28,47 +29,31 @@ from src.loss_functions.large_loss import (
     LargeLossCorrectionTemporary,
     LargeLossRejection,
 )
-from src.loss_functions.partial_selective import PARTIAL_LOSS_MODES as CSL_MODES
-from src.loss_functions.partial_selective import PartialSelectiveLoss
-from src.loss_functions.peer_base import REDUCTIONS
+from src.loss_functions.partial_selective import CSL_MODES, PartialSelectiveLoss
+from src.loss_functions.peer_base import PeerLoss
 from src.loss_functions.robust import HillLoss, SPLCLoss
 
 
 class HyperParameter(NamedTuple):
-    default: float | int | str
-    help: str
-    # When set, train.py's flag defaults to None and build_criterion computes the value as described.
+    default: float | int | str | None
+    help: str  # the train.py flag's help, the only copy
+    # When set, the flag defaults to None and build_criterion computes the value as described.
     unset_means: str | None = None
+    bound: str | None = None  # the flag's range and the loss's keyword check (`src.utils.values`)
 
     @property
     def flag_default(self):
         return None if self.unset_means else self.default
 
 
-# train.py's --loss_reduction (choices: REDUCTIONS); build_criterion passes it to the peer modes.
-LOSS_REDUCTION = HyperParameter("sum", "how the peer loss modes reduce their B x C terms: 'sum' (CSL's "
-                                       "convention; the CSL modes always sum) or 'mean' (the single-positive "
-                                       "papers'); 'sum' = B*C x 'mean'")
-
-
 @dataclass(frozen=True)
 class ModeInfo:
+    label: str  # how tables and plots name the mode (src/reproduce)
     reference: str  # the paper
     repository: str  # the official code
     hyperparameters: Mapping[str, HyperParameter]
     needs: tuple[str, ...] = ()  # data keywords of create_loss (not flags)
     build: Callable[..., nn.Module] = field(default=None, repr=False, compare=False)
-
-
-class MeanOverEntries(nn.Module):
-    """A summing loss divided by the number of B x C entries (reduction 'mean' of the CSL modes)."""
-
-    def __init__(self, loss: nn.Module):
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, logits: Tensor, targets: Tensor, **keywords) -> Tensor:
-        return self.loss(logits, targets, **keywords) / logits.numel()
 
 
 def _defaults_of(cls) -> dict:
@@ -77,28 +62,15 @@ def _defaults_of(cls) -> dict:
 
 
 def _table(cls, helps: dict[str, str], unset_means: dict[str, str] | None = None) -> dict:
-    """HyperParameters of ``cls``: defaults from its signature, help texts from ``helps``."""
+    """HyperParameters of ``cls``: defaults from its signature, bounds from ``cls.bounds``, help texts
+    from ``helps``."""
     defaults = _defaults_of(cls)
     missing = sorted(set(helps) - set(defaults))
     if missing:  # a help for a keyword the class lacks: fail at import, not at the first run
         raise TypeError(f"{cls.__name__} has no keyword default for {missing}")
     unset_means = unset_means or {}
-    return {name: HyperParameter(defaults[name], text, unset_means.get(name)) for name, text in helps.items()}
-
-
-def _peer_build(cls):
-    def build(*, reduction: str = "sum", **keywords) -> nn.Module:
-        return cls(reduction=reduction, **keywords)
-    return build
-
-
-def _csl_build(mode: str):
-    def build(*, reduction: str = "sum", **keywords) -> nn.Module:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
-        loss = PartialSelectiveLoss(partial_loss_mode=mode, **keywords)
-        return loss if reduction == "sum" else MeanOverEntries(loss)
-    return build
+    return {name: HyperParameter(defaults[name], text, unset_means.get(name), cls.bounds.get(name))
+            for name, text in helps.items()}
 
 
 _CSL = ('Ben-Baruch et al., "Multi-label Classification with Partial Annotations using Class-aware Selective '
@@ -139,66 +111,66 @@ _GR_HELP = {"gr_q2": "gr: q2 of the positive-like term (1 - p^q2) / q2 on un-ann
                for end in ("start", "end")}}
 
 
-def _csl_info(mode: str, reference: tuple[str, str] = _CSL) -> ModeInfo:
+def _csl_info(mode: str, label: str, reference: tuple[str, str] = _CSL) -> ModeInfo:
     # The four CSL modes share PartialSelectiveLoss's keywords (likelihood_topk and prior_threshold act in
-    # selective mode only, as before); the prior itself comes from --prior_path.
+    # selective mode only, as in the paper); the prior itself comes from --prior_path.
     needs = ("prior",) if mode == "selective" else ()
-    return ModeInfo(*reference, _table(PartialSelectiveLoss, {**_CSL_HELP, **_SELECTIVE_HELP}), needs,
-                    _csl_build(mode))
+    return ModeInfo(label, *reference, _table(PartialSelectiveLoss, {**_CSL_HELP, **_SELECTIVE_HELP}),
+                    needs, functools.partial(PartialSelectiveLoss, partial_loss_mode=mode))
 
 
-def _ll_info(cls, name: str, text: str) -> ModeInfo:
+def _peer_info(label: str, reference: tuple[str, str], cls, helps: dict[str, str], **unset_means) -> ModeInfo:
+    needs = ("num_samples", "num_classes") if "num_samples" in inspect.signature(cls).parameters else ()
+    return ModeInfo(label, *reference, _table(cls, helps, unset_means), needs, cls)
+
+
+def _ll_info(label: str, cls, text: str) -> ModeInfo:
+    name = f"{cls.mode}_delta"
     value = _defaults_of(cls)[name]
-    return ModeInfo(*_KIM, _table(cls, {name: text.format(mode=cls.mode, name=name, value=value)}),
-                    ("num_samples", "num_classes") if cls is LargeLossCorrectionPermanent else (),
-                    _peer_build(cls))
+    return _peer_info(label, _KIM, cls, {name: text.format(mode=cls.mode, name=name, value=value)})
 
 
-_STORE = ("num_samples", "num_classes")
 _EM_ALPHA_HELP = "em, em_apl: weight of the entropy maximisation on un-annotated labels"
 
 LOSS_MODES: dict[str, ModeInfo] = {
-    "negative": _csl_info("negative"),
-    "ignore": _csl_info("ignore"),
-    "ignore_normalize_classes": _csl_info("ignore_normalize_classes", (
-        'Durand et al., "Learning a Deep ConvNet for Multi-label Classification with Partial Labels", CVPR '
-        "2019, as in CSL's code", _CSL[1])),
-    "selective": _csl_info("selective"),
-    "an_ls": ModeInfo(*_COLE, _table(AssumeNegativeLabelSmoothing, {
+    "negative": _csl_info("negative", "Negative"),
+    "ignore": _csl_info("ignore", "Ignore"),
+    "ignore_normalize_classes": _csl_info(
+        "ignore_normalize_classes", "Ignore, normalised (Durand et al. 2019)",
+        ('Durand et al., "Learning a Deep ConvNet for Multi-label Classification with Partial Labels", CVPR '
+         "2019, as in CSL's code", _CSL[1])),
+    "selective": _csl_info("selective", "CSL (Ben-Baruch et al. 2022)"),
+    "an_ls": _peer_info("AN-LS (Cole et al. 2021)", _COLE, AssumeNegativeLabelSmoothing, {
         "an_ls_smoothing": "an_ls: label-smoothing coefficient of positives and assumed negatives"}),
-        build=_peer_build(AssumeNegativeLabelSmoothing)),
-    "epr": ModeInfo(*_COLE, _table(ExpectedPositiveRegularizer, {
+    "epr": _peer_info("EPR (Cole et al. 2021)", _COLE, ExpectedPositiveRegularizer, {
         "epr_expected_positives": "epr: expected number of positives per image (Cole et al.: 2.9 on COCO)"},
-        unset_means={"epr_expected_positives": "computed from the training labels: the sum over classes of "
-                                               "positives / images annotated for the class"}),
-        build=_peer_build(ExpectedPositiveRegularizer)),
-    "hill": ModeInfo(*_ZHANG, _table(HillLoss, {
+        epr_expected_positives="computed from the training labels: the sum over classes of positives / "
+                               "images annotated for the class"),
+    "hill": _peer_info("Hill (Zhang et al. 2021)", _ZHANG, HillLoss, {
         "hill_lambda": "hill: lambda of the un-annotated term (lambda - p) p^2",
         "hill_margin": "hill: logit margin of the positive focal term",
-        "hill_gamma": "hill: focusing parameter of the positive focal term"}), build=_peer_build(HillLoss)),
-    "splc": ModeInfo(*_ZHANG, _table(SPLCLoss, {
+        "hill_gamma": "hill: focusing parameter of the positive focal term"}),
+    "splc": _peer_info("SPLC (Zhang et al. 2021)", _ZHANG, SPLCLoss, {
         "splc_tau": "splc: un-annotated labels with p above this count as positives (from splc_start_epoch)",
         "splc_margin": "splc: logit margin of the positive focal term",
         "splc_gamma": "splc: focusing parameter of the focal terms",
         "splc_start_epoch": "splc: first epoch (1-based) of the label correction"}),
-        build=_peer_build(SPLCLoss)),
-    "ll_r": _ll_info(LargeLossRejection, "ll_r_delta", _LL_GROWING.replace("{what}", "rejected (loss 0)")),
-    "ll_ct": _ll_info(LargeLossCorrectionTemporary, "ll_ct_delta",
+    "ll_r": _ll_info("LL-R (Kim et al. 2022)", LargeLossRejection,
+                     _LL_GROWING.replace("{what}", "rejected (loss 0)")),
+    "ll_ct": _ll_info("LL-Ct (Kim et al. 2022)", LargeLossCorrectionTemporary,
                       _LL_GROWING.replace("{what}", "flipped to positive for the batch")),
-    "ll_cp": _ll_info(LargeLossCorrectionPermanent, "ll_cp_delta",
+    "ll_cp": _ll_info("LL-Cp (Kim et al. 2022)", LargeLossCorrectionPermanent,
                       "{mode}: from epoch 2, the ceil(B C {name}) un-annotated entries of each batch with "
                       "the largest loss are flipped to positive for good (authors' value {value})"),
-    "em": ModeInfo(*_ZHOU, _table(EntropyMaximization, {"em_alpha": _EM_ALPHA_HELP}),
-        build=_peer_build(EntropyMaximization)),
-    "em_apl": ModeInfo(*_ZHOU, _table(EMAsymmetricPseudoLabeling, {
+    "em": _peer_info("EM (Zhou et al. 2022)", _ZHOU, EntropyMaximization, {"em_alpha": _EM_ALPHA_HELP}),
+    "em_apl": _peer_info("EM-APL (Zhou et al. 2022)", _ZHOU, EMAsymmetricPseudoLabeling, {
         "em_alpha": _EM_ALPHA_HELP,
         "apl_beta": "em_apl: weight of the soft pseudo-negative terms",
         "apl_share": "em_apl: share of each class's un-annotated labels pseudo-labelled by the last epoch",
         "apl_warmup_epochs": "em_apl: pseudo-labelling passes run after this epoch and every later one"}),
-        _STORE, _peer_build(EMAsymmetricPseudoLabeling)),
-    "gr": ModeInfo(*_CHEN, _table(GeneralizedRobustLoss, _GR_HELP), build=_peer_build(GeneralizedRobustLoss)),
+    "gr": _peer_info("GR-Loss (Chen et al. 2024)", _CHEN, GeneralizedRobustLoss, _GR_HELP),
 }
-PARTIAL_LOSS_MODES = tuple(LOSS_MODES)
+LOSS_MODE_NAMES = tuple(LOSS_MODES)  # all 14; CSL_MODES (partial_selective.py) are the paper's four
 PEER_MODES = tuple(mode for mode in LOSS_MODES if mode not in CSL_MODES)
 
 
@@ -216,6 +188,24 @@ def _all_hyperparameters() -> dict[str, HyperParameter]:
 # Every hyper-parameter name once (one train.py flag each), in table order.
 LOSS_HYPERPARAMETERS: dict[str, HyperParameter] = _all_hyperparameters()
 
+# The loss settings beside the hyper-parameters, one train.py flag each.
+LOSS_SETTINGS: dict[str, HyperParameter] = {
+    "partial_loss_mode": HyperParameter(
+        _defaults_of(PartialSelectiveLoss)["partial_loss_mode"],
+        "how un-annotated labels enter the loss: negative, ignore, ignore_normalize_classes or selective "
+        "(CSL), or a later method run on CSL's protocols (docs/peer_methods.md): "
+        + "; ".join(f"{mode}: {info.reference}" for mode, info in LOSS_MODES.items()
+                    if mode not in ("negative", "ignore", "selective"))),
+    "prior_path": HyperParameter(None, "class prior CSV (Classes,avg_pred) used by selective mode; 'none' "
+                                       "for no prior"),
+    "loss_reduction": HyperParameter(
+        _defaults_of(PeerLoss)["reduction"],
+        "how the peer loss modes reduce their B x C terms: 'sum' (CSL's convention; the CSL modes always "
+        "sum, as the paper) or 'mean' (the single-positive papers'); 'sum' = B*C x 'mean'"),
+}
+# Every setting that changes the loss: a run resumed with any of them changed is not the same run.
+LOSS_SETTING_NAMES = (*LOSS_SETTINGS, *LOSS_HYPERPARAMETERS)
+
 
 def create_loss(mode: str, *, reduction: str = "sum", **keywords) -> nn.Module:
     """The loss of ``mode`` (a key of LOSS_MODES) with its hyper-parameters (defaults: the official values)
@@ -231,8 +221,4 @@ def create_loss(mode: str, *, reduction: str = "sum", **keywords) -> nn.Module:
     if unknown:
         raise TypeError(f"create_loss({mode!r}) got unknown keyword(s) {unknown}; mode {mode!r} takes "
                         f"{allowed} and reduction")
-    missing = [name for name in info.needs if name in _STORE and keywords.get(name) is None]
-    if missing:
-        raise ValueError(f"loss mode {mode!r} keeps a per-sample label store and needs {missing}: pass "
-                         "num_samples=N (training images) and num_classes=C")
     return info.build(reduction=reduction, **keywords)

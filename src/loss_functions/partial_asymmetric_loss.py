@@ -1,22 +1,19 @@
-"""The paper's import surface, kept as thin re-exports::
-
-    from src.loss_functions.partial_asymmetric_loss import PartialSelectiveLoss, ComputePrior
-
-``PartialSelectiveLoss(args)`` builds the loss from the paper's argparse Namespace as the paper's code
-does: every loss flag missing from ``args`` takes train.py's default, ``partial_loss_mode`` None means
-``negative`` and ``clip`` None means 0, and ``args.prior_path`` (None or 'none' for no prior) is read in
-every mode (used by selective mode only). New code builds the loss with
-`src.loss_functions.build_criterion` and the keyword class `src.loss_functions.PartialSelectiveLoss`;
-``ComputePrior`` lives in `src.prior`.
+"""The paper's import surface: ``from src.loss_functions.partial_asymmetric_loss import
+PartialSelectiveLoss, ComputePrior``, with ``PartialSelectiveLoss(args)`` built from the paper's argparse
+Namespace as its code does (a missing flag takes train.py's default, ``partial_loss_mode`` None means
+'negative', ``clip`` None means 0, ``args.prior_path`` is read in every mode). New code uses
+`src.loss_functions.build_criterion` and the keyword class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from src.loss_functions.factory import LOSS_FLAG_DEFAULTS, prior_path_of
+from src.loss_functions.modes import LOSS_MODES
 from src.loss_functions.partial_selective import PartialSelectiveLoss as _PartialSelectiveLoss
-from src.prior import ComputePrior, read_prior_csv
+from src.prior.accumulator import ComputePrior
+from src.prior.csv_format import read_prior_csv
+from src.utils.values import is_none_path
 
 __all__ = ["ComputePrior", "PartialSelectiveLoss"]
 
@@ -27,12 +24,12 @@ class PartialSelectiveLoss(_PartialSelectiveLoss):
     against ``args.num_classes`` when present."""
 
     def __init__(self, args, class_names: Sequence[str] | None = None):
-        settings = {name: getattr(args, name, default) for name, default in LOSS_FLAG_DEFAULTS.items()}
-        if settings["partial_loss_mode"] is None:  # the paper's code treats None as 'negative'
-            settings["partial_loss_mode"] = "negative"
+        settings = {name: getattr(args, name, entry.default)
+                    for name, entry in LOSS_MODES["selective"].hyperparameters.items()}
         if settings["clip"] is None:
             settings["clip"] = 0.0
-        prior_path = prior_path_of(getattr(args, "prior_path", None))
+        prior_path = getattr(args, "prior_path", None)
+        prior_path = None if is_none_path(prior_path) else prior_path
         prior = None
         if prior_path is not None:
             prior = read_prior_csv(prior_path, class_names)
@@ -40,5 +37,7 @@ class PartialSelectiveLoss(_PartialSelectiveLoss):
             if num_classes is not None and prior.numel() != num_classes:
                 raise ValueError(f"prior file {str(prior_path)!r} has {prior.numel()} rows but the model has "
                                  f"{num_classes} classes; use the prior computed for this dataset")
-        super().__init__(prior=prior, **settings)
+        # The paper's code treats a missing or None partial_loss_mode as 'negative'.
+        mode = getattr(args, "partial_loss_mode", None) or "negative"
+        super().__init__(partial_loss_mode=mode, prior=prior, **settings)
         self.prior_path = prior_path

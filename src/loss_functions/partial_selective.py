@@ -25,73 +25,51 @@ and the mode weight w (no gradient) depends on ``partial_loss_mode``:
   by this mode only.
 
 The selection uses ``torch.topk`` over p with annotated entries masked below every probability, so a
-128 x 9,605 batch never sorts its 1.2 M entries. Everything is computed in float32, also under
-autocast.
+128 x 9,605 batch never sorts its 1.2 M entries.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-PARTIAL_LOSS_MODES = ("negative", "ignore", "ignore_normalize_classes", "selective")
+from src.loss_functions.peer_base import Labels, PeerLoss
+
+CSL_MODES = ("negative", "ignore", "ignore_normalize_classes", "selective")
 PROBABILITY_FLOOR = 1e-8
 
 
-class PartialSelectiveLoss(nn.Module):
-    """Partial-label asymmetric loss (see the module docstring for the exact formula).
+class PartialSelectiveLoss(PeerLoss):
+    """Partial-label asymmetric loss (module docstring). The keyword defaults are train.py's flag defaults.
 
-    The keyword defaults are those of train.py's flags (``src.loss_functions.build_criterion`` builds the
-    loss from the flags). ``prior``: the class prior (C,) of selective mode, e.g. from
-    `src.prior.read_prior_csv`, or None; it is a non-persistent buffer (follows ``.to(device)``, is not
-    saved in the state dict: the prior file is the source of truth).
+    ``prior``: the class prior (C,) of selective mode (`src.prior.csv_format.read_prior_csv`) or None, a
+    non-persistent buffer: it follows ``.to(device)`` but the prior file, not the checkpoint, is its source.
+    ``reduction`` 'mean' divides by B x C (`src.loss_functions.peer_base`); the paper sums.
     """
 
-    def __init__(
-        self,
-        *,
-        partial_loss_mode: str = "negative",
-        prior: Tensor | None = None,
-        prior_threshold: float = 0.05,
-        likelihood_topk: float = 5,
-        clip: float = 0.0,
-        gamma_pos: float = 0.0,
-        gamma_neg: float = 1.0,
-        gamma_unann: float = 2.0,
-        alpha_pos: float = 1.0,
-        alpha_neg: float = 1.0,
-        alpha_unann: float = 1.0,
-    ):
-        super().__init__()
-        if partial_loss_mode not in PARTIAL_LOSS_MODES:
+    bounds = {"clip": "in [0, 1)", "likelihood_topk": ">= 0", "prior_threshold": "a probability in [0, 1]",
+              **{f"gamma_{kind}": ">= 0" for kind in ("pos", "neg", "unann")}}
+
+    def __init__(self, *, partial_loss_mode: str = "negative", prior: Tensor | None = None,
+                 prior_threshold: float = 0.05, likelihood_topk: float = 5, clip: float = 0.0,
+                 gamma_pos: float = 0.0, gamma_neg: float = 1.0, gamma_unann: float = 2.0,
+                 alpha_pos: float = 1.0, alpha_neg: float = 1.0, alpha_unann: float = 1.0,
+                 reduction: str = "sum"):
+        if partial_loss_mode not in CSL_MODES:
             raise ValueError(f"partial_loss_mode {partial_loss_mode!r} is not supported; "
-                             f"choose one of {list(PARTIAL_LOSS_MODES)}")
-        settings = dict(clip=clip, gamma_pos=gamma_pos, gamma_neg=gamma_neg, gamma_unann=gamma_unann,
-                        likelihood_topk=likelihood_topk, prior_threshold=prior_threshold)
-        for name, value in settings.items():
-            if float(value) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if float(clip) >= 1:
-            raise ValueError(f"clip must be in [0, 1), got {clip!r}")
-        self.partial_loss_mode = partial_loss_mode
-        self.prior_threshold = float(prior_threshold)
-        self.likelihood_topk = likelihood_topk
-        self.clip = float(clip)
-        self.gamma_pos = float(gamma_pos)
-        self.gamma_neg = float(gamma_neg)
-        self.gamma_unann = float(gamma_unann)
-        self.alpha_pos = float(alpha_pos)
-        self.alpha_neg = float(alpha_neg)
-        self.alpha_unann = float(alpha_unann)
+                             f"choose one of {list(CSL_MODES)}")
+        super().__init__(reduction=reduction, clip=clip, gamma_pos=gamma_pos, gamma_neg=gamma_neg,
+                         gamma_unann=gamma_unann, alpha_pos=alpha_pos, alpha_neg=alpha_neg,
+                         alpha_unann=alpha_unann, likelihood_topk=likelihood_topk,
+                         prior_threshold=prior_threshold)
+        self.mode = self.partial_loss_mode = partial_loss_mode
         if prior is not None:
             prior = torch.as_tensor(prior).detach().to(torch.float32).clone()
             if prior.dim() != 1:
                 raise ValueError(f"prior must hold one value per class (shape (C,)), got shape "
                                  f"{tuple(prior.shape)}")
-        # A buffer follows .to(device); non-persistent because the prior file is the source of truth.
         self.register_buffer("prior", prior, persistent=False)
-        # Measurement hook (not part of the method): called with (sample indices, classes) of the entries
-        # the likelihood top-k ignored in each batch; see record_ignored().
+        # A measurement, not part of the method: see record_ignored().
         self.ignored_recorder = None
         self._sample_indices = None
 
@@ -103,41 +81,15 @@ class PartialSelectiveLoss(nn.Module):
 
     def extra_repr(self) -> str:
         prior = "None" if self.prior is None else f"{self.prior.numel()} classes"
-        return (
-            f"mode={self.partial_loss_mode}, clip={self.clip}, gamma(pos,neg,unann)=({self.gamma_pos}, "
-            f"{self.gamma_neg}, {self.gamma_unann}), alpha(pos,neg,unann)=({self.alpha_pos}, "
-            f"{self.alpha_neg}, {self.alpha_unann}), likelihood_topk={self.likelihood_topk}, "
-            f"prior={prior}, prior_threshold={self.prior_threshold}"
-        )
+        return f"{super().extra_repr()}, prior={prior}"
 
-    def forward(self, logits: Tensor, targets: Tensor, *, epoch: int | None = None,
-                num_epochs: int | None = None, indices: Tensor | None = None) -> Tensor:
-        """Summed loss of ``logits`` (N, C) against ``targets`` (N, C) in {1, 0, -1}.
-
-        ``epoch``, ``num_epochs`` and ``indices`` are accepted: every loss mode is called the same way
-        (`src.loss_functions.create_loss`); CSL's value depends on none of them (``indices`` only names
-        the samples for `record_ignored`).
-        """
-        del epoch, num_epochs
-        self._sample_indices = indices
-        if logits.dim() != 2 or tuple(targets.shape) != tuple(logits.shape):
-            raise ValueError(
-                f"logits must be (batch, classes) and targets the same shape; got logits "
-                f"{tuple(logits.shape)} and targets {tuple(targets.shape)}"
-            )
+    def loss_terms(self, logits: Tensor, labels: Labels, *, indices=None, **_) -> tuple[Tensor, None]:
+        """The entries' terms -w f t (B, C); CSL's value depends on neither epoch nor num_epochs."""
         if self.prior is not None and self.prior.numel() != logits.shape[1]:
             raise ValueError(f"the prior has {self.prior.numel()} values but the logits have "
                              f"{logits.shape[1]} classes; use the prior computed for this dataset")
-        device_type = logits.device.type
-        if torch.amp.is_autocast_available(device_type):
-            with torch.autocast(device_type=device_type, enabled=False):
-                return self._summed_loss(logits.float(), targets)
-        return self._summed_loss(logits.float(), targets)
-
-    def _summed_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        positive, negative, unannotated = targets == 1, targets == 0, targets == -1
-        if not bool((positive | negative | unannotated).all()):
-            raise ValueError("targets must hold only 1 (positive), 0 (negative) and -1 (un-annotated)")
+        self._sample_indices = indices
+        positive, negative, unannotated = labels
         probs = torch.sigmoid(logits)
         probs_neg = 1.0 - probs
         if self.clip > 0:
@@ -153,14 +105,14 @@ class PartialSelectiveLoss(nn.Module):
             mode_weight = self.mode_weights(probs, unannotated)
             if mode_weight is not None:
                 weight = weight * mode_weight
-        return -(weight * log_likelihood).sum()
+        return -(weight * log_likelihood), None
 
     @staticmethod
     def _per_label(positive, negative, on_positive: float, on_negative: float, on_unannotated: float):
         return torch.where(positive, on_positive, torch.where(negative, on_negative, on_unannotated))
 
     def mode_weights(self, probs: Tensor, unannotated: Tensor) -> Tensor | None:
-        """The mode weight w (float32, same shape as probs), or None when it is 1 everywhere."""
+        """w (B, C), or None when it is 1 everywhere."""
         with torch.no_grad():
             if self.partial_loss_mode == "negative":
                 return None

@@ -1,33 +1,36 @@
-"""The shared frame of the later partial-label methods compared with CSL (docs/peer_methods.md).
+"""The frame every loss mode shares (CSL's four and the later methods, docs/peer_methods.md).
 
-Every method is an ``nn.Module`` called as ``loss(logits, targets, epoch=e, num_epochs=T, indices=idx)``
-with targets in {1 (positive), 0 (known negative), -1 (un-annotated)}, ``e`` the 1-based epoch and
-``idx`` the samples' dataset indices (used only by the methods with a per-sample label store). A method
-writes its per-entry loss matrix (B, C) and, where it has one, a batch regulariser; this class checks
-the inputs, runs the method in float32 (also under autocast) and reduces:
+A mode is called as ``loss(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with targets in
+{1 (positive), 0 (known negative), -1 (un-annotated)}, ``e`` the 1-based epoch and ``idx`` the samples'
+dataset indices (read only by the modes with a per-sample label store). A mode writes its per-entry loss
+matrix (B, C) and, where it has one, a batch regulariser; :class:`PeerLoss` checks the inputs, runs the
+mode in float32 (also under autocast) and reduces:
 
     reduction 'mean':  mean over the B x C entries of the matrix  + regulariser   (the SPML papers)
     reduction 'sum':   B * C * (the 'mean' value)                                 (CSL's convention)
 
-so 'sum' is always B x C times 'mean', for every method (Hill and SPLC are sums in their own code).
+so 'sum' is B x C times 'mean' for every mode (CSL, Hill and SPLC are sums in their own code).
 
 Known negatives (target 0), which the single-positive methods never see, get the plain negative term
--log(1 - p) = softplus(logit) in every method: our adaptation, not the papers'.
+-log(1 - p) = softplus(logit) in every later method: our adaptation, not the papers'.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import contextlib
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from src.utils.values import check_bounds
+
 REDUCTIONS = ("sum", "mean")
 
 
 class Labels(NamedTuple):
-    """Boolean masks (B, C) of the three kinds of target."""
+    """Boolean masks (B, C)."""
 
     positive: Tensor
     negative: Tensor  # known negatives
@@ -35,30 +38,29 @@ class Labels(NamedTuple):
 
 
 def labels_of(targets: Tensor) -> Labels:
-    """The masks of ``targets`` in {1, 0, -1}; anything else is a ValueError."""
     labels = Labels(targets == 1, targets == 0, targets == -1)
     if not bool((labels.positive | labels.negative | labels.unannotated).all()):
         raise ValueError("targets must hold only 1 (positive), 0 (negative) and -1 (un-annotated)")
     return labels
 
 
-def known_negative_term(logits: Tensor) -> Tensor:
-    """-log(1 - sigmoid(x)), computed without rounding p first."""
-    return F.softplus(logits)
+def float32_region(device_type: str):
+    """Autocast off, so that a loss computed on float32 logits stays float32 (log and pow need it)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def entrywise(labels: Labels, logits: Tensor, positive_term: Tensor, unannotated_term: Tensor,
               negative_term: Tensor | None = None) -> Tensor:
-    """The loss matrix: the method's terms on positives and un-annotated entries, -log(1 - p) on known
-    negatives (``negative_term`` when the method has it at hand already; torch.where, so an unused
-    branch passes no gradient)."""
-    negative_term = known_negative_term(logits) if negative_term is None else negative_term
+    """The loss matrix: the mode's terms on positives and un-annotated entries, -log(1 - p) on known
+    negatives (torch.where, so an unused branch passes no gradient)."""
+    negative_term = F.softplus(logits) if negative_term is None else negative_term
     rest = torch.where(labels.unannotated, unannotated_term, negative_term)
     return torch.where(labels.positive, positive_term, rest)
 
 
 def require_epoch(mode: str, epoch, num_epochs=None, *, need_total: bool = False) -> int:
-    """The 1-based epoch as an int; a clear error when a schedule-dependent method lacks it."""
     if epoch is None or int(epoch) < 1:
         raise ValueError(f"loss mode {mode!r} follows an epoch schedule: call it with epoch=e (the 1-based "
                          f"epoch, the first epoch is 1), got epoch={epoch!r}")
@@ -69,18 +71,24 @@ def require_epoch(mode: str, epoch, num_epochs=None, *, need_total: bool = False
 
 
 class PeerLoss(nn.Module):
-    """Base of the peer methods: input checks, float32 computation, reduction (module docstring).
-
-    Subclasses set ``mode`` and implement :meth:`loss_terms`.
-    """
+    """Base of every mode. Subclasses set ``mode`` and ``bounds`` (hyper-parameter -> bound,
+    `src.utils.values`; the train.py flags take their ranges from here) and implement :meth:`loss_terms`.
+    Their keywords are checked and kept as attributes of the same name and in ``settings`` (int where the
+    bound says "integer", else float)."""
 
     mode = ""
+    bounds: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, *, reduction: str = "sum"):
+    def __init__(self, *, reduction: str = "sum", **settings):
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+        check_bounds(self.bounds, **settings)
         self.reduction = reduction
+        self.settings = {name: int(value) if "integer" in self.bounds.get(name, "") else float(value)
+                         for name, value in settings.items()}
+        for name, value in self.settings.items():
+            setattr(self, name, value)
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, num_epochs, indices
                    ) -> tuple[Tensor, Tensor | None]:
@@ -89,27 +97,18 @@ class PeerLoss(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor, *, epoch: int | None = None,
                 num_epochs: int | None = None, indices: Tensor | None = None) -> Tensor:
-        """The reduced loss of ``logits`` (B, C) against ``targets`` (B, C) in {1, 0, -1}."""
         if logits.dim() != 2 or tuple(targets.shape) != tuple(logits.shape):
             raise ValueError(f"logits must be (batch, classes) and targets the same shape; got logits "
                              f"{tuple(logits.shape)} and targets {tuple(targets.shape)}")
         labels = labels_of(targets.to(logits.device))
-        keywords = dict(epoch=epoch, num_epochs=num_epochs, indices=indices)
-        device_type = logits.device.type
-        if torch.amp.is_autocast_available(device_type):
-            with torch.autocast(device_type=device_type, enabled=False):
-                terms, regulariser = self.loss_terms(logits.float(), labels, **keywords)
-        else:
-            terms, regulariser = self.loss_terms(logits.float(), labels, **keywords)
+        with float32_region(logits.device.type):
+            terms, regulariser = self.loss_terms(logits.float(), labels, epoch=epoch, num_epochs=num_epochs,
+                                                 indices=indices)
         if self.reduction == "mean":
             return terms.mean() if regulariser is None else terms.mean() + regulariser
         # 'sum' = B*C times 'mean': the matrix summed, the regulariser scaled by the entry count.
         return terms.sum() if regulariser is None else terms.sum() + regulariser * terms.numel()
 
     def extra_repr(self) -> str:
-        settings = ", ".join(f"{name}={value}" for name, value in self.hyperparameters().items())
-        return f"mode={self.mode}, reduction={self.reduction}" + (f", {settings}" if settings else "")
-
-    def hyperparameters(self) -> dict:
-        """The method's hyper-parameters by their create_loss names (for extra_repr and logs)."""
-        return {}
+        settings = "".join(f", {name}={value}" for name, value in self.settings.items())
+        return f"mode={self.mode}, reduction={self.reduction}{settings}"

@@ -24,27 +24,13 @@ from torch import Tensor
 from src.loss_functions.peer_base import Labels, PeerLoss, entrywise, require_epoch
 
 
-def _check_non_negative(**values) -> None:
-    for name, value in values.items():
-        if not float(value) >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
 class HillLoss(PeerLoss):
-    """Hill: focal-margin positives, the hill-shaped (lambda - p) p^2 on un-annotated entries."""
-
-    mode = "hill"
+    mode, bounds = "hill", {"hill_lambda": ">= 0", "hill_margin": ">= 0", "hill_gamma": ">= 0"}
 
     def __init__(self, *, hill_lambda: float = 1.5, hill_margin: float = 1.0, hill_gamma: float = 2.0,
                  reduction: str = "sum"):
-        super().__init__(reduction=reduction)
-        _check_non_negative(hill_lambda=hill_lambda, hill_margin=hill_margin, hill_gamma=hill_gamma)
-        self.hill_lambda, self.hill_margin = float(hill_lambda), float(hill_margin)
-        self.hill_gamma = float(hill_gamma)
-
-    def hyperparameters(self) -> dict:
-        return {"hill_lambda": self.hill_lambda, "hill_margin": self.hill_margin,
-                "hill_gamma": self.hill_gamma}
+        super().__init__(reduction=reduction, hill_lambda=hill_lambda, hill_margin=hill_margin,
+                         hill_gamma=hill_gamma)
 
     def loss_terms(self, logits: Tensor, labels: Labels, **_) -> tuple[Tensor, None]:
         shifted = logits - self.hill_margin
@@ -55,24 +41,14 @@ class HillLoss(PeerLoss):
 
 
 class SPLCLoss(PeerLoss):
-    """SPLC: focal margin loss whose confident un-annotated entries become positives from an epoch on."""
-
     mode = "splc"
+    bounds = {"splc_tau": "in [0, 1]", "splc_margin": ">= 0", "splc_gamma": ">= 0",
+              "splc_start_epoch": "an integer >= 1"}
 
     def __init__(self, *, splc_tau: float = 0.6, splc_margin: float = 1.0, splc_gamma: float = 2.0,
                  splc_start_epoch: int = 2, reduction: str = "sum"):
-        super().__init__(reduction=reduction)
-        _check_non_negative(splc_margin=splc_margin, splc_gamma=splc_gamma)
-        if not 0 <= float(splc_tau) <= 1:
-            raise ValueError(f"splc_tau must be in [0, 1], got {splc_tau!r}")
-        if int(splc_start_epoch) != splc_start_epoch or int(splc_start_epoch) < 1:
-            raise ValueError(f"splc_start_epoch must be an integer >= 1, got {splc_start_epoch!r}")
-        self.splc_tau, self.splc_margin = float(splc_tau), float(splc_margin)
-        self.splc_gamma, self.splc_start_epoch = float(splc_gamma), int(splc_start_epoch)
-
-    def hyperparameters(self) -> dict:
-        return {"splc_tau": self.splc_tau, "splc_margin": self.splc_margin, "splc_gamma": self.splc_gamma,
-                "splc_start_epoch": self.splc_start_epoch}
+        super().__init__(reduction=reduction, splc_tau=splc_tau, splc_margin=splc_margin,
+                         splc_gamma=splc_gamma, splc_start_epoch=splc_start_epoch)
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, epoch, **_) -> tuple[Tensor, None]:
         epoch = require_epoch(self.mode, epoch)

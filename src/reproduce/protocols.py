@@ -84,13 +84,9 @@ ROWS = (
 
 # The later methods (issue: one harness), opt-in with --rows peers: each at its published defaults
 # (src/loss_functions/modes.py), with the protocol's learning rate and schedule like every other row.
-PEER_LABELS = {"an_ls": "AN-LS (Cole et al. 2021)", "epr": "EPR (Cole et al. 2021)",
-               "hill": "Hill (Zhang et al. 2021)", "splc": "SPLC (Zhang et al. 2021)",
-               "ll_r": "LL-R (Kim et al. 2022)", "ll_ct": "LL-Ct (Kim et al. 2022)",
-               "ll_cp": "LL-Cp (Kim et al. 2022)", "em": "EM (Zhou et al. 2022)",
-               "em_apl": "EM-APL (Zhou et al. 2022)", "gr": "GR-Loss (Chen et al. 2024)"}
-PEER_ROWS = tuple(Row(mode, PEER_LABELS.get(mode, f"{LOSS_MODES[mode].reference} ({mode})"),
-                      {"partial_loss_mode": mode}, default=False) for mode in PEER_MODES)
+PEER_LABELS = {mode: LOSS_MODES[mode].label for mode in PEER_MODES}
+PEER_ROWS = tuple(Row(mode, PEER_LABELS[mode], {"partial_loss_mode": mode}, default=False)
+                  for mode in PEER_MODES)
 # BoostLU (Kim et al. 2023) is a head option, combined with LL-R as in their code (their --alpha 5).
 BOOSTLU_ROWS = (Row("ll_r_boostlu", "LL-R + BoostLU (Kim et al. 2023)",
                     {"partial_loss_mode": "ll_r", "boostlu_alpha": 5}, default=False),)

@@ -1,0 +1,60 @@
+"""Values given on the command line or as keywords: 'none' paths and numbers with bounds.
+
+A bound is written as its message reads, so the error names it: ``">= 0"``, ``"> 0"``, ``"in [0, 1)"``,
+``"a probability in [0, 1]"``, ``"an integer >= 1"`` (the interval or comparison ends the text; "integer"
+in it asks for an integral value). The argparse types of src.args and the loss classes' keyword checks
+use the same bounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+NONE_WORDS = ("none", "")  # the paper's scripts pass --prior_path None for no prior; ours --model-path none
+
+
+def is_none_path(path) -> bool:
+    return path is None or str(path).strip().lower() in NONE_WORDS
+
+
+def optional_path(text: str) -> str | None:
+    """argparse type: a path, or None for 'none' / ''."""
+    return None if is_none_path(text) else text
+
+
+def within(value: float, bound: str) -> bool:
+    """Whether ``value`` (finite) satisfies ``bound``."""
+    if not math.isfinite(value) or ("integer" in bound and value != int(value)):
+        return False
+    if match := re.search(r"(>=|>)\s*(\S+)$", bound):
+        low = float(match[2])
+        return value >= low if match[1] == ">=" else value > low
+    left, low, high, right = re.search(r"([\[(])\s*([^,]+),\s*([^\])]+)([\])])$", bound).groups()
+    above = value >= float(low) if left == "[" else value > float(low)
+    below = value <= float(high) if right == "]" else value < float(high)
+    return above and below
+
+
+def check_bounds(bounds: dict[str, str], **values) -> None:
+    """ValueError naming the first keyword whose value is outside its bound."""
+    for name, value in values.items():
+        if name in bounds and not within(float(value), bounds[name]):
+            raise ValueError(f"{name} must be {bounds[name]}, got {value!r}")
+
+
+def bounded(kind: type, bound: str):
+    """An argparse type: ``kind(text)`` within ``bound``; argparse prefixes the message with the flag."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; must be {bound}") from None
+        if not within(value, bound):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
