@@ -74,9 +74,7 @@ __all__ = [
 THRESHOLD_METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Input conversion and validation
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------- Input conversion and validation
 def _to_numpy(array, name: str) -> np.ndarray:
     """numpy view of a numpy array, torch tensor or nested sequence (torch is not imported here)."""
     if hasattr(array, "detach") and hasattr(array, "cpu"):
@@ -124,16 +122,9 @@ def _check_scores(scores: np.ndarray, name: str) -> np.ndarray:
 
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     """Return labels as int8 after checking every value is -1, 0 or 1."""
-    if labels.dtype == bool:
-        return labels.astype(np.int8)
-    if np.issubdtype(labels.dtype, np.integer):
-        low, high = labels.min(), labels.max()
-        ok = low >= -1 and high <= 1
-    else:
-        bad_mask = (labels != -1) & (labels != 0) & (labels != 1)  # also catches NaN
-        ok = not bad_mask.any()
-    if not ok:
-        bad_values = np.unique(labels[(labels != -1) & (labels != 0) & (labels != 1)])
+    bad = (labels != -1) & (labels != 0) & (labels != 1)  # also catches NaN; bool labels pass
+    if bad.any():
+        bad_values = np.unique(labels[bad])
         raise ValueError(
             f"metrics: {name} must contain only 1 (positive), 0 (negative) or -1 (un-annotated); "
             f"found other values {bad_values[:10].tolist()}"
@@ -160,9 +151,7 @@ def _prepare(targets, scores, allow_1d: bool = False) -> tuple[np.ndarray, np.nd
     return _check_labels(targets, "targets"), _check_scores(scores, "predictions")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Average precision core
-# ----------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------- Average precision core
 def _ap_sums(class_ids, scores, positive, num_classes: int):
     """Per class: (sum over its positives of tie-aware precision, #positives, #entries), float64 / int64
     (C,) each, of annotated entries given as flat arrays in any order: class_ids int (n,), scores float (n,),
@@ -202,9 +191,7 @@ def _full_label_ap(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return precision_sum / np.maximum(n_pos, 1)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Average precision: full labels
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Average precision: full labels
 def average_precision_per_class(targets, scores) -> np.ndarray:
     """Non-interpolated, tie-aware AP of every class: (N, C) labels and scores -> float64 (C,) in [0, 1].
 
@@ -219,9 +206,7 @@ def mean_average_precision(targets, scores) -> float:
     return 100.0 * float(_full_label_ap(*_prepare(targets, scores)).mean())
 
 
-# ----------------------------------------------------------------------------------------------------
-# Average precision: partial labels
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------ Average precision: partial labels
 class PartialAP(NamedTuple):
     """Result of :func:`partial_average_precision`; its fields are in the order of the paper's
     ``AP_partial`` tuple ``(ap, map, map_macro, n_no_labels, n_no_neg, n_no_pos)``."""
@@ -298,9 +283,7 @@ def partial_average_precision_sparse(class_ids, labels, scores, *, num_classes: 
     return _summarise_partial(*_ap_sums(class_ids, scores, labels == 1, int(num_classes)))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Threshold / top-k metrics
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------- Threshold / top-k metrics
 def _safe_ratio(numerator, denominator):
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
@@ -346,9 +329,7 @@ def topk_metrics(targets, scores, *, k: int) -> dict[str, float]:
     return _counts_to_metrics(targets, scores >= kth_largest)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The paper's names and signatures (src/helper_functions/helper_functions.py of the CSL code)
-# ----------------------------------------------------------------------------------------------------
+# -------------- The paper's names and signatures (src/helper_functions/helper_functions.py of the CSL code)
 def average_precision(output, target):
     """The paper's argument order (scores first): :func:`average_precision_per_class` for (N, C) input;
     a 1-D (N,) pair (one class) gives a float."""
