@@ -323,29 +323,23 @@ def sample_filepaths(data_csv: str, per_split: int = SAMPLES_PER_SPLIT) -> dict[
     return samples
 
 
-def find_image_root(root: str, samples: dict[str, list[str]], extra_candidates: list[str]) -> str:
+def find_image_root(root: str, samples: dict[str, list[str]]) -> str:
     """The image root (``--data``): the folder under which the most of data.csv's sampled filepaths exist,
-    among ``root``, ``extra_candidates`` (the archives' top folders) and ``root``'s subfolders; the first
-    (shallowest) of equal counts wins, so the layout of the authors' archives need not be known."""
+    among ``root`` and its subfolders (the archives' top folders); the first (shallowest) of equal counts
+    wins, so the layout inside the authors' archives need not be known in advance."""
     every = [path for paths in samples.values() for path in paths]
     absolute = [p for p in every if os.path.isabs(p)]
     if absolute:
         raise DatasetError(f"data.csv lists absolute filepaths (e.g. {absolute[0]!r}); the reader joins them "
                            "to --data: rewrite them relative to the image folder")
-    candidates = [root, *extra_candidates]
-    candidates += sorted(e.path for e in os.scandir(root) if e.is_dir() and e.name not in (STATE_DIR,
-                                                                                            "downloads"))
-    seen, scores = set(), []
+    skip = (STATE_DIR, "downloads")
+    candidates = [root, *sorted(e.path for e in os.scandir(root) if e.is_dir() and e.name not in skip)]
+    scores = []
     for folder in candidates:
-        folder = os.path.abspath(folder)
-        if folder in seen or not os.path.isdir(folder):
-            continue
-        seen.add(folder)
         found = {split: sum(os.path.isfile(os.path.join(folder, p)) for p in paths)
                  for split, paths in samples.items()}
         scores.append((sum(found.values()), folder, found))
-    best = max(scores, key=lambda item: item[0])  # max keeps the first (shallowest) of equal scores
-    total, folder, found = best
+    total, folder, found = max(scores, key=lambda item: item[0])  # the first (shallowest) of equal scores
     if total == 0:
         raise DatasetError(f"none of the sampled images of data.csv (e.g. {every[0]!r}) exists under "
                            f"{root} or its subfolders {[s[1] for s in scores][:6]}; the archives hold "
@@ -358,7 +352,7 @@ def find_image_root(root: str, samples: dict[str, list[str]], extra_candidates: 
     return folder
 
 
-def finish_layout(name: str, spec: DatasetSpec, root: str, stamps: list[dict]) -> dict:
+def finish_layout(name: str, spec: DatasetSpec, root: str) -> dict:
     """``{'data', 'metadata'}`` (train.py's flags) of a prepared ROOT, after checking ``spec.layout``."""
     missing = [p for p in spec.layout if not os.path.exists(os.path.join(root, p))]
     if missing:
@@ -367,8 +361,7 @@ def finish_layout(name: str, spec: DatasetSpec, root: str, stamps: list[dict]) -
                            "again, or lay the files out by hand (docs/datasets.md)")
     data = root
     if spec.dataset_type == "openimages":  # data.csv's filepaths are relative to a folder of the archives
-        tops = [os.path.join(root, top) for stamp in stamps for top in stamp.get("top_folders", [])]
-        data = find_image_root(root, sample_filepaths(os.path.join(root, "data.csv")), tops)
+        data = find_image_root(root, sample_filepaths(os.path.join(root, "data.csv")))
     return {"data": data, "metadata": None if spec.metadata is None else os.path.normpath(
         os.path.join(root, spec.metadata))}
 
@@ -451,7 +444,6 @@ def main(argv=None) -> dict:
         check_space(root, needs)
     os.makedirs(root, exist_ok=True)
     progress = not args.no_progress
-    stamps = []
     for number, step in enumerate(steps, 1):
         remote = step.remote
         prefix = f"[{number}/{len(steps)}] {remote.name}"
@@ -476,11 +468,9 @@ def main(argv=None) -> dict:
             write_stamp(step, members)
             if remote.kind != "file" and not args.keep_archives:
                 os.remove(step.local)
-        with open(step.stamp, encoding="utf-8") as handle:
-            stamps.append(json.load(handle))
     if not args.keep_archives and os.path.isdir(downloads) and not os.listdir(downloads):
         os.rmdir(downloads)
-    layout = finish_layout(args.dataset, spec, root, stamps)
+    layout = finish_layout(args.dataset, spec, root)
     stage1, stage2 = train_commands(spec, layout)
     print(f"\n{args.dataset} is ready in {root}.")
     print("Train, stage 1 (Ignore mode; writes the class prior):")
