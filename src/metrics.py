@@ -23,11 +23,10 @@ Full vs partial labels
     it ``map_macro``). If no class is kept both are NaN.
 
 Algorithm (one path for dense and sparse input)
-    Gather the annotated entries as flat (class id, score, is positive) arrays, group them by class with
-    one stable radix sort of int16 class ids, then per class sort its scores and positive scores and read
-    both "at or above" counts with ``np.searchsorted``. This per-class loop beat the former vectorised
-    single-sort code at every scale measured (docs/benchmarks.md): COCO val (40k x 80) in well under a
-    second, OpenImages test (125k x 9,605, 18M annotated entries) in seconds, dense or sparse.
+    The annotated entries, as flat (class id, score, is positive) arrays, are grouped by class (one radix
+    sort of int16 class ids); each class sorts its scores and reads both "at or above" counts with
+    ``np.searchsorted``. This per-class loop was faster than vectorised single-sort code at every scale
+    measured (docs/benchmarks.md): COCO val in 0.1 s, OpenImages test (18M annotated entries) in 1.5 s.
 
 Threshold metrics (``threshold_metrics``, ``topk_metrics``), as in ML-GCN / ASL papers, in percent
     Over annotated entries only: TP_c, predicted-positive count NP_c, ground-truth positives NG_c.
@@ -52,23 +51,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-
-__all__ = [
-    "THRESHOLD_METRIC_KEYS",
-    "PartialAP",
-    "average_precision_per_class",
-    "check_finite_scores",
-    "mean_average_precision",
-    "partial_average_precision",
-    "partial_average_precision_sparse",
-    "threshold_metrics",
-    "topk_metrics",
-    # the paper's names and signatures
-    "AP_partial",
-    "average_precision",
-    "mAP",
-    "mAP_partial",
-]
 
 # The keys of the dicts returned by threshold_metrics / topk_metrics, in this order.
 THRESHOLD_METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
