@@ -1,8 +1,8 @@
 """Weights on demand (src.models.hub): ``--model-path`` as a URL, a ``csl:`` alias or ``timm:<name>``.
 
 Offline: URLs are ``file://`` URLs of checkpoints the tests write (read in place) or served by a localhost
-HTTP server (downloaded), the torch hub cache is redirected to tmp_path with TORCH_HOME, timm reads a local file through ``pretrained_cfg_overlay=dict(file=...)``,
-and a network failure is a connection to port 9 of 127.0.0.1 (refused at once).
+HTTP server (downloaded), the torch hub cache is redirected to tmp_path with TORCH_HOME, timm reads a local
+file through ``pretrained_cfg_overlay=dict(file=...)``, and a network failure is a connection to port 9 of 127.0.0.1 (refused at once).
 """
 
 from __future__ import annotations
@@ -230,7 +230,8 @@ def test_url_with_the_right_sha256_loads_and_reports_the_cached_file(hub_cache, 
     _assert_same_tensors(model.state_dict(), state, report.loaded)
 
 
-def test_wrong_sha256_is_an_error_with_both_hashes_and_leaves_no_file(hub_cache, tiny_checkpoint, http_server):
+def test_wrong_sha256_is_an_error_with_both_hashes_and_leaves_no_file(hub_cache, tiny_checkpoint,
+                                                                      http_server):
     source, _ = tiny_checkpoint
     base, _ = http_server
     wrong = '0' * 64
@@ -253,8 +254,8 @@ def test_wrong_sha256_is_an_error_with_both_hashes_and_leaves_no_file(hub_cache,
 def test_unreachable_url_is_a_clear_error(hub_cache):
     model = create_model(model_name=TINY, num_classes=3)
     url = 'http://127.0.0.1:9/tresnet_m.pth'
-    with pytest.raises(WeightsDownloadError, match=r'could not download http://127\.0\.0\.1:9/tresnet_m\.pth: '
-                                                   r'.*failed after 3 attempt.*check the URL.* and the network'):
+    with pytest.raises(WeightsDownloadError, match=r'could not download http://127\.0\.0\.1:9/tresnet_m\.pth'
+                                                   r': .*failed after 3 attempt.*check the URL.* and the network'):
         load_pretrained_backbone(model, url, progress=False)
     assert _cache_files(hub_cache) == []
 
