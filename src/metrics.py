@@ -22,19 +22,11 @@ Full vs partial labels
     ``mAP_weighted`` the mean weighted by each kept class's number of positives (the paper's code calls
     it ``map_macro``). If no class is kept both are NaN.
 
-Algorithm (vectorised, no per-class Python loop)
-    Bring the annotated entries into per-class segments sorted by descending score:
-    - gather only the annotated entries (np.flatnonzero; all of them when nothing is -1);
-    - float32 scores (or float64 that float32 represents exactly): pack class id, an order-preserving
-      uint32 image of the score and the label bit into one uint64 and sort those values (no argsort);
-    - other scores: argsort by descending score, then stable radix sort by class (int16 keys); when
-      >= 50% of a dense matrix is annotated, instead argsort every column with un-annotated entries
-      at -inf (they land after every positive and change no precision).
-    A global cumulative positive count minus the count before each class segment gives the positives
-    ranked at or above each position within its class. At the end of each (class, score) run,
-    precision = positives-so-far / rank; each run contributes (#positives in run) x that precision,
-    summed per class with ``np.bincount``. OpenImages test scale (125k x 9,605) takes seconds,
-    COCO val scale (40k x 80) a fraction of a second.
+Algorithm (one path for dense and sparse input)
+    The annotated entries, as flat (class id, score, is positive) arrays, are grouped by class (one radix
+    sort of int16 class ids); each class sorts its scores and reads both "at or above" counts with
+    ``np.searchsorted``. This per-class loop was faster than vectorised single-sort code at every scale
+    measured (docs/benchmarks.md): COCO val in 0.1 s, OpenImages test (18M annotated entries) in 1.5 s.
 
 Threshold metrics (``threshold_metrics``, ``topk_metrics``), as in ML-GCN / ASL papers, in percent
     Over annotated entries only: TP_c, predicted-positive count NP_c, ground-truth positives NG_c.
@@ -60,30 +52,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = [
-    "THRESHOLD_METRIC_KEYS",
-    "PartialAP",
-    "average_precision_per_class",
-    "check_finite_scores",
-    "mean_average_precision",
-    "partial_average_precision",
-    "partial_average_precision_sparse",
-    "threshold_metrics",
-    "topk_metrics",
-    # the paper's names and signatures
-    "AP_partial",
-    "average_precision",
-    "mAP",
-    "mAP_partial",
-]
-
 # The keys of the dicts returned by threshold_metrics / topk_metrics, in this order.
 THRESHOLD_METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Input conversion and validation
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------- Input conversion and validation
 def _to_numpy(array, name: str) -> np.ndarray:
     """numpy view of a numpy array, torch tensor or nested sequence (torch is not imported here)."""
     if hasattr(array, "detach") and hasattr(array, "cpu"):
@@ -131,16 +104,9 @@ def _check_scores(scores: np.ndarray, name: str) -> np.ndarray:
 
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     """Return labels as int8 after checking every value is -1, 0 or 1."""
-    if labels.dtype == bool:
-        return labels.astype(np.int8)
-    if np.issubdtype(labels.dtype, np.integer):
-        low, high = labels.min(), labels.max()
-        ok = low >= -1 and high <= 1
-    else:
-        bad_mask = (labels != -1) & (labels != 0) & (labels != 1)  # also catches NaN
-        ok = not bad_mask.any()
-    if not ok:
-        bad_values = np.unique(labels[(labels != -1) & (labels != 0) & (labels != 1)])
+    bad = (labels != -1) & (labels != 0) & (labels != 1)  # also catches NaN; bool labels pass
+    if bad.any():
+        bad_values = np.unique(labels[bad])
         raise ValueError(
             f"metrics: {name} must contain only 1 (positive), 0 (negative) or -1 (un-annotated); "
             f"found other values {bad_values[:10].tolist()}"
@@ -167,119 +133,38 @@ def _prepare(targets, scores, allow_1d: bool = False) -> tuple[np.ndarray, np.nd
     return _check_labels(targets, "targets"), _check_scores(scores, "predictions")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Average precision core
-# ----------------------------------------------------------------------------------------------------
-def _ap_sums_sorted(cls, run_keys, pos, num_classes):
-    """Per class: (sum over positives of tie-aware precision, #positives, #entries).
-
-    Entries must be grouped by class (ascending) and, within a class, sorted by descending score;
-    ``run_keys`` is any array equal exactly where the (sorted) scores are equal.
-    """
-    n_entries = np.bincount(cls, minlength=num_classes)
-    n_pos = np.bincount(cls[pos], minlength=num_classes)
-    class_start = np.concatenate(([0], np.cumsum(n_entries)[:-1]))
-    pos_before_class = np.concatenate(([0], np.cumsum(n_pos)[:-1]))
-
-    # A run is a maximal block of equal (class, score); every run ends where class or score changes.
-    is_run_end = np.ones(cls.size, dtype=bool)
-    np.not_equal(run_keys[1:], run_keys[:-1], out=is_run_end[:-1])
-    is_run_end[class_start[n_entries > 0][1:] - 1] = True
-    run_end = np.flatnonzero(is_run_end)
-    cum_pos_at_end = np.cumsum(pos, dtype=np.int64)[run_end]
-    pos_in_run = np.diff(cum_pos_at_end, prepend=0)
-    has_pos = pos_in_run > 0  # only runs holding positives contribute to AP
-    run_end, run_pos, cum_pos_at_end = run_end[has_pos], pos_in_run[has_pos], cum_pos_at_end[has_pos]
-    run_class = cls[run_end]
-    precision_at_end = (cum_pos_at_end - pos_before_class[run_class]) / (run_end + 1 - class_start[run_class])
-    precision_sum = np.bincount(run_class, weights=run_pos * precision_at_end, minlength=num_classes)
+# ----------------------------------------------------------------------------------- Average precision core
+def _ap_sums(class_ids, scores, positive, num_classes: int):
+    """Per class: (sum over its positives of tie-aware precision, #positives, #entries), float64 / int64
+    (C,) each, of annotated entries given as flat arrays in any order: class_ids int (n,), scores float (n,),
+    positive bool (n,)."""
+    n_entries = np.bincount(class_ids, minlength=num_classes)
+    bounds = np.concatenate(([0], np.cumsum(n_entries)))
+    narrow = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32  # int16 -> O(n) radix sort
+    order = np.argsort(class_ids.astype(narrow, copy=False), kind="stable")
+    scores, positive = scores[order], positive[order]
+    precision_sum = np.zeros(num_classes)
+    n_pos = np.zeros(num_classes, dtype=np.int64)
+    for k in np.flatnonzero(n_entries):
+        class_scores = scores[bounds[k] : bounds[k + 1]]
+        pos_scores = np.sort(class_scores[positive[bounds[k] : bounds[k + 1]]])
+        if pos_scores.size == 0:
+            continue
+        all_scores = np.sort(class_scores)
+        # precision at a positive scored s: #positives with score >= s / #entries with score >= s
+        pos_at_or_above = pos_scores.size - np.searchsorted(pos_scores, pos_scores, side="left")
+        at_or_above = all_scores.size - np.searchsorted(all_scores, pos_scores, side="left")
+        precision_sum[k] = np.sum(pos_at_or_above / at_or_above)
+        n_pos[k] = pos_scores.size
     return precision_sum, n_pos, n_entries
 
 
-def _exact_float32(scores: np.ndarray) -> np.ndarray | None:
-    """``scores`` as float32 if that loses nothing (so the order and ties are unchanged), else None."""
-    if scores.dtype == np.float32:
-        return scores
-    with np.errstate(over="ignore"):  # values beyond float32's range become inf and fail the check
-        narrowed = scores.astype(np.float32)
-    return narrowed if np.array_equal(narrowed, scores) else None
-
-
-def _descending_uint32(scores: np.ndarray) -> np.ndarray:
-    """uint32 keys whose ascending order is the descending order of the float32 scores.
-
-    IEEE floats order like sign-magnitude integers. For the bit pattern b (as int32): a negative float
-    keeps b (larger magnitude = smaller float = later), a non-negative one becomes b ^ 0x7FFFFFFF
-    (larger = earlier, and above every negative). Adding +0.0 first turns -0.0 into +0.0 so that equal
-    floats always get equal keys (NaN is rejected earlier).
-    """
-    bits = (scores + np.float32(0.0)).view(np.int32)
-    flip = bits >> 31  # arithmetic shift: -1 for negative floats, 0 otherwise
-    np.invert(flip, out=flip)
-    flip &= np.int32(0x7FFFFFFF)
-    flip ^= bits
-    return flip.view(np.uint32)
-
-
-def _ap_sums_packed(class_ids, scores32, positive, num_classes):
-    """Fast path for float32 scores: pack (class | descending score | label) into one uint64 and sort
-    the values themselves (no argsort, no gathers); class < 2^31 fits above the 33 low bits."""
-    keys = class_ids.astype(np.uint64) << np.uint64(33)
-    keys |= _descending_uint32(scores32).astype(np.uint64) << np.uint64(1)
-    keys |= positive.astype(np.uint64)
-    keys.sort()
-    cls = (keys >> np.uint64(33)).astype(np.int32)
-    pos = (keys & np.uint64(1)).astype(bool)
-    keys >>= np.uint64(1)  # drop the label bit: equal keys now mean equal (class, score)
-    return _ap_sums_sorted(cls, keys, pos, num_classes)
-
-
-def _ap_sums_argsort(class_ids, scores, positive, num_classes):
-    """General path (e.g. float64 scores): argsort by descending score, then stable radix sort by class."""
-    by_score = np.argsort(-scores)  # unstable is fine: ties are resolved by runs, not by order
-    narrow = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32  # int16 -> O(n) radix sort
-    order = by_score[np.argsort(class_ids[by_score].astype(narrow, copy=False), kind="stable")]
-    return _ap_sums_sorted(class_ids[order], scores[order], positive[order], num_classes)
-
-
-def _ap_sums_from_entries(class_ids, scores, positive, num_classes):
-    """Per-class AP sums of annotated entries given as flat (class id, score, is positive) arrays."""
-    scores32 = _exact_float32(scores)
-    if scores32 is not None:
-        return _ap_sums_packed(class_ids, scores32, positive, num_classes)
-    return _ap_sums_argsort(class_ids, scores, positive, num_classes)
-
-
-def _ap_sums_by_columns(targets: np.ndarray, scores: np.ndarray, annotated: np.ndarray):
-    """Per-column sort for mostly annotated, non-float32 scores. Un-annotated entries get score -inf:
-    they sort after every positive, so they change no precision (their counts are replaced below)."""
-    num_samples, num_classes = targets.shape
-    neg_keys = np.ascontiguousarray(np.where(annotated, -scores, np.inf).T)  # one row per class
-    order = np.argsort(neg_keys, axis=1)
-    run_keys = np.take_along_axis(neg_keys, order, axis=1).ravel()
-    pos = np.take_along_axis(np.ascontiguousarray(targets.T == 1), order, axis=1).ravel()
-    cls = np.repeat(np.arange(num_classes, dtype=np.int32), num_samples)
-    precision_sum, n_pos, _ = _ap_sums_sorted(cls, run_keys, pos, num_classes)
-    return precision_sum, n_pos, np.count_nonzero(annotated, axis=0)
-
-
-# Above this annotated fraction, non-float32 scores are sorted column-wise instead of gathered.
-_COLUMN_SORT_MIN_ANNOTATED = 0.5
-
-
 def _ap_sums_dense(targets: np.ndarray, scores: np.ndarray):
-    """(precision_sum, n_pos, n_annotated) per class of a dense (N, C) label / score pair."""
+    """:func:`_ap_sums` of prepared (N, C) int8 labels and float scores; -1 entries are left out."""
     num_classes = targets.shape[1]
-    annotated = targets != -1
-    n_annotated = np.count_nonzero(annotated)
-    if n_annotated >= _COLUMN_SORT_MIN_ANNOTATED * targets.size and _exact_float32(scores) is None:
-        return _ap_sums_by_columns(targets, scores, annotated)
-    if n_annotated == targets.size:
-        class_ids = np.tile(np.arange(num_classes, dtype=np.int32), targets.shape[0])
-        return _ap_sums_from_entries(class_ids, scores.ravel(), targets.ravel() == 1, num_classes)
-    flat = np.flatnonzero(annotated)  # row-major, so only the annotated entries are touched afterwards
+    flat = np.flatnonzero(targets != -1)  # row-major: class id = flat index mod C
     class_ids = (flat % num_classes).astype(np.int32)
-    return _ap_sums_from_entries(class_ids, scores.ravel()[flat], targets.ravel()[flat] == 1, num_classes)
+    return _ap_sums(class_ids, scores.ravel()[flat], targets.ravel()[flat] == 1, num_classes)
 
 
 def _full_label_ap(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -288,9 +173,7 @@ def _full_label_ap(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return precision_sum / np.maximum(n_pos, 1)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Average precision: full labels
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------- Average precision: full labels
 def average_precision_per_class(targets, scores) -> np.ndarray:
     """Non-interpolated, tie-aware AP of every class: (N, C) labels and scores -> float64 (C,) in [0, 1].
 
@@ -305,9 +188,7 @@ def mean_average_precision(targets, scores) -> float:
     return 100.0 * float(_full_label_ap(*_prepare(targets, scores)).mean())
 
 
-# ----------------------------------------------------------------------------------------------------
-# Average precision: partial labels
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------ Average precision: partial labels
 class PartialAP(NamedTuple):
     """Result of :func:`partial_average_precision`; its fields are in the order of the paper's
     ``AP_partial`` tuple ``(ap, map, map_macro, n_no_labels, n_no_neg, n_no_pos)``."""
@@ -381,12 +262,10 @@ def partial_average_precision_sparse(class_ids, labels, scores, *, num_classes: 
     if not annotated.all():
         class_ids, scores, labels = class_ids[annotated], scores[annotated], labels[annotated]
     class_ids = class_ids.astype(np.int32, copy=False)
-    return _summarise_partial(*_ap_sums_from_entries(class_ids, scores, labels == 1, int(num_classes)))
+    return _summarise_partial(*_ap_sums(class_ids, scores, labels == 1, int(num_classes)))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Threshold / top-k metrics
-# ----------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------- Threshold / top-k metrics
 def _safe_ratio(numerator, denominator):
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
@@ -432,9 +311,7 @@ def topk_metrics(targets, scores, *, k: int) -> dict[str, float]:
     return _counts_to_metrics(targets, scores >= kth_largest)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The paper's names and signatures (src/helper_functions/helper_functions.py of the CSL code)
-# ----------------------------------------------------------------------------------------------------
+# -------------- The paper's names and signatures (src/helper_functions/helper_functions.py of the CSL code)
 def average_precision(output, target):
     """The paper's argument order (scores first): :func:`average_precision_per_class` for (N, C) input;
     a 1-D (N,) pair (one class) gives a float."""

@@ -1,8 +1,9 @@
 """Weights on demand (src.models.hub): ``--model-path`` as a URL, a ``csl:`` alias or ``timm:<name>``.
 
-Offline: URLs are ``file://`` URLs of checkpoints the tests write, the torch hub cache is redirected to
-tmp_path with TORCH_HOME, timm reads a local file through ``pretrained_cfg_overlay=dict(file=...)``,
-and a network failure is a connection to port 9 of 127.0.0.1 (refused at once).
+Offline: URLs are ``file://`` URLs of checkpoints the tests write (read in place) or served by a localhost
+HTTP server (downloaded), the torch hub cache is redirected to tmp_path with TORCH_HOME, timm reads a local
+file through ``pretrained_cfg_overlay=dict(file=...)``, and a network failure is a connection to port 9 of
+127.0.0.1 (refused at once).
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def _sha256(path) -> str:
 
 
 def _cache_files(folder) -> list[str]:
-    return sorted(os.listdir(folder)) if folder.exists() else []
+    """The file names anywhere under the cache folder (each URL has its own subfolder)."""
+    return sorted(name for _, _, names in os.walk(folder) for name in names)
 
 
 def _assert_same_tensors(actual: dict, expected: dict, keys=None):
@@ -149,58 +151,112 @@ def test_alias_table_holds_the_papers_urls_and_the_docs_list_them():
 
 
 # --------------------------------------------------------------------------------------- URLs
-def test_url_is_downloaded_once_into_the_torch_hub_cache(hub_cache, tiny_checkpoint):
+def test_url_is_downloaded_once_into_the_torch_hub_cache(hub_cache, tiny_checkpoint, http_server):
     source, state = tiny_checkpoint
-    url = source.as_uri()
+    base, requests = http_server
+    url = f'{base}/tiny_ckpt.pth'
     assert hub.default_cache_dir() == str(hub_cache)
     model, names = load_model(url, progress=False)
     assert names == CLASS_NAMES and model.num_classes == NUM_CLASSES
     _assert_same_tensors(model.state_dict(), state)
-    assert _cache_files(hub_cache) == ['tiny_ckpt.pth']
-    assert (hub_cache / 'tiny_ckpt.pth').read_bytes() == source.read_bytes()
+    copy = hub_cache / hashlib.sha256(url.encode()).hexdigest()[:16] / 'tiny_ckpt.pth'
+    assert _cache_files(hub_cache) == ['tiny_ckpt.pth'] and hub.cache_path(url) == str(copy)
+    assert copy.read_bytes() == source.read_bytes()
 
     source.unlink()  # a second download would now fail: the cached copy must be used
     again, _ = load_model(url, progress=False)
     _assert_same_tensors(again.state_dict(), state)
     cached = cached_download(url, progress=False)
-    assert (cached.path, cached.downloaded) == (str(hub_cache / 'tiny_ckpt.pth'), False)
+    assert (cached.path, cached.downloaded) == (str(copy), False)
+    assert requests == ['/tiny_ckpt.pth']
 
 
-def test_url_with_the_right_sha256_loads_and_reports_the_cached_file(hub_cache, tiny_checkpoint):
+def _checkpoint_file(path, seed: int) -> dict:
+    torch.manual_seed(seed)
+    state = create_model(model_name=TINY, num_classes=NUM_CLASSES).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'model': state, 'model_name': TINY, 'num_classes': NUM_CLASSES}, path)
+    return state
+
+
+def test_two_runs_best_pth_load_as_themselves(hub_cache, tmp_path, http_server):
+    """Every run writes best.pth: neither file:// nor http(s) sources may be confused by their file name."""
+    base, requests = http_server
+    states = {run: _checkpoint_file(tmp_path / 'source' / run / 'best.pth', seed)
+              for seed, run in enumerate(('run_a', 'run_b'))}
+    assert not torch.equal(states['run_a']['fc.weight'], states['run_b']['fc.weight'])
+    for run, state in states.items():  # file://: read in place, nothing copied
+        path = tmp_path / 'source' / run / 'best.pth'
+        checkpoint, read_from = read_checkpoint(path.as_uri(), progress=False)
+        assert read_from == str(path)
+        _assert_same_tensors(checkpoint['model'], state)
+    assert _cache_files(hub_cache) == []
+    for run, state in states.items():  # http: one cached copy per URL
+        model, _ = load_model(f'{base}/{run}/best.pth', progress=False)
+        _assert_same_tensors(model.state_dict(), state)
+    assert _cache_files(hub_cache) == ['best.pth', 'best.pth']
+    assert requests == ['/run_a/best.pth', '/run_b/best.pth']
+    for run, state in states.items():  # and again, from the cache
+        checkpoint, read_from = read_checkpoint(f'{base}/{run}/best.pth', progress=False)
+        assert read_from == hub.cache_path(f'{base}/{run}/best.pth')
+        _assert_same_tensors(checkpoint['model'], state)
+    assert len(requests) == 2
+
+
+def test_file_url_is_read_in_place_and_its_sha256_checked(hub_cache, tiny_checkpoint, monkeypatch):
     source, state = tiny_checkpoint
+    monkeypatch.setattr(hub, 'download', None)  # never called for a file:// URL
     model = create_model(model_name=TINY, num_classes=3)
     report = load_pretrained_backbone(model, f'{source.as_uri()}#sha256={_sha256(source)}', progress=False)
-    assert report.source == str(hub_cache / 'tiny_ckpt.pth')
-    assert str(hub_cache / 'tiny_ckpt.pth') in str(report)
+    assert report.source == str(source) and str(source) in str(report)
     assert report.skipped_classifier == ['fc.weight', 'fc.bias']
     _assert_same_tensors(model.state_dict(), state, report.loaded)
     assert len(report.loaded) == len(state) - 2
-
-
-def test_wrong_sha256_is_an_error_with_both_hashes_and_leaves_no_file(hub_cache, tiny_checkpoint):
-    source, _ = tiny_checkpoint
     wrong = '0' * 64
-    url = f'{source.as_uri()}#sha256={wrong}'
     with pytest.raises(WeightsDownloadError) as error:
-        load_model(url, progress=False)
+        load_model(f'{source.as_uri()}#sha256={wrong}', progress=False)
     message = str(error.value)
     assert source.as_uri() in message and wrong in message and _sha256(source) in message
+    assert source.is_file() and _cache_files(hub_cache) == []  # the user's file is never deleted
+
+
+def test_url_with_the_right_sha256_loads_and_reports_the_cached_file(hub_cache, tiny_checkpoint, http_server):
+    source, state = tiny_checkpoint
+    base, _ = http_server
+    url = f'{base}/tiny_ckpt.pth'
+    model = create_model(model_name=TINY, num_classes=3)
+    report = load_pretrained_backbone(model, f'{url}#sha256={_sha256(source)}', progress=False)
+    assert report.source == hub.cache_path(url) and hub.cache_path(url) in str(report)
+    assert report.skipped_classifier == ['fc.weight', 'fc.bias']
+    _assert_same_tensors(model.state_dict(), state, report.loaded)
+
+
+def test_wrong_sha256_is_an_error_with_both_hashes_and_leaves_no_file(hub_cache, tiny_checkpoint,
+                                                                      http_server):
+    source, _ = tiny_checkpoint
+    base, _ = http_server
+    wrong = '0' * 64
+    url = f'{base}/tiny_ckpt.pth'
+    with pytest.raises(WeightsDownloadError) as error:
+        load_model(f'{url}#sha256={wrong}', progress=False)
+    message = str(error.value)
+    assert url in message and wrong in message and _sha256(source) in message
     assert _cache_files(hub_cache) == []
 
     # a copy already in the cache is checked too, and a mismatch removes it
-    cached_download(source.as_uri(), progress=False)
+    cached_download(url, progress=False)
     assert _cache_files(hub_cache) == ['tiny_ckpt.pth']
-    with pytest.raises(WeightsDownloadError, match=f'the copy in the cache has {_sha256(source)}, expected '
-                                                   f'{wrong}'):
-        cached_download(source.as_uri(), wrong, progress=False)
+    with pytest.raises(WeightsDownloadError, match=f'checksum mismatch: sha256 {_sha256(source)}, expected '
+                                                   f'{wrong}.*The file was deleted'):
+        cached_download(url, wrong, progress=False)
     assert _cache_files(hub_cache) == []
 
 
 def test_unreachable_url_is_a_clear_error(hub_cache):
     model = create_model(model_name=TINY, num_classes=3)
     url = 'http://127.0.0.1:9/tresnet_m.pth'
-    with pytest.raises(WeightsDownloadError, match=r'could not download http://127\.0\.0\.1:9/tresnet_m\.pth '
-                                                   r'.*Check the URL and the network'):
+    expected = r'could not download http://127\.0\.0\.1:9/tresnet_m\.pth: .*failed after 3 attempt.*network'
+    with pytest.raises(WeightsDownloadError, match=expected):
         load_pretrained_backbone(model, url, progress=False)
     assert _cache_files(hub_cache) == []
 
@@ -235,8 +291,8 @@ def test_http_download_and_http_errors(hub_cache, tiny_checkpoint, http_server):
     base, requests = http_server
     model, _ = load_model(f'{base}/tiny_ckpt.pth', progress=False)
     _assert_same_tensors(model.state_dict(), state)
-    assert (hub_cache / 'tiny_ckpt.pth').read_bytes() == source.read_bytes()
-    with pytest.raises(WeightsDownloadError, match=rf'could not download {base}/absent\.pth \(the server '
+    assert open(hub.cache_path(f'{base}/tiny_ckpt.pth'), 'rb').read() == source.read_bytes()
+    with pytest.raises(WeightsDownloadError, match=rf'could not download {base}/absent\.pth: .*the server '
                                                    r'answered HTTP 404'):
         load_model(f'{base}/absent.pth', progress=False)
     assert _cache_files(hub_cache) == ['tiny_ckpt.pth']
@@ -268,7 +324,7 @@ def test_concurrent_processes_download_once(hub_cache, tiny_checkpoint, http_ser
 
 def test_missing_file_url_names_the_url(hub_cache, tmp_path):
     url = (tmp_path / 'absent.pth').as_uri()
-    with pytest.raises(WeightsDownloadError, match='could not download ' + url):
+    with pytest.raises(WeightsDownloadError, match=f'{url}: there is no file'):
         load_model(url, progress=False)
 
 
@@ -278,7 +334,7 @@ def test_downloaded_files_get_the_same_safe_loader(hub_cache, tmp_path, tiny_che
     torch.save({'model': state, 'model_name': TINY, 'saved_on': datetime.date(2021, 10, 21)}, path)
     with pytest.raises(CheckpointError, match=r'datetime\.date.*--unsafe_pickle') as error:
         load_model(path.as_uri(), progress=False)
-    assert path.as_uri() in str(error.value) and str(hub_cache / 'with_object.pth') in str(error.value)
+    assert path.as_uri() in str(error.value) and str(path) in str(error.value)
     with pytest.warns(UserWarning, match='weights_only=False'):
         model, _ = load_model(path.as_uri(), progress=False, allow_pickle=True)
     _assert_same_tensors(model.state_dict(), state)
@@ -292,7 +348,7 @@ def test_alias_resolves_through_the_table(hub_cache, tiny_checkpoint, monkeypatc
     model, names = load_model('csl:mtresnet_opim_86.72', progress=False)
     _assert_same_tensors(model.state_dict(), state)
     assert names == CLASS_NAMES
-    assert _cache_files(hub_cache) == ['tiny_ckpt.pth']
+    assert _cache_files(hub_cache) == []  # a file:// entry is read in place
     # a plain URL that is in the table gets the table's hash
     assert parse_weights_spec(source.as_uri()).sha256 == _sha256(source)
 
@@ -300,7 +356,7 @@ def test_alias_resolves_through_the_table(hub_cache, tiny_checkpoint, monkeypatc
         source.as_uri(), 'f' * 64, TINY, 'Selective (CSL)', 0.0))
     with pytest.raises(WeightsDownloadError, match='expected ' + 'f' * 64):
         load_model('csl:mtresnet_opim_86.72', progress=False)
-    assert _cache_files(hub_cache) == []
+    assert source.is_file()
 
 
 # ------------------------------------------------------------------------------------------- timm
@@ -390,8 +446,9 @@ def test_local_paths_never_download(tmp_path, monkeypatch, tiny_checkpoint):
 
     monkeypatch.setattr(hub, 'download', no_download)
     source, state = tiny_checkpoint
-    model, _ = load_model(source)
-    _assert_same_tensors(model.state_dict(), state)
+    for spec in (source, source.as_uri()):
+        model, _ = load_model(spec)
+        _assert_same_tensors(model.state_dict(), state)
     missing = tmp_path / 'https_like' / 'tresnet_m.pth'
     with pytest.raises(CheckpointNotFoundError, match=r"checkpoint file not found: .*tresnet_m\.pth.*"
                                                       r'check --model-path'):

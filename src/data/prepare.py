@@ -5,39 +5,15 @@
     python -m src.data.prepare openimages_csl --root /datasets/openimages     # ~190 GB (estimate)
     python -m src.data.prepare coco2014 --root DIR --dry-run                  # what, from where, disk
 
-Each file of `DATASETS` is downloaded into ``ROOT/downloads`` (``--downloads`` elsewhere), resumably
-(`src.utils.download`: an interrupted download continues from its ``.part`` file with HTTP Range; a
-progress bar; the publisher's size and md5 checked where they are documented), unpacked into ``ROOT``
-(zip / tar.gz, path-safe; files already unpacked with the right size are skipped, so an interrupted
-unpacking continues) and then deleted (``--keep_archives`` keeps them). A finished file leaves a stamp in
-``ROOT/.prepare/``: running the same command again skips it. At the end the layout is checked and the
-exact train.py command is printed (`main` also returns it as ``train_argv``).
-
-Layouts written (what `src.data.build_split` reads):
-
-* ``coco2014``: ``ROOT/train2014/``, ``ROOT/val2014/``, ``ROOT/annotations/instances_{train,val}2014.json``
-  (only these two are unpacked from annotations_trainval2014.zip); ``--data ROOT --dataset_type coco``.
-* ``lvis_v1``: ``ROOT/annotations/lvis_v1_{train,val}.json``, COCO 2017 images in ``ROOT/train2017/``,
-  ``ROOT/val2017/``; ``--data ROOT --metadata ROOT/annotations --dataset_type lvis``.
-* ``openimages_csl``: the CSL authors' processed OpenImages V6 (images resized to short edge 256):
-  ``ROOT/data.csv``, ``ROOT/mid_to_classes.pth`` and the images of train.tar.gz / test.tar.gz unpacked
-  into ``ROOT``. The image root (``--data``) is the folder that data.csv's ``filepath`` values are
-  relative to: it is found by looking up sampled filepaths of every split under ``ROOT``, the top
-  folders of the archives and ``ROOT``'s subfolders; ``--metadata ROOT``.
-
-URLs: ``--base_url URL`` (or the environment variable ``CSL_PREPARE_BASE_URL``) fetches every file as
-``URL/<file name>`` (a mirror, a ``file://`` URL or a plain folder path); ``--url NAME=URL`` replaces one
-file's URL. Sizes
-and checksums come from the table below (a dry run cannot ask the server, and nothing is fetched unless
-asked); ``--skip_checksum`` accepts files that differ from the table.
-
-Sources of the table: COCO URLs from cocodataset.org/#download; the COCO zips' byte sizes are the
-Content-Length that images.cocodataset.org serves and their md5 values are those published by widely
-used loaders (e.g. Salesforce LAVIS ``download_coco.py``, GluonCV / PaddleDetection COCO downloaders).
-LVIS v1 URLs from lvisdataset.org (no published size or checksum: sizes are estimates). The processed
-OpenImages URLs from the paper repository's OpenImages.md (Alibaba-MIIL/PartialLabelingCSL); its
-authors list no sizes or checksums, so those sizes are rough estimates (~9M images at short edge 256)
-and the check is the server's Content-Length.
+Each file of `DATASETS` is downloaded into ``ROOT/downloads`` (``--downloads`` elsewhere) by the one
+download routine (`src.utils.download`: resumable ``.part``, retries, progress, the publisher's size and
+md5 checked where documented), unpacked into ``ROOT`` (zip / tar.gz, path-safe; files already unpacked
+with the right size are skipped, so an interrupted unpacking continues) and deleted (``--keep_archives``
+keeps them). A finished file leaves a stamp in ``ROOT/.prepare/``: the same command again skips it. At
+the end the layout is checked and the train.py commands are printed (`main` also returns them).
+docs/datasets.md describes the layouts, the mirrors (``--base_url``, ``--url NAME=URL``, a plain folder
+is a ``file://`` mirror) and the sources of the table: the COCO sizes and md5 values are published, the
+LVIS and processed-OpenImages sizes are estimates (checked against the server's Content-Length).
 """
 
 from __future__ import annotations
@@ -58,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
+from tqdm.utils import CallbackIOWrapper
 
 from src.data.labels import DatasetError
 from src.utils.cli import run_cli
-from src.utils.download import download, human_bytes
+from src.utils.download import download, human_bytes, progress_bar
 from src.utils.io import existing_ancestor
 
 BASE_URL_ENV = "CSL_PREPARE_BASE_URL"
@@ -98,11 +74,17 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A dataset: train.py's settings for it, its files, and the layout they give under ROOT: ``layout``
+    lists the paths that must exist afterwards, ``metadata`` is ``--metadata`` relative to ROOT (None: not
+    passed)."""
+
     title: str
     dataset_type: str
     num_classes: int
     image_size: int
     files: tuple[RemoteFile, ...]
+    layout: tuple[str, ...]
+    metadata: str | None = None
     simulate: bool = False  # fully labelled: the paper simulates partial labels (COCO)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -125,7 +107,8 @@ DATASETS: dict[str, DatasetSpec] = {
                        "md5:0a379cfc70b0e71301e0f377548639bd", "zip", 490 * MB,
                        members=("annotations/instances_train2014.json",
                                 "annotations/instances_val2014.json")),
-        ), simulate=True),
+        ), layout=("annotations/instances_train2014.json", "annotations/instances_val2014.json", "train2014",
+                   "val2014"), simulate=True),
     "lvis_v1": DatasetSpec(
         "LVIS v1 (1,203 classes, federated labels) on COCO 2017 images", "lvis", 1203, 448, (
             RemoteFile("lvis_v1_train.json.zip", "lvis", 350 * MB, False, None, "zip", 1_100 * MB,
@@ -133,7 +116,9 @@ DATASETS: dict[str, DatasetSpec] = {
             RemoteFile("lvis_v1_val.json.zip", "lvis", 64 * MB, False, None, "zip", 200 * MB,
                        unpack_to="annotations"),
             *COCO_IMAGES_2017,
-        ), notes=("LVIS v1 val images come from COCO 2017 train and val: both image zips are needed.",)),
+        ), layout=("annotations/lvis_v1_train.json", "annotations/lvis_v1_val.json", "train2017", "val2017"),
+        metadata="annotations",
+        notes=("LVIS v1 val images come from COCO 2017 train and val: both image zips are needed.",)),
     "openimages_csl": DatasetSpec(
         "OpenImages V6 as processed by the CSL authors (9,605 classes, short edge 256)", "openimages",
         9605, 224, (
@@ -141,9 +126,10 @@ DATASETS: dict[str, DatasetSpec] = {
             RemoteFile("mid_to_classes.pth", "openimages_csl", 1 * MB, False, None, "file", 0),
             RemoteFile("test.tar.gz", "openimages_csl", 3 * GB, False, None, "tar", 3 * GB),
             RemoteFile("train.tar.gz", "openimages_csl", 185 * GB, False, None, "tar", 185 * GB),
-        ), notes=("The publisher lists no sizes: they are rough estimates; each download is checked "
-                  "against the server's Content-Length.",
-                  "OpenImages license: https://storage.googleapis.com/openimages/web/factsfigures.html")),
+        ), layout=("data.csv", "mid_to_classes.pth"), metadata=".",
+        notes=("The publisher lists no sizes: they are rough estimates; each download is checked against the "
+               "server's Content-Length.",
+               "OpenImages license: https://storage.googleapis.com/openimages/web/factsfigures.html")),
 }
 
 
@@ -246,11 +232,6 @@ def describe_plan(name: str, spec: DatasetSpec, root: str, steps: list[Step], ne
 
 
 # ------------------------------------------------------------------------------------------ unpacking
-def _bar(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled,
-                file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30.0)
-
-
 def _inside(folder: str, member: str) -> str:
     """The destination of archive member ``member`` under ``folder``; an absolute path or one leaving
     the folder (``..``) is an error (a malicious or broken archive)."""
@@ -277,7 +258,8 @@ def unpack_zip(path: str, folder: str, members: tuple[str, ...] | None, progress
             if missing:
                 raise DatasetError(f"{path} lacks {missing}; it is not the published archive: delete it and "
                                    "run again")
-        with _bar(sum(i.file_size for i in infos), f"unpacking {os.path.basename(path)}", progress) as bar:
+        with progress_bar(sum(i.file_size for i in infos), f"unpacking {os.path.basename(path)}",
+                          progress) as bar:
             for info in infos:
                 target = _inside(folder, info.filename)
                 if not (os.path.isfile(target) and os.path.getsize(target) == info.file_size):
@@ -289,26 +271,14 @@ def unpack_zip(path: str, folder: str, members: tuple[str, ...] | None, progress
     return [i.filename for i in infos]
 
 
-class _CountingReader:
-    """A read-only file wrapper that counts the bytes read (progress of a streamed .tar.gz)."""
-
-    def __init__(self, handle, bar):
-        self.handle, self.bar = handle, bar
-
-    def read(self, size=-1):
-        block = self.handle.read(size)
-        self.bar.update(len(block))
-        return block
-
-
 def unpack_tar(path: str, folder: str, members: tuple[str, ...] | None, progress: bool) -> list[str]:
     """Unpack a (gzipped) tar in one streaming pass with tarfile's 'data' filter (no absolute paths, no
     links leaving ``folder``, no device files); files already there with the right size are kept."""
     names = []
-    with open(path, "rb") as handle, _bar(os.path.getsize(path), f"unpacking {os.path.basename(path)}",
-                                          progress) as bar:
-        try:
-            with tarfile.open(fileobj=_CountingReader(handle, bar), mode="r|*") as archive:
+    desc = f"unpacking {os.path.basename(path)}"
+    with open(path, "rb") as handle, progress_bar(os.path.getsize(path), desc, progress) as bar:
+        try:  # the bar counts the compressed bytes read
+            with tarfile.open(fileobj=CallbackIOWrapper(bar.update, handle, "read"), mode="r|*") as archive:
                 for member in archive:
                     if members is not None and member.name not in members:
                         continue
@@ -324,14 +294,6 @@ def unpack_tar(path: str, folder: str, members: tuple[str, ...] | None, progress
     return names
 
 
-def unpack(step: Step, root: str, progress: bool) -> list[str]:
-    folder = os.path.join(root, step.remote.unpack_to)
-    os.makedirs(folder, exist_ok=True)
-    if step.remote.kind == "zip":
-        return unpack_zip(step.local, folder, step.remote.members, progress)
-    return unpack_tar(step.local, folder, step.remote.members, progress)
-
-
 def write_stamp(step: Step, members: list[str]) -> None:
     os.makedirs(os.path.dirname(step.stamp), exist_ok=True)
     top = sorted({m.split("/", 1)[0] for m in members if "/" in m})
@@ -343,14 +305,6 @@ def write_stamp(step: Step, members: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ layouts
-def _require(paths: list[str], name: str) -> None:
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise DatasetError(f"{name}: after preparing, {missing} are missing; the archives do not hold the "
-                           f"expected layout. Delete {STATE_DIR}/ under the root and run again, or lay the "
-                           "files out by hand (docs/datasets.md)")
-
-
 def sample_filepaths(data_csv: str, per_split: int = SAMPLES_PER_SPLIT) -> dict[str, list[str]]:
     """Up to ``per_split`` filepath values of every split_name of data.csv (the first rows of each)."""
     samples: dict[str, list[str]] = {}
@@ -369,27 +323,23 @@ def sample_filepaths(data_csv: str, per_split: int = SAMPLES_PER_SPLIT) -> dict[
     return samples
 
 
-def find_image_root(root: str, samples: dict[str, list[str]], extra_candidates: list[str]) -> str:
-    """The folder under which data.csv's sampled filepaths of every split exist (see module docstring)."""
+def find_image_root(root: str, samples: dict[str, list[str]]) -> str:
+    """The image root (``--data``): the folder under which the most of data.csv's sampled filepaths exist,
+    among ``root`` and its subfolders (the archives' top folders); the first (shallowest) of equal counts
+    wins, so the layout inside the authors' archives need not be known in advance."""
     every = [path for paths in samples.values() for path in paths]
     absolute = [p for p in every if os.path.isabs(p)]
     if absolute:
         raise DatasetError(f"data.csv lists absolute filepaths (e.g. {absolute[0]!r}); the reader joins them "
                            "to --data: rewrite them relative to the image folder")
-    candidates = [root, *extra_candidates]
-    candidates += sorted(e.path for e in os.scandir(root) if e.is_dir() and e.name not in (STATE_DIR,
-                                                                                            "downloads"))
-    seen, scores = set(), []
+    skip = (STATE_DIR, "downloads")
+    candidates = [root, *sorted(e.path for e in os.scandir(root) if e.is_dir() and e.name not in skip)]
+    scores = []
     for folder in candidates:
-        folder = os.path.abspath(folder)
-        if folder in seen or not os.path.isdir(folder):
-            continue
-        seen.add(folder)
         found = {split: sum(os.path.isfile(os.path.join(folder, p)) for p in paths)
                  for split, paths in samples.items()}
         scores.append((sum(found.values()), folder, found))
-    best = max(scores, key=lambda item: item[0])  # max keeps the first (shallowest) of equal scores
-    total, folder, found = best
+    total, folder, found = max(scores, key=lambda item: item[0])  # the first (shallowest) of equal scores
     if total == 0:
         raise DatasetError(f"none of the sampled images of data.csv (e.g. {every[0]!r}) exists under "
                            f"{root} or its subfolders {[s[1] for s in scores][:6]}; the archives hold "
@@ -402,27 +352,18 @@ def find_image_root(root: str, samples: dict[str, list[str]], extra_candidates: 
     return folder
 
 
-def finish_coco2014(root: str, stamps: list[dict]) -> dict:
-    _require([os.path.join(root, "annotations", f"instances_{s}2014.json") for s in ("train", "val")]
-             + [os.path.join(root, f"{s}2014") for s in ("train", "val")], "coco2014")
-    return {"data": root, "metadata": None}
-
-
-def finish_lvis_v1(root: str, stamps: list[dict]) -> dict:
-    annotations = os.path.join(root, "annotations")
-    _require([os.path.join(annotations, f"lvis_v1_{s}.json") for s in ("train", "val")]
-             + [os.path.join(root, f"{s}2017") for s in ("train", "val")], "lvis_v1")
-    return {"data": root, "metadata": annotations}
-
-
-def finish_openimages_csl(root: str, stamps: list[dict]) -> dict:
-    _require([os.path.join(root, "data.csv"), os.path.join(root, "mid_to_classes.pth")], "openimages_csl")
-    tops = [os.path.join(root, top) for stamp in stamps for top in stamp.get("top_folders", [])]
-    image_root = find_image_root(root, sample_filepaths(os.path.join(root, "data.csv")), tops)
-    return {"data": image_root, "metadata": root}
-
-
-FINISH = {"coco2014": finish_coco2014, "lvis_v1": finish_lvis_v1, "openimages_csl": finish_openimages_csl}
+def finish_layout(name: str, spec: DatasetSpec, root: str) -> dict:
+    """``{'data', 'metadata'}`` (train.py's flags) of a prepared ROOT, after checking ``spec.layout``."""
+    missing = [p for p in spec.layout if not os.path.exists(os.path.join(root, p))]
+    if missing:
+        raise DatasetError(f"{name}: after preparing, {missing} are missing under {root}; the archives "
+                           f"do not hold the expected layout. Delete {STATE_DIR}/ under the root and run "
+                           "again, or lay the files out by hand (docs/datasets.md)")
+    data = root
+    if spec.dataset_type == "openimages":  # data.csv's filepaths are relative to a folder of the archives
+        data = find_image_root(root, sample_filepaths(os.path.join(root, "data.csv")))
+    return {"data": data, "metadata": None if spec.metadata is None else os.path.normpath(
+        os.path.join(root, spec.metadata))}
 
 
 def train_commands(spec: DatasetSpec, layout: dict) -> tuple[list[str], list[str]]:
@@ -503,7 +444,6 @@ def main(argv=None) -> dict:
         check_space(root, needs)
     os.makedirs(root, exist_ok=True)
     progress = not args.no_progress
-    stamps = []
     for number, step in enumerate(steps, 1):
         remote = step.remote
         prefix = f"[{number}/{len(steps)}] {remote.name}"
@@ -513,23 +453,24 @@ def main(argv=None) -> dict:
             exact = remote.exact and not args.skip_checksum
             result = download(step.url, step.local, size=remote.size if exact else None,
                               checksum=None if args.skip_checksum else remote.checksum, progress=progress,
-                              retries=args.retries, log=lambda text, p=prefix: print(f"{p}: {text}"))
+                              retries=args.retries, log=lambda text, p=prefix: print(f"{p}: {text}"),
+                              hint="--base_url / --url set the URL, --skip_checksum accepts a changed file")
             how = "already there" if result.skipped else f"{human_bytes(result.fetched_bytes)} fetched"
             if result.resumed_from:
                 how += f", continued at {human_bytes(result.resumed_from)}"
             print(f"{prefix}: downloaded ({human_bytes(result.size)}, {how})")
             members = []
             if remote.kind != "file":
-                members = unpack(step, root, progress)
-                print(f"{prefix}: unpacked {len(members)} files into {os.path.join(root, remote.unpack_to)}")
+                folder = os.path.join(root, remote.unpack_to)
+                unpack = unpack_zip if remote.kind == "zip" else unpack_tar
+                members = unpack(step.local, folder, remote.members, progress)
+                print(f"{prefix}: unpacked {len(members)} files into {folder}")
             write_stamp(step, members)
             if remote.kind != "file" and not args.keep_archives:
                 os.remove(step.local)
-        with open(step.stamp, encoding="utf-8") as handle:
-            stamps.append(json.load(handle))
     if not args.keep_archives and os.path.isdir(downloads) and not os.listdir(downloads):
         os.rmdir(downloads)
-    layout = FINISH[args.dataset](root, stamps)
+    layout = finish_layout(args.dataset, spec, root)
     stage1, stage2 = train_commands(spec, layout)
     print(f"\n{args.dataset} is ready in {root}.")
     print("Train, stage 1 (Ignore mode; writes the class prior):")

@@ -6,20 +6,17 @@ Accepted forms (`parse_weights_spec`), see docs/checkpoints.md:
 - ``timm:<name>`` (e.g. ``timm:tresnet_m.miil_in21k``, the paper's ImageNet-21k backbone): timm's pretrained
   weights, through timm's own hub and cache (``timm.create_model(name, pretrained=True)``; timm reads
   them with ``weights_only=True`` or safetensors);
-- ``http://``, ``https://`` and ``file://`` URLs: downloaded once into the torch hub cache,
-  ``torch.hub.get_dir()/checkpoints/<file name of the URL>`` (as ``torch.hub.load_state_dict_from_url``;
-  ``TORCH_HOME`` moves it), with a progress bar on stderr, then read like a local file. An optional
-  ``#sha256=<64 hex digits>`` fragment is the expected SHA-256, checked on the download and on every
-  later use of the cached copy;
+- ``file://`` URLs: the file itself, read in place (an optional ``#sha256=<64 hex digits>`` fragment is
+  checked); never copied to a cache, where every run's ``best.pth`` would share one name;
+- ``http://`` and ``https://`` URLs: downloaded once (`src.utils.download.download`: resumable ``.part``,
+  retries, progress bar on stderr) into ``torch.hub.get_dir()/checkpoints/<URL key>/<file name>``
+  (`cache_path`; ``TORCH_HOME`` moves it), keyed by the whole URL. A ``#sha256=`` fragment is checked on
+  the download and on every later use of the copy; a mismatching copy is deleted;
 - ``csl:<name>``: the paper's released models by short name (`CSL_MODEL_ZOO`, the table that
-  docs/checkpoints.md lists), e.g. ``csl:mtresnet_opim_86.72``; a table entry's SHA-256, once recorded,
-  is checked like a fragment.
+  docs/checkpoints.md lists), e.g. ``csl:mtresnet_opim_86.72``; a recorded SHA-256 is checked likewise.
 
-Downloads go through `src.utils.download.download` (resumable ``.part`` files, retries). A file whose
-SHA-256 differs from the expected one is deleted, so nothing wrong stays in the cache, and the error names
-the URL and both hashes. Concurrent processes (DDP ranks) take an advisory lock on the cache folder, so
-one downloads and the others then find the file. Nothing here prints: progress bars and retry notes go
-to stderr through tqdm (``progress=False`` silences them).
+Concurrent processes (DDP ranks) lock the URL's cache folder, so one downloads and the others find the
+file. Nothing here prints: progress bars and retry notes go to stderr (``progress=False`` silences them).
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ import hashlib
 import os
 import re
 import sys
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -43,7 +39,7 @@ import torch
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from tqdm import tqdm
 
-from src.utils.download import CHUNK_BYTES, DownloadError, download, human_bytes
+from src.utils.download import DownloadError, download, hash_file
 
 try:
     import fcntl
@@ -200,17 +196,19 @@ def weights_stem(spec) -> str:
 
 
 def default_cache_dir() -> str:
-    """``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``), where torch.hub and timm's
-    URL downloads keep their files."""
+    """``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``), as torch.hub and timm use."""
     return os.path.join(torch.hub.get_dir(), 'checkpoints')
 
 
-def file_sha256(path: str) -> str:
-    hasher = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(CHUNK_BYTES), b''):
-            hasher.update(block)
-    return hasher.hexdigest()
+def cache_path(url: str, cache_dir: str | None = None) -> str:
+    """Where the copy of ``url`` is kept: ``<cache>/<first 16 hex digits of the URL's SHA-256>/<file name>``.
+    Keyed by the whole URL, not the file name: two URLs ending in ``best.pth`` never share a copy."""
+    name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    if not name:
+        raise WeightsSourceError(f'--model-path {url!r} names no file (the URL path ends in "/"); pass the '
+                                 'URL of the .pth file itself')
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return os.path.join(os.path.abspath(cache_dir or default_cache_dir()), key, name)
 
 
 @contextlib.contextmanager
@@ -228,22 +226,15 @@ def _folder_lock(folder: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _cache_name(url: str) -> str:
-    path = urllib.parse.urlparse(url).path
-    if path.endswith('/'):
-        return ''
-    return os.path.basename(urllib.parse.unquote(path))
-
-
 def cached_download(url: str, sha256: str | None = None, *, progress: bool = True,
                     cache_dir: str | None = None) -> CachedFile:
-    """The local copy of ``url`` in ``cache_dir`` (default `default_cache_dir`), downloaded if absent.
+    """The local file behind ``url``: a ``file://`` URL's own file, read in place (never copied: two runs'
+    ``best.pth`` stay two files), else its copy at `cache_path`, downloaded if absent.
 
-    ``url`` may carry a ``#sha256=<hex>`` fragment; ``sha256`` (or the fragment) is checked on the new
-    download and on a copy found in the cache. A mismatch deletes the file and raises
-    `WeightsDownloadError` naming the URL and both hashes; any other failure (network, HTTP error, a
-    folder that cannot be written) raises it with the cause. A network failure keeps the ``.part``
-    file, which the next call continues."""
+    ``sha256`` or the URL's ``#sha256=<hex>`` fragment is checked on the file, new or cached: a mismatch
+    raises `WeightsDownloadError` naming the URL and both hashes and deletes the copy (never a source
+    file). Any other failure raises it with the cause; a network failure keeps the ``.part`` file, which
+    the next call continues."""
     url, fragment_sha = _split_fragment(url, url)
     if sha256 is not None:
         sha256 = _check_sha256(sha256, f'expected SHA-256 of {url}')
@@ -251,70 +242,41 @@ def cached_download(url: str, sha256: str | None = None, *, progress: bool = Tru
             raise WeightsSourceError(f'{url}: two different expected SHA-256 given ({sha256} and the URL '
                                      f'fragment\'s {fragment_sha}); keep one')
     expected = sha256 or fragment_sha
-    name = _cache_name(url)
-    if not name:
-        raise WeightsSourceError(f'--model-path {url!r} names no file (the URL path ends in "/"); pass the '
-                                 'URL of the .pth file itself')
-    folder = os.path.abspath(cache_dir or default_cache_dir())
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise WeightsDownloadError(f'cannot create the download cache {folder} for {url} ({error}); set '
-                                   'TORCH_HOME to a writable folder') from error
-    dest = os.path.join(folder, name)
-    bad = dest + '.bad'
+    dest = cache_path(url, cache_dir)
+    hint = ('check the URL (and its expected SHA-256: #sha256=... or the csl: table in docs/checkpoints.md) '
+            'and the network, or download the file yourself and pass its path')
+    if urllib.parse.urlparse(url).scheme.lower() == 'file':
+        path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+        if not os.path.isfile(path):
+            raise WeightsDownloadError(f'--model-path {url}: there is no file {path}; fix the URL or pass '
+                                       'the local path itself')
+        actual = hash_file(path, 'sha256').hexdigest() if expected else None
+        if actual != expected:
+            raise WeightsDownloadError(f'--model-path {url}: SHA-256 mismatch: the file has {actual}, '
+                                       f'expected {expected}; {hint}')
+        return CachedFile(url=url, path=path, downloaded=False, sha256=expected)
 
     def note(message: str) -> None:  # download()'s resume / retry notes: stderr, beside the progress bar
         if progress:
             tqdm.write(f'note: {message}', file=sys.stderr)
 
-    with _folder_lock(folder):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(bad)  # left by an older version or another tool: it is not ours to keep
-        present = os.path.isfile(dest)
-        source = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
-        if not present and url.lower().startswith('file:') and not os.path.isfile(source):
-            raise WeightsDownloadError(f'could not download {url}: there is no file {source}; fix the URL or '
-                                       'pass the local path itself')
-        try:
+    try:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with _folder_lock(os.path.dirname(dest)):
+            present = os.path.isfile(dest)
             download(url, dest, checksum=f'sha256:{expected}' if expected else None, progress=progress,
-                     retries=DOWNLOAD_RETRIES, retry_wait=RETRY_WAIT_S, log=note)
-        except DownloadError as error:
-            if os.path.isfile(bad):  # download() moved a file with the wrong checksum aside
-                actual = file_sha256(bad)
-                os.remove(bad)
-                which = 'the copy in the cache' if present else 'the downloaded file'
-                raise WeightsDownloadError(
-                    f'{url}: SHA-256 mismatch: {which} has {actual}, expected {expected}. The file was '
-                    f'deleted from {folder}; check the URL and the expected SHA-256 (#sha256=... or the '
-                    'csl: table in docs/checkpoints.md)') from None
-            raise WeightsDownloadError(_failure_message(url, dest, error)) from error
-        except OSError as error:  # writing the cache: disk full, permissions
-            raise WeightsDownloadError(f'could not download {url} into {folder} ({error}); free space or '
-                                       'set TORCH_HOME to a writable folder') from error
+                     retries=DOWNLOAD_RETRIES, retry_wait=RETRY_WAIT_S, log=note, keep_bad=False, hint=hint)
+    except DownloadError as error:
+        raise WeightsDownloadError(f'could not download {url}: {error}') from error
+    except OSError as error:  # the cache folder: disk full, permissions
+        raise WeightsDownloadError(f'could not download {url} into {dest} ({error}); free space or set '
+                                   'TORCH_HOME to a writable folder') from error
     return CachedFile(url=url, path=dest, downloaded=not present, sha256=expected)
 
 
-def _failure_message(url: str, dest: str, error: DownloadError) -> str:
-    """download()'s error, told in terms of --model-path (its own names the dataset flags)."""
-    cause = error.__cause__
-    if isinstance(cause, urllib.error.HTTPError):
-        why = f'the server answered HTTP {cause.code} ({cause.reason})'
-    elif cause is not None:
-        why = f'{cause}; {DOWNLOAD_RETRIES + 1} attempts'
-    else:
-        why = str(error)
-    part = dest + '.part'
-    kept = os.path.getsize(part) if os.path.isfile(part) else 0
-    tail = (f' The partial download {part} ({human_bytes(kept)}) is kept: the next run continues it.'
-            if kept else '')
-    return (f'could not download {url} ({why}).{tail} Check the URL and the network, or download the file '
-            'yourself and pass its path')
-
-
 def resolve_weights_file(spec, *, progress: bool = True, cache_dir: str | None = None) -> str:
-    """The local file behind a local path, URL or ``csl:`` alias (downloaded into the cache if needed);
-    a local path is returned unchanged, not checked. ``timm:`` weights are no single file: read them with
+    """The local file behind a local path, URL or ``csl:`` alias (`cached_download`); a local path is
+    returned unchanged, not checked. ``timm:`` weights are no single file: read them with
     `timm_pretrained_checkpoint`."""
     parsed = spec if isinstance(spec, WeightsSpec) else parse_weights_spec(spec)
     if parsed.kind == 'local':

@@ -160,7 +160,7 @@ def read_checkpoint(spec, allow_pickle: bool = False, *, progress: bool = True,
     try:
         return read_checkpoint_file(cached.path, allow_pickle=allow_pickle), cached.path
     except CheckpointError as error:
-        raise CheckpointError(f'{parsed.spec} (downloaded to {cached.path}): {error}') from error
+        raise CheckpointError(f'{parsed.spec} (read from {cached.path}): {error}') from error
 
 
 _EMA_KEYS = ('ema', 'model_ema', 'state_dict_ema')

@@ -1,22 +1,21 @@
-"""Resumable downloads with a progress bar and size / checksum checks (``http(s)://`` and ``file://``).
+"""The one download routine (``http(s)://`` and ``file://``), used by the model hub and dataset preparation.
 
 `download(url, dest, size=..., checksum="md5:...")` writes ``dest`` through ``dest + ".part"``:
 
-* an existing ``.part`` is continued, not restarted: HTTP asks for ``Range: bytes=<size of .part>-`` (a
-  server that answers 200 instead of 206 ignores ranges: the file is then fetched from the start, with a
-  note); ``file://`` URLs seek to that offset, so tests exercise the same code path offline;
-* network errors are retried (``retries`` times, each continuing the ``.part``); after the last one the
-  error says that the partial file is kept and running the same command again continues it;
-* the size is checked against ``size`` (the publisher's number, when given) and against the server's
-  Content-Length; the checksum (``md5:<hex>`` or ``sha256:<hex>``) is computed while the bytes arrive
-  (the bytes of a resumed ``.part`` are hashed first), so a 13 GB archive is not read twice;
-* a file whose size or checksum does not match is moved to ``dest + ".bad"`` and reported with a
-  `DownloadError` that names the file, both checksums and the fix; the next run downloads it afresh;
-* only a complete, verified file is renamed to ``dest``; a ``dest`` that already exists is verified
-  (its checksum recomputed when one is given) and kept.
+* an existing ``.part`` is continued: HTTP asks for ``Range: bytes=<size of .part>-`` (a server that
+  answers 200 instead of 206 ignores ranges: the file is fetched from the start, with a note); ``file://``
+  URLs seek to that offset, so tests exercise the same code path offline;
+* network errors and HTTP 5xx / 429 are retried (``retries`` times, each continuing the ``.part``); after
+  the last one the error says that the partial file is kept and that running again continues it;
+* the size is checked against ``size`` (the publisher's number) and the server's Content-Length; the
+  checksum (``md5:<hex>`` or ``sha256:<hex>``) is computed while the bytes arrive (a resumed ``.part`` is
+  hashed first), so a 13 GB archive is not read twice;
+* a file whose size or checksum is wrong is moved to ``dest + ".bad"`` (``keep_bad=False``: deleted) and
+  reported with a `DownloadError` naming the file, both checksums and the fix; the next run starts afresh;
+* only a verified file is renamed to ``dest``; an existing ``dest`` is verified and kept.
 
-The progress bar (tqdm, on stderr) shows bytes, speed and time left; on a terminal it refreshes twice a
-second, in a log file every 30 s.
+The progress bar (tqdm, stderr) shows bytes, speed and time left; it refreshes twice a second on a
+terminal, every 30 s in a log file.
 """
 
 from __future__ import annotations
@@ -46,8 +45,7 @@ class DownloadError(ValueError):
 @dataclass
 class DownloadResult:
     """What `download` did: ``fetched_bytes`` came over the network in this call, starting at
-    ``resumed_from`` (the size of the ``.part`` file it continued); ``skipped``: ``dest`` was already
-    complete."""
+    ``resumed_from`` (the size of the ``.part`` it continued); ``skipped``: ``dest`` was already there."""
 
     path: str
     size: int
@@ -74,7 +72,8 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _progress(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm:
+def progress_bar(total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:
+    """A byte-counting tqdm bar on stderr (downloads, hashing, unpacking)."""
     interactive = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                 disable=not enabled, file=sys.stderr, mininterval=0.5 if interactive else 30.0,
@@ -82,27 +81,31 @@ def _progress(total: int | None, initial: int, desc: str, enabled: bool) -> tqdm
 
 
 def hash_file(path: str, algorithm: str, *, progress: bool = False, desc: str | None = None):
-    """The hashlib object of ``path``'s bytes (shows a progress bar when asked: large archives)."""
+    """The hashlib object of ``path``'s bytes (with a progress bar when asked: large archives)."""
     hasher = hashlib.new(algorithm)
-    with open(path, "rb") as handle, _progress(os.path.getsize(path), 0, desc or f"{algorithm} "
-                                               f"{os.path.basename(path)}", progress) as bar:
+    with open(path, "rb") as handle, progress_bar(os.path.getsize(path), desc or f"{algorithm} "
+                                                  f"{os.path.basename(path)}", progress) as bar:
         for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
             hasher.update(block)
             bar.update(len(block))
     return hasher
 
 
+@dataclass
 class _Fetch:
-    """One attempt: a readable stream of the remote bytes from ``offset`` and the total size, if known."""
+    """One attempt: a readable ``stream`` of the bytes from ``offset`` (None: nothing left to read) and the
+    total size, if known; ``restarted``: the source could not continue the ``.part`` and starts at 0."""
 
-    def __init__(self, stream, offset: int, total: int | None, restarted: bool):
-        self.stream, self.offset, self.total, self.restarted = stream, offset, total, restarted
+    stream: object
+    offset: int
+    total: int | None
+    restarted: bool = False
 
 
 def _open_file_url(url: str, offset: int) -> _Fetch:
     path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
     if not os.path.isfile(path):
-        raise DownloadError(f"{url}: no such file ({path}); fix the URL (--base_url / --url)")
+        raise DownloadError(f"{url}: no such file ({path}); fix the URL")
     total = os.path.getsize(path)
     restarted = offset > total
     handle = open(path, "rb")  # closed by _copy
@@ -126,14 +129,14 @@ def _open_http_url(url: str, offset: int, timeout: float) -> _Fetch:
             total = _content_range_total(error.headers.get("Content-Range"))
             error.close()
             if total == offset:
-                return _Fetch(None, offset, total, False)
-            fetch = _open_http_url(url, 0, timeout)  # the .part is no prefix of this file: start again
+                return _Fetch(None, offset, total)
+            fetch = _open_http_url(url, 0, timeout)  # the .part is no prefix of this file: restart
             fetch.restarted = True
             return fetch
         if error.code >= 500 or error.code == 429:  # the server's trouble, often passing: retried
             raise ConnectionError(f"HTTP {error.code} ({error.reason})") from error
         raise DownloadError(f"{url}: the server answered HTTP {error.code} ({error.reason}); check the URL "
-                            "(--base_url / --url) or try again later") from error
+                            "or try again later") from error
     length = response.headers.get("Content-Length")
     if response.status == 206:
         match = re.match(r"bytes\s+(\d+)-", response.headers.get("Content-Range", ""))
@@ -144,13 +147,13 @@ def _open_http_url(url: str, offset: int, timeout: float) -> _Fetch:
         total = _content_range_total(response.headers.get("Content-Range"))
         if total is None and length is not None:
             total = offset + int(length)
-        return _Fetch(response, offset, total, False)
+        return _Fetch(response, offset, total)
     # 200: the whole file (a server without range support restarts a resumed download)
     return _Fetch(response, 0, int(length) if length is not None else None, offset > 0)
 
 
 def _open(url: str, offset: int, timeout: float) -> _Fetch:
-    scheme = urllib.parse.urlparse(url).scheme
+    scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme == "file":
         return _open_file_url(url, offset)
     if scheme in ("http", "https"):
@@ -158,42 +161,51 @@ def _open(url: str, offset: int, timeout: float) -> _Fetch:
     raise DownloadError(f"{url}: unsupported URL scheme {scheme!r}; use http://, https:// or file://")
 
 
-def _reject(path: str, bad: str, name: str, why: str, fix: str) -> DownloadError:
-    """Move a wrong file aside to ``bad`` (so the next run starts afresh) and build the error."""
-    os.replace(path, bad)
-    return DownloadError(f"{name}: {why}. The file was moved to {bad}; {fix}")
-
-
-def verify_file(path: str, size: int | None, checksum: str | None, *, name: str, progress: bool = True,
-                hasher=None, bad: str | None = None) -> None:
-    """Size and checksum of a complete file; a mismatch moves it to ``bad`` (default ``path + ".bad"``)
-    and raises DownloadError naming ``name``."""
-    bad = bad or path + ".bad"
+def _verify(path: str, size: int | None, checksum: str | None, *, name: str, progress: bool, hasher,
+            bad: str | None) -> None:
+    """Size and checksum of a complete file; a mismatch moves it to ``bad`` (None: deletes it) and raises
+    DownloadError naming ``name``. ``hasher``: the checksum already computed while downloading, if any."""
     actual = os.path.getsize(path)
-    fix = ("delete it and run the same command again to download the file afresh (or pass "
-           "--skip_checksum if the publisher has changed the file)")
     if size is not None and actual != size:
-        raise _reject(path, bad, name, f"has {actual} bytes, expected {size} (the publisher's size)", fix)
-    expected = parse_checksum(checksum)
-    if expected is None:
-        return
-    algorithm, digest = expected
-    if hasher is None:
-        hasher = hash_file(path, algorithm, progress=progress, desc=f"checking {name}")
-    if hasher.hexdigest() != digest:
-        why = (f"checksum mismatch: {algorithm} {hasher.hexdigest()}, expected {digest} (the publisher's); "
-               "the download is corrupt or the file changed upstream")
-        raise _reject(path, bad, name, why, fix)
+        why = f"has {actual} bytes, expected {size} (the publisher's size)"
+    else:
+        expected = parse_checksum(checksum)
+        if expected is None:
+            return
+        algorithm, digest = expected
+        hasher = hasher or hash_file(path, algorithm, progress=progress, desc=f"checking {name}")
+        if hasher.hexdigest() == digest:
+            return
+        why = (f"checksum mismatch: {algorithm} {hasher.hexdigest()}, expected {digest}; the download is "
+               "corrupt or the file changed upstream")
+    if bad is None:
+        os.remove(path)
+        where = "The file was deleted; run the same command again to download it afresh"
+    else:
+        os.replace(path, bad)
+        where = f"The file was moved to {bad}; delete it and run the same command again to download it afresh"
+    raise DownloadError(f"{name}: {why}. {where}")
 
 
 def download(url: str, dest: str, *, size: int | None = None, checksum: str | None = None,
              progress: bool = True, retries: int = 3, timeout: float = 60.0, retry_wait: float = 5.0,
-             log=print) -> DownloadResult:
-    """Download ``url`` to ``dest`` (see the module docstring); returns a `DownloadResult`."""
+             log=print, keep_bad: bool = True, hint: str = "") -> DownloadResult:
+    """Download ``url`` to ``dest`` (see the module docstring); returns a `DownloadResult`. ``log`` gets the
+    resume / retry notes; ``hint`` (the caller's flags or fix) ends every error message."""
+    try:
+        return _download(url, dest, size, checksum, progress, retries, timeout, retry_wait, log, keep_bad)
+    except DownloadError as error:
+        if not hint:
+            raise
+        raise DownloadError(f"{error}; {hint}") from error
+
+
+def _download(url, dest, size, checksum, progress, retries, timeout, retry_wait, log, keep_bad):
     name = os.path.basename(dest)
     expected = parse_checksum(checksum)
+    bad = dest + ".bad" if keep_bad else None
     if os.path.isfile(dest):
-        verify_file(dest, size, checksum, name=name, progress=progress)
+        _verify(dest, size, checksum, name=name, progress=progress, hasher=None, bad=bad)
         return DownloadResult(dest, os.path.getsize(dest), skipped=True)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
@@ -202,15 +214,15 @@ def download(url: str, dest: str, *, size: int | None = None, checksum: str | No
         log(f"{name}: {part} is larger than the file ({offset} > {size} bytes); starting again")
         os.remove(part)
         offset = 0
-    resumed_from, fetched = offset, 0
-    hasher = None
-    if expected is not None:
-        hasher = hash_file(part, expected[0]) if offset else hashlib.new(expected[0])
     if offset:
         log(f"{name}: continuing the partial download at {human_bytes(offset)} ({part})")
-    attempt = 0
+    resumed_from, fetched, attempt = offset, 0, 0
     while True:
         attempt += 1
+        # the hash of what the .part holds so far (a failed attempt may have written an unhashed block)
+        hasher = None
+        if expected is not None:
+            hasher = hash_file(part, expected[0]) if offset else hashlib.new(expected[0])
         try:
             fetch = _open(url, offset, timeout)
             if fetch.restarted:
@@ -221,8 +233,7 @@ def download(url: str, dest: str, *, size: int | None = None, checksum: str | No
                 if fetch.stream is not None:
                     fetch.stream.close()
                 raise DownloadError(f"{name}: {url} has {fetch.total} bytes but the publisher lists {size}; "
-                                    "the file changed upstream or the URL is wrong (pass --skip_checksum to "
-                                    "accept it)")
+                                    "the file changed upstream or the URL is wrong")
             fetched += _copy(fetch, part, hasher, name, progress)
             offset = os.path.getsize(part)
             if fetch.total is not None and offset < fetch.total:
@@ -232,16 +243,15 @@ def download(url: str, dest: str, *, size: int | None = None, checksum: str | No
             raise
         except (OSError, urllib.error.URLError, http.client.HTTPException) as error:  # network: retry
             offset = os.path.getsize(part) if os.path.isfile(part) else 0
-            if expected is not None:  # a block may have been written but not hashed: hash the file again
-                hasher = hash_file(part, expected[0]) if offset else hashlib.new(expected[0])
             if attempt > retries:
+                kept = (f"The partial file {part} ({human_bytes(offset)}) is kept: run the same command "
+                        "again to continue it" if offset else "Nothing was written")
                 raise DownloadError(f"{name}: downloading {url} failed after {attempt} attempt(s) ({error}). "
-                                    f"The partial file {part} ({human_bytes(offset)}) is kept: run the same "
-                                    "command again to continue it") from error
+                                    f"{kept}") from error
             log(f"{name}: {error}; retrying in {retry_wait:g} s (attempt {attempt + 1} of {retries + 1}, "
                 f"continuing at {human_bytes(offset)})")
             time.sleep(retry_wait)
-    verify_file(part, size, checksum, name=name, progress=progress, hasher=hasher, bad=dest + ".bad")
+    _verify(part, size, checksum, name=name, progress=progress, hasher=hasher, bad=bad)
     os.replace(part, dest)
     return DownloadResult(dest, os.path.getsize(dest), fetched_bytes=fetched, resumed_from=resumed_from)
 
@@ -252,7 +262,7 @@ def _copy(fetch: _Fetch, part: str, hasher, name: str, progress: bool) -> int:
         return 0
     copied = 0
     with fetch.stream as stream, open(part, "ab" if fetch.offset else "wb") as out, \
-            _progress(fetch.total, fetch.offset, name, progress) as bar:
+            progress_bar(fetch.total, name, progress, fetch.offset) as bar:
         for block in iter(lambda: stream.read(CHUNK_BYTES), b""):
             out.write(block)
             if hasher is not None:
