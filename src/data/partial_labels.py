@@ -280,6 +280,8 @@ def _ids_array(image_ids: Sequence) -> np.ndarray:
 
 
 FINGERPRINT_KEY = "full_labels_sha256"
+_REGENERATE = ("regenerate it with `python -m coco_simulation --data ... --out FILE.npz` on this dataset, "
+               "or drop --partial_labels")
 
 
 def _dense(labels) -> np.ndarray:
@@ -354,9 +356,7 @@ def _check_matches(path: str, what: str, stored: list, expected: Sequence | None
         detail = _first_differences(expected, stored)
     raise ValueError(
         f"partial label file {path}: {what} do not match the dataset ({detail}). The file was made for "
-        "another dataset or annotation file; regenerate it with "
-        "`python -m coco_simulation --data ... --out FILE.npz` "
-        "on this dataset, or drop --partial_labels"
+        f"another dataset or annotation file; {_REGENERATE}"
     )
 
 
@@ -423,8 +423,7 @@ def _check_source(path: str, contents: PartialLabelFile, full_labels) -> None:
             f"partial label file {path} does not fit this dataset: {len(rows)} of its "
             f"{int((partial != -1).sum())} labels contradict the dataset's annotations ({examples})"
             f"{_made_from(contents.meta)}. It was made for another dataset with the same image ids and "
-            "class names; regenerate it with `python -m coco_simulation --data ... --out FILE.npz` on this "
-            "dataset, or drop --partial_labels"
+            f"class names; {_REGENERATE}"
         )
     stored = contents.meta.get(FINGERPRINT_KEY)
     if stored is not None and not (full == -1).any():
@@ -433,9 +432,8 @@ def _check_source(path: str, contents: PartialLabelFile, full_labels) -> None:
             raise ValueError(
                 f"partial label file {path} was simulated from other full labels than this dataset's "
                 f"(fingerprint {str(stored)[:12]}... in the file, {found[:12]}... here)"
-                f"{_made_from(contents.meta)}: the labels it kept agree, but labels it dropped do not. "
-                "Regenerate it with `python -m coco_simulation --data ... --out FILE.npz` on this dataset, "
-                "or drop --partial_labels"
+                f"{_made_from(contents.meta)}: the labels it kept agree, but labels it dropped do not; "
+                f"{_REGENERATE}"
             )
 
 
