@@ -25,6 +25,19 @@ class DatasetError(ValueError):
     """A dataset file or folder is missing, malformed or inconsistent; the message says how to fix it."""
 
 
+def validate_label_matrix(labels, name: str = "labels") -> np.ndarray:
+    """``labels`` as a 2-D int8 array, checked to hold only 1, 0 and -1."""
+    array = np.asarray(labels)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (images x classes) matrix, got shape {array.shape}")
+    if array.size and not np.isin(array, (-1, 0, 1)).all():
+        bad = np.unique(array[~np.isin(array, (-1, 0, 1))])[:5]
+        raise ValueError(
+            f"{name} may only contain 1 (positive), 0 (negative) and -1 (un-annotated); found {bad.tolist()}"
+        )
+    return array.astype(np.int8, copy=False)
+
+
 def _as_index_array(values, name: str) -> np.ndarray:
     array = np.asarray(values)
     if array.size == 0:
@@ -69,18 +82,7 @@ class LabelMatrix:
     @classmethod
     def from_dense(cls, array) -> LabelMatrix:
         """Wrap an (N, C) array of values in {1, 0, -1} (any numeric dtype; stored as int8)."""
-        array = np.asarray(array)
-        if array.ndim != 2:
-            raise ValueError(f"LabelMatrix.from_dense: expected a 2-D (images x classes) array, "
-                             f"got shape {array.shape}")
-        if array.dtype.kind == "f" and np.isnan(array).any():
-            raise ValueError("LabelMatrix.from_dense: labels contain NaN; use -1 for un-annotated entries")
-        invalid = (array != 1) & (array != 0) & (array != -1)
-        if invalid.any():
-            bad = np.unique(array[invalid])[:5]
-            raise ValueError(f"LabelMatrix.from_dense: labels must be 1 (positive), 0 (negative) or "
-                             f"-1 (un-annotated); found {bad.tolist()}")
-        dense = np.ascontiguousarray(array, dtype=np.int8)
+        dense = np.ascontiguousarray(validate_label_matrix(array, "LabelMatrix.from_dense: labels"))
         return cls(dense.shape[0], dense.shape[1], dense=dense)
 
     @classmethod

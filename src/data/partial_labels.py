@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.data.labels import LabelMatrix
+from src.data.labels import LabelMatrix, validate_label_matrix
 
 MODE_ALIASES = {
     "fpc": "fix_per_class",
@@ -66,19 +66,6 @@ def canonical_mode(mode: str) -> str:
             f"use one of {', '.join(SIMULATION_MODES)}"
         )
     return MODE_ALIASES[mode]
-
-
-def validate_label_matrix(labels, name: str = "labels") -> np.ndarray:
-    """Return ``labels`` as a 2-D int8 array after checking that every value is in {-1, 0, 1}."""
-    array = np.asarray(labels)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (images x classes) matrix, got shape {array.shape}")
-    if array.size and not np.isin(array, (-1, 0, 1)).all():
-        bad = np.unique(array[~np.isin(array, (-1, 0, 1))])[:5]
-        raise ValueError(
-            f"{name} may only contain 1 (positive), 0 (negative) and -1 (un-annotated); found {bad.tolist()}"
-        )
-    return array.astype(np.int8, copy=False)
 
 
 def _validate_param(mode: str, param) -> float:

@@ -34,7 +34,7 @@ from timm.models.tresnet import TResNet
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from src.models.boostlu import install_boostlu
+from src.models.boostlu import classifier_slot, install_boostlu
 from src.models.checkpoint_convert import TRESNET_ARCHS
 from src.utils.distributed import unwrap_model
 
@@ -105,22 +105,8 @@ def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> None:
             setattr(model.body, name, stage_cls(OrderedDict(stage.named_children())))
 
 
-def _build_timm_model(model_name: str, num_classes: int, drop_path_rate: float) -> nn.Module:
-    if not timm.is_model(model_name):
-        raise ValueError(f'model_name {model_name!r} is not a timm model; use one of {TRESNET_NAMES} '
-                         'or any name listed by timm.list_models()')
-    # pretrained=False always: weights come only from local files (load_model / load_pretrained_backbone).
-    return timm.create_model(model_name, pretrained=False, num_classes=num_classes,
-                             drop_path_rate=float(drop_path_rate))
-
-
 def _install_bottleneck_head(model: nn.Module, num_classes: int, bottleneck_features: int) -> None:
-    classifier_name = model.pretrained_cfg.get('classifier', 'head.fc')
-    if not isinstance(classifier_name, str):
-        raise ValueError(f'do_bottleneck_head is not supported for {model.pretrained_cfg.get("architecture")}'
-                         f' (several classifiers: {classifier_name}); use do_bottleneck_head=False')
-    parent_name, _, attr = classifier_name.rpartition('.')
-    parent = model.get_submodule(parent_name) if parent_name else model
+    parent, attr, _ = classifier_slot(model, 'do_bottleneck_head')
     old = getattr(parent, attr)
     in_features = old.in_features if isinstance(old, nn.Linear) else model.num_features
     setattr(parent, attr, BottleneckHead(in_features, num_classes, bottleneck_features))
@@ -176,8 +162,12 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
     grad_checkpointing = _require_bool(grad_checkpointing, 'grad_checkpointing')
     channels_last = _require_bool(channels_last, 'channels_last')
     drop_path_rate = _require_rate(drop_path_rate, 'drop_path_rate')
-
-    model = _build_timm_model(model_name, num_classes, drop_path_rate)
+    if not timm.is_model(model_name):
+        raise ValueError(f'model_name {model_name!r} is not a timm model; use one of {TRESNET_NAMES} '
+                         'or any name listed by timm.list_models()')
+    # pretrained=False always: weights come only from local files (load_model / load_pretrained_backbone).
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
+                              drop_path_rate=drop_path_rate)
     if do_bottleneck_head:
         _install_bottleneck_head(model, num_classes, bottleneck_features)
     model.model_name = model_name
@@ -194,7 +184,6 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
     return model
 
 
-# ------------------------------------------------------------------------------------ from a namespace
 def parse_bool(value, name: str) -> bool:
     """bool from a bool, 0/1 or a command-line string ('true'/'false', 'yes'/'no', '1'/'0')."""
     if isinstance(value, bool):

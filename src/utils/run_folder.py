@@ -36,18 +36,16 @@ def fresh_run_folder(parent: str, name: str, now: float | None = None) -> str:
 
 def describe_run(folder: str) -> str:
     """One line on the run held in ``folder``: finished or not, epochs, best mAP (from metrics.jsonl)."""
-    epochs_planned = None
     try:
         with open(os.path.join(folder, "args.json"), encoding="utf-8") as handle:
             epochs_planned = json.load(handle).get("epochs")
     except (OSError, ValueError):
-        pass
-    lines = []
+        epochs_planned = None
     try:
         with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as handle:
             lines = [json.loads(line) for line in handle if line.strip()]
     except (OSError, ValueError):
-        pass
+        lines = []
     if not lines:
         return "a run that saved no epoch yet (stopped before its first checkpoint)"
     best = max((line.get("best_test_mAP") or 0.0) for line in lines)
