@@ -247,11 +247,8 @@ def _split_rng(seed: int, variant: str, split: str, stream: int | None = None) -
 
 
 def sample_embedded_labels(num_images: int, seed: int = 0, variant: str = "embedded") -> np.ndarray:
-    """Labels-only fast path: the (num_images x 48) bool (shape, colour) labels of the train split.
-
-    Equal to the labels of the first images that ``generate_*_dataset`` draws for the train split
-    with the same seed (the labels are drawn first from the split's random stream).
-    """
+    """Labels-only fast path: the (num_images x 48) bool labels that ``generate_*_dataset`` draws first
+    for the train split with the same seed (any design)."""
     _check_variant(variant)
     return _sample_labels(int(num_images), label_model(variant), _split_rng(seed, variant, "train"))
 
@@ -355,8 +352,7 @@ def _backgrounds(n: int, image_size: int, rng: np.random.Generator) -> np.ndarra
 
 
 def _object_masks(objects: _Objects, image_size: int, inside=_shape_mask) -> np.ndarray:
-    """Boolean masks n x MAX_OBJECTS x S x S (empty for unused slots); ``inside``: _shape_mask or
-    _core_mask."""
+    """Boolean masks n x MAX_OBJECTS x S x S (empty for unused slots) of ``inside`` (shape or core)."""
     n = objects.classes.shape[0]
     coords = np.arange(image_size, dtype=np.float32) + 0.5
     masks = np.zeros((n, MAX_OBJECTS, image_size, image_size), dtype=bool)
@@ -698,11 +694,8 @@ def ensure_dataset(
     force=False,
     design=ORIGINAL_DESIGN,
 ):
-    """Generate the dataset unless ``out_dir`` already holds one with the same config (design included).
-
-    Returns the GeneratedDataset, or None when the existing folder was reused. Refuses to write into
-    a non-empty folder that holds no generated dataset unless ``force``.
-    """
+    """The GeneratedDataset, or None when ``out_dir`` already holds one with the same config (design
+    included). A non-empty folder without a generated dataset is refused unless ``force``."""
     _check_variant(variant)
     _check_design(design)
     n_train = 6000 if n_train is None else n_train

@@ -169,7 +169,6 @@ class ClassStatistics:
     kept_positive: np.ndarray
     kept_negative: np.ndarray
     unannotated: np.ndarray
-    num_images: int
     summary: dict = field(default_factory=dict)
 
 
@@ -184,7 +183,6 @@ def class_statistics(original, simulated) -> ClassStatistics:
         kept_positive=(simulated == 1).sum(0),
         kept_negative=(simulated == 0).sum(0),
         unannotated=(simulated == -1).sum(0),
-        num_images=original.shape[0],
     )
     total = max(original.size, 1)
     stats.summary = {
@@ -208,8 +206,7 @@ def format_class_statistics(
     """A fixed-width table of per-class counts followed by the summary line(s)."""
     header = f"{'class':<24}{'pos':>8}{'kept pos':>10}{'neg':>8}{'kept neg':>10}{'un-ann':>9}"
     lines = [header, "-" * len(header)]
-    rows = range(len(class_names)) if max_rows is None else range(min(max_rows, len(class_names)))
-    for c in rows:
+    for c in range(len(class_names) if max_rows is None else min(max_rows, len(class_names))):
         lines.append(
             f"{str(class_names[c])[:23]:<24}{stats.original_positive[c]:>8}{stats.kept_positive[c]:>10}"
             f"{stats.original_negative[c]:>8}{stats.kept_negative[c]:>10}{stats.unannotated[c]:>9}"

@@ -1,7 +1,7 @@
 """Where a training run writes, and the rule that a run never destroys another run's results.
 
-``--path_dest`` unset: a fresh folder ``./outputs/<date>-<time>_<mode>[_<labels>]`` per run (the paper's
-``./outputs`` stays the parent; ``-2``, ``-3`` ... are appended if two runs start in the same second).
+``--path_dest`` unset: a fresh folder ``./outputs/<date>-<time>_<name>`` per run (train.py's name: loss mode
+and labels, e.g. ``negative_fpc_1000``; ``-2``, ``-3`` ... are appended if two runs start in the same second).
 ``--path_dest DIR`` holding a run (any of `RUN_FILES`) is refused unless ``--resume`` continues a
 checkpoint of that very folder, or ``--overwrite`` is given; ``--overwrite`` removes the old run's
 files first, so nothing of it (a stale best.pth, metrics.jsonl lines) mixes with the new run.
