@@ -59,8 +59,8 @@ def classifier_slot(model: nn.Module, option: str) -> tuple[nn.Module, str, str]
     classifier_name = model.pretrained_cfg.get("classifier", "head.fc")
     if not isinstance(classifier_name, str):
         name = getattr(model, "model_name", type(model).__name__)
-        raise ValueError(f"{option}: {name} has several classifiers ({classifier_name}); it needs one Linear "
-                         "head (after global average pooling)")
+        raise ValueError(f"{option}: {name} has several classifiers ({classifier_name}); it needs a model "
+                         "with one")
     parent_name, _, attr = classifier_name.rpartition(".")
     return (model.get_submodule(parent_name) if parent_name else model), attr, classifier_name
 
