@@ -725,8 +725,8 @@ def main(argv=None) -> None:
         "--design",
         choices=DESIGNS,
         default=ORIGINAL_DESIGN,
-        help="class design: shape_colour (6 shapes x 8 colours) or glyphs (adds a core colour; any two "
-        "classes share at most one of shape, body colour, core colour)",
+        help="class design: shape_colour (6 shapes x 8 colours; the default) or glyphs (adds a core colour; "
+        "any two classes share at most one of shape, body colour, core colour; the design the demo runs)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder matches the config")
     args = parser.parse_args(argv)
