@@ -232,6 +232,21 @@ def test_default_design_writes_exactly_what_the_generator_wrote_before_designs(t
     assert json.loads((tmp_path / "e" / "embedded_config.json").read_text())["design"] == "shape_colour"
 
 
+# The same digests of the glyphs design, as written by the generator of bcae2cd (before its code was folded):
+# a later change to the generator must keep every file of both designs.
+DIGEST_GLYPHS = {
+    "embedded": "32dbe0e9250f3280af92b4067fea8f48dccb40e08418d95c216efb7f2103dc09",
+    "upstream": "7b137320973ce331fb1946f83fb122c217fd3eaf36c552c16a63084266eed750",
+}
+
+
+def test_glyphs_design_writes_exactly_what_the_generator_wrote_before(tmp_path):
+    generate_embedded_dataset(tmp_path / "g", n_train=40, n_test=10, seed=3, design="glyphs")
+    generate_upstream_dataset(tmp_path / "u", n_train=30, n_test=10, seed=4, image_size=24, design="glyphs")
+    assert dataset_digest(tmp_path / "g") == DIGEST_GLYPHS["embedded"]
+    assert dataset_digest(tmp_path / "u") == DIGEST_GLYPHS["upstream"]
+
+
 def test_class_attributes_follow_the_class_names_of_each_design():
     assert class_attributes() == [(s, c) for s in SHAPES for c in COLOURS]
     assert [f"{c}_{s}" for s, c in class_attributes("shape_colour")] == EMBEDDED_CLASS_NAMES

@@ -1,51 +1,42 @@
 """A small synthetic multi-label dataset in the COCO layout, generated in seconds from a seed.
 
 Images (default 32 x 32 px) show 1-6 coloured shapes on a noisy background; the 48 classes are
-6 shapes x 8 colours ("red_circle", ...) in the default ``design="shape_colour"`` (see "Class designs"
-below). Later objects are drawn over earlier ones (real occlusion); hidden objects are moved to the top
-of the draw order (and, if needed, to a new position) so that every labelled class keeps at least
-``MIN_VISIBLE_FRACTION`` of one of its instances visible.
+6 shapes x 8 colours. Later objects are drawn over earlier ones (real occlusion); a hidden object is moved
+to the top of the draw order (and, if needed, to a new position) so that every labelled class keeps at
+least ``MIN_VISIBLE_FRACTION`` of one of its instances visible.
 
 Label model (what makes it COCO-like):
 
 * Zipf-like prior with a floor: the class of frequency rank k (1-based) has base probability
-  ``max(floor, top * k**-exponent)`` = max(0.012, 0.5 k^-0.98): top class 0.5, 10 classes above 5%,
-  22 below 2%, ~2.3 labels per image (the exact marginal after the adjustments below: top 0.515,
-  10 above 5%, 21 below 2%, 2.37 labels per image). Which class has which rank is a fixed permutation.
-* Co-occurrence: every image belongs to one of ``NUM_CONTEXTS`` latent scene contexts (uniform).
-  A context multiplies the probability of 8 classes by 6 and of 8 others by 0.2; the multipliers
-  are normalised so that averaging over contexts gives back the base prior. The top class is never
-  modulated (independent of the context).
-* Per image: context k, then independent Bernoulli(p[k, c]) labels; an image with no label gets one
-  class drawn with probability proportional to p[k, :]; an image with more than ``MAX_OBJECTS``
-  labels keeps a uniformly random subset of ``MAX_OBJECTS``. ``embedded_class_prior`` returns the
-  exact marginal P(label c) of this process (Poisson-binomial recursion), so sampled frequencies can
-  be checked against it.
+  max(0.012, 0.5 k^-0.98): top class 0.5, 10 classes above 5%, 22 below 2%, ~2.3 labels per image (the
+  exact marginal after the adjustments below: top 0.515, 10 above 5%, 21 below 2%, 2.37 labels per image).
+  Which class has which rank is a fixed permutation.
+* Co-occurrence: every image belongs to one of ``NUM_CONTEXTS`` latent scene contexts (uniform). A context
+  multiplies the probability of 8 classes by 6 and of 8 others by 0.2, normalised so that averaging over
+  contexts gives back the base prior; the top class is never modulated.
+* Per image: independent Bernoulli(p[context, c]) labels; an image with no label gets one class drawn
+  with probability proportional to p[context, :]; one with more than ``MAX_OBJECTS`` labels keeps a
+  uniformly random subset of ``MAX_OBJECTS``. ``embedded_class_prior`` is the exact marginal of this.
 * Objects: one per label plus Binomial(2, 0.3) duplicates of present classes, at most 6.
 
-The "upstream" variant draws images the same way with another rank permutation and other contexts,
-but labels them with 14 factorised classes (``shape_*`` present, ``colour_*`` present); pretraining on
-it plays the role of ImageNet pretraining.
+The "upstream" variant draws images the same way with another rank permutation and other contexts, but
+labels them with factorised classes (``shape_*``, ``colour_*``); pretraining on it plays the role of
+ImageNet pretraining.
 
-Class designs (``design=``; the label model, contexts, object counts, sizes, positions, occlusion and
-visibility rule are the same in both):
+Class designs (``design=``; labels, objects, sizes, positions and occlusion are the same in both):
 
-* ``shape_colour`` (default): class c is the shape ``SHAPES[c // 8]`` filled with ``COLOURS[c % 8]``.
-  Each class has 12 classes that differ from it in one attribute (5 of its colour, 7 of its shape);
-  models trained on partial labels learn the easy attribute (colour) and barely separate a class from
-  its same-colour siblings (measured on the demo cells: ~0.9 of the positive score for Ignore on FPC).
-* ``glyphs``: class c is the same shape and body colour, plus a *core* (the shape shrunk by
-  ``CORE_SCALE`` about its centre; for the ring, the inner part of its band) in the colour
-  ``glyph_core_colour(shape, colour) = (shape + colour + 1) % 8``, never the body colour. The
-  (shape, body, core) triples are a Latin square: any two of the three attributes fix the class, so
-  any two classes share at most one attribute, and every class's nearest negatives differ in two, at
-  least one of them a colour (COCO's classes rarely differ from many others in a single easy cue).
-  Names are "red_circle_orange_core"; ``class_attributes(design)`` gives (shape, body colour) and,
-  ``with_core=True``, the core colour. Core colours are drawn from a stream of their own, so a glyphs
-  dataset has the labels, annotations (boxes, visible areas) and every pixel outside the visible cores of
-  the shape_colour dataset of the same arguments; the visibility rule applies to the whole glyph, not
-  the core. Its upstream variant has 22 factorised classes: ``shape_*``, ``colour_*`` (body) and
-  ``core_*``; an object is annotated with all three (same box).
+* ``shape_colour`` (the generator's default, ``ORIGINAL_DESIGN``): class c is the shape ``SHAPES[c // 8]``
+  filled with ``COLOURS[c % 8]``. Each class has 12 classes that differ from it in one attribute; models
+  trained on partial labels learn the easy attribute (colour) and barely separate a class from its
+  same-colour siblings (on the demo cells: ~0.9 of the positive score for Ignore on FPC).
+* ``glyphs`` (the design reproduce.py's demo runs): the same shape and body colour plus a *core* (the
+  shape shrunk by ``CORE_SCALE``; for the ring, the inner part of its band) in the colour
+  ``glyph_core_colour(shape, colour)``. The (shape, body, core) triples are a Latin square: any two
+  classes share at most one attribute, so every class's nearest negatives differ in two, at least one of
+  them a colour (COCO's classes rarely differ from many others in a single easy cue). Names are
+  "red_circle_orange_core". Core colours come from a stream of their own, so a glyphs dataset has the
+  labels, annotations and every pixel outside the visible cores of the shape_colour dataset of the same
+  arguments. Its upstream variant adds ``core_*`` classes (22 in all).
 
 Layout written (read by the COCO loader with ``--data out_dir``)::
 
@@ -54,10 +45,10 @@ Layout written (read by the COCO loader with ``--data out_dir``)::
     out_dir/train2014/*.png, out_dir/val2014/*.png
     out_dir/embedded_config.json                   the generation config (design included), written last
 
-Everything derives from ``np.random.default_rng([seed, variant, split])`` (glyph cores: ``[seed,
-variant, split, 1]``); JSON is written with sorted keys and no timestamps, so the same config gives
-byte-identical files. The shape_colour files are byte-identical to those written before designs
-existed; their folders (config without "design") are reused as shape_colour by ``ensure_dataset``.
+Everything derives from ``np.random.default_rng([seed, variant, split])`` (glyph cores: ``[seed, variant,
+split, 1]``) and JSON is written with sorted keys and no timestamps, so the same config gives
+byte-identical files. Files of ``ORIGINAL_DESIGN`` carry no "design" key and are byte-identical to those
+written before designs existed; such folders are reused by ``ensure_dataset``.
 """
 
 from __future__ import annotations
@@ -75,6 +66,7 @@ from functools import cache
 
 import numpy as np
 
+from src.data.partial_labels import keep_random_k
 from src.utils.cli import run_cli
 
 SHAPES = ("circle", "square", "triangle", "plus", "ring", "diamond")
@@ -93,7 +85,9 @@ COLOUR_RGB = np.array(
     dtype=np.float32,
 )
 DESIGNS = ("shape_colour", "glyphs")
-DEFAULT_DESIGN = "shape_colour"
+# The first design and the generator's default (the demo runs glyphs): its files carry no "design" key and
+# reproduce.py keeps the bare folder names for it, so both stay as they were before designs existed.
+ORIGINAL_DESIGN = "shape_colour"
 CORE_SCALE = 0.6  # a glyph's core is its shape shrunk about the centre by this factor (ring: the inner band)
 RING_INNER, RING_CORE_OUTER = 0.52, 0.76  # ring band radii; the ring's core is the band's inner part
 
@@ -128,9 +122,7 @@ _VARIANTS = {"embedded": (0, 20211020), "upstream": (1, 4242)}
 _SPLITS = {"train": (0, "train2014"), "val": (1, "val2014")}
 
 
-# ----------------------------------------------------------------------------------------------
-# Label model
-# ----------------------------------------------------------------------------------------------
+# Label model ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -157,7 +149,7 @@ def _check_design(design: str) -> None:
         raise ValueError(f"design={design!r} is unknown; use one of {list(DESIGNS)}")
 
 
-def class_names(variant: str = "embedded", design: str = DEFAULT_DESIGN) -> list[str]:
+def class_names(variant: str = "embedded", design: str = ORIGINAL_DESIGN) -> list[str]:
     """The category names of a (variant, design) dataset, in class (column) order."""
     _check_variant(variant)
     _check_design(design)
@@ -167,14 +159,9 @@ def class_names(variant: str = "embedded", design: str = DEFAULT_DESIGN) -> list
     return list(UPSTREAM_GLYPH_CLASS_NAMES if glyphs else UPSTREAM_CLASS_NAMES)
 
 
-def class_attributes(design: str = DEFAULT_DESIGN, with_core: bool = False) -> list[tuple[str, ...]]:
-    """(shape, body colour) of each of the 48 embedded classes, in class order; ``with_core`` appends the
-    core colour (for 'shape_colour' the body colour: a solid glyph).
-
-    Class c has shape ``SHAPES[c // 8]`` and body colour ``COLOURS[c % 8]`` in both designs; a negative
-    (image, c) "shares the shape" / "shares the colour" of a present object when another labelled
-    class of the image has the same first / second entry.
-    """
+def class_attributes(design: str = ORIGINAL_DESIGN, with_core: bool = False) -> list[tuple[str, ...]]:
+    """(shape, body colour) of each of the 48 embedded classes, in class order (the same in both designs);
+    ``with_core`` appends the core colour (for 'shape_colour' the body colour: a solid glyph)."""
     _check_design(design)
     attributes = []
     for s, shape in enumerate(SHAPES):
@@ -222,18 +209,9 @@ def _exact_marginal(probs: np.ndarray) -> np.ndarray:
     return probs * (count_others @ keep_probability) + p_empty * probs / probs.sum()
 
 
-@cache
-def _embedded_class_prior(variant: str) -> np.ndarray:
-    model = label_model(variant)
-    prior = np.mean([_exact_marginal(p) for p in model.context_probs], axis=0)
-    prior.flags.writeable = False
-    return prior
-
-
 def embedded_class_prior(variant: str = "embedded") -> np.ndarray:
     """Exact marginal probability of each of the 48 (shape, colour) classes, in class order."""
-    _check_variant(variant)
-    return _embedded_class_prior(variant).copy()
+    return np.mean([_exact_marginal(p) for p in label_model(variant).context_probs], axis=0)
 
 
 def describe_prior(frequencies: np.ndarray) -> dict:
@@ -247,14 +225,6 @@ def describe_prior(frequencies: np.ndarray) -> dict:
     }
 
 
-def _keep_random_k(candidates: np.ndarray, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Keep k[i] uniformly chosen True entries of each row (random keys, candidates sorted first)."""
-    keys = rng.random(candidates.shape)
-    keys[~candidates] = 2.0
-    ranks = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
-    return candidates & (ranks < k[:, None])
-
-
 def _sample_labels(num_images: int, model: LabelModel, rng: np.random.Generator) -> np.ndarray:
     contexts = rng.integers(NUM_CONTEXTS, size=num_images)
     probs = model.context_probs[contexts]
@@ -266,7 +236,7 @@ def _sample_labels(num_images: int, model: LabelModel, rng: np.random.Generator)
         labels[empty, np.minimum((cumulative < draws[:, None]).sum(axis=1), NUM_CLASSES - 1)] = True
     crowded = np.flatnonzero(labels.sum(axis=1) > MAX_OBJECTS)
     if crowded.size:
-        labels[crowded] = _keep_random_k(labels[crowded], np.full(crowded.size, MAX_OBJECTS), rng)
+        labels[crowded] = keep_random_k(labels[crowded], np.full(crowded.size, MAX_OBJECTS), rng)
     return labels
 
 
@@ -277,18 +247,13 @@ def _split_rng(seed: int, variant: str, split: str, stream: int | None = None) -
 
 
 def sample_embedded_labels(num_images: int, seed: int = 0, variant: str = "embedded") -> np.ndarray:
-    """Labels-only fast path: the (num_images x 48) bool (shape, colour) labels of the train split.
-
-    Equal to the labels of the first images that ``generate_*_dataset`` draws for the train split
-    with the same seed (the labels are drawn first from the split's random stream).
-    """
+    """Labels-only fast path: the (num_images x 48) bool labels that ``generate_*_dataset`` draws first
+    for the train split with the same seed (any design)."""
     _check_variant(variant)
     return _sample_labels(int(num_images), label_model(variant), _split_rng(seed, variant, "train"))
 
 
-# ----------------------------------------------------------------------------------------------
-# Drawing
-# ----------------------------------------------------------------------------------------------
+# Drawing ----------------------------------------------------------------------------------------------------
 
 
 def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -387,8 +352,7 @@ def _backgrounds(n: int, image_size: int, rng: np.random.Generator) -> np.ndarra
 
 
 def _object_masks(objects: _Objects, image_size: int, inside=_shape_mask) -> np.ndarray:
-    """Boolean masks n x MAX_OBJECTS x S x S (empty for unused slots); ``inside``: _shape_mask or
-    _core_mask."""
+    """Boolean masks n x MAX_OBJECTS x S x S (empty for unused slots) of ``inside`` (shape or core)."""
     n = objects.classes.shape[0]
     coords = np.arange(image_size, dtype=np.float32) + 0.5
     masks = np.zeros((n, MAX_OBJECTS, image_size, image_size), dtype=bool)
@@ -433,18 +397,8 @@ def _needs_reorder(classes: np.ndarray, visible: np.ndarray, area: np.ndarray) -
     return ((classes >= 0) & (best_of_class < MIN_VISIBLE_FRACTION)).any(axis=-1)
 
 
-def _place_randomly(objects: _Objects, i: int, slot: int, image_size: int, rng: np.random.Generator) -> None:
-    radius = objects.radius[i, slot]
-    objects.cx[i, slot] = 0.6 * radius + rng.random() * (image_size - 1.2 * radius)
-    objects.cy[i, slot] = 0.6 * radius + rng.random() * (image_size - 1.2 * radius)
-
-
 def _ensure_visible(objects: _Objects, masks: np.ndarray, owner: np.ndarray, rng: np.random.Generator) -> int:
-    """Fix images where a labelled class is hidden (in place); return how many images were changed.
-
-    The best-visible instance of such a class is moved to the top of the draw order; if that is not
-    enough (e.g. two large objects at the same spot), it is also moved to a new random position.
-    """
+    """Fix images where a labelled class is hidden (in place; module doc); return how many were changed."""
     image_size = masks.shape[-1]
     area = masks.sum(axis=(-2, -1))
     visible = _visible_counts(owner)
@@ -454,8 +408,10 @@ def _ensure_visible(objects: _Objects, masks: np.ndarray, owner: np.ndarray, rng
             slot = _poorly_visible(objects.classes[i], visible[i], area[i])
             if slot < 0:
                 break
-            if attempt > 0:
-                _place_randomly(objects, i, slot, image_size, rng)
+            if attempt > 0:  # moving it up was not enough: a new random position too
+                radius = objects.radius[i, slot]
+                objects.cx[i, slot] = 0.6 * radius + rng.random() * (image_size - 1.2 * radius)
+                objects.cy[i, slot] = 0.6 * radius + rng.random() * (image_size - 1.2 * radius)
                 single = _Objects(*(a[i : i + 1] for a in objects.slot_arrays()))
                 masks[i, slot] = _object_masks(single, image_size)[0, slot]
                 area[i, slot] = masks[i, slot].sum()
@@ -497,9 +453,7 @@ def _bboxes(masks: np.ndarray) -> np.ndarray:
     return np.stack([x0, y0, x1 - x0, y1 - y0], axis=-1)
 
 
-# ----------------------------------------------------------------------------------------------
-# Writing a split
-# ----------------------------------------------------------------------------------------------
+# Writing a split --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -514,14 +468,15 @@ class GeneratedSplit:
 
 
 def _categories(variant: str, design: str) -> list[dict]:
-    if variant == "embedded":
-        return [
-            {"id": c + 1, "name": name, "supercategory": SHAPES[c // len(COLOURS)]}
-            for c, name in enumerate(class_names(variant, design))
-        ]
+    """COCO categories; supercategory: the shape (embedded) or the attribute kind (upstream)."""
+    names = class_names(variant, design)
     return [
-        {"id": c + 1, "name": name, "supercategory": name.split("_")[0]}
-        for c, name in enumerate(class_names(variant, design))
+        {
+            "id": c + 1,
+            "name": name,
+            "supercategory": SHAPES[c // len(COLOURS)] if variant == "embedded" else name.split("_")[0],
+        }
+        for c, name in enumerate(names)
     ]
 
 
@@ -586,10 +541,12 @@ def _write_split(out_dir, split, num_images, image_size, seed, variant, design, 
                             "iscrowd": 0,
                         }
                     )
-    _save_pngs(pending)
+    # zlib and file writes release the GIL, so a couple of threads overlap encoding with I/O.
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        list(pool.map(_save_png, pending, chunksize=256))
     annotation_file = os.path.join(out_dir, "annotations", f"instances_{image_dir_name}.json")
     info = {"description": f"synthetic {variant} dataset", "version": GENERATOR_VERSION, "seed": int(seed)}
-    if design != DEFAULT_DESIGN:  # the default design's files stay byte-identical to the pre-design ones
+    if design != ORIGINAL_DESIGN:  # ORIGINAL_DESIGN's files stay byte-identical to the pre-design ones
         info["design"] = design
     _write_json(
         annotation_file,
@@ -632,12 +589,6 @@ def _save_png(item) -> None:
         handle.write(encode_png(array))
 
 
-def _save_pngs(items) -> None:
-    # zlib and file writes release the GIL, so a couple of threads overlap encoding with I/O.
-    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
-        list(pool.map(_save_png, items, chunksize=256))
-
-
 def _write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # json.dumps (C encoder) is several times faster than json.dump's pure-Python iterencode.
@@ -646,9 +597,7 @@ def _write_json(path: str, payload: dict) -> None:
         handle.write(text)
 
 
-# ----------------------------------------------------------------------------------------------
-# Public generators
-# ----------------------------------------------------------------------------------------------
+# Public generators ------------------------------------------------------------------------------------------
 
 CONFIG_FILE = "embedded_config.json"
 
@@ -676,7 +625,7 @@ def _validate_sizes(n_train, n_test, image_size, seed, design) -> None:
 
 
 def dataset_config(
-    variant: str, n_train: int, n_test: int, image_size: int, seed: int, design: str = DEFAULT_DESIGN
+    variant: str, n_train: int, n_test: int, image_size: int, seed: int, design: str = ORIGINAL_DESIGN
 ) -> dict:
     """The config recorded in ``embedded_config.json`` (a rebuild is skipped when it matches)."""
     return {
@@ -708,24 +657,14 @@ def _generate(out_dir, variant, n_train, n_test, image_size, seed, design) -> Ge
 
 
 def generate_embedded_dataset(
-    out_dir,
-    n_train: int = 6000,
-    n_test: int = 3000,
-    image_size: int = 32,
-    seed: int = 0,
-    design: str = DEFAULT_DESIGN,
+    out_dir, n_train=6000, n_test=3000, image_size=32, seed=0, design=ORIGINAL_DESIGN
 ):
     """Write the 48-class embedded dataset of ``design`` in the COCO layout under ``out_dir``."""
     return _generate(out_dir, "embedded", n_train, n_test, image_size, seed, design)
 
 
 def generate_upstream_dataset(
-    out_dir,
-    n_train: int = 6000,
-    n_test: int = 1000,
-    image_size: int = 32,
-    seed: int = 0,
-    design: str = DEFAULT_DESIGN,
+    out_dir, n_train=6000, n_test=1000, image_size=32, seed=0, design=ORIGINAL_DESIGN
 ):
     """Write the factorised upstream dataset in the COCO layout: 14 classes (shape_*, colour_*), 22 with
     core_* for the glyphs design."""
@@ -740,26 +679,23 @@ def existing_config(out_dir) -> dict | None:
     with open(path, encoding="utf-8") as handle:
         config = json.load(handle)
     # Folders written before designs existed hold the shape_colour design (its files are unchanged).
-    config.setdefault("design", DEFAULT_DESIGN)
+    config.setdefault("design", ORIGINAL_DESIGN)
     required = [os.path.join(out_dir, "annotations", f"instances_{d}.json") for _, d in _SPLITS.values()]
     return config if all(os.path.isfile(p) for p in required) else None
 
 
 def ensure_dataset(
     out_dir,
-    variant: str = "embedded",
+    variant="embedded",
     n_train=None,
     n_test=None,
     image_size=32,
     seed=0,
     force=False,
-    design: str = DEFAULT_DESIGN,
+    design=ORIGINAL_DESIGN,
 ):
-    """Generate the dataset unless ``out_dir`` already holds one with the same config (design included).
-
-    Returns the GeneratedDataset, or None when the existing folder was reused. Refuses to write into
-    a non-empty folder that holds no generated dataset unless ``force``.
-    """
+    """The GeneratedDataset, or None when ``out_dir`` already holds one with the same config (design
+    included). A non-empty folder without a generated dataset is refused unless ``force``."""
     _check_variant(variant)
     _check_design(design)
     n_train = 6000 if n_train is None else n_train
@@ -788,9 +724,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--design",
         choices=DESIGNS,
-        default=DEFAULT_DESIGN,
-        help="class design: shape_colour (6 shapes x 8 colours) or glyphs (adds a core colour; any two "
-        "classes share at most one of shape, body colour, core colour)",
+        default=ORIGINAL_DESIGN,
+        help="class design: shape_colour (6 shapes x 8 colours; the default) or glyphs (adds a core colour; "
+        "any two classes share at most one of shape, body colour, core colour; the design the demo runs)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder matches the config")
     args = parser.parse_args(argv)

@@ -2,37 +2,23 @@
 
 `load_rgb(path, draft_size)` returns an RGB PIL image:
 
-* JPEG draft mode: when ``draft_size`` (the size the pipeline will resize to) is given, libjpeg is
-  asked to decode at a DCT scale of 1/2, 1/4 or 1/8, but only at the largest scale whose result is
-  still at least ``draft_size`` in both dimensions.  The following Resize therefore still
-  down-samples (never up-samples), and its antialiasing filter still sees more pixels than it outputs;
-  the output differs from a full-resolution decode by a few grey levels (measured in
-  bench/bench_data.py).  A 640x480 COCO image going to 448x448 cannot be drafted at all (1/2 would be
-  320x240), so at the paper's settings the output is bit-identical; drafting pays off for large
-  originals (OpenImages full-size, 1024+ px) or small training sizes (224 px).
-* no extra copy: ``Image.convert('RGB')`` copies an image that is already RGB, so it is only called
-  for other modes (greyscale, CMYK, palette).
-* high bit depth: Pillow's ``convert('RGB')`` *clips* 16-bit and 32-bit greyscale values to 255, so a
-  16-bit PNG would become a solid white image.  Such images are scaled to 8 bits first
-  (`to_uint8_grey`): modes ``I;16*`` (the file declares 16 bits) by ``value >> 8``; modes ``I``
-  (32-bit int) and ``F`` (float) by the narrowest standard range that holds the values - [0, 1]
-  floats x 255, [0, 255] as is, [0, 65535] >> 8 (e.g. a 16-bit PNG that an older Pillow opens as
-  ``I``), anything else stretched linearly from [min, max] to [0, 255].  Fixed depth scaling (not
-  per-image normalisation) keeps a dark 16-bit image dark, as the 8-bit export of the same picture.
+* JPEG draft mode: with ``draft_size`` (the size the pipeline resizes to), libjpeg decodes at the
+  largest DCT scale (1/2, 1/4, 1/8) whose result is still at least ``draft_size`` in both dimensions, so
+  the Resize still down-samples and its antialiasing sees more pixels than it outputs; the output differs
+  from a full decode by a few grey levels (bench/bench_data.py). A 640x480 COCO image going to 448x448
+  cannot be drafted, so at the paper's settings the output is bit-identical; drafting pays off for large
+  originals (OpenImages) or small training sizes.
+* ``convert('RGB')`` (a copy) only for other modes than RGB.
+* high bit depth: Pillow's ``convert('RGB')`` *clips* 16/32-bit greyscale to 255 (a 16-bit PNG would be
+  solid white), so such images are scaled to 8 bits first: ``I;16*`` by ``value >> 8``; ``I`` and ``F``
+  by the narrowest standard range that holds the values ([0, 1] floats x 255, [0, 255] as is, [0, 65535]
+  >> 8, else stretched from [min, max]). A fixed depth scaling, not per-image normalisation, keeps a
+  dark 16-bit image dark, as its 8-bit export.
 
-`scan_images(paths)` checks every file once before training starts: up to ``HEADER_CHECK_LIMIT``
-images each file's header is parsed (``Image.open`` + size, no pixel decoding; ~22 us per image on
-the 2-core development machine with a warm page cache, so 1M images take ~25 s; ``verify()`` would
-read a whole PNG), above it only existence is checked (``os.stat``, ~2-3 us per image: OpenImages'
-9M images in ~25 s) and an unreadable header is found at first read.  Threads are used only when the
-check waits on the disk (see `scan_images`; bench/bench_data.py measures both checks).  Truncated
-pixel data is also only found at first read (where ``skip_bad_images`` datasets replace the sample,
-see `MultiLabelImageDataset._load_image`); either way the error is one line naming the file, also when
-it is raised in a DataLoader worker (`ImageReadError` drops the worker's traceback text).
-
-`rgb_bytes_within(paths, max_bytes)` sums the decoded RGB size of the images from their headers and
-stops once past the budget; `MultiLabelImageDataset.cache_decoded_images` uses it to decide whether
-a dataset is small enough to keep decoded in memory.
+`scan_images(paths)` checks every file once before training: up to ``HEADER_CHECK_LIMIT`` images the
+header is parsed (~22 us per image with a warm cache; ``verify()`` would read a whole PNG), above it only
+existence (``os.stat``, ~2-3 us: OpenImages' 9M images in ~25 s). Truncated pixel data is found at first
+read; either way the error is one line naming the file, also from a DataLoader worker (`ImageReadError`).
 """
 
 from __future__ import annotations
@@ -95,8 +81,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def to_uint8_grey(image: Image.Image) -> Image.Image:
-    """An ``L`` image from a 16-bit (``I;16*``), 32-bit int (``I``) or float (``F``) greyscale image,
-    scaled as the module docstring says (never clipped)."""
+    """An ``L`` image from an ``I;16*``, ``I`` or ``F`` greyscale image, scaled as the module doc says."""
     values = np.asarray(image)
     if image.mode in _SIXTEEN_BIT_MODES:
         return Image.fromarray((values.astype(np.uint16) >> 8).astype(np.uint8), mode="L")
@@ -114,7 +99,7 @@ def to_uint8_grey(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` in RGB: unchanged when it already is, high-bit-depth greyscale scaled (not clipped)."""
+    """``image`` in RGB: unchanged when it already is, high-bit-depth greyscale scaled, not clipped."""
     if image.mode == "RGB":
         return image
     if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
@@ -160,10 +145,10 @@ def scan_images(paths: Sequence[str], num_threads: int | None = None,
     """Boolean mask: True where the file exists and (with ``header``; default: up to
     ``HEADER_CHECK_LIMIT`` paths) its image header can be parsed.
 
-    Threads only pay off when the check waits on the disk: parsing a header holds the GIL, so on a
-    warm local disk one thread is fastest (measured: 8 threads take twice as long on 2 cores).  The
-    first chunk is therefore checked in this thread and timed; the rest runs in ``num_threads`` threads
-    (default: ``IO_BOUND_THREADS`` if that chunk was slower than ``IO_BOUND_US`` per image, else 1).
+    Threads only pay off when the check waits on the disk: parsing a header holds the GIL, so on a warm
+    local disk one thread is fastest (8 threads take twice as long on 2 cores). The first chunk is timed
+    in this thread; the rest runs in ``num_threads`` threads (default: ``IO_BOUND_THREADS`` if the first
+    chunk took over ``IO_BOUND_US`` per image, else 1).
     """
     if header is None:
         header = len(paths) <= HEADER_CHECK_LIMIT

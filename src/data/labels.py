@@ -1,23 +1,13 @@
 """Label matrices for partially annotated multi-label datasets.
 
-Every dataset in this repository describes its annotations as an (N_images x N_classes) matrix with
-values
-
-*  1  the class is present (positive),
-*  0  the class is verified absent (negative),
-* -1  the class was not annotated for this image (unknown).
-
-`LabelMatrix` stores that matrix in one of two layouts:
-
-* dense: an ``np.int8`` array of shape (N, C) (COCO: 82k x 80 = 6.6 MB);
-* sparse: two CSR structures, one listing the positive class ids of every row and one listing the
-  negative class ids; every entry not listed is -1.  OpenImages V6 train (~9M images x 9,605
-  classes) would need ~86 GB dense but only a few hundred MB sparse, because memory is proportional
-  to the number of annotations.  A sparse matrix is densified one row at a time (`row`), which is
-  what a dataset's ``__getitem__`` needs.
-
-Both layouts give identical results for every method; `to_dense` refuses to build a matrix larger
-than ``max_bytes`` so that an accidental densification of OpenImages fails fast instead of swapping.
+Every dataset describes its annotations as an (N_images x N_classes) matrix: 1 the class is present
+(positive), 0 verified absent (negative), -1 not annotated for this image (unknown). `LabelMatrix` stores
+it dense (``np.int8`` (N, C); COCO: 82k x 80 = 6.6 MB) or sparse: two CSR structures listing the
+positive and the negative class ids of every row, everything unlisted -1. OpenImages V6 train (~9M
+images x 9,605 classes) would need ~86 GB dense but a few hundred MB sparse; a sparse matrix is
+densified one row at a time (`row`, what ``__getitem__`` needs), and `to_dense` refuses to build more
+than ``max_bytes`` so that an accidental densification fails fast instead of swapping. Both layouts give
+identical results for every method.
 """
 
 from __future__ import annotations
@@ -33,6 +23,19 @@ _DEFAULT_MAX_DENSE_BYTES = 8 * 2**30
 
 class DatasetError(ValueError):
     """A dataset file or folder is missing, malformed or inconsistent; the message says how to fix it."""
+
+
+def validate_label_matrix(labels, name: str = "labels") -> np.ndarray:
+    """``labels`` as a 2-D int8 array, checked to hold only 1, 0 and -1."""
+    array = np.asarray(labels)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (images x classes) matrix, got shape {array.shape}")
+    if array.size and not np.isin(array, (-1, 0, 1)).all():
+        bad = np.unique(array[~np.isin(array, (-1, 0, 1))])[:5]
+        raise ValueError(
+            f"{name} may only contain 1 (positive), 0 (negative) and -1 (un-annotated); found {bad.tolist()}"
+        )
+    return array.astype(np.int8, copy=False)
 
 
 def _as_index_array(values, name: str) -> np.ndarray:
@@ -65,10 +68,7 @@ def _subset_csr(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tu
 
 
 class LabelMatrix:
-    """An N x C matrix of {1, 0, -1} labels, dense (int8) or sparse (CSR of positive/negative ids).
-
-    Build it with `from_dense`, `from_sparse` (lists of ids per row) or `from_csr` (ready CSR arrays).
-    """
+    """An N x C matrix of {1, 0, -1} labels; build it with `from_dense`, `from_sparse` or `from_csr`."""
 
     def __init__(self, num_samples: int, num_classes: int, dense: np.ndarray | None = None,
                  pos_csr: tuple[np.ndarray, np.ndarray] | None = None,
@@ -79,22 +79,10 @@ class LabelMatrix:
         self._pos = pos_csr
         self._neg = neg_csr
 
-    # ----------------------------------------------------------------- constructors
     @classmethod
     def from_dense(cls, array) -> LabelMatrix:
         """Wrap an (N, C) array of values in {1, 0, -1} (any numeric dtype; stored as int8)."""
-        array = np.asarray(array)
-        if array.ndim != 2:
-            raise ValueError(f"LabelMatrix.from_dense: expected a 2-D (images x classes) array, "
-                             f"got shape {array.shape}")
-        if array.dtype.kind == "f" and np.isnan(array).any():
-            raise ValueError("LabelMatrix.from_dense: labels contain NaN; use -1 for un-annotated entries")
-        invalid = (array != 1) & (array != 0) & (array != -1)
-        if invalid.any():
-            bad = np.unique(array[invalid])[:5]
-            raise ValueError(f"LabelMatrix.from_dense: labels must be 1 (positive), 0 (negative) or "
-                             f"-1 (un-annotated); found {bad.tolist()}")
-        dense = np.ascontiguousarray(array, dtype=np.int8)
+        dense = np.ascontiguousarray(validate_label_matrix(array, "LabelMatrix.from_dense: labels"))
         return cls(dense.shape[0], dense.shape[1], dense=dense)
 
     @classmethod
@@ -144,7 +132,6 @@ class LabelMatrix:
     def _row_ids(indptr: np.ndarray) -> np.ndarray:
         return np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
 
-    # ----------------------------------------------------------------- properties
     @property
     def num_samples(self) -> int:
         return self._num_samples
@@ -168,7 +155,6 @@ class LabelMatrix:
         layout = "sparse" if self.is_sparse else "dense"
         return f"LabelMatrix({self._num_samples} x {self._num_classes}, {layout})"
 
-    # ----------------------------------------------------------------- access
     def row(self, i: int) -> np.ndarray:
         """Labels of image ``i`` as a fresh int8 array of shape (C,)."""
         if not -self._num_samples <= i < self._num_samples:
@@ -231,21 +217,20 @@ class LabelMatrix:
         neg = _subset_csr(*self._neg, rows)
         return LabelMatrix.from_csr(pos[0], pos[1], neg[0], neg[1], self._num_classes, validate=False)
 
-    # ----------------------------------------------------------------- statistics
     def positive_counts(self) -> np.ndarray:
-        """Number of positive images per class, int64 (C,)."""
+        """Positive images per class, int64 (C,)."""
         return self._counts(POSITIVE)
 
     def negative_counts(self) -> np.ndarray:
-        """Number of negative images per class, int64 (C,)."""
+        """Negative images per class, int64 (C,)."""
         return self._counts(NEGATIVE)
 
     def annotated_counts(self) -> np.ndarray:
-        """Number of images whose label for the class is known (positive or negative), int64 (C,)."""
+        """Images whose label for the class is known, int64 (C,)."""
         return self.positive_counts() + self.negative_counts()
 
     def annotated_counts_per_row(self) -> np.ndarray:
-        """Number of known (positive or negative) labels per image, int64 (N,)."""
+        """Known labels per image, int64 (N,)."""
         if self._dense is not None:
             return (self._dense != UNKNOWN).sum(axis=1, dtype=np.int64)
         return np.diff(self._pos[0]) + np.diff(self._neg[0])
@@ -257,8 +242,8 @@ class LabelMatrix:
         return np.bincount(indices, minlength=self._num_classes).astype(np.int64)
 
     def fingerprint(self) -> str:
-        """sha256 (hex) of the shape and of the positives and negatives of every row: equal matrices, in
-        either layout, give equal fingerprints. Works from the sparse form (OpenImages scale)."""
+        """sha256 (hex) of the shape and the CSR arrays: equal matrices give equal fingerprints in either
+        layout when each row's ids are sorted (as `to_sparse` and the readers build them)."""
         (pos_indptr, pos_indices), (neg_indptr, neg_indices) = self.csr()
         digest = hashlib.sha256()
         for array in (self.shape, pos_indptr, pos_indices, neg_indptr, neg_indices):
@@ -267,7 +252,7 @@ class LabelMatrix:
         return digest.hexdigest()
 
     def equals(self, other: LabelMatrix) -> bool:
-        """Same shape and same values, whatever the layouts."""
+        """Same shape and values, whatever the layouts and the order of each row's ids."""
         if self.shape != other.shape:
             return False
         a_pos, a_neg = self.csr()
@@ -285,7 +270,7 @@ def _same_csr_content(a, b, num_classes: int) -> bool:
 
 
 def as_label_matrix(labels, num_samples: int, num_classes: int, source: str = "labels") -> LabelMatrix:
-    """Accept a LabelMatrix or an array and check its shape against the dataset (used by set_labels)."""
+    """A LabelMatrix (or an array, wrapped) whose shape is checked against the dataset's."""
     matrix = labels if isinstance(labels, LabelMatrix) else LabelMatrix.from_dense(labels)
     if matrix.shape != (num_samples, num_classes):
         raise DatasetError(f"{source}: label matrix has shape {matrix.shape} but the dataset has "

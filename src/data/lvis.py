@@ -1,22 +1,16 @@
 """LVIS v1 as a partially labelled multi-label dataset (1,203 classes, federated annotation).
 
-Format: ``lvis_v1_train.json`` / ``lvis_v1_val.json``, COCO-style JSON with
+Format: ``lvis_v1_train.json`` / ``lvis_v1_val.json``, COCO-style JSON whose ``categories`` have a
+``frequency`` ('r' rare: 1-10 training images, 'c' common: 11-100, 'f' frequent: >100) and whose
+``images`` have a ``coco_url``, ``neg_category_ids`` (verified absent) and ``not_exhaustive_category_ids``
+(present, not every instance boxed).
 
-* ``categories``: ``id``, ``name``, ``frequency`` ('r' rare: 1-10 training images, 'c' common: 11-100,
-  'f' frequent: >100);
-* ``images``: ``id``, ``coco_url`` (e.g. ``http://images.cocodataset.org/train2017/000000391895.jpg``),
-  ``neg_category_ids`` (verified absent), ``not_exhaustive_category_ids`` (present but not every
-  instance boxed);
-* ``annotations``: ``image_id``, ``category_id``.
-
-Labels of image i, class c: 1 if an annotation of c is on the image or c is in its
+Labels of image i, class c (sparse): 1 if an annotation of c is on the image or c is in its
 ``not_exhaustive_category_ids``; 0 if c is in its ``neg_category_ids``; -1 otherwise (LVIS does not
-say).  A class both annotated and listed negative (should not happen) counts as positive.  Columns
-follow ascending category id (derived from the file); ``frequency_groups[c]`` is the class's
-'r'/'c'/'f' so evaluation can report mAP per group.  Rows: images with at least one known label, in
-file order.  Image i is read from ``{root}/{folder}/{file}`` where folder/file are the last two
-components of ``coco_url`` (LVIS v1 uses COCO 2017 images; val images may come from train2017).
-Labels are stored sparse (CSR).
+say); annotated and listed negative (should not happen) counts as positive. Columns follow ascending
+category id; ``frequency_groups[c]`` lets evaluation report mAP per group. Rows: images with a known
+label, in file order, read from ``{root}/{folder}/{file}``, the last two components of ``coco_url`` (LVIS
+v1 uses COCO 2017 images; val images may come from train2017).
 """
 
 from __future__ import annotations
@@ -28,7 +22,7 @@ import numpy as np
 
 from src.data.base import MultiLabelImageDataset, require_dir, require_file
 from src.data.labels import DatasetError
-from src.data.openimages import build_label_csr
+from src.data.openimages import build_label_csr, keep_labelled_rows
 
 FREQUENCY_GROUPS = ("r", "c", "f")
 
@@ -99,9 +93,7 @@ class LVISDataset(MultiLabelImageDataset):
                                f"'images'/'categories'; the file is inconsistent") from None
         labels, self.load_stats = build_label_csr(np.asarray(rows, np.int64), np.asarray(cols, np.int64),
                                                   np.asarray(positive, bool), len(images), len(column_of))
-        keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
-        self.load_stats["images_without_labels"] = int(len(images) - len(keep))
-        self.labels = labels.subset(keep)
+        keep, self.labels = keep_labelled_rows(labels, self.load_stats)
         self.image_ids = [images[r]["id"] for r in keep]
         self.image_paths = [os.path.join(self.root, _relative_path(images[r], self.ann_file)) for r in keep]
 

@@ -1,45 +1,28 @@
 """OpenImages V6 image-level labels (sparse: ~9M images x 9,605 classes would be ~86 GB dense).
 
-Two input formats are read; both give a sparse `LabelMatrix` (1 positive, 0 negative, -1 unlisted).
+Both input formats give a sparse `LabelMatrix` (1 positive, 0 negative, -1 unlisted):
 
-1. Official Google release (``OpenImagesDataset.from_official``)
-   * labels: ``oidv6-train-annotations-human-imagelabels.csv``, ``validation-...``, ``test-...``, CSV
-     with header ``ImageID,Source,LabelName,Confidence``; one row per human-verified (image, class);
-     ``Confidence`` 1 = positive, 0 = negative.  Only ImageID, LabelName, Confidence are read.
-   * classes: ``oidv6-classes-trainable.txt`` (one MID such as ``/m/0dzct`` per line; 9,605 lines;
-     column order = line order), or ``oidv6-class-descriptions.csv`` (``LabelName,DisplayName``;
-     header optional; column order = row order).  Display names come from the descriptions file when
-     given, else the MID is the name.  The human-verified files cover ~20k classes while only 9,605
-     are trainable, so labels of classes outside the class list are skipped and counted
-     (``load_stats['unknown_mid_labels']``) by default; ``unknown_mids='error'`` makes them an error.
-   * images: ``{root}/{split}/{ImageID}.jpg`` (split folder ``train``, ``validation`` or ``test``).
-   * rows: every image with at least one label of a listed class, ordered by ImageID.
+1. Official Google release (``OpenImagesDataset.from_official``): labels in
+   ``oidv6-train-annotations-human-imagelabels.csv`` (``validation-...``, ``test-...``), header
+   ``ImageID,Source,LabelName,Confidence``, one row per human-verified (image, class), Confidence 1 =
+   positive, 0 = negative; classes in ``oidv6-classes-trainable.txt`` (one MID per line, 9,605 lines) or
+   ``oidv6-class-descriptions.csv`` (``LabelName,DisplayName``, header optional), column order = file
+   order, display names from the descriptions file when given (else the MID). The human-verified files
+   cover ~20k classes, so labels of MIDs outside the class list are skipped and counted by default
+   (``unknown_mids='error'`` refuses them). Images: ``{root}/{split}/{ImageID}.jpg``; rows: every image
+   with a label of a listed class, ordered by ImageID.
+2. The CSL/ASL authors' processed release (``OpenImagesDataset.from_processed``): ``data.csv`` with header
+   ``filepath,label,label_neg,split_name``, the label columns Python-literal lists of MIDs such as
+   ``"['/m/01g317', '/m/09j2d']"``, checked against a regex grammar and split, never ``eval``-ed (a
+   malformed row is an error naming its line); ``mid_to_classes.pth``, a ``torch.save``-d dict MID ->
+   display name whose key order is the column order (read with ``weights_only=True``). An unknown MID
+   is an error by default (``unknown_mids='skip'`` counts it). Rows: data.csv's rows of the split that
+   have a label of a listed class, in file order.
 
-2. Processed release of the CSL/ASL authors (``OpenImagesDataset.from_processed``)
-   * ``data.csv``: header ``filepath,label,label_neg,split_name``; ``filepath`` is relative to the
-     image root, ``label`` / ``label_neg`` are Python-literal lists of MIDs, e.g.
-     ``"['/m/01g317', '/m/09j2d']"`` (``[]`` when empty), ``split_name`` is e.g. ``train`` / ``val``.
-     Images were resized to short edge 256.  The lists are parsed by string splitting (MIDs contain
-     no commas or quotes), never with ``eval``; anything that is not a bracketed list of quoted
-     tokens is an error naming the row.
-   * ``mid_to_classes.pth``: a ``torch.save``-d dict MID -> display name (9,605 entries), read with
-     ``torch.load(weights_only=True)``.  Column order = the dict's key order (insertion order of the
-     saved dict); surrounding quotes in display names are stripped.  A MID in a label list that is
-     not a key is an error by default (the release is self-consistent); ``unknown_mids='skip'``
-     skips and counts it instead.
-   * rows: the rows of ``data.csv`` whose ``split_name`` matches and that have at least one label of
-     a listed class, in file order.
-
-Either way a (image, class) pair listed twice is kept once (``load_stats['duplicate_labels']``), a
-pair listed both positive and negative becomes positive (``load_stats['conflicting_labels']``), and
-an image left without a usable label is dropped (``load_stats['images_without_labels']``);
-``dataset.describe_load_stats()`` is these counts as one line for the caller to print.  Evaluation on
-OpenImages is partial: AP per class uses only the images annotated for that class.
-
-Memory: the CSVs are read with pandas using only the needed columns, MIDs and ImageIDs as
-categorical codes (data.csv in chunks), and the CSR arrays are built with numpy sorts, so peak memory
-grows with the number of annotations and images, never with images x classes (bench/bench_data.py
-measures it).
+Either way a pair listed twice is kept once, a pair listed positive and negative becomes positive, and an
+image left without a usable label is dropped; ``load_stats`` counts each. Memory grows with the number
+of annotations, never with images x classes: pandas reads only the needed columns, MIDs and ImageIDs as
+categorical codes (data.csv in chunks), and the CSR arrays are built with numpy sorts (bench/bench_data.py).
 """
 
 from __future__ import annotations
@@ -65,7 +48,6 @@ UNKNOWN_MID_POLICIES = ("error", "skip")
 _CHUNK_ROWS = 50_000  # data.csv rows parsed at once: bounds the Python-string working set
 
 
-# ------------------------------------------------------------------------------ class lists
 def _strip_quotes(name: str) -> str:
     name = str(name).strip()
     if len(name) >= 2 and name[0] == name[-1] and name[0] in "'\"":
@@ -110,14 +92,12 @@ def read_mid_to_classes(path: str, trust_pickle: bool = False) -> tuple[list[str
     return [str(k).strip() for k in mapping], [_strip_quotes(v) for v in mapping.values()]
 
 
-# ------------------------------------------------------------------------------ CSR construction
 def build_label_csr(rows: np.ndarray, cols: np.ndarray, positive: np.ndarray, num_rows: int,
                     num_classes: int) -> tuple[LabelMatrix, dict]:
     """Sparse LabelMatrix from COO triplets; duplicates kept once, positive wins over negative."""
     key = rows.astype(np.int64) * num_classes + cols.astype(np.int64)
     order = np.lexsort((~positive, key))  # by key, positives first within a key
     key, positive = key[order], positive[order]
-    del order
     if len(key):
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         ends = np.r_[starts[1:], len(key)] - 1
@@ -132,8 +112,14 @@ def build_label_csr(rows: np.ndarray, cols: np.ndarray, positive: np.ndarray, nu
         indptr = np.zeros(num_rows + 1, dtype=np.int64)
         np.cumsum(np.bincount(chosen // num_classes, minlength=num_rows), out=indptr[1:])
         csr.append((indptr, (chosen % num_classes).astype(np.int32)))
-    labels = LabelMatrix.from_csr(*csr[0], *csr[1], num_classes, validate=False)
-    return labels, stats
+    return LabelMatrix.from_csr(*csr[0], *csr[1], num_classes, validate=False), stats
+
+
+def keep_labelled_rows(labels: LabelMatrix, stats: dict) -> tuple[np.ndarray, LabelMatrix]:
+    """The rows with at least one known label and their labels; ``stats`` counts the other rows."""
+    keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
+    stats["images_without_labels"] = int(labels.num_samples - len(keep))
+    return keep, labels.subset(keep)
 
 
 class SkippedLabelsWarning(UserWarning):
@@ -160,7 +146,6 @@ def _to_bytes(values) -> np.ndarray:
     return np.array([str(v).encode("utf-8") for v in values], dtype=bytes)
 
 
-# ------------------------------------------------------------------------------ readers
 def read_official_labels(csv_path: str, class_mids: list[str], unknown_mids: str = "skip"):
     """(ImageIDs as bytes array, sparse LabelMatrix, stats) from a human-verified image-labels CSV."""
     require_file(csv_path, "OpenImages image-level labels CSV", "Pass e.g. "
@@ -189,11 +174,10 @@ def read_official_labels(csv_path: str, class_mids: list[str], unknown_mids: str
     known = ~unknown
     labels, stats = build_label_csr(image_codes[known], cols[known], confidence[known] == 1.0,
                                     len(image_categories), len(class_mids))
-    keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
     stats["unknown_mid_labels"] = n_unknown
-    stats["images_without_labels"] = int(len(image_categories) - len(keep))
+    keep, labels = keep_labelled_rows(labels, stats)
     _warn_skipped(csv_path, n_unknown)
-    return _to_bytes(image_categories[keep]), labels.subset(keep), stats
+    return _to_bytes(image_categories[keep]), labels, stats
 
 
 _QUOTED_MID = "'[^'\"]*'|\"[^'\"]*\""  # a MID in single or double quotes
@@ -202,12 +186,8 @@ _MID_TOKEN = re.compile(r"""['"]([^'"]*)['"]""")
 
 
 def _parse_mid_lists(values: pd.Series, source: str, column: str):
-    """Row positions and MIDs of a Series of Python-literal lists like "['/m/01', '/m/02']".
-
-    Each row is checked against the list grammar with one compiled regex (no eval, no per-token Python
-    objects beyond the MIDs themselves).  The Series keeps read_csv's running row index, so
-    ``index + 2`` is the line number in the file.
-    """
+    """Row positions and MIDs of a Series of Python-literal lists like "['/m/01', '/m/02']", each row
+    checked against the list grammar (the Series keeps read_csv's row index: ``index + 2`` is the line)."""
     texts = [t.strip() or "[]" for t in values.fillna("").astype(str).tolist()]  # empty field = []
     tokens = []
     for position, text in enumerate(texts):
@@ -232,11 +212,7 @@ def _pick_split(csv_path: str, split_names: tuple[str, ...]) -> str:
 
 def read_processed_labels(csv_path: str, class_mids: list[str], split: str | tuple[str, ...],
                           unknown_mids: str = "error"):
-    """(file paths as bytes array, sparse LabelMatrix, stats) for one split of the authors' data.csv.
-
-    Rows without any usable label (both lists empty, or only MIDs skipped as unknown) are dropped and
-    counted in ``stats['images_without_labels']``, as the official format drops such images.
-    """
+    """(file paths as bytes array, sparse LabelMatrix, stats) for one split of the authors' data.csv."""
     require_file(csv_path, "OpenImages data.csv", "It ships with the authors' processed release (pass its "
                  "folder as --metadata)")
     split_names = (split,) if isinstance(split, str) else tuple(split)
@@ -269,14 +245,12 @@ def read_processed_labels(csv_path: str, class_mids: list[str], split: str | tup
                            f"row") from None
     labels, stats = build_label_csr(np.concatenate(rows), np.concatenate(cols), np.concatenate(positive),
                                     n_rows, len(class_mids))
-    keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
     stats["unknown_mid_labels"] = n_unknown
-    stats["images_without_labels"] = int(n_rows - len(keep))
+    keep, labels = keep_labelled_rows(labels, stats)
     _warn_skipped(csv_path, n_unknown)
-    return np.concatenate(paths)[keep], labels.subset(keep), stats
+    return np.concatenate(paths)[keep], labels, stats
 
 
-# ------------------------------------------------------------------------------ dataset
 class OpenImagesDataset(MultiLabelImageDataset):
     """OpenImages V6 with sparse labels; build it with `from_official` or `from_processed`."""
 

@@ -21,23 +21,13 @@ Modes (``param`` meaning in brackets):
 
 Partial label files (``save_partial_labels`` / ``load_partial_labels``) are ``.npz`` archives with
 ``labels`` (int8, N x C), ``class_names`` (str, C), ``image_ids`` (int64 or str, N) and ``meta`` (a
-JSON string: mode, param, seed, source ...). They let several runs share the exact same partial
-labels; loading checks that classes and images match the dataset they are applied to.
-
+JSON string: mode, param, seed, source ...), so that several runs share the exact same partial labels.
 Class names and image ids alone do not tell datasets apart (every embedded set has ids 1..N and the
-same 48 names), so the file also records where its labels came from, and loading checks it:
-
-* ``save_partial_labels(..., full_labels=...)`` stores ``meta['full_labels_sha256']``, the
-  `label_fingerprint` (sha256 of the shape, the class names and the int8 matrix) of the full labels
-  the simulation started from;
-* ``load_partial_labels(..., full_labels=...)`` (the dataset's own labels, as read from its
-  annotation files) requires every annotated entry of the file to have the same value in the dataset
-  wherever the dataset annotates it (a simulation only turns labels into -1, so a positive of the file
-  is a positive of the dataset, a negative a negative), and, when the dataset's labels are complete
-  (no -1: COCO / embedded, whose annotation files are exhaustive) and the file has a fingerprint, the
-  fingerprints to match.  A mismatch is a ValueError naming the file, the first differing entries and
-  the annotation file the labels were made from.  Files written before the fingerprint existed still
-  load, with the entry check only.
+same 48 names), so loading with the dataset's ``full_labels`` also checks where the labels came from:
+every annotated entry of the file must have the dataset's value wherever the dataset annotates it (a
+simulation only turns labels into -1), and, when the dataset's labels are complete (no -1: COCO,
+embedded) and the file stores ``meta['full_labels_sha256']`` (`label_fingerprint` of the full labels the
+simulation started from), the fingerprints must match. Older files without it get the entry check only.
 """
 
 from __future__ import annotations
@@ -52,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.data.labels import LabelMatrix
+from src.data.labels import LabelMatrix, validate_label_matrix
 
 MODE_ALIASES = {
     "fpc": "fix_per_class",
@@ -69,26 +59,13 @@ _ROW_BLOCK = 8192
 
 
 def canonical_mode(mode: str) -> str:
-    """Map a mode name or its alias ('fpc', 'rps') to its canonical long name."""
+    """The long name of a mode or its alias ('fpc', 'rps')."""
     if not isinstance(mode, str) or mode not in MODE_ALIASES:
         raise ValueError(
             f"simulate_partial_type={mode!r} is not a partial-label simulation mode; "
             f"use one of {', '.join(SIMULATION_MODES)}"
         )
     return MODE_ALIASES[mode]
-
-
-def validate_label_matrix(labels, name: str = "labels") -> np.ndarray:
-    """Return ``labels`` as a 2-D int8 array after checking that every value is in {-1, 0, 1}."""
-    array = np.asarray(labels)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (images x classes) matrix, got shape {array.shape}")
-    if array.size and not np.isin(array, (-1, 0, 1)).all():
-        bad = np.unique(array[~np.isin(array, (-1, 0, 1))])[:5]
-        raise ValueError(
-            f"{name} may only contain 1 (positive), 0 (negative) and -1 (un-annotated); found {bad.tolist()}"
-        )
-    return array.astype(np.int8, copy=False)
 
 
 def _validate_param(mode: str, param) -> float:
@@ -114,7 +91,7 @@ def _validate_param(mode: str, param) -> float:
 
 
 def known_count(ratio: float, counts: np.ndarray) -> np.ndarray:
-    """How many of ``counts`` labels ``known_ratio`` keeps: round half up, at least 1 if r > 0 and n > 0."""
+    """How many of ``counts`` labels ``known_ratio`` keeps (k(r, n) of the module doc)."""
     counts = np.asarray(counts, dtype=np.int64)
     kept = np.floor(ratio * counts + 0.5).astype(np.int64)
     if ratio > 0:
@@ -122,12 +99,9 @@ def known_count(ratio: float, counts: np.ndarray) -> np.ndarray:
     return np.minimum(kept, counts)
 
 
-def _keep_random_k_per_row(candidates: np.ndarray, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Boolean mask keeping ``k[i]`` entries of row i of ``candidates``, a uniform subset without replacement.
-
-    Random keys on the candidates sort before the (key 2.0) non-candidates; the first k of that
-    uniformly random order are a uniform k-subset.
-    """
+def keep_random_k(candidates: np.ndarray, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask keeping a uniform ``k[i]``-subset of the True entries of each row of ``candidates``:
+    random keys on the candidates sort before the (key 2.0) others, and the first k of that order are kept."""
     keys = rng.random(candidates.shape)
     keys[~candidates] = 2.0
     order = np.argsort(keys, axis=1, kind="stable")
@@ -166,16 +140,13 @@ def _per_image(labels: np.ndarray, mode: str, ratio: float, rng: np.random.Gener
                 keep_count = np.minimum(n_candidates, 1) if value == 1 else np.zeros_like(n_candidates)
             else:
                 keep_count = known_count(ratio, n_candidates)
-            keep = _keep_random_k_per_row(candidates, keep_count, rng)
+            keep = keep_random_k(candidates, keep_count, rng)
             out[start : start + _ROW_BLOCK][keep] = value
     return out
 
 
 def simulate_partial_labels(labels, mode: str, param: float | None = None, seed: int = 0) -> np.ndarray:
-    """Return a new int8 label matrix with partial annotation simulated by ``mode`` (see module doc).
-
-    ``labels`` (N x C, values in {-1, 0, 1}) is not modified. Deterministic for a given ``seed``.
-    """
+    """A new int8 (N x C) matrix: ``labels`` with partial annotation simulated by ``mode`` (module doc)."""
     mode = canonical_mode(mode)
     full = validate_label_matrix(labels)
     value = _validate_param(mode, param)
@@ -198,12 +169,10 @@ class ClassStatistics:
     kept_positive: np.ndarray
     kept_negative: np.ndarray
     unannotated: np.ndarray
-    num_images: int
     summary: dict = field(default_factory=dict)
 
 
 def class_statistics(original, simulated) -> ClassStatistics:
-    """Count positives / negatives / un-annotated per class before and after a simulation."""
     original = validate_label_matrix(original, "original labels")
     simulated = validate_label_matrix(simulated, "simulated labels")
     if original.shape != simulated.shape:
@@ -214,7 +183,6 @@ def class_statistics(original, simulated) -> ClassStatistics:
         kept_positive=(simulated == 1).sum(0),
         kept_negative=(simulated == 0).sum(0),
         unannotated=(simulated == -1).sum(0),
-        num_images=original.shape[0],
     )
     total = max(original.size, 1)
     stats.summary = {
@@ -238,8 +206,7 @@ def format_class_statistics(
     """A fixed-width table of per-class counts followed by the summary line(s)."""
     header = f"{'class':<24}{'pos':>8}{'kept pos':>10}{'neg':>8}{'kept neg':>10}{'un-ann':>9}"
     lines = [header, "-" * len(header)]
-    rows = range(len(class_names)) if max_rows is None else range(min(max_rows, len(class_names)))
-    for c in rows:
+    for c in range(len(class_names) if max_rows is None else min(max_rows, len(class_names))):
         lines.append(
             f"{str(class_names[c])[:23]:<24}{stats.original_positive[c]:>8}{stats.kept_positive[c]:>10}"
             f"{stats.original_negative[c]:>8}{stats.kept_negative[c]:>10}{stats.unannotated[c]:>9}"
@@ -259,12 +226,10 @@ def format_class_statistics(
 
 
 def simulate_dataset(dataset, mode: str, param: float, seed: int = 0) -> dict:
-    """Replace ``dataset``'s labels (through ``dataset.set_labels``) by a simulated partial draw and
-    return the summary of `class_statistics` (the caller reports it; this module prints nothing)."""
+    """Replace ``dataset``'s labels by a simulated partial draw; returns `class_statistics`' summary."""
     if param is None:
         raise ValueError(f"--simulate_partial_type {mode} needs --simulate_partial_param (e.g. 1000 for fpc)")
-    labels = dataset.labels
-    original = labels.to_dense() if hasattr(labels, "to_dense") else np.asarray(labels)
+    original = _dense(dataset.labels)
     simulated = simulate_partial_labels(original, mode, param, seed)
     dataset.set_labels(simulated)
     return class_statistics(original, simulated).summary
@@ -278,17 +243,13 @@ def describe_simulation(mode: str, param: float, seed: int, summary: dict) -> st
             f"positives {summary['positives_original']} -> {summary['positives_kept']}")
 
 
-# ----------------------------------------------------------------------------------------------
-# Partial label files
-# ----------------------------------------------------------------------------------------------
+# Partial label files ---------------------------------------------------------------------------
 
 _FILE_FIELDS = ("labels", "class_names", "image_ids", "meta")
 
 
 @dataclass
 class PartialLabelFile:
-    """Contents of a partial label ``.npz`` file."""
-
     labels: np.ndarray
     class_names: list[str]
     image_ids: list
@@ -303,10 +264,12 @@ def _ids_array(image_ids: Sequence) -> np.ndarray:
 
 
 FINGERPRINT_KEY = "full_labels_sha256"
+_REGENERATE = ("regenerate it with `python -m coco_simulation --data ... --out FILE.npz` on this dataset, "
+               "or drop --partial_labels")
 
 
 def _dense(labels) -> np.ndarray:
-    """A dense int8 matrix from an array or a `LabelMatrix` (anything with ``to_dense``)."""
+    """A dense int8 matrix from an array or a `LabelMatrix`."""
     return validate_label_matrix(labels.to_dense() if hasattr(labels, "to_dense") else labels, "full labels")
 
 
@@ -324,11 +287,8 @@ def save_partial_labels(
     path, labels, class_names: Sequence[str], image_ids: Sequence, meta: dict | None = None,
     full_labels=None,
 ):
-    """Write a partial label matrix with its class names, image ids and metadata to ``path`` (.npz).
-
-    ``full_labels`` (the matrix the partial labels were simulated from) adds its `label_fingerprint`
-    to the metadata, so that loading can tell this dataset from another with the same ids and names.
-    """
+    """Write a partial label file (module doc); ``full_labels``, the matrix the partial labels were
+    simulated from, adds its `label_fingerprint` to the metadata."""
     labels = validate_label_matrix(labels)
     class_names = [str(name) for name in class_names]
     image_ids = list(image_ids)
@@ -347,9 +307,7 @@ def save_partial_labels(
     path = os.fspath(path)
     if not path.endswith(".npz"):
         raise ValueError(f"partial label file {path!r} must end with .npz")
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     np.savez_compressed(
         path,
         labels=labels,
@@ -371,21 +329,18 @@ def _first_differences(expected: Sequence, found: Sequence, limit: int = 3) -> s
 def _check_matches(path: str, what: str, stored: list, expected: Sequence | None) -> None:
     if expected is None:
         return
-    expected = [str(x) for x in expected]
-    stored_str = [str(x) for x in stored]
-    if stored_str == expected:
+    expected, stored = [str(x) for x in expected], [str(x) for x in stored]
+    if stored == expected:
         return
-    if len(stored_str) != len(expected):
-        detail = f"the file has {len(stored_str)} {what}, the dataset has {len(expected)}"
-    elif sorted(stored_str) == sorted(expected):
-        detail = f"same {what} in a different order ({_first_differences(expected, stored_str)})"
+    if len(stored) != len(expected):
+        detail = f"the file has {len(stored)} {what}, the dataset has {len(expected)}"
+    elif sorted(stored) == sorted(expected):
+        detail = f"same {what} in a different order ({_first_differences(expected, stored)})"
     else:
-        detail = _first_differences(expected, stored_str)
+        detail = _first_differences(expected, stored)
     raise ValueError(
         f"partial label file {path}: {what} do not match the dataset ({detail}). The file was made for "
-        "another dataset or annotation file; regenerate it with "
-        "`python -m coco_simulation --data ... --out FILE.npz` "
-        "on this dataset, or drop --partial_labels"
+        f"another dataset or annotation file; {_REGENERATE}"
     )
 
 
@@ -417,17 +372,15 @@ def read_partial_label_file(path) -> PartialLabelFile:
     if missing:
         raise ValueError(
             f"partial label file {path} lacks field(s) {missing} (has {sorted(contents)}); it was not "
-            "written by "
-            "coco_simulation.save_partial_labels - regenerate it with `python -m coco_simulation`"
+            "written by coco_simulation.save_partial_labels - regenerate it with `python -m coco_simulation`"
         )
     labels = validate_label_matrix(contents["labels"], f"labels in {path}")
     class_names = contents["class_names"].tolist()
     image_ids = contents["image_ids"].tolist()
     if labels.shape != (len(image_ids), len(class_names)):
         raise ValueError(
-            f"partial label file {path}: labels shape {labels.shape} does not match "
-            f"{len(image_ids)} image ids x "
-            f"{len(class_names)} class names; the file is corrupt - regenerate it"
+            f"partial label file {path}: labels shape {labels.shape} does not match {len(image_ids)} image "
+            f"ids x {len(class_names)} class names; the file is corrupt - regenerate it"
         )
     return PartialLabelFile(labels, class_names, image_ids, json.loads(str(contents["meta"])))
 
@@ -454,8 +407,7 @@ def _check_source(path: str, contents: PartialLabelFile, full_labels) -> None:
             f"partial label file {path} does not fit this dataset: {len(rows)} of its "
             f"{int((partial != -1).sum())} labels contradict the dataset's annotations ({examples})"
             f"{_made_from(contents.meta)}. It was made for another dataset with the same image ids and "
-            "class names; regenerate it with `python -m coco_simulation --data ... --out FILE.npz` on this "
-            "dataset, or drop --partial_labels"
+            f"class names; {_REGENERATE}"
         )
     stored = contents.meta.get(FINGERPRINT_KEY)
     if stored is not None and not (full == -1).any():
@@ -464,21 +416,16 @@ def _check_source(path: str, contents: PartialLabelFile, full_labels) -> None:
             raise ValueError(
                 f"partial label file {path} was simulated from other full labels than this dataset's "
                 f"(fingerprint {str(stored)[:12]}... in the file, {found[:12]}... here)"
-                f"{_made_from(contents.meta)}: the labels it kept agree, but labels it dropped do not. "
-                "Regenerate it with `python -m coco_simulation --data ... --out FILE.npz` on this dataset, "
-                "or drop --partial_labels"
+                f"{_made_from(contents.meta)}: the labels it kept agree, but labels it dropped do not; "
+                f"{_REGENERATE}"
             )
 
 
 def load_partial_labels(path, class_names: Sequence[str] | None = None, image_ids: Sequence | None = None,
                         full_labels=None):
-    """Load the int8 label matrix of a partial label file, checking its classes, images and source.
-
-    When ``class_names`` / ``image_ids`` are given they must equal the stored ones exactly (same
-    order; ids are compared as strings), otherwise a ValueError names the file and the differences.
-    ``full_labels`` (the dataset's labels before partial labels replace them; an array or a
-    `LabelMatrix`) is compared with the file as the module docstring says.
-    """
+    """The int8 label matrix of a partial label file. ``class_names`` / ``image_ids``, when given, must
+    equal the stored ones in order (ids compared as strings); ``full_labels`` (the dataset's labels, an
+    array or a `LabelMatrix`) are checked as the module doc says. A mismatch is a ValueError."""
     contents = read_partial_label_file(path)
     _check_matches(os.fspath(path), "class names", contents.class_names, class_names)
     _check_matches(os.fspath(path), "image ids", contents.image_ids, image_ids)

@@ -4,23 +4,19 @@ Train: ``Resize((s, s))`` -> ``CutoutPIL(0.5)`` -> ``RandAugment()`` -> ``ToTens
 Val:   ``Resize((s, s))`` -> ``ToTensor``.
 No mean/std normalisation: TResNet expects inputs in [0, 1].
 
-CutoutPIL: a rectangle of ``round(0.5 * width) x round(0.5 * height)`` pixels (before clipping),
-centred on a uniformly random pixel and clipped to the image, is painted with one uniformly random RGB
-colour.  The rectangle is drawn with ``ImageDraw.rectangle`` whose corners are inclusive, so it spans
-``x_c - w//2 .. min(x_c + w//2, width-1)`` (likewise for y).  The paper's code swapped the roles of
-width and height; after the square Resize both are equal, so the output distribution is the same.
+CutoutPIL: a rectangle of ``round(0.5 * width) x round(0.5 * height)`` pixels centred on a uniformly
+random pixel, clipped to the image (``ImageDraw.rectangle``'s corners are inclusive), is painted one
+uniformly random RGB colour. The paper's code swapped width and height; after the square Resize both are
+equal, so the output distribution is the same.
 
-RandAugment: the paper used ``randaugment.RandAugment`` (PyPI package ``randaugment`` 1.0.2), which
-no longer runs on NumPy >= 1.24 (it calls ``np.int``).  `RandAugment` below reproduces it operation
-for operation and draw for draw: one of the 135 x 135 ordered pairs of (operation, magnitude 1..9)
-is chosen with ``random.randint``, each operation of the pair is applied with probability 0.5, with
-the package's magnitude tables, signs (``random.choice([-1, 1])``), fill colours and its Cutout's
-``np.random`` draws.  tests/test_transforms.py checks that both give identical images for the same
-seeds.  It is faster because it does not rebuild the policy tables per image and paints the Cutout
-square in one call instead of a per-pixel Python loop over a float64 mask.
+RandAugment: the paper used ``randaugment.RandAugment`` (PyPI ``randaugment`` 1.0.2), which no longer
+runs on NumPy >= 1.24 (``np.int``). `RandAugment` below reproduces it draw for draw: one of the 135 x 135
+ordered pairs of (operation, magnitude 1..9) by ``random.randint``, each applied with probability 0.5,
+with the package's magnitude tables, signs, fill colours and its Cutout's ``np.random`` draws
+(tests/test_transforms.py compares both). It is faster: no policy tables rebuilt per image, and the
+Cutout square painted in one call instead of a per-pixel loop.
 
-`ImagePipeline` is a ``Compose`` that records ``draft_size``: the datasets decode JPEGs in draft
-mode towards it (see `src.data.image_io`).
+`ImagePipeline` records ``draft_size``, towards which the datasets decode JPEGs (`src.data.image_io`).
 """
 
 from __future__ import annotations
@@ -59,7 +55,6 @@ class CutoutPIL:
         return f"CutoutPIL(cutout_factor={self.cutout_factor})"
 
 
-# ------------------------------------------------------------------------------ RandAugment
 _OPERATIONS = ("Invert", "Cutout", "Sharpness", "AutoContrast", "Posterize", "ShearX", "TranslateX",
                "TranslateY", "ShearY", "Rotate", "Equalize", "Contrast", "Color", "Solarize", "Brightness")
 _MAGNITUDES = range(1, 10)
@@ -142,7 +137,6 @@ class RandAugment:
         return "RandAugment(pairs of 15 operations x 9 magnitudes, p=0.5 each)"
 
 
-# ------------------------------------------------------------------------------ tensors and pipelines
 class ToTensor01:
     """PIL RGB -> float32 CxHxW in [0, 1]; equal to torchvision's ToTensor with one copy fewer."""
 
@@ -171,14 +165,12 @@ def _check_size(image_size: int) -> int:
 
 
 def build_train_transform(image_size: int, draft: bool = True) -> ImagePipeline:
-    """Resize((s, s)) -> CutoutPIL(0.5) -> RandAugment() -> ToTensor, as in the paper's training."""
     size = _check_size(image_size)
     steps = [transforms.Resize((size, size)), CutoutPIL(cutout_factor=0.5), RandAugment(), ToTensor01()]
     return ImagePipeline(steps, draft_size=(size, size) if draft else None)
 
 
 def build_val_transform(image_size: int, draft: bool = True) -> ImagePipeline:
-    """Resize((s, s)) -> ToTensor, as in the paper's validation."""
     size = _check_size(image_size)
     return ImagePipeline([transforms.Resize((size, size)), ToTensor01()],
                          draft_size=(size, size) if draft else None)

@@ -1,18 +1,15 @@
 """BoostLU (Kim et al., CVPR 2023): boost the positive class activations before global pooling.
 
 "Bridging the Gap between Model Explanations in Partially Annotated Multi-label Classification";
-official code github.com/snucml/BridgeGapExplanationPAMC (read from the public copy
-youngwk/BridgeGapExplanationPAMC, ``models.py``). Their model computes the class activation map (CAM)
-with a 1x1 convolution of the backbone's feature map, multiplies its positive values by ``alpha``
-(``torch.where(CAM > 0, CAM * alpha, CAM)``; ``--alpha`` 5 in their ``config.py``), and averages it over
-the positions: the logits. The same forward runs at training and at test time.
+official code github.com/snucml/BridgeGapExplanationPAMC (``models.py``). The logits are the mean over
+positions of the class activation map (a 1x1 convolution of the feature map) with its positive values
+multiplied by ``alpha`` (their ``--alpha`` 5), at training and at test time.
 
-Here the operation is installed into any timm model whose head is global average pooling followed by
-one ``nn.Linear`` (TResNets, ResNets, ...): the pooling becomes a pass-through and the Linear becomes
-:class:`BoostLUClassifier`, which keeps the Linear's ``weight`` and ``bias`` under the same state-dict
-keys. A plain checkpoint therefore loads into a BoostLU model and back, and with ``alpha`` = 1 the
-logits equal the plain model's (the mean of a 1x1 convolution is the Linear of the mean). The paper's
-OpenImages bottleneck head and models with head dropout are refused.
+It is installed into any timm model whose head is global average pooling then one ``nn.Linear``: the
+pooling becomes a pass-through and the Linear a :class:`BoostLUClassifier` with the same ``weight`` and
+``bias`` keys, so a plain checkpoint loads into a BoostLU model and back, and ``alpha`` = 1 gives the
+plain model's logits (the mean of a 1x1 convolution is the Linear of the mean). The OpenImages bottleneck
+head and head dropout are refused.
 """
 
 from __future__ import annotations
@@ -24,8 +21,6 @@ import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
-BOOSTLU_REFERENCE = ("Kim et al., CVPR 2023 (BoostLU), github.com/snucml/BridgeGapExplanationPAMC; "
-                     "their --alpha 5")
 AVERAGE_POOL_TYPES = ("avg", "fast", "fastavg")
 
 
@@ -58,16 +53,23 @@ def check_boostlu_alpha(alpha) -> float:
     return float(alpha)
 
 
+def classifier_slot(model: nn.Module, option: str) -> tuple[nn.Module, str, str]:
+    """(parent module, attribute name, dotted name) of the one classifier of a timm ``model``; a model
+    with several is refused, naming ``option``, the setting that needs a single head."""
+    classifier_name = model.pretrained_cfg.get("classifier", "head.fc")
+    if not isinstance(classifier_name, str):
+        name = getattr(model, "model_name", type(model).__name__)
+        raise ValueError(f"{option}: {name} has several classifiers ({classifier_name}); it needs a model "
+                         "with one")
+    parent_name, _, attr = classifier_name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attr, classifier_name
+
+
 def install_boostlu(model: nn.Module, alpha: float) -> nn.Module:
     """Turn ``model``'s average-pool + Linear head into BoostLU's (in place; returns the model)."""
     alpha = check_boostlu_alpha(alpha)
     name = getattr(model, "model_name", type(model).__name__)
-    classifier_name = model.pretrained_cfg.get("classifier", "head.fc")
-    if not isinstance(classifier_name, str):
-        raise ValueError(f"--boostlu_alpha: {name} has several classifiers ({classifier_name}); BoostLU "
-                         "needs one Linear after global average pooling")
-    parent_name, _, attr = classifier_name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
+    parent, attr, classifier_name = classifier_slot(model, "--boostlu_alpha")
     linear = getattr(parent, attr)
     if not isinstance(linear, nn.Linear):
         raise ValueError(f"--boostlu_alpha: the classifier {classifier_name} of {name} is a "

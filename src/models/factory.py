@@ -1,33 +1,26 @@
 """Model factory: timm TResNets (and any other timm model) with the paper's heads and options.
 
 Heads. COCO models end in a plain ``Linear(num_features -> num_classes)`` at ``head.fc``. The paper's
-OpenImages models use a bottleneck head at the same place: ``Linear(num_features -> 512)`` then
-``Linear(512 -> num_classes)`` with no activation in between (as in the paper's TResNet code), stored as
-``head.fc.embedding_generator.0.*`` and ``head.fc.FC.*``. timm's ``reset_classifier`` would replace a
-bottleneck head by a plain one; create a new model instead.
+OpenImages models have a bottleneck head there: ``Linear(num_features -> 512)`` then ``Linear(512 ->
+num_classes)``, no activation in between, stored as ``head.fc.embedding_generator.0.*`` and
+``head.fc.FC.*`` (timm's ``reset_classifier`` would make it plain again; create a new model instead).
 
-Gradient checkpointing. timm's TResNet checkpoints every block and recomputes it in the backward pass
-in training mode, so each BatchNorm updates its running statistics twice per step: with momentum m the
-update becomes ``r <- (1-m)^2 r + (1-(1-m)^2) batch`` instead of ``(1-m) r + m batch``. For TResNets we
-therefore do the checkpointing ourselves (:class:`CheckpointedSequential`): the recomputation runs
-inside a context that restores the BatchNorm buffers afterwards, so running statistics (and
-``num_batches_tracked``) match a run without checkpointing, while outputs and gradients are unchanged
-(the recomputation still normalises with the batch statistics). Under torch.compile the checkpointed
-stages run eagerly. For other timm models timm's own checkpointing is used and the double update
-remains (documented, not corrected).
-
-``channels_last`` converts the parameters only; feed channels_last inputs for the speed-up.
-``torch.compile`` is applied by :func:`maybe_compile` only when asked for and on CUDA.
+Gradient checkpointing. timm's TResNet recomputes every block in the backward pass in training mode, so
+each BatchNorm updates its running statistics twice per step (momentum m: ``r <- (1-m)^2 r + (1-(1-m)^2)
+batch``). For TResNets we checkpoint ourselves (:class:`CheckpointedSequential`): the recomputation
+restores the BatchNorm buffers afterwards, so the statistics match a run without checkpointing while
+outputs and gradients are unchanged. Other timm models use timm's checkpointing, double update included.
+``channels_last`` converts the parameters only: feed channels_last inputs for the speed-up.
 
 Settings. :func:`create_model` takes typed keywords and parses nothing; :func:`build_model_from_args` is
-the one reader of a namespace (train.py's arguments, or the paper's for ``create_model(args)``): it
-parses command-line strings and applies the defaults, e.g. the OpenImages bottleneck head rule
-(:func:`resolve_bottleneck_head`). Nothing here prints.
+the one reader of a namespace (train.py's arguments, or the paper's ``create_model(args)``): it parses
+command-line strings and applies the defaults. Nothing here prints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import numbers
 import warnings
 from collections import OrderedDict
@@ -41,8 +34,9 @@ from timm.models.tresnet import TResNet
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from src.models.boostlu import install_boostlu
+from src.models.boostlu import classifier_slot, install_boostlu
 from src.models.checkpoint_convert import TRESNET_ARCHS
+from src.utils.distributed import unwrap_model
 
 TRESNET_NAMES = tuple(TRESNET_ARCHS)
 DEFAULT_BOTTLENECK_FEATURES = 512
@@ -81,12 +75,8 @@ def _restore_norm_buffers(module: nn.Module) -> Iterator[None]:
 
 
 class CheckpointedSequential(nn.Sequential):
-    """nn.Sequential that checkpoints each child; same children and state-dict keys as the original.
-
-    The recomputation in the backward pass restores the children's BatchNorm buffers, so each
-    training step updates the running statistics exactly once. Under ``torch.compile`` these stages
-    stay eager (graph break), so compile speeds up only the rest of the model.
-    """
+    """nn.Sequential that checkpoints each child (same state-dict keys); the recomputation restores the
+    children's BatchNorm buffers, so each training step updates the running statistics once."""
 
     # Run eagerly under torch.compile: dynamo cannot trace a custom context_fn, and (torch 2.14) a compiled
     # checkpoint around BatchNorm fails in backward (in-place num_batches_tracked) - timm's checkpointing too.
@@ -115,22 +105,8 @@ def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> None:
             setattr(model.body, name, stage_cls(OrderedDict(stage.named_children())))
 
 
-def _build_timm_model(model_name: str, num_classes: int, drop_path_rate: float) -> nn.Module:
-    if not timm.is_model(model_name):
-        raise ValueError(f'model_name {model_name!r} is not a timm model; use one of {TRESNET_NAMES} '
-                         'or any name listed by timm.list_models()')
-    # pretrained=False always: weights come only from local files (load_model / load_pretrained_backbone).
-    return timm.create_model(model_name, pretrained=False, num_classes=num_classes,
-                             drop_path_rate=float(drop_path_rate))
-
-
 def _install_bottleneck_head(model: nn.Module, num_classes: int, bottleneck_features: int) -> None:
-    classifier_name = model.pretrained_cfg.get('classifier', 'head.fc')
-    if not isinstance(classifier_name, str):
-        raise ValueError(f'do_bottleneck_head is not supported for {model.pretrained_cfg.get("architecture")}'
-                         f' (several classifiers: {classifier_name}); use do_bottleneck_head=False')
-    parent_name, _, attr = classifier_name.rpartition('.')
-    parent = model.get_submodule(parent_name) if parent_name else model
+    parent, attr, _ = classifier_slot(model, 'do_bottleneck_head')
     old = getattr(parent, attr)
     in_features = old.in_features if isinstance(old, nn.Linear) else model.num_features
     setattr(parent, attr, BottleneckHead(in_features, num_classes, bottleneck_features))
@@ -154,37 +130,23 @@ def _require_rate(value, name: str) -> float:
     return float(value)
 
 
-_KEYWORD_DEFAULTS = {
-    'model_name': None, 'num_classes': None, 'do_bottleneck_head': False,
-    'bottleneck_features': DEFAULT_BOTTLENECK_FEATURES, 'grad_checkpointing': False, 'channels_last': False,
-    'drop_path_rate': 0.0, 'boostlu_alpha': None,
-}
-
-
 def create_model(args=None, /, *, model_name: str | None = None, num_classes: int | None = None,
                  do_bottleneck_head: bool = False, bottleneck_features: int = DEFAULT_BOTTLENECK_FEATURES,
                  grad_checkpointing: bool = False, channels_last: bool = False,
                  drop_path_rate: float = 0.0, boostlu_alpha: float | None = None) -> nn.Module:
-    """Build a classifier from typed keywords (``model_name`` and ``num_classes`` are required).
+    """A classifier from typed keywords (``model_name``, a timm name, and ``num_classes`` required).
 
-    model_name: 'tresnet_m', 'tresnet_l', 'tresnet_xl', 'tresnet_v2_l' or any timm name; num_classes: a
-    positive int; do_bottleneck_head: the paper's OpenImages head with ``bottleneck_features`` (512)
-    features; grad_checkpointing, channels_last (bools), drop_path_rate (in [0, 1)); boostlu_alpha:
-    None (the plain head) or BoostLU's boost of positive class activations (`src.models.boostlu`).
-    Values are not parsed: a string such as '80' or 'true' is an error (`build_model_from_args` parses
-    a namespace).
-    Nothing is downloaded: load weights with :func:`src.models.load_pretrained_backbone` or
-    ``load_model``. The model gets attributes ``model_name``, ``num_classes``, ``do_bottleneck_head``,
-    ``bottleneck_features`` and ``boostlu_alpha`` (see :func:`model_metadata`).
-
-    ``create_model(args)``, with a namespace (or dict) as the only argument, is the paper code's call:
-    it is `build_model_from_args(args)`.
+    do_bottleneck_head: the paper's OpenImages head with ``bottleneck_features`` features; boostlu_alpha:
+    None (the plain head) or BoostLU's boost of positive class activations (`src.models.boostlu`). Values
+    are not parsed: a string such as '80' or 'true' is an error. Nothing is downloaded (weights:
+    ``load_pretrained_backbone`` or ``load_model``). The model gets the attributes of :func:`model_metadata`.
+    ``create_model(args)``, with a namespace (or dict) only, is the paper code's call:
+    `build_model_from_args(args)`.
     """
-    given = {'model_name': model_name, 'num_classes': num_classes, 'do_bottleneck_head': do_bottleneck_head,
-             'bottleneck_features': bottleneck_features, 'grad_checkpointing': grad_checkpointing,
-             'channels_last': channels_last, 'drop_path_rate': drop_path_rate, 'boostlu_alpha': boostlu_alpha}
     if args is not None:
-        mixed = sorted(name for name, value in given.items() if value != _KEYWORD_DEFAULTS[name])
+        given = locals()
+        defaults = inspect.signature(create_model).parameters.values()
+        mixed = sorted(p.name for p in defaults if p.name != 'args' and given[p.name] != p.default)
         if mixed:
             raise TypeError(f'create_model(args) reads every setting from args; got keywords {mixed} too. '
                             'Pass either the namespace or keywords')
@@ -200,8 +162,12 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
     grad_checkpointing = _require_bool(grad_checkpointing, 'grad_checkpointing')
     channels_last = _require_bool(channels_last, 'channels_last')
     drop_path_rate = _require_rate(drop_path_rate, 'drop_path_rate')
-
-    model = _build_timm_model(model_name, num_classes, drop_path_rate)
+    if not timm.is_model(model_name):
+        raise ValueError(f'model_name {model_name!r} is not a timm model; use one of {TRESNET_NAMES} '
+                         'or any name listed by timm.list_models()')
+    # pretrained=False always: weights come only from local files (load_model / load_pretrained_backbone).
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
+                              drop_path_rate=drop_path_rate)
     if do_bottleneck_head:
         _install_bottleneck_head(model, num_classes, bottleneck_features)
     model.model_name = model_name
@@ -218,7 +184,6 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
     return model
 
 
-# ------------------------------------------------------------------------------------ from a namespace
 def parse_bool(value, name: str) -> bool:
     """bool from a bool, 0/1 or a command-line string ('true'/'false', 'yes'/'no', '1'/'0')."""
     if isinstance(value, bool):
@@ -260,14 +225,9 @@ def _optional_float(value, name: str) -> float | None:
 
 def build_model_from_args(args) -> nn.Module:
     """The model that a namespace (or dict) describes: train.py's arguments or the paper code's.
-
-    The one place where model settings are read from a namespace: ``num_classes`` (required; strings
-    such as '80' accepted), ``model_name`` (default 'tresnet_m', lower-cased), ``do_bottleneck_head``
-    (None or absent: `resolve_bottleneck_head` with ``dataset_type``), ``bottleneck_features`` (512),
-    ``grad_checkpointing``, ``channels_last`` (false; 'true'/'false' strings accepted) and
-    ``drop_path_rate`` (0) and ``boostlu_alpha`` (None: no BoostLU); attributes the namespace lacks take
-    these defaults.
-    """
+    Command-line strings ('80', 'true') are parsed; ``num_classes`` is required, ``model_name`` is
+    lower-cased, and a missing attribute takes create_model's default (``model_name``: 'tresnet_m';
+    ``do_bottleneck_head``: `resolve_bottleneck_head` of ``dataset_type``)."""
     if isinstance(args, Mapping):
         args = SimpleNamespace(**args)
     num_classes = getattr(args, 'num_classes', None)
@@ -292,8 +252,7 @@ def build_model_from_args(args) -> nn.Module:
 
 def model_metadata(model: nn.Module) -> dict:
     """The architecture fields our checkpoints store next to the state dict."""
-    model = getattr(model, '_orig_mod', model)  # torch.compile wrapper
-    model = getattr(model, 'module', model)  # DistributedDataParallel wrapper
+    model = unwrap_model(model)
     return {
         'model_name': getattr(model, 'model_name', None),
         'num_classes': int(model.num_classes),
@@ -327,9 +286,8 @@ def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[
 
 
 def maybe_compile(model: nn.Module, enabled: bool, device) -> nn.Module:
-    """``torch.compile(model)`` when enabled and ``device`` is CUDA; otherwise the model unchanged.
-
-    A UserWarning says when compile is skipped (not CUDA) or only partly applies (checkpointed stages)."""
+    """``torch.compile(model)`` when enabled and ``device`` is CUDA; otherwise the model unchanged (a
+    UserWarning says when compile is skipped, or when the checkpointed stages stay eager)."""
     if enabled and torch.device(device).type == 'cuda':
         if any(isinstance(m, CheckpointedSequential) for m in model.modules()):
             warnings.warn('torch.compile with gradient checkpointing: the checkpointed stages run eagerly',

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.data.embedded import DEFAULT_DESIGN
+from src.data.embedded import ORIGINAL_DESIGN
 from src.loss_functions import LOSS_MODES, PEER_MODES
 from src.prior import read_prior_csv
 
@@ -201,7 +201,7 @@ def embedded_protocol(args, extra_flags: dict | None = None) -> Protocol:
     # (--stop_epoch is not used by the pretraining, which runs --upstream_epochs epochs.)
     extras = "".join(f"_{name}" if value is True else f"_{name}{value}"
                      for name, value in sorted(extra_flags.items()) if name != "stop_epoch")
-    design = "" if args.design == DEFAULT_DESIGN else f"_{args.design}"  # the default keeps today's names
+    design = "" if args.design == ORIGINAL_DESIGN else f"_{args.design}"  # the default keeps today's names
     cache_name = (f"embedded_upstream{design}_{flags['model-name']}_n{args.n_train}_{args.upstream_epochs}ep"
                   f"_lr{flags['lr']:g}_b{flags['batch-size']}{extras}.pth")
     upstream = {"data": os.path.join(args.data_root, f"embedded_upstream{design}"),

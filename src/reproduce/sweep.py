@@ -23,7 +23,7 @@ import io
 import os
 from dataclasses import asdict, dataclass
 
-from src.data.embedded import DEFAULT_DESIGN
+from src.data.embedded import ORIGINAL_DESIGN
 from src.reproduce.protocols import Protocol, embedded_fpc_param, embedded_protocol
 from src.reproduce.report import regime, table_rows, write_reports
 from src.reproduce.runner import run_table
@@ -40,7 +40,7 @@ class SweepPoint:
     n_train: int
     epochs: int
     n_test: int = 3000
-    design: str = DEFAULT_DESIGN
+    design: str = ORIGINAL_DESIGN
     fpc_scale: float = 1.0  # FPC n as a multiple of COCO's share of the training set
 
 

@@ -1,18 +1,15 @@
 """Process-group helpers for single-process and ``torchrun`` (DistributedDataParallel) runs.
 
-``torchrun --nproc_per_node N train.py ...`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``;
-:func:`init_distributed` reads them and joins the process group (NCCL when the device is CUDA,
-gloo on CPU). Without those variables everything runs in one process and the helpers here
-degrade to no-ops, so the training code has a single path for both cases.
+:func:`init_distributed` reads torchrun's ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` and joins the
+process group (NCCL on CUDA, gloo on CPU); without them the helpers are no-ops, so the training code has
+one path for both cases.
 
-Evaluation sharding: :class:`ShardSampler` splits the ``ceil(N/B)`` batches of a sequential
-single-process pass (batch size ``B``) into ``w`` contiguous runs, rank ``r`` taking batches
-``[r*nb//w, (r+1)*nb//w)``; there is no padding (``DistributedSampler`` pads by repeating samples,
-which would count them twice in the mAP). Because each rank's slice is contiguous and in rank
-order, concatenating the per-rank predictions in rank order restores the dataset order exactly
-(:func:`gather_rows`, a padded ``all_gather``); and because the slices are cut at batch boundaries
-every image is forwarded in the same batch as in a single-process run, so the predictions are
-bitwise identical to it (batched convolutions round differently for different batch contents).
+Evaluation sharding: :class:`ShardSampler` splits the ``nb = ceil(N/B)`` batches of a single-process pass
+into ``w`` contiguous runs, rank ``r`` taking batches ``[r*nb//w, (r+1)*nb//w)``, without padding
+(``DistributedSampler`` repeats samples, which would count them twice in the mAP). Concatenating the
+ranks' predictions in rank order (:func:`gather_rows`) restores the dataset order, and every image is
+forwarded in the same batch as in one process, so the predictions are bitwise identical to it (batched
+convolutions round differently for different batch contents).
 """
 
 from __future__ import annotations
@@ -95,7 +92,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _comm_device(tensor_device: torch.device) -> torch.device:
+def _comm_device() -> torch.device:
     """NCCL only moves CUDA tensors; gloo only CPU ones."""
     if is_dist() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -106,7 +103,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of ``tensor`` over all ranks (returns a new tensor on the input's device)."""
     if not is_dist():
         return tensor.clone()
-    work = tensor.detach().to(_comm_device(tensor.device)).clone()
+    work = tensor.detach().to(_comm_device()).clone()
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(tensor.device)
 
@@ -138,16 +135,13 @@ def broadcast_object(obj, src: int = 0):
 
 @torch.no_grad()
 def broadcast_tensors(tensors, src: int = 0) -> None:
-    """Overwrite ``tensors`` in place with rank ``src``'s values (no-op without a process group).
-
-    Used before evaluation/checkpointing: DDP keeps parameters equal on all ranks, but each rank's
-    BatchNorm running statistics (and hence its EMA copy) drift apart after the last broadcast of
-    a training forward; rank 0's state is the one that is saved, so every rank takes it.
-    """
+    """Overwrite ``tensors`` in place with rank ``src``'s values (no-op without a process group). DDP
+    keeps parameters equal, but each rank's BatchNorm statistics (and EMA copy) drift apart; rank 0's
+    state is the one saved, so every rank takes it before evaluation and checkpointing."""
     if not is_dist():
         return
     for tensor in tensors:
-        work = tensor.detach().to(_comm_device(tensor.device))
+        work = tensor.detach().to(_comm_device())
         dist.broadcast(work, src=src)
         if work is not tensor:
             tensor.copy_(work.to(tensor.device))
@@ -179,26 +173,21 @@ class ShardSampler(Sampler[int]):
 
 
 def gather_rows(local: torch.Tensor, num_total: int, batch_size: int = 1) -> torch.Tensor:
-    """Concatenate every rank's ``local`` (rows of its contiguous shard) in rank order.
-
-    Shards may differ in length (by up to one batch), so each rank pads to the longest shard, all_gathers
-    and the padding is cut off again using the known shard sizes. Returns a CPU tensor with
-    ``num_total`` rows; raises if the shards do not add up (a duplicated or missing sample).
-    """
+    """Every rank's ``local`` (rows of its shard) concatenated in rank order: a CPU tensor of ``num_total``
+    rows. Shards differ by up to one batch, so each is padded to the longest for all_gather."""
     if not is_dist():
         if local.shape[0] != num_total:
             raise RuntimeError(f"predict: got {local.shape[0]} rows for a dataset of {num_total} samples")
         return local.cpu()
     world = dist.get_world_size()
-    sizes = [shard_bounds(num_total, r, world, batch_size) for r in range(world)]
-    sizes = [stop - start for start, stop in sizes]
+    sizes = [len(ShardSampler(num_total, r, world, batch_size)) for r in range(world)]
     if local.shape[0] != sizes[dist.get_rank()]:
         raise RuntimeError(
             f"predict: rank {dist.get_rank()} produced {local.shape[0]} rows, expected "
             f"{sizes[dist.get_rank()]}; build the evaluation loader with src.engine.build_eval_loader"
         )
     max_rows = max(sizes)
-    comm_device = _comm_device(local.device)
+    comm_device = _comm_device()
     padded = torch.zeros((max_rows, *local.shape[1:]), dtype=local.dtype, device=comm_device)
     padded[: local.shape[0]] = local.to(comm_device)
     buckets = [torch.empty_like(padded) for _ in range(world)]

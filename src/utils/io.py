@@ -8,6 +8,7 @@ at the next write of the same file. Disk and permission errors name the path and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import json
@@ -34,11 +35,11 @@ def _describe_os_error(error: OSError, path: str) -> str:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, another user's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
@@ -48,25 +49,19 @@ def remove_stale_temporaries(path: str) -> list[str]:
     for candidate in glob.glob(glob.escape(path) + ".tmp.*"):
         suffix = candidate.rsplit(".tmp.", 1)[1]
         if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
-            try:
+            with contextlib.suppress(OSError):
                 os.remove(candidate)
                 removed.append(candidate)
-            except OSError:
-                pass
     return removed
 
 
 def _fsync_folder(folder: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _atomic_write(path: str, write, mode: str, **open_kwargs) -> str:

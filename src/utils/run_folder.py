@@ -1,7 +1,7 @@
 """Where a training run writes, and the rule that a run never destroys another run's results.
 
-``--path_dest`` unset: a fresh folder ``./outputs/<date>-<time>_<mode>[_<labels>]`` per run (the paper's
-``./outputs`` stays the parent; ``-2``, ``-3`` ... are appended if two runs start in the same second).
+``--path_dest`` unset: a fresh folder ``./outputs/<date>-<time>_<name>`` per run (train.py's name: loss mode
+and labels, e.g. ``negative_fpc_1000``; ``-2``, ``-3`` ... are appended if two runs start in the same second).
 ``--path_dest DIR`` holding a run (any of `RUN_FILES`) is refused unless ``--resume`` continues a
 checkpoint of that very folder, or ``--overwrite`` is given; ``--overwrite`` removes the old run's
 files first, so nothing of it (a stale best.pth, metrics.jsonl lines) mixes with the new run.
@@ -36,18 +36,16 @@ def fresh_run_folder(parent: str, name: str, now: float | None = None) -> str:
 
 def describe_run(folder: str) -> str:
     """One line on the run held in ``folder``: finished or not, epochs, best mAP (from metrics.jsonl)."""
-    epochs_planned = None
     try:
         with open(os.path.join(folder, "args.json"), encoding="utf-8") as handle:
             epochs_planned = json.load(handle).get("epochs")
     except (OSError, ValueError):
-        pass
-    lines = []
+        epochs_planned = None
     try:
         with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as handle:
             lines = [json.loads(line) for line in handle if line.strip()]
     except (OSError, ValueError):
-        pass
+        lines = []
     if not lines:
         return "a run that saved no epoch yet (stopped before its first checkpoint)"
     best = max((line.get("best_test_mAP") or 0.0) for line in lines)
