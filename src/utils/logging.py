@@ -1,8 +1,9 @@
 """Run outputs of train.py: args.json, metrics.jsonl and TensorBoard scalars (rank 0 only).
 
-``metrics.jsonl`` holds one JSON object per finished epoch (see ``train.py`` for the keys). On
-resume the file is rewritten from the checkpoint's history first, so lines of epochs that ran after
-the checkpoint (and were lost with the killed process) do not appear twice.
+``metrics.jsonl`` holds one JSON object per finished epoch (keys: docs/usage.md), ``"epoch"`` counted
+from 1, which is also the TensorBoard step of the epoch's scalars. On resume the file is rewritten from
+the checkpoint's history first, so lines of epochs that ran after the checkpoint (and were lost with the
+killed process) do not appear twice.
 """
 
 from __future__ import annotations
@@ -69,10 +70,9 @@ class RunLogger:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(_json_safe(record)) + "\n")
         if self._writer is not None:
-            step = record["epoch"] + 1
             for key, value in record.items():
                 if isinstance(value, int | float) and not isinstance(value, bool) and key != "epoch":
-                    self._writer.add_scalar(f"epoch/{key}", value, step)
+                    self._writer.add_scalar(f"epoch/{key}", value, record["epoch"])
             self._writer.flush()
 
     def log_step(self, name: str, value: float, step: int) -> None:
@@ -83,6 +83,15 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def main_print(is_main: bool, *args, **kwargs) -> None:
