@@ -1,17 +1,13 @@
-"""Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955).
-
-The paper's command line (every flag, same names and defaults, both --snake_case and --kebab-case
-spellings; see src/args.py) plus device/AMP/seed/resume/DDP options. Two-stage CSL workflow:
+"""Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955): the paper's command
+line (src/args.py) plus device/AMP/seed/resume/DDP options. Two-stage CSL workflow:
 
 1. ``python train.py --partial_loss_mode ignore ...`` trains the temporary model; at the end a clean
    pass over the training images (eval mode, no augmentation, best model) writes the class prior
    ``Classes,avg_pred`` to ``<path_dest>/priors/`` (``--estimate_prior``, ``--prior_dest``).
 2. ``python train.py --partial_loss_mode selective --prior_path <prior.csv> ...`` trains the target.
 
-This file only wires: it checks the flags, builds the data, model, loss, optimizer and the run's
-callbacks (``build_*`` are the only readers of the flags) and hands them to `src.trainer.Trainer`
-(checkpoints, selection, resume, SIGTERM). Multi-GPU: ``torchrun --nproc_per_node N train.py ...``
-(DDP semantics: src/engine.py).
+This file only wires: the ``build_*`` functions read the flags and build the parts and callbacks that
+`src.trainer.Trainer` runs. Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (src/engine.py).
 """
 
 from __future__ import annotations
@@ -34,7 +30,7 @@ from src.engine import TrainingParts, build_eval_loader, build_train_loader
 from src.loss_functions import build_criterion
 from src.models import build_model_from_args, load_pretrained_backbone, maybe_compile, resolve_bottleneck_head
 from src.prior import ComputePrior, eval_view
-from src.trainer import DataSplits, RunSettings, Trainer
+from src.trainer import DataSplits, Trainer
 from src.utils.amp import resolve_amp
 from src.utils.checkpoint import load_training_checkpoint
 from src.utils.cli import ConfigError, run_cli
@@ -162,17 +158,10 @@ def prior_file_stem(args) -> str:
     return f"prior_{args.dataset_type}"
 
 
-def build_settings(args, amp_dtype: torch.dtype | None = None) -> RunSettings:
-    last_epoch = args.epochs if args.stop_epoch is None else min(args.stop_epoch, args.epochs)
-    return RunSettings(epochs=args.epochs, last_epoch=last_epoch, path_dest=args.path_dest, seed=args.seed,
-                       print_freq=args.print_freq, threshold=args.thre, image_size=args.image_size,
-                       jpeg_draft=args.jpeg_draft, batch_size=args.batch_size, workers=args.workers,
-                       val_split=args.val_split, amp_dtype=amp_dtype, config=resolved_config(args))
-
-
 def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
     """Every part of the run, configuration errors raised here, before any training step; ``callbacks``:
     `src.callbacks.Callback` objects, called in this order."""
+    args = argparse.Namespace(**resolved_config(args))  # what args.json and the checkpoints record
     if args.sync_bn and ctx.device.type != "cuda":
         raise ConfigError(f"--sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation; device is "
                           f"{ctx.device}); drop --sync_bn")
@@ -187,15 +176,12 @@ def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
                                       ctx.rank, ctx.world_size)
     optimizer, scheduler, scaler = build_optimization(model, args, len(train_loader), amp_dtype, ctx.device)
     wants_running = args.estimate_prior in ("running_average", "both")
-    eval_sets = {"test": data.evaluation}
-    if data.selection is not None:
-        eval_sets["select"] = data.selection
+    eval_sets = {"test": data.evaluation, "select": data.selection}
     eval_loaders = {split: build_eval_loader(dataset, args.batch_size, args.workers, ctx.device)
-                    for split, dataset in eval_sets.items()}
+                    for split, dataset in eval_sets.items() if dataset is not None}
     parts = TrainingParts(wrap_model(model, args, ctx), ema, criterion, optimizer, scheduler, scaler,
                           ComputePrior(data.class_names) if wants_running else None)
-    settings = build_settings(args, amp_dtype)
-    trainer = Trainer(parts, data, train_loader, eval_loaders, ctx, settings, callbacks)
+    trainer = Trainer(parts, data, train_loader, eval_loaders, ctx, args, amp_dtype, callbacks)
     if args.resume is not None:
         trainer.restore(load_training_checkpoint(args.resume), args.resume)
     return trainer
@@ -203,8 +189,8 @@ def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
 
 def run_config(trainer: Trainer, ctx: DistributedContext) -> dict:
     """What args.json records besides the flags: the resolved run and the code it ran."""
-    data, amp_dtype = trainer.data, trainer.settings.amp_dtype
-    amp = str(amp_dtype).removeprefix("torch.") if amp_dtype else None
+    data = trainer.data
+    amp = str(trainer.amp_dtype).removeprefix("torch.") if trainer.amp_dtype else None
     return dict(resolved_device=str(ctx.device), resolved_amp_dtype=amp, world_size=ctx.world_size,
                 git_commit=git_commit(), torch_version=torch.__version__, num_train_images=len(data.train),
                 num_eval_images=len(data.evaluation),

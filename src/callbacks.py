@@ -26,9 +26,6 @@ class Callback:
     """Hooks into a run; subclass and override what you need (each is a no-op here). Every hook runs on
     every rank (collectives are allowed); ``trainer`` is the running `src.trainer.Trainer`."""
 
-    def on_train_start(self, trainer) -> None:
-        """Before the first epoch this process trains (after any resume)."""
-
     def on_epoch_start(self, trainer, epoch: int) -> None:
         """Before the training steps of epoch ``epoch``."""
 
@@ -62,10 +59,10 @@ class ConsoleReport(Callback):
         if not trainer.ctx.is_main:
             return
         record, best = trainer.history[-1], trainer.best
-        remaining = trainer.settings.last_epoch - epoch
+        remaining = trainer.last_epoch - epoch
         recent = [r["time_s"] for r in trainer.history[-3:]]  # the last epochs' pace (this process included)
         left = f", about {format_duration(remaining * sum(recent) / len(recent))} left" if remaining else ""
-        lines = [f"epoch {epoch}/{trainer.settings.epochs}: loss {record['loss']:.2f}, "
+        lines = [f"epoch {epoch}/{trainer.args.epochs}: loss {record['loss']:.2f}, "
                  f"{record['time_s']:.1f}s per epoch{left}"]
         names = {"test": "evaluation set", "select": "selection split (held out from training)"}
         for (split, variant), metrics in trainer.evaluation.items():
@@ -76,19 +73,17 @@ class ConsoleReport(Callback):
         print("\n".join(lines), flush=True)
 
     def on_train_end(self, trainer):
-        main_print(trainer.ctx.is_main, self.final_summary(trainer))
-
-    @staticmethod
-    def final_summary(trainer) -> str:
         best = trainer.best
         if best["epoch"] is None:
-            return "no epoch finished"
-        if trainer.held_out:
-            return (f"done. Best epoch {best['epoch']} ({best['variant']} weights) chosen on the held-out "
+            text = "no epoch finished"
+        elif trainer.held_out:
+            text = (f"done. Best epoch {best['epoch']} ({best['variant']} weights) chosen on the held-out "
                     f"split (mAP {best['metric']:.2f}); evaluation-set mAP at that epoch: "
                     f"{best['test_mAP']:.2f}")
-        return (f"done. Highest evaluation-set mAP {best['test_mAP']:.2f} at epoch {best['epoch']} "
-                f"({best['variant']} weights) - {trainer.protocol}")
+        else:
+            text = (f"done. Highest evaluation-set mAP {best['test_mAP']:.2f} at epoch {best['epoch']} "
+                    f"({best['variant']} weights) - {trainer.protocol}")
+        main_print(trainer.ctx.is_main, text)
 
 
 class IgnoredRecorder(Callback):
@@ -101,7 +96,7 @@ class IgnoredRecorder(Callback):
 
     def on_epoch_start(self, trainer, epoch):
         criterion = trainer.parts.criterion
-        if epoch == trainer.settings.last_epoch and hasattr(criterion, "record_ignored"):
+        if epoch == trainer.last_epoch and hasattr(criterion, "record_ignored"):
             self.entries = []
             criterion.record_ignored(self._keep)
 
@@ -117,7 +112,7 @@ class IgnoredRecorder(Callback):
         pairs = np.concatenate(gather_objects(local))
         if trainer.ctx.is_main:
             ids = np.asarray(trainer.data.train.image_ids)
-            save_npz(os.path.join(trainer.settings.path_dest, IGNORED_FILE), image_ids=ids[pairs[:, 0]],
+            save_npz(os.path.join(trainer.args.path_dest, IGNORED_FILE), image_ids=ids[pairs[:, 0]],
                      classes=pairs[:, 1], class_names=np.asarray(trainer.data.class_names))
 
 
@@ -155,8 +150,7 @@ class PriorWriter(Callback):
             return None
         net = trainer.parts.ema.module  # free after training: reuse it to hold the best weights
         net.load_state_dict(load_training_checkpoint(best)["model"])
-        settings = trainer.settings
-        view = eval_view(trainer.data.train_full, build_val_transform(settings.image_size,
-                                                                       draft=settings.jpeg_draft))
-        return compute_prior_from_model(net, view, trainer.ctx.device, batch_size=settings.batch_size,
-                                        workers=settings.workers, amp_dtype=settings.amp_dtype)
+        args = trainer.args
+        view = eval_view(trainer.data.train_full, build_val_transform(args.image_size, draft=args.jpeg_draft))
+        return compute_prior_from_model(net, view, trainer.ctx.device, batch_size=args.batch_size,
+                                        workers=args.workers, amp_dtype=trainer.amp_dtype)

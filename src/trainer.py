@@ -1,12 +1,9 @@
 """One training run of train.py: the epoch loop, evaluation of the regular and EMA weights, model
 selection, checkpoints (``last.pth`` every epoch, ``best.pth`` when the selection metric improves),
-``metrics.jsonl`` and SIGTERM handling.
-
-train.py builds the parts (data, wrapped model, loss, optimizer, loaders) from the flags and hands them
-to :class:`Trainer`; nothing here reads command-line arguments. Everything else a run does (the console
-report, the priors at the end, the record of what CSL's top-k ignored) and what tests and tools do to a
-run are `src.callbacks.Callback` objects. Epochs are counted from 1 in every output (console,
-metrics.jsonl, TensorBoard, checkpoints, ``best_epoch``); only the engine's calls take the 0-based index.
+``metrics.jsonl`` and SIGTERM handling. train.py builds the parts; the rest of a run (console report,
+priors, the record of what CSL's top-k ignored) and what tests and tools do to it are
+`src.callbacks.Callback` objects. Epochs count from 1 in every output; only the engine takes the 0-based
+index.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -72,28 +69,6 @@ class TrainingInterrupted(ExitRequest):
     exit_code = SIGTERM_EXIT_CODE
 
 
-class StopFlag:
-    """Set by SIGTERM; polled at step boundaries (the handler itself does no I/O)."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def install(self) -> None:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. called from a test runner thread)
-            self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
 @dataclass
 class DataSplits:
     """The training images (after any --val_split hold-out), the evaluation set, the held-out selection
@@ -109,33 +84,19 @@ class DataSplits:
         return list(self.train_full.class_names)
 
 
-@dataclass
-class RunSettings:
-    """What the loop needs besides its parts; ``last_epoch`` is the last epoch trained (--stop_epoch)."""
-
-    epochs: int
-    last_epoch: int
-    path_dest: str
-    seed: int = 0
-    print_freq: int = 64
-    threshold: float = 0.5
-    image_size: int = 448
-    jpeg_draft: bool = True
-    batch_size: int = 64
-    workers: int = 0
-    val_split: float | None = None
-    amp_dtype: torch.dtype | None = None
-    config: dict = field(default_factory=dict)  # the resolved flags: args.json and the checkpoints
+def last_epoch(epochs: int, stop_epoch: int | None) -> int:
+    """The last epoch a run trains: --stop_epoch ends it early, never late (as the paper's loop)."""
+    return epochs if stop_epoch is None else min(stop_epoch, epochs)
 
 
 def data_identity(data: DataSplits) -> dict:
     """What identifies the data a run trains and is evaluated on: classes in order, image counts and ids,
     the training labels as trained on (partial) and the evaluation labels."""
     train, evaluation = data.train_full, data.evaluation
-    ids = [str(i) for i in train.image_ids]
+    ids = "\n".join(str(i) for i in train.image_ids)
     return {"class_names": data.class_names, "num_train_images": len(train),
             "num_eval_images": len(evaluation),
-            "train_image_ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
+            "train_image_ids": hashlib.sha256(ids.encode()).hexdigest()[:16],
             "train_labels": train.labels.fingerprint()[:16],
             "eval_labels": evaluation.labels.fingerprint()[:16]}
 
@@ -210,34 +171,34 @@ def _finite_or_low(value: float) -> float:
 class Trainer:
     """:meth:`fit` runs the epochs from the resume point (:meth:`restore`) on; :meth:`summary` returns the
     result. ``parts.model`` is the model as trained (DDP/compiled wrapper or plain module), ``self.model``
-    the plain module inside it, whose weights are checkpointed."""
+    the plain module inside it, whose weights are checkpointed. ``args``: train.py's resolved flags (what
+    args.json and the checkpoints record); ``amp_dtype``: the resolved autocast dtype or None."""
 
     def __init__(self, parts: TrainingParts, data: DataSplits, train_loader, eval_loaders: dict,
-                 ctx: DistributedContext, settings: RunSettings, callbacks=()):
-        self.parts, self.data, self.ctx, self.settings = parts, data, ctx, settings
+                 ctx: DistributedContext, args, amp_dtype: torch.dtype | None = None, callbacks=()):
+        self.parts, self.data, self.ctx, self.args, self.amp_dtype = parts, data, ctx, args, amp_dtype
         self.model = unwrap_model(parts.model)
         self.train_loader, self.eval_loaders, self.callbacks = train_loader, eval_loaders, list(callbacks)
         self.steps_per_epoch = len(train_loader)
+        self.last_epoch = last_epoch(args.epochs, args.stop_epoch)
         self.history: list[dict] = []
         self.evaluation: dict = {}  # the last epoch's {(split, variant): metrics}
         self.best = {"metric": -float("inf"), "epoch": None, "variant": None, "test_mAP": None}
         self.resume = ResumePoint()  # its ``epoch`` is the engine's 0-based index
         self.global_step = 0
-        self.first_loss, self.warned_growth = None, False
-        self.stop = StopFlag()
+        self.first_loss, self.warned_growth, self.sigterm = None, False, False
         self.held_out = data.selection is not None
         self.selection_split = "select" if self.held_out else "test"
-        self.protocol = (f"best epoch selected on a held-out {settings.val_split:.0%} of the training set "
+        self.protocol = (f"best epoch selected on a held-out {args.val_split:.0%} of the training set "
                          "(--val_split)" if self.held_out else PAPER_PROTOCOL)
-        self.paths = {"last": os.path.join(settings.path_dest, "last.pth"),
-                      "best": os.path.join(settings.path_dest, "best.pth")}
+        self.paths = {name: os.path.join(args.path_dest, f"{name}.pth") for name in ("last", "best")}
         self.logger: RunLogger | None = None
         self.data_identity = data_identity(data)
 
     # ---------------------------------------------------------------- state
     def restore(self, checkpoint: dict, path: str) -> None:
         """Continue from the train.py checkpoint ``checkpoint`` (read from ``path``) after checking it."""
-        check_resume_compatible(checkpoint, self.settings.config, self.ctx, path, self.data_identity)
+        check_resume_compatible(checkpoint, vars(self.args), self.ctx, path, self.data_identity)
         checkpoint = count_epochs_from_one(checkpoint)
         parts = self.parts
         self.model.load_state_dict(checkpoint["model"])
@@ -256,8 +217,7 @@ class Trainer:
         main_print(self.ctx.is_main, f"resumed: epoch {self.resume.epoch + 1}, step {self.resume.steps_done}")
 
     def save(self, name: str, epoch: int, result: EpochResult, override: dict | None = None) -> None:
-        """``last.pth`` / ``best.pth`` of ``epoch`` after ``result.steps_done`` steps (the layout:
-        src/utils/checkpoint.py)."""
+        """``last.pth`` / ``best.pth`` (the layout: src/utils/checkpoint.py)."""
         parts = self.parts
         prior_state = parts.train_prior.reduced_state_dict() if parts.train_prior is not None else None
         if not self.ctx.is_main:  # the reduce above is a collective: all ranks get here
@@ -270,7 +230,7 @@ class Trainer:
             "format_version": CHECKPOINT_FORMAT, "epoch": epoch, "steps_done": result.steps_done,
             "epoch_loss_sum": result.loss_sum, "rng_state": capture_rng_state(),
             "history": list(self.history),
-            "best": dict(self.best), "args": dict(self.settings.config), "world_size": self.ctx.world_size,
+            "best": dict(self.best), "args": dict(vars(self.args)), "world_size": self.ctx.world_size,
             "train_prior": prior_state, "data": self.data_identity,
         }
         save_checkpoint({**state, **(override or {})}, self.paths[name])
@@ -278,19 +238,18 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def open_outputs(self, extra_config: dict) -> None:
         """args.json (the flags plus ``extra_config``), metrics.jsonl (reset to the resumed history)."""
-        self.logger = RunLogger(self.settings.path_dest, enabled=self.ctx.is_main)
-        self.logger.write_args({**self.settings.config, **extra_config, "selection_protocol": self.protocol})
+        self.logger = RunLogger(self.args.path_dest, enabled=self.ctx.is_main)
+        self.logger.write_args({**vars(self.args), **extra_config, "selection_protocol": self.protocol})
         if self.history:
             self.logger.reset_history(self.history)
 
     def _on_step(self, step: int, loss_value: float, lr: float) -> None:
         self.global_step += 1
         self._watch_loss(loss_value, lr)
-        if step % self.settings.print_freq == 0 and self.logger is not None:
+        if step % self.args.print_freq == 0 and self.logger is not None:
             self.logger.log_step("train/loss", loss_value, self.global_step)
             self.logger.log_step("train/lr", lr, self.global_step)
-        for callback in self.callbacks:
-            callback.on_step(self, self.global_step)
+        self._call("on_step", self.global_step)
 
     def _watch_loss(self, loss_value: float, lr: float) -> None:
         if self.first_loss is None:
@@ -313,16 +272,18 @@ class Trainer:
                     f"(first: {bad[0]}; {len(bad)} tensors); no checkpoint of this epoch was saved. Lower "
                     "--lr; with --amp and float16 try --amp_dtype bfloat16 or --no-amp")
 
+    def _on_sigterm(self, signum, frame) -> None:
+        self.sigterm = True  # polled at step boundaries (a signal handler does no I/O)
+
     def stop_requested(self) -> bool:
-        return any_rank_true(self.stop.requested, self.ctx.device)
+        return any_rank_true(self.sigterm, self.ctx.device)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         index = epoch - 1  # the engine's data order and augmentation seeds are those of the 0-based index
-        seed_epoch(self.train_loader, self.settings.seed, index, self.ctx.rank)
+        seed_epoch(self.train_loader, self.args.seed, index, self.ctx.rank)
         return train_one_epoch(
-            self.parts, self.train_loader, device=self.ctx.device, epoch=index,
-            num_epochs=self.settings.epochs, amp_dtype=self.settings.amp_dtype,
-            resume=self.resume.within(index), print_freq=self.settings.print_freq,
+            self.parts, self.train_loader, device=self.ctx.device, epoch=index, num_epochs=self.args.epochs,
+            amp_dtype=self.amp_dtype, resume=self.resume.within(index), print_freq=self.args.print_freq,
             should_stop=self.stop_requested, on_step=self._on_step,
             show_progress=self.ctx.is_main and sys.stderr.isatty())
 
@@ -336,8 +297,8 @@ class Trainer:
         results = {}
         models = {"regular": self.parts.model, "ema": self.parts.ema.module}
         for split, loader in self.eval_loaders.items():  # one pass per split: each batch decoded once
-            metrics = evaluate_many(models, loader, self.ctx.device, amp_dtype=self.settings.amp_dtype,
-                                    threshold=self.settings.threshold)
+            metrics = evaluate_many(models, loader, self.ctx.device, amp_dtype=self.amp_dtype,
+                                    threshold=self.args.thre)
             results.update({(split, variant): metrics[variant] for variant in models})
         return results
 
@@ -345,15 +306,15 @@ class Trainer:
         """Losses that relabel from the model's predictions on the training set (em_apl) get them after
         the epoch, before the checkpoint (so a resumed run has the same labels): eval mode, no
         augmentation, dataset order, every rank (the loss's update is a collective)."""
-        criterion, settings = self.parts.criterion, self.settings
+        criterion, args = self.parts.criterion, self.args
         wants = getattr(criterion, "wants_training_pass", None)
-        if wants is None or not wants(epoch, settings.epochs):
+        if wants is None or not wants(epoch, args.epochs):
             return
-        view = eval_view(self.data.train, build_val_transform(settings.image_size, draft=settings.jpeg_draft))
-        loader = build_eval_loader(view, settings.batch_size, settings.workers, self.ctx.device)
-        targets, scores = predict(self.parts.model, loader, self.ctx.device, amp_dtype=settings.amp_dtype)
+        view = eval_view(self.data.train, build_val_transform(args.image_size, draft=args.jpeg_draft))
+        loader = build_eval_loader(view, args.batch_size, args.workers, self.ctx.device)
+        targets, scores = predict(self.parts.model, loader, self.ctx.device, amp_dtype=self.amp_dtype)
         labelled = criterion.update_from_training_pass(torch.from_numpy(scores), torch.from_numpy(targets)
-                                                       .float(), epoch, settings.epochs)
+                                                       .float(), epoch, args.epochs)
         main_print(self.ctx.is_main, f"  pseudo-labelling pass over the {len(view)} training images: "
                                      f"{labelled} entries labelled")
 
@@ -381,13 +342,15 @@ class Trainer:
         self.save("last", epoch, result)
 
     def fit(self) -> None:
-        """Train from the resume point to ``settings.last_epoch``; SIGTERM ends it with last.pth saved (and
+        """Train from the resume point to ``last_epoch``; SIGTERM ends it with last.pth saved (and
         no ``on_train_end``)."""
         self.global_step = self.resume.epoch * self.steps_per_epoch + self.resume.steps_done
-        self.stop.install()
         try:
-            self._call("on_train_start")
-            for epoch in range(self.resume.epoch + 1, self.settings.last_epoch + 1):
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread (e.g. a test runner's thread): no handler
+            previous = None
+        try:
+            for epoch in range(self.resume.epoch + 1, self.last_epoch + 1):
                 started = time.perf_counter()
                 self._call("on_epoch_start", epoch)
                 result = self.train_epoch(epoch)
@@ -404,7 +367,8 @@ class Trainer:
                                               "continue with --resume")
             barrier()
         finally:
-            self.stop.restore()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         self._call("on_train_end")
 
     def _call(self, hook: str, *args) -> None:

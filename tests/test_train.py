@@ -16,7 +16,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from src.trainer import PAPER_PROTOCOL
+from src.trainer import PAPER_PROTOCOL, last_epoch
 from tests.conftest import EMBEDDED_NUM_CLASSES, SINGLE_THREAD_ENV, tiny_train_argv
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -116,9 +116,9 @@ def test_configuration_errors_before_data_is_read(tmp_path, extra, message):
 def test_stop_epoch_beyond_epochs_means_no_early_stop(capsys):
     args = train.parse_args(["--model-path", "none", "--epochs", "2", "--stop_epoch", "3"])
     train.check_args(args)
-    assert train.build_settings(args).last_epoch == 2 and "no early stop, all 2 epochs run" in \
+    assert last_epoch(args.epochs, args.stop_epoch) == 2 and "no early stop, all 2 epochs run" in \
         capsys.readouterr().err
-    assert train.build_settings(train.parse_args(["--epochs", "3", "--stop_epoch", "2"])).last_epoch == 2
+    assert last_epoch(3, 2) == 2 and last_epoch(3, None) == 3
 
 
 @pytest.mark.parametrize("dataset_type, flag, expected", [
@@ -143,9 +143,9 @@ def test_resume_refuses_a_changed_setting(changed, key):
     base = ["--model-path", "none", "--prior_path", "prior.csv", "-j", "0", "--resume", "last.pth"]
     saved = {"args": train.resolved_config(train.parse_args(base))}
     ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    config = train.build_settings(train.parse_args(base)).config  # what the Trainer compares
+    config = train.resolved_config(train.parse_args(base))  # what the Trainer compares
     check_resume_compatible(saved, config, ctx, "last.pth")  # same settings: fine
-    changed_config = train.build_settings(train.parse_args(base + changed)).config
+    changed_config = train.resolved_config(train.parse_args(base + changed))
     with pytest.raises(train.ConfigError, match=f"--{key}: checkpoint"):
         check_resume_compatible(saved, changed_config, ctx, "last.pth")
 
@@ -156,7 +156,7 @@ def test_resume_checks_every_loss_setting_and_reads_checkpoints_older_than_a_fla
     from src.utils.distributed import DistributedContext
 
     ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    config = train.build_settings(train.parse_args(["--model-path", "none"])).config
+    config = train.resolved_config(train.parse_args(["--model-path", "none"]))
     loss_settings = ("partial_loss_mode", "prior_path", "loss_reduction", *LOSS_HYPERPARAMETERS)
     for key in loss_settings:
         with pytest.raises(train.ConfigError, match=f"--{key}: checkpoint"):

@@ -43,17 +43,15 @@ def _json_safe(value):
 class RunLogger:
     """Writes args.json, metrics.jsonl and TensorBoard scalars under ``folder``; inert when not main."""
 
-    def __init__(self, folder: str, enabled: bool = True, tensorboard: bool = True):
-        self.folder = folder
-        self.enabled = enabled
+    def __init__(self, folder: str, enabled: bool = True):
+        self.folder, self.enabled = folder, enabled
         self.metrics_path = os.path.join(folder, "metrics.jsonl")
         self._writer = None
         if enabled:
             os.makedirs(folder, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # slow to import: only where it writes
 
-                self._writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"))
+            self._writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"))
 
     def write_args(self, config: dict) -> None:
         if self.enabled:
