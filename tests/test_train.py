@@ -419,3 +419,20 @@ def test_jpeg_draft_flag_reaches_every_eval_view(stage1_run, embedded_data_dir, 
         monkeypatch.setattr(src.callbacks, "compute_prior_from_model", record)
         src.callbacks.PriorWriter.clean_pass_prior(trainer)
         assert seen == [expected]
+
+
+def test_record_ignored_writes_what_the_top_k_ignored_in_the_last_epoch_only(embedded_data_dir, tmp_path):
+    """--record_ignored: every entry CSL's likelihood top-k ignored in the last of 2 epochs - k = 5 x 16
+    un-annotated entries per batch of 16, 6 batches - with image ids of the training set."""
+    from src.data import build_datasets
+
+    argv = tiny_train_argv(embedded_data_dir, tmp_path / "run", "--partial_loss_mode", "selective",
+                           "--epochs", "2", "--record_ignored")
+    train.main(argv)
+    recorded = np.load(tmp_path / "run" / "ignored_last_epoch.npz")
+    train_set, _ = build_datasets(train.parse_args(argv))
+    partial = train_set.labels.to_dense()
+    assert len(recorded["classes"]) == 5 * 16 * 6  # one epoch's worth, not two
+    assert list(recorded["class_names"]) == list(train_set.class_names)
+    rows = [list(train_set.image_ids).index(image_id) for image_id in recorded["image_ids"].tolist()]
+    assert (partial[rows, recorded["classes"]] == -1).all()  # only un-annotated entries are ignored
