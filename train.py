@@ -1,16 +1,13 @@
-"""Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955).
-
-The paper's command line (every flag, same names and defaults, both --snake_case and --kebab-case
-spellings; see src/args.py) plus device/AMP/seed/resume/DDP options. Two-stage CSL workflow:
+"""Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955): the paper's command
+line (src/args.py) plus device/AMP/seed/resume/DDP options. Two-stage CSL workflow:
 
 1. ``python train.py --partial_loss_mode ignore ...`` trains the temporary model; at the end a clean
    pass over the training images (eval mode, no augmentation, best model) writes the class prior
    ``Classes,avg_pred`` to ``<path_dest>/priors/`` (``--estimate_prior``, ``--prior_dest``).
 2. ``python train.py --partial_loss_mode selective --prior_path <prior.csv> ...`` trains the target.
 
-This file only wires: it checks the flags, builds the data, model, loss and optimizer (``build_*`` are
-the only readers of the flags) and hands them to `src.trainer.Trainer` (checkpoints, selection, resume,
-SIGTERM). Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (DDP semantics: src/engine.py).
+This file only wires: the ``build_*`` functions read the flags and build the parts and callbacks that
+`src.trainer.Trainer` runs. Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (src/engine.py).
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 
 from src.args import build_train_parser, is_none_path, require_file, require_weights
+from src.callbacks import ConsoleReport, IgnoredRecorder, PriorWriter
 from src.data import build_datasets_with_summary, eval_view
 from src.data.partial_labels import describe_simulation
 from src.data.transforms import build_val_transform
@@ -32,7 +30,7 @@ from src.engine import TrainingParts, build_eval_loader, build_train_loader
 from src.loss_functions import build_criterion
 from src.models import build_model_from_args, load_pretrained_backbone, maybe_compile, resolve_bottleneck_head
 from src.prior import ComputePrior
-from src.trainer import DataSplits, PriorRequest, RunSettings, Trainer
+from src.trainer import DataSplits, Trainer
 from src.utils.amp import resolve_amp
 from src.utils.checkpoint import load_training_checkpoint
 from src.utils.cli import ConfigError, run_cli
@@ -144,12 +142,12 @@ def build_optimization(model, args, steps_per_epoch: int, amp_dtype, device):
     return optimizer, scheduler, scaler
 
 
-def build_prior_request(args) -> PriorRequest:
+def build_prior_writer(args) -> PriorWriter:
     method = args.estimate_prior
     if method == "auto":
         method = "clean" if args.partial_loss_mode == "ignore" else "none"
     folder = args.prior_dest or os.path.join(args.path_dest, "priors")
-    return PriorRequest(method, folder, prior_file_stem(args))
+    return PriorWriter(method, folder, prior_file_stem(args))
 
 
 def prior_file_stem(args) -> str:
@@ -160,17 +158,10 @@ def prior_file_stem(args) -> str:
     return f"prior_{args.dataset_type}"
 
 
-def build_settings(args) -> RunSettings:
-    last_epoch = args.epochs if args.stop_epoch is None else min(args.stop_epoch, args.epochs)
-    return RunSettings(epochs=args.epochs, last_epoch=last_epoch, path_dest=args.path_dest, seed=args.seed,
-                       print_freq=args.print_freq, threshold=args.thre, image_size=args.image_size,
-                       jpeg_draft=args.jpeg_draft, batch_size=args.batch_size, workers=args.workers,
-                       val_split=args.val_split, record_ignored=args.record_ignored,
-                       config=resolved_config(args))
-
-
 def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
-    """Every part of the run, configuration errors raised here, before any training step."""
+    """Every part of the run, configuration errors raised here, before any training step; ``callbacks``:
+    `src.callbacks.Callback` objects, called in this order."""
+    args = argparse.Namespace(**resolved_config(args))  # what args.json and the checkpoints record
     if args.sync_bn and ctx.device.type != "cuda":
         raise ConfigError(f"--sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation; device is "
                           f"{ctx.device}); drop --sync_bn")
@@ -185,25 +176,22 @@ def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
                                       ctx.rank, ctx.world_size)
     optimizer, scheduler, scaler = build_optimization(model, args, len(train_loader), amp_dtype, ctx.device)
     wants_running = args.estimate_prior in ("running_average", "both")
-    eval_sets = {"test": data.evaluation}
-    if data.selection is not None:
-        eval_sets["select"] = data.selection
+    eval_sets = {"test": data.evaluation, "select": data.selection}
     eval_loaders = {split: build_eval_loader(dataset, args.batch_size, args.workers, ctx.device)
-                    for split, dataset in eval_sets.items()}
-    parts = TrainingParts(model, ema, criterion, optimizer, scheduler, scaler,
+                    for split, dataset in eval_sets.items() if dataset is not None}
+    parts = TrainingParts(wrap_model(model, args, ctx), ema, criterion, optimizer, scheduler, scaler,
                           ComputePrior(data.class_names) if wants_running else None)
-    trainer = Trainer(parts, model, data, train_loader, eval_loaders, ctx, build_settings(args), amp_dtype,
-                      callbacks)
+    trainer = Trainer(parts, data, train_loader, eval_loaders, ctx, args, amp_dtype, callbacks)
     if args.resume is not None:
         trainer.restore(load_training_checkpoint(args.resume), args.resume)
-    parts.model = wrap_model(model, args, ctx)
     return trainer
 
 
-def run_config(args, trainer: Trainer, ctx: DistributedContext, amp_dtype) -> dict:
+def run_config(trainer: Trainer, ctx: DistributedContext) -> dict:
     """What args.json records besides the flags: the resolved run and the code it ran."""
     data = trainer.data
-    return dict(resolved_device=str(ctx.device), resolved_amp_dtype=amp_dtype, world_size=ctx.world_size,
+    amp = str(trainer.amp_dtype).removeprefix("torch.") if trainer.amp_dtype else None
+    return dict(resolved_device=str(ctx.device), resolved_amp_dtype=amp, world_size=ctx.world_size,
                 git_commit=git_commit(), torch_version=torch.__version__, num_train_images=len(data.train),
                 num_eval_images=len(data.evaluation),
                 num_selection_images=len(data.selection) if data.selection is not None else 0,
@@ -214,7 +202,8 @@ def run_config(args, trainer: Trainer, ctx: DistributedContext, amp_dtype) -> di
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None, callbacks=()) -> dict:
     """Check, build (configuration errors surface as ConfigError), train, write the priors; returns the
-    run's summary. ``callbacks``: `src.trainer.Callback` objects (tests, tools)."""
+    run's summary. ``callbacks``: `src.callbacks.Callback` objects (tests, tools), called after the run's
+    own (the ignored-entry record, the priors, the console report)."""
     args = parse_args(argv)
     check_args(args)
     try:
@@ -227,19 +216,21 @@ def main(argv=None, callbacks=()) -> dict:
         folder = resolve_run_folder(args.path_dest, run_name, resume=args.resume, overwrite=args.overwrite,
                                     is_main=ctx.is_main)
         args = argparse.Namespace(**{**vars(args), "path_dest": folder})
+        priors = build_prior_writer(args)
+        own = [IgnoredRecorder()] if args.record_ignored else []
         try:
-            trainer = build_trainer(args, ctx, callbacks)
+            trainer = build_trainer(args, ctx, [*own, priors, ConsoleReport(), *callbacks])
         except (ValueError, FileNotFoundError) as error:  # bad data/prior/checkpoint: before any step
             raise ConfigError(str(error)) from error
-        amp = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else None
-        sizes = run_config(args, trainer, ctx, amp)
+        sizes = run_config(trainer, ctx)
         trainer.open_outputs(sizes)
         main_print(ctx.is_main, f"train {sizes['num_train_images']} images, evaluation "
                                 f"{sizes['num_eval_images']}, selection {sizes['num_selection_images']}; "
-                                f"{ctx.world_size} process(es) on {ctx.device}, AMP {amp or 'off'}; model "
+                                f"{ctx.world_size} process(es) on {ctx.device}, AMP "
+                                f"{sizes['resolved_amp_dtype'] or 'off'}; model "
                                 f"selection: {trainer.protocol}")
         trainer.fit()
-        return trainer.summary(trainer.write_priors(build_prior_request(args)))
+        return {**trainer.summary(), "priors": priors.written}
     finally:
         if trainer is not None:
             trainer.close()

@@ -55,13 +55,14 @@ import torch  # noqa: E402
 
 import train  # noqa: E402
 from bench.bench_data import make_jpegs  # noqa: E402
+from src.callbacks import SigtermAtStep  # noqa: E402
 from src.data.coco import CocoDetection  # noqa: E402
 from src.data.embedded import generate_embedded_dataset  # noqa: E402
 from src.data.transforms import build_train_transform  # noqa: E402
 from src.loss_functions import PartialSelectiveLoss  # noqa: E402
 from src.metrics import mean_average_precision  # noqa: E402
 from src.models import create_model  # noqa: E402
-from src.trainer import SigtermAtStep, TrainingInterrupted  # noqa: E402
+from src.trainer import TrainingInterrupted  # noqa: E402
 
 NO_GPU_MESSAGE = "gpu-check: no GPU (torch.cuda.is_available() is False); nothing to check on this machine"
 TOTAL_BUDGET_S = 480.0  # the whole run fits 8 minutes

@@ -82,7 +82,7 @@ def test_overwrite_replaces_the_old_run_without_mixing_it_in(embedded_data_dir, 
     (dest / "metrics.jsonl").write_text((dest / "metrics.jsonl").read_text() * 3)  # 3 old epoch lines
     train.main(tiny_train_argv(embedded_data_dir, dest, "--overwrite", "--seed", "1"))
     lines = (dest / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0]  # not appended to the old lines
+    assert [json.loads(line)["epoch"] for line in lines] == [1]  # not appended to the old lines
     assert json.loads((dest / "args.json").read_text())["seed"] == 1
 
 

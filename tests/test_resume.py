@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import train
-from src.trainer import SIGTERM_EXIT_CODE, SigtermAtStep, TrainingInterrupted
+from src.callbacks import SigtermAtStep
+from src.trainer import SIGTERM_EXIT_CODE, TrainingInterrupted
 from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv
 
 pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.slow]
@@ -55,11 +56,11 @@ def _metrics(dest):
 KILL_AFTER_EPOCH_SCRIPT = """
 import os, signal, sys
 import train
-from src.trainer import Callback
+from src.callbacks import Callback
 
 class KillAfterEpoch(Callback):
     def on_epoch_end(self, trainer, epoch):
-        if epoch + 1 == int(sys.argv[1]):
+        if epoch == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)  # die like an OOM-killed or pre-empted job
 
 train.main(sys.argv[2:], callbacks=[KillAfterEpoch()])
@@ -82,8 +83,15 @@ def test_resume_after_sigkill_and_sigterm_is_exact(embedded_data_dir, uninterrup
                             timeout=300, env=dict(os.environ, **SINGLE_THREAD_ENV))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     after_kill = _load(dest / "last.pth")
-    assert (after_kill["epoch"], after_kill["steps_done"]) == (0, STEPS_PER_EPOCH)
+    assert (after_kill["epoch"], after_kill["steps_done"]) == (1, STEPS_PER_EPOCH)  # epochs count from 1
+    assert after_kill["history"][0]["epoch"] == after_kill["best"]["epoch"] == 1
     assert not [name for name in os.listdir(dest) if ".tmp" in name]
+    # Rewritten as a checkpoint of the earlier format (no format_version, epochs counted from 0), it must
+    # still resume at epoch 2 and end exactly as the uninterrupted run, metrics.jsonl counting from 1.
+    old = dict(after_kill, epoch=0, best=dict(after_kill["best"], epoch=0),
+               history=[dict(record, epoch=0, best_epoch=0) for record in after_kill["history"]])
+    del old["format_version"]
+    torch.save(old, dest / "last.pth")
 
     sigterm_step = STEPS_PER_EPOCH + 2  # global step 8 = step 2 of epoch 2
     handler_before = signal.getsignal(signal.SIGTERM)
@@ -92,7 +100,8 @@ def test_resume_after_sigkill_and_sigterm_is_exact(embedded_data_dir, uninterrup
                    callbacks=[SigtermAtStep(sigterm_step)])
     assert signal.getsignal(signal.SIGTERM) is handler_before  # train.py's handler is removed again
     mid_epoch = _load(dest / "last.pth")
-    assert (mid_epoch["epoch"], mid_epoch["steps_done"]) == (1, 2)
+    assert (mid_epoch["epoch"], mid_epoch["steps_done"]) == (2, 2)
+    assert [record["epoch"] for record in mid_epoch["history"]] == [1] and mid_epoch["format_version"] == 2
 
     train.main(_argv(embedded_data_dir, dest, "--resume", str(dest / "last.pth")))
 
@@ -109,10 +118,16 @@ def test_resume_after_sigkill_and_sigterm_is_exact(embedded_data_dir, uninterrup
         assert a.read() == b.read()
 
 
-def test_resume_refuses_changed_settings(embedded_data_dir, uninterrupted, tmp_path):
+@pytest.mark.parametrize("flag, value, message", [
+    ("--lr", "1e-3", "--lr: checkpoint 0.0002, now 0.001"),
+    ("--hill_lambda", "2.5", "--hill_lambda: checkpoint 1.5, now 2.5"),  # a peer loss's setting
+    ("--em_alpha", "0.5", "--em_alpha: checkpoint 0.1, now 0.5"),
+    ("--loss_reduction", "mean", "--loss_reduction: checkpoint 'sum', now 'mean'"),
+])
+def test_resume_refuses_changed_settings(embedded_data_dir, uninterrupted, tmp_path, flag, value, message):
     argv = _argv(embedded_data_dir, tmp_path / "other", "--resume", os.path.join(uninterrupted, "last.pth"),
-                 "--lr", "1e-3")
-    with pytest.raises(train.ConfigError, match="--lr: checkpoint 0.0002, now 0.001"):
+                 flag, value)
+    with pytest.raises(train.ConfigError, match=message):
         train.main(argv)
 
 
@@ -151,28 +166,28 @@ def test_real_sigterm_saves_last_and_exits_143_then_resume_finishes(embedded_dat
     assert returncode == SIGTERM_EXIT_CODE == 128 + signal.SIGTERM, printed[-3000:]
 
     state = _load(dest / "last.pth")
-    epoch, steps = state["epoch"], state["steps_done"]
-    global_step = epoch * STEPS_PER_EPOCH + steps
+    epoch, steps = state["epoch"], state["steps_done"]  # epoch counted from 1
+    global_step = (epoch - 1) * STEPS_PER_EPOCH + steps
     assert 1 <= steps <= STEPS_PER_EPOCH and 1 <= global_step < SIGTERM_EPOCHS * STEPS_PER_EPOCH
     assert state["scheduler"]["last_epoch"] == global_step  # OneCycleLR stepped once per trained batch
-    finished = epoch + 1 if steps == STEPS_PER_EPOCH else epoch  # stopped after evaluation, or mid-epoch
+    finished = epoch if steps == STEPS_PER_EPOCH else epoch - 1  # stopped after evaluation, or mid-epoch
     before = _metrics(dest) if os.path.exists(dest / "metrics.jsonl") else []  # none in epoch 1
-    assert [line["epoch"] for line in before] == list(range(finished))
+    assert [line["epoch"] for line in before] == list(range(1, finished + 1))
     assert len(state["history"]) == finished
     if steps < STEPS_PER_EPOCH:
-        assert f"at epoch {epoch + 1}, step {steps}/{STEPS_PER_EPOCH}" in printed, printed[-3000:]
+        assert f"at epoch {epoch}, step {steps}/{STEPS_PER_EPOCH}" in printed, printed[-3000:]
     else:
-        assert f"after epoch {epoch + 1}; continue with --resume" in printed, printed[-3000:]
+        assert f"after epoch {epoch}; continue with --resume" in printed, printed[-3000:]
     assert not [name for name in os.listdir(dest) if ".tmp" in name]
 
     summary = train.main(_argv(embedded_data_dir, dest, "--epochs", str(SIGTERM_EPOCHS),
                                "--resume", str(dest / "last.pth")))
     after = _metrics(dest)
-    assert [line["epoch"] for line in after] == list(range(SIGTERM_EPOCHS))
+    assert [line["epoch"] for line in after] == list(range(1, SIGTERM_EPOCHS + 1))
     assert after[:finished] == before  # the epochs before the pre-emption are kept, not redone
     assert len(summary["history"]) == SIGTERM_EPOCHS
     final = _load(dest / "last.pth")
-    assert (final["epoch"], final["steps_done"]) == (SIGTERM_EPOCHS - 1, STEPS_PER_EPOCH)
+    assert (final["epoch"], final["steps_done"]) == (SIGTERM_EPOCHS, STEPS_PER_EPOCH)
     assert final["scheduler"]["last_epoch"] == SIGTERM_EPOCHS * STEPS_PER_EPOCH
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from src.trainer import PAPER_PROTOCOL
+from src.trainer import PAPER_PROTOCOL, last_epoch
 from tests.conftest import EMBEDDED_NUM_CLASSES, SINGLE_THREAD_ENV, tiny_train_argv
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -115,9 +116,9 @@ def test_configuration_errors_before_data_is_read(tmp_path, extra, message):
 def test_stop_epoch_beyond_epochs_means_no_early_stop(capsys):
     args = train.parse_args(["--model-path", "none", "--epochs", "2", "--stop_epoch", "3"])
     train.check_args(args)
-    assert train.build_settings(args).last_epoch == 2 and "no early stop, all 2 epochs run" in \
+    assert last_epoch(args.epochs, args.stop_epoch) == 2 and "no early stop, all 2 epochs run" in \
         capsys.readouterr().err
-    assert train.build_settings(train.parse_args(["--epochs", "3", "--stop_epoch", "2"])).last_epoch == 2
+    assert last_epoch(3, 2) == 2 and last_epoch(3, None) == 3
 
 
 @pytest.mark.parametrize("dataset_type, flag, expected", [
@@ -131,19 +132,83 @@ def test_bottleneck_head_defaults_to_the_papers_openimages_models(dataset_type, 
 
 @pytest.mark.parametrize("changed, key", [
     (["--prior_path", "other.csv"], "prior_path"), (["-j", "2"], "workers"), (["--lr", "1e-3"], "lr"),
+    (["--hill_lambda", "2"], "hill_lambda"), (["--splc_tau", "0.7"], "splc_tau"),
+    (["--gr_q2", "0.1"], "gr_q2"), (["--loss_reduction", "mean"], "loss_reduction"),
+    (["--gamma_neg", "3"], "gamma_neg"),
 ])
-def test_resume_refuses_a_different_prior_or_worker_count(changed, key):
+def test_resume_refuses_a_changed_setting(changed, key):
     from src.trainer import check_resume_compatible
     from src.utils.distributed import DistributedContext
 
     base = ["--model-path", "none", "--prior_path", "prior.csv", "-j", "0", "--resume", "last.pth"]
     saved = {"args": train.resolved_config(train.parse_args(base))}
     ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-    config = train.build_settings(train.parse_args(base)).config  # what the Trainer compares
+    config = train.resolved_config(train.parse_args(base))  # what the Trainer compares
     check_resume_compatible(saved, config, ctx, "last.pth")  # same settings: fine
-    changed_config = train.build_settings(train.parse_args(base + changed)).config
+    changed_config = train.resolved_config(train.parse_args(base + changed))
     with pytest.raises(train.ConfigError, match=f"--{key}: checkpoint"):
         check_resume_compatible(saved, changed_config, ctx, "last.pth")
+
+
+def test_resume_checks_every_loss_setting_and_reads_checkpoints_older_than_a_flag():
+    from src.loss_functions import LOSS_HYPERPARAMETERS
+    from src.trainer import check_resume_compatible
+    from src.utils.distributed import DistributedContext
+
+    ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    config = train.resolved_config(train.parse_args(["--model-path", "none"]))
+    loss_settings = ("partial_loss_mode", "prior_path", "loss_reduction", *LOSS_HYPERPARAMETERS)
+    for key in loss_settings:
+        with pytest.raises(train.ConfigError, match=f"--{key}: checkpoint"):
+            check_resume_compatible({"args": config}, {**config, key: "changed"}, ctx, "last.pth")
+    # A checkpoint written before a loss flag existed ran with that flag's default.
+    older = {key: value for key, value in config.items() if key not in ("hill_lambda", "loss_reduction")}
+    check_resume_compatible({"args": older}, config, ctx, "last.pth")
+    with pytest.raises(train.ConfigError, match="--hill_lambda: checkpoint 1.5, now 2.0"):
+        check_resume_compatible({"args": older}, {**config, "hill_lambda": 2.0}, ctx, "last.pth")
+
+
+def test_checkpoints_of_the_0_based_format_are_read_counted_from_1():
+    from src.trainer import CHECKPOINT_FORMAT, count_epochs_from_one
+
+    old = {"epoch": 1, "steps_done": 6, "best": {"epoch": 0, "metric": 9.0},
+           "history": [{"epoch": 0, "best_epoch": 0}, {"epoch": 1, "best_epoch": 0}]}
+    new = count_epochs_from_one(old)
+    assert (new["epoch"], new["best"], new["format_version"]) == (2, {"epoch": 1, "metric": 9.0}, 2)
+    assert new["history"] == [{"epoch": 1, "best_epoch": 1}, {"epoch": 2, "best_epoch": 1}]
+    assert old["epoch"] == 1 and old["history"][0]["epoch"] == 0  # the loaded dict is not changed
+    assert count_epochs_from_one(new) is new and CHECKPOINT_FORMAT == 2  # already counted from 1
+    no_best = {"epoch": 0, "best": {"epoch": None}, "history": [{"epoch": 0, "best_epoch": None}]}
+    assert count_epochs_from_one(no_best)["history"] == [{"epoch": 1, "best_epoch": None}]
+
+
+def test_the_trainer_is_built_with_the_wrapped_model(embedded_data_dir, tmp_path, monkeypatch):
+    """The model as trained (the DDP/compile wrapper) is built first and handed to the Trainer; the
+    Trainer checkpoints the plain module inside it. Nothing is swapped after construction."""
+    import src.trainer
+    from src.utils.distributed import DistributedContext
+
+    class Wrapper(torch.nn.Module):  # what torch.compile returns: the module under ``_orig_mod``
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, images):
+            return self._orig_mod(images)
+
+    at_construction = []
+
+    class RecordingTrainer(src.trainer.Trainer):
+        def __init__(self, parts, *args, **kwargs):
+            at_construction.append(parts.model)
+            super().__init__(parts, *args, **kwargs)
+
+    monkeypatch.setattr(train, "maybe_compile", lambda model, enabled, device: Wrapper(model))
+    monkeypatch.setattr(train, "Trainer", RecordingTrainer)
+    args = train.parse_args(tiny_train_argv(embedded_data_dir, tmp_path / "run"))
+    trainer = train.build_trainer(args, DistributedContext(device=torch.device("cpu")))
+    assert isinstance(at_construction[0], Wrapper) and trainer.parts.model is at_construction[0]
+    assert trainer.model is at_construction[0]._orig_mod and not isinstance(trainer.model, Wrapper)
 
 
 def test_dataset_and_num_classes_mismatch(embedded_data_dir, tmp_path):
@@ -173,7 +238,7 @@ def test_cli_prints_error_and_exits_2(tmp_path):
 
 
 def test_durations_read_naturally():
-    from src.trainer import format_duration
+    from src.utils.logging import format_duration
 
     assert [format_duration(s) for s in (3.2, 89, 90, 3000, 5400, 9000)] == \
         ["3 s", "89 s", "2 min", "50 min", "1.5 h", "2.5 h"]
@@ -215,7 +280,7 @@ def test_stage1_outputs(stage1_run, embedded_data_dir):
     assert config["steps_per_epoch"] == 6 and config["num_train_images"] == 96
 
     lines = _metrics_lines(dest)
-    assert [line["epoch"] for line in lines] == [0, 1]
+    assert [line["epoch"] for line in lines] == [1, 2]  # counted from 1, as the console
     for line in lines:
         for key in ("loss", "lr", "time_s", "test_regular_mAP", "test_ema_mAP", "selection_mAP",
                     "best_epoch"):
@@ -223,7 +288,17 @@ def test_stage1_outputs(stage1_run, embedded_data_dir):
         assert line["selection_mAP"] == max(line["test_regular_mAP"], line["test_ema_mAP"])
         assert line["test_partial"] is False
     assert lines[-1]["best_selection_mAP"] == max(line["selection_mAP"] for line in lines)
-    assert os.listdir(os.path.join(dest, "tensorboard"))
+    # best_epoch: the 1-based epoch of the highest selection mAP so far (the first one on a tie).
+    best_so_far = [1 + int(np.argmax([line["selection_mAP"] for line in lines[:n]])) for n in (1, 2)]
+    assert [line["best_epoch"] for line in lines] == best_so_far
+    assert stage1_run["summary"]["best_epoch"] == best_so_far[-1]
+    printed = re.findall(r"best epoch so far: (\d+)", stage1_run["stdout"])
+    assert [int(epoch) for epoch in printed] == best_so_far
+    assert f"at epoch {best_so_far[-1]} " in stage1_run["stdout"]  # the final summary line
+    events = EventAccumulator(os.path.join(dest, "tensorboard"))
+    events.Reload()
+    steps = [(event.step, event.value) for event in events.Scalars("epoch/selection_mAP")]
+    assert steps == [(line["epoch"], pytest.approx(line["selection_mAP"])) for line in lines]  # 1, 2
     # Without --val_split every summary line names the paper's selection protocol.
     summaries = [line for line in stage1_run["stdout"].splitlines()
                  if "best epoch so far" in line or "done." in line]
@@ -249,7 +324,8 @@ def test_best_checkpoint_reproduces_the_reported_map(stage1_run, embedded_data_d
     _, val_set = build_datasets(args)
     assert class_names == list(val_set.class_names)
     result = evaluate(model, build_eval_loader(val_set, 16, 0), "cpu")
-    logged = _metrics_lines(stage1_run["path_dest"])[checkpoint["epoch"]]
+    assert checkpoint["epoch"] == stage1_run["summary"]["best_epoch"]  # both counted from 1
+    logged = _metrics_lines(stage1_run["path_dest"])[checkpoint["epoch"] - 1]
     assert result["mAP"] == pytest.approx(logged[f"test_{checkpoint['selected_variant']}_mAP"], abs=1e-9)
     assert stage1_run["summary"]["best_test_mAP"] == pytest.approx(result["mAP"], abs=1e-9)
 
@@ -322,7 +398,7 @@ def test_one_cycle_guard_rejects_only_the_step_count_torch_cannot_schedule(total
 def test_jpeg_draft_flag_reaches_every_eval_view(stage1_run, embedded_data_dir, monkeypatch):
     """--no-jpeg_draft also holds for the held-out selection split and the clean-pass prior (not only for
     the evaluation set), and the flag keeps its name and default (shared with validate.py / src.prior)."""
-    import src.trainer
+    import src.callbacks
     from src.utils.distributed import DistributedContext
 
     ctx = DistributedContext(device=torch.device("cpu"))
@@ -340,6 +416,23 @@ def test_jpeg_draft_flag_reaches_every_eval_view(stage1_run, embedded_data_dir, 
         def record(net, view, *args, seen=seen, **kwargs):
             seen.append(view.transform.draft_size)
 
-        monkeypatch.setattr(src.trainer, "compute_prior_from_model", record)
-        trainer.clean_pass_prior()
+        monkeypatch.setattr(src.callbacks, "compute_prior_from_model", record)
+        src.callbacks.PriorWriter.clean_pass_prior(trainer)
         assert seen == [expected]
+
+
+def test_record_ignored_writes_what_the_top_k_ignored_in_the_last_epoch_only(embedded_data_dir, tmp_path):
+    """--record_ignored: every entry CSL's likelihood top-k ignored in the last of 2 epochs - k = 5 x 16
+    un-annotated entries per batch of 16, 6 batches - with image ids of the training set."""
+    from src.data import build_datasets
+
+    argv = tiny_train_argv(embedded_data_dir, tmp_path / "run", "--partial_loss_mode", "selective",
+                           "--epochs", "2", "--record_ignored")
+    train.main(argv)
+    recorded = np.load(tmp_path / "run" / "ignored_last_epoch.npz")
+    train_set, _ = build_datasets(train.parse_args(argv))
+    partial = train_set.labels.to_dense()
+    assert len(recorded["classes"]) == 5 * 16 * 6  # one epoch's worth, not two
+    assert list(recorded["class_names"]) == list(train_set.class_names)
+    rows = [list(train_set.image_ids).index(image_id) for image_id in recorded["image_ids"].tolist()]
+    assert (partial[rows, recorded["classes"]] == -1).all()  # only un-annotated entries are ignored

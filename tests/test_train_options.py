@@ -77,7 +77,7 @@ def test_bf16_amp_grad_checkpointing_channels_last_run_on_cpu(embedded_data_dir,
     assert recomputed > 0 and recomputed % 6 == 0  # the same checkpointed segments in every step
 
     lines = _metrics_lines(dest)
-    assert [line["epoch"] for line in lines] == [0]
+    assert [line["epoch"] for line in lines] == [1]
     for key in ("test_regular_mAP", "test_ema_mAP", "selection_mAP", "loss"):
         assert math.isfinite(lines[0][key]), key
     assert 0 < lines[0]["test_regular_mAP"] <= 100 and 0 < lines[0]["test_ema_mAP"] <= 100
@@ -137,7 +137,7 @@ def test_partial_labels_file_from_coco_simulation_is_what_train_py_trains_on(emb
     assert config["partial_labels"] == str(labels_file) and config["simulate_partial_type"] is None
     assert config["num_train_images"] == 96
     lines = _metrics_lines(dest)
-    assert [line["epoch"] for line in lines] == [0] and math.isfinite(lines[0]["selection_mAP"])
+    assert [line["epoch"] for line in lines] == [1] and math.isfinite(lines[0]["selection_mAP"])
     assert len(summary["history"]) == 1
 
 

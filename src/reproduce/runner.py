@@ -22,15 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from src.callbacks import IGNORED_FILE
 from src.data import resolve_coco_files
 from src.data.coco import CocoDetection
 from src.data.embedded import class_attributes, class_names, ensure_dataset
 from src.prior import read_prior_csv
 from src.reproduce.mechanism import ignored_composition, read_ignored_file
 from src.reproduce.protocols import CE_GAMMAS, Protocol, Row, protocol_rows, resolve_threshold
-from src.trainer import Trainer, format_duration
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
+from src.utils.logging import format_duration
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "train.py")
@@ -119,7 +120,7 @@ def _full_training_labels(data: str) -> tuple[np.ndarray, list, list[str]]:
 
 def cell_composition(cell_dir: str, data: str, design: str) -> dict:
     """`src.reproduce.mechanism.ignored_composition` of a CSL cell's ignored_last_epoch.npz."""
-    image_ids, classes, recorded_names = read_ignored_file(os.path.join(cell_dir, Trainer.IGNORED_FILE))
+    image_ids, classes, recorded_names = read_ignored_file(os.path.join(cell_dir, IGNORED_FILE))
     labels, full_ids, full_names = _full_training_labels(data)
     if recorded_names != full_names:
         raise CellFailed(f"{cell_dir}: the recorded classes differ from those of {data}")

@@ -8,8 +8,10 @@ Layout (a dict saved with ``torch.save``; loadable with ``weights_only=True``):
   ``boostlu_alpha`` (None without BoostLU), ``class_names`` (so :func:`src.models.load_model` rebuilds
   the network);
 - ``optimizer``, ``scheduler``, ``scaler``: their ``state_dict()``;
-- ``epoch``: index of the epoch the state belongs to; ``steps_done``: optimizer steps done in that
-  epoch (the epoch length for an end-of-epoch checkpoint, fewer for a mid-epoch SIGTERM checkpoint);
+- ``epoch``: the epoch the state belongs to, counted from 1 as in ``history`` and ``best``
+  (``format_version`` 2; `src.trainer.count_epochs_from_one` converts older, 0-based files; `ResumePoint`
+  holds the 0-based index); ``steps_done``: optimizer steps done in that epoch (the epoch length for an
+  end-of-epoch checkpoint, fewer for a mid-epoch SIGTERM checkpoint);
   ``epoch_loss_sum``: loss summed over those steps; ``rng_state``: `src.utils.seed.capture_rng_state`;
 - ``train_prior``: ``ComputePrior.reduced_state_dict()`` of the running-average prior, or None;
 - ``history``: per-epoch records (as in metrics.jsonl); ``best``: best selection metric and its epoch;

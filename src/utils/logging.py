@@ -1,8 +1,9 @@
 """Run outputs of train.py: args.json, metrics.jsonl and TensorBoard scalars (rank 0 only).
 
-``metrics.jsonl`` holds one JSON object per finished epoch (see ``train.py`` for the keys). On
-resume the file is rewritten from the checkpoint's history first, so lines of epochs that ran after
-the checkpoint (and were lost with the killed process) do not appear twice.
+``metrics.jsonl`` holds one JSON object per finished epoch (keys: docs/usage.md), ``"epoch"`` counted
+from 1, which is also the TensorBoard step of the epoch's scalars. On resume the file is rewritten from
+the checkpoint's history first, so lines of epochs that ran after the checkpoint (and were lost with the
+killed process) do not appear twice.
 """
 
 from __future__ import annotations
@@ -42,17 +43,15 @@ def _json_safe(value):
 class RunLogger:
     """Writes args.json, metrics.jsonl and TensorBoard scalars under ``folder``; inert when not main."""
 
-    def __init__(self, folder: str, enabled: bool = True, tensorboard: bool = True):
-        self.folder = folder
-        self.enabled = enabled
+    def __init__(self, folder: str, enabled: bool = True):
+        self.folder, self.enabled = folder, enabled
         self.metrics_path = os.path.join(folder, "metrics.jsonl")
         self._writer = None
         if enabled:
             os.makedirs(folder, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # slow to import: only where it writes
 
-                self._writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"))
+            self._writer = SummaryWriter(log_dir=os.path.join(folder, "tensorboard"))
 
     def write_args(self, config: dict) -> None:
         if self.enabled:
@@ -69,10 +68,9 @@ class RunLogger:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(_json_safe(record)) + "\n")
         if self._writer is not None:
-            step = record["epoch"] + 1
             for key, value in record.items():
                 if isinstance(value, int | float) and not isinstance(value, bool) and key != "epoch":
-                    self._writer.add_scalar(f"epoch/{key}", value, step)
+                    self._writer.add_scalar(f"epoch/{key}", value, record["epoch"])
             self._writer.flush()
 
     def log_step(self, name: str, value: float, step: int) -> None:
@@ -83,6 +81,15 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min', '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def main_print(is_main: bool, *args, **kwargs) -> None:
