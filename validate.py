@@ -15,6 +15,11 @@ Metrics (all in percent; see ``src/metrics.py`` for the exact definitions):
   next to the checkpoint, ``<checkpoint folder>/<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv``
   (so the best.pth of two runs do not share one file).
 
+Image size, architecture and classes come from the checkpoint (`src.models.load_model_for_command`): a
+train.py checkpoint is evaluated at the size it was trained at, a paper checkpoint (which records none) at
+448 px; ``--image-size`` evaluates at another size (one line says so), a contradicting ``--num-classes`` or
+``--model-name`` is refused. The settings and where each came from are printed first.
+
 The paper's repository has no validate.py; the flags follow its train.py and ASL's validate.py
 (``--thre`` default 0.8, ``-b`` 32), with both ``--snake_case`` and ``--kebab-case`` spellings. The data,
 model, EMA and device flags are train.py's, from the parent parsers of ``src/args.py``.
@@ -47,14 +52,17 @@ from src.args import (
 )
 from src.data import build_split_from_args
 from src.data.transforms import build_val_transform
-from src.engine import build_eval_loader, evaluate, load_eval_model
+from src.engine import build_eval_loader, evaluate
 from src.metrics import THRESHOLD_METRIC_KEYS, topk_metrics
-from src.models import check_model_classes, weights_stem
+from src.models import EVAL_SETTING_FLAGS, check_model_classes, load_model_for_command, weights_stem
+from src.utils.amp import resolve_amp
 from src.utils.cli import run_cli
 from src.utils.distributed import cleanup_distributed, init_distributed
 from src.utils.io import atomic_write_text, prepare_output_file
 
 FREQUENCY_GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
+SETTING_FLAGS = {**EVAL_SETTING_FLAGS, "num_classes": ("--num-classes", "num_classes")}
+PAPER_DEFAULTS = {"image_size": 448, "batch_size": 32}  # for a checkpoint that records no size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group = parser.add_argument_group("evaluation")
     add_flag(group, "--num-classes", type=positive_int, default=None,
-             help="expected number of classes (default: the checkpoint's); checked against model and data")
+             help="expected number of classes (default: the checkpoint's); refused when it is not")
     add_flag(group, "--thre", type=float, default=0.8,
              help="score threshold of CP/CR/CF1/OP/OR/OF1 (ASL's validate.py default 0.8)")
     add_flag(group, "--top_k", type=positive_int, default=3, help="k of the top-k CP/CR/CF1/OP/OR/OF1")
@@ -76,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(group, "--output", type=str, default=None,
              help="per-class AP CSV; default next to the checkpoint: <checkpoint folder>/<checkpoint name>"
                   "[_ema]_<dataset_type>_per_class_ap.csv")
+    parser.set_defaults(**{attr: None for _, attr in SETTING_FLAGS.values()})  # None: not given
     return parser
 
 
@@ -89,19 +98,6 @@ def build_val_dataset(args):
     """The validation split alone (building the train split of OpenImages would take minutes)."""
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     return build_split_from_args(args, "val", transform)
-
-
-def check_classes(model_classes: list[str], dataset_classes: list[str], args, verbose: bool = True) -> None:
-    """--num-classes, model and dataset agree (see `src.models.check_model_classes` for the names; its
-    note on differing names is printed only when ``verbose``, i.e. on rank 0)."""
-    if args.num_classes is not None and args.num_classes != len(model_classes):
-        raise ValueError(f"--num-classes {args.num_classes} does not match the checkpoint {args.model_path}, "
-                         f"whose head has {len(model_classes)} outputs; drop --num-classes or pass "
-                         f"the matching checkpoint")
-    note = check_model_classes(model_classes, dataset_classes,
-                               f"the {args.dataset_type} validation set at {args.data}")
-    if note and verbose:
-        print(note)
 
 
 def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) -> list[dict]:
@@ -166,17 +162,24 @@ def main(argv=None) -> dict:
                     "pass a .pth written by train.py or a released CSL model")
     if not 0.0 <= args.thre <= 1.0:
         raise ValueError(f"--thre {args.thre} is not a probability; pass a value in [0, 1] (e.g. 0.8)")
+    loaded = load_model_for_command(args, SETTING_FLAGS, PAPER_DEFAULTS)
     args.output = args.output or default_output(args)
     # Before any work: an --output that is a folder or cannot be created fails now, not after evaluating.
     prepare_output_file(args.output, "--output", example=os.path.basename(default_output(args)))
     ctx = init_distributed(args.device)
     try:
-        model, model_classes, amp_dtype = load_eval_model(args, ctx.device)
+        if ctx.is_main:
+            print(loaded.report())
+        model = loaded.model.to(ctx.device)
+        amp_dtype = resolve_amp(ctx.device, args.amp, args.amp_dtype, training=False)
         dataset = build_val_dataset(args)
         if ctx.is_main and dataset.describe_load_stats() is not None:
             print(dataset.describe_load_stats())
         class_names = list(dataset.class_names)
-        check_classes(list(model_classes), class_names, args, verbose=ctx.is_main)
+        note = check_model_classes(loaded.class_names, class_names,
+                                   f"the {args.dataset_type} validation set at {args.data}")
+        if note and ctx.is_main:
+            print(note)
         if ctx.is_main:
             print(f"evaluating {args.model_path}{' (EMA weights)' if args.use_ema else ''} on "
                   f"{len(dataset)} {args.dataset_type} validation images at {args.image_size} px")
