@@ -1,32 +1,19 @@
 """Evaluate a checkpoint (the paper's or ours) on the validation set of COCO, OpenImages, LVIS or the
-embedded dataset.
+embedded dataset. Metrics in percent (definitions in ``src/metrics.py``):
 
-Metrics (all in percent; see ``src/metrics.py`` for the exact definitions):
+* mAP: with full labels (COCO, embedded) the paper's, a class without positives counting 0; with labels
+  holding -1 (OpenImages, LVIS: not every class verified for every image) the partial AP over annotated
+  labels, averaged over the classes with an annotated positive and negative (the skipped ones counted).
+* CP, CR, CF1, OP, OR, OF1 at ``--thre`` (score >= threshold) and for the top-``--top_k`` classes of every
+  image (as ASL / ML-GCN); LVIS: the mAP of the rare / common / frequent classes.
+* Per-class AP CSV at ``--output`` (class, AP, n_pos, n_neg, n_unannotated, group); by default next to the
+  checkpoint, ``<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv`` (two runs' best.pth never share it).
 
-* mAP. With full labels (COCO val, embedded) it is the paper's mAP: mean AP over all classes, a class
-  without positives counting 0 (their number is printed). When the labels hold -1 (OpenImages, LVIS
-  val: not every class is verified for every image) it is the partial AP: AP over annotated labels
-  only, averaged over the classes that have an annotated positive and negative; the classes skipped
-  are counted by reason.
-* CP, CR, CF1, OP, OR, OF1 at ``--thre`` (score >= threshold) and for the top-``--top_k`` classes of
-  every image (as in ASL / ML-GCN).
-* LVIS: the mAP of the rare / common / frequent classes (``dataset.frequency_groups``).
-* Per-class AP written to ``--output`` (CSV: class, AP, n_pos, n_neg, n_unannotated, group); by default
-  next to the checkpoint, ``<checkpoint folder>/<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv``
-  (so the best.pth of two runs do not share one file).
-
-Image size, architecture and classes come from the checkpoint (`src.models.load_model_for_command`): a
-train.py checkpoint is evaluated at the size it was trained at, a paper checkpoint (which records none) at
-448 px; ``--image-size`` evaluates at another size (one line says so), a contradicting ``--num-classes`` or
-``--model-name`` is refused. The settings and where each came from are printed first.
-
-The paper's repository has no validate.py; the flags follow its train.py and ASL's validate.py
-(``--thre`` default 0.8, ``-b`` 32), with both ``--snake_case`` and ``--kebab-case`` spellings. The data,
-model, EMA and device flags are train.py's, from the parent parsers of ``src/args.py``.
-A checkpoint whose outputs hold NaN/inf is refused by the metrics' finiteness check
-(``src.metrics.check_finite_scores``).
-Predictions come from ``src.engine.evaluate`` (the training loop's evaluation), so under
-``torchrun --nproc_per_node N validate.py ...`` every image is evaluated exactly once.
+Image size, architecture and classes come from the checkpoint (`src.models.load_model_for_command`; a paper
+checkpoint records no size: 448 px); ``--image-size`` evaluates at another size (one line says so), a
+contradicting ``--num-classes`` or ``--model-name`` is refused; the settings and their sources are printed.
+The flags follow the paper's train.py and ASL's validate.py (``--thre`` 0.8, ``-b`` 32). Predictions come
+from ``src.engine.evaluate``, so under ``torchrun`` every image is evaluated exactly once.
 """
 
 from __future__ import annotations
@@ -47,6 +34,7 @@ from src.args import (
     eval_weights_parser,
     model_parser,
     positive_int,
+    probability,
     require_weights,
     weights_output_path,
 )
@@ -66,8 +54,6 @@ PAPER_DEFAULTS = {"image_size": 448, "batch_size": 32}  # for a checkpoint that 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The shared data / model / EMA / device flags of src.args (``-b`` 32 as ASL's validate.py), plus
-    validate.py's own: --num-classes, --thre, --top_k, --print-freq, --output."""
     parser = argparse.ArgumentParser(
         description="Evaluate a multi-label checkpoint (CSL paper or ours).",
         parents=[data_parser(batch_size=32, workers=8), model_parser(path_default=None, name_default=None),
@@ -76,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("evaluation")
     add_flag(group, "--num-classes", type=positive_int, default=None,
              help="expected number of classes (default: the checkpoint's); refused when it is not")
-    add_flag(group, "--thre", type=float, default=0.8,
+    add_flag(group, "--thre", type=probability, default=0.8,
              help="score threshold of CP/CR/CF1/OP/OR/OF1 (ASL's validate.py default 0.8)")
     add_flag(group, "--top_k", type=positive_int, default=3, help="k of the top-k CP/CR/CF1/OP/OR/OF1")
     add_flag(group, "--print-freq", "-p", type=positive_int, default=64,
@@ -89,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_output(args) -> str:
-    """Next to the checkpoint: <folder>/<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv."""
     stem = weights_stem(args.model_path) + ("_ema" if args.use_ema else "")
     return weights_output_path(args.model_path, f"{stem}_{args.dataset_type}_per_class_ap.csv")
 
@@ -114,7 +99,6 @@ def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) 
 
 
 def write_per_class_csv(path: str, rows: list[dict]) -> None:
-    """The per-class CSV, written atomically (`src.utils.io.atomic_write_text`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -160,27 +144,22 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     require_weights(args.model_path, "--model-path", "checkpoint",
                     "pass a .pth written by train.py or a released CSL model")
-    if not 0.0 <= args.thre <= 1.0:
-        raise ValueError(f"--thre {args.thre} is not a probability; pass a value in [0, 1] (e.g. 0.8)")
     loaded = load_model_for_command(args, SETTING_FLAGS, PAPER_DEFAULTS)
     args.output = args.output or default_output(args)
     # Before any work: an --output that is a folder or cannot be created fails now, not after evaluating.
     prepare_output_file(args.output, "--output", example=os.path.basename(default_output(args)))
     ctx = init_distributed(args.device)
     try:
-        if ctx.is_main:
-            print(loaded.report())
         model = loaded.model.to(ctx.device)
         amp_dtype = resolve_amp(ctx.device, args.amp, args.amp_dtype, training=False)
         dataset = build_val_dataset(args)
-        if ctx.is_main and dataset.describe_load_stats() is not None:
-            print(dataset.describe_load_stats())
         class_names = list(dataset.class_names)
         note = check_model_classes(loaded.class_names, class_names,
                                    f"the {args.dataset_type} validation set at {args.data}")
-        if note and ctx.is_main:
-            print(note)
         if ctx.is_main:
+            for line in (loaded.report(), dataset.describe_load_stats(), note):
+                if line:
+                    print(line)
             print(f"evaluating {args.model_path}{' (EMA weights)' if args.use_ema else ''} on "
                   f"{len(dataset)} {args.dataset_type} validation images at {args.image_size} px")
         loader = build_eval_loader(dataset, args.batch_size, args.workers, ctx.device)

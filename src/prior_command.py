@@ -1,21 +1,19 @@
-"""``python -m src.prior``: the clean-pass prior of a checkpoint, and how well it ranks the classes.
+"""``python -m src.prior`` (src/prior/__main__.py calls `cli`): the clean-pass prior of a checkpoint, and how
+well it ranks the classes.
 
-Runs `src.prior.compute_prior_from_model` (eval mode, validation transform) over the training images
-with their partial labels, writes the paper's ``Classes,avg_pred`` file and, when the full labels are
-known (coco, also the embedded dataset), prints Spearman's rho and the top-k lists of this estimate, the
-naive counts and the ``--compare`` files against the true frequencies. With torch.distributed initialised
-(torchrun) every rank predicts a disjoint shard; rank 0 writes and reports.
+Runs `src.prior.compute_prior_from_model` (eval mode, validation transform) over the training images with
+their partial labels, writes the paper's ``Classes,avg_pred`` file and, when the full labels are known
+(coco, also the embedded dataset), prints Spearman's rho and the top-k lists of this estimate, the naive
+counts and the ``--compare`` files against the true frequencies. Under torchrun every rank predicts a
+disjoint shard; rank 0 writes and reports. Image size and architecture come from the checkpoint
+(`src.models.load_model_for_command`; a paper checkpoint records no size: 448 px).
 
-Image size and architecture come from the checkpoint (`src.models.load_model_for_command`;
-a paper checkpoint, which records no size, is evaluated at 448 px).
-
-The output defaults to a file next to the checkpoint, named after the labels, the checkpoint and the
-weights (``outputs/stage1/prior_fpc_1000_best.csv``, ``..._last_ema.csv``), so it never replaces the
-prior train.py wrote (``<path_dest>/priors/prior_fpc_1000.csv``) nor that of another checkpoint::
+The output defaults to ``<checkpoint folder>/prior_<labels>_<checkpoint name>[_ema].csv`` (e.g.
+``prior_fpc_1000_best.csv``): one file per checkpoint and weights, never train.py's
+``<path_dest>/priors/prior_fpc_1000.csv``::
 
     python -m src.prior --model_path outputs/stage1/best.pth --data data/embedded \
-        --simulate_partial_type fpc --simulate_partial_param 1000 \
-        --out outputs/priors/prior_fpc_1000.csv --compare outputs/priors/negative_mode.csv
+        --simulate_partial_type fpc --simulate_partial_param 1000 --compare outputs/priors/negative_mode.csv
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import sys
 
 from src.args import (
     add_flag,
@@ -78,8 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(args) -> str:
-    """<checkpoint folder>/prior_<labels>_<checkpoint name>[_ema].csv: one file per checkpoint and weights
-    (best / last, EMA or not), never train.py's <path_dest>/priors/prior_<labels>.csv."""
     if args.partial_labels:
         stem = os.path.splitext(os.path.basename(args.partial_labels))[0]
     elif args.simulate_partial_type:
@@ -92,9 +87,7 @@ def _default_out(args) -> str:
 
 def _load_train_sets(args, verbose: bool = True):
     """(train set with the eval transform and the partial labels, full labels or None). Full labels are
-    known for coco (also the embedded dataset): the annotation file is complete and the partial labels
-    are simulated from it. Only the train split is read (build_datasets would also read the val split).
-    ``verbose``: print the simulated draw (rank 0)."""
+    known for coco (also the embedded dataset): the partial labels are simulated from its complete file."""
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     train_full = build_split_from_args(args, "train", transform)
     if verbose and train_full.describe_load_stats() is not None:
@@ -108,13 +101,6 @@ def _load_train_sets(args, verbose: bool = True):
         print(describe_simulation(args.simulate_partial_type, args.simulate_partial_param, args.seed,
                                   summary))
     return train_partial, (train_full.labels if args.dataset_type == "coco" else None)
-
-
-def _check_out_path(path: str) -> None:
-    """Before any work: a .csv file path whose folder exists or can be created (created here)."""
-    if not os.path.isdir(path) and not path.lower().endswith(".csv"):
-        raise ValueError(f"--out: {path!r} should be a .csv file (the prior format is Classes,avg_pred)")
-    prepare_output_file(path, "--out", example="prior.csv")
 
 
 def _report(args, train_set, full_labels, class_names, prior, compares) -> tuple[str | None, dict | None]:
@@ -144,16 +130,18 @@ def main(argv=None) -> dict:
         require_file(path, "--compare", "prior file", "pass a Classes,avg_pred CSV")
     loaded = load_model_for_command(args, EVAL_SETTING_FLAGS, PAPER_DEFAULTS)
     args.out = args.out or _default_out(args)
-    _check_out_path(args.out)  # before the pass: a bad --out fails now
+    if not os.path.isdir(args.out) and not args.out.lower().endswith(".csv"):
+        raise ValueError(f"--out: {args.out!r} should be a .csv file (the prior format is Classes,avg_pred)")
+    prepare_output_file(args.out, "--out", example="prior.csv")  # before the pass: a bad --out fails now
     ctx = init_distributed(args.device)
     try:
         if ctx.is_main:
             print(loaded.report())
-        model, model_classes = loaded.model.to(ctx.device), loaded.class_names
+        model = loaded.model.to(ctx.device)
         amp_dtype = resolve_amp(ctx.device, args.amp, args.amp_dtype, training=False)
         train_set, full_labels = _load_train_sets(args, verbose=ctx.is_main)
         class_names = list(train_set.class_names)
-        note = check_model_classes(model_classes, class_names,
+        note = check_model_classes(loaded.class_names, class_names,
                                    f"the {args.dataset_type} training set at {args.data}")
         if note and ctx.is_main:
             print(note)
@@ -175,7 +163,3 @@ def main(argv=None) -> dict:
 
 def cli(argv=None) -> int:
     return run_cli(main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -119,8 +119,8 @@ def test_the_one_reader_names_the_file_and_the_flag(tmp_path):
     with pytest.raises(CheckpointError, match=r"--model-path: '.*notes.txt' is not a readable torch file "
                                               r"\(starts with b'not '\)"):
         read_pth(notes, flag="--model-path")
-    with pytest.raises(CheckpointNotFoundError, match=r"--model-path: checkpoint file not found: .*gone.pth"):
-        read_pth(tmp_path / "gone.pth", flag="--model-path")
+    with pytest.raises(CheckpointNotFoundError, match=r"not found: .*gone.pth.*check --resume"):
+        read_pth(tmp_path / "gone.pth", flag="--resume")
     assert issubclass(CheckpointNotFoundError, FileNotFoundError) and issubclass(CheckpointError, ValueError)
     # numpy scalars (a num_classes saved as np.int64) and an argparse.Namespace of args are read safely
     torch.save({"num_classes": np.int64(3), "args": argparse.Namespace(image_size=32)}, tmp_path / "np.pth")

@@ -214,9 +214,10 @@ def test_errors(embedded_data_dir, tmp_path, capsys):
     with pytest.raises(ConfigError, match=refused):
         validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "ap.csv")
                       + ["--model-name", "resnet18"])
-    with pytest.raises(ValueError, match="--thre 2.0 is not a probability"):
+    with pytest.raises(SystemExit):  # src.args.probability
         validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "ap.csv")
                       + ["--thre", "2"])
+    assert "argument --thre: must be a probability in [0, 1], got 2" in capsys.readouterr().err
     assert len(names) == EMBEDDED_NUM_CLASSES
 
 

@@ -6,12 +6,12 @@ read by `src.utils.checkpoint.read_pth` (never runs code from it without ``--uns
 
 Accepted containers: the paper's released files ``{'model': state_dict, 'num_classes', 'idx_to_class'}``;
 bare state dicts, ``{'state_dict': ...}`` wrappers, DDP ``module.`` / torch.compile ``_orig_mod.`` key
-prefixes; ours (`src.utils.checkpoint`) with an optional ``ema``. State dicts may be in the paper's
-InPlaceABN layout (converted, see ``checkpoint_convert``) or timm's. Older files may lack
+prefixes; ours (layout in `src.utils.checkpoint`) with an optional ``ema``. State dicts may be in the
+paper's InPlaceABN layout (converted, see ``checkpoint_convert``) or timm's. Older files may lack
 ``num_batches_tracked``; those buffers keep the model's value.
 
-The checkpoint owns a model's settings (`resolve_model_settings`): the commands that load a model take
-its architecture, classes and image size from it; a flag that disagrees is used where that is meaningful
+The checkpoint owns a model's settings (`resolve_model_settings`): the commands that load a model take its
+architecture, classes and image size from it; a flag that disagrees is used where that is meaningful
 (another image size, with one printed line) and refused where the result would be wrong.
 """
 
@@ -40,15 +40,24 @@ from src.models.hub import cached_download, parse_weights_spec, timm_pretrained_
 from src.utils.checkpoint import CheckpointError, read_pth, recorded_args
 from src.utils.cli import ConfigError
 
+_EMA_KEYS = ('ema', 'model_ema', 'state_dict_ema')
+# A flag that disagrees with the checkpoint is used (with one printed line) where that is meaningful, i.e.
+# evaluating at another image size; refused for the rest (another architecture or class count).
+USED_WHEN_DIFFERENT = {'image_size': 'the checkpoint was trained at {stored}: evaluating at {value}'}
+SETTING_LABELS = {'image_size': 'image_size', 'model_name': 'model', 'num_classes': 'classes',
+                  'do_bottleneck_head': 'bottleneck head', 'boostlu_alpha': 'boostlu', 'batch_size': 'batch'}
+# The settings of src.args' data and model flags that a checkpoint answers: setting -> (flag, attribute).
+EVAL_SETTING_FLAGS = {'image_size': ('--image-size', 'image_size'),
+                      'model_name': ('--model-name', 'model_name'), 'batch_size': ('-b', 'batch_size')}
+MIN_BACKBONE_SHARE = 0.5  # fewer matching backbone tensors than this share: not this model's weights
+
 
 def read_checkpoint(spec, allow_pickle: bool = False, *, progress: bool = True,
                     pretrained_cfg_overlay: Mapping | None = None, cache_dir: str | None = None):
-    """(checkpoint, source) for any ``--model-path`` value: a local path (`read_pth`), a URL or ``csl:``
-    alias (`src.models.hub.cached_download`, then `read_pth`; ``cache_dir`` overrides the torch hub
-    cache) or ``timm:<name>``
-    (`src.models.hub.timm_pretrained_checkpoint`, which ``pretrained_cfg_overlay`` is passed to).
-    ``source`` is the local file that was read, or a description of timm's source. ``progress``: show
-    download progress bars (stderr)."""
+    """(checkpoint, source) for any ``--model-path`` value: a local path, a URL or ``csl:`` alias
+    (downloaded by `src.models.hub.cached_download` into ``cache_dir`` or the torch hub cache, with progress
+    bars when ``progress``) or ``timm:<name>`` (`src.models.hub.timm_pretrained_checkpoint`, given
+    ``pretrained_cfg_overlay``). ``source``: the local file read, or a description of timm's source."""
     parsed = parse_weights_spec(spec)
     if parsed.kind == 'local':
         return read_pth(parsed.location, allow_pickle=allow_pickle), parsed.location
@@ -61,9 +70,6 @@ def read_checkpoint(spec, allow_pickle: bool = False, *, progress: bool = True,
         return read_pth(cached.path, allow_pickle=allow_pickle), cached.path
     except CheckpointError as error:
         raise CheckpointError(f'{parsed.spec} (downloaded to {cached.path}): {error}') from error
-
-
-_EMA_KEYS = ('ema', 'model_ema', 'state_dict_ema')
 
 
 def _is_state_dict(obj) -> bool:
@@ -101,29 +107,26 @@ def to_timm_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return dict(state_dict)
 
 
-def _class_names(checkpoint, num_classes: int, path) -> list[str]:
-    names = None
-    if isinstance(checkpoint, Mapping) and checkpoint.get('class_names') is not None:
-        names = [str(name) for name in checkpoint['class_names']]
-    elif isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('idx_to_class'), Mapping):
-        idx_to_class = {int(idx): str(name) for idx, name in checkpoint['idx_to_class'].items()}
+def _class_names(fields: Mapping, num_classes: int, path) -> list[str]:
+    if fields.get('class_names') is not None:
+        names = [str(name) for name in fields['class_names']]
+    elif isinstance(fields.get('idx_to_class'), Mapping):
+        idx_to_class = {int(idx): str(name) for idx, name in fields['idx_to_class'].items()}
         if sorted(idx_to_class) != list(range(len(idx_to_class))):
             raise CheckpointError(f'{path!r}: idx_to_class keys must be 0..N-1')
         names = [idx_to_class[i] for i in range(len(idx_to_class))]
-    if names is None:
+    else:
         return [f'class_{i}' for i in range(num_classes)]
     if len(names) != num_classes:
-        raise CheckpointError(f'{path!r} lists {len(names)} class names but its head has '
-                              f'{num_classes} outputs')
+        raise CheckpointError(f'{path!r} lists {len(names)} class names but its head has {num_classes} '
+                              'outputs')
     return names
 
 
-def _resolve_model_name(state_dict, checkpoint, model_name, path, flag) -> str:
-    """The architecture: the file's ``model_name`` or its TResNet tensor shapes; ``flag``
-    (e.g. ``--model-name``) only where the file says neither. A flag that contradicts the file is refused:
-    the weights would not fit, or fit another network."""
-    stored = checkpoint.get('model_name') if isinstance(checkpoint, Mapping) else None
-    inferred = infer_tresnet_name(state_dict)
+def _resolve_model_name(state_dict, fields: Mapping, model_name, path, flag) -> str:
+    """The file's ``model_name`` or its TResNet tensor shapes; ``model_name`` (the option ``flag``) only
+    where the file says neither. A contradiction is refused: the weights would not fit, or fit another net."""
+    stored, inferred = fields.get('model_name'), infer_tresnet_name(state_dict)
     if is_timm_tresnet_layout(state_dict) and inferred is None:
         layers, width, v2 = describe_tresnet_arch(state_dict)
         raise CheckpointError(f'{path!r} holds a TResNet with blocks {list(layers)}, stem width {width}, '
@@ -132,30 +135,29 @@ def _resolve_model_name(state_dict, checkpoint, model_name, path, flag) -> str:
         raise CheckpointError(f'{path!r} holds a {inferred} (from its tensor shapes) but its model_name '
                               f'says {stored!r}; the file is inconsistent')
     known, source = (inferred, 'tensor shapes') if inferred is not None else (stored, 'model_name')
-    if model_name is not None and known is not None and str(model_name).lower() != str(known).lower():
-        raise CheckpointError(f'{path!r} holds a {str(known).lower()} (from its {source}) but {flag} says '
-                              f'{model_name!r}; drop {flag} or pass {flag} {str(known).lower()}')
+    known = None if known is None else str(known).lower()
+    if model_name is not None and known is not None and str(model_name).lower() != known:
+        raise CheckpointError(f'{path!r} holds a {known} (from its {source}) but {flag} says {model_name!r}; '
+                              f'drop {flag} or pass {flag} {known}')
     if known is None and model_name is None:
         raise CheckpointError(f'cannot tell the architecture of {path!r}: it is not a TResNet layout and '
                               f'stores no model_name; pass {flag} (any timm model name)')
-    return str(known or model_name).lower()
+    return known or str(model_name).lower()
 
 
-def _resolve_head(state_dict, checkpoint, model_name, path) -> dict:
-    bottleneck_prefix = find_bottleneck_classifier(state_dict)
-    info = head_info(state_dict, bottleneck_prefix or 'head.fc')
-    if info is None and isinstance(checkpoint, Mapping) and checkpoint.get('num_classes') is not None:
-        info = {'do_bottleneck_head': bool(checkpoint.get('do_bottleneck_head', False)),
-                'num_classes': int(checkpoint['num_classes'])}
+def _resolve_head(state_dict, fields: Mapping, model_name, path) -> dict:
+    info = head_info(state_dict, find_bottleneck_classifier(state_dict) or 'head.fc')
+    if info is None and fields.get('num_classes') is not None:
+        info = {'do_bottleneck_head': bool(fields.get('do_bottleneck_head', False)),
+                'num_classes': int(fields['num_classes'])}
     if info is None:  # plain classifier of a non-TResNet timm model: ask the model where it is
         probe = create_model(model_name=model_name, num_classes=1)
         info = head_info(state_dict, probe.pretrained_cfg.get('classifier', 'head.fc'))
     if info is None:
         raise CheckpointError(f'{path!r}: cannot find the classifier of {model_name} in the state dict '
                               'and the file stores no num_classes')
-    stored = checkpoint.get('num_classes') if isinstance(checkpoint, Mapping) else None
-    if stored is not None and int(stored) != info['num_classes']:
-        raise CheckpointError(f'{path!r} says num_classes={stored} but its head has '
+    if fields.get('num_classes') is not None and int(fields['num_classes']) != info['num_classes']:
+        raise CheckpointError(f'{path!r} says num_classes={fields["num_classes"]} but its head has '
                               f'{info["num_classes"]} outputs')
     return info
 
@@ -185,44 +187,35 @@ def build_model_from_checkpoint(checkpoint, path, model_name: str | None = None,
                                 flag: str = 'model_name') -> tuple[nn.Module, list[str], dict]:
     """(model in eval mode on CPU, class names, architecture) of a read checkpoint, loaded strictly.
 
-    Architecture: the file's ``model_name`` or the TResNet tensor shapes, ``model_name`` (the option
-    ``flag``) only where the file says neither, a contradiction refused. Head type and num_classes come from
-    the tensors (``head.fc.FC.weight`` => bottleneck); ``boostlu_alpha`` from the file (a BoostLU model,
-    `src.models.boostlu`, as it was trained). Class names: ``class_names`` or ``idx_to_class`` (index ->
-    name/MID), else 'class_<i>'. ``architecture``: model_name, num_classes, do_bottleneck_head,
-    boostlu_alpha.
+    Architecture (`_resolve_model_name`); head type and num_classes from the tensors (``head.fc.FC.weight``
+    => bottleneck); ``boostlu_alpha`` from the file (a BoostLU model, as trained). Class names:
+    ``class_names`` or ``idx_to_class`` (index -> name/MID), else 'class_<i>'. ``architecture``:
+    model_name, num_classes, do_bottleneck_head, boostlu_alpha.
     """
     path = os.fspath(path)
+    fields = checkpoint if isinstance(checkpoint, Mapping) else {}
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path, use_ema=use_ema))
-    name = _resolve_model_name(state_dict, checkpoint, model_name, path, flag)
-    head = _resolve_head(state_dict, checkpoint, name, path)
-    boostlu_alpha = checkpoint.get('boostlu_alpha') if isinstance(checkpoint, Mapping) else None
+    name = _resolve_model_name(state_dict, fields, model_name, path, flag)
+    head = _resolve_head(state_dict, fields, name, path)
     model = create_model(model_name=name, num_classes=head['num_classes'],
                          do_bottleneck_head=head['do_bottleneck_head'],
                          bottleneck_features=head.get('bottleneck_features', 512),
-                         boostlu_alpha=boostlu_alpha)
+                         boostlu_alpha=fields.get('boostlu_alpha'))
     load_state_dict_strict(model, state_dict, path)
     architecture = {'model_name': name, 'num_classes': head['num_classes'],
-                    'do_bottleneck_head': head['do_bottleneck_head'], 'boostlu_alpha': boostlu_alpha}
-    return model.eval(), _class_names(checkpoint, head['num_classes'], path), architecture
+                    'do_bottleneck_head': head['do_bottleneck_head'],
+                    'boostlu_alpha': fields.get('boostlu_alpha')}
+    return model.eval(), _class_names(fields, head['num_classes'], path), architecture
 
 
 def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool = False,
                allow_pickle: bool = False, *, progress: bool = True,
                pretrained_cfg_overlay: Mapping | None = None) -> tuple[nn.Module, list[str]]:
-    """(model in eval mode on ``device``, class names) of a checkpoint: `read_checkpoint` (``path`` a local
-    file, ``timm:<name>``, a URL or a ``csl:`` alias) then `build_model_from_checkpoint`."""
+    """(model in eval mode on ``device``, class names): `read_checkpoint` + `build_model_from_checkpoint`."""
     checkpoint, _ = read_checkpoint(path, allow_pickle, progress=progress,
                                     pretrained_cfg_overlay=pretrained_cfg_overlay)
     model, class_names, _ = build_model_from_checkpoint(checkpoint, path, model_name, use_ema=use_ema)
     return model.to(device), class_names
-
-
-# A flag that disagrees with the checkpoint: used (with one printed line) where that is meaningful, i.e.
-# evaluating at another image size; refused for the rest (another architecture or class count).
-USED_WHEN_DIFFERENT = {'image_size': 'the checkpoint was trained at {stored}: evaluating at {value}'}
-SETTING_LABELS = {'image_size': 'image_size', 'model_name': 'model', 'num_classes': 'classes',
-                  'do_bottleneck_head': 'bottleneck head', 'boostlu_alpha': 'boostlu', 'batch_size': 'batch'}
 
 
 def _positive_whole(value) -> bool:
@@ -234,33 +227,28 @@ def resolve_model_settings(checkpoint, architecture: Mapping, given: Mapping[str
                            defaults: Mapping[str, object], path='checkpoint') -> tuple[dict, dict, list[str]]:
     """(settings, provenance, notes) a command runs with.
 
-    ``architecture``: `build_model_from_checkpoint`'s; ``given``: setting -> (flag, value or None when the
-    flag was not given); ``defaults``: the command's value where neither flag nor checkpoint says (the
-    paper's layout records no image size). The checkpoint records the architecture and, under ``args``
-    (train.py's resolved flags), ``image_size``. A given flag that disagrees is used
-    with a note (``USED_WHEN_DIFFERENT``) or refused with a `ConfigError` naming the flag, the stored value
-    and the fix. Provenance: 'checkpoint', 'flag' or 'default' per setting.
+    The checkpoint records ``architecture`` (`build_model_from_checkpoint`'s) and, under ``args``
+    (train.py's resolved flags), ``image_size``. ``given``: setting -> (flag, value, None when not given);
+    ``defaults``: where neither says (the paper's layout records no size). A given flag that disagrees is
+    used with a note (``USED_WHEN_DIFFERENT``) or refused, naming the flag, the stored value and the fix.
+    Provenance: 'checkpoint', 'flag' or 'default' per setting.
     """
-    saved = recorded_args(checkpoint)
-    recorded = {'image_size': saved['image_size']} if saved.get('image_size') is not None else {}
-    recorded.update(architecture)
+    recorded = dict(architecture)
+    size = recorded_args(checkpoint).get('image_size')
+    if size is not None:
+        if not _positive_whole(size) and given.get('image_size', (None, None))[1] is None:
+            raise CheckpointError(f'{path!r} stores image_size {size!r}, which is not a positive whole '
+                                  f'number; pass {given.get("image_size", ("--image-size",))[0]}')
+        if _positive_whole(size):
+            recorded['image_size'] = int(size)
     settings, sources, notes = {}, {}, []
     for key in dict.fromkeys([*recorded, *given, *defaults]):
         flag, value = given.get(key, (None, None))
-        stored = recorded.get(key)
-        if key == 'image_size' and key in recorded:
-            if _positive_whole(stored):
-                recorded[key] = stored = int(stored)
-            elif value is None:
-                raise CheckpointError(f'{path!r} stores image_size {stored!r}, which is not a positive whole '
-                                      f'number; pass {flag}')
-            else:
-                stored = None
         if value is None:
-            settings[key], sources[key] = (stored, 'checkpoint') if key in recorded else (defaults.get(key),
-                                                                                          'default')
+            settings[key], sources[key] = ((recorded[key], 'checkpoint') if key in recorded
+                                           else (defaults.get(key), 'default'))
             continue
-        settings[key], sources[key] = value, 'flag'
+        settings[key], sources[key], stored = value, 'flag', recorded.get(key)
         if stored is None or str(value).lower() == str(stored).lower():
             continue
         if key not in USED_WHEN_DIFFERENT:
@@ -269,11 +257,6 @@ def resolve_model_settings(checkpoint, architecture: Mapping, given: Mapping[str
                               'describes)')
         notes.append(f'{flag} {value} given; ' + USED_WHEN_DIFFERENT[key].format(stored=stored, value=value))
     return settings, sources, notes
-
-
-# The settings of src.args' data and model flags that a checkpoint answers: setting -> (flag, attribute).
-EVAL_SETTING_FLAGS = {'image_size': ('--image-size', 'image_size'),
-                      'model_name': ('--model-name', 'model_name'), 'batch_size': ('-b', 'batch_size')}
 
 
 @dataclass
@@ -295,16 +278,16 @@ class LoadedModel:
 
 
 def load_model_for_command(args, flags: Mapping[str, tuple[str, str]], defaults: Mapping) -> LoadedModel:
-    """Read ``args.model_path`` once, build its model and resolve the settings (`resolve_model_settings`)
-    of ``flags`` (setting -> (flag, attribute of ``args``; None when not given)); the resolved values are
-    written back to ``args``. Uses ``args.unsafe_pickle`` and ``args.use_ema`` (when present)."""
+    """Read ``args.model_path`` once (``args.unsafe_pickle``), build its model (``args.use_ema``) and resolve
+    the settings of ``flags`` (setting -> (flag, attribute of ``args``, None when not given)), which are
+    written back to ``args``."""
     checkpoint, _ = read_checkpoint(args.model_path, args.unsafe_pickle)
     given = {key: (flag, getattr(args, attr)) for key, (flag, attr) in flags.items()}
     model_flag, model_name = given.get('model_name', ('model_name', None))
     model, class_names, architecture = build_model_from_checkpoint(
         checkpoint, args.model_path, model_name, use_ema=getattr(args, 'use_ema', False), flag=model_flag)
-    settings = resolve_model_settings(checkpoint, architecture, given, defaults, args.model_path)
-    loaded = LoadedModel(model, class_names, *settings)
+    loaded = LoadedModel(model, class_names,
+                         *resolve_model_settings(checkpoint, architecture, given, defaults, args.model_path))
     for key, (_, attr) in flags.items():
         setattr(args, attr, loaded.settings[key])
     return loaded
@@ -312,8 +295,8 @@ def load_model_for_command(args, flags: Mapping[str, tuple[str, str]], defaults:
 
 @dataclass
 class BackboneLoadReport:
-    """What :func:`load_pretrained_backbone` did, by state-dict key. ``path``: the value as given (a path,
-    URL, ``csl:`` or ``timm:`` name); ``source``: the local file read or timm's source, when different."""
+    """What `load_pretrained_backbone` did, by state-dict key. ``path``: the value as given (a path, URL,
+    ``csl:`` or ``timm:`` name); ``source``: the local file read or timm's source, when different."""
 
     path: str
     loaded: list[str] = field(default_factory=list)
@@ -340,29 +323,15 @@ class BackboneLoadReport:
         return '\n'.join(lines)
 
 
-def _classifier_prefix(model: nn.Module) -> str:
-    classifier = getattr(model, 'pretrained_cfg', {}).get('classifier', 'head.fc')
-    return classifier if isinstance(classifier, str) else classifier[0]
-
-
-MIN_BACKBONE_SHARE = 0.5  # fewer matching backbone tensors than this share: not this model's weights
-
-
 def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False, *, progress: bool = True,
                              pretrained_cfg_overlay: Mapping | None = None) -> BackboneLoadReport:
-    """Load ImageNet-1k/21k weights (paper InPlaceABN or timm layout) into ``model`` except the classifier.
+    """Load ImageNet-1k/21k weights (paper InPlaceABN or timm layout; any `read_checkpoint` source) into
+    ``model`` except the classifier; returns the report (``str()``: the summary for the caller to print).
 
-    ``path``: a local file, ``timm:<name>`` (e.g. ``timm:tresnet_m.miil_in21k``), a URL or a ``csl:``
-    alias (see `read_checkpoint`, which ``progress`` and ``pretrained_cfg_overlay`` are passed to).
-
-    Tensors whose shape differs from the model's are skipped and reported; the classifier (``head.fc*``
-    for TResNets) is never loaded. Raises CheckpointError (a ValueError) when fewer than
-    ``MIN_BACKBONE_SHARE`` (half) of the model's backbone tensors (classifier and ``num_batches_tracked``
-    excluded) are in the file with the same name and shape: such a file holds another architecture, and
-    training on would be training from scratch after a one-line report. A partial match above that share
-    (e.g. a stage resized) loads, and the report lists what was skipped. ``allow_pickle``: see
-    `read_pth`. Prints nothing: the returned report's ``str()`` is the summary for the caller
-    to print.
+    Tensors whose shape differs from the model's are skipped and reported. Fewer than ``MIN_BACKBONE_SHARE``
+    of the backbone tensors (``num_batches_tracked`` excluded) matching by name and shape is an error: such a
+    file holds another architecture, and training on would be training from scratch after a one-line
+    report. A partial match above that share (e.g. a stage resized) loads.
     """
     path = os.fspath(path)
     checkpoint, source = read_checkpoint(path, allow_pickle, progress=progress,
@@ -370,7 +339,8 @@ def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False,
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path))
     target = getattr(model, '_orig_mod', model)
     own = target.state_dict()
-    classifier = _classifier_prefix(target)
+    classifier = getattr(target, 'pretrained_cfg', {}).get('classifier', 'head.fc')
+    classifier = classifier if isinstance(classifier, str) else classifier[0]
     report = BackboneLoadReport(path=path, source=source)
     to_load = {}
     for key, value in state_dict.items():

@@ -120,8 +120,8 @@ def read_pth(path, *, allow_pickle: bool = False, flag: str | None = None):
     path = os.fspath(path)
     where = f"{flag}: {path!r}" if flag else repr(path)
     if not os.path.isfile(path):
-        raise CheckpointNotFoundError(f"{flag + ': ' if flag else ''}checkpoint file not found: {path!r} "
-                                      "(expected a .pth file written by torch.save)")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path!r} (expected a .pth file written by "
+                                      f"torch.save; check {flag or '--model-path'})")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{where} is empty (0 bytes): a copy or download that did not finish")
     with open(path, "rb") as handle:
