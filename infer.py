@@ -1,28 +1,19 @@
 """Tag pictures with a trained multi-label model (the CSL paper's inference demo, completed).
 
-For each picture: RGB, resize to ``--input_size`` x ``--input_size``, scale to [0, 1] (no mean/std
-normalisation, as in training), sigmoid of the logits. The tags are the ``--top_k`` highest-scoring classes
-whose score exceeds ``--th`` (strictly, as in the paper's script); printed, written to
-``<output_dir>/predictions.csv`` (image, rank, class, score; one row with empty rank/class/score for a
-picture without tags; written as each picture is done; a file name that is not UTF-8 keeps its bytes) and
-drawn under the picture in ``<output_dir>/<picture>_tags.png``. In a folder, ``*_tags.png`` files (this
-script's outputs) are not tagged and an undecodable picture is skipped with a warning; a single such
-``--pic_path`` is an error.
+Each picture: RGB, resized to ``--input_size`` squared, scaled to [0, 1] (no mean/std, as in training),
+sigmoid of the logits; its tags are the ``--top_k`` best classes scoring above ``--th`` (strictly, as the
+paper). They are printed, drawn under the picture (``<output_dir>/<picture>_tags.png``) and written to
+``<output_dir>/predictions.csv`` (image, rank, class, score; an untagged picture has one row with empty
+fields; rows written as each picture is done). In a folder, ``*_tags.png`` (this script's outputs) are not
+tagged and an undecodable picture is skipped with a warning; a single one is an error.
 
-Checkpoints: ours (train.py) or the paper's released files. Input size and architecture come from the
-checkpoint (`src.models.load_model_for_command`; the paper's files record no size: its 224); ``--input_size``
-runs at another size (one line says so), a contradicting ``--model_name`` is refused; the settings and
-where each came from are printed. The paper's OpenImages models name classes by MID (``/m/01g317``); with
-``--class_description_path`` (CSV ``LabelName,DisplayName``, e.g. ``oidv6-class-descriptions.csv``, looked
-up at ``./data/`` for ``--dataset_type openimages``) they are shown by display name.
-
-Flags keep the paper's names and defaults (``--th 0.97``, ``--top_k 30``, ...), each also in kebab-case;
-``--pic_path`` defaults to ``pics/`` (the paper's photograph is not shipped). New: ``--output_dir`` and the
-device flags of ``src.args.device_parser`` (AMP on for CUDA by default, off on CPU).
-
-When no picture gets a tag, a warning names the flag to try: the paper's 0.97 suits its sharp OpenImages
-models; a model trained here for a few epochs rarely scores that high (``--th 0.5``, train.py's ``--thre``).
-Outputs holding NaN/inf (a diverged run) are refused by the metrics' finiteness check
+Checkpoints: ours or the paper's. Input size and architecture come from the checkpoint
+(`src.models.load_model_for_command`; the paper's record no size: its 224); the settings and their sources
+are printed. The paper's OpenImages classes are MIDs (``/m/01g317``), shown by name with
+``--class_description_path`` (CSV ``LabelName,DisplayName``, looked up in ./data for openimages).
+The paper's flags keep their names and defaults (``--th 0.97``, ``--top_k 30`` parsed as a float);
+``--pic_path`` defaults to ``pics/``. When nothing gets a tag a warning names the flag to try (0.97 suits
+the paper's sharp OpenImages models; ``--th 0.5`` one trained here); NaN/inf outputs are refused
 (``src.metrics.check_finite_scores``) instead of tagging nothing or everything.
 """
 
@@ -256,10 +247,7 @@ def csv_rows(picture: str, tags: list[tuple[str, float]]) -> list[list]:
 
 
 def main(argv=None) -> list[dict]:
-    """Tag every picture; returns [{'picture', 'tags': [(name, score)], 'output'}] of those read.
-
-    A folder's unreadable pictures are skipped with a warning; a single unreadable picture is an error.
-    predictions.csv gets each picture's rows as soon as it is done."""
+    """Tag every picture; returns [{'picture', 'tags': [(name, score)], 'output'}] of those read."""
     args = build_parser().parse_args(argv)
     require_weights(args.model_path, "--model_path", "checkpoint",
                     "pass a .pth written by train.py or a released CSL model")

@@ -447,6 +447,10 @@ def test_cli_reproduces_the_training_prior_and_reports_ranks(stage1_run, embedde
     names = result["class_names"]
     np.testing.assert_allclose(read_prior_csv(tmp_path / "prior.csv", names).numpy(),
                                read_prior_csv(stage1_run["prior"], names).numpy(), atol=1e-6)
+    # Without --image-size: the 32 px the checkpoint records, the same prior
+    argv = _cli_argv(stage1_run["best"], embedded_data_dir, tmp_path / "p2.csv")
+    np.testing.assert_array_equal(main(argv[:4] + argv[6:])["prior"], result["prior"])
+    out = out + capsys.readouterr().out
 
     _, _, full = embedded_split(embedded_data_dir, "train")
     true_freq = full.sum(0) / len(full)

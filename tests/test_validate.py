@@ -223,8 +223,12 @@ def test_errors(embedded_data_dir, tmp_path, capsys):
 
 def test_checkpoint_of_the_smoke_run(stage1_run, embedded_data_dir, tmp_path):
     """best.pth holds the selected weights: validate.py reproduces the mAP train.py reported for it."""
-    result = validate.main(base_argv(embedded_data_dir, stage1_run["best"], tmp_path / "ap.csv"))
+    argv = base_argv(embedded_data_dir, stage1_run["best"], tmp_path / "ap.csv")
+    result = validate.main(argv)
     assert result["mAP"] == pytest.approx(stage1_run["summary"]["best_test_mAP"], abs=1e-3)
+    # Without --image-size: the 32 px the checkpoint records (the paper's 448 would give another mAP)
+    assert argv[4:6] == ["--image-size", str(TINY_IMAGE_SIZE)]
+    assert validate.main(argv[:4] + argv[6:])["mAP"] == result["mAP"]
     ema_argv = base_argv(embedded_data_dir, stage1_run["last"], tmp_path / "ema.csv") + ["--use_ema"]
     ema = validate.main(ema_argv)
     # --use_ema evaluates the EMA weights of last.pth: the mAP of an independent forward pass with them

@@ -306,14 +306,11 @@ class BackboneLoadReport:
     missing: list[str] = field(default_factory=list)
     source: str | None = None
 
-    @property
-    def skipped(self) -> list[str]:
-        return self.skipped_classifier + self.skipped_unexpected + self.skipped_shape
-
     def __str__(self) -> str:
         origin = f' ({self.source})' if self.source and self.source != self.path else ''
+        skipped = len(self.skipped_classifier) + len(self.skipped_unexpected) + len(self.skipped_shape)
         lines = [f'pretrained backbone {self.path}{origin}: loaded {len(self.loaded)} tensors, skipped '
-                 f'{len(self.skipped)} ({len(self.skipped_classifier)} classifier, '
+                 f'{skipped} ({len(self.skipped_classifier)} classifier, '
                  f'{len(self.skipped_unexpected)} not in model, {len(self.skipped_shape)} shape mismatch), '
                  f'missing {len(self.missing)}']
         for title, keys in (('shape mismatch', self.skipped_shape), ('not in model', self.skipped_unexpected),

@@ -1,19 +1,19 @@
-"""The training checkpoint: its layout, the checked reader, and the point a resumed run continues from.
+"""The one .pth reader (`read_pth`), the training checkpoint's layout, and where a resumed run continues.
 
 Layout (a dict saved with ``torch.save``; loadable with ``weights_only=True``):
 
-- ``model``: state dict of the trained network (for ``best.pth``: the weights of the selected
-  variant, regular or EMA, see ``selected_variant``); ``ema``: state dict of the EMA network;
-- ``model_name``, ``num_classes``, ``do_bottleneck_head``, ``bottleneck_features``,
-  ``boostlu_alpha`` (None without BoostLU), ``class_names`` (so :func:`src.models.load_model` rebuilds
-  the network);
+- ``model``: state dict of the trained network (for ``best.pth``: the selected variant's weights, regular
+  or EMA, see ``selected_variant``); ``ema``: state dict of the EMA network;
+- ``model_name``, ``num_classes``, ``do_bottleneck_head``, ``bottleneck_features``, ``boostlu_alpha``
+  (None without BoostLU), ``class_names``: what `src.models.load_model` rebuilds the network from;
 - ``optimizer``, ``scheduler``, ``scaler``: their ``state_dict()``;
-- ``epoch``: index of the epoch the state belongs to; ``steps_done``: optimizer steps done in that
-  epoch (the epoch length for an end-of-epoch checkpoint, fewer for a mid-epoch SIGTERM checkpoint);
-  ``epoch_loss_sum``: loss summed over those steps; ``rng_state``: `src.utils.seed.capture_rng_state`;
+- ``epoch``: index of the epoch the state belongs to; ``steps_done``: optimizer steps done in it (the
+  epoch length at its end, fewer for a mid-epoch SIGTERM checkpoint); ``epoch_loss_sum``: their summed
+  loss; ``rng_state``: `src.utils.seed.capture_rng_state`;
 - ``train_prior``: ``ComputePrior.reduced_state_dict()`` of the running-average prior, or None;
 - ``history``: per-epoch records (as in metrics.jsonl); ``best``: best selection metric and its epoch;
-  ``args``: the resolved configuration (a dict); ``world_size``.
+- ``args``: train.py's resolved flags (a dict; `recorded_args`), whose ``image_size`` the evaluation
+  commands use; ``world_size``.
 
 Files are written atomically (`src.utils.io.atomic_torch_save`): a process killed mid-write leaves the
 previous file intact.
