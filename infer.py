@@ -251,7 +251,7 @@ def main(argv=None) -> list[dict]:
     args = build_parser().parse_args(argv)
     require_weights(args.model_path, "--model_path", "checkpoint",
                     "pass a .pth written by train.py or a released CSL model")
-    loaded = load_model_for_command(args, SETTING_FLAGS, {"image_size": PAPER_INPUT_SIZE})
+    loaded = load_model_for_command(args, SETTING_FLAGS, {"image_size": PAPER_INPUT_SIZE}, "--model_path")
     transform = build_val_transform(args.input_size, draft=False)
     folder_mode = os.path.isdir(args.pic_path)
     pictures = list_pictures(args.pic_path)

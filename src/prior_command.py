@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
                     "pass the stage-1 model (e.g. <path_dest>/best.pth)")
     for path in args.compare:
         require_file(path, "--compare", "prior file", "pass a Classes,avg_pred CSV")
-    loaded = load_model_for_command(args, EVAL_SETTING_FLAGS, PAPER_DEFAULTS)
+    loaded = load_model_for_command(args, EVAL_SETTING_FLAGS, PAPER_DEFAULTS, "--model_path")
     args.out = args.out or _default_out(args)
     if not os.path.isdir(args.out) and not args.out.lower().endswith(".csv"):
         raise ValueError(f"--out: {args.out!r} should be a .csv file (the prior format is Classes,avg_pred)")

@@ -199,6 +199,9 @@ def test_errors(embedded_data_dir, tmp_path, capsys):
     assert validate.cli(argv) == 2
     assert "error: --model-path" in capsys.readouterr().err
 
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"--model-path: '.*notes.pth' is not a readable torch file"):
+        validate.main(base_argv(embedded_data_dir, tmp_path / "notes.pth", tmp_path / "ap.csv"))
     save_tiny_checkpoint(tmp_path / "five.pth", names[:5])
     with pytest.raises(ValueError, match="predicts 5 classes but the coco validation set .* has 48"):
         validate.main(base_argv(embedded_data_dir, tmp_path / "five.pth", tmp_path / "ap.csv"))

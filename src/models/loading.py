@@ -53,21 +53,23 @@ MIN_BACKBONE_SHARE = 0.5  # fewer matching backbone tensors than this share: not
 
 
 def read_checkpoint(spec, allow_pickle: bool = False, *, progress: bool = True,
-                    pretrained_cfg_overlay: Mapping | None = None, cache_dir: str | None = None):
+                    pretrained_cfg_overlay: Mapping | None = None, cache_dir: str | None = None,
+                    flag: str | None = None):
     """(checkpoint, source) for any ``--model-path`` value: a local path, a URL or ``csl:`` alias
     (downloaded by `src.models.hub.cached_download` into ``cache_dir`` or the torch hub cache, with progress
     bars when ``progress``) or ``timm:<name>`` (`src.models.hub.timm_pretrained_checkpoint`, given
-    ``pretrained_cfg_overlay``). ``source``: the local file read, or a description of timm's source."""
+    ``pretrained_cfg_overlay``). ``source``: the local file read, or a description of timm's source.
+    ``flag``: the option that named ``spec``, for the errors."""
     parsed = parse_weights_spec(spec)
     if parsed.kind == 'local':
-        return read_pth(parsed.location, allow_pickle=allow_pickle), parsed.location
+        return read_pth(parsed.location, allow_pickle=allow_pickle, flag=flag), parsed.location
     if parsed.kind == 'timm':
         checkpoint = timm_pretrained_checkpoint(
             parsed.location, pretrained_cfg_overlay=pretrained_cfg_overlay, spec=parsed.spec)
         return checkpoint, checkpoint['source']
     cached = cached_download(parsed.location, parsed.sha256, progress=progress, cache_dir=cache_dir)
     try:
-        return read_pth(cached.path, allow_pickle=allow_pickle), cached.path
+        return read_pth(cached.path, allow_pickle=allow_pickle, flag=flag), cached.path
     except CheckpointError as error:
         raise CheckpointError(f'{parsed.spec} (downloaded to {cached.path}): {error}') from error
 
@@ -277,11 +279,12 @@ class LoadedModel:
         return '\n'.join(['settings: ' + ', '.join(parts), *self.notes])
 
 
-def load_model_for_command(args, flags: Mapping[str, tuple[str, str]], defaults: Mapping) -> LoadedModel:
-    """Read ``args.model_path`` once (``args.unsafe_pickle``), build its model (``args.use_ema``) and resolve
+def load_model_for_command(args, flags: Mapping[str, tuple[str, str]], defaults: Mapping,
+                           path_flag: str = '--model-path') -> LoadedModel:
+    """Read ``args.model_path`` (option ``path_flag``) once, build its model (``args.use_ema``) and resolve
     the settings of ``flags`` (setting -> (flag, attribute of ``args``, None when not given)), which are
     written back to ``args``."""
-    checkpoint, _ = read_checkpoint(args.model_path, args.unsafe_pickle)
+    checkpoint, _ = read_checkpoint(args.model_path, args.unsafe_pickle, flag=path_flag)
     given = {key: (flag, getattr(args, attr)) for key, (flag, attr) in flags.items()}
     model_flag, model_name = given.get('model_name', ('model_name', None))
     model, class_names, architecture = build_model_from_checkpoint(
