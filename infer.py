@@ -123,23 +123,6 @@ def list_pictures(pic_path: str) -> list[str]:
     return [pic_path]
 
 
-class UnreadablePicture(ValueError):
-    """A picture that cannot be decoded; ``path`` and ``why`` (PIL's message, one line) for the warning."""
-
-    def __init__(self, path: str, why: str):
-        super().__init__(f"--pic_path: {path!r} is not a picture PIL can read ({why}); pass JPEG/PNG/... "
-                         "files")
-        self.path, self.why = path, why
-
-
-def open_picture(path: str) -> Image.Image:
-    """The decoded picture in RGB (`load_rgb`); `UnreadablePicture` (a ValueError) otherwise."""
-    try:
-        return load_rgb(path)  # decodes fully: a truncated file fails here, not later
-    except ImageReadError as error:
-        raise UnreadablePicture(path, " ".join(str(error.__cause__ or error.reason).split())) from error
-
-
 def read_class_descriptions(path: str) -> dict[str, str]:
     """{LabelName: DisplayName} from a CSV ``LabelName,DisplayName`` (header optional; surrounding quotes
     of names stripped; a MID listed twice is an error). Rows without a name are left out."""
@@ -267,13 +250,14 @@ def main(argv=None) -> list[dict]:
         handle = writer = None
         for path in pictures:
             try:
-                picture = open_picture(path)
-            except UnreadablePicture as error:
+                picture = load_rgb(path)  # decodes fully: a truncated file fails here, not later
+            except ImageReadError as error:
+                why = " ".join(str(error.__cause__ or error.reason).split())  # PIL's message, one line
                 if not folder_mode:
-                    raise
+                    raise ValueError(f"--pic_path: {path!r} is not a picture PIL can read ({why}); pass "
+                                     "JPEG/PNG/... files") from error
                 skipped += 1
-                print(f"warning: skipped {error.path!r}: not a picture PIL can read ({error.why})",
-                      file=sys.stderr)
+                print(f"warning: skipped {path!r}: not a picture PIL can read ({why})", file=sys.stderr)
                 continue
             tags = predict_tags(model, picture, class_names, args, device, transform, amp_dtype=amp_dtype)
             if writer is None:  # here: a bad (first) picture or checkpoint leaves no empty folder
