@@ -1,39 +1,20 @@
 """Tag pictures with a trained multi-label model (the CSL paper's inference demo, completed).
 
-For each picture: RGB, resize to ``--input_size`` x ``--input_size``, scale to [0, 1] (no mean/std
-normalisation, as in training), sigmoid of the model's logits. The tags are the ``--top_k``
-highest-scoring classes whose score exceeds ``--th`` (strictly, as in the paper's script). They are
-printed, written to ``<output_dir>/predictions.csv`` (image, rank, class, score; one row with empty
-rank/class/score for a picture without tags; rows are written as each picture is done; UTF-8, a file
-name that is not UTF-8 keeps its bytes) and drawn under the picture in ``<output_dir>/<picture>_tags.png``.
-In a folder, files named ``*_tags.png`` (this script's outputs) are not tagged, and a picture that cannot
-be decoded is skipped with a warning; a single such picture given as ``--pic_path`` is an error.
+Each picture: RGB, resized to ``--input_size`` squared, scaled to [0, 1] (no mean/std, as in training),
+sigmoid of the logits; its tags are the ``--top_k`` best classes scoring above ``--th`` (strictly, as the
+paper). They are printed, drawn under the picture (``<output_dir>/<picture>_tags.png``) and written to
+``<output_dir>/predictions.csv`` (image, rank, class, score; an untagged picture has one row with empty
+fields; rows written as each picture is done). In a folder, ``*_tags.png`` (this script's outputs) are not
+tagged and an undecodable picture is skipped with a warning; a single one is an error.
 
-Checkpoints: ours (train.py) or the paper's released files ``{'model', 'num_classes', 'idx_to_class'}``
-(TResNet weights in the InPlaceABN layout are converted by ``src.models.load_model``). The paper's
-OpenImages models name classes by MID (``/m/01g317``); with ``--class_description_path`` (a CSV with
-columns ``LabelName,DisplayName``, e.g. OpenImages' ``oidv6-class-descriptions.csv``) they are shown
-by display name. For ``--dataset_type openimages`` that file is looked up at the paper's default
-path ``./data/oidv6-class-descriptions.csv`` when the flag is not given.
-
-Flags keep the paper's names and defaults (``--model_path``, ``--pic_path``, ``--model_name``,
-``--dataset_type``, ``--class_description_path``, ``--th 0.97``, ``--top_k 30``), each also in kebab-case;
-``--input_size`` defaults to the size the checkpoint was trained at (our checkpoints store train.py's
-configuration under ``args``, with ``image_size``), else the paper's 224; the size used and where it came
-from are printed. ``--pic_path`` defaults to the example folder ``pics/`` (the paper's default photograph is
-not shipped). Class names come from the checkpoint (``class_names``, or the paper's ``idx_to_class``). New:
-``--output_dir`` and the device flags shared with train.py and validate.py (``--device``, ``--amp``,
-``--amp_dtype`` from ``src.args.device_parser``; AMP is on for CUDA by default, as in validate.py, off on
-CPU). Runs on CPU.
-
-When no picture gets a tag, a warning (stderr) says so and names the flag to try: the paper's 0.97 suits
-its OpenImages models, whose scores are sharp; a model trained here for a few epochs rarely scores that
-high, and ``--th 0.5`` (train.py's ``--thre``) is the usual threshold for it.
-
-A checkpoint whose outputs hold NaN/inf (e.g. the weights of a diverged run) is refused with an error
-that names it, by the finiteness check the metrics apply to validate.py's predictions
-(``src.metrics.check_finite_scores``), instead of silently tagging nothing (NaN never exceeds ``--th``)
-or everything (+inf scores 1.0).
+Checkpoints: ours or the paper's. Input size and architecture come from the checkpoint
+(`src.models.load_model_for_command`; the paper's record no size: its 224); the settings and their sources
+are printed. The paper's OpenImages classes are MIDs (``/m/01g317``), shown by name with
+``--class_description_path`` (CSV ``LabelName,DisplayName``, looked up in ./data for openimages).
+The paper's flags keep their names and defaults (``--th 0.97``, ``--top_k 30`` parsed as a float);
+``--pic_path`` defaults to ``pics/``. When nothing gets a tag a warning names the flag to try (0.97 suits
+the paper's sharp OpenImages models; ``--th 0.5`` one trained here); NaN/inf outputs are refused
+(``src.metrics.check_finite_scores``) instead of tagging nothing or everything.
 """
 
 from __future__ import annotations
@@ -43,19 +24,18 @@ import contextlib
 import csv
 import os
 import sys
-from collections.abc import Mapping
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from src.args import add_flag, device_parser, require_weights, unsafe_pickle_parser
+from src.args import add_flag, device_parser, positive_int, probability, require_weights, unsafe_pickle_parser
 from src.data.image_io import ImageReadError, load_rgb
 from src.data.labels import DatasetError
 from src.data.openimages import read_class_list
 from src.data.transforms import build_val_transform
 from src.metrics import check_finite_scores
-from src.models import load_model, read_checkpoint
+from src.models import load_model_for_command
 from src.utils.amp import autocast_context, resolve_amp
 from src.utils.cli import run_cli
 from src.utils.distributed import resolve_device
@@ -71,6 +51,7 @@ DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coc
 MIN_DISPLAY_SIZE = 384  # small pictures (e.g. 32 px scenes) are enlarged so the drawing is readable
 MAX_DISPLAY_SIZE = 1024  # large photographs are shrunk so the 16 px text stays readable
 PAPER_INPUT_SIZE = 224  # the paper's infer.py default, for checkpoints that do not store their size
+SETTING_FLAGS = {"image_size": ("--input_size", "input_size"), "model_name": ("--model_name", "model_name")}
 TRAINED_HERE_THRESHOLD = 0.5  # train.py's --thre: the threshold suggested when nothing passes --th
 
 
@@ -98,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--model_name", type=str, default=None,
              help="architecture; default: stored in our checkpoints, inferred from the paper's TResNet "
                   "weights (the paper's default was tresnet_m); needed for other bare state dicts")
-    add_flag(parser, "--input_size", type=int, default=None,
+    add_flag(parser, "--input_size", type=positive_int, default=None,
              help="the picture is resized to this square size; default: the size stored in the checkpoint "
                   f"(ours: train.py's --image-size), else the paper's {PAPER_INPUT_SIZE}")
     add_flag(parser, "--dataset_type", type=dataset_type, default="openimages",
@@ -106,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--class_description_path", type=str, default=None,
              help="CSV LabelName,DisplayName mapping class ids (OpenImages MIDs) to names; default "
                   f"{PAPER_DESCRIPTIONS_PATH} for openimages when that file exists")
-    add_flag(parser, "--th", type=float, default=0.97, help="a tag needs a score above this threshold")
+    add_flag(parser, "--th", type=probability, default=0.97, help="a tag needs a score above this threshold")
     add_flag(parser, "--top_k", type=top_k_count, default=30, help="at most this many tags per picture")
     add_flag(parser, "--output_dir", type=str, default="outputs/infer",
              help="folder for <picture>_tags.png and predictions.csv")
@@ -140,23 +121,6 @@ def list_pictures(pic_path: str) -> list[str]:
         raise FileNotFoundError(f"--pic_path: {pic_path!r} does not exist; pass a picture or a folder of "
                                 f"pictures (e.g. --pic_path pics)")
     return [pic_path]
-
-
-class UnreadablePicture(ValueError):
-    """A picture that cannot be decoded; ``path`` and ``why`` (PIL's message, one line) for the warning."""
-
-    def __init__(self, path: str, why: str):
-        super().__init__(f"--pic_path: {path!r} is not a picture PIL can read ({why}); pass JPEG/PNG/... "
-                         "files")
-        self.path, self.why = path, why
-
-
-def open_picture(path: str) -> Image.Image:
-    """The decoded picture in RGB (`load_rgb`); `UnreadablePicture` (a ValueError) otherwise."""
-    try:
-        return load_rgb(path)  # decodes fully: a truncated file fails here, not later
-    except ImageReadError as error:
-        raise UnreadablePicture(path, " ".join(str(error.__cause__ or error.reason).split())) from error
 
 
 def read_class_descriptions(path: str) -> dict[str, str]:
@@ -200,33 +164,6 @@ def resolve_display_names(class_names: list[str], args) -> list[str]:
 
 
 # --------------------------------------------------------------------------- model
-def stored_input_size(path: str, allow_pickle: bool = False) -> int | None:
-    """The input size a checkpoint was trained at: ``args['image_size']`` of our train.py checkpoints
-    (a dict, or an argparse.Namespace in older files); None when the file does not say (the paper's).
-    ``allow_pickle``: ``--unsafe_pickle``, as for loading the model."""
-    checkpoint = read_checkpoint(path, allow_pickle=allow_pickle)[0]
-    saved = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
-    if isinstance(saved, argparse.Namespace):
-        saved = vars(saved)
-    size = saved.get("image_size") if isinstance(saved, Mapping) else None
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, int | float) or size < 1 or size != int(size):
-        raise ValueError(f"--model_path: {path!r} stores image_size {size!r}, which is not a positive whole "
-                         "number; pass --input_size")
-    return int(size)
-
-
-def resolve_input_size(args) -> tuple[int, str]:
-    """(size, where it comes from): --input_size, else the checkpoint's, else the paper's 224."""
-    if args.input_size is not None:
-        return args.input_size, "--input_size"
-    stored = stored_input_size(args.model_path, allow_pickle=args.unsafe_pickle)
-    if stored is not None:
-        return stored, "stored in the checkpoint"
-    return PAPER_INPUT_SIZE, "the paper's default; the checkpoint does not store its size"
-
-
 def no_tags_warning(count: int, threshold: float) -> str:
     """The warning printed when none of ``count`` pictures got a tag, with the flag to try."""
     text = f"warning: none of the {count} picture(s) got a tag: no class scored above --th {threshold:g}"
@@ -293,41 +230,34 @@ def csv_rows(picture: str, tags: list[tuple[str, float]]) -> list[list]:
 
 
 def main(argv=None) -> list[dict]:
-    """Tag every picture; returns [{'picture', 'tags': [(name, score)], 'output'}] of those read.
-
-    A folder's unreadable pictures are skipped with a warning; a single unreadable picture is an error.
-    predictions.csv gets each picture's rows as soon as it is done."""
+    """Tag every picture; returns [{'picture', 'tags': [(name, score)], 'output'}] of those read."""
     args = build_parser().parse_args(argv)
-    if not 0.0 <= args.th <= 1.0:
-        raise ValueError(f"--th {args.th} is not a probability; pass a value in [0, 1] (paper default 0.97)")
-    if args.input_size is not None and args.input_size < 1:
-        raise ValueError(f"--input_size must be positive, got {args.input_size}")
     require_weights(args.model_path, "--model_path", "checkpoint",
                     "pass a .pth written by train.py or a released CSL model")
-    args.input_size, size_source = resolve_input_size(args)
+    loaded = load_model_for_command(args, SETTING_FLAGS, {"image_size": PAPER_INPUT_SIZE}, "--model_path")
     transform = build_val_transform(args.input_size, draft=False)
     folder_mode = os.path.isdir(args.pic_path)
     pictures = list_pictures(args.pic_path)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(device, args.amp, args.amp_dtype, training=False)
     print("Inference demo with a CSL model")
-    print(f"input size {args.input_size} px ({size_source})")
-    model, class_names = load_model(args.model_path, model_name=args.model_name, device=device,
-                                    allow_pickle=args.unsafe_pickle)
-    class_names = resolve_display_names(list(class_names), args)
+    print(loaded.report())
+    model = loaded.model.to(device)
+    class_names = resolve_display_names(list(loaded.class_names), args)
     results, used, skipped = [], set(), 0
     csv_path = os.path.join(args.output_dir, "predictions.csv")
     with contextlib.ExitStack() as stack:
         handle = writer = None
         for path in pictures:
             try:
-                picture = open_picture(path)
-            except UnreadablePicture as error:
+                picture = load_rgb(path)  # decodes fully: a truncated file fails here, not later
+            except ImageReadError as error:
+                why = " ".join(str(error.__cause__ or error.reason).split())  # PIL's message, one line
                 if not folder_mode:
-                    raise
+                    raise ValueError(f"--pic_path: {path!r} is not a picture PIL can read ({why}); pass "
+                                     "JPEG/PNG/... files") from error
                 skipped += 1
-                print(f"warning: skipped {error.path!r}: not a picture PIL can read ({error.why})",
-                      file=sys.stderr)
+                print(f"warning: skipped {path!r}: not a picture PIL can read ({why})", file=sys.stderr)
                 continue
             tags = predict_tags(model, picture, class_names, args, device, transform, amp_dtype=amp_dtype)
             if writer is None:  # here: a bad (first) picture or checkpoint leaves no empty folder

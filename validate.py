@@ -1,27 +1,19 @@
 """Evaluate a checkpoint (the paper's or ours) on the validation set of COCO, OpenImages, LVIS or the
-embedded dataset.
+embedded dataset. Metrics in percent (definitions in ``src/metrics.py``):
 
-Metrics (all in percent; see ``src/metrics.py`` for the exact definitions):
+* mAP: with full labels (COCO, embedded) the paper's, a class without positives counting 0; with labels
+  holding -1 (OpenImages, LVIS: not every class verified for every image) the partial AP over annotated
+  labels, averaged over the classes with an annotated positive and negative (the skipped ones counted).
+* CP, CR, CF1, OP, OR, OF1 at ``--thre`` (score >= threshold) and for the top-``--top_k`` classes of every
+  image (as ASL / ML-GCN); LVIS: the mAP of the rare / common / frequent classes.
+* Per-class AP CSV at ``--output`` (class, AP, n_pos, n_neg, n_unannotated, group); by default next to the
+  checkpoint, ``<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv`` (two runs' best.pth never share it).
 
-* mAP. With full labels (COCO val, embedded) it is the paper's mAP: mean AP over all classes, a class
-  without positives counting 0 (their number is printed). When the labels hold -1 (OpenImages, LVIS
-  val: not every class is verified for every image) it is the partial AP: AP over annotated labels
-  only, averaged over the classes that have an annotated positive and negative; the classes skipped
-  are counted by reason.
-* CP, CR, CF1, OP, OR, OF1 at ``--thre`` (score >= threshold) and for the top-``--top_k`` classes of
-  every image (as in ASL / ML-GCN).
-* LVIS: the mAP of the rare / common / frequent classes (``dataset.frequency_groups``).
-* Per-class AP written to ``--output`` (CSV: class, AP, n_pos, n_neg, n_unannotated, group); by default
-  next to the checkpoint, ``<checkpoint folder>/<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv``
-  (so the best.pth of two runs do not share one file).
-
-The paper's repository has no validate.py; the flags follow its train.py and ASL's validate.py
-(``--thre`` default 0.8, ``-b`` 32), with both ``--snake_case`` and ``--kebab-case`` spellings. The data,
-model, EMA and device flags are train.py's, from the parent parsers of ``src/args.py``.
-A checkpoint whose outputs hold NaN/inf is refused by the metrics' finiteness check
-(``src.metrics.check_finite_scores``).
-Predictions come from ``src.engine.evaluate`` (the training loop's evaluation), so under
-``torchrun --nproc_per_node N validate.py ...`` every image is evaluated exactly once.
+Image size, architecture and classes come from the checkpoint (`src.models.load_model_for_command`; a paper
+checkpoint records no size: 448 px); ``--image-size`` evaluates at another size (one line says so), a
+contradicting ``--num-classes`` or ``--model-name`` is refused; the settings and their sources are printed.
+The flags follow the paper's train.py and ASL's validate.py (``--thre`` 0.8, ``-b`` 32). Predictions come
+from ``src.engine.evaluate``, so under ``torchrun`` every image is evaluated exactly once.
 """
 
 from __future__ import annotations
@@ -42,24 +34,26 @@ from src.args import (
     eval_weights_parser,
     model_parser,
     positive_int,
+    probability,
     require_weights,
     weights_output_path,
 )
 from src.data import build_split_from_args
 from src.data.transforms import build_val_transform
-from src.engine import build_eval_loader, evaluate, load_eval_model
+from src.engine import build_eval_loader, evaluate
 from src.metrics import THRESHOLD_METRIC_KEYS, topk_metrics
-from src.models import check_model_classes, weights_stem
+from src.models import EVAL_SETTING_FLAGS, check_model_classes, load_model_for_command, weights_stem
+from src.utils.amp import resolve_amp
 from src.utils.cli import run_cli
 from src.utils.distributed import cleanup_distributed, init_distributed
 from src.utils.io import atomic_write_text, prepare_output_file
 
 FREQUENCY_GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
+SETTING_FLAGS = {**EVAL_SETTING_FLAGS, "num_classes": ("--num-classes", "num_classes")}
+PAPER_DEFAULTS = {"image_size": 448, "batch_size": 32}  # for a checkpoint that records no size
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The shared data / model / EMA / device flags of src.args (``-b`` 32 as ASL's validate.py), plus
-    validate.py's own: --num-classes, --thre, --top_k, --print-freq, --output."""
     parser = argparse.ArgumentParser(
         description="Evaluate a multi-label checkpoint (CSL paper or ours).",
         parents=[data_parser(batch_size=32, workers=8), model_parser(path_default=None, name_default=None),
@@ -67,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group = parser.add_argument_group("evaluation")
     add_flag(group, "--num-classes", type=positive_int, default=None,
-             help="expected number of classes (default: the checkpoint's); checked against model and data")
-    add_flag(group, "--thre", type=float, default=0.8,
+             help="expected number of classes (default: the checkpoint's); refused when it is not")
+    add_flag(group, "--thre", type=probability, default=0.8,
              help="score threshold of CP/CR/CF1/OP/OR/OF1 (ASL's validate.py default 0.8)")
     add_flag(group, "--top_k", type=positive_int, default=3, help="k of the top-k CP/CR/CF1/OP/OR/OF1")
     add_flag(group, "--print-freq", "-p", type=positive_int, default=64,
@@ -76,11 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(group, "--output", type=str, default=None,
              help="per-class AP CSV; default next to the checkpoint: <checkpoint folder>/<checkpoint name>"
                   "[_ema]_<dataset_type>_per_class_ap.csv")
+    parser.set_defaults(**{attr: None for _, attr in SETTING_FLAGS.values()})  # None: not given
     return parser
 
 
 def default_output(args) -> str:
-    """Next to the checkpoint: <folder>/<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv."""
     stem = weights_stem(args.model_path) + ("_ema" if args.use_ema else "")
     return weights_output_path(args.model_path, f"{stem}_{args.dataset_type}_per_class_ap.csv")
 
@@ -89,19 +83,6 @@ def build_val_dataset(args):
     """The validation split alone (building the train split of OpenImages would take minutes)."""
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     return build_split_from_args(args, "val", transform)
-
-
-def check_classes(model_classes: list[str], dataset_classes: list[str], args, verbose: bool = True) -> None:
-    """--num-classes, model and dataset agree (see `src.models.check_model_classes` for the names; its
-    note on differing names is printed only when ``verbose``, i.e. on rank 0)."""
-    if args.num_classes is not None and args.num_classes != len(model_classes):
-        raise ValueError(f"--num-classes {args.num_classes} does not match the checkpoint {args.model_path}, "
-                         f"whose head has {len(model_classes)} outputs; drop --num-classes or pass "
-                         f"the matching checkpoint")
-    note = check_model_classes(model_classes, dataset_classes,
-                               f"the {args.dataset_type} validation set at {args.data}")
-    if note and verbose:
-        print(note)
 
 
 def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) -> list[dict]:
@@ -118,7 +99,6 @@ def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) 
 
 
 def write_per_class_csv(path: str, rows: list[dict]) -> None:
-    """The per-class CSV, written atomically (`src.utils.io.atomic_write_text`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -164,20 +144,22 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     require_weights(args.model_path, "--model-path", "checkpoint",
                     "pass a .pth written by train.py or a released CSL model")
-    if not 0.0 <= args.thre <= 1.0:
-        raise ValueError(f"--thre {args.thre} is not a probability; pass a value in [0, 1] (e.g. 0.8)")
+    loaded = load_model_for_command(args, SETTING_FLAGS, PAPER_DEFAULTS)
     args.output = args.output or default_output(args)
     # Before any work: an --output that is a folder or cannot be created fails now, not after evaluating.
     prepare_output_file(args.output, "--output", example=os.path.basename(default_output(args)))
     ctx = init_distributed(args.device)
     try:
-        model, model_classes, amp_dtype = load_eval_model(args, ctx.device)
+        model = loaded.model.to(ctx.device)
+        amp_dtype = resolve_amp(ctx.device, args.amp, args.amp_dtype, training=False)
         dataset = build_val_dataset(args)
-        if ctx.is_main and dataset.describe_load_stats() is not None:
-            print(dataset.describe_load_stats())
         class_names = list(dataset.class_names)
-        check_classes(list(model_classes), class_names, args, verbose=ctx.is_main)
+        note = check_model_classes(loaded.class_names, class_names,
+                                   f"the {args.dataset_type} validation set at {args.data}")
         if ctx.is_main:
+            for line in (loaded.report(), dataset.describe_load_stats(), note):
+                if line:
+                    print(line)
             print(f"evaluating {args.model_path}{' (EMA weights)' if args.use_ema else ''} on "
                   f"{len(dataset)} {args.dataset_type} validation images at {args.image_size} px")
         loader = build_eval_loader(dataset, args.batch_size, args.workers, ctx.device)

@@ -11,8 +11,8 @@ import signal
 import numpy as np
 import torch
 
-from src.data.transforms import build_val_transform
 from src.data import eval_view
+from src.data.transforms import build_val_transform
 from src.engine import compute_prior_from_model, describe_map
 from src.prior import write_prior_csv
 from src.utils.checkpoint import load_training_checkpoint

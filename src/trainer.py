@@ -59,7 +59,8 @@ RESUME_MUST_MATCH = (
     *LOSS_SETTING_NAMES,
 )
 # What a checkpoint written before a loss flag existed ran with: that flag's default.
-LOSS_DEFAULTS = {name: entry.flag_default for name, entry in {**LOSS_SETTINGS, **LOSS_HYPERPARAMETERS}.items()}
+LOSS_DEFAULTS = {name: entry.flag_default
+                 for name, entry in {**LOSS_SETTINGS, **LOSS_HYPERPARAMETERS}.items()}
 
 
 class TrainingInterrupted(ExitRequest):

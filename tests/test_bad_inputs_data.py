@@ -57,7 +57,7 @@ from src.models import (
     create_model,
     load_model,
     load_pretrained_backbone,
-    read_checkpoint_file,
+    read_pth,
 )
 
 TRAIN_JSON = "annotations/instances_train2014.json"
@@ -302,7 +302,7 @@ def test_checkpoint_that_runs_code_on_unpickling_is_refused_unless_allowed(tmp_p
     model = create_model(model_name="test_resnet", num_classes=2)
     path = tmp_path / "crafted.pth"
     torch.save({"model": model.state_dict(), "payload": _RunsCodeWhenUnpickled(str(marker))}, path)
-    for load in (lambda: read_checkpoint_file(path), lambda: load_model(path),
+    for load in (lambda: read_pth(path), lambda: load_model(path),
                  lambda: load_pretrained_backbone(model, path)):
         with pytest.raises(CheckpointError) as error:
             load()
@@ -310,7 +310,7 @@ def test_checkpoint_that_runs_code_on_unpickling_is_refused_unless_allowed(tmp_p
         assert "--unsafe_pickle" in str(error.value) and "execute code" in str(error.value)
         assert not marker.exists()
     with pytest.warns(UserWarning, match="--unsafe_pickle"):
-        loaded = read_checkpoint_file(path, allow_pickle=True)  # the payload is real: it runs when allowed
+        loaded = read_pth(path, allow_pickle=True)  # the payload is real: it runs when allowed
     loaded["payload"].close()
     assert marker.exists()
 

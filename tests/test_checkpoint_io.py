@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from src.utils import io as io_module
-from src.utils.checkpoint import ResumePoint, load_training_checkpoint, read_torch_file, save_checkpoint
+from src.utils.checkpoint import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ResumePoint,
+    load_training_checkpoint,
+    read_pth,
+    save_checkpoint,
+)
 from src.utils.io import OutputError, atomic_torch_save, atomic_write_text, remove_stale_temporaries
 
 
@@ -97,8 +106,26 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model": Payload()}, str(path))
-    with pytest.raises(ValueError, match="holds objects that a safe load refuses"):
-        read_torch_file(str(path), "--resume")
+    with pytest.raises(CheckpointError, match=r"--resume: .*evil.pth' was not loaded: it holds Python "
+                                              r"objects \(posix.system\).*--unsafe_pickle"):
+        read_pth(str(path), flag="--resume")
+
+
+def test_the_one_reader_names_the_file_and_the_flag(tmp_path):
+    """read_pth is the reader of every .pth (resume, validate, infer, the prior, backbones): a file that is
+    not a checkpoint is refused with its name and the flag, as a ValueError and a FileNotFoundError."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"--model-path: '.*notes.txt' is not a readable torch file "
+                                              r"\(starts with b'not '\)"):
+        read_pth(notes, flag="--model-path")
+    with pytest.raises(CheckpointNotFoundError, match=r"not found: .*gone.pth.*check --resume"):
+        read_pth(tmp_path / "gone.pth", flag="--resume")
+    assert issubclass(CheckpointNotFoundError, FileNotFoundError) and issubclass(CheckpointError, ValueError)
+    # numpy scalars (a num_classes saved as np.int64) and an argparse.Namespace of args are read safely
+    torch.save({"num_classes": np.int64(3), "args": argparse.Namespace(image_size=32)}, tmp_path / "np.pth")
+    loaded = read_pth(tmp_path / "np.pth")
+    assert loaded["num_classes"] == 3 and loaded["args"].image_size == 32
 
 
 def test_a_weights_file_is_not_a_training_checkpoint(tmp_path):

@@ -15,6 +15,7 @@ from PIL import Image
 
 import infer
 from src.models import create_model, load_model
+from src.utils.cli import ConfigError
 from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL
 from tests.test_validate import embedded_split, manual_scores, save_tiny_checkpoint
 
@@ -121,8 +122,9 @@ def test_errors(two_pictures, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="--class_description_path"):
         run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--class_description_path",
                   str(tmp_path / "none.csv"))
-    with pytest.raises(ValueError, match="--th 1.5 is not a probability"):
+    with pytest.raises(SystemExit):  # src.args.probability: "argument --th: must be a probability"
         run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out", "--th", "1.5")
+    assert "argument --th: must be a probability in [0, 1], got 1.5" in capsys.readouterr().err
     argv = ["--model_path", str(tmp_path / "tiny.pth"), "--pic_path", str(tmp_path / "broken.png"),
             "--output_dir", str(tmp_path / "cli_out")]
     assert infer.cli(argv) == 2
@@ -296,8 +298,7 @@ def test_eval_transform_built_once_and_input_size_checked(two_pictures, tmp_path
     monkeypatch.setattr(infer, "build_val_transform", lambda *a, **k: calls.append(a) or build(*a, **k))
     results = run_infer(tmp_path / "tiny.pth", folder, tmp_path / "out")
     assert len(results) == 2 and calls == [(TINY_IMAGE_SIZE,)]
-    # type=int accepts 0: main's own check stays and names the flag.
-    with pytest.raises(ValueError, match="--input_size must be positive, got 0"):
+    with pytest.raises(SystemExit):  # src.args.positive_int
         infer.main(["--model_path", str(tmp_path / "tiny.pth"), "--pic_path", str(folder),
                     "--input_size", "0"])
 
@@ -358,7 +359,8 @@ def test_input_size_and_class_names_from_the_checkpoint(stage1_run, embedded_dat
     argv = ["--model_path", stage1_run["best"], "--pic_path", PICS_DIR, "--device", "cpu", "--th", "0.5"]
     results = infer.main([*argv, "--output_dir", str(tmp_path / "auto")])
     assert calls == [(TINY_IMAGE_SIZE,)]
-    assert f"input size {TINY_IMAGE_SIZE} px (stored in the checkpoint)" in capsys.readouterr().out
+    assert (f"settings: image_size {TINY_IMAGE_SIZE} (checkpoint), model {TINY_MODEL} (checkpoint), classes "
+            f"{len(stored['class_names'])} (checkpoint)") in capsys.readouterr().out
     # Same tags as an independent forward pass at 32 px, named with the dataset's class names.
     names, _, _ = embedded_split(embedded_data_dir)
     model, _ = load_model(stage1_run["best"])
@@ -369,7 +371,12 @@ def test_input_size_and_class_names_from_the_checkpoint(stage1_run, embedded_dat
     # An explicit --input_size still wins.
     calls.clear()
     infer.main([*argv, "--input_size", "48", "--output_dir", str(tmp_path / "given")])
-    assert calls == [(48,)] and "input size 48 px (--input_size)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert calls == [(48,)] and "settings: image_size 48 (flag)" in out
+    assert f"--input_size 48 given; the checkpoint was trained at {TINY_IMAGE_SIZE}: evaluating at 48" in out
+    refused = r"holds a test_resnet .*--model_name says 'resnet18'; drop --model_name"
+    with pytest.raises(ConfigError, match=refused):
+        infer.main([*argv, "--model_name", "resnet18", "--output_dir", str(tmp_path / "given")])
 
 
 def test_checkpoint_without_a_size_uses_the_papers_224_and_a_bad_size_is_an_error(two_pictures, tmp_path,
@@ -379,7 +386,7 @@ def test_checkpoint_without_a_size_uses_the_papers_224_and_a_bad_size_is_an_erro
     calls = record_transform_sizes(monkeypatch)
     infer.main(["--model_path", str(tmp_path / "plain.pth"), "--pic_path", str(folder / "a.png"),
                 "--output_dir", str(tmp_path / "out"), "--device", "cpu", "--th", "0"])
-    assert calls == [(224,)] and "input size 224 px (the paper's default" in capsys.readouterr().out
+    assert calls == [(224,)] and "settings: image_size 224 (default)" in capsys.readouterr().out
     # Older files stored the configuration as an argparse.Namespace: read as well.
     torch.save({"model": model.state_dict(), "model_name": TINY_MODEL, "num_classes": len(names),
                 "class_names": list(names), "args": argparse.Namespace(image_size=40)}, tmp_path / "ns.pth")
@@ -389,7 +396,7 @@ def test_checkpoint_without_a_size_uses_the_papers_224_and_a_bad_size_is_an_erro
     assert calls == [(40,)]
     torch.save({"model": model.state_dict(), "model_name": TINY_MODEL, "num_classes": len(names),
                 "class_names": list(names), "args": {"image_size": "big"}}, tmp_path / "odd.pth")
-    with pytest.raises(ValueError, match="--model_path: .*odd.pth' stores image_size 'big'.*--input_size"):
+    with pytest.raises(ValueError, match="odd.pth' stores image_size 'big'.*; pass --input_size"):
         infer.main(["--model_path", str(tmp_path / "odd.pth"), "--pic_path", str(folder)])
 
 

@@ -38,7 +38,7 @@ from src.models import (
     load_pretrained_backbone,
     maybe_compile,
     model_metadata,
-    read_checkpoint_file,
+    read_pth,
     resolve_bottleneck_head,
     set_grad_checkpointing,
 )
@@ -521,7 +521,7 @@ def test_paper_layout_files_with_numpy_scalars_and_namespaces_load_without_unpic
         expected = convert_original_to_timm(m_coco_original)
         assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items()
                    if not key.endswith('num_batches_tracked'))
-        checkpoint = read_checkpoint_file(tmp_path / name)
+        checkpoint = read_pth(tmp_path / name)
         assert checkpoint['epoch'] == 3 and checkpoint['args'].model_name == 'tresnet_m'
 
 
@@ -568,7 +568,7 @@ def test_load_model_bad_files(tmp_path, m_coco_file):
     with pytest.raises(FileNotFoundError, match='not found'):
         load_model(tmp_path / 'missing.pth')
     (tmp_path / 'notes.txt').write_text('not a checkpoint')
-    with pytest.raises(CheckpointError, match="notes.txt' is not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="notes.txt' is not a readable torch file"):
         load_model(tmp_path / 'notes.txt')
     torch.save(torch.zeros(3), tmp_path / 'tensor.pth')
     with pytest.raises(CheckpointError, match='holds no state dict'):

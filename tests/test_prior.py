@@ -421,7 +421,7 @@ def test_compute_prior_two_gloo_ranks_equals_single_process(two_gloo_ranks):
 
 
 # --------------------------------------------------------------------------- command line
-# The command (src.prior.__main__) and tests.test_validate are imported inside the tests: the DDP test's
+# The command (src.prior_command) and tests.test_validate are imported inside the tests: the DDP test's
 # spawned worker re-imports this module.
 def _cli_argv(checkpoint, data_dir, out, *extra):
     from tests.conftest import TINY_IMAGE_SIZE
@@ -438,7 +438,7 @@ def test_cli_reproduces_the_training_prior_and_reports_ranks(stage1_run, embedde
     stage 1 (same clean pass), and ranks it against the true frequencies of the JSON labels."""
     from scipy.stats import spearmanr
 
-    from src.prior.__main__ import main
+    from src.prior_command import main
     from tests.test_validate import embedded_split
 
     result = main(_cli_argv(stage1_run["best"], embedded_data_dir, tmp_path / "prior.csv",
@@ -447,6 +447,10 @@ def test_cli_reproduces_the_training_prior_and_reports_ranks(stage1_run, embedde
     names = result["class_names"]
     np.testing.assert_allclose(read_prior_csv(tmp_path / "prior.csv", names).numpy(),
                                read_prior_csv(stage1_run["prior"], names).numpy(), atol=1e-6)
+    # Without --image-size: the 32 px the checkpoint records, the same prior
+    argv = _cli_argv(stage1_run["best"], embedded_data_dir, tmp_path / "p2.csv")
+    np.testing.assert_array_equal(main(argv[:4] + argv[6:])["prior"], result["prior"])
+    out = out + capsys.readouterr().out
 
     _, _, full = embedded_split(embedded_data_dir, "train")
     true_freq = full.sum(0) / len(full)
@@ -464,7 +468,7 @@ def test_cli_reproduces_the_training_prior_and_reports_ranks(stage1_run, embedde
 
 
 def test_cli_errors(embedded_data_dir, tmp_path):
-    from src.prior.__main__ import main
+    from src.prior_command import main
     from tests.test_validate import embedded_split, save_tiny_checkpoint
 
     with pytest.raises(FileNotFoundError, match="--model_path: checkpoint .*missing.pth' does not exist"):
@@ -487,11 +491,36 @@ def test_cli_errors(embedded_data_dir, tmp_path):
         main(_cli_argv(tmp_path / "tiny.pth", embedded_data_dir, tmp_path / "p.csv", "--compare", str(wrong)))
 
 
+def test_cli_takes_the_image_size_from_the_checkpoint(embedded_data_dir, tmp_path, capsys):
+    """A 32-px checkpoint gives the same prior with and without --image-size 32 (not the paper's 448), equal
+    to the mean sigmoid of an independent forward pass at 32 px; the settings line names the sources."""
+    from src.prior_command import main
+    from tests.conftest import TINY_IMAGE_SIZE, TINY_MODEL
+    from tests.test_validate import embedded_split, manual_scores, save_sized_checkpoint
+
+    names, _, _ = embedded_split(embedded_data_dir)
+    model = save_sized_checkpoint(tmp_path / "sized.pth", names, TINY_IMAGE_SIZE)
+    argv = _cli_argv(tmp_path / "sized.pth", embedded_data_dir, tmp_path / "p.csv")
+    assert argv[4:6] == ["--image-size", str(TINY_IMAGE_SIZE)]
+    without = main(argv[:4] + argv[6:])
+    assert (f"settings: image_size {TINY_IMAGE_SIZE} (checkpoint), model {TINY_MODEL} (checkpoint), classes "
+            f"{len(names)} (checkpoint), bottleneck head False (checkpoint), batch 16 (flag)"
+            ) in capsys.readouterr().out
+    given = main(argv)
+    _, train_paths, _ = embedded_split(embedded_data_dir, "train")
+    expected = manual_scores(model, train_paths, size=TINY_IMAGE_SIZE).mean(axis=0)
+    np.testing.assert_allclose(without["prior"], expected, atol=1e-5)
+    np.testing.assert_array_equal(given["prior"], without["prior"])
+    refused = r"holds a test_resnet .*--model-name says 'resnet18'; drop --model-name"
+    with pytest.raises(ValueError, match=refused):
+        main([*argv, "--model-name", "resnet18"])
+
+
 def test_cli_compare_files_with_the_same_name_stay_apart(embedded_data_dir, tmp_path, monkeypatch):
     """r1/p.csv and r2/p.csv are two columns (keyed by the path as given); ranks computed once."""
     from scipy.stats import spearmanr
 
-    import src.prior.__main__ as prior_cli
+    import src.prior_command as prior_cli
     from tests.test_validate import embedded_split, save_tiny_checkpoint
 
     names, _, _ = embedded_split(embedded_data_dir)
@@ -516,8 +545,8 @@ def test_cli_compare_files_with_the_same_name_stay_apart(embedded_data_dir, tmp_
 
 
 def test_cli_bad_out_fails_before_any_work(embedded_data_dir, tmp_path, monkeypatch, capsys):
-    import src.prior.__main__ as prior_cli
-    from src.prior.__main__ import cli, main
+    import src.prior_command as prior_cli
+    from src.prior_command import cli, main
     from tests.test_validate import embedded_split, save_tiny_checkpoint
 
     save_tiny_checkpoint(tmp_path / "tiny.pth", embedded_split(embedded_data_dir)[0])
@@ -546,7 +575,7 @@ def test_cli_default_out_is_next_to_the_checkpoint(stage1_run, embedded_data_dir
     """Without --out: one file per checkpoint and weights, in the checkpoint's folder, never train.py's."""
     import shutil
 
-    from src.prior.__main__ import main
+    from src.prior_command import main
 
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
@@ -570,7 +599,7 @@ def test_cli_default_out_is_next_to_the_checkpoint(stage1_run, embedded_data_dir
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_cli_class_name_note_only_on_rank_0(embedded_data_dir, tmp_path, monkeypatch, capsys, rank):
-    import src.prior.__main__ as prior_cli
+    import src.prior_command as prior_cli
     from src.utils.distributed import DistributedContext
     from tests.test_validate import embedded_split, save_tiny_checkpoint
 
@@ -584,7 +613,7 @@ def test_cli_class_name_note_only_on_rank_0(embedded_data_dir, tmp_path, monkeyp
 
 
 def test_jpeg_draft_flag_reaches_the_training_images(embedded_data_dir):
-    from src.prior.__main__ import _load_train_sets, build_parser
+    from src.prior_command import _load_train_sets, build_parser
 
     argv = _cli_argv("unused.pth", embedded_data_dir, "p.csv")
     args = build_parser().parse_args(argv)

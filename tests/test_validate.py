@@ -20,7 +20,8 @@ from src.metrics import (
     threshold_metrics,
     topk_metrics,
 )
-from src.models import create_model, load_model
+from src.models import create_model, load_model, load_model_for_command
+from src.utils.cli import ConfigError
 from tests.conftest import EMBEDDED_NUM_CLASSES, TINY_IMAGE_SIZE, TINY_MODEL
 
 
@@ -152,6 +153,44 @@ def test_partial_labels_report_skipped_classes_and_groups(embedded_data_dir, tmp
     assert "LVIS     rare (r): mAP" in out
 
 
+def save_sized_checkpoint(path, class_names, size: int) -> torch.nn.Module:
+    """The tiny model as train.py stores it: its resolved flags under ``args``, with the image size."""
+    model = save_tiny_checkpoint(path, class_names)
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, "args": {"image_size": size, "model_name": TINY_MODEL}}, path)
+    return model
+
+
+def test_image_size_comes_from_the_checkpoint(embedded_data_dir, tmp_path, capsys):
+    """A 32-px checkpoint is evaluated at 32 px without --image-size (not at the paper's 448): the same
+    numbers as with --image-size 32 and as an independent forward pass at 32 px. Another size is used, with
+    one line saying so."""
+    names, paths, labels = embedded_split(embedded_data_dir)
+    model = save_sized_checkpoint(tmp_path / "sized.pth", names, TINY_IMAGE_SIZE)
+    argv = base_argv(embedded_data_dir, tmp_path / "sized.pth", tmp_path / "ap.csv")
+    assert argv[4:6] == ["--image-size", str(TINY_IMAGE_SIZE)]
+    without = validate.main(argv[:4] + argv[6:])
+    out = capsys.readouterr().out
+    assert (f"settings: image_size {TINY_IMAGE_SIZE} (checkpoint), model {TINY_MODEL} (checkpoint), classes "
+            f"{len(names)} (checkpoint), bottleneck head False (checkpoint), batch 16 (flag)") in out
+    assert f"validation images at {TINY_IMAGE_SIZE} px" in out and "given;" not in out
+    given = validate.main(argv)
+    assert given["mAP"] == without["mAP"] == pytest.approx(
+        mean_average_precision(labels, manual_scores(model, paths, size=TINY_IMAGE_SIZE)), abs=1e-3)
+    assert f"settings: image_size {TINY_IMAGE_SIZE} (flag)" in capsys.readouterr().out
+    other = validate.main([*argv[:4], "--image-size", "48", *argv[6:]])
+    out = capsys.readouterr().out
+    assert f"--image-size 48 given; the checkpoint was trained at {TINY_IMAGE_SIZE}: evaluating at 48" in out
+    assert other["mAP"] == pytest.approx(
+        mean_average_precision(labels, manual_scores(model, paths, size=48)), abs=1e-3)
+    # A checkpoint that records no size (the paper's layout) keeps the default, 448.
+    save_tiny_checkpoint(tmp_path / "plain.pth", names)
+    args = validate.build_parser().parse_args(["--model-path", str(tmp_path / "plain.pth")])
+    loaded = load_model_for_command(args, validate.SETTING_FLAGS, validate.PAPER_DEFAULTS)
+    assert (args.image_size, args.batch_size, args.model_name) == (448, 32, TINY_MODEL)
+    assert loaded.report().startswith("settings: image_size 448 (default), model test_resnet (checkpoint)")
+
+
 def test_errors(embedded_data_dir, tmp_path, capsys):
     names = embedded_split(embedded_data_dir)[0]
     argv = base_argv(embedded_data_dir, tmp_path / "missing.pth", tmp_path / "ap.csv")
@@ -160,26 +199,39 @@ def test_errors(embedded_data_dir, tmp_path, capsys):
     assert validate.cli(argv) == 2
     assert "error: --model-path" in capsys.readouterr().err
 
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"--model-path: '.*notes.pth' is not a readable torch file"):
+        validate.main(base_argv(embedded_data_dir, tmp_path / "notes.pth", tmp_path / "ap.csv"))
     save_tiny_checkpoint(tmp_path / "five.pth", names[:5])
     with pytest.raises(ValueError, match="predicts 5 classes but the coco validation set .* has 48"):
         validate.main(base_argv(embedded_data_dir, tmp_path / "five.pth", tmp_path / "ap.csv"))
     save_tiny_checkpoint(tmp_path / "tiny.pth", names)
-    with pytest.raises(ValueError, match="--num-classes 7 does not match"):
+    with pytest.raises(ConfigError, match=r"--num-classes 7 contradicts the checkpoint .*tiny.pth', which "
+                                          r"holds num_classes 48: .*drop --num-classes"):
         validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "ap.csv")
                       + ["--num_classes", "7"])
     save_tiny_checkpoint(tmp_path / "shuffled.pth", names[::-1])
     with pytest.raises(ValueError, match="another order"):
         validate.main(base_argv(embedded_data_dir, tmp_path / "shuffled.pth", tmp_path / "ap.csv"))
-    with pytest.raises(ValueError, match="--thre 2.0 is not a probability"):
+    refused = r"holds a test_resnet .*--model-name says 'resnet18'; drop --model-name"
+    with pytest.raises(ConfigError, match=refused):
+        validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "ap.csv")
+                      + ["--model-name", "resnet18"])
+    with pytest.raises(SystemExit):  # src.args.probability
         validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "ap.csv")
                       + ["--thre", "2"])
+    assert "argument --thre: must be a probability in [0, 1], got 2" in capsys.readouterr().err
     assert len(names) == EMBEDDED_NUM_CLASSES
 
 
 def test_checkpoint_of_the_smoke_run(stage1_run, embedded_data_dir, tmp_path):
     """best.pth holds the selected weights: validate.py reproduces the mAP train.py reported for it."""
-    result = validate.main(base_argv(embedded_data_dir, stage1_run["best"], tmp_path / "ap.csv"))
+    argv = base_argv(embedded_data_dir, stage1_run["best"], tmp_path / "ap.csv")
+    result = validate.main(argv)
     assert result["mAP"] == pytest.approx(stage1_run["summary"]["best_test_mAP"], abs=1e-3)
+    # Without --image-size: the 32 px the checkpoint records (the paper's 448 would give another mAP)
+    assert argv[4:6] == ["--image-size", str(TINY_IMAGE_SIZE)]
+    assert validate.main(argv[:4] + argv[6:])["mAP"] == result["mAP"]
     ema_argv = base_argv(embedded_data_dir, stage1_run["last"], tmp_path / "ema.csv") + ["--use_ema"]
     ema = validate.main(ema_argv)
     # --use_ema evaluates the EMA weights of last.pth: the mAP of an independent forward pass with them
@@ -368,7 +420,10 @@ def test_flags_come_from_the_shared_parent_parsers():
               for option in action.option_strings}
     assert options == shared | own
     args = parser.parse_args(["--model-path", "x.pth"])
-    assert (args.batch_size, args.workers, args.thre, args.top_k, args.model_name) == (32, 8, 0.8, 3, None)
+    # image size, architecture and batch: None = not given (the checkpoint's, else validate.PAPER_DEFAULTS)
+    assert (args.image_size, args.batch_size, args.model_name) == (None, None, None)
+    assert validate.PAPER_DEFAULTS == {"image_size": 448, "batch_size": 32}
+    assert (args.workers, args.thre, args.top_k) == (8, 0.8, 3)
     assert (args.device, args.amp, args.amp_dtype, args.use_ema, args.num_classes) == (
         "auto", None, "float16", False, None)
     with pytest.raises(SystemExit):  # --model-path is required

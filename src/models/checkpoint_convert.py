@@ -57,10 +57,8 @@ def is_timm_tresnet_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` (DDP / EMA wrappers) and ``_orig_mod.`` (torch.compile) key prefixes.
-
-    A prefix is removed only when every key carries it, repeatedly (``module._orig_mod.`` too).
-    """
+    """Remove ``module.`` (DDP / EMA) and ``_orig_mod.`` (torch.compile) prefixes carried by every key,
+    repeatedly (``module._orig_mod.`` too)."""
     out = dict(state_dict)
     changed = True
     while changed and out:
@@ -73,12 +71,8 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def convert_original_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a paper (InPlaceABN) TResNet state dict to timm's key names and BatchNorm weights.
-
-    Conv units are renamed (``convN[.0].0`` -> ``convN.conv``, ``convN[.0].1`` -> ``convN.bn``, same
-    for ``downsample.i``) and every ABN weight becomes ``|w| + 1e-5`` (see the module docstring).
-    Keys outside conv units (SE, head) are copied unchanged; order is preserved.
-    """
+    """A paper (InPlaceABN) TResNet state dict with timm's key names and BatchNorm weights ``|w| + 1e-5``
+    (module docstring); keys outside conv units (SE, head) copied; order preserved."""
     converted: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         match = _ORIGINAL_UNIT_KEY.match(key)
@@ -117,11 +111,9 @@ def infer_tresnet_name(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def head_info(state_dict: Mapping[str, torch.Tensor], classifier: str = 'head.fc') -> dict | None:
-    """Head type and size stored under ``classifier``; None when the state dict has no such head.
-
-    The bottleneck head (OpenImages) is ``<classifier>.embedding_generator.0`` (features -> 512) then
-    ``<classifier>.FC`` (512 -> classes); the plain head is ``<classifier>.weight``.
-    """
+    """Head type and size stored under ``classifier`` (None without one): the bottleneck head (OpenImages)
+    is ``<classifier>.embedding_generator.0`` (features -> 512) then ``<classifier>.FC`` (512 -> classes),
+    the plain head ``<classifier>.weight``."""
     bottleneck_key = f'{classifier}.FC.weight'
     if bottleneck_key in state_dict:
         return {

@@ -1,37 +1,26 @@
 """Loading weights: the paper's checkpoints, ImageNet backbones and our own checkpoints.
 
-Where from (`read_checkpoint`): a local file, or on demand (``src.models.hub``) ``timm:<name>`` (timm's
-pretrained weights), an ``http(s)://`` / ``file://`` URL (downloaded once into the torch hub cache,
-optional ``#sha256=<hex>``) or a ``csl:<name>`` alias of the paper's released models. A local path never
-downloads anything and fails as before when the file is missing.
+Where from (`read_checkpoint`): a local file, or on demand (``src.models.hub``) ``timm:<name>``, an
+``http(s)://`` / ``file://`` URL or a ``csl:<name>`` alias of the paper's released models; every file is
+read by `src.utils.checkpoint.read_pth` (never runs code from it without ``--unsafe_pickle``).
 
-Accepted containers (``torch.load`` of the file):
-- the paper's released files ``{'model': state_dict, 'num_classes': int, 'idx_to_class': {idx: name}}``;
-- bare state dicts (the paper's training script), ``{'state_dict': ...}`` wrappers, DDP ``module.`` and
-  torch.compile ``_orig_mod.`` key prefixes;
-- ours: ``{'model', 'model_name', 'num_classes', 'do_bottleneck_head', 'class_names', ...}`` with optional
-  ``ema`` (used when ``use_ema=True``).
-State dicts may be in the paper's InPlaceABN layout (converted, see ``checkpoint_convert``) or timm's.
-Older files may lack ``num_batches_tracked``; those buffers keep the model's value (only used when a
-BatchNorm has momentum=None).
+Accepted containers: the paper's released files ``{'model': state_dict, 'num_classes', 'idx_to_class'}``;
+bare state dicts, ``{'state_dict': ...}`` wrappers, DDP ``module.`` / torch.compile ``_orig_mod.`` key
+prefixes; ours (layout in `src.utils.checkpoint`) with an optional ``ema``. State dicts may be in the
+paper's InPlaceABN layout (converted, see ``checkpoint_convert``) or timm's. Older files may lack
+``num_batches_tracked``; those buffers keep the model's value.
 
-Safety: files, downloaded ones included, are read with ``torch.load(weights_only=True)`` plus a short
-allow-list (``SAFE_CHECKPOINT_GLOBALS``: ``argparse.Namespace``, numpy scalars), so loading never runs
-code from the file; anything else is refused unless the caller passes ``allow_pickle=True``
-(``--unsafe_pickle``). timm reads its own weights with ``weights_only=True`` (or safetensors).
+The checkpoint owns a model's settings (`resolve_model_settings`): the commands that load a model take its
+architecture, classes and image size from it; a flag that disagrees is used where that is meaningful
+(another image size, with one printed line) and refused where the result would be wrong.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import pickle
-import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -48,122 +37,41 @@ from src.models.checkpoint_convert import (
 )
 from src.models.factory import create_model
 from src.models.hub import cached_download, parse_weights_spec, timm_pretrained_checkpoint
+from src.utils.checkpoint import CheckpointError, read_pth, recorded_args
+from src.utils.cli import ConfigError
 
-_EXPECTED = 'expected a file written by torch.save holding a state_dict or a dict with a "model" state_dict'
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable checkpoint, or whose contents do not fit the requested model."""
-
-
-class CheckpointNotFoundError(FileNotFoundError, ValueError):
-    """The checkpoint path does not exist (catchable as FileNotFoundError or ValueError)."""
-
-
-def _numpy_scalar_globals() -> list:
-    """What ``torch.load(weights_only=True)`` needs for numpy scalars (e.g. ``num_classes`` saved as
-    ``np.int64``): ``numpy.dtype``, the classes of the bool / integer / float / complex dtypes (their
-    state is restored on load) and the scalar constructor, under its numpy 1.x and 2.x module names.
-    None can run code: ``scalar(dtype, bytes)`` only reinterprets bytes as a number of a numeric dtype
-    (object, string and structured dtypes are not allowed)."""
-    core = getattr(np, '_core', None) or np.core
-    scalar = core.multiarray.scalar
-    codes = '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']
-    dtype_classes = list(dict.fromkeys(type(np.dtype(code)) for code in codes))
-    return [np.dtype, *dtype_classes, (scalar, 'numpy.core.multiarray.scalar'),
-            (scalar, 'numpy._core.multiarray.scalar')]
-
-
-# Types allowed on top of weights_only's tensors, plain containers (OrderedDict included) and numbers:
-# argparse.Namespace (training scripts store their ``args``) and numpy scalars / dtypes.
-SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals()]
-_UNSUPPORTED_GLOBAL = re.compile(r'Unsupported global: GLOBAL (\S+)')
-
-
-def _refused_globals(path: str, error: Exception) -> list[str]:
-    found = _UNSUPPORTED_GLOBAL.findall(str(error))
-    try:  # every disallowed global of the file, not only the first one (zip-format files only)
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path) or found
-    except Exception:  # noqa: BLE001 - best effort: the message works without the full list
-        pass
-    return [name for name in found if name not in _allowed_names()]
-
-
-def _allowed_names() -> set[str]:
-    names = set()
-    for item in SAFE_CHECKPOINT_GLOBALS:
-        names.add(item[1] if isinstance(item, tuple) else f'{item.__module__}.{item.__qualname__}')
-    return names
-
-
-def read_checkpoint_file(path, allow_pickle: bool = False):
-    """``torch.load`` a local file on CPU without ever running code from it, unless ``allow_pickle``.
-
-    The file is read with ``weights_only=True`` (tensors, plain containers, numbers, strings) plus
-    ``SAFE_CHECKPOINT_GLOBALS`` (``argparse.Namespace``, numpy scalars): this reads the paper's
-    released files, ImageNet backbones and our own checkpoints.  A file that holds any other Python
-    object needs full unpickling, which can execute code embedded in the file: it is refused with a
-    `CheckpointError` naming those objects and ``--unsafe_pickle``, unless ``allow_pickle`` is True
-    (the scripts' ``--unsafe_pickle``), in which case it is loaded with a warning.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointNotFoundError(f'checkpoint file not found: {path!r} (expected a .pth file written by '
-                                      'torch.save; check --model-path)')
-    with open(path, 'rb') as handle:
-        magic = handle.read(4)
-    # torch.save writes a zip archive (new format) or a pickle starting with the protocol opcode 0x80.
-    if not (magic.startswith(b'PK\x03\x04') or magic.startswith(b'\x80')):
-        raise CheckpointError(f'{path!r} is not a PyTorch checkpoint (starts with {magic!r}); {_EXPECTED}')
-    try:
-        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as error:
-        if 'weights only load failed' not in str(error).lower():
-            raise CheckpointError(f'{path!r} is not a PyTorch checkpoint readable with weights_only=True '
-                                  f'({str(error).splitlines()[0]}); {_EXPECTED}') from None
-        if not allow_pickle:
-            objects = _refused_globals(path, error) or ['objects other than tensors and plain containers']
-            raise CheckpointError(
-                f'{path!r} was not loaded: it holds Python objects ({", ".join(objects[:5])}) whose '
-                'unpickling can execute code embedded in the file. If you trust its source, pass '
-                '--unsafe_pickle (allow_pickle=True); otherwise re-save its state_dict with torch.save'
-            ) from None
-    except Exception as error:  # zip/format errors of torch.load: the file is not a torch.save file
-        first_line = str(error).splitlines()[0] if str(error) else ''
-        raise CheckpointError(f'{path!r} is not a PyTorch checkpoint ({type(error).__name__}: {first_line}); '
-                              f'{_EXPECTED}') from error
-    warnings.warn(f'{path!r} holds arbitrary Python objects; loading it with weights_only=False because of '
-                  '--unsafe_pickle (allow_pickle=True): only do this for files you trust', stacklevel=2)
-    try:
-        return torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f'{path!r} could not be unpickled ({type(error).__name__}: {error})') from error
+_EMA_KEYS = ('ema', 'model_ema', 'state_dict_ema')
+# A flag that disagrees with the checkpoint is used (with one printed line) where that is meaningful, i.e.
+# evaluating at another image size; refused for the rest (another architecture or class count).
+USED_WHEN_DIFFERENT = {'image_size': 'the checkpoint was trained at {stored}: evaluating at {value}'}
+SETTING_LABELS = {'image_size': 'image_size', 'model_name': 'model', 'num_classes': 'classes',
+                  'do_bottleneck_head': 'bottleneck head', 'boostlu_alpha': 'boostlu', 'batch_size': 'batch'}
+# The settings of src.args' data and model flags that a checkpoint answers: setting -> (flag, attribute).
+EVAL_SETTING_FLAGS = {'image_size': ('--image-size', 'image_size'),
+                      'model_name': ('--model-name', 'model_name'), 'batch_size': ('-b', 'batch_size')}
+MIN_BACKBONE_SHARE = 0.5  # fewer matching backbone tensors than this share: not this model's weights
 
 
 def read_checkpoint(spec, allow_pickle: bool = False, *, progress: bool = True,
-                    pretrained_cfg_overlay: Mapping | None = None, cache_dir: str | None = None):
-    """(checkpoint, source) for any ``--model-path`` value: a local path (`read_checkpoint_file`, unchanged),
-    a URL or ``csl:`` alias (`src.models.hub.cached_download`, then the same safe `read_checkpoint_file`;
-    ``cache_dir`` overrides the torch hub cache) or ``timm:<name>``
-    (`src.models.hub.timm_pretrained_checkpoint`, which ``pretrained_cfg_overlay`` is passed to).
-    ``source`` is the local file that was read, or a description of timm's source. ``progress``: show
-    download progress bars (stderr)."""
+                    pretrained_cfg_overlay: Mapping | None = None, cache_dir: str | None = None,
+                    flag: str | None = None):
+    """(checkpoint, source) for any ``--model-path`` value: a local path, a URL or ``csl:`` alias
+    (downloaded by `src.models.hub.cached_download` into ``cache_dir`` or the torch hub cache, with progress
+    bars when ``progress``) or ``timm:<name>`` (`src.models.hub.timm_pretrained_checkpoint`, given
+    ``pretrained_cfg_overlay``). ``source``: the local file read, or a description of timm's source.
+    ``flag``: the option that named ``spec``, for the errors."""
     parsed = parse_weights_spec(spec)
     if parsed.kind == 'local':
-        return read_checkpoint_file(parsed.location, allow_pickle=allow_pickle), parsed.location
+        return read_pth(parsed.location, allow_pickle=allow_pickle, flag=flag), parsed.location
     if parsed.kind == 'timm':
         checkpoint = timm_pretrained_checkpoint(
             parsed.location, pretrained_cfg_overlay=pretrained_cfg_overlay, spec=parsed.spec)
         return checkpoint, checkpoint['source']
     cached = cached_download(parsed.location, parsed.sha256, progress=progress, cache_dir=cache_dir)
     try:
-        return read_checkpoint_file(cached.path, allow_pickle=allow_pickle), cached.path
+        return read_pth(cached.path, allow_pickle=allow_pickle, flag=flag), cached.path
     except CheckpointError as error:
         raise CheckpointError(f'{parsed.spec} (read from {cached.path}): {error}') from error
-
-
-_EMA_KEYS = ('ema', 'model_ema', 'state_dict_ema')
 
 
 def _is_state_dict(obj) -> bool:
@@ -201,56 +109,57 @@ def to_timm_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return dict(state_dict)
 
 
-def _class_names(checkpoint, num_classes: int, path) -> list[str]:
-    names = None
-    if isinstance(checkpoint, Mapping) and checkpoint.get('class_names') is not None:
-        names = [str(name) for name in checkpoint['class_names']]
-    elif isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('idx_to_class'), Mapping):
-        idx_to_class = {int(idx): str(name) for idx, name in checkpoint['idx_to_class'].items()}
+def _class_names(fields: Mapping, num_classes: int, path) -> list[str]:
+    if fields.get('class_names') is not None:
+        names = [str(name) for name in fields['class_names']]
+    elif isinstance(fields.get('idx_to_class'), Mapping):
+        idx_to_class = {int(idx): str(name) for idx, name in fields['idx_to_class'].items()}
         if sorted(idx_to_class) != list(range(len(idx_to_class))):
             raise CheckpointError(f'{path!r}: idx_to_class keys must be 0..N-1')
         names = [idx_to_class[i] for i in range(len(idx_to_class))]
-    if names is None:
+    else:
         return [f'class_{i}' for i in range(num_classes)]
     if len(names) != num_classes:
-        raise CheckpointError(f'{path!r} lists {len(names)} class names but its head has '
-                              f'{num_classes} outputs')
+        raise CheckpointError(f'{path!r} lists {len(names)} class names but its head has {num_classes} '
+                              'outputs')
     return names
 
 
-def _resolve_model_name(state_dict, checkpoint, model_name, path) -> str:
-    stored = checkpoint.get('model_name') if isinstance(checkpoint, Mapping) else None
-    inferred = infer_tresnet_name(state_dict)
+def _resolve_model_name(state_dict, fields: Mapping, model_name, path, flag) -> str:
+    """The file's ``model_name`` or its TResNet tensor shapes; ``model_name`` (the option ``flag``) only
+    where the file says neither. A contradiction is refused: the weights would not fit, or fit another net."""
+    stored, inferred = fields.get('model_name'), infer_tresnet_name(state_dict)
     if is_timm_tresnet_layout(state_dict) and inferred is None:
         layers, width, v2 = describe_tresnet_arch(state_dict)
         raise CheckpointError(f'{path!r} holds a TResNet with blocks {list(layers)}, stem width {width}, '
                               f'v2={v2}, which matches none of {dict(TRESNET_ARCHS)} (blocks, width, v2)')
-    for source, name in (('model_name argument', model_name), ('file\'s model_name', stored)):
-        if name is not None and inferred is not None and str(name).lower() != inferred:
-            raise CheckpointError(f'{path!r} holds a {inferred} (from its tensor shapes) but the {source} '
-                                  f'says {name!r}; pass model_name={inferred!r} or the matching file')
-    name = model_name or stored or inferred
-    if name is None:
+    if stored is not None and inferred is not None and str(stored).lower() != inferred:
+        raise CheckpointError(f'{path!r} holds a {inferred} (from its tensor shapes) but its model_name '
+                              f'says {stored!r}; the file is inconsistent')
+    known, source = (inferred, 'tensor shapes') if inferred is not None else (stored, 'model_name')
+    known = None if known is None else str(known).lower()
+    if model_name is not None and known is not None and str(model_name).lower() != known:
+        raise CheckpointError(f'{path!r} holds a {known} (from its {source}) but {flag} says {model_name!r}; '
+                              f'drop {flag} or pass {flag} {known}')
+    if known is None and model_name is None:
         raise CheckpointError(f'cannot tell the architecture of {path!r}: it is not a TResNet layout and '
-                              'stores no model_name; pass model_name=... (any timm model name)')
-    return str(name).lower()
+                              f'stores no model_name; pass {flag} (any timm model name)')
+    return known or str(model_name).lower()
 
 
-def _resolve_head(state_dict, checkpoint, model_name, path) -> dict:
-    bottleneck_prefix = find_bottleneck_classifier(state_dict)
-    info = head_info(state_dict, bottleneck_prefix or 'head.fc')
-    if info is None and isinstance(checkpoint, Mapping) and checkpoint.get('num_classes') is not None:
-        info = {'do_bottleneck_head': bool(checkpoint.get('do_bottleneck_head', False)),
-                'num_classes': int(checkpoint['num_classes'])}
+def _resolve_head(state_dict, fields: Mapping, model_name, path) -> dict:
+    info = head_info(state_dict, find_bottleneck_classifier(state_dict) or 'head.fc')
+    if info is None and fields.get('num_classes') is not None:
+        info = {'do_bottleneck_head': bool(fields.get('do_bottleneck_head', False)),
+                'num_classes': int(fields['num_classes'])}
     if info is None:  # plain classifier of a non-TResNet timm model: ask the model where it is
         probe = create_model(model_name=model_name, num_classes=1)
         info = head_info(state_dict, probe.pretrained_cfg.get('classifier', 'head.fc'))
     if info is None:
         raise CheckpointError(f'{path!r}: cannot find the classifier of {model_name} in the state dict '
                               'and the file stores no num_classes')
-    stored = checkpoint.get('num_classes') if isinstance(checkpoint, Mapping) else None
-    if stored is not None and int(stored) != info['num_classes']:
-        raise CheckpointError(f'{path!r} says num_classes={stored} but its head has '
+    if fields.get('num_classes') is not None and int(fields['num_classes']) != info['num_classes']:
+        raise CheckpointError(f'{path!r} says num_classes={fields["num_classes"]} but its head has '
                               f'{info["num_classes"]} outputs')
     return info
 
@@ -276,40 +185,121 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool = False,
-               allow_pickle: bool = False, *, progress: bool = True,
-               pretrained_cfg_overlay: Mapping | None = None) -> tuple[nn.Module, list[str]]:
-    """Build the model a checkpoint describes and load it strictly; returns (model in eval mode, names).
+def build_model_from_checkpoint(checkpoint, path, model_name: str | None = None, *, use_ema: bool = False,
+                                flag: str = 'model_name') -> tuple[nn.Module, list[str], dict]:
+    """(model in eval mode on CPU, class names, architecture) of a read checkpoint, loaded strictly.
 
-    ``path``: a local file, ``timm:<name>``, a URL or a ``csl:`` alias (see `read_checkpoint`, which
-    ``progress`` and ``pretrained_cfg_overlay`` are passed to).
-
-    Architecture: ``model_name`` if given, else the file's ``model_name``, else inferred from the TResNet
-    tensor shapes. Head type and num_classes come from the tensors (``head.fc.FC.weight`` => bottleneck).
-    Class names: the file's ``class_names`` or ``idx_to_class`` (index -> name/MID), else 'class_<i>'.
-    A file with ``boostlu_alpha`` gives a BoostLU model (`src.models.boostlu`), as it was trained.
-    ``allow_pickle``: see `read_checkpoint_file` (False never runs code from the file).
+    Architecture (`_resolve_model_name`); head type and num_classes from the tensors (``head.fc.FC.weight``
+    => bottleneck); ``boostlu_alpha`` from the file (a BoostLU model, as trained). Class names:
+    ``class_names`` or ``idx_to_class`` (index -> name/MID), else 'class_<i>'. ``architecture``:
+    model_name, num_classes, do_bottleneck_head, boostlu_alpha.
     """
     path = os.fspath(path)
-    checkpoint, _ = read_checkpoint(path, allow_pickle, progress=progress,
-                                    pretrained_cfg_overlay=pretrained_cfg_overlay)
+    fields = checkpoint if isinstance(checkpoint, Mapping) else {}
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path, use_ema=use_ema))
-    name = _resolve_model_name(state_dict, checkpoint, model_name, path)
-    head = _resolve_head(state_dict, checkpoint, name, path)
-    boostlu_alpha = checkpoint.get('boostlu_alpha') if isinstance(checkpoint, Mapping) else None
+    name = _resolve_model_name(state_dict, fields, model_name, path, flag)
+    head = _resolve_head(state_dict, fields, name, path)
     model = create_model(model_name=name, num_classes=head['num_classes'],
                          do_bottleneck_head=head['do_bottleneck_head'],
                          bottleneck_features=head.get('bottleneck_features', 512),
-                         boostlu_alpha=boostlu_alpha)
+                         boostlu_alpha=fields.get('boostlu_alpha'))
     load_state_dict_strict(model, state_dict, path)
-    class_names = _class_names(checkpoint, head['num_classes'], path)
-    return model.to(device).eval(), class_names
+    architecture = {'model_name': name, 'num_classes': head['num_classes'],
+                    'do_bottleneck_head': head['do_bottleneck_head'],
+                    'boostlu_alpha': fields.get('boostlu_alpha')}
+    return model.eval(), _class_names(fields, head['num_classes'], path), architecture
+
+
+def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool = False,
+               allow_pickle: bool = False, *, progress: bool = True,
+               pretrained_cfg_overlay: Mapping | None = None) -> tuple[nn.Module, list[str]]:
+    """(model in eval mode on ``device``, class names): `read_checkpoint` + `build_model_from_checkpoint`."""
+    checkpoint, _ = read_checkpoint(path, allow_pickle, progress=progress,
+                                    pretrained_cfg_overlay=pretrained_cfg_overlay)
+    model, class_names, _ = build_model_from_checkpoint(checkpoint, path, model_name, use_ema=use_ema)
+    return model.to(device), class_names
+
+
+def _positive_whole(value) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return number and float(value).is_integer() and value >= 1
+
+
+def resolve_model_settings(checkpoint, architecture: Mapping, given: Mapping[str, tuple[str, object]],
+                           defaults: Mapping[str, object], path='checkpoint') -> tuple[dict, dict, list[str]]:
+    """(settings, provenance, notes) a command runs with.
+
+    The checkpoint records ``architecture`` (`build_model_from_checkpoint`'s) and, under ``args``
+    (train.py's resolved flags), ``image_size``. ``given``: setting -> (flag, value, None when not given);
+    ``defaults``: where neither says (the paper's layout records no size). A given flag that disagrees is
+    used with a note (``USED_WHEN_DIFFERENT``) or refused, naming the flag, the stored value and the fix.
+    Provenance: 'checkpoint', 'flag' or 'default' per setting.
+    """
+    recorded = dict(architecture)
+    size = recorded_args(checkpoint).get('image_size')
+    if size is not None:
+        if not _positive_whole(size) and given.get('image_size', (None, None))[1] is None:
+            raise CheckpointError(f'{path!r} stores image_size {size!r}, which is not a positive whole '
+                                  f'number; pass {given.get("image_size", ("--image-size",))[0]}')
+        if _positive_whole(size):
+            recorded['image_size'] = int(size)
+    settings, sources, notes = {}, {}, []
+    for key in dict.fromkeys([*recorded, *given, *defaults]):
+        flag, value = given.get(key, (None, None))
+        if value is None:
+            settings[key], sources[key] = ((recorded[key], 'checkpoint') if key in recorded
+                                           else (defaults.get(key), 'default'))
+            continue
+        settings[key], sources[key], stored = value, 'flag', recorded.get(key)
+        if stored is None or str(value).lower() == str(stored).lower():
+            continue
+        if key not in USED_WHEN_DIFFERENT:
+            raise ConfigError(f'{flag} {value} contradicts the checkpoint {path!r}, which holds {key} '
+                              f'{stored}: the result would be wrong; drop {flag} (or pass the checkpoint it '
+                              'describes)')
+        notes.append(f'{flag} {value} given; ' + USED_WHEN_DIFFERENT[key].format(stored=stored, value=value))
+    return settings, sources, notes
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's model (eval mode, on CPU), its class names and the settings a command runs with."""
+
+    model: nn.Module
+    class_names: list[str]
+    settings: dict
+    sources: dict
+    notes: list[str]
+
+    def report(self) -> str:
+        """``settings: image_size 32 (checkpoint), model test_resnet (checkpoint), ...``, then the notes."""
+        shown = [key for key in SETTING_LABELS if key in self.settings
+                 and not (key == 'boostlu_alpha' and self.settings[key] is None)]
+        parts = [f'{SETTING_LABELS[key]} {self.settings[key]} ({self.sources[key]})' for key in shown]
+        return '\n'.join(['settings: ' + ', '.join(parts), *self.notes])
+
+
+def load_model_for_command(args, flags: Mapping[str, tuple[str, str]], defaults: Mapping,
+                           path_flag: str = '--model-path') -> LoadedModel:
+    """Read ``args.model_path`` (option ``path_flag``) once, build its model (``args.use_ema``) and resolve
+    the settings of ``flags`` (setting -> (flag, attribute of ``args``, None when not given)), which are
+    written back to ``args``."""
+    checkpoint, _ = read_checkpoint(args.model_path, args.unsafe_pickle, flag=path_flag)
+    given = {key: (flag, getattr(args, attr)) for key, (flag, attr) in flags.items()}
+    model_flag, model_name = given.get('model_name', ('model_name', None))
+    model, class_names, architecture = build_model_from_checkpoint(
+        checkpoint, args.model_path, model_name, use_ema=getattr(args, 'use_ema', False), flag=model_flag)
+    loaded = LoadedModel(model, class_names,
+                         *resolve_model_settings(checkpoint, architecture, given, defaults, args.model_path))
+    for key, (_, attr) in flags.items():
+        setattr(args, attr, loaded.settings[key])
+    return loaded
 
 
 @dataclass
 class BackboneLoadReport:
-    """What :func:`load_pretrained_backbone` did, by state-dict key. ``path``: the value as given (a path,
-    URL, ``csl:`` or ``timm:`` name); ``source``: the local file read or timm's source, when different."""
+    """What `load_pretrained_backbone` did, by state-dict key. ``path``: the value as given (a path, URL,
+    ``csl:`` or ``timm:`` name); ``source``: the local file read or timm's source, when different."""
 
     path: str
     loaded: list[str] = field(default_factory=list)
@@ -319,14 +309,11 @@ class BackboneLoadReport:
     missing: list[str] = field(default_factory=list)
     source: str | None = None
 
-    @property
-    def skipped(self) -> list[str]:
-        return self.skipped_classifier + self.skipped_unexpected + self.skipped_shape
-
     def __str__(self) -> str:
         origin = f' ({self.source})' if self.source and self.source != self.path else ''
+        skipped = len(self.skipped_classifier) + len(self.skipped_unexpected) + len(self.skipped_shape)
         lines = [f'pretrained backbone {self.path}{origin}: loaded {len(self.loaded)} tensors, skipped '
-                 f'{len(self.skipped)} ({len(self.skipped_classifier)} classifier, '
+                 f'{skipped} ({len(self.skipped_classifier)} classifier, '
                  f'{len(self.skipped_unexpected)} not in model, {len(self.skipped_shape)} shape mismatch), '
                  f'missing {len(self.missing)}']
         for title, keys in (('shape mismatch', self.skipped_shape), ('not in model', self.skipped_unexpected),
@@ -336,29 +323,15 @@ class BackboneLoadReport:
         return '\n'.join(lines)
 
 
-def _classifier_prefix(model: nn.Module) -> str:
-    classifier = getattr(model, 'pretrained_cfg', {}).get('classifier', 'head.fc')
-    return classifier if isinstance(classifier, str) else classifier[0]
-
-
-MIN_BACKBONE_SHARE = 0.5  # fewer matching backbone tensors than this share: not this model's weights
-
-
 def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False, *, progress: bool = True,
                              pretrained_cfg_overlay: Mapping | None = None) -> BackboneLoadReport:
-    """Load ImageNet-1k/21k weights (paper InPlaceABN or timm layout) into ``model`` except the classifier.
+    """Load ImageNet-1k/21k weights (paper InPlaceABN or timm layout; any `read_checkpoint` source) into
+    ``model`` except the classifier; returns the report (``str()``: the summary for the caller to print).
 
-    ``path``: a local file, ``timm:<name>`` (e.g. ``timm:tresnet_m.miil_in21k``), a URL or a ``csl:``
-    alias (see `read_checkpoint`, which ``progress`` and ``pretrained_cfg_overlay`` are passed to).
-
-    Tensors whose shape differs from the model's are skipped and reported; the classifier (``head.fc*``
-    for TResNets) is never loaded. Raises CheckpointError (a ValueError) when fewer than
-    ``MIN_BACKBONE_SHARE`` (half) of the model's backbone tensors (classifier and ``num_batches_tracked``
-    excluded) are in the file with the same name and shape: such a file holds another architecture, and
-    training on would be training from scratch after a one-line report. A partial match above that share
-    (e.g. a stage resized) loads, and the report lists what was skipped. ``allow_pickle``: see
-    `read_checkpoint_file`. Prints nothing: the returned report's ``str()`` is the summary for the caller
-    to print.
+    Tensors whose shape differs from the model's are skipped and reported. Fewer than ``MIN_BACKBONE_SHARE``
+    of the backbone tensors (``num_batches_tracked`` excluded) matching by name and shape is an error: such a
+    file holds another architecture, and training on would be training from scratch after a one-line
+    report. A partial match above that share (e.g. a stage resized) loads.
     """
     path = os.fspath(path)
     checkpoint, source = read_checkpoint(path, allow_pickle, progress=progress,
@@ -366,7 +339,8 @@ def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False,
     state_dict = to_timm_layout(extract_state_dict(checkpoint, path))
     target = getattr(model, '_orig_mod', model)
     own = target.state_dict()
-    classifier = _classifier_prefix(target)
+    classifier = getattr(target, 'pretrained_cfg', {}).get('classifier', 'head.fc')
+    classifier = classifier if isinstance(classifier, str) else classifier[0]
     report = BackboneLoadReport(path=path, source=source)
     to_load = {}
     for key, value in state_dict.items():

@@ -1,12 +1,11 @@
-"""The training checkpoint: its layout, the checked reader, and the point a resumed run continues from.
+"""The one .pth reader (`read_pth`), the training checkpoint's layout, and where a resumed run continues.
 
 Layout (a dict saved with ``torch.save``; loadable with ``weights_only=True``):
 
-- ``model``: state dict of the trained network (for ``best.pth``: the weights of the selected
-  variant, regular or EMA, see ``selected_variant``); ``ema``: state dict of the EMA network;
-- ``model_name``, ``num_classes``, ``do_bottleneck_head``, ``bottleneck_features``,
-  ``boostlu_alpha`` (None without BoostLU), ``class_names`` (so :func:`src.models.load_model` rebuilds
-  the network);
+- ``model``: state dict of the trained network (for ``best.pth``: the selected variant's weights, regular
+  or EMA, see ``selected_variant``); ``ema``: state dict of the EMA network;
+- ``model_name``, ``num_classes``, ``do_bottleneck_head``, ``bottleneck_features``, ``boostlu_alpha``
+  (None without BoostLU), ``class_names``: what `src.models.load_model` rebuilds the network from;
 - ``optimizer``, ``scheduler``, ``scaler``: their ``state_dict()``;
 - ``epoch``: the epoch the state belongs to, counted from 1 as in ``history`` and ``best``
   (``format_version`` 2; `src.trainer.count_epochs_from_one` converts older, 0-based files; `ResumePoint`
@@ -15,7 +14,8 @@ Layout (a dict saved with ``torch.save``; loadable with ``weights_only=True``):
   ``epoch_loss_sum``: loss summed over those steps; ``rng_state``: `src.utils.seed.capture_rng_state`;
 - ``train_prior``: ``ComputePrior.reduced_state_dict()`` of the running-average prior, or None;
 - ``history``: per-epoch records (as in metrics.jsonl); ``best``: best selection metric and its epoch;
-  ``args``: the resolved configuration (a dict); ``world_size``.
+- ``args``: train.py's resolved flags (a dict; `recorded_args`), whose ``image_size`` the evaluation
+  commands use; ``world_size``.
 
 Files are written atomically (`src.utils.io.atomic_torch_save`): a process killed mid-write leaves the
 previous file intact.
@@ -23,13 +23,17 @@ previous file intact.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
-import zipfile
+import re
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from src.utils.cli import ConfigError
 from src.utils.io import atomic_torch_save
 
 TRAINING_CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "epoch", "steps_done", "args")
@@ -63,25 +67,42 @@ def save_checkpoint(state: dict, path: str) -> str:
     return atomic_torch_save(state, path)
 
 
-def read_torch_file(path: str, flag: str) -> object:
-    """``torch.load(path, weights_only=True)`` on CPU; any unreadable file (empty, truncated, not written
-    by torch.save, or holding objects other than tensors and plain containers) is a ValueError naming
-    ``flag``, the file and the reason, never a raw torch traceback."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag}: {path!r} does not exist")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{flag}: {path!r} is empty (0 bytes): a copy or download that did not finish")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else is not its file
-            raise ValueError(f"{flag}: {path!r} is not a readable torch file (not written by torch.save: "
-                             f"{_first_line(error)})") from error
-        raise ValueError(f"{flag}: {path!r} holds objects that a safe load refuses ({_first_line(error)})"
-                         ) from error
-    except Exception as error:  # any parse failure (EOFError, zip/miniz errors, IndexError...): unreadable
-        raise ValueError(f"{flag}: {path!r} is not a readable torch file (truncated or not written by "
-                         f"torch.save: {type(error).__name__}: {_first_line(error)})") from error
+class CheckpointError(ConfigError):
+    """A file that is not a usable checkpoint, or whose contents do not fit the requested model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist (catchable as FileNotFoundError or ValueError)."""
+
+
+def _numpy_scalar_globals() -> list:
+    """What ``torch.load(weights_only=True)`` needs for numpy scalars (e.g. ``num_classes`` saved as
+    ``np.int64``): ``numpy.dtype``, the classes of the bool / integer / float / complex dtypes and the
+    scalar constructor, under its numpy 1.x and 2.x module names. None can run code: ``scalar(dtype,
+    bytes)`` only reinterprets bytes as a number of a numeric dtype (no object/string/structured dtype)."""
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    codes = "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]
+    dtype_classes = list(dict.fromkeys(type(np.dtype(code)) for code in codes))
+    return [np.dtype, *dtype_classes, (scalar, "numpy.core.multiarray.scalar"),
+            (scalar, "numpy._core.multiarray.scalar")]
+
+
+# Allowed on top of weights_only's tensors, plain containers and numbers: argparse.Namespace (training
+# scripts store their ``args``) and numpy scalars / dtypes.
+SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals()]
+_ALLOWED_NAMES = {item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}"
+                  for item in SAFE_CHECKPOINT_GLOBALS}
+_EXPECTED = 'expected a file written by torch.save holding a state_dict or a dict with a "model" state_dict'
+
+
+def _refused_globals(path: str, error: Exception) -> list[str]:
+    found = re.findall(r"Unsupported global: GLOBAL (\S+)", str(error))
+    try:  # every disallowed global of the file, not only the first one (zip-format files only)
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path) or found
+    except Exception:  # noqa: BLE001 - best effort: the message works without the full list
+        pass
+    return [name for name in found if name not in _ALLOWED_NAMES]
 
 
 def _first_line(error: BaseException) -> str:
@@ -89,9 +110,64 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def load_training_checkpoint(path: str) -> dict:
+def read_pth(path, *, allow_pickle: bool = False, flag: str | None = None):
+    """The one reader of .pth files: ``torch.load`` on CPU that never runs code from the file.
+
+    Read with ``weights_only=True`` plus ``SAFE_CHECKPOINT_GLOBALS``: the paper's released files, ImageNet
+    backbones and our checkpoints. A file holding any other Python object needs full unpickling, which can
+    execute code embedded in it: refused (naming those objects and ``--unsafe_pickle``) unless
+    ``allow_pickle``, then loaded with a warning. Every failure is a `CheckpointError` (a ValueError;
+    `CheckpointNotFoundError` for a missing file) naming ``flag`` (when given) and the file.
+    """
+    path = os.fspath(path)
+    where = f"{flag}: {path!r}" if flag else repr(path)
+    if not os.path.isfile(path):
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path!r} (expected a .pth file written by "
+                                      f"torch.save; check {flag or '--model-path'})")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{where} is empty (0 bytes): a copy or download that did not finish")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    # torch.save writes a zip archive (new format) or a pickle starting with the protocol opcode 0x80.
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
+        raise CheckpointError(f"{where} is not a readable torch file (starts with {magic!r}); {_EXPECTED}")
+    try:
+        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():
+            raise CheckpointError(f"{where} is not a readable torch file ({_first_line(error)}); "
+                                  f"{_EXPECTED}") from None
+        if not allow_pickle:
+            objects = _refused_globals(path, error) or ["objects other than tensors and plain containers"]
+            raise CheckpointError(
+                f"{where} was not loaded: it holds Python objects ({', '.join(objects[:5])}) whose "
+                "unpickling can execute code embedded in the file. If you trust its source, pass "
+                "--unsafe_pickle (allow_pickle=True); otherwise re-save its state_dict with torch.save"
+            ) from None
+    except Exception as error:  # zip/format errors, EOFError of a truncated file...: not a torch.save file
+        raise CheckpointError(f"{where} is not a readable torch file (truncated or not written by "
+                              f"torch.save: {type(error).__name__}: {_first_line(error)})") from error
+    warnings.warn(f"{path!r} holds arbitrary Python objects; loading it with weights_only=False because of "
+                  "--unsafe_pickle (allow_pickle=True): only do this for files you trust", stacklevel=2)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CheckpointError(f"{where} could not be unpickled ({type(error).__name__}: {error})") from error
+
+
+def recorded_args(checkpoint) -> dict:
+    """train.py's resolved flags stored under ``args`` (a dict; an argparse.Namespace in older files);
+    {} for files that do not record them (the paper's)."""
+    saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if isinstance(saved, argparse.Namespace):
+        saved = vars(saved)
+    return dict(saved) if isinstance(saved, dict) else {}
+
+
+def load_training_checkpoint(path: str, allow_pickle: bool = False) -> dict:
     """Load a checkpoint written by train.py (on CPU); a clear error when it is not one."""
-    checkpoint = read_torch_file(path, "--resume")
+    checkpoint = read_pth(path, allow_pickle=allow_pickle, flag="--resume")
     if isinstance(checkpoint, dict) and "batches_done" in checkpoint and "steps_done" not in checkpoint:
         checkpoint["steps_done"] = checkpoint.pop("batches_done")  # the name before 2026-11-30
     missing = [key for key in TRAINING_CHECKPOINT_KEYS
