@@ -4,18 +4,10 @@
     python reproduce.py --data /datasets/COCO_2014 --model-name tresnet_m \
         --model-path models_local/tresnet_m_miil_21k.pth --image-size 448 --device cuda
 
-Every cell of the table is an ordinary ``train.py`` run: its command line is printed and stored in
-``<out>/cells/<cell>/command.txt`` so that any cell can be re-run by hand. A cell whose
-``result.json`` exists is skipped, so an interrupted table resumes where it stopped.
-
-Per seed and column the workflow is the paper's:
-1. simulate partial labels of the train set (``python -m coco_simulation``; the seed changes the draw);
-2. Ignore-mode CE run = the temporary model of CSL's stage 1; it writes the class prior;
-3. Negative CE and Negative ASL runs (the Negative run also writes its prior, for the prior table);
-4. CSL (selective P-ASL) with the prior of step 2.
-
-The rows live in ``ROWS`` of ``src/reproduce/protocols.py``; edit or extend that table to add baselines.
-This script only wires: the protocols, the runner and the reports live in ``src/reproduce/``.
+Every cell of the table is an ordinary ``train.py`` run, its command line stored in
+``<out>/cells/<cell>/command.txt``. A finished cell is reused when its settings are this run's and refused
+when they changed, unless ``--overwrite`` (`src/reproduce/runner.py`), so an interrupted table resumes.
+Rows: ``ROWS`` in ``src/reproduce/protocols.py``; protocols, runner and reports live in ``src/reproduce/``.
 """
 
 from __future__ import annotations
@@ -27,18 +19,17 @@ import time
 
 from src.args import data_parser, device_parser, model_parser, optimisation_parser
 from src.data.embedded import DESIGNS
-from src.reproduce import (
-    cell_environment,
+from src.reproduce.protocols import (
+    EMBEDDED_DEFAULTS,
     coco_protocol,
     embedded_protocol,
-    run_table,
     select_columns,
     select_rows,
     threshold_rule,
     user_train_flags,
-    write_reports,
 )
-from src.reproduce.protocols import EMBEDDED_DEFAULTS
+from src.reproduce.report import write_reports
+from src.reproduce.runner import cell_environment, run_table
 from src.reproduce.sweep import run_sweep
 from src.utils.cli import run_cli
 from src.utils.io import atomic_write_json, prepare_output_folder
@@ -78,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models_dir", default=os.path.join(HERE, "models_local"),
                         help="embedded: where the pretrained upstream backbone is cached")
     parser.add_argument("--out", default=None, help="results folder (default outputs/reproduce_<protocol>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete and run anew the finished cells (and simulated labels) of --out whose "
+                             "recorded settings differ from this run's; without it they are refused")
     parser.add_argument("--seeds", type=int, default=None,
                         help="seeds per cell (partial-label draw and init); default 3, with --sweep 1")
     parser.add_argument("--schemes", default="fpc,rps", help="columns to run: fpc, rps or both")

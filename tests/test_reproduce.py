@@ -142,7 +142,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
         assert csl.prior_path == readme.prior_path == prior and csl.likelihood_topk == 5
         assert (csl.prior_threshold, readme.prior_threshold) == (pytest.approx(0.8), 0.5)
     # The whole command of one cell, pinned (the order of the flags is part of "the same command").
-    csl_command = next(c for c in started if c[-4:] == ["--prior_path", prior, "--prior_threshold", "0.8"])
+    csl_command = next(c for c in started if c[-5:-1] == ["--prior_path", prior, "--prior_threshold", "0.8"])
     out = str(tmp_path / "out")
     assert shlex.join(csl_command[1:]) == shlex.join([
         runner.TRAIN_SCRIPT, "--model-name", "test_resnet.r160_in1k", "--image-size", "32", "--epochs", "6",
@@ -152,7 +152,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
         "--path_dest", f"{out}/cells/fpc_seed0_csl", "--partial_loss_mode", "selective",
         "--likelihood_topk", "5", "--gamma_pos", "0", "--gamma_unann", "4", "--gamma_neg", "3",
         "--model-path", upstream, "--estimate_prior", "none", "--record_ignored",
-        "--prior_path", prior, "--prior_threshold", "0.8"])
+        "--prior_path", prior, "--prior_threshold", "0.8", "--overwrite"])
 
 
 def test_coco_cells_get_the_users_flags_and_the_protocols_defaults(tmp_path, monkeypatch):
