@@ -1,9 +1,12 @@
-"""What a run is: its settings, recorded beside its product, and the rule for reusing the product.
+"""What a run is, recorded beside what it made, and the rule for reusing it.
 
-The settings of a train.py run or a simulation (`run_settings`): every flag it gets (its output folder
-aside), the processes per run, the content hash of each file a flag names (partial labels, a prior, a
-backbone) and the embedded dataset's generator config (a COCO folder is known by its path). The
-identity is the sha256 of their canonical JSON; `reusable` compares it with the one recorded.
+A run's settings (`run_settings`): every flag it gets (its output folder aside), the processes per run,
+the content hash of each file a flag names (partial labels, the stage-1 prior, a backbone) and the
+embedded dataset's generator config (a COCO folder is known by its path); its identity is the sha256 of
+their canonical JSON. A cell's ``settings.json``, the labels' ``<name>.settings.json`` and the backbone
+cache's ``<name>.json`` hold them; the backbone's cache file and ``<out>/upstream/`` folder are named after
+the identity. Made with other settings or none recorded (an older reproduce.py): refused with the change
+named, or deleted and made anew with ``--overwrite`` - never reused, never deleted unasked.
 """
 
 from __future__ import annotations

@@ -98,32 +98,33 @@ def markdown_table(rows: list[dict], protocol: Protocol) -> str:
 
 
 def bar_plot(rows: list[dict], protocol: Protocol, path: str) -> None:
-    """Bar chart of the best mAP per row and column, written to a temp file and renamed over ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Bar chart of the best mAP per row and column (matplotlib's object API: no global backend)."""
+    from matplotlib.figure import Figure
 
     schemes = list(protocol.columns)
-    fig, axes = plt.subplots(1, len(schemes), figsize=(5 * len(schemes), 4), squeeze=False)
-    table = protocol_rows(protocol)
-    for ax, scheme in zip(axes[0], schemes):
-        sel = [next((r for r in rows if r["row"] == row.key and r["scheme"] == scheme), None)
-               for row in table]
-        labels = [row.label for row, r in zip(table, sel) if r]
-        means = [r["best_mAP"] for r in sel if r]
-        stds = [r["best_mAP_std"] for r in sel if r]
-        ax.bar(range(len(means)), means, yerr=stds, capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(means)), labels, rotation=20, ha="right", fontsize=8)
+    fig = Figure(figsize=(5 * len(schemes), 4))
+    table = protocol_rows(protocol)  # in the table's order
+    for ax, scheme in zip(fig.subplots(1, len(schemes), squeeze=False)[0], schemes):
+        found = [(row.label, r) for row in table for r in rows
+                 if r["row"] == row.key and r["scheme"] == scheme]
+        means = [r["best_mAP"] for _, r in found]
+        ax.bar(range(len(found)), means, yerr=[r["best_mAP_std"] for _, r in found], capsize=4,
+               color="#4c72b0")
+        ax.set_xticks(range(len(found)), [label for label, _ in found], rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{protocol.name}: {column_title(scheme, protocol.columns[scheme])}")
         ax.set_ylabel("mAP (best epoch, mean ± std over seeds)")
         if means:
             ax.set_ylim(max(0.0, min(means) - 10), min(100.0, max(means) + 5))
     fig.tight_layout()
-    try:
-        save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
+
+
+def csv_text(lines: list[dict]) -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(lines[0]))
+    writer.writeheader()
+    writer.writerows(lines)
+    return buffer.getvalue()
 
 
 def prior_tables(results: list[dict], protocol: Protocol) -> str:
@@ -189,11 +190,7 @@ def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int)
     regimes = {scheme: regime(rows, scheme) for scheme in protocol.columns}
     atomic_write_json(os.path.join(out, "results.json"),
                       {"protocol": protocol.__dict__, "table": rows, "cells": results, "regime": regimes})
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(os.path.join(out, "results.csv"), buffer.getvalue(), newline="")
+    atomic_write_text(os.path.join(out, "results.csv"), csv_text(rows), newline="")
     text = [f"### {protocol.name}: mAP (%), mean ± std over {seeds} seed(s)", "",
             "best = best epoch on the evaluation set, max of regular/EMA (the paper's protocol); "
             "final = last epoch (no selection); share = best / the full-label ceiling.", "",

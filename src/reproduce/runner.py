@@ -1,17 +1,9 @@
-"""Running the table: every cell is an ordinary ``train.py`` run in its own process.
-
-A cell is known by its settings, not by its folder's name. ``<out>/cells/<cell>/settings.json`` records
-them before the cell runs: every train.py flag it gets (its --path_dest aside), the GPUs per cell, the
-content hash of each file a flag names (the partial labels, the stage-1 prior, the backbone) and the
-embedded dataset's generator config (COCO is known by its path); ``identity`` is the hash of that record.
-A cell whose ``result.json`` exists is reused only when its recorded identity is this run's; a cell made
-with other settings, or recorded without them (an older reproduce.py), is refused with the changed
-settings named - or, with ``--overwrite``, deleted and trained anew. The simulated labels
-(``<out>/labels/<group>.npz`` and ``.settings.json``) are treated alike, and the pretrained backbone's
-cache file and its ``<out>/upstream/`` folder are named after the hash of its settings.
-
-Per (seed, column) group the workflow is the paper's: simulate the partial labels, run the Ignore-mode CE
-(stage 1, writes the prior), the Negative runs, then CSL with the prior of stage 1.
+"""Running the table: every cell is an ordinary ``train.py`` run in its own process, its command line in
+``<out>/cells/<cell>/command.txt``. A finished cell, the simulated labels and the pretrained backbone are
+reused only when their recorded settings are this run's (`src.reproduce.identity`), so an interrupted
+table resumes and a changed one never reports old numbers. Per (seed, column) group the workflow is the
+paper's: simulate the partial labels, the Ignore-mode CE (stage 1, writes the prior), the Negative runs,
+then CSL with the prior of stage 1.
 """
 
 from __future__ import annotations

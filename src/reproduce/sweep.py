@@ -18,14 +18,12 @@ is tuned on CSL's rows: the points are fixed before any of them runs.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 from dataclasses import asdict, dataclass
 
 from src.data.embedded import DEFAULT_DESIGN
 from src.reproduce.protocols import Protocol, embedded_fpc_param, embedded_protocol
-from src.reproduce.report import regime, table_rows, write_reports
+from src.reproduce.report import csv_text, regime, table_rows, write_reports
 from src.reproduce.runner import run_table
 from src.utils.io import atomic_write_json, atomic_write_text, save_figure
 
@@ -104,14 +102,11 @@ def sweep_markdown(lines: list[dict]) -> str:
 
 def sweep_plot(lines: list[dict], path: str) -> None:
     """CSL's margin over the best baseline against the ceiling and against Ignore/ceiling, per column."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "ceiling", "full-label ceiling (mAP)"),
-                           (axes[1], "ignore_ce", "Ignore / ceiling")):
+    fig = Figure(figsize=(10, 4))
+    for ax, key, label in zip(fig.subplots(1, 2), ("ceiling", "ignore_ce"),
+                              ("full-label ceiling (mAP)", "Ignore / ceiling")):
         for scheme, marker in (("fpc", "o"), ("rps", "s")):
             points = [(line[key], line["csl_margin"], line["name"]) for line in lines
                       if line["scheme"] == scheme and line.get(key) is not None
@@ -126,10 +121,7 @@ def sweep_plot(lines: list[dict], path: str) -> None:
         ax.set_ylabel("CSL - best baseline (mAP)")
         ax.legend()
     fig.tight_layout()
-    try:
-        save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_sweep(args: argparse.Namespace, extra_flags: dict, seeds: int, jobs: int, env: dict,
@@ -146,10 +138,6 @@ def run_sweep(args: argparse.Namespace, extra_flags: dict, seeds: int, jobs: int
     text = sweep_markdown(lines)
     atomic_write_text(os.path.join(args.out, "sweep.md"), text + "\n")
     atomic_write_json(os.path.join(args.out, "sweep.json"), lines)
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(lines[0]))
-    writer.writeheader()
-    writer.writerows(lines)
-    atomic_write_text(os.path.join(args.out, "sweep.csv"), buffer.getvalue(), newline="")
+    atomic_write_text(os.path.join(args.out, "sweep.csv"), csv_text(lines), newline="")
     sweep_plot(lines, os.path.join(args.out, "sweep.png"))
     return text
