@@ -578,13 +578,14 @@ def test_embedded_report_prints_each_rows_full_scale_command_and_train_py_accept
     coco = ["--data", "/path/to/COCO_2014", "--model-name", "tresnet_m", "--image-size", "448",
             "--epochs", "30", "--batch-size", "64", "--lr", "2e-4", "--dataset_type", "coco",
             "--num-classes", "80"]
+    assert "`--model-name tresnet_m --model-path none --image-size 448 --epochs 30 --batch-size 64 --lr " \
+           "0.0002 --workers 8 --device auto --dataset_type coco --num-classes 80`" in text  # COCO_FLAGS
     table = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "`" in line]
     assert len(table) == 1 + 2 * (len(at_full_scale) - 1)  # the ceiling once, every other row per column
     modes = set()
     for label, column, flags in table:
         row = next(r for r in ROWS if r.label == label.lstrip("| "))
-        argv = shlex.split(flags.strip(" |`").replace("<the Ignore run's priors/prior_fpc_*.csv>", "p.csv")
-                           .replace("<the Ignore run's priors/prior_rps_*.csv>", "p.csv"))
+        argv = shlex.split(flags.strip(" |`").replace("<the prior CSV in the Ignore run's priors/>", "p.csv"))
         parsed = build_train_parser().parse_args(coco + argv)  # a command train.py accepts
         modes.add(parsed.partial_loss_mode)
         assert parsed.partial_loss_mode == row.flags["partial_loss_mode"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shlex
 
 import numpy as np
 
@@ -17,11 +18,13 @@ from src.prior import naive_estimates, rank_report, read_prior_csv
 from src.reproduce.mechanism import composition_table
 from src.reproduce.protocols import (
     COCO_COLUMNS,
+    COCO_FLAGS,
     COCO_REGIME,
     PAPER_RESULTS,
     README_PRIOR_THRESHOLD,
     REGIME_ROWS,
     Protocol,
+    flags_to_argv,
     protocol_rows,
 )
 from src.utils.io import atomic_write_json, atomic_write_text, save_figure
@@ -165,8 +168,8 @@ def full_scale_commands(protocol: Protocol) -> str:
              f"    --rows {','.join(row.key for row in rows)} --seeds 3 --device cuda "
              "[--nproc_per_node 8]", "```", "",
              "runs, per seed and column, `python -m coco_simulation` (the partial labels) and one `train.py` "
-             "per row with the COCO protocol (`--model-name tresnet_m --image-size 448 --epochs 30 "
-             "--batch-size 64 --lr 2e-4 --dataset_type coco --num-classes 80`) plus the row's flags:", "",
+             f"per row with the COCO protocol (`{shlex.join(flags_to_argv(COCO_FLAGS))}`) plus the row's "
+             "flags:", "",
              "| row | column | the row's train.py flags |", "|---|---|---|"]
     for row in rows:
         for scheme, param in COCO_COLUMNS.items():
@@ -174,7 +177,7 @@ def full_scale_commands(protocol: Protocol) -> str:
                 continue
             flags = {**row.flags, **row.column_flags.get(scheme, {})}
             if row.needs_prior:
-                flags.update(prior_path=f"<the Ignore run's priors/prior_{scheme}_*.csv>",
+                flags.update(prior_path="<the prior CSV in the Ignore run's priors/>",
                              prior_threshold=row.prior_threshold or README_PRIOR_THRESHOLD)
             labels = "all labels" if row.full_labels else f"{scheme.upper()}({param:g})"
             argv = " ".join(f"--{name} {value}" for name, value in flags.items())

@@ -28,7 +28,7 @@ from src.data.embedded import class_attributes, ensure_dataset
 from src.prior import read_prior_csv
 from src.reproduce.identity import reusable, run_settings, settings_identity
 from src.reproduce.mechanism import ignored_composition, read_ignored_file
-from src.reproduce.protocols import Protocol, Row, protocol_rows, resolve_threshold
+from src.reproduce.protocols import Protocol, Row, flags_to_argv, protocol_rows, resolve_threshold
 from src.trainer import Trainer, format_duration
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
@@ -56,15 +56,6 @@ def run_logged(command: list[str], log_path: str, env: dict) -> None:
         with open(log_path) as log:
             tail = "".join(log.readlines()[-LOG_TAIL_LINES:])
         raise CellFailed(f"command failed (exit {done.returncode}); log: {log_path}\n{tail}")
-
-
-def flags_to_argv(flags: dict) -> list[str]:
-    argv = []
-    for name, value in flags.items():
-        if value is None or value is False:
-            continue
-        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
-    return argv
 
 
 def train_command(args, flags: dict) -> list[str]:
