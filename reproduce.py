@@ -37,13 +37,11 @@ from src.utils.io import atomic_write_json, prepare_output_folder
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 EPILOG = (
-    "The data, model, optimisation and device flags are train.py's and mean the same there. --data selects "
-    "the protocol: without it the embedded dataset is generated under --data_root and its backbone "
-    "pretrained (--metadata and --model-path apply with --data only). Left at None, --model-name, "
-    "--image-size, --batch-size, --workers, --lr and --epochs take the protocol's value "
-    "(src/reproduce/protocols.py); any other flag of these groups that you set is passed to every train.py "
-    "run of the table. --dataset_type must be coco: the table is COCO's (the embedded dataset uses its "
-    "layout)."
+    "The data, model, optimisation and device flags are train.py's. --data selects the protocol: without it "
+    "the embedded dataset is generated under --data_root and its backbone pretrained (--metadata and "
+    "--model-path apply with --data only). A flag of these groups left unset takes the protocol's value "
+    "(COCO_FLAGS / EMBEDDED_FLAGS in src/reproduce/protocols.py) or train.py's default; one you set is "
+    "passed to every train.py run of the table. --dataset_type must be coco."
 )
 
 
@@ -116,26 +114,23 @@ def build_protocol(args: argparse.Namespace):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.sweep:
-        prepare_output_folder(args.out, "--out")
-        jobs, env = cell_environment(args.device, args.jobs)
-        start = time.time()
-        print(run_sweep(args, user_train_flags(args, train_flag_names()), args.seeds, jobs, env))
-        print(f"written: {args.out}/sweep.{{md,json,csv,png}}; total time {time.time() - start:.0f} s")
-        return
-    protocol = build_protocol(args)
-    select_columns(protocol, args.schemes)
-    protocol.rows = select_rows(protocol, args.rows)
+    protocol = None if args.sweep else build_protocol(args)
+    if protocol is not None:
+        select_columns(protocol, args.schemes)
+        protocol.rows = select_rows(protocol, args.rows)
     prepare_output_folder(args.out, "--out")
-    atomic_write_json(os.path.join(args.out, "protocol.json"),
-                      {"argv": sys.argv, "args": vars(args), "protocol": protocol.__dict__})
     jobs, env = cell_environment(args.device, args.jobs)
     start = time.time()
-    results = run_table(args, protocol, args.seeds, jobs, env)
-    report = write_reports(args.out, protocol, results, args.seeds)
-    print("\n" + report)
-    print(f"written: {args.out}/results.{{json,csv,md,png}}")
-    print(f"total time {time.time() - start:.0f} s")
+    if args.sweep:
+        print(run_sweep(args, user_train_flags(args, train_flag_names()), args.seeds, jobs, env))
+        written = "sweep.{md,json,csv,png}"
+    else:
+        atomic_write_json(os.path.join(args.out, "protocol.json"),
+                          {"argv": sys.argv, "args": vars(args), "protocol": protocol.__dict__})
+        results = run_table(args, protocol, args.seeds, jobs, env)
+        print("\n" + write_reports(args.out, protocol, results, args.seeds))
+        written = "results.{json,csv,md,png}"
+    print(f"written: {args.out}/{written}; total time {time.time() - start:.0f} s")
 
 
 def cli(argv=None) -> int:

@@ -11,7 +11,6 @@ named, or deleted and made anew with ``--overwrite`` - never reused, never delet
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -20,19 +19,13 @@ import shutil
 from src.utils.io import atomic_write_json
 
 
-@functools.cache
-def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+def file_hash(path: str) -> str:
+    """sha256 of the file's content."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def file_hash(path: str) -> str:
-    """sha256 of the file's content (computed once per path, size and modification time)."""
-    stat = os.stat(path)
-    return _file_hash(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
 
 
 def run_settings(flags: dict, nproc_per_node: int, data_config: dict | None) -> dict:
