@@ -49,7 +49,8 @@ def shared_flags_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m coco_simulation", description=__doc__.split("\n\n")[0],
-                                     parents=[shared_flags_parser()])
+                                     parents=[shared_flags_parser()],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--plot", default=None,
                         help="PNG of the class frequencies (default: --out with .png; 'none' to skip)")
