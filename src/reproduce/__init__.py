@@ -1,9 +1,3 @@
-"""The paper's COCO table (FPC / RPS x Ignore / Negative / Negative-ASL / CSL), behind reproduce.py.
-
-* `protocols` - what runs: the rows (``ROWS``), the paper's numbers, the embedded and COCO protocols,
-  the CSL threshold rule;
-* `identity` - what a run is: its recorded settings and the rule for reusing its result;
-* `runner` - how it runs: one ``train.py`` process per cell;
-* `report` - what comes out: ``results.{json,csv,md,png}`` and the prior-ranking table;
-* `mechanism` - what CSL's top-k ignored; `sweep` - the regime sweep.
-"""
+"""The paper's COCO table behind reproduce.py: `protocols` (what runs: rows, paper numbers, protocols,
+threshold rule), `identity` (what a run is, and when its result is reused), `runner` (one train.py process
+per cell), `report` (results.{json,csv,md,png}), `mechanism` (what CSL's top-k ignored), `sweep`."""

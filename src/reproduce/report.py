@@ -68,11 +68,10 @@ def regime(rows: list[dict], scheme: str = "fpc") -> dict | None:
 def describe_regime(numbers: dict | None, scheme: str = "fpc") -> str:
     if numbers is None:
         return ""
-    coco = COCO_REGIME
     return (f"Regime ({scheme.upper()}): ceiling {numbers['ceiling']:.1f}, Ignore/ceiling "
             f"{numbers['ignore_ce']:.2f}, Negative/ceiling {numbers['negative_ce']:.2f} - COCO (the paper, "
-            f"TResNet-M 448 px): about {coco['ceiling']:.0f}, {coco['ignore_ce']:.2f}, "
-            f"{coco['negative_ce']:.2f}")
+            f"TResNet-M 448 px): about {COCO_REGIME['ceiling']:.0f}, {COCO_REGIME['ignore_ce']:.2f}, "
+            f"{COCO_REGIME['negative_ce']:.2f}")
 
 
 def column_title(scheme: str, param) -> str:
@@ -143,11 +142,9 @@ def prior_tables(results: list[dict], protocol: Protocol) -> str:
             continue
         seed = by_row["ignore_ce"]["seed"]
         partial = read_partial_label_file(by_row["ignore_ce"]["partial_labels"])
-        model_prior = {row: read_prior_csv(by_row[row]["prior_path"], full.class_names).numpy()
-                       for row in ("ignore_ce", "negative_ce")}
-        estimates = {"Ignore-mode model": model_prior["ignore_ce"],
-                     "Negative-mode model": model_prior["negative_ce"],
-                     **naive_estimates(LabelMatrix.from_dense(partial.labels))}
+        estimates = {f"{mode}-mode model": read_prior_csv(by_row[row]["prior_path"], full.class_names).numpy()
+                     for mode, row in (("Ignore", "ignore_ce"), ("Negative", "negative_ce"))}
+        estimates.update(naive_estimates(LabelMatrix.from_dense(partial.labels)))
         title = column_title(scheme, protocol.columns[scheme])
         table = rank_report(true_freq, estimates, full.class_names)
         sections.append(f"#### {title}, seed {seed}\n\n{table}")

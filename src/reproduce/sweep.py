@@ -1,18 +1,12 @@
 """The regime sweep (``python reproduce.py --sweep``): under which conditions does CSL's selection help?
 
-Each point is the embedded protocol with other settings, run with the rows Full labels, Ignore, Negative,
-Negative-ASL and CSL on FPC and RPS (one seed by default). The points move one regime variable at a time
-around the demo of their day (``shape_colour``, 6,000 images x 10 epochs); the demo has since become the
-calibrated ``glyphs``, 20,000 x 6 (docs/regime.md), which is not a point:
-
-* model strength (the full-label ceiling): 6,000 x 10, 6,000 x 30, 20,000 x 10, COCO's 82,081 x 4;
-* label budget: FPC's n as 1x (COCO's share of the training set) and 8x that share;
-* class design: ``shape_colour`` (6 shapes x 8 colours; siblings differ in one attribute) and ``glyphs``
-  (any two classes share at most one of shape, body and core colour).
-
-Per point and column the summary holds the regime (ceiling, Ignore/ceiling, Negative/ceiling), the best
-baseline (the highest of Ignore, Negative and Negative-ASL) and CSL's margin over it. The points were
-fixed before any of them ran; nothing here is tuned on CSL's rows.
+Each point (`SWEEP_POINTS`) is the embedded protocol with other settings, run with the rows Full labels,
+Ignore, Negative, Negative-ASL and CSL on FPC and RPS (one seed by default). The points move one regime
+variable at a time - model strength (training images x epochs), label budget (FPC's n), class design -
+around the demo of their day (``shape_colour``, 6,000 x 10); the demo has since become the calibrated
+``glyphs``, 20,000 x 6 (docs/regime.md), which is not a point. Per point and column the summary holds the
+regime (ceiling, Ignore/ceiling, Negative/ceiling), the best of Ignore, Negative and Negative-ASL, and
+CSL's margin over it. The points were fixed before any of them ran; nothing is tuned on CSL's rows.
 """
 
 from __future__ import annotations
