@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                      parents=train_parents(),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # Unset, train.py's flags are None: the protocol's value (src.reproduce.protocols.PROTOCOL_FLAGS) or
-    # train.py's default (the others are passed on only when set); --device keeps 'auto', given to every cell.
+    # Unset, train.py's flags are None: the protocol's value (COCO_FLAGS / EMBEDDED_FLAGS) or train.py's
+    # default (the others are passed on only when set); --device keeps 'auto', given to every cell.
     parser.set_defaults(**{name: None for name in train_flag_names() if name != "device"})
     parser.add_argument("--data_root", default=os.path.join(HERE, "data"),
                         help="where the embedded datasets are generated")
