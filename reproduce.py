@@ -4,18 +4,10 @@
     python reproduce.py --data /datasets/COCO_2014 --model-name tresnet_m \
         --model-path models_local/tresnet_m_miil_21k.pth --image-size 448 --device cuda
 
-Every cell of the table is an ordinary ``train.py`` run: its command line is printed and stored in
-``<out>/cells/<cell>/command.txt`` so that any cell can be re-run by hand. A cell whose
-``result.json`` exists is skipped, so an interrupted table resumes where it stopped.
-
-Per seed and column the workflow is the paper's:
-1. simulate partial labels of the train set (``python -m coco_simulation``; the seed changes the draw);
-2. Ignore-mode CE run = the temporary model of CSL's stage 1; it writes the class prior;
-3. Negative CE and Negative ASL runs (the Negative run also writes its prior, for the prior table);
-4. CSL (selective P-ASL) with the prior of step 2.
-
-The rows live in ``ROWS`` of ``src/reproduce/protocols.py``; edit or extend that table to add baselines.
-This script only wires: the protocols, the runner and the reports live in ``src/reproduce/``.
+Every cell of the table is an ordinary ``train.py`` run, its command line stored in
+``<out>/cells/<cell>/command.txt``. A finished cell is reused when its settings are this run's and refused
+when they changed, unless ``--overwrite`` (`src/reproduce/runner.py`), so an interrupted table resumes.
+Rows: ``ROWS`` in ``src/reproduce/protocols.py``; protocols, runner and reports live in ``src/reproduce/``.
 """
 
 from __future__ import annotations
@@ -27,18 +19,17 @@ import time
 
 from src.args import data_parser, device_parser, model_parser, optimisation_parser
 from src.data.embedded import DESIGNS
-from src.reproduce import (
-    cell_environment,
+from src.reproduce.protocols import (
+    EMBEDDED_DEFAULTS,
     coco_protocol,
     embedded_protocol,
-    run_table,
     select_columns,
     select_rows,
     threshold_rule,
     user_train_flags,
-    write_reports,
 )
-from src.reproduce.protocols import EMBEDDED_DEFAULTS
+from src.reproduce.report import write_reports
+from src.reproduce.runner import cell_environment, run_table
 from src.reproduce.sweep import run_sweep
 from src.utils.cli import run_cli
 from src.utils.io import atomic_write_json, prepare_output_folder
@@ -46,13 +37,11 @@ from src.utils.io import atomic_write_json, prepare_output_folder
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 EPILOG = (
-    "The data, model, optimisation and device flags are train.py's and mean the same there. --data selects "
-    "the protocol: without it the embedded dataset is generated under --data_root and its backbone "
-    "pretrained (--metadata and --model-path apply with --data only). Left at None, --model-name, "
-    "--image-size, --batch-size, --workers, --lr and --epochs take the protocol's value "
-    "(src/reproduce/protocols.py); any other flag of these groups that you set is passed to every train.py "
-    "run of the table. --dataset_type must be coco: the table is COCO's (the embedded dataset uses its "
-    "layout)."
+    "The data, model, optimisation and device flags are train.py's. --data selects the protocol: without it "
+    "the embedded dataset is generated under --data_root and its backbone pretrained (--metadata and "
+    "--model-path apply with --data only). A flag of these groups left unset takes the protocol's value "
+    "(COCO_FLAGS / EMBEDDED_FLAGS in src/reproduce/protocols.py) or train.py's default; one you set is "
+    "passed to every train.py run of the table. --dataset_type must be coco."
 )
 
 
@@ -70,14 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                      parents=train_parents(),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    # Unset, train.py's flags are None: the protocol's value (src.reproduce.protocols.PROTOCOL_FLAGS) or
-    # train.py's default (the others are passed on only when set); --device keeps 'auto', given to every cell.
+    # Unset, train.py's flags are None: the protocol's value (COCO_FLAGS / EMBEDDED_FLAGS) or train.py's
+    # default (the others are passed on only when set); --device keeps 'auto', given to every cell.
     parser.set_defaults(**{name: None for name in train_flag_names() if name != "device"})
     parser.add_argument("--data_root", default=os.path.join(HERE, "data"),
                         help="where the embedded datasets are generated")
     parser.add_argument("--models_dir", default=os.path.join(HERE, "models_local"),
                         help="embedded: where the pretrained upstream backbone is cached")
     parser.add_argument("--out", default=None, help="results folder (default outputs/reproduce_<protocol>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete and run anew the finished cells (and simulated labels) of --out whose "
+                             "recorded settings differ from this run's; without it they are refused")
     parser.add_argument("--seeds", type=int, default=None,
                         help="seeds per cell (partial-label draw and init); default 3, with --sweep 1")
     parser.add_argument("--schemes", default="fpc,rps", help="columns to run: fpc, rps or both")
@@ -122,26 +114,23 @@ def build_protocol(args: argparse.Namespace):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.sweep:
-        prepare_output_folder(args.out, "--out")
-        jobs, env = cell_environment(args.device, args.jobs)
-        start = time.time()
-        print(run_sweep(args, user_train_flags(args, train_flag_names()), args.seeds, jobs, env))
-        print(f"written: {args.out}/sweep.{{md,json,csv,png}}; total time {time.time() - start:.0f} s")
-        return
-    protocol = build_protocol(args)
-    select_columns(protocol, args.schemes)
-    protocol.rows = select_rows(protocol, args.rows)
+    protocol = None if args.sweep else build_protocol(args)
+    if protocol is not None:
+        select_columns(protocol, args.schemes)
+        protocol.rows = select_rows(protocol, args.rows)
     prepare_output_folder(args.out, "--out")
-    atomic_write_json(os.path.join(args.out, "protocol.json"),
-                      {"argv": sys.argv, "args": vars(args), "protocol": protocol.__dict__})
     jobs, env = cell_environment(args.device, args.jobs)
     start = time.time()
-    results = run_table(args, protocol, args.seeds, jobs, env)
-    report = write_reports(args.out, protocol, results, args.seeds)
-    print("\n" + report)
-    print(f"written: {args.out}/results.{{json,csv,md,png}}")
-    print(f"total time {time.time() - start:.0f} s")
+    if args.sweep:
+        print(run_sweep(args, user_train_flags(args, train_flag_names()), args.seeds, jobs, env))
+        written = "sweep.{md,json,csv,png}"
+    else:
+        atomic_write_json(os.path.join(args.out, "protocol.json"),
+                          {"argv": sys.argv, "args": vars(args), "protocol": protocol.__dict__})
+        results = run_table(args, protocol, args.seeds, jobs, env)
+        print("\n" + write_reports(args.out, protocol, results, args.seeds))
+        written = "results.{json,csv,md,png}"
+    print(f"written: {args.out}/{written}; total time {time.time() - start:.0f} s")
 
 
 def cli(argv=None) -> int:

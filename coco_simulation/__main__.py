@@ -18,38 +18,42 @@ import os
 import sys
 
 from coco_simulation.plot import plot_class_frequencies
-from coco_simulation.simulate import (
-    SIMULATION_MODES,
+from src.args import data_parser, partial_labels_parser
+from src.data import build_split
+from src.data.partial_labels import (
     canonical_mode,
     class_statistics,
     format_class_statistics,
     save_partial_labels,
     simulate_partial_labels,
 )
-from src.data import build_split
 from src.utils.cli import run_cli
+
+# train.py's flags that the simulation takes, declared once in src/args.py (help, types, defaults).
+SHARED_FLAGS = ("data", "metadata", "skip_bad_images", "simulate_partial_type", "simulate_partial_param",
+                "seed")
+
+
+def shared_flags_parser() -> argparse.ArgumentParser:
+    """A parent parser holding train.py's own declarations of `SHARED_FLAGS` and none of its other flags
+    (image size, batch size, ... mean nothing here)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for source in (data_parser(), partial_labels_parser()):
+        for action in source._actions:  # argparse's parents= copies actions the same way
+            if action.dest in SHARED_FLAGS:
+                parent._add_action(action)
+    # train.py's None means "no simulation"; this command exists to simulate: FPC, the paper's first column.
+    parent.set_defaults(simulate_partial_type="fpc")
+    return parent
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m coco_simulation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="COCO root (annotations/, train2014/) or image folder")
-    parser.add_argument("--metadata", default=None, help="folder with train.json (the paper code's layout)")
-    parser.add_argument("--simulate_partial_type", default="fpc", choices=SIMULATION_MODES)
-    parser.add_argument(
-        "--simulate_partial_param",
-        type=float,
-        default=1000,
-        help="fpc: samples kept per class; rps: removal probability; known_ratio: kept fraction",
-    )
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m coco_simulation", description=__doc__.split("\n\n")[0],
+                                     parents=[shared_flags_parser()],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--plot", default=None,
                         help="PNG of the class frequencies (default: --out with .png; 'none' to skip)")
-    parser.add_argument(
-        "--skip_bad_images",
-        action="store_true",
-        help="drop missing/undecodable images first (training must then use it too)",
-    )
     args = parser.parse_args(argv)
     if args.plot is None:
         args.plot = os.path.splitext(args.out)[0] + ".png"
@@ -62,36 +66,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     dataset = build_split("coco", "train", data=args.data, metadata=args.metadata,
                           skip_bad_images=args.skip_bad_images)
-    ann_file = dataset.ann_file
     original = dataset.labels.to_dense()
-    simulated = simulate_partial_labels(
-        original, args.simulate_partial_type, args.simulate_partial_param, args.seed
-    )
-    meta = {
-        "mode": canonical_mode(args.simulate_partial_type),
-        "param": args.simulate_partial_param,
-        "seed": args.seed,
-        "annotation_file": ann_file,
-        "skip_bad_images": args.skip_bad_images,
-    }
-    save_partial_labels(args.out, simulated, dataset.class_names, list(dataset.ids), meta,
-                        full_labels=original)
+    mode, param, seed = args.simulate_partial_type, args.simulate_partial_param, args.seed
+    simulated = simulate_partial_labels(original, mode, param, seed)
+    meta = {"mode": canonical_mode(mode), "param": param, "seed": seed, "annotation_file": dataset.ann_file,
+            "skip_bad_images": args.skip_bad_images}
+    names = dataset.class_names
+    save_partial_labels(args.out, simulated, names, list(dataset.ids), meta, full_labels=original)
     stats = class_statistics(original, simulated)
-    print(f"{ann_file}: mode {meta['mode']}, param {args.simulate_partial_param:g}, seed {args.seed}")
-    print(format_class_statistics(stats, dataset.class_names))
+    print(f"{dataset.ann_file}: mode {meta['mode']}, param {param:g}, seed {seed}")
+    print(format_class_statistics(stats, names))
     print(f"wrote {args.out}")
     if args.plot:
-        title = f"{meta['mode']} {args.simulate_partial_param:g} (seed {args.seed})"
-        plot_class_frequencies(
-            stats.original_positive, stats.kept_positive, args.plot, dataset.class_names, title
-        )
+        title = f"{meta['mode']} {param:g} (seed {seed})"
+        plot_class_frequencies(stats.original_positive, stats.kept_positive, args.plot, names, title)
         print(f"wrote {args.plot}")
     return 0
 
 
-def cli(argv=None) -> int:
-    return run_cli(main, argv)
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))

@@ -12,13 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def plot_class_frequencies(
-    original_positive,
-    simulated_positive,
-    path,
-    class_names: Sequence[str] | None = None,
-    title: str = "Positive labels per class",
-) -> str:
+def plot_class_frequencies(original_positive, simulated_positive, path, class_names: Sequence | None = None,
+                           title: str = "Positive labels per class") -> str:
     """Save a PNG of per-class positive counts (original vs simulated), classes sorted by original count."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -26,10 +21,8 @@ def plot_class_frequencies(
     original = np.asarray(original_positive, dtype=np.float64)
     simulated = np.asarray(simulated_positive, dtype=np.float64)
     if original.shape != simulated.shape or original.ndim != 1:
-        raise ValueError(
-            f"plot_class_frequencies: original {original.shape} and simulated {simulated.shape} "
-            "counts must be 1-D arrays of the same length (one entry per class)"
-        )
+        raise ValueError(f"plot_class_frequencies: original {original.shape} and simulated {simulated.shape} "
+                         "counts must be 1-D arrays of the same length (one entry per class)")
     order = np.argsort(-original, kind="stable")
     ranks = np.arange(1, original.size + 1)
     figure = Figure(figsize=(8, 4.5), dpi=100)

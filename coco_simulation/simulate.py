@@ -4,22 +4,11 @@ paper's entry point: it reads the flags from ``args`` and reports the draw once 
 
 from __future__ import annotations
 
-from src.data.partial_labels import (  # noqa: F401 - re-exported for the paper's import path
-    MODE_ALIASES,
-    SIMULATION_MODES,
-    ClassStatistics,
-    PartialLabelFile,
-    canonical_mode,
-    class_statistics,
+from src.data.partial_labels import (  # noqa: F401 - re-exported
     describe_simulation,
-    format_class_statistics,
-    known_count,
     load_partial_labels,
-    read_partial_label_file,
-    save_partial_labels,
     simulate_dataset,
     simulate_partial_labels,
-    validate_label_matrix,
 )
 from src.utils.distributed import get_rank
 

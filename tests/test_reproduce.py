@@ -142,7 +142,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
         assert csl.prior_path == readme.prior_path == prior and csl.likelihood_topk == 5
         assert (csl.prior_threshold, readme.prior_threshold) == (pytest.approx(0.8), 0.5)
     # The whole command of one cell, pinned (the order of the flags is part of "the same command").
-    csl_command = next(c for c in started if c[-4:] == ["--prior_path", prior, "--prior_threshold", "0.8"])
+    csl_command = next(c for c in started if c[-5:-1] == ["--prior_path", prior, "--prior_threshold", "0.8"])
     out = str(tmp_path / "out")
     assert shlex.join(csl_command[1:]) == shlex.join([
         runner.TRAIN_SCRIPT, "--model-name", "test_resnet.r160_in1k", "--image-size", "32", "--epochs", "6",
@@ -152,7 +152,7 @@ def test_row_flags_become_the_papers_train_py_arguments(tmp_path, monkeypatch):
         "--path_dest", f"{out}/cells/fpc_seed0_csl", "--partial_loss_mode", "selective",
         "--likelihood_topk", "5", "--gamma_pos", "0", "--gamma_unann", "4", "--gamma_neg", "3",
         "--model-path", upstream, "--estimate_prior", "none", "--record_ignored",
-        "--prior_path", prior, "--prior_threshold", "0.8"])
+        "--prior_path", prior, "--prior_threshold", "0.8", "--overwrite"])
 
 
 def test_coco_cells_get_the_users_flags_and_the_protocols_defaults(tmp_path, monkeypatch):
@@ -322,7 +322,7 @@ def test_user_errors_exit_2_before_any_work(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
-def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
+def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"
     argv = ["--data_root", str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"),
@@ -380,6 +380,13 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch):
     reproduce.main(argv)
     assert started == []
     assert os.path.getmtime(out / "cells" / "fpc_seed0_csl" / "result.json") == mtime
+    assert json.loads((out / "results.json").read_text())["table"] == table["table"]
+
+    # The same --out with another --epochs: the finished 2-epoch cells are refused, not reported.
+    changed = [*argv[:argv.index("--epochs") + 1], "3", *argv[argv.index("--epochs") + 2:]]
+    capsys.readouterr()
+    assert reproduce.cli(changed) == 2 and started == []
+    assert "--epochs 2 -> 3" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["table"] == table["table"]
 
 
@@ -571,13 +578,14 @@ def test_embedded_report_prints_each_rows_full_scale_command_and_train_py_accept
     coco = ["--data", "/path/to/COCO_2014", "--model-name", "tresnet_m", "--image-size", "448",
             "--epochs", "30", "--batch-size", "64", "--lr", "2e-4", "--dataset_type", "coco",
             "--num-classes", "80"]
+    assert "`--model-name tresnet_m --model-path none --image-size 448 --epochs 30 --batch-size 64 --lr " \
+           "0.0002 --workers 8 --device auto --dataset_type coco --num-classes 80`" in text  # COCO_FLAGS
     table = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "`" in line]
     assert len(table) == 1 + 2 * (len(at_full_scale) - 1)  # the ceiling once, every other row per column
     modes = set()
     for label, column, flags in table:
         row = next(r for r in ROWS if r.label == label.lstrip("| "))
-        argv = shlex.split(flags.strip(" |`").replace("<the Ignore run's priors/prior_fpc_*.csv>", "p.csv")
-                           .replace("<the Ignore run's priors/prior_rps_*.csv>", "p.csv"))
+        argv = shlex.split(flags.strip(" |`").replace("<the prior CSV in the Ignore run's priors/>", "p.csv"))
         parsed = build_train_parser().parse_args(coco + argv)  # a command train.py accepts
         modes.add(parsed.partial_loss_mode)
         assert parsed.partial_loss_mode == row.flags["partial_loss_mode"]
@@ -586,3 +594,126 @@ def test_embedded_report_prints_each_rows_full_scale_command_and_train_py_accept
         if row.key == "ll_r_boostlu":
             assert parsed.boostlu_alpha == 5.0
     assert set(PEER_MODES) <= modes
+
+
+# ----------------------------------------------------------------------------------- a cell's identity
+def test_a_cell_is_reused_only_with_identical_settings(tmp_path, monkeypatch, capsys):
+    """Same settings: the finished cell is reused. --epochs changed: refused with the change named, the old
+    result kept; with --overwrite: deleted and trained anew with the new settings."""
+    started = _fake_training(monkeypatch, None)
+    group, row = runner.Group(0, "fpc", 73), _row("negative_asl")
+    labels = tmp_path / "labels.npz"
+    labels.write_bytes(b"labels")
+    args, protocol = _embedded(tmp_path)
+    first = runner.run_cell(args, protocol, group, row, str(labels), None, {})
+    assert len(started) == 1
+    assert runner.run_cell(args, protocol, group, row, str(labels), None, {}) == first and len(started) == 1
+
+    result_path = os.path.join(args.out, "cells", "fpc_seed0_negative_asl", "result.json")
+    changed, changed_protocol = _embedded(tmp_path, "--epochs", "5")
+    with pytest.raises(ValueError) as error:
+        runner.run_cell(changed, changed_protocol, group, row, str(labels), None, {})
+    assert "--epochs 6 -> 5" in str(error.value) and "--overwrite" in str(error.value)
+    assert "another --out" in str(error.value) and len(started) == 1
+    assert json.load(open(result_path)) == first  # the finished cell is kept as it was
+
+    labels.write_bytes(b"other labels")  # the same flags, another labels file content: not the same cell
+    with pytest.raises(ValueError, match="the content of --partial_labels"):
+        runner.run_cell(args, protocol, group, row, str(labels), None, {})
+
+    overwrite, overwrite_protocol = _embedded(tmp_path, "--epochs", "5", "--overwrite")
+    result = runner.run_cell(overwrite, overwrite_protocol, group, row, str(labels), None, {})
+    assert len(started) == 2 and _train_args(started[-1]).epochs == 5
+    assert "--overwrite: deleting" in capsys.readouterr().out
+    assert result["identity"] != first["identity"] and json.load(open(result_path)) == result
+    assert runner.run_cell(overwrite, overwrite_protocol, group, row, str(labels), None, {}) == result
+    assert len(started) == 2
+
+
+def test_a_cell_finished_without_recorded_settings_is_not_reused(tmp_path, monkeypatch):
+    """A result.json of an older reproduce.py (no settings.json): its settings are unknown."""
+    started = _fake_training(monkeypatch, None)
+    args, protocol = _embedded(tmp_path)
+    cell_dir = tmp_path / "out" / "cells" / "fpc_seed0_negative_asl"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "result.json").write_text(json.dumps({"row": "negative_asl", "best_mAP": 99.0}))
+    with pytest.raises(ValueError, match="not recorded"):
+        runner.run_cell(args, protocol, runner.Group(0, "fpc", 73), _row("negative_asl"), "l.npz", None, {})
+    assert started == []
+    args, protocol = _embedded(tmp_path, "--overwrite")
+    result = runner.run_cell(args, protocol, runner.Group(0, "fpc", 73), _row("negative_asl"), "l", None, {})
+    assert len(started) == 1 and result["best_mAP"] == 1.0
+
+
+def _changed(value):
+    if value is True:
+        return False
+    try:
+        return float(value) + 1
+    except (TypeError, ValueError):
+        return f"{value}_other"
+
+
+def test_changing_any_one_flag_of_a_cell_changes_its_identity(tmp_path):
+    """A property over every flag of real cells (CSL with its prior, the ceiling); the output folder is
+    where the cell is written, not what it is."""
+    args, protocol = _embedded(tmp_path, "--rows", "csl,full_labels")
+    prior = _write_prior(tmp_path / "prior.csv", [0.9, 0.3] + [0.1] * 46)
+    identity, run_settings = runner.settings_identity, runner.run_settings
+    for group, row, labels, cell_prior in ((runner.Group(0, "fpc", 73), _row("csl"), "l.npz", prior),
+                                           (runner.Group(0, "full", None), _row("full_labels"), None, None)):
+        flags = runner.cell_flags(args, protocol, group, row, labels, cell_prior, str(tmp_path / "cell"))
+        base = identity(run_settings(flags, 1, protocol.data_config))
+        assert len([name for name, value in flags.items() if value is not None]) >= 15
+        for name, value in flags.items():
+            if value is None or name == "path_dest":
+                continue
+            settings = run_settings(dict(flags, **{name: _changed(value)}), 1, protocol.data_config)
+            assert identity(settings) != base, name
+        moved = dict(flags, path_dest=str(tmp_path / "elsewhere"))
+        assert identity(run_settings(moved, 1, protocol.data_config)) == base
+        assert identity(run_settings(flags, 2, protocol.data_config)) != base  # GPUs per cell
+        other_data = dict(protocol.data_config, n_train=protocol.data_config["n_train"] + 1)
+        assert identity(run_settings(flags, 1, other_data)) != base
+
+    def csl_settings():
+        flags = runner.cell_flags(args, protocol, runner.Group(0, "fpc", 73), _row("csl"), "l", prior, "c")
+        return runner.run_settings(flags, 1, protocol.data_config)
+
+    before = csl_settings()
+    _write_prior(tmp_path / "prior.csv", [0.9, 0.3, 0.11] + [0.1] * 45)  # the same threshold (share rule)
+    after = csl_settings()
+    assert after["flags"] == before["flags"] and identity(after) != identity(before)  # stage 2: the content
+
+
+def test_simulated_labels_are_reused_only_with_identical_settings(tmp_path, monkeypatch):
+    simulated = []
+
+    def simulate(command, log, env):  # 'runs' python -m coco_simulation: writes its --out file
+        simulated.append(command)
+        with open(command[command.index("--out") + 1], "w") as handle:
+            handle.write(" ".join(command))
+
+    monkeypatch.setattr(runner, "run_logged", simulate)
+    args, protocol = _embedded(tmp_path)
+    group = runner.Group(0, "fpc", 244)
+    path = runner.simulate_labels(args, protocol, group, {})
+    assert runner.simulate_labels(args, protocol, group, {}) == path and len(simulated) == 1
+    with pytest.raises(ValueError, match="--simulate_partial_param 244 -> 100"):
+        runner.simulate_labels(args, protocol, runner.Group(0, "fpc", 100), {})
+    _, other_data = _embedded(tmp_path, "--n_test", "500")  # same flags, other generated dataset
+    with pytest.raises(ValueError, match="the dataset's n_test 3000 -> 500"):
+        runner.simulate_labels(args, other_data, group, {})
+    assert len(simulated) == 1
+
+
+def test_the_cached_backbone_is_named_after_all_its_settings(tmp_path):
+    """Any setting of the pretraining (its flags, the user's train.py flags, its dataset) names another
+    cache file; the cells' own schedule (--epochs, --stop_epoch) does not touch it."""
+    _, plain = _embedded(tmp_path)
+    assert _embedded(tmp_path)[1].upstream["path"] == plain.upstream["path"]
+    for flags in (["--n_train", "1000"], ["--upstream_epochs", "2"], ["--design", "shape_colour"],
+                  ["--weight_decay", "1e-3"], ["--lr", "1e-3"], ["--nproc_per_node", "2"]):
+        assert _embedded(tmp_path, *flags)[1].upstream["path"] != plain.upstream["path"], flags
+    for flags in (["--epochs", "2"], ["--stop_epoch", "1"], ["--n_test", "100"]):
+        assert _embedded(tmp_path, *flags)[1].upstream["path"] == plain.upstream["path"], flags

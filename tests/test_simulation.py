@@ -10,16 +10,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from coco_simulation.simulate import (
+from coco_simulation.simulate import simulate_coco
+from src.args import build_train_parser, data_parser, partial_labels_parser
+from src.data.labels import LabelMatrix
+from src.data.partial_labels import (
     known_count,
     load_partial_labels,
     read_partial_label_file,
     save_partial_labels,
-    simulate_coco,
     simulate_partial_labels,
 )
-from src.args import data_parser, partial_labels_parser
-from src.data.labels import LabelMatrix
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -339,3 +339,28 @@ def test_data_and_model_libraries_print_nothing():
              for path in sorted((REPO_ROOT / "src" / package).glob("*.py"))]
     prints = {str(path.relative_to(REPO_ROOT)): _print_calls_outside_main(path) for path in paths}
     assert {name: lines for name, lines in prints.items() if lines} == {}
+
+
+def test_cli_flags_are_train_py_declarations_and_the_papers_command_still_parses():
+    """The simulation's data and simulation flags are train.py's (src/args.py), not copies: same option
+    strings, type, choices, help and default - except the documented default mode (fpc, not "none")."""
+    from coco_simulation.__main__ import SHARED_FLAGS, parse_args, shared_flags_parser
+
+    train = {action.dest: action for action in build_train_parser()._actions}
+    ours = {action.dest: action for action in shared_flags_parser()._actions}
+    assert set(ours) == set(SHARED_FLAGS) == {"data", "metadata", "skip_bad_images", "simulate_partial_type",
+                                              "simulate_partial_param", "seed"}
+    for dest, action in ours.items():
+        fields = ("option_strings", "type", "choices", "help", "nargs")
+        assert [getattr(action, f) for f in fields] == [getattr(train[dest], f) for f in fields], dest
+    paper = ["--data", "D", "--simulate_partial_type", "rps", "--simulate_partial_param", "0.5",
+             "--seed", "2"]
+    args, defaults = parse_args([*paper, "--out", "p.npz"]), parse_args(["--out", "p.npz"])
+    assert (args.data, args.simulate_partial_type, args.simulate_partial_param, args.seed) == (
+        "D", "rps", 0.5, 2)
+    train_defaults = build_train_parser().parse_args([])
+    for dest in SHARED_FLAGS:
+        expected = "fpc" if dest == "simulate_partial_type" else getattr(train_defaults, dest)
+        assert getattr(defaults, dest) == expected, dest
+    with pytest.raises(SystemExit):  # a flag of train.py that means nothing here is not accepted
+        parse_args(["--out", "p.npz", "--image-size", "32"])

@@ -11,14 +11,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.data.embedded import ORIGINAL_DESIGN
+from src.data.embedded import class_names, dataset_config
 from src.loss_functions import LOSS_MODES, PEER_MODES
 from src.prior import read_prior_csv
+from src.reproduce.identity import run_settings, settings_identity
 
 # The paper's README gives CSL's flags per column; its table labels (P-ASL(4,3,1), P-ASL(4,1,1))
 # do not map one-to-one onto those flags (its README uses gamma_pos 0 while "(4,3,1)" reads like
 # gamma_unann 4, gamma_neg 3, gamma_pos 1). We use the README's flags, the runnable statement.
 CE_GAMMAS = {"gamma_pos": 0, "gamma_neg": 0, "gamma_unann": 0}
+CSL_FLAGS = {"partial_loss_mode": "selective", "likelihood_topk": 5, "gamma_pos": 0, "gamma_unann": 4}
+CSL_COLUMNS = {"fpc": {"gamma_neg": 3}, "rps": {"gamma_neg": 1}}
+ASL_FLAGS = {"partial_loss_mode": "negative", "gamma_pos": 1, "gamma_neg": 4, "gamma_unann": 4}
 
 # COCO 2014's train set and the paper's FPC column: 1,000 annotations per class out of 82,081 images.
 COCO_TRAIN_IMAGES = 82081
@@ -55,26 +59,17 @@ ROWS = (
     # loss is PartialSelectiveLoss with --clip defaulting to 0 (the ASL line with clip 0.05 there is
     # commented out), and its README gives no --clip: we read the row as clip 0. The clip-0.05 reading
     # is the opt-in row negative_asl_clip (--rows baselines), to show what the choice is worth.
-    Row("negative_asl", "Negative, ASL(4,1)",
-        {"partial_loss_mode": "negative", "gamma_pos": 1, "gamma_neg": 4, "gamma_unann": 4}),
-    Row("csl", "CSL, Selective P-ASL",
-        {"partial_loss_mode": "selective", "likelihood_topk": 5, "gamma_pos": 0, "gamma_unann": 4},
-        column_flags={"fpc": {"gamma_neg": 3}, "rps": {"gamma_neg": 1}}, needs_prior=True),
+    Row("negative_asl", "Negative, ASL(4,1)", ASL_FLAGS),
+    Row("csl", "CSL, Selective P-ASL", CSL_FLAGS, column_flags=CSL_COLUMNS, needs_prior=True),
     # The embedded protocol sets CSL's threshold by the 'share' rule below; this row reports the
     # paper README's literal 0.5 beside it (at full scale the two rows would be the same run).
-    Row("csl_readme_threshold", "CSL, README threshold 0.5",
-        {"partial_loss_mode": "selective", "likelihood_topk": 5, "gamma_pos": 0, "gamma_unann": 4},
-        column_flags={"fpc": {"gamma_neg": 3}, "rps": {"gamma_neg": 1}}, needs_prior=True,
-        prior_threshold=0.5, protocols=("embedded",), same_run_as="csl"),
-    Row("negative_asl_clip", "Negative, ASL(4,1), clip 0.05",
-        {"partial_loss_mode": "negative", "gamma_pos": 1, "gamma_neg": 4, "gamma_unann": 4, "clip": 0.05},
-        default=False),
+    Row("csl_readme_threshold", "CSL, README threshold 0.5", CSL_FLAGS, column_flags=CSL_COLUMNS,
+        needs_prior=True, prior_threshold=0.5, protocols=("embedded",), same_run_as="csl"),
+    Row("negative_asl_clip", "Negative, ASL(4,1), clip 0.05", {**ASL_FLAGS, "clip": 0.05}, default=False),
     # The mechanism (opt-in: --rows mechanism): CSL's two components apart, and the likelihood top-k swept.
     # 'csl' itself is both components at top-k 5. No row here is tuned on test mAP; they are measurements.
-    *(Row(f"csl_{name}", f"CSL, {label}",
-          {"partial_loss_mode": "selective", "gamma_pos": 0, "gamma_unann": 4, **flags},
-          column_flags={"fpc": {"gamma_neg": 3}, "rps": {"gamma_neg": 1}}, needs_prior=needs_prior,
-          protocols=("embedded",), default=False)
+    *(Row(f"csl_{name}", f"CSL, {label}", {**CSL_FLAGS, **flags}, column_flags=CSL_COLUMNS,
+          needs_prior=needs_prior, protocols=("embedded",), default=False)
       for name, label, flags, needs_prior in (
           ("prior_only", "prior only (top-k 0)", {"likelihood_topk": 0}, True),
           ("likelihood_only", "likelihood only (no prior)", {"likelihood_topk": 5}, False),
@@ -133,12 +128,47 @@ class Protocol:
     upstream: dict | None = None  # embedded only: pretraining of the backbone
     rows: tuple | None = None  # row keys to run (None: all of this protocol's rows)
     design: str = "shape_colour"  # embedded only: the class design of the generator
+    data_config: dict | None = None  # embedded only: the generator config of the data (COCO: its path)
 
 
-# The fields of reproduce.py's namespace (train.py's flags, from the shared parent parsers) the protocols
-# turn into train flags themselves, None meaning the protocol's value; --dataset_type must stay coco.
-PROTOCOL_FLAGS = ("data", "metadata", "dataset_type", "model_name", "model_path", "image_size", "batch_size",
-                  "workers", "lr", "epochs", "device")
+# The paper's protocol on COCO 2014 (``--data``) and the embedded one: their train.py flags, each replaced
+# by the user's value of that flag where one is given (`protocol_flags`).
+COCO_FLAGS = {"model-name": "tresnet_m", "model-path": "none", "metadata": None, "image-size": 448,
+              "epochs": 30, "batch-size": 64, "lr": 2e-4, "workers": 8, "device": "auto",
+              "dataset_type": "coco", "num-classes": 80}
+# The embedded default, chosen on 2026-11-30 by the calibration rule of docs/regime.md before any CSL row
+# ran on it: of the candidates whose demo fits 25 minutes on 2 cores, the one closest to COCO's regime
+# (seed 0, FPC: ceiling 88.2, Ignore/ceiling 0.78, Negative/ceiling 0.98; COCO about 86, 0.89, 0.94).
+EMBEDDED_DEFAULTS = {"design": "glyphs", "n_train": 20000, "epochs": 6}
+# lr 8e-3 was chosen on the fully labelled training set (not a row of the table, so the choice favours no
+# method) of the first default (shape_colour, 6,000 images x 10 epochs): 2e-3 / 8e-3 / 2e-2 gave 39.6 /
+# 46.3 / 42.7 test mAP, 48.4 with the backbone pretrained at 8e-3 too (docs/results.md). The calibration
+# that set EMBEDDED_DEFAULTS kept it, as it kept the model and image size (docs/regime.md).
+EMBEDDED_FLAGS = {"model-name": "test_resnet.r160_in1k", "image-size": 32,
+                  "epochs": EMBEDDED_DEFAULTS["epochs"], "batch-size": 64, "lr": 8e-3, "workers": 0,
+                  "device": "auto", "dataset_type": "coco", "num-classes": 48, "ema_decay": 0.997,
+                  "cache_images": True}
+# The fields of reproduce.py's namespace that the protocols place themselves (--metadata and --model-path
+# with --data only); `user_train_flags` passes the other train.py flags the user set to every run.
+PROTOCOL_FLAGS = ("data", *(name.replace("-", "_") for name in COCO_FLAGS))
+
+
+def protocol_flags(defaults: dict, args, extra_flags: dict | None) -> dict:
+    """A protocol's train.py flags ``defaults``, each replaced by the user's value where given (``args``:
+    reproduce.py's namespace, None = not given), then the user's other train.py flags ``extra_flags``."""
+    given = {name: getattr(args, name.replace("-", "_"), None) for name in defaults}
+    return {**defaults, **{name: value for name, value in given.items() if value is not None},
+            **(extra_flags or {})}
+
+
+def flags_to_argv(flags: dict) -> list[str]:
+    """train.py's argv of ``flags``: None and False are left out, True is a bare switch."""
+    argv = []
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+    return argv
 
 
 def threshold_rule(text: str) -> str:
@@ -166,12 +196,6 @@ def user_train_flags(args, train_flags) -> dict:
     return extra
 
 
-# The embedded default, chosen on 2026-11-30 by the calibration rule of docs/regime.md before any CSL row
-# ran on it: of the candidates whose demo fits 25 minutes on 2 cores, the one closest to COCO's regime
-# (seed 0, FPC: ceiling 88.2, Ignore/ceiling 0.78, Negative/ceiling 0.98; COCO about 86, 0.89, 0.94).
-EMBEDDED_DEFAULTS = {"design": "glyphs", "n_train": 20000, "epochs": 6}
-
-
 def embedded_fpc_param(n_train: int, scale: float = 1.0) -> int:
     """FPC n of the embedded protocol: the same fraction of the training set as COCO's 1,000 of 82,081
     (``scale`` times that fraction: the sweep's label budget)."""
@@ -179,49 +203,31 @@ def embedded_fpc_param(n_train: int, scale: float = 1.0) -> int:
 
 
 def embedded_protocol(args, extra_flags: dict | None = None) -> Protocol:
-    """The demo protocol. ``args``: reproduce.py's namespace (None = the protocol's value);
-    ``extra_flags``: further train.py flags the user set, passed to every train.py run (the upstream
-    pretraining too, whose cached backbone name then records them)."""
-    # The learning rate was chosen on the fully labelled training set (an upper bound that is not a row
-    # of the table, so the choice favours no partial-label method), seed 0, 10 epochs, test mAP:
-    # 2e-3 -> 39.6, 8e-3 -> 46.3, 2e-2 -> 42.7 (upstream backbone pretrained at 2e-3 in all three);
-    # 8e-3 with the backbone also pretrained at 8e-3 (as the protocol does) -> 48.4.
-    # FPC n: the same fraction of the training set as COCO's 1,000 of 82,081 images (73 of 6,000).
-    n_fpc = embedded_fpc_param(args.n_train)
-    flags = {
-        "model-name": args.model_name or "test_resnet.r160_in1k", "image-size": args.image_size or 32,
-        "epochs": args.epochs or EMBEDDED_DEFAULTS["epochs"], "batch-size": args.batch_size or 64,
-        "lr": args.lr or 8e-3,
-        "workers": args.workers if args.workers is not None else 0, "device": args.device,
-        "dataset_type": "coco", "num-classes": 48, "ema_decay": 0.997, "cache_images": True,
-    }
-    extra_flags = extra_flags or {}
-    flags.update(extra_flags)
-    # The cached backbone's name carries everything it depends on, so a changed setting retrains it.
-    # (--stop_epoch is not used by the pretraining, which runs --upstream_epochs epochs.)
-    extras = "".join(f"_{name}" if value is True else f"_{name}{value}"
-                     for name, value in sorted(extra_flags.items()) if name != "stop_epoch")
-    design = "" if args.design == ORIGINAL_DESIGN else f"_{args.design}"  # the default keeps today's names
-    cache_name = (f"embedded_upstream{design}_{flags['model-name']}_n{args.n_train}_{args.upstream_epochs}ep"
-                  f"_lr{flags['lr']:g}_b{flags['batch-size']}{extras}.pth")
-    upstream = {"data": os.path.join(args.data_root, f"embedded_upstream{design}"),
-                "epochs": args.upstream_epochs, "path": os.path.join(args.models_dir, cache_name)}
-    return Protocol("embedded", os.path.join(args.data_root, f"embedded{design}"), {"fpc": n_fpc, "rps": 0.5},
-                    flags, args.prior_threshold or "share", upstream, design=args.design)
+    """The demo protocol. ``args``: reproduce.py's namespace; ``extra_flags``: the other train.py flags
+    the user set, passed to every train.py run, the upstream pretraining's too."""
+    flags = protocol_flags(EMBEDDED_FLAGS, args, extra_flags)
+    # The first design's folders keep their names. The generator configs are what ensure_dataset writes
+    # (prepare_embedded) and part of every run's identity.
+    suffix = "" if args.design == "shape_colour" else f"_{args.design}"
+    data_config = dataset_config("embedded", args.n_train, args.n_test, 32, 0, args.design)
+    upstream_config = dataset_config("upstream", args.n_train, 1000, 32, 0, args.design)
+    upstream_flags = dict(flags, data=os.path.join(args.data_root, f"embedded_upstream{suffix}"),
+                          epochs=args.upstream_epochs, partial_loss_mode="negative", estimate_prior="none",
+                          seed=0, stop_epoch=None, **CE_GAMMAS)  # its own --upstream_epochs, no --stop_epoch
+    upstream_flags.update({"num-classes": len(class_names("upstream", args.design)), "model-path": "none"})
+    settings = run_settings(upstream_flags, args.nproc_per_node, upstream_config)
+    # The cached backbone is named after the hash of its settings: any changed setting pretrains anew.
+    name = f"embedded_upstream_{args.design}_{flags['model-name']}_{settings_identity(settings)[:12]}.pth"
+    upstream = {"data": upstream_flags["data"], "config": upstream_config, "flags": upstream_flags,
+                "settings": settings, "path": os.path.join(args.models_dir, name)}
+    columns = {"fpc": embedded_fpc_param(args.n_train), "rps": 0.5}
+    return Protocol("embedded", os.path.join(args.data_root, f"embedded{suffix}"), columns, flags,
+                    args.prior_threshold or "share", upstream, design=args.design, data_config=data_config)
 
 
 def coco_protocol(args, extra_flags: dict | None = None) -> Protocol:
     """The paper's protocol on COCO 2014 (``args.data``); arguments as :func:`embedded_protocol`."""
-    flags = {
-        "model-name": args.model_name or "tresnet_m", "image-size": args.image_size or 448,
-        "epochs": args.epochs or 30, "batch-size": args.batch_size or 64, "lr": args.lr or 2e-4,
-        "workers": args.workers if args.workers is not None else 8, "device": args.device,
-        "dataset_type": "coco", "num-classes": 80, "model-path": args.model_path or "none",
-    }
-    if args.metadata:
-        flags["metadata"] = args.metadata
-    flags.update(extra_flags or {})
-    return Protocol("coco", args.data, dict(COCO_COLUMNS), flags,
+    return Protocol("coco", args.data, dict(COCO_COLUMNS), protocol_flags(COCO_FLAGS, args, extra_flags),
                     args.prior_threshold or str(README_PRIOR_THRESHOLD))
 
 

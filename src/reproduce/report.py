@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import shlex
 
 import numpy as np
 
@@ -17,11 +18,13 @@ from src.prior import naive_estimates, rank_report, read_prior_csv
 from src.reproduce.mechanism import composition_table
 from src.reproduce.protocols import (
     COCO_COLUMNS,
+    COCO_FLAGS,
     COCO_REGIME,
     PAPER_RESULTS,
     README_PRIOR_THRESHOLD,
     REGIME_ROWS,
     Protocol,
+    flags_to_argv,
     protocol_rows,
 )
 from src.utils.io import atomic_write_json, atomic_write_text, save_figure
@@ -65,11 +68,10 @@ def regime(rows: list[dict], scheme: str = "fpc") -> dict | None:
 def describe_regime(numbers: dict | None, scheme: str = "fpc") -> str:
     if numbers is None:
         return ""
-    coco = COCO_REGIME
     return (f"Regime ({scheme.upper()}): ceiling {numbers['ceiling']:.1f}, Ignore/ceiling "
             f"{numbers['ignore_ce']:.2f}, Negative/ceiling {numbers['negative_ce']:.2f} - COCO (the paper, "
-            f"TResNet-M 448 px): about {coco['ceiling']:.0f}, {coco['ignore_ce']:.2f}, "
-            f"{coco['negative_ce']:.2f}")
+            f"TResNet-M 448 px): about {COCO_REGIME['ceiling']:.0f}, {COCO_REGIME['ignore_ce']:.2f}, "
+            f"{COCO_REGIME['negative_ce']:.2f}")
 
 
 def column_title(scheme: str, param) -> str:
@@ -98,32 +100,33 @@ def markdown_table(rows: list[dict], protocol: Protocol) -> str:
 
 
 def bar_plot(rows: list[dict], protocol: Protocol, path: str) -> None:
-    """Bar chart of the best mAP per row and column, written to a temp file and renamed over ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Bar chart of the best mAP per row and column (matplotlib's object API: no global backend)."""
+    from matplotlib.figure import Figure
 
     schemes = list(protocol.columns)
-    fig, axes = plt.subplots(1, len(schemes), figsize=(5 * len(schemes), 4), squeeze=False)
-    table = protocol_rows(protocol)
-    for ax, scheme in zip(axes[0], schemes):
-        sel = [next((r for r in rows if r["row"] == row.key and r["scheme"] == scheme), None)
-               for row in table]
-        labels = [row.label for row, r in zip(table, sel) if r]
-        means = [r["best_mAP"] for r in sel if r]
-        stds = [r["best_mAP_std"] for r in sel if r]
-        ax.bar(range(len(means)), means, yerr=stds, capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(means)), labels, rotation=20, ha="right", fontsize=8)
+    fig = Figure(figsize=(5 * len(schemes), 4))
+    table = protocol_rows(protocol)  # in the table's order
+    for ax, scheme in zip(fig.subplots(1, len(schemes), squeeze=False)[0], schemes):
+        found = [(row.label, r) for row in table for r in rows
+                 if r["row"] == row.key and r["scheme"] == scheme]
+        means = [r["best_mAP"] for _, r in found]
+        ax.bar(range(len(found)), means, yerr=[r["best_mAP_std"] for _, r in found], capsize=4,
+               color="#4c72b0")
+        ax.set_xticks(range(len(found)), [label for label, _ in found], rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{protocol.name}: {column_title(scheme, protocol.columns[scheme])}")
         ax.set_ylabel("mAP (best epoch, mean ± std over seeds)")
         if means:
             ax.set_ylim(max(0.0, min(means) - 10), min(100.0, max(means) + 5))
     fig.tight_layout()
-    try:
-        save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
+
+
+def csv_text(lines: list[dict]) -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(lines[0]))
+    writer.writeheader()
+    writer.writerows(lines)
+    return buffer.getvalue()
 
 
 def prior_tables(results: list[dict], protocol: Protocol) -> str:
@@ -139,11 +142,9 @@ def prior_tables(results: list[dict], protocol: Protocol) -> str:
             continue
         seed = by_row["ignore_ce"]["seed"]
         partial = read_partial_label_file(by_row["ignore_ce"]["partial_labels"])
-        model_prior = {row: read_prior_csv(by_row[row]["prior_path"], full.class_names).numpy()
-                       for row in ("ignore_ce", "negative_ce")}
-        estimates = {"Ignore-mode model": model_prior["ignore_ce"],
-                     "Negative-mode model": model_prior["negative_ce"],
-                     **naive_estimates(LabelMatrix.from_dense(partial.labels))}
+        estimates = {f"{mode}-mode model": read_prior_csv(by_row[row]["prior_path"], full.class_names).numpy()
+                     for mode, row in (("Ignore", "ignore_ce"), ("Negative", "negative_ce"))}
+        estimates.update(naive_estimates(LabelMatrix.from_dense(partial.labels)))
         title = column_title(scheme, protocol.columns[scheme])
         table = rank_report(true_freq, estimates, full.class_names)
         sections.append(f"#### {title}, seed {seed}\n\n{table}")
@@ -164,8 +165,8 @@ def full_scale_commands(protocol: Protocol) -> str:
              f"    --rows {','.join(row.key for row in rows)} --seeds 3 --device cuda "
              "[--nproc_per_node 8]", "```", "",
              "runs, per seed and column, `python -m coco_simulation` (the partial labels) and one `train.py` "
-             "per row with the COCO protocol (`--model-name tresnet_m --image-size 448 --epochs 30 "
-             "--batch-size 64 --lr 2e-4 --dataset_type coco --num-classes 80`) plus the row's flags:", "",
+             f"per row with the COCO protocol (`{shlex.join(flags_to_argv(COCO_FLAGS))}`) plus the row's "
+             "flags:", "",
              "| row | column | the row's train.py flags |", "|---|---|---|"]
     for row in rows:
         for scheme, param in COCO_COLUMNS.items():
@@ -173,7 +174,7 @@ def full_scale_commands(protocol: Protocol) -> str:
                 continue
             flags = {**row.flags, **row.column_flags.get(scheme, {})}
             if row.needs_prior:
-                flags.update(prior_path=f"<the Ignore run's priors/prior_{scheme}_*.csv>",
+                flags.update(prior_path="<the prior CSV in the Ignore run's priors/>",
                              prior_threshold=row.prior_threshold or README_PRIOR_THRESHOLD)
             labels = "all labels" if row.full_labels else f"{scheme.upper()}({param:g})"
             argv = " ".join(f"--{name} {value}" for name, value in flags.items())
@@ -189,11 +190,7 @@ def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int)
     regimes = {scheme: regime(rows, scheme) for scheme in protocol.columns}
     atomic_write_json(os.path.join(out, "results.json"),
                       {"protocol": protocol.__dict__, "table": rows, "cells": results, "regime": regimes})
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(os.path.join(out, "results.csv"), buffer.getvalue(), newline="")
+    atomic_write_text(os.path.join(out, "results.csv"), csv_text(rows), newline="")
     text = [f"### {protocol.name}: mAP (%), mean ± std over {seeds} seed(s)", "",
             "best = best epoch on the evaluation set, max of regular/EMA (the paper's protocol); "
             "final = last epoch (no selection); share = best / the full-label ceiling.", "",

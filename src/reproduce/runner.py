@@ -1,9 +1,9 @@
-"""Running the table: every cell is an ordinary ``train.py`` run in its own process, resumable.
-
-A cell's command line is stored in ``<out>/cells/<cell>/command.txt``; a cell whose ``result.json``
-exists is skipped, so an interrupted table resumes where it stopped. Per (seed, column) group the
-workflow is the paper's: simulate the partial labels, run the Ignore-mode CE (stage 1, writes the prior),
-the Negative runs, then CSL with the prior of stage 1.
+"""Running the table: every cell is an ordinary ``train.py`` run in its own process, its command line in
+``<out>/cells/<cell>/command.txt``. A finished cell, the simulated labels and the pretrained backbone are
+reused only when their recorded settings are this run's (`src.reproduce.identity`), so an interrupted
+table resumes and a changed one never reports old numbers. Per (seed, column) group the workflow is the
+paper's: simulate the partial labels, the Ignore-mode CE (stage 1, writes the prior), the Negative runs,
+then CSL with the prior of stage 1.
 """
 
 from __future__ import annotations
@@ -25,28 +25,28 @@ import torch
 from src.callbacks import IGNORED_FILE
 from src.data import resolve_coco_files
 from src.data.coco import CocoDetection
-from src.data.embedded import class_attributes, class_names, ensure_dataset
+from src.data.embedded import class_attributes, ensure_dataset
 from src.prior import read_prior_csv
+from src.reproduce.identity import reusable, run_settings, settings_identity
 from src.reproduce.mechanism import ignored_composition, read_ignored_file
-from src.reproduce.protocols import CE_GAMMAS, Protocol, Row, protocol_rows, resolve_threshold
+from src.reproduce.protocols import Protocol, Row, flags_to_argv, protocol_rows, resolve_threshold
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
 from src.utils.logging import format_duration
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "train.py")
-RESUME_HINT = "Re-run the same command to resume after fixing it."
 LOG_TAIL_LINES = 25
 
 
 class CellFailed(ExitRequest):
-    """A step of the table failed (exit status 1): the message holds the reason (a failed command's log
-    tail) and the resume hint; the finished cells stay and are skipped on the next run."""
+    """A step of the table failed (exit status 1): the message holds the failed command's log tail; the
+    finished cells stay and are reused by the next run."""
 
     exit_code = 1
 
     def __init__(self, reason: str):
-        super().__init__(f"reproduce.py: error: {reason}\n{RESUME_HINT}")
+        super().__init__(f"reproduce.py: error: {reason}\nRe-run the same command to resume after fixing it.")
 
 
 def run_logged(command: list[str], log_path: str, env: dict) -> None:
@@ -59,31 +59,19 @@ def run_logged(command: list[str], log_path: str, env: dict) -> None:
         raise CellFailed(f"command failed (exit {done.returncode}); log: {log_path}\n{tail}")
 
 
-def flags_to_argv(flags: dict) -> list[str]:
-    argv = []
-    for name, value in flags.items():
-        if value is None or value is False:
-            continue
-        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
-    return argv
-
-
-def train_command(args, extra_flags: dict) -> list[str]:
+def train_command(args, flags: dict) -> list[str]:
     launcher = [sys.executable]
     if args.nproc_per_node > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={args.nproc_per_node}"]
-    return launcher + [TRAIN_SCRIPT] + flags_to_argv(extra_flags)
+    return launcher + [TRAIN_SCRIPT] + flags_to_argv(flags)
 
 
-def read_metrics(path_dest: str) -> list[dict]:
-    with open(os.path.join(path_dest, "metrics.jsonl")) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
+# ----------------------------------------------------------------------------------- one cell's outcome
 def summarise_run(path_dest: str) -> dict:
     """Best-over-epochs mAP (the paper's protocol, max of regular and EMA) and the final epoch's."""
-    epochs = read_metrics(path_dest)
+    with open(os.path.join(path_dest, "metrics.jsonl")) as handle:
+        epochs = [json.loads(line) for line in handle if line.strip()]
     if not epochs:
         raise CellFailed(f"{path_dest}/metrics.jsonl holds no epoch")
 
@@ -96,12 +84,13 @@ def summarise_run(path_dest: str) -> dict:
 
 
 def find_prior(path_dest: str) -> str:
+    """The prior train.py's --estimate_prior clean wrote: the one CSV in the cell's fresh priors/ folder
+    (its name is train.py's to choose)."""
     folder = os.path.join(path_dest, "priors")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".csv")) if os.path.isdir(folder) else []
-    if not files:
-        raise CellFailed(f"the run in {path_dest} wrote no prior under {folder}")
-    clean = [f for f in files if "running" not in f]
-    return os.path.join(folder, (clean or files)[0])
+    if len(files) != 1:
+        raise CellFailed(f"the run in {path_dest} wrote {len(files)} priors under {folder}, expected one")
+    return os.path.join(folder, files[0])
 
 
 def ignored_classes(prior_path: str, threshold: float) -> list[int]:
@@ -113,8 +102,7 @@ def ignored_classes(prior_path: str, threshold: float) -> list[int]:
 @functools.cache
 def _full_training_labels(data: str) -> tuple[np.ndarray, list, list[str]]:
     """(dense full labels, image ids, class names) of the COCO-layout training set at ``data``."""
-    root, ann_file = resolve_coco_files(data, None, "train")
-    full = CocoDetection(root, ann_file)
+    full = CocoDetection(*resolve_coco_files(data, None, "train"))
     return full.labels.to_dense(), list(full.image_ids), list(full.class_names)
 
 
@@ -128,8 +116,8 @@ def cell_composition(cell_dir: str, data: str, design: str) -> dict:
 
 
 class Progress:
-    """The whole table's progress line: cells done / total, elapsed, estimated time left (from the pace
-    of the cells trained in this run; cells finished earlier and skipped count as done)."""
+    """The table's progress line: cells done / total, elapsed, estimated time left (from the pace of the
+    cells trained in this run; reused cells count as done)."""
 
     def __init__(self, total: int):
         self.total, self.done, self.trained = total, 0, 0
@@ -149,6 +137,7 @@ class Progress:
         return line
 
 
+# ----------------------------------------------------------------------------------- the table
 @dataclass
 class Group:
     """One (seed, column): its partial labels and its cells, run in order (CSL needs Ignore's prior)."""
@@ -163,81 +152,81 @@ class Group:
 
 def simulate_labels(args, protocol: Protocol, group: Group, env: dict) -> str:
     out = os.path.join(args.out, "labels", f"{group.name}.npz")
-    if not os.path.exists(out):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        command = [sys.executable, "-m", "coco_simulation", "--data", protocol.data,
-                   "--simulate_partial_type", group.scheme, "--simulate_partial_param", str(group.param),
-                   "--seed", str(group.seed), "--out", out]
-        if protocol.train_flags.get("metadata"):
-            command += ["--metadata", protocol.train_flags["metadata"]]
+    flags = {"data": protocol.data, "metadata": protocol.train_flags.get("metadata"),
+             "simulate_partial_type": group.scheme, "simulate_partial_param": group.param, "seed": group.seed}
+    settings = run_settings(flags, 1, protocol.data_config)
+    if not reusable(out, out[:-len(".npz")] + ".settings.json", settings, args.overwrite, out):
+        command = [sys.executable, "-m", "coco_simulation", *flags_to_argv(flags), "--out", out]
         run_logged(command, out + ".log", env)
     return out
 
 
-def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str, prior: str | None, env,
+def cell_flags(args, protocol: Protocol, group: Group, row: Row, labels: str | None, prior: str | None,
+               cell_dir: str) -> dict:
+    """The cell's train.py flags: the protocol's, the group's labels and seed, the row's, the prior."""
+    flags = dict(protocol.train_flags, data=protocol.data, partial_labels=labels, seed=group.seed,
+                 path_dest=cell_dir, **row.flags, **row.column_flags.get(group.scheme, {}))
+    if protocol.upstream is not None:
+        flags["model-path"] = protocol.upstream["path"]
+    flags["estimate_prior"] = "clean" if row.writes_prior else "none"
+    if protocol.name == "embedded" and flags.get("partial_loss_mode") == "selective":
+        flags["record_ignored"] = True  # the mechanism: what the top-k ignored in the last epoch
+    if row.needs_prior:
+        threshold = f"{resolve_threshold(protocol, row, prior):.6g}"  # the flag's value, exactly
+        flags.update(prior_path=prior, prior_threshold=threshold)
+    return flags
+
+
+def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str | None, prior: str | None, env,
              twin: dict | None = None, progress: Progress | None = None) -> dict:
+    """The cell's result: reused when its settings are this run's (see the module docstring), else run."""
     cell_dir = os.path.join(args.out, "cells", f"{group.name}_{row.key}")
+    flags = cell_flags(args, protocol, group, row, labels, prior, cell_dir)
+    settings = run_settings(flags, args.nproc_per_node, protocol.data_config)
     result_path = os.path.join(cell_dir, "result.json")
-    if os.path.exists(result_path):
+    if reusable(result_path, os.path.join(cell_dir, "settings.json"), settings, args.overwrite, cell_dir):
         with open(result_path) as handle:
             result = json.load(handle)
-        if progress is not None:
-            progress.cell_finished(trained=False)
-        return result
-    result = _train_cell(args, protocol, group, row, labels, prior, env, twin, cell_dir, result_path)
+    else:
+        result = _train_cell(args, protocol, group, row, flags, env, twin)
+        result["identity"] = settings_identity(settings)
+        atomic_write_json(result_path, result)
     if progress is not None:
         progress.cell_finished(trained="same_run_as" not in result)
     return result
 
 
-def _train_cell(args, protocol, group, row, labels, prior, env, twin, cell_dir, result_path) -> dict:
-    """Run one cell's train.py (or reuse its twin's run) and write its result.json."""
-    flags = dict(protocol.train_flags, data=protocol.data, partial_labels=labels, seed=group.seed,
-                 path_dest=cell_dir, **row.flags, **row.column_flags.get(group.scheme, {}))
-    if labels is None:  # the full-label row: no partial labels at all
-        del flags["partial_labels"]
-    if protocol.upstream is not None:
-        flags["model-path"] = protocol.upstream["path"]
-    flags["estimate_prior"] = "clean" if row.writes_prior else "none"
-    measures_ignored = protocol.name == "embedded" and flags.get("partial_loss_mode") == "selective"
-    if measures_ignored:  # the mechanism: what the top-k ignored in the last epoch (the loss is unchanged)
-        flags["record_ignored"] = True
-    threshold = None
-    if row.needs_prior:
-        threshold = float(f"{resolve_threshold(protocol, row, prior):.6g}")  # exactly the flag's value
-        flags.update(prior_path=prior, prior_threshold=f"{threshold:.6g}")
-    os.makedirs(cell_dir, exist_ok=True)
-    command = train_command(args, flags)
+def _train_cell(args, protocol, group, row, flags, env, twin) -> dict:
+    """Run one cell's train.py (or reuse its twin's run, see `Row.same_run_as`); its result."""
+    # The folder holds no finished result (`reusable`): what train.py finds there is an interrupted attempt.
+    command = train_command(args, dict(flags, overwrite=True))
+    cell_dir, prior = flags["path_dest"], flags.get("prior_path")
     atomic_write_text(os.path.join(cell_dir, "command.txt"), shlex.join(command) + "\n")
-    same_classes = twin is not None and (
-        ignored_classes(prior, threshold) == ignored_classes(prior, twin["prior_threshold"]))
-    if same_classes:
-        result = dict(twin, row=row.key, prior_threshold=threshold, seconds=0.0,
-                      command=shlex.join(command), same_run_as=twin["row"],
-                      ignored_classes=ignored_classes(prior, threshold))
-        atomic_write_json(result_path, result)
+    threshold = float(flags["prior_threshold"]) if row.needs_prior else None
+    ignored = ignored_classes(prior, threshold) if row.needs_prior else None
+    if twin is not None and ignored == ignored_classes(prior, twin["prior_threshold"]):
+        result = dict(twin, row=row.key, prior_threshold=threshold, seconds=0.0, command=shlex.join(command),
+                      same_run_as=twin["row"], ignored_classes=ignored)
         print(f"[{group.name}] {row.label}: ignores the same classes as {twin['row']} "
               f"({result['ignored_classes']}): the same training run, result reused", flush=True)
         return result
     start = time.time()
     run_logged(command, os.path.join(cell_dir, "train.log"), env)
     result = dict(summarise_run(cell_dir), row=row.key, scheme=group.scheme, seed=group.seed,
-                  param=group.param, prior_threshold=threshold, partial_labels=labels,
+                  param=group.param, prior_threshold=threshold, partial_labels=flags["partial_labels"],
                   seconds=round(time.time() - start, 1), command=shlex.join(command))
     if row.writes_prior:
         result["prior_path"] = find_prior(cell_dir)
     if row.needs_prior:
-        result["ignored_classes"] = ignored_classes(prior, threshold)
-    if measures_ignored:
+        result["ignored_classes"] = ignored
+    if flags.get("record_ignored"):
         result["ignored"] = cell_composition(cell_dir, protocol.data, protocol.design)
-    atomic_write_json(result_path, result)
     print(f"[{group.name}] {row.label}: best {result['best_mAP']:.2f} final {result['final_mAP']:.2f} "
           f"({result['seconds']:.0f} s)", flush=True)
     return result
 
 
-def run_group(args, protocol: Protocol, group: Group, env: dict,
-              progress: Progress | None = None) -> list[dict]:
+def run_group(args, protocol: Protocol, group: Group, env: dict, progress: Progress | None = None) -> list:
     labels = simulate_labels(args, protocol, group, env)
     results, prior = [], None
     for row in protocol_rows(protocol):
@@ -252,25 +241,22 @@ def run_group(args, protocol: Protocol, group: Group, env: dict,
 
 
 def prepare_embedded(args, protocol: Protocol, env: dict) -> None:
-    """Generate the embedded data and pretrain the backbone on the upstream set once (cached)."""
-    ensure_dataset(protocol.data, "embedded", n_train=args.n_train, n_test=args.n_test, seed=0,
-                   design=protocol.design)
-    ensure_dataset(protocol.upstream["data"], "upstream", n_train=args.n_train, n_test=1000, seed=0,
-                   design=protocol.design)
-    target = protocol.upstream["path"]
+    """Generate the embedded data and pretrain the backbone on the upstream set once (cached by the hash
+    of its settings, `src.reproduce.protocols.embedded_protocol`)."""
+    upstream = protocol.upstream
+    for folder, config in ((protocol.data, protocol.data_config), (upstream["data"], upstream["config"])):
+        ensure_dataset(folder, **{key: value for key, value in config.items() if key != "generator_version"})
+    target = upstream["path"]
     if os.path.exists(target):
         print(f"upstream backbone: reusing {target}")
         return
-    path_dest = os.path.join(args.out, "upstream")
-    # stop_epoch None: the pretraining runs its own --upstream_epochs, whatever --stop_epoch the cells get
-    flags = dict(protocol.train_flags, data=protocol.upstream["data"], path_dest=path_dest,
-                 epochs=protocol.upstream["epochs"], partial_loss_mode="negative", estimate_prior="none",
-                 seed=0, stop_epoch=None, **CE_GAMMAS)
-    flags["num-classes"] = len(class_names("upstream", protocol.design))  # factorised attribute classes
-    flags["model-path"] = "none"
+    path_dest = os.path.join(args.out, "upstream", os.path.splitext(os.path.basename(target))[0])
     os.makedirs(path_dest, exist_ok=True)
-    run_logged(train_command(args, flags), os.path.join(path_dest, "train.log"), env)
+    # No cached backbone of these settings: what path_dest holds is an interrupted attempt, replaced.
+    command = train_command(args, dict(upstream["flags"], path_dest=path_dest, overwrite=True))
+    run_logged(command, os.path.join(path_dest, "train.log"), env)
     os.makedirs(os.path.dirname(target), exist_ok=True)
+    atomic_write_json(os.path.splitext(target)[0] + ".json", upstream["settings"])
     os.replace(os.path.join(path_dest, "last.pth"), target)
     print(f"upstream backbone: pretrained in {path_dest}, saved to {target}")
 
