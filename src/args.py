@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import urllib.parse
+import urllib.request
 
 from src.data import DATASET_TYPES
 from src.data.partial_labels import SIMULATION_MODES
@@ -54,8 +56,12 @@ def require_weights(path: str, flag: str, what: str, hint: str) -> str:
 
 
 def weights_output_path(spec: str, name: str) -> str:
-    """``name`` next to the weights file ``spec``; for weights fetched on demand, in ./outputs (named by the
-    caller after `src.models.weights_stem`)."""
+    """``name`` next to the weights file ``spec`` (a ``file://`` URL's file included: two runs' best.pth
+    never share an output); for weights fetched from elsewhere, in ./outputs (named by the caller after
+    `src.models.weights_stem`)."""
+    url = urllib.parse.urlparse(spec)
+    if url.scheme.lower() == "file" and "://" in spec:
+        return os.path.join(os.path.dirname(urllib.request.url2pathname(url.path)), name)
     folder = "outputs" if is_remote_weights(spec) else os.path.dirname(spec)
     return os.path.join(folder, name)
 

@@ -16,7 +16,6 @@ import math
 import os
 import re
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -396,24 +395,6 @@ def test_the_loss_package_imports_only_what_it_needs():
                 top = name.split(".")[0]
                 assert top in sys.stdlib_module_names or top in ("torch", "numpy", "__future__") or (
                     name.startswith(allowed_src)), f"{path.name} imports {name}"
-
-
-# src/prior/__init__.py imports its clean pass, which imports src.engine (and with it the models, metrics,
-# data and timm), until the clean pass moves to src/engine.py (issue 17, item 5). Then this must pass.
-PRIOR_INIT_PULLS_ENGINE = any(
-    isinstance(node, ast.ImportFrom) and node.module in ("src.prior.clean_pass", "src.engine")
-    for node in ast.walk(ast.parse((LOSS_PACKAGE.parent / "prior" / "__init__.py").read_text())))
-
-
-@pytest.mark.xfail(PRIOR_INIT_PULLS_ENGINE, strict=True,
-                   reason="src/prior/__init__.py still imports the clean pass (src.engine)")
-def test_importing_the_loss_package_loads_no_engine_model_metric_data_or_timm_module():
-    code = ("import sys, src.loss_functions; print(' '.join(sorted(m for m in sys.modules if m == 'timm' or "
-            "m.startswith(('timm.', 'src.engine', 'src.models', 'src.metrics', 'src.data')))))")
-    root = LOSS_PACKAGE.parents[1]
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
-    assert result.stdout.split() == []
 
 
 # --------------------------------------------------------------------------- faithfulness

@@ -254,8 +254,35 @@ def test_model_path_as_a_url_evaluates_like_the_file(stage1_run, embedded_data_d
     result = validate.main(["--model-path", url, "--data", embedded_data_dir, "--image-size", "32", "-j", "0",
                             "-b", "16", "--device", "cpu"])
     assert result["mAP"] == pytest.approx(stage1_run["summary"]["best_test_mAP"], abs=1e-3)
-    assert result["output"] == os.path.join("outputs", "best_coco_per_class_ap.csv")
+    # A file:// checkpoint's outputs go next to it, as a plain path's do (two runs' best.pth never share one).
+    assert result["output"] == os.path.join(os.path.dirname(os.path.abspath(stage1_run["best"])),
+                                            "best_coco_per_class_ap.csv")
     assert not os.path.exists(tmp_path / "torch_home")
+
+
+def test_two_runs_best_pth_as_file_urls_evaluate_as_themselves(stage1_run, embedded_data_dir, tmp_path,
+                                                                monkeypatch):
+    """Two checkpoints both named best.pth, in two run folders, given in turn as file:// URLs: each is
+    evaluated (and its per-class file written) as itself - nothing is cached under the shared name."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    checkpoint = torch.load(stage1_run["best"], map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    checkpoint["model"] = {name: tensor + 0.5 * torch.randn(tensor.shape, generator=generator)
+                           if tensor.dim() > 1 else tensor  # conv and linear weights; not BN statistics
+                           for name, tensor in checkpoint["model"].items()}
+    (tmp_path / "run_b").mkdir()
+    torch.save(checkpoint, tmp_path / "run_b" / "best.pth")
+    common = ["--data", embedded_data_dir, "-j", "0", "-b", "16", "--device", "cpu"]
+    results = {}
+    runs = {"a": os.path.abspath(stage1_run["best"]), "b": str(tmp_path / "run_b" / "best.pth")}
+    for name, path in runs.items():
+        by_url = validate.main(["--model-path", "file://" + path, *common])
+        by_path = validate.main(["--model-path", path, *common])
+        assert by_url["mAP"] == pytest.approx(by_path["mAP"], abs=1e-9)
+        assert os.path.dirname(by_url["output"]) == os.path.dirname(path)
+        results[name] = by_url["mAP"]
+    assert results["a"] == pytest.approx(stage1_run["summary"]["best_test_mAP"], abs=1e-3)
+    assert results["a"] != pytest.approx(results["b"], abs=1e-3)
 
 
 def test_openimages_split_and_unknown_mid_flags_reach_the_reader(tmp_path):
