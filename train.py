@@ -1,13 +1,7 @@
-"""Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955): the paper's command
-line (src/args.py) plus device/AMP/seed/resume/DDP options. Two-stage CSL workflow:
-
-1. ``python train.py --partial_loss_mode ignore ...`` trains the temporary model; at the end a clean
-   pass over the training images (eval mode, no augmentation, best model) writes the class prior
-   ``Classes,avg_pred`` to ``<path_dest>/priors/`` (``--estimate_prior``, ``--prior_dest``).
-2. ``python train.py --partial_loss_mode selective --prior_path <prior.csv> ...`` trains the target.
-
-This file only wires: the ``build_*`` functions read the flags and build the parts and callbacks that
-`src.trainer.Trainer` runs. Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (src/engine.py).
+"""Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955). Stage 1:
+``--partial_loss_mode ignore`` writes the class prior to ``<path_dest>/priors/``; stage 2:
+``--partial_loss_mode selective --prior_path <prior.csv>``. This file reads the flags and builds the parts
+and callbacks that `src.trainer.Trainer` runs. Multi-GPU: ``torchrun --nproc_per_node N train.py ...``.
 """
 
 from __future__ import annotations
@@ -48,7 +42,6 @@ def parse_args(argv=None):
 
 
 def check_args(args) -> None:
-    """Errors that need no data: the --model-path file first, then the other settings."""
     if not is_none_path(args.model_path) and args.resume is None:
         require_weights(args.model_path, "--model-path", "file", "download the ImageNet-pretrained weights "
                         "to that path, or pass --model-path none to train from scratch")
@@ -64,14 +57,12 @@ def check_args(args) -> None:
 
 
 def resolved_config(args) -> dict:
-    """The flags with their defaults resolved: what args.json and the checkpoints record."""
     return dict(vars(args), do_bottleneck_head=resolve_bottleneck_head(args.do_bottleneck_head,
                                                                        args.dataset_type))
 
 
 # ------------------------------------------------------------------------------------------ builders
 def build_data(args, ctx: DistributedContext) -> DataSplits:
-    """Train / evaluation / held-out selection sets (--val_split, seeded) with their checks."""
     train_full, eval_set, simulation = build_datasets_with_summary(args)
     if simulation is not None:
         main_print(ctx.is_main, describe_simulation(args.simulate_partial_type, args.simulate_partial_param,
@@ -102,8 +93,7 @@ def build_data(args, ctx: DistributedContext) -> DataSplits:
 
 
 def build_model(args, ctx: DistributedContext) -> torch.nn.Module:
-    """The plain model on its device: same initialisation on every rank, pretrained backbone unless
-    resuming, SyncBatchNorm under DDP with --sync_bn."""
+    """The plain model on its device, initialised alike on every rank (pretrained unless resuming)."""
     torch.manual_seed(args.seed)
     model = build_model_from_args(args)
     if not is_none_path(args.model_path) and args.resume is None:
@@ -159,8 +149,7 @@ def prior_file_stem(args) -> str:
 
 
 def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
-    """Every part of the run, configuration errors raised here, before any training step; ``callbacks``:
-    `src.callbacks.Callback` objects, called in this order."""
+    """Every part of the run; configuration errors are raised here, before any training step."""
     args = argparse.Namespace(**resolved_config(args))  # what args.json and the checkpoints record
     if args.sync_bn and ctx.device.type != "cuda":
         raise ConfigError(f"--sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation; device is "
@@ -188,7 +177,6 @@ def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
 
 
 def run_config(trainer: Trainer, ctx: DistributedContext) -> dict:
-    """What args.json records besides the flags: the resolved run and the code it ran."""
     data = trainer.data
     amp = str(trainer.amp_dtype).removeprefix("torch.") if trainer.amp_dtype else None
     return dict(resolved_device=str(ctx.device), resolved_amp_dtype=amp, world_size=ctx.world_size,
@@ -201,9 +189,7 @@ def run_config(trainer: Trainer, ctx: DistributedContext) -> dict:
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None, callbacks=()) -> dict:
-    """Check, build (configuration errors surface as ConfigError), train, write the priors; returns the
-    run's summary. ``callbacks``: `src.callbacks.Callback` objects (tests, tools), called after the run's
-    own (the ignored-entry record, the priors, the console report)."""
+    """Train; returns the run's summary. ``callbacks`` (tests, tools) run after the run's own."""
     args = parse_args(argv)
     check_args(args)
     try:

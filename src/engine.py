@@ -1,21 +1,7 @@
 """The loops under train.py, validate.py and the prior command: loaders, the training step and epoch,
-prediction (`predict`, `evaluate`) and the clean-pass prior (`compute_prior_from_model`).
-
-Exact resume. The data order and augmentation of epoch ``e`` are a function of (seed, epoch, rank)
-only: :func:`seed_epoch` sets the ``DistributedSampler``'s epoch (permutation seeded with seed + epoch),
-reseeds the loader's generator (it draws the workers' base seed) and the main process's global
-generators (the transforms' when ``workers == 0``, and the model's). A mid-epoch resume (SIGTERM
-checkpoint) loads the epoch's first ``k`` batches without training on them, so every generator
-advances as in the original run, then restores the saved RNG state.
-
-Distributed evaluation. :func:`predict` and the clean pass need a loader from :func:`build_eval_loader`:
-each rank predicts a contiguous shard without padding (unlike ``DistributedSampler``), and the shards
-are gathered in rank order, so the result equals single-process prediction row for row.
-
-Selective loss under DDP. The loss is computed per rank on its own batch, so selective mode's
-likelihood top-k ignores ``likelihood_topk x per-GPU batch`` labels among that rank's images: N GPUs of
-batch B match a single-GPU run of batch B per step, not N*B. DDP averages the gradients of the per-rank
-summed losses (1/N of the summed global loss's gradient); Adam is invariant to that scale (up to eps).
+prediction (`predict`, `evaluate`) and the clean-pass prior (`compute_prior_from_model`). Epoch ``e``'s
+data order and augmentation depend on (seed, epoch, rank) only (exact resume); evaluation shards without
+padding, so DDP predictions equal a single-process pass row for row (docs/usage.md).
 """
 
 from __future__ import annotations
@@ -37,9 +23,8 @@ from src.metrics import (
     partial_average_precision,
     threshold_metrics,
 )
-from src.models import load_model
 from src.prior import ComputePrior
-from src.utils.amp import autocast_context, resolve_amp
+from src.utils.amp import autocast_context
 from src.utils.checkpoint import ResumePoint
 from src.utils.distributed import (
     ShardSampler,
@@ -53,18 +38,9 @@ from src.utils.distributed import (
 from src.utils.seed import derive_seed, restore_rng_state, seed_everything
 
 
-def load_eval_model(args, device: torch.device):
-    """(model in eval mode, its class names, autocast dtype or None) for the evaluation commands
-    (validate.py, src.prior), from their --model-path, --model-name, --use_ema, --amp, --amp_dtype."""
-    model, class_names = load_model(args.model_path, model_name=args.model_name, device=device,
-                                    use_ema=args.use_ema, allow_pickle=args.unsafe_pickle)
-    return model, class_names, resolve_amp(device, args.amp, args.amp_dtype, training=False)
-
-
 # ------------------------------------------------------------------------------------------ loaders
 class IndexedDataset(torch.utils.data.Dataset):
-    """``dataset`` whose items also carry their index, ``(image, target, index)``: the losses that keep a
-    per-sample label store (`src.loss_functions.create_loss`) need to know which samples a batch holds."""
+    """Items ``(image, target, index)``: the losses with a per-sample label store need the indices."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -80,8 +56,7 @@ class IndexedDataset(torch.utils.data.Dataset):
 def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device: torch.device,
                        rank: int | None = None, world_size: int | None = None) -> DataLoader:
     """Shuffled loader whose order depends on (seed, epoch) only; call :func:`seed_epoch` every epoch.
-    ``DistributedSampler`` even in one process: its permutation is seeded with seed + epoch, independent
-    of any global RNG; under DDP it pads the dataset so every rank runs the same number of steps."""
+    ``DistributedSampler`` even in one process: its permutation is independent of any global RNG."""
     rank = get_rank() if rank is None else rank
     world_size = get_world_size() if world_size is None else world_size
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
@@ -104,8 +79,7 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int, rank: int | None = Non
 
 
 def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.device | str = "cpu"):
-    """Sequential loader over this rank's contiguous shard (the whole dataset without DDP), cut at
-    batch boundaries so that predictions equal a single-process pass bit for bit."""
+    """Sequential loader over this rank's contiguous shard (the whole dataset without DDP)."""
     sampler = ShardSampler(len(dataset), batch_size=batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=False,
                       pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
@@ -139,10 +113,8 @@ class NonFiniteLossError(ValueError):
 
 def train_step(parts: TrainingParts, images, targets, device, amp_dtype, *, indices=None, epoch: int = 1,
                num_epochs: int = 1) -> float:
-    """One step as in the paper (AMP forward, float32 loss, OneCycle and EMA steps); returns the loss, called
-    as ``criterion(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with the 1-based epoch ``e`` and
-    the samples' dataset indices. A non-finite loss on any rank raises `NonFiniteLossError` on every rank
-    before the backward pass."""
+    """One step as in the paper (AMP forward, float32 loss, OneCycle and EMA steps) with the 1-based
+    ``epoch``; a non-finite loss on any rank raises `NonFiniteLossError` on every rank before backward."""
     with autocast_context(device, amp_dtype):
         logits = parts.model(images)
     loss = parts.criterion(logits.float(), targets, epoch=epoch, num_epochs=num_epochs, indices=indices)
@@ -165,10 +137,9 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
                     print_freq: int = 64, should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[int, float, float], None] | None = None,
                     show_progress: bool = False) -> EpochResult:
-    """One epoch of :func:`train_step` over ``loader``. ``resume`` (a `ResumePoint` of this epoch) skips
-    its ``steps_done`` batches (loaded, not trained on) then restores its RNG state. ``should_stop`` is
-    polled after every (complete) step: True ends the epoch with ``interrupted=True``. ``on_step(step,
-    loss, lr)`` is called after each step, ``step`` counted within the epoch."""
+    """One epoch (0-based ``epoch``) of :func:`train_step`. ``resume`` skips its ``steps_done`` batches
+    (loaded, so every generator advances as in the original run) then restores its RNG state;
+    ``should_stop`` is polled after every step."""
     resume = resume or ResumePoint(epoch=epoch)
     parts.model.train()
     started = time.perf_counter()
@@ -223,7 +194,6 @@ def _is_channels_last(model) -> bool:
 
 # ------------------------------------------------------------------------------------------ evaluation
 def _num_classes(loader, model) -> int:
-    """``len(loader.dataset.class_names)``, else the model's ``num_classes``."""
     names = getattr(loader.dataset, "class_names", None)
     if names is not None:
         return len(names)
@@ -236,10 +206,9 @@ def _num_classes(loader, model) -> int:
 
 @torch.no_grad()
 def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
-    """``({name: float32 logits (B, C) on device}, targets as loaded)`` per batch, each batch loaded once
-    for all ``models``: the loop of :func:`predict` and the clean pass. Each model runs unwrapped (DDP's
-    buffer broadcast would hang when ranks run different numbers of batches), in eval mode (its own mode
-    is restored when the generator ends or is closed), fed channels_last when its weights are."""
+    """``({name: float32 logits (B, C)}, targets)`` per batch, loaded once for all ``models``. Models run
+    unwrapped (DDP's buffer broadcast would hang when ranks run different numbers of batches), in eval
+    mode (their own mode restored at the end)."""
     if is_dist() and not isinstance(loader.sampler, ShardSampler):
         raise ValueError("under DDP the evaluation loader must shard without padding; build it with "
                          "src.engine.build_eval_loader(dataset, batch_size, workers)")
@@ -266,9 +235,9 @@ def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
 
 @torch.no_grad()
 def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
-    """``(targets, scores)`` of every sample of ``loader.dataset`` (the order of :mod:`src.metrics`):
-    labels int8 (N, C) in {1, 0, -1}, sigmoid scores float32 (N, C); for a dict name -> model, ``scores``
-    is a dict name -> scores from one pass. Under DDP every rank gets the full arrays in dataset order."""
+    """``(targets, scores)`` of ``loader.dataset``: labels int8 (N, C) in {1, 0, -1}, sigmoid scores
+    float32 (N, C) (for a dict name -> model, a dict name -> scores from one pass). Under DDP every rank
+    gets the full arrays in dataset order."""
     models = model if isinstance(model, dict) else {"": model}
     names = list(models)
     num_classes = _num_classes(loader, models[names[0]])
@@ -292,14 +261,8 @@ def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
 
 def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
              return_predictions: bool = False) -> dict:
-    """The metrics of :func:`predict`'s scores (for a dict of models: a dict name -> metrics, one pass);
-    with ``return_predictions`` each also holds the arrays under 'targets' and 'scores'.
-
-    Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
-    Partial labels (any -1): AP over annotated entries only, classes without annotated samples, positives
-    or negatives skipped (counted by reason), and ``mAP_weighted`` (weighted by each class's positives).
-    ``ap_per_class`` in [0, 1], NaN when skipped. Then src.metrics' threshold metrics at ``threshold``.
-    """
+    """The metrics of :func:`predict`'s scores (a dict name -> metrics for a dict of models). Full labels:
+    the paper's mAP; any -1: the partial AP of src.metrics. ``ap_per_class`` in [0, 1], NaN when skipped."""
     targets, scores = predict(model, loader, device, amp_dtype=amp_dtype)
     partial = bool((targets == -1).any())
     results = {}
@@ -326,13 +289,9 @@ def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, thr
 @torch.no_grad()
 def compute_prior_from_model(model: torch.nn.Module, dataset, device, batch_size: int = 64, workers: int = 0,
                              amp_dtype: torch.dtype | None = None) -> np.ndarray:
-    """The clean pass: the prior as the mean sigmoid prediction per class over ``dataset``, float32 (C,).
-
-    Pass the training set with the eval transform (`src.data.eval_view`): in eval mode without
-    augmentation the estimate does not depend on the last epoch's random crops - unlike the paper's code,
-    which averages the training batches' predictions while the model changes (``--estimate_prior
-    running_average``). Under DDP only the C sums are all-reduced, never the N x C predictions.
-    """
+    """The clean pass: the mean sigmoid prediction per class over ``dataset``, float32 (C,). Pass the
+    training set with the eval transform (`src.data.eval_view`): unlike the paper's running average, the
+    estimate does not depend on the last epoch's random crops or a changing model."""
     if len(dataset) == 0:
         raise ValueError("compute_prior_from_model: the dataset is empty; check --data and the split")
     loader = build_eval_loader(dataset, batch_size, workers, device)

@@ -22,8 +22,8 @@ def _format_names(names: Sequence[str], limit: int = 5) -> str:
 
 
 def _drop_trailing_stray_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Drop the last rows without an avg_pred, with a warning: the paper's published
-    ``outputs/priors/prior_fpc_1000.csv`` ends with a stray line holding a bare number (``1542867``)."""
+    """Drop the last rows without an avg_pred, with a warning: the paper's ``prior_fpc_1000.csv`` ends with
+    a stray line holding a bare number."""
     empty = (frame[PRIOR_CSV_COLUMNS[1]].astype(str).str.strip() == "").to_numpy()
     keep = len(frame)
     while keep > 0 and empty[keep - 1]:
@@ -81,8 +81,7 @@ def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -
 
 
 def write_prior_csv(path: str, class_names: Sequence[str], values) -> str:
-    """Write ``Classes,avg_pred`` (one row per class, in the given order) atomically
-    (`src.utils.io.atomic_write_text`: temp file + rename, the folder created); returns ``path``."""
+    """Write ``Classes,avg_pred`` (one row per class, in the given order) atomically; returns ``path``."""
     values = np.asarray(values, dtype=np.float64).ravel()
     if len(values) != len(class_names):
         raise ValueError(f"write_prior_csv: {len(values)} values for {len(class_names)} classes ({path})")

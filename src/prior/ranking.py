@@ -1,12 +1,7 @@
-"""How well a prior estimate ranks the classes against their true frequencies (``#positives / N`` over the
-full labels, known for COCO with simulated partial labels and the embedded dataset): Spearman's rho (ties
-get average ranks, as ``scipy.stats.spearmanr``) and the top-10 list, the paper's "Estimating the Class
-Distribution" table. Two naive estimates from the partial annotations are reported alongside:
-
-* ``naive (pos / N)``: annotated positives / number of images, the paper's "count the positive
-  annotations" baseline;
-* ``naive (pos / annotated)``: positives among the images annotated for the class; unbiased when those
-  images are a uniform sample, biased when annotation favours positives.
+"""How well a prior estimate ranks the classes against the true frequencies (``#positives / N`` of the
+full labels): Spearman's rho (average ranks for ties, as scipy) and the top-10 list, the paper's "Estimating
+the Class Distribution" table, beside two naive estimates: ``naive (pos / N)`` (the paper's count of
+positive annotations) and ``naive (pos / annotated)`` (biased when annotation favours positives).
 """
 
 from __future__ import annotations
@@ -52,7 +47,7 @@ def top_classes(values, class_names: Sequence[str], top: int = 10) -> list[str]:
 
 
 def naive_estimates(labels) -> dict[str, np.ndarray]:
-    """The two count-based estimates of the module docstring from a LabelMatrix of partial labels."""
+    """The two count-based estimates from a LabelMatrix of partial labels."""
     positives = labels.positive_counts().astype(np.float64)
     annotated = labels.annotated_counts().astype(np.float64)
     per_annotated = np.divide(positives, annotated, out=np.zeros_like(positives), where=annotated > 0)
@@ -83,9 +78,8 @@ def rank_statistics(true_freq, estimates: Mapping[str, np.ndarray], class_names:
 
 def rank_report(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
                 top: int = 10, statistics: Mapping[str, dict] | None = None) -> str:
-    """Markdown table: one column per estimate (true frequency first), rows = top-k classes with values,
-    then Spearman rho and the top-k overlap with the true list (``statistics``: `rank_statistics`' result
-    when the caller has it)."""
+    """Markdown table: one column per estimate (true frequency first), rows = the top-k classes with
+    values, then Spearman rho and the top-k overlap with the true list."""
     stats = rank_statistics(true_freq, estimates, class_names, top) if statistics is None else statistics
     all_values = {"true frequency": np.asarray(true_freq, dtype=np.float64), **estimates}
     index = {name: i for i, name in enumerate(class_names)}
