@@ -1,8 +1,7 @@
-"""Tag pictures with a trained multi-label model (the paper's inference demo, completed): the ``--top_k``
-classes scoring above ``--th`` are printed, drawn under the picture (``<output_dir>/<picture>_tags.png``) and
-written to ``<output_dir>/predictions.csv``. Input size and architecture come from the checkpoint (a paper
-checkpoint: 224 px); pictures are scaled to [0, 1] without mean/std, as in training. The paper's flags keep
-their names and defaults; NaN/inf outputs are refused.
+"""Tag pictures with a trained multi-label model (the paper's demo, completed): the ``--top_k`` classes
+above ``--th`` are printed, drawn under the picture (``<output_dir>/<picture>_tags.png``) and written to
+``<output_dir>/predictions.csv``. Input size and architecture come from the checkpoint (the paper's: 224 px);
+pictures are scaled to [0, 1] without mean/std, as in training.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
 PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 OUTPUT_SUFFIX = "_tags.png"  # the annotated pictures this script writes; never tagged again
-CSV_HEADER = ["image", "rank", "class", "score"]
 DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coco": "coco", "mscoco": "coco",
                    "lvis": "lvis"}  # keys without "_" and "-": MS-COCO (an older paper README) is mscoco
 MIN_DISPLAY_SIZE = 384  # small pictures (e.g. 32 px scenes) are enlarged so the drawing is readable
@@ -82,7 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------- inputs
 def shown(path: str) -> str:
     return path if path.isprintable() else repr(path)
 
@@ -148,7 +145,6 @@ def resolve_display_names(class_names: list[str], args) -> list[str]:
     return [mapping.get(name, name) for name in class_names]
 
 
-# --------------------------------------------------------------------------- model
 def no_tags_warning(count: int, threshold: float) -> str:
     text = f"warning: none of the {count} picture(s) got a tag: no class scored above --th {threshold:g}"
     if threshold > TRAINED_HERE_THRESHOLD:
@@ -174,7 +170,6 @@ def predict_tags(model, picture: Image.Image, class_names: list[str], args, devi
     return [(class_names[i], float(scores[i])) for i in order if scores[i] > args.th]
 
 
-# --------------------------------------------------------------------------- output
 def draw_tags(picture: Image.Image, tags: list[tuple[str, float]], threshold: float) -> Image.Image:
     scale = max(1, -(-MIN_DISPLAY_SIZE // min(picture.size)))
     shown = picture
@@ -247,7 +242,7 @@ def main(argv=None) -> list[dict]:
                 handle = stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8",
                                                   errors="surrogateescape"))
                 writer = csv.writer(handle)
-                writer.writerow(CSV_HEADER)
+                writer.writerow(["image", "rank", "class", "score"])
             print(f"{shown(path)}: " + (", ".join(f"{name} ({score:.3f})" for name, score in tags)
                                         or f"no class scored above {args.th:g}"))
             output = os.path.join(args.output_dir, output_name(path, used))

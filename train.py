@@ -7,7 +7,6 @@ and callbacks that `src.trainer.Trainer` runs. Multi-GPU: ``torchrun --nproc_per
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -23,7 +22,7 @@ from src.data.transforms import build_val_transform
 from src.engine import TrainingParts, build_eval_loader, build_train_loader
 from src.loss_functions import build_criterion
 from src.models import build_model_from_args, load_pretrained_backbone, maybe_compile, resolve_bottleneck_head
-from src.prior import ComputePrior
+from src.prior import ComputePrior, prior_file_stem
 from src.trainer import DataSplits, Trainer
 from src.utils.amp import resolve_amp
 from src.utils.checkpoint import load_training_checkpoint
@@ -36,7 +35,6 @@ from src.utils.seed import derive_seed, seed_everything
 ONE_CYCLE_PCT_START = 0.2  # the paper's OneCycleLR warm-up share
 
 
-# ------------------------------------------------------------------------------------------ flags
 def parse_args(argv=None):
     return build_train_parser().parse_args(argv)
 
@@ -61,7 +59,6 @@ def resolved_config(args) -> dict:
                                                                        args.dataset_type))
 
 
-# ------------------------------------------------------------------------------------------ builders
 def build_data(args, ctx: DistributedContext) -> DataSplits:
     train_full, eval_set, simulation = build_datasets_with_summary(args)
     if simulation is not None:
@@ -132,22 +129,6 @@ def build_optimization(model, args, steps_per_epoch: int, amp_dtype, device):
     return optimizer, scheduler, scaler
 
 
-def build_prior_writer(args) -> PriorWriter:
-    method = args.estimate_prior
-    if method == "auto":
-        method = "clean" if args.partial_loss_mode == "ignore" else "none"
-    folder = args.prior_dest or os.path.join(args.path_dest, "priors")
-    return PriorWriter(method, folder, prior_file_stem(args))
-
-
-def prior_file_stem(args) -> str:
-    if args.simulate_partial_type:
-        return f"prior_{args.simulate_partial_type}_{args.simulate_partial_param:g}"
-    if args.partial_labels:
-        return f"prior_{os.path.splitext(os.path.basename(args.partial_labels))[0]}"
-    return f"prior_{args.dataset_type}"
-
-
 def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
     """Every part of the run; configuration errors are raised here, before any training step."""
     args = argparse.Namespace(**resolved_config(args))  # what args.json and the checkpoints record
@@ -187,7 +168,6 @@ def run_config(trainer: Trainer, ctx: DistributedContext) -> dict:
                 command=" ".join(sys.argv))
 
 
-# ------------------------------------------------------------------------------------------ main
 def main(argv=None, callbacks=()) -> dict:
     """Train; returns the run's summary. ``callbacks`` (tests, tools) run after the run's own."""
     args = parse_args(argv)
@@ -202,7 +182,7 @@ def main(argv=None, callbacks=()) -> dict:
         folder = resolve_run_folder(args.path_dest, run_name, resume=args.resume, overwrite=args.overwrite,
                                     is_main=ctx.is_main)
         args = argparse.Namespace(**{**vars(args), "path_dest": folder})
-        priors = build_prior_writer(args)
+        priors = PriorWriter(args)
         own = [IgnoredRecorder()] if args.record_ignored else []
         try:
             trainer = build_trainer(args, ctx, [*own, priors, ConsoleReport(), *callbacks])

@@ -69,8 +69,7 @@ def default_output(args) -> str:
 
 def build_val_dataset(args):
     # The validation split alone (building the train split of OpenImages would take minutes).
-    transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
-    return build_split_from_args(args, "val", transform)
+    return build_split_from_args(args, "val", build_val_transform(args.image_size, draft=args.jpeg_draft))
 
 
 def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) -> list[dict]:
@@ -118,9 +117,8 @@ def format_report(result: dict, topk: dict, k: int, args) -> str:
     else:
         lines.append(f"mAP {result['mAP']:.2f} (full labels, all {result['num_classes']} classes; "
                      f"{result['classes_without_positives']} without positives count AP 0)")
-    keys = THRESHOLD_METRIC_KEYS
-    lines.append(f"threshold {args.thre:g}: " + " ".join(f"{key} {result[key]:.2f}" for key in keys))
-    lines.append(f"top-{k}:        " + " ".join(f"{key} {topk[key]:.2f}" for key in keys))
+    for name, values in ((f"threshold {args.thre:g}:", result), (f"top-{k}:       ", topk)):
+        lines.append(f"{name} " + " ".join(f"{key} {values[key]:.2f}" for key in THRESHOLD_METRIC_KEYS))
     for key, group in result.get("frequency_groups", {}).items():
         lines.append(f"LVIS {FREQUENCY_GROUP_NAMES[key]:>8} ({key}): mAP {group['mAP']:.2f} over "
                      f"{group['evaluated']} of {group['classes']} classes")

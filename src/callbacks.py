@@ -13,7 +13,7 @@ import torch
 from src.data import eval_view
 from src.data.transforms import build_val_transform
 from src.engine import compute_prior_from_model, describe_map
-from src.prior import write_prior_csv
+from src.prior import prior_file_stem, write_prior_csv
 from src.utils.checkpoint import load_training_checkpoint
 from src.utils.distributed import barrier, gather_objects
 from src.utils.io import save_npz
@@ -113,11 +113,15 @@ class IgnoredRecorder(Callback):
 
 
 class PriorWriter(Callback):
-    """The priors written at the end (``method`` clean / running_average / both / none) as
-    ``<folder>/<stem>.csv`` (clean pass) and ``<stem>_running_average.csv``."""
+    """The priors --estimate_prior asks for, written at the end as ``<folder>/<stem>.csv`` (clean pass) and
+    ``<stem>_running_average.csv``; ``auto``: the clean pass after an ignore-mode (stage 1) run."""
 
-    def __init__(self, method: str, folder: str, stem: str):
-        self.method, self.folder, self.stem = method, folder, stem
+    def __init__(self, args):
+        self.method = args.estimate_prior
+        if self.method == "auto":
+            self.method = "clean" if args.partial_loss_mode == "ignore" else "none"
+        self.folder = args.prior_dest or os.path.join(args.path_dest, "priors")
+        self.stem = prior_file_stem(args)
         self.written: list[str] = []
 
     def on_train_end(self, trainer):

@@ -1,17 +1,13 @@
 """Multi-label metrics. Labels (N samples x C classes): 1 positive, 0 negative, -1 un-annotated (left out
-everywhere); scores are any reals, only their order matters for AP. Every function takes ``(targets,
-scores)``; the paper's names keep their signatures as aliases at the end.
+everywhere); scores are any reals. Every function takes ``(targets, scores)``; the paper's names keep their
+signatures as aliases at the end.
 
-AP of a class: the mean over its positives of precision at their rank. Tied scores share the precision at
-the tie group's last rank (= scikit-learn's ``average_precision_score``), so no result depends on sort
-order. Full labels: a class without positives counts AP 0 (as the paper). Partial labels: a class without
-an annotated sample, positive or negative is skipped (counted); ``mAP_weighted`` weights by positives.
-One per-class loop with ``np.searchsorted`` serves dense and sparse input (fastest measured,
-docs/benchmarks.md).
-
-Threshold / top-k metrics (percent, as ML-GCN / ASL) over annotated entries: CP, CR = per-class mean
-precision / recall (0 for a class with nothing predicted / no positive), OP, OR over all entries, F1s.
-Top-k predicts every score >= the row's k-th largest (ties all predicted).
+AP of a class: the mean over its positives of precision at their rank; tied scores share the precision at
+the tie group's last rank (= scikit-learn), so no result depends on sort order. Full labels: a class
+without positives counts AP 0 (as the paper). Partial labels: a class without an annotated sample,
+positive or negative is skipped and counted; ``mAP_weighted`` weights by positives.
+Threshold / top-k metrics (percent, as ML-GCN / ASL): CP, CR per-class means (0 where nothing is predicted
+/ no positive), OP, OR over all annotated entries, and their F1.
 """
 
 from __future__ import annotations
@@ -20,11 +16,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-# The keys of the dicts returned by threshold_metrics / topk_metrics, in this order.
 THRESHOLD_METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
-# -------------------------------------------------------------------------- Input conversion and validation
 def _to_numpy(array, name: str) -> np.ndarray:
     if hasattr(array, "detach") and hasattr(array, "cpu"):
         tensor = array.detach().cpu()
@@ -38,10 +32,8 @@ def _to_numpy(array, name: str) -> np.ndarray:
     return array
 
 
-DEFAULT_SCORE_HINT = "scores must be finite - check the model outputs for overflow"
-
-
-def check_finite_scores(scores, what: str, hint: str = DEFAULT_SCORE_HINT) -> None:
+def check_finite_scores(scores, what: str,
+                        hint: str = "scores must be finite - check the model outputs for overflow") -> None:
     """ValueError naming ``what``, the count and first index of NaN/inf values and ``hint``."""
     scores = _to_numpy(scores, what)
     # A float64 sum of finite values is finite unless it overflows; only then pay for the exact check.
@@ -52,10 +44,8 @@ def check_finite_scores(scores, what: str, hint: str = DEFAULT_SCORE_HINT) -> No
     bad = ~np.isfinite(scores)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{what} contains {int(bad.sum())} NaN/inf value(s) (first at index {first}: "
-            f"{scores[first]}); {hint}"
-        )
+        raise ValueError(f"{what} contains {int(bad.sum())} NaN/inf value(s) (first at index {first}: "
+                         f"{scores[first]}); {hint}")
 
 
 def _check_scores(scores: np.ndarray, name: str) -> np.ndarray:
@@ -70,11 +60,8 @@ def _check_scores(scores: np.ndarray, name: str) -> np.ndarray:
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     bad = (labels != -1) & (labels != 0) & (labels != 1)  # also catches NaN; bool labels pass
     if bad.any():
-        bad_values = np.unique(labels[bad])
-        raise ValueError(
-            f"metrics: {name} must contain only 1 (positive), 0 (negative) or -1 (un-annotated); "
-            f"found other values {bad_values[:10].tolist()}"
-        )
+        raise ValueError(f"metrics: {name} must contain only 1 (positive), 0 (negative) or -1 "
+                         f"(un-annotated); found other values {np.unique(labels[bad])[:10].tolist()}")
     return labels.astype(np.int8, copy=False)
 
 
@@ -82,10 +69,8 @@ def _prepare(targets, scores, allow_1d: bool = False) -> tuple[np.ndarray, np.nd
     targets = _to_numpy(targets, "targets")
     scores = _to_numpy(scores, "predictions")
     if targets.shape != scores.shape:
-        raise ValueError(
-            f"metrics: targets shape {targets.shape} != predictions shape {scores.shape}; both must be "
-            "(num_samples, num_classes)"
-        )
+        raise ValueError(f"metrics: targets shape {targets.shape} != predictions shape {scores.shape}; both "
+                         "must be (num_samples, num_classes)")
     if allow_1d and targets.ndim == 1:
         targets, scores = targets[:, None], scores[:, None]
     if targets.ndim != 2:
@@ -96,10 +81,9 @@ def _prepare(targets, scores, allow_1d: bool = False) -> tuple[np.ndarray, np.nd
     return _check_labels(targets, "targets"), _check_scores(scores, "predictions")
 
 
-# ----------------------------------------------------------------------------------- Average precision core
 def _ap_sums(class_ids, scores, positive, num_classes: int):
     """Per class (C,): sum over its positives of tie-aware precision, #positives, #entries, of annotated
-    entries as flat arrays in any order."""
+    entries as flat arrays. A per-class loop: the fastest measured (docs/benchmarks.md)."""
     n_entries = np.bincount(class_ids, minlength=num_classes)
     bounds = np.concatenate(([0], np.cumsum(n_entries)))
     narrow = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32  # int16 -> O(n) radix sort
@@ -133,7 +117,6 @@ def _full_label_ap(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return precision_sum / np.maximum(n_pos, 1)
 
 
-# --------------------------------------------------------------------------- Average precision: full labels
 def average_precision_per_class(targets, scores) -> np.ndarray:
     """Non-interpolated, tie-aware AP of every class, float64 (C,) in [0, 1]; no positives: 0."""
     return _full_label_ap(*_prepare(targets, scores))
@@ -144,7 +127,6 @@ def mean_average_precision(targets, scores) -> float:
     return 100.0 * float(_full_label_ap(*_prepare(targets, scores)).mean())
 
 
-# ------------------------------------------------------------------------ Average precision: partial labels
 class PartialAP(NamedTuple):
     """Fields in the order of the paper's ``AP_partial`` tuple (its ``map_macro`` is ``mAP_weighted``)."""
 
@@ -188,22 +170,16 @@ def partial_average_precision_sparse(class_ids, labels, scores, *, num_classes: 
     class_ids = _to_numpy(class_ids, "class_ids")
     labels = _to_numpy(labels, "labels")
     scores = _to_numpy(scores, "scores")
-    if not (class_ids.ndim == scores.ndim == labels.ndim == 1) or not (
-        class_ids.shape == scores.shape == labels.shape
-    ):
-        raise ValueError(
-            "metrics: partial_average_precision_sparse needs 1-D class_ids, labels, scores of equal "
-            f"length; got shapes {class_ids.shape}, {labels.shape}, {scores.shape}"
-        )
+    if not (class_ids.ndim == 1 and class_ids.shape == scores.shape == labels.shape):
+        raise ValueError("metrics: partial_average_precision_sparse needs 1-D class_ids, labels, scores of "
+                         f"equal length; got shapes {class_ids.shape}, {labels.shape}, {scores.shape}")
     if int(num_classes) < 1 or class_ids.size == 0:
         raise ValueError(f"metrics: empty input (num_classes={num_classes}, {class_ids.size} entries)")
     if not np.issubdtype(class_ids.dtype, np.integer):
         raise ValueError(f"metrics: class_ids must be integers, got dtype {class_ids.dtype}")
     if class_ids.min() < 0 or class_ids.max() >= num_classes:
-        raise ValueError(
-            f"metrics: class_ids must lie in [0, {num_classes}); found range "
-            f"[{class_ids.min()}, {class_ids.max()}]"
-        )
+        raise ValueError(f"metrics: class_ids must lie in [0, {num_classes}); found range "
+                         f"[{class_ids.min()}, {class_ids.max()}]")
     labels = _check_labels(labels, "labels")
     scores = _check_scores(scores, "scores")
     annotated = labels != -1
@@ -213,7 +189,6 @@ def partial_average_precision_sparse(class_ids, labels, scores, *, num_classes: 
     return _summarise_partial(*_ap_sums(class_ids, scores, labels == 1, int(num_classes)))
 
 
-# -------------------------------------------------------------------------------- Threshold / top-k metrics
 def _safe_ratio(numerator, denominator):
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
@@ -247,7 +222,7 @@ def threshold_metrics(targets, scores, *, threshold: float) -> dict[str, float]:
 
 
 def topk_metrics(targets, scores, *, k: int) -> dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 (percent) predicting each sample's k highest-scoring classes."""
+    """CP..OF1 (percent) predicting each sample's k best classes (and every score tied with the k-th)."""
     targets, scores = _prepare(targets, scores)
     num_classes = targets.shape[1]
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= num_classes:
@@ -256,7 +231,7 @@ def topk_metrics(targets, scores, *, k: int) -> dict[str, float]:
     return _counts_to_metrics(targets, scores >= kth_largest)
 
 
-# -------------- The paper's names and signatures (src/helper_functions/helper_functions.py of the CSL code)
+# The paper's names and signatures (its src/helper_functions/helper_functions.py)
 def average_precision(output, target):
     """Scores first, as the paper; a 1-D (N,) pair (one class) gives a float."""
     target_2d, output_2d = _prepare(target, output, allow_1d=True)

@@ -28,6 +28,7 @@ from src.engine import compute_prior_from_model
 from src.models import EVAL_SETTING_FLAGS, check_model_classes, load_model_for_command, weights_stem
 from src.prior import (
     naive_estimates,
+    prior_file_stem,
     rank_report,
     rank_statistics,
     read_prior_csv,
@@ -63,19 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(args) -> str:
-    if args.partial_labels:
-        stem = os.path.splitext(os.path.basename(args.partial_labels))[0]
-    elif args.simulate_partial_type:
-        stem = f"{args.simulate_partial_type}_{args.simulate_partial_param:g}"
-    else:
-        stem = args.dataset_type
     checkpoint = weights_stem(args.model_path) + ("_ema" if args.use_ema else "")
-    return weights_output_path(args.model_path, f"prior_{stem}_{checkpoint}.csv")
+    return weights_output_path(args.model_path, f"{prior_file_stem(args)}_{checkpoint}.csv")
 
 
 def _load_train_sets(args, verbose: bool = True):
-    """(train set with the eval transform and the partial labels, full labels or None: they are known for
-    coco and the embedded dataset, whose partial labels are simulated)."""
+    """(train set, eval transform, partial labels; its full labels: known for coco/embedded, else None)."""
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     train_full = build_split_from_args(args, "train", transform)
     if verbose and train_full.describe_load_stats() is not None:

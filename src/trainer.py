@@ -24,11 +24,11 @@ from src.engine import (
     build_eval_loader,
     evaluate,
     predict,
-    scalar_metrics,
     seed_epoch,
     train_one_epoch,
 )
 from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_SETTING_NAMES, LOSS_SETTINGS
+from src.metrics import THRESHOLD_METRIC_KEYS
 from src.models import model_metadata
 from src.utils.checkpoint import ResumePoint, save_checkpoint
 from src.utils.cli import ConfigError, ExitRequest
@@ -46,6 +46,7 @@ from src.utils.seed import capture_rng_state
 LOSS_GROWTH_WARNING = 10.0  # a step loss this many times the run's first one: warn (once) of divergence
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a pre-empted job
 PAPER_PROTOCOL = "best over epochs on the evaluation set (paper protocol)"
+SCALAR_METRIC_KEYS = ("mAP", *THRESHOLD_METRIC_KEYS, "num_classes_skipped")  # metrics.jsonl, per split
 CHECKPOINT_FORMAT = 2  # 2: epochs counted from 1 (``epoch``, ``best``, ``history``); before: from 0
 # Settings that shape the training trajectory: a resumed run must use the checkpoint's values. Every loss
 # setting comes from the loss table; -j changes how the augmentation RNGs are seeded.
@@ -146,19 +147,15 @@ def epoch_record(epoch, result: EpochResult, mean_loss, lr, results, selection_s
     record = {"epoch": epoch, "loss": mean_loss, "lr": lr, "steps": result.steps_done, "time_s": seconds,
               "train_time_s": result.seconds}
     for (split, variant), metrics in results.items():
-        record.update(scalar_metrics(metrics, f"{split}_{variant}_"))
+        record.update({f"{split}_{variant}_{key}": metrics[key]
+                       for key in SCALAR_METRIC_KEYS if key in metrics})
         record[f"{split}_partial"] = metrics["partial"]
-    regular = _finite_or_low(results[(selection_split, "regular")]["mAP"])
-    ema = _finite_or_low(results[(selection_split, "ema")]["mAP"])
-    record["selection_variant"] = "ema" if ema > regular else "regular"
-    record["selection_mAP"] = max(regular, ema)
-    record["selection_split"] = selection_split
-    return record
-
-
-def _finite_or_low(value: float) -> float:
     # NaN (e.g. a partial mAP with every class skipped) never wins the selection.
-    return value if np.isfinite(value) else -float("inf")
+    regular, ema = (results[(selection_split, variant)]["mAP"] for variant in ("regular", "ema"))
+    regular, ema = (value if np.isfinite(value) else -float("inf") for value in (regular, ema))
+    record.update(selection_variant="ema" if ema > regular else "regular", selection_mAP=max(regular, ema),
+                  selection_split=selection_split)
+    return record
 
 
 class Trainer:
@@ -186,7 +183,6 @@ class Trainer:
         self.logger: RunLogger | None = None
         self.data_identity = data_identity(data)
 
-    # ---------------------------------------------------------------- state
     def restore(self, checkpoint: dict, path: str) -> None:
         check_resume_compatible(checkpoint, vars(self.args), self.ctx, path, self.data_identity)
         checkpoint = count_epochs_from_one(checkpoint)
@@ -224,7 +220,6 @@ class Trainer:
         }
         save_checkpoint({**state, **(override or {})}, self.paths[name])
 
-    # ---------------------------------------------------------------- loop
     def open_outputs(self, extra_config: dict) -> None:
         self.logger = RunLogger(self.args.path_dest, enabled=self.ctx.is_main)
         self.logger.write_args({**vars(self.args), **extra_config, "selection_protocol": self.protocol})
@@ -233,13 +228,6 @@ class Trainer:
 
     def _on_step(self, step: int, loss_value: float, lr: float) -> None:
         self.global_step += 1
-        self._watch_loss(loss_value, lr)
-        if step % self.args.print_freq == 0 and self.logger is not None:
-            self.logger.log_step("train/loss", loss_value, self.global_step)
-            self.logger.log_step("train/lr", lr, self.global_step)
-        self._call("on_step", self.global_step)
-
-    def _watch_loss(self, loss_value: float, lr: float) -> None:
         if self.first_loss is None:
             self.first_loss = loss_value
         elif not self.warned_growth and loss_value > LOSS_GROWTH_WARNING * abs(self.first_loss):
@@ -248,6 +236,10 @@ class Trainer:
                        f"warning: the loss grew to {loss_value:.4g} at step {self.global_step}, over "
                        f"{LOSS_GROWTH_WARNING:g}x its first value {self.first_loss:.4g}: training may be "
                        f"diverging; consider a lower --lr (now {lr:.3g} at this step)")
+        if step % self.args.print_freq == 0 and self.logger is not None:
+            self.logger.log_step("train/loss", loss_value, self.global_step)
+            self.logger.log_step("train/lr", lr, self.global_step)
+        self._call("on_step", self.global_step)
 
     def check_finite_weights(self, epoch: int) -> None:
         for variant, net in (("regular", self.model), ("ema", self.parts.ema.module)):

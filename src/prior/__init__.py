@@ -4,7 +4,7 @@ The clean pass and ``python -m src.prior`` sit above; this package imports no en
 """
 
 from src.prior.accumulator import ComputePrior
-from src.prior.csv_format import PRIOR_CSV_COLUMNS, read_prior_csv, write_prior_csv
+from src.prior.csv_format import PRIOR_CSV_COLUMNS, prior_file_stem, read_prior_csv, write_prior_csv
 from src.prior.ranking import (
     average_ranks,
     naive_estimates,
@@ -19,6 +19,7 @@ __all__ = [
     "ComputePrior",
     "average_ranks",
     "naive_estimates",
+    "prior_file_stem",
     "rank_report",
     "rank_statistics",
     "read_prior_csv",

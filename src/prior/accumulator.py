@@ -18,8 +18,7 @@ def _accumulator_dtype(device: torch.device) -> torch.dtype:
 
 
 class ComputePrior:
-    """``classes``: the class names, or a mapping whose values are the names (as in the paper's code).
-    The sums live on the device of the logits."""
+    """``classes``: the names, or a mapping whose values are the names (as the paper's code)."""
 
     def __init__(self, classes: Sequence[str] | Mapping):
         names = list(classes.values()) if isinstance(classes, Mapping) else list(classes)
@@ -27,43 +26,36 @@ class ComputePrior:
             raise ValueError("ComputePrior needs at least one class name")
         self.classes = [str(name) for name in names]
         self._sums: torch.Tensor | None = None
-        self._count = 0
+        self.count = 0  # images (rows of logits) accumulated
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     @property
-    def count(self) -> int:
-        return self._count
-
-    @property
     def avg_pred_train(self) -> torch.Tensor | None:
         """Mean prediction per class, float32 (C,); None before the first image."""
-        if self._count == 0:
+        if self.count == 0:
             return None
-        return (self._sums / self._count).float()
+        return (self._sums / self.count).float()
 
     def update(self, logits: torch.Tensor) -> None:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"ComputePrior.update expects logits of shape (batch, {self.num_classes}); "
-                f"got {tuple(logits.shape)}"
-            )
+            raise ValueError(f"ComputePrior.update expects logits of shape (batch, {self.num_classes}); "
+                             f"got {tuple(logits.shape)}")
         with torch.no_grad():
             dtype = _accumulator_dtype(logits.device)
             sums = torch.zeros(self.num_classes, dtype=dtype) if self._sums is None else self._sums
             self._sums = sums.to(logits.device, dtype) + torch.sigmoid(logits.float()).sum(dim=0).to(dtype)
-            self._count += logits.shape[0]
+            self.count += logits.shape[0]
 
-    # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """``{"sums": float64 CPU tensor (C,), "count": int}`` (a copy; zeros before the first update)."""
         if self._sums is None:
             sums = torch.zeros(self.num_classes, dtype=torch.float64)
         else:
             sums = self._sums.detach().to("cpu", torch.float64, copy=True)
-        return {"sums": sums, "count": int(self._count)}
+        return {"sums": sums, "count": int(self.count)}
 
     def load_state_dict(self, state: Mapping) -> None:
         missing = [key for key in ("sums", "count") if key not in state]
@@ -78,9 +70,8 @@ class ComputePrior:
         if count < 0:
             raise ValueError(f"ComputePrior.load_state_dict: count must be >= 0, got {count}")
         self._sums = sums.to("cpu", torch.float64, copy=True)
-        self._count = count
+        self.count = count
 
-    # ------------------------------------------------------------------------------ distributed
     def reduced_state_dict(self) -> dict:
         """The :meth:`state_dict` summed over all ranks, ``self`` unchanged; a collective."""
         state = self.state_dict()
@@ -98,4 +89,4 @@ class ComputePrior:
         device = self._sums.device if self._sums is not None else torch.device("cpu")
         state = self.reduced_state_dict()
         self._sums = state["sums"].to(device, _accumulator_dtype(device))
-        self._count = state["count"]
+        self.count = state["count"]

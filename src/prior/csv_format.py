@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -75,9 +76,18 @@ def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -
     if missing or unknown:
         raise ValueError(f"prior file {str(path)!r} does not match the model's classes: missing "
                          f"{len(missing)} [{_format_names(missing)}], unknown {len(unknown)} "
-                         f"[{_format_names(unknown)}]; "
-                         "recompute the prior for this dataset or pass the prior file made for it")
+                         f"[{_format_names(unknown)}]; recompute the prior for this dataset or pass the "
+                         "prior file made for it")
     return torch.tensor(values[[row_of[name] for name in wanted]], dtype=torch.float32)
+
+
+def prior_file_stem(args) -> str:
+    """``prior_<simulation | partial-label file | dataset>``: the name of train.py's and the command's."""
+    if args.simulate_partial_type:
+        return f"prior_{args.simulate_partial_type}_{args.simulate_partial_param:g}"
+    if args.partial_labels:
+        return f"prior_{os.path.splitext(os.path.basename(args.partial_labels))[0]}"
+    return f"prior_{args.dataset_type}"
 
 
 def write_prior_csv(path: str, class_names: Sequence[str], values) -> str:
