@@ -1,20 +1,7 @@
-"""Tag pictures with a trained multi-label model (the CSL paper's inference demo, completed).
-
-Each picture: RGB, resized to ``--input_size`` squared, scaled to [0, 1] (no mean/std, as in training),
-sigmoid of the logits; its tags are the ``--top_k`` best classes scoring above ``--th`` (strictly, as the
-paper). They are printed, drawn under the picture (``<output_dir>/<picture>_tags.png``) and written to
-``<output_dir>/predictions.csv`` (image, rank, class, score; an untagged picture has one row with empty
-fields; rows written as each picture is done). In a folder, ``*_tags.png`` (this script's outputs) are not
-tagged and an undecodable picture is skipped with a warning; a single one is an error.
-
-Checkpoints: ours or the paper's. Input size and architecture come from the checkpoint
-(`src.models.load_model_for_command`; the paper's record no size: its 224); the settings and their sources
-are printed. The paper's OpenImages classes are MIDs (``/m/01g317``), shown by name with
-``--class_description_path`` (CSV ``LabelName,DisplayName``, looked up in ./data for openimages).
-The paper's flags keep their names and defaults (``--th 0.97``, ``--top_k 30`` parsed as a float);
-``--pic_path`` defaults to ``pics/``. When nothing gets a tag a warning names the flag to try (0.97 suits
-the paper's sharp OpenImages models; ``--th 0.5`` one trained here); NaN/inf outputs are refused
-(``src.metrics.check_finite_scores``) instead of tagging nothing or everything.
+"""Tag pictures with a trained multi-label model (the paper's demo, completed): the ``--top_k`` classes
+above ``--th`` are printed, drawn under the picture (``<output_dir>/<picture>_tags.png``) and written to
+``<output_dir>/predictions.csv``. Input size and architecture come from the checkpoint (the paper's: 224 px);
+pictures are scaled to [0, 1] without mean/std, as in training.
 """
 
 from __future__ import annotations
@@ -45,7 +32,6 @@ PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
 PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 OUTPUT_SUFFIX = "_tags.png"  # the annotated pictures this script writes; never tagged again
-CSV_HEADER = ["image", "rank", "class", "score"]
 DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coco": "coco", "mscoco": "coco",
                    "lvis": "lvis"}  # keys without "_" and "-": MS-COCO (an older paper README) is mscoco
 MIN_DISPLAY_SIZE = 384  # small pictures (e.g. 32 px scenes) are enlarged so the drawing is readable
@@ -94,15 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------- inputs
 def shown(path: str) -> str:
-    """``path`` as printed: itself, or its repr when it holds undecodable bytes or control characters."""
     return path if path.isprintable() else repr(path)
 
 
 def list_pictures(pic_path: str) -> list[str]:
-    """The picture itself, or the sorted image files of a folder, without this script's outputs
-    (``*_tags.png``, e.g. when ``--output_dir`` is the folder itself)."""
+    """The picture, or the sorted image files of a folder without this script's ``*_tags.png``."""
     if os.path.isdir(pic_path):
         paths = [os.path.join(pic_path, name) for name in os.listdir(pic_path)
                  if name.lower().endswith(IMAGE_EXTENSIONS)]
@@ -124,8 +107,7 @@ def list_pictures(pic_path: str) -> list[str]:
 
 
 def read_class_descriptions(path: str) -> dict[str, str]:
-    """{LabelName: DisplayName} from a CSV ``LabelName,DisplayName`` (header optional; surrounding quotes
-    of names stripped; a MID listed twice is an error). Rows without a name are left out."""
+    """{LabelName: DisplayName} of a CSV ``LabelName,DisplayName``; rows without a name are left out."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--class_description_path: {path!r} does not exist; pass a CSV with columns "
                                 "LabelName,DisplayName (e.g. oidv6-class-descriptions.csv) or omit the flag")
@@ -163,9 +145,7 @@ def resolve_display_names(class_names: list[str], args) -> list[str]:
     return [mapping.get(name, name) for name in class_names]
 
 
-# --------------------------------------------------------------------------- model
 def no_tags_warning(count: int, threshold: float) -> str:
-    """The warning printed when none of ``count`` pictures got a tag, with the flag to try."""
     text = f"warning: none of the {count} picture(s) got a tag: no class scored above --th {threshold:g}"
     if threshold > TRAINED_HERE_THRESHOLD:
         return (f"{text} (the paper's threshold, set for its released OpenImages models). For a model "
@@ -180,8 +160,7 @@ NON_FINITE_HINT = ("the checkpoint's weights hold NaN/inf (e.g. a diverged train
 @torch.no_grad()
 def predict_tags(model, picture: Image.Image, class_names: list[str], args, device, transform, *,
                  amp_dtype: torch.dtype | None = None) -> list[tuple[str, float]]:
-    """(name, score) of the top_k classes with score > th, highest first; ``transform``: the eval
-    pipeline (``build_val_transform(args.input_size, draft=False)``). Non-finite logits: ValueError."""
+    """(name, score) of the top_k classes with score > th, highest first."""
     tensor = transform(picture).unsqueeze(0).to(device)
     with autocast_context(device, amp_dtype):
         logits = model(tensor).float()
@@ -191,9 +170,7 @@ def predict_tags(model, picture: Image.Image, class_names: list[str], args, devi
     return [(class_names[i], float(scores[i])) for i in order if scores[i] > args.th]
 
 
-# --------------------------------------------------------------------------- output
 def draw_tags(picture: Image.Image, tags: list[tuple[str, float]], threshold: float) -> Image.Image:
-    """The picture (enlarged if small) above a white panel listing the tags."""
     scale = max(1, -(-MIN_DISPLAY_SIZE // min(picture.size)))
     shown = picture
     if scale > 1:  # whole-pixel enlargement keeps small synthetic scenes sharp
@@ -223,14 +200,13 @@ def output_name(path: str, used: set[str]) -> str:
 
 
 def csv_rows(picture: str, tags: list[tuple[str, float]]) -> list[list]:
-    """predictions.csv rows of one picture; one row with empty rank/class/score when nothing scored."""
     if not tags:
         return [[picture, "", "", ""]]
     return [[picture, rank + 1, name, f"{score:.6f}"] for rank, (name, score) in enumerate(tags)]
 
 
 def main(argv=None) -> list[dict]:
-    """Tag every picture; returns [{'picture', 'tags': [(name, score)], 'output'}] of those read."""
+    """Returns [{'picture', 'tags': [(name, score)], 'output'}] of the pictures read."""
     args = build_parser().parse_args(argv)
     require_weights(args.model_path, "--model_path", "checkpoint",
                     "pass a .pth written by train.py or a released CSL model")
@@ -266,7 +242,7 @@ def main(argv=None) -> list[dict]:
                 handle = stack.enter_context(open(csv_path, "w", newline="", encoding="utf-8",
                                                   errors="surrogateescape"))
                 writer = csv.writer(handle)
-                writer.writerow(CSV_HEADER)
+                writer.writerow(["image", "rank", "class", "score"])
             print(f"{shown(path)}: " + (", ".join(f"{name} ({score:.3f})" for name, score in tags)
                                         or f"no class scored above {args.th:g}"))
             output = os.path.join(args.output_dir, output_name(path, used))

@@ -1,19 +1,12 @@
-"""Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955): the paper's command
-line (src/args.py) plus device/AMP/seed/resume/DDP options. Two-stage CSL workflow:
-
-1. ``python train.py --partial_loss_mode ignore ...`` trains the temporary model; at the end a clean
-   pass over the training images (eval mode, no augmentation, best model) writes the class prior
-   ``Classes,avg_pred`` to ``<path_dest>/priors/`` (``--estimate_prior``, ``--prior_dest``).
-2. ``python train.py --partial_loss_mode selective --prior_path <prior.csv> ...`` trains the target.
-
-This file only wires: the ``build_*`` functions read the flags and build the parts and callbacks that
-`src.trainer.Trainer` runs. Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (src/engine.py).
+"""Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955). Stage 1:
+``--partial_loss_mode ignore`` writes the class prior to ``<path_dest>/priors/``; stage 2:
+``--partial_loss_mode selective --prior_path <prior.csv>``. This file reads the flags and builds the parts
+and callbacks that `src.trainer.Trainer` runs. Multi-GPU: ``torchrun --nproc_per_node N train.py ...``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -29,7 +22,7 @@ from src.data.transforms import build_val_transform
 from src.engine import TrainingParts, build_eval_loader, build_train_loader
 from src.loss_functions import build_criterion
 from src.models import build_model_from_args, load_pretrained_backbone, maybe_compile, resolve_bottleneck_head
-from src.prior import ComputePrior
+from src.prior import ComputePrior, prior_file_stem
 from src.trainer import DataSplits, Trainer
 from src.utils.amp import resolve_amp
 from src.utils.checkpoint import load_training_checkpoint
@@ -42,13 +35,11 @@ from src.utils.seed import derive_seed, seed_everything
 ONE_CYCLE_PCT_START = 0.2  # the paper's OneCycleLR warm-up share
 
 
-# ------------------------------------------------------------------------------------------ flags
 def parse_args(argv=None):
     return build_train_parser().parse_args(argv)
 
 
 def check_args(args) -> None:
-    """Errors that need no data: the --model-path file first, then the other settings."""
     if not is_none_path(args.model_path) and args.resume is None:
         require_weights(args.model_path, "--model-path", "file", "download the ImageNet-pretrained weights "
                         "to that path, or pass --model-path none to train from scratch")
@@ -64,14 +55,11 @@ def check_args(args) -> None:
 
 
 def resolved_config(args) -> dict:
-    """The flags with their defaults resolved: what args.json and the checkpoints record."""
     return dict(vars(args), do_bottleneck_head=resolve_bottleneck_head(args.do_bottleneck_head,
                                                                        args.dataset_type))
 
 
-# ------------------------------------------------------------------------------------------ builders
 def build_data(args, ctx: DistributedContext) -> DataSplits:
-    """Train / evaluation / held-out selection sets (--val_split, seeded) with their checks."""
     train_full, eval_set, simulation = build_datasets_with_summary(args)
     if simulation is not None:
         main_print(ctx.is_main, describe_simulation(args.simulate_partial_type, args.simulate_partial_param,
@@ -102,8 +90,7 @@ def build_data(args, ctx: DistributedContext) -> DataSplits:
 
 
 def build_model(args, ctx: DistributedContext) -> torch.nn.Module:
-    """The plain model on its device: same initialisation on every rank, pretrained backbone unless
-    resuming, SyncBatchNorm under DDP with --sync_bn."""
+    """The plain model on its device, initialised alike on every rank (pretrained unless resuming)."""
     torch.manual_seed(args.seed)
     model = build_model_from_args(args)
     if not is_none_path(args.model_path) and args.resume is None:
@@ -142,25 +129,8 @@ def build_optimization(model, args, steps_per_epoch: int, amp_dtype, device):
     return optimizer, scheduler, scaler
 
 
-def build_prior_writer(args) -> PriorWriter:
-    method = args.estimate_prior
-    if method == "auto":
-        method = "clean" if args.partial_loss_mode == "ignore" else "none"
-    folder = args.prior_dest or os.path.join(args.path_dest, "priors")
-    return PriorWriter(method, folder, prior_file_stem(args))
-
-
-def prior_file_stem(args) -> str:
-    if args.simulate_partial_type:
-        return f"prior_{args.simulate_partial_type}_{args.simulate_partial_param:g}"
-    if args.partial_labels:
-        return f"prior_{os.path.splitext(os.path.basename(args.partial_labels))[0]}"
-    return f"prior_{args.dataset_type}"
-
-
 def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
-    """Every part of the run, configuration errors raised here, before any training step; ``callbacks``:
-    `src.callbacks.Callback` objects, called in this order."""
+    """Every part of the run; configuration errors are raised here, before any training step."""
     args = argparse.Namespace(**resolved_config(args))  # what args.json and the checkpoints record
     if args.sync_bn and ctx.device.type != "cuda":
         raise ConfigError(f"--sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation; device is "
@@ -188,7 +158,6 @@ def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
 
 
 def run_config(trainer: Trainer, ctx: DistributedContext) -> dict:
-    """What args.json records besides the flags: the resolved run and the code it ran."""
     data = trainer.data
     amp = str(trainer.amp_dtype).removeprefix("torch.") if trainer.amp_dtype else None
     return dict(resolved_device=str(ctx.device), resolved_amp_dtype=amp, world_size=ctx.world_size,
@@ -199,11 +168,8 @@ def run_config(trainer: Trainer, ctx: DistributedContext) -> dict:
                 command=" ".join(sys.argv))
 
 
-# ------------------------------------------------------------------------------------------ main
 def main(argv=None, callbacks=()) -> dict:
-    """Check, build (configuration errors surface as ConfigError), train, write the priors; returns the
-    run's summary. ``callbacks``: `src.callbacks.Callback` objects (tests, tools), called after the run's
-    own (the ignored-entry record, the priors, the console report)."""
+    """Train; returns the run's summary. ``callbacks`` (tests, tools) run after the run's own."""
     args = parse_args(argv)
     check_args(args)
     try:
@@ -216,7 +182,7 @@ def main(argv=None, callbacks=()) -> dict:
         folder = resolve_run_folder(args.path_dest, run_name, resume=args.resume, overwrite=args.overwrite,
                                     is_main=ctx.is_main)
         args = argparse.Namespace(**{**vars(args), "path_dest": folder})
-        priors = build_prior_writer(args)
+        priors = PriorWriter(args)
         own = [IgnoredRecorder()] if args.record_ignored else []
         try:
             trainer = build_trainer(args, ctx, [*own, priors, ConsoleReport(), *callbacks])

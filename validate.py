@@ -1,19 +1,7 @@
-"""Evaluate a checkpoint (the paper's or ours) on the validation set of COCO, OpenImages, LVIS or the
-embedded dataset. Metrics in percent (definitions in ``src/metrics.py``):
-
-* mAP: with full labels (COCO, embedded) the paper's, a class without positives counting 0; with labels
-  holding -1 (OpenImages, LVIS: not every class verified for every image) the partial AP over annotated
-  labels, averaged over the classes with an annotated positive and negative (the skipped ones counted).
-* CP, CR, CF1, OP, OR, OF1 at ``--thre`` (score >= threshold) and for the top-``--top_k`` classes of every
-  image (as ASL / ML-GCN); LVIS: the mAP of the rare / common / frequent classes.
-* Per-class AP CSV at ``--output`` (class, AP, n_pos, n_neg, n_unannotated, group); by default next to the
-  checkpoint, ``<checkpoint name>[_ema]_<dataset_type>_per_class_ap.csv`` (two runs' best.pth never share it).
-
-Image size, architecture and classes come from the checkpoint (`src.models.load_model_for_command`; a paper
-checkpoint records no size: 448 px); ``--image-size`` evaluates at another size (one line says so), a
-contradicting ``--num-classes`` or ``--model-name`` is refused; the settings and their sources are printed.
-The flags follow the paper's train.py and ASL's validate.py (``--thre`` 0.8, ``-b`` 32). Predictions come
-from ``src.engine.evaluate``, so under ``torchrun`` every image is evaluated exactly once.
+"""Evaluate a checkpoint (the paper's or ours) on a validation set: mAP (the partial AP when labels hold
+-1), CP..OF1 at ``--thre`` and for the top ``--top_k``, LVIS frequency groups, and a per-class AP CSV
+(``--output``; default next to the checkpoint, ``<name>[_ema]_<dataset_type>_per_class_ap.csv``). Image size,
+architecture and classes come from the checkpoint (a paper checkpoint: 448 px). Flags as ASL's validate.py.
 """
 
 from __future__ import annotations
@@ -80,9 +68,8 @@ def default_output(args) -> str:
 
 
 def build_val_dataset(args):
-    """The validation split alone (building the train split of OpenImages would take minutes)."""
-    transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
-    return build_split_from_args(args, "val", transform)
+    # The validation split alone (building the train split of OpenImages would take minutes).
+    return build_split_from_args(args, "val", build_val_transform(args.image_size, draft=args.jpeg_draft))
 
 
 def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) -> list[dict]:
@@ -107,7 +94,7 @@ def write_per_class_csv(path: str, rows: list[dict]) -> None:
 
 
 def group_maps(ap_per_class, groups) -> dict[str, dict]:
-    """mAP (percent) of each LVIS frequency group over its evaluated classes (NaN AP = skipped)."""
+    """mAP (percent) of each LVIS frequency group over its evaluated classes (NaN AP: skipped)."""
     ap = np.asarray(ap_per_class, dtype=np.float64)
     groups = np.asarray(groups)
     result = {}
@@ -130,9 +117,8 @@ def format_report(result: dict, topk: dict, k: int, args) -> str:
     else:
         lines.append(f"mAP {result['mAP']:.2f} (full labels, all {result['num_classes']} classes; "
                      f"{result['classes_without_positives']} without positives count AP 0)")
-    keys = THRESHOLD_METRIC_KEYS
-    lines.append(f"threshold {args.thre:g}: " + " ".join(f"{key} {result[key]:.2f}" for key in keys))
-    lines.append(f"top-{k}:        " + " ".join(f"{key} {topk[key]:.2f}" for key in keys))
+    for name, values in ((f"threshold {args.thre:g}:", result), (f"top-{k}:       ", topk)):
+        lines.append(f"{name} " + " ".join(f"{key} {values[key]:.2f}" for key in THRESHOLD_METRIC_KEYS))
     for key, group in result.get("frequency_groups", {}).items():
         lines.append(f"LVIS {FREQUENCY_GROUP_NAMES[key]:>8} ({key}): mAP {group['mAP']:.2f} over "
                      f"{group['evaluated']} of {group['classes']} classes")
@@ -140,7 +126,7 @@ def format_report(result: dict, topk: dict, k: int, args) -> str:
 
 
 def main(argv=None) -> dict:
-    """Evaluate; returns the metrics dict (mAP, CP..OF1, 'top_k' dict, 'output', ...) on every rank."""
+    """Returns the metrics dict (mAP, CP..OF1, 'top_k', 'output', ...) on every rank."""
     args = build_parser().parse_args(argv)
     require_weights(args.model_path, "--model-path", "checkpoint",
                     "pass a .pth written by train.py or a released CSL model")

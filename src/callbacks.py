@@ -1,6 +1,5 @@
 """What a training run does besides its epoch loop, as :class:`Callback` objects that `src.trainer.Trainer`
-calls: the console report, the record of what CSL's top-k ignored, the class priors at the end, and a
-pre-emption for tests and tools. Epochs are counted from 1 in every hook.
+calls: the console report, the record of what CSL's top-k ignored, the priors, a pre-emption for tests.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import torch
 from src.data import eval_view
 from src.data.transforms import build_val_transform
 from src.engine import compute_prior_from_model, describe_map
-from src.prior import write_prior_csv
+from src.prior import prior_file_stem, write_prior_csv
 from src.utils.checkpoint import load_training_checkpoint
 from src.utils.distributed import barrier, gather_objects
 from src.utils.io import save_npz
@@ -24,8 +23,7 @@ IGNORED_FILE = "ignored_last_epoch.npz"
 
 
 class Callback:
-    """Hooks into a run; subclass and override what you need (each is a no-op here). Every hook runs on
-    every rank (collectives are allowed); ``trainer`` is the running `src.trainer.Trainer`."""
+    """Hooks into a run (each a no-op here), called on every rank (collectives are allowed)."""
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         """Before the training steps of epoch ``epoch``."""
@@ -34,16 +32,14 @@ class Callback:
         """After optimizer step ``global_step`` (1-based over the whole run)."""
 
     def on_epoch_end(self, trainer, epoch: int) -> None:
-        """After epoch ``epoch`` was evaluated (``trainer.history[-1]``, ``trainer.evaluation``) and its
-        checkpoints written."""
+        """After epoch ``epoch`` was evaluated (``trainer.history[-1]``) and its checkpoints written."""
 
     def on_train_end(self, trainer) -> None:
         """After the last epoch (not after a SIGTERM)."""
 
 
 class SigtermAtStep(Callback):
-    """For tests and tools: a pre-emption notice (a real SIGTERM to this process) after global step
-    ``step``."""
+    """For tests and tools: a real SIGTERM to this process after global step ``step``."""
 
     def __init__(self, step: int):
         self.step = step
@@ -89,8 +85,7 @@ class ConsoleReport(Callback):
 
 class IgnoredRecorder(Callback):
     """``<path_dest>/ignored_last_epoch.npz`` (--record_ignored): image ids and class indices of every
-    entry the loss's likelihood top-k ignored in the run's last epoch, over all ranks, for the mechanism
-    analysis of src.reproduce.mechanism. Losses without a ``record_ignored`` hook record nothing."""
+    entry the loss's top-k ignored in the last epoch, all ranks (for src.reproduce.mechanism)."""
 
     def __init__(self):
         self.entries: list | None = None
@@ -118,11 +113,15 @@ class IgnoredRecorder(Callback):
 
 
 class PriorWriter(Callback):
-    """The class priors written at the end (``method`` clean / running_average / both / none) as
-    ``<folder>/<stem>.csv`` (clean pass) and ``<stem>_running_average.csv``; ``written`` lists the files."""
+    """The priors --estimate_prior asks for, written at the end as ``<folder>/<stem>.csv`` (clean pass) and
+    ``<stem>_running_average.csv``; ``auto``: the clean pass after an ignore-mode (stage 1) run."""
 
-    def __init__(self, method: str, folder: str, stem: str):
-        self.method, self.folder, self.stem = method, folder, stem
+    def __init__(self, args):
+        self.method = args.estimate_prior
+        if self.method == "auto":
+            self.method = "clean" if args.partial_loss_mode == "ignore" else "none"
+        self.folder = args.prior_dest or os.path.join(args.path_dest, "priors")
+        self.stem = prior_file_stem(args)
         self.written: list[str] = []
 
     def on_train_end(self, trainer):
@@ -141,8 +140,7 @@ class PriorWriter(Callback):
 
     @staticmethod
     def clean_pass_prior(trainer) -> np.ndarray | None:
-        """Mean sigmoid output of the best checkpoint over the training images, eval mode, no augmentation
-        (None when there is no best.pth, e.g. a finished run resumed into a new --path_dest)."""
+        """The clean pass of best.pth over the training images (None without best.pth)."""
         barrier()  # rank 0 has written best.pth
         best = trainer.paths["best"]
         if not os.path.isfile(best):

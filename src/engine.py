@@ -1,21 +1,6 @@
-"""The loops under train.py, validate.py and the prior command: loaders, the training step and epoch,
-prediction (`predict`, `evaluate`) and the clean-pass prior (`compute_prior_from_model`).
-
-Exact resume. The data order and augmentation of epoch ``e`` are a function of (seed, epoch, rank)
-only: :func:`seed_epoch` sets the ``DistributedSampler``'s epoch (permutation seeded with seed + epoch),
-reseeds the loader's generator (it draws the workers' base seed) and the main process's global
-generators (the transforms' when ``workers == 0``, and the model's). A mid-epoch resume (SIGTERM
-checkpoint) loads the epoch's first ``k`` batches without training on them, so every generator
-advances as in the original run, then restores the saved RNG state.
-
-Distributed evaluation. :func:`predict` and the clean pass need a loader from :func:`build_eval_loader`:
-each rank predicts a contiguous shard without padding (unlike ``DistributedSampler``), and the shards
-are gathered in rank order, so the result equals single-process prediction row for row.
-
-Selective loss under DDP. The loss is computed per rank on its own batch, so selective mode's
-likelihood top-k ignores ``likelihood_topk x per-GPU batch`` labels among that rank's images: N GPUs of
-batch B match a single-GPU run of batch B per step, not N*B. DDP averages the gradients of the per-rank
-summed losses (1/N of the summed global loss's gradient); Adam is invariant to that scale (up to eps).
+"""The loops under train.py, validate.py and the prior command: loaders, the training epoch, prediction
+(`predict`, `evaluate`) and the clean-pass prior. Epoch ``e``'s data order and augmentation depend on (seed,
+epoch, rank) only; evaluation shards without padding, so DDP predicts as one process (docs/usage.md).
 """
 
 from __future__ import annotations
@@ -31,40 +16,23 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from src.metrics import (
-    THRESHOLD_METRIC_KEYS,
-    average_precision_per_class,
-    partial_average_precision,
-    threshold_metrics,
-)
-from src.models import load_model
+from src.metrics import average_precision_per_class, partial_average_precision, threshold_metrics
 from src.prior import ComputePrior
-from src.utils.amp import autocast_context, resolve_amp
+from src.utils.amp import autocast_context
 from src.utils.checkpoint import ResumePoint
 from src.utils.distributed import (
     ShardSampler,
     any_rank_true,
     gather_rows,
     get_rank,
-    get_world_size,
     is_dist,
     unwrap_model,
 )
 from src.utils.seed import derive_seed, restore_rng_state, seed_everything
 
 
-def load_eval_model(args, device: torch.device):
-    """(model in eval mode, its class names, autocast dtype or None) for the evaluation commands
-    (validate.py, src.prior), from their --model-path, --model-name, --use_ema, --amp, --amp_dtype."""
-    model, class_names = load_model(args.model_path, model_name=args.model_name, device=device,
-                                    use_ema=args.use_ema, allow_pickle=args.unsafe_pickle)
-    return model, class_names, resolve_amp(device, args.amp, args.amp_dtype, training=False)
-
-
-# ------------------------------------------------------------------------------------------ loaders
 class IndexedDataset(torch.utils.data.Dataset):
-    """``dataset`` whose items also carry their index, ``(image, target, index)``: the losses that keep a
-    per-sample label store (`src.loss_functions.create_loss`) need to know which samples a batch holds."""
+    """Items ``(image, target, index)``: the losses with a per-sample label store need the indices."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -77,13 +45,10 @@ class IndexedDataset(torch.utils.data.Dataset):
         return image, target, index
 
 
-def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device: torch.device,
-                       rank: int | None = None, world_size: int | None = None) -> DataLoader:
+def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device: torch.device, rank: int,
+                       world_size: int) -> DataLoader:
     """Shuffled loader whose order depends on (seed, epoch) only; call :func:`seed_epoch` every epoch.
-    ``DistributedSampler`` even in one process: its permutation is seeded with seed + epoch, independent
-    of any global RNG; under DDP it pads the dataset so every rank runs the same number of steps."""
-    rank = get_rank() if rank is None else rank
-    world_size = get_world_size() if world_size is None else world_size
+    ``DistributedSampler`` even in one process: its permutation is independent of any global RNG."""
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                  drop_last=False)
     generator = torch.Generator()
@@ -93,9 +58,8 @@ def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device
                       generator=generator, persistent_workers=False)
 
 
-def seed_epoch(loader: DataLoader, seed: int, epoch: int, rank: int | None = None) -> None:
+def seed_epoch(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:
     """Make epoch ``epoch`` of ``loader`` (and the main process's RNG) a function of (seed, epoch, rank)."""
-    rank = get_rank() if rank is None else rank
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     if loader.generator is not None:
@@ -104,14 +68,12 @@ def seed_epoch(loader: DataLoader, seed: int, epoch: int, rank: int | None = Non
 
 
 def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.device | str = "cpu"):
-    """Sequential loader over this rank's contiguous shard (the whole dataset without DDP), cut at
-    batch boundaries so that predictions equal a single-process pass bit for bit."""
+    """Sequential loader over this rank's contiguous shard (the whole dataset without DDP)."""
     sampler = ShardSampler(len(dataset), batch_size=batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=False,
                       pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
 
 
-# ------------------------------------------------------------------------------------------ training
 @dataclass
 class TrainingParts:
     """What one optimisation step touches (the model possibly DDP-wrapped or compiled)."""
@@ -137,38 +99,14 @@ class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite: the run stops before that step changes the weights."""
 
 
-def train_step(parts: TrainingParts, images, targets, device, amp_dtype, *, indices=None, epoch: int = 1,
-               num_epochs: int = 1) -> float:
-    """One step as in the paper (AMP forward, float32 loss, OneCycle and EMA steps); returns the loss, called
-    as ``criterion(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with the 1-based epoch ``e`` and
-    the samples' dataset indices. A non-finite loss on any rank raises `NonFiniteLossError` on every rank
-    before the backward pass."""
-    with autocast_context(device, amp_dtype):
-        logits = parts.model(images)
-    loss = parts.criterion(logits.float(), targets, epoch=epoch, num_epochs=num_epochs, indices=indices)
-    loss_value = float(loss.item())
-    if any_rank_true(not math.isfinite(loss_value), device):
-        raise NonFiniteLossError(f"loss {loss_value}")
-    parts.optimizer.zero_grad(set_to_none=True)
-    parts.scaler.scale(loss).backward()
-    parts.scaler.step(parts.optimizer)
-    parts.scaler.update()
-    parts.scheduler.step()
-    parts.ema.update(unwrap_model(parts.model))
-    if parts.train_prior is not None:
-        parts.train_prior.update(logits.detach().float())
-    return loss_value
-
-
 def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epochs: int,
                     amp_dtype: torch.dtype | None = None, resume: ResumePoint | None = None,
                     print_freq: int = 64, should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[int, float, float], None] | None = None,
                     show_progress: bool = False) -> EpochResult:
-    """One epoch of :func:`train_step` over ``loader``. ``resume`` (a `ResumePoint` of this epoch) skips
-    its ``steps_done`` batches (loaded, not trained on) then restores its RNG state. ``should_stop`` is
-    polled after every (complete) step: True ends the epoch with ``interrupted=True``. ``on_step(step,
-    loss, lr)`` is called after each step, ``step`` counted within the epoch."""
+    """One epoch (0-based ``epoch``) of the paper's step (AMP forward, float32 loss given the 1-based epoch,
+    OneCycle and EMA steps). ``resume`` skips its ``steps_done`` batches (loaded, so every generator
+    advances as in the original run), then restores its RNG state."""
     resume = resume or ResumePoint(epoch=epoch)
     parts.model.train()
     started = time.perf_counter()
@@ -186,15 +124,25 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            try:
-                loss_value = train_step(parts, images, targets, device, amp_dtype, indices=indices,
-                                        epoch=epoch + 1, num_epochs=num_epochs)
-            except NonFiniteLossError as error:
+            with autocast_context(device, amp_dtype):
+                logits = parts.model(images)
+            loss = parts.criterion(logits.float(), targets, epoch=epoch + 1, num_epochs=num_epochs,
+                                   indices=indices)
+            loss_value = float(loss.item())
+            if any_rank_true(not math.isfinite(loss_value), device):
                 lr = parts.scheduler.get_last_lr()[0]
                 raise NonFiniteLossError(
-                    f"training diverged: {error} at epoch {epoch + 1}, step {step + 1}/{total} (learning "
-                    f"rate {lr:.3g} at that step); nothing of this step was saved. Lower --lr; with --amp "
-                    "and float16 try --amp_dtype bfloat16 or --no-amp") from None
+                    f"training diverged: loss {loss_value} at epoch {epoch + 1}, step {step + 1}/{total} "
+                    f"(learning rate {lr:.3g} at that step); nothing of this step was saved. Lower --lr; "
+                    "with --amp and float16 try --amp_dtype bfloat16 or --no-amp")
+            parts.optimizer.zero_grad(set_to_none=True)
+            parts.scaler.scale(loss).backward()
+            parts.scaler.step(parts.optimizer)
+            parts.scaler.update()
+            parts.scheduler.step()
+            parts.ema.update(unwrap_model(parts.model))
+            if parts.train_prior is not None:
+                parts.train_prior.update(logits.detach().float())
             loss_sum += loss_value
             steps_done = step + 1
             lr = parts.scheduler.get_last_lr()[0]
@@ -221,9 +169,7 @@ def _is_channels_last(model) -> bool:
         and not weight.is_contiguous()
 
 
-# ------------------------------------------------------------------------------------------ evaluation
 def _num_classes(loader, model) -> int:
-    """``len(loader.dataset.class_names)``, else the model's ``num_classes``."""
     names = getattr(loader.dataset, "class_names", None)
     if names is not None:
         return len(names)
@@ -236,10 +182,8 @@ def _num_classes(loader, model) -> int:
 
 @torch.no_grad()
 def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
-    """``({name: float32 logits (B, C) on device}, targets as loaded)`` per batch, each batch loaded once
-    for all ``models``: the loop of :func:`predict` and the clean pass. Each model runs unwrapped (DDP's
-    buffer broadcast would hang when ranks run different numbers of batches), in eval mode (its own mode
-    is restored when the generator ends or is closed), fed channels_last when its weights are."""
+    """``({name: float32 logits (B, C)}, targets)`` per batch, in eval mode, unwrapped: DDP's buffer
+    broadcast would hang when ranks run different numbers of batches."""
     if is_dist() and not isinstance(loader.sampler, ShardSampler):
         raise ValueError("under DDP the evaluation loader must shard without padding; build it with "
                          "src.engine.build_eval_loader(dataset, batch_size, workers)")
@@ -266,9 +210,8 @@ def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
 
 @torch.no_grad()
 def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
-    """``(targets, scores)`` of every sample of ``loader.dataset`` (the order of :mod:`src.metrics`):
-    labels int8 (N, C) in {1, 0, -1}, sigmoid scores float32 (N, C); for a dict name -> model, ``scores``
-    is a dict name -> scores from one pass. Under DDP every rank gets the full arrays in dataset order."""
+    """``(targets, scores)``: labels int8 (N, C) in {1, 0, -1}, sigmoid scores float32 (N, C) (a dict name
+    -> scores for a dict of models, one pass), in dataset order on every rank."""
     models = model if isinstance(model, dict) else {"": model}
     names = list(models)
     num_classes = _num_classes(loader, models[names[0]])
@@ -292,14 +235,8 @@ def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
 
 def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
              return_predictions: bool = False) -> dict:
-    """The metrics of :func:`predict`'s scores (for a dict of models: a dict name -> metrics, one pass);
-    with ``return_predictions`` each also holds the arrays under 'targets' and 'scores'.
-
-    Full labels: the paper's mAP (a class without positives counts AP 0; their number is reported).
-    Partial labels (any -1): AP over annotated entries only, classes without annotated samples, positives
-    or negatives skipped (counted by reason), and ``mAP_weighted`` (weighted by each class's positives).
-    ``ap_per_class`` in [0, 1], NaN when skipped. Then src.metrics' threshold metrics at ``threshold``.
-    """
+    """The metrics of :func:`predict`'s scores (a dict name -> metrics for a dict of models). Full labels:
+    the paper's mAP; any -1: the partial AP of src.metrics. ``ap_per_class`` in [0, 1], NaN when skipped."""
     targets, scores = predict(model, loader, device, amp_dtype=amp_dtype)
     partial = bool((targets == -1).any())
     results = {}
@@ -326,20 +263,12 @@ def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, thr
 @torch.no_grad()
 def compute_prior_from_model(model: torch.nn.Module, dataset, device, batch_size: int = 64, workers: int = 0,
                              amp_dtype: torch.dtype | None = None) -> np.ndarray:
-    """The clean pass: the prior as the mean sigmoid prediction per class over ``dataset``, float32 (C,).
-
-    Pass the training set with the eval transform (`src.data.eval_view`): in eval mode without
-    augmentation the estimate does not depend on the last epoch's random crops - unlike the paper's code,
-    which averages the training batches' predictions while the model changes (``--estimate_prior
-    running_average``). Under DDP only the C sums are all-reduced, never the N x C predictions.
-    """
+    """The clean pass: the mean sigmoid prediction per class, float32 (C,), of the training set with the
+    eval transform (`src.data.eval_view`), unlike the paper's running average over changing models."""
     if len(dataset) == 0:
         raise ValueError("compute_prior_from_model: the dataset is empty; check --data and the split")
     loader = build_eval_loader(dataset, batch_size, workers, device)
-    class_names = getattr(dataset, "class_names", None)
-    if not class_names:  # the class count as predict gets it: dataset, else model
-        class_names = [str(c) for c in range(_num_classes(loader, model))]
-    accumulator = ComputePrior(class_names)
+    accumulator = ComputePrior([str(c) for c in range(_num_classes(loader, model))])
     with contextlib.closing(_batches({"": model}, loader, device, amp_dtype)) as batches:
         for logits, _ in batches:
             accumulator.update(logits[""])
@@ -349,17 +278,8 @@ def compute_prior_from_model(model: torch.nn.Module, dataset, device, batch_size
 
 def describe_map(result: dict) -> str:
     """'mAP 71.23' or 'partial mAP 64.10 (AP over annotated labels; 3 of 80 classes skipped)'."""
-    value = result["mAP"]
-    text = f"{value:.2f}" if math.isfinite(value) else "nan"
+    text = f"{result['mAP']:.2f}"  # NaN prints as nan
     if result["partial"]:
         return (f"partial mAP {text} (AP over annotated labels only; {result['num_classes_skipped']} of "
                 f"{result['num_classes']} classes skipped: no annotated sample, positive or negative)")
     return f"mAP {text}"
-
-
-SCALAR_METRIC_KEYS = ("mAP", *THRESHOLD_METRIC_KEYS, "num_classes_skipped")
-
-
-def scalar_metrics(result: dict, prefix: str) -> dict:
-    """The JSON-friendly scalars of an evaluate() result, keys prefixed (e.g. 'test_ema_mAP')."""
-    return {f"{prefix}{key}": result[key] for key in SCALAR_METRIC_KEYS if key in result}

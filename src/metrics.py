@@ -1,49 +1,13 @@
-"""Multi-label evaluation metrics: average precision (full and partial labels) and threshold metrics.
+"""Multi-label metrics. Labels (N samples x C classes): 1 positive, 0 negative, -1 un-annotated (left out
+everywhere); scores are any reals. Every function takes ``(targets, scores)``; the paper's names keep their
+signatures as aliases at the end.
 
-Label convention (N samples x C classes): 1 positive, 0 negative, -1 un-annotated. Scores are any real
-numbers (logits or probabilities); only their order matters for AP.
-
-Average precision of one class (non-interpolated)
-    Sort the annotated samples of the class by descending score. For a positive sample ranked r,
-    precision@r = (#positives ranked <= r) / r.  AP = mean of precision@r over the class's positives.
-
-Ties
-    Samples with equal scores form a *tie group* that is ranked together: every positive inside a
-    group gets the precision at the group's LAST rank, i.e. (#positives with score >= s) / (#samples
-    with score >= s). This is the pessimistic convention, identical to scikit-learn's
-    ``average_precision_score`` (which sums over distinct thresholds), and it makes the result
-    independent of how a sort orders equal keys. Without ties it is the textbook definition above.
-
-Full vs partial labels
-    ``average_precision_per_class`` / ``mean_average_precision`` ignore -1 entries and give AP 0 to a
-    class without positives (as the paper's code does), so the mean is over all C classes.
-    ``partial_average_precision`` instead excludes (ap = -1) every class with no annotated sample, no
-    positive or no negative, counts them, and averages over the kept classes: ``mAP`` is the plain mean,
-    ``mAP_weighted`` the mean weighted by each kept class's number of positives (the paper's code calls
-    it ``map_macro``). If no class is kept both are NaN.
-
-Algorithm (one path for dense and sparse input)
-    The annotated entries, as flat (class id, score, is positive) arrays, are grouped by class (one radix
-    sort of int16 class ids); each class sorts its scores and reads both "at or above" counts with
-    ``np.searchsorted``. This per-class loop was faster than vectorised single-sort code at every scale
-    measured (docs/benchmarks.md): COCO val in 0.1 s, OpenImages test (18M annotated entries) in 1.5 s.
-
-Threshold metrics (``threshold_metrics``, ``topk_metrics``), as in ML-GCN / ASL papers, in percent
-    Over annotated entries only: TP_c, predicted-positive count NP_c, ground-truth positives NG_c.
-    CP = mean_c TP_c/NP_c, CR = mean_c TP_c/NG_c (over all C classes; a class with NP_c = 0 has
-    precision 0 and one with NG_c = 0 has recall 0, like scikit-learn's ``zero_division=0``),
-    OP = sum TP / sum NP, OR = sum TP / sum NG, and F1 = 2PR/(P+R) (0 when P+R = 0) for both.
-    A prediction is positive when score >= threshold; for top-k, when the score is >= the row's k-th
-    largest score over all classes (so entries tied with the k-th score are all predicted). Un-annotated
-    entries take part in choosing the top k but are not counted.
-
-Inputs may be numpy arrays or torch tensors (moved to CPU); accumulation is in float64.
-
-Conventions: every function takes ``(targets, scores)`` in that order (labels first, as scikit-learn's
-``(y_true, y_score)``); parameters such as ``threshold`` and ``k`` are keyword-only. The paper's names keep
-their paper signatures as thin aliases at the end of this module: ``average_precision(output, target)``
-(scores first), ``mAP(targs, preds)``, ``AP_partial(targs, preds)`` (the plain 6-tuple) and
-``mAP_partial(targs, preds)``; ``src.helper_functions.helper_functions`` re-exports them.
+AP of a class: the mean over its positives of precision at their rank; tied scores share the precision at
+the tie group's last rank (= scikit-learn), so no result depends on sort order. Full labels: a class
+without positives counts AP 0 (as the paper). Partial labels: a class without an annotated sample,
+positive or negative is skipped and counted; ``mAP_weighted`` weights by positives.
+Threshold / top-k metrics (percent, as ML-GCN / ASL): CP, CR per-class means (0 where nothing is predicted
+/ no positive), OP, OR over all annotated entries, and their F1.
 """
 
 from __future__ import annotations
@@ -52,13 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-# The keys of the dicts returned by threshold_metrics / topk_metrics, in this order.
 THRESHOLD_METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
-# -------------------------------------------------------------------------- Input conversion and validation
 def _to_numpy(array, name: str) -> np.ndarray:
-    """numpy view of a numpy array, torch tensor or nested sequence (torch is not imported here)."""
     if hasattr(array, "detach") and hasattr(array, "cpu"):
         tensor = array.detach().cpu()
         if str(tensor.dtype) == "torch.bfloat16":  # numpy has no bfloat16
@@ -71,13 +32,9 @@ def _to_numpy(array, name: str) -> np.ndarray:
     return array
 
 
-DEFAULT_SCORE_HINT = "scores must be finite - check the model outputs for overflow"
-
-
-def check_finite_scores(scores, what: str, hint: str = DEFAULT_SCORE_HINT) -> None:
-    """Raise a ValueError naming ``what``, the number and first index of NaN/inf values of ``scores``
-    (numpy array or torch tensor) and ``hint``; the one finiteness check of model outputs (evaluation
-    through these metrics, and infer.py)."""
+def check_finite_scores(scores, what: str,
+                        hint: str = "scores must be finite - check the model outputs for overflow") -> None:
+    """ValueError naming ``what``, the count and first index of NaN/inf values and ``hint``."""
     scores = _to_numpy(scores, what)
     # A float64 sum of finite values is finite unless it overflows; only then pay for the exact check.
     with np.errstate(over="ignore", invalid="ignore"):
@@ -87,10 +44,8 @@ def check_finite_scores(scores, what: str, hint: str = DEFAULT_SCORE_HINT) -> No
     bad = ~np.isfinite(scores)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{what} contains {int(bad.sum())} NaN/inf value(s) (first at index {first}: "
-            f"{scores[first]}); {hint}"
-        )
+        raise ValueError(f"{what} contains {int(bad.sum())} NaN/inf value(s) (first at index {first}: "
+                         f"{scores[first]}); {hint}")
 
 
 def _check_scores(scores: np.ndarray, name: str) -> np.ndarray:
@@ -103,26 +58,19 @@ def _check_scores(scores: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    """Return labels as int8 after checking every value is -1, 0 or 1."""
     bad = (labels != -1) & (labels != 0) & (labels != 1)  # also catches NaN; bool labels pass
     if bad.any():
-        bad_values = np.unique(labels[bad])
-        raise ValueError(
-            f"metrics: {name} must contain only 1 (positive), 0 (negative) or -1 (un-annotated); "
-            f"found other values {bad_values[:10].tolist()}"
-        )
+        raise ValueError(f"metrics: {name} must contain only 1 (positive), 0 (negative) or -1 "
+                         f"(un-annotated); found other values {np.unique(labels[bad])[:10].tolist()}")
     return labels.astype(np.int8, copy=False)
 
 
 def _prepare(targets, scores, allow_1d: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a (targets, scores) pair; returns int8 labels and float scores of equal 2-D shape."""
     targets = _to_numpy(targets, "targets")
     scores = _to_numpy(scores, "predictions")
     if targets.shape != scores.shape:
-        raise ValueError(
-            f"metrics: targets shape {targets.shape} != predictions shape {scores.shape}; both must be "
-            "(num_samples, num_classes)"
-        )
+        raise ValueError(f"metrics: targets shape {targets.shape} != predictions shape {scores.shape}; both "
+                         "must be (num_samples, num_classes)")
     if allow_1d and targets.ndim == 1:
         targets, scores = targets[:, None], scores[:, None]
     if targets.ndim != 2:
@@ -133,11 +81,9 @@ def _prepare(targets, scores, allow_1d: bool = False) -> tuple[np.ndarray, np.nd
     return _check_labels(targets, "targets"), _check_scores(scores, "predictions")
 
 
-# ----------------------------------------------------------------------------------- Average precision core
 def _ap_sums(class_ids, scores, positive, num_classes: int):
-    """Per class: (sum over its positives of tie-aware precision, #positives, #entries), float64 / int64
-    (C,) each, of annotated entries given as flat arrays in any order: class_ids int (n,), scores float (n,),
-    positive bool (n,)."""
+    """Per class (C,): sum over its positives of tie-aware precision, #positives, #entries, of annotated
+    entries as flat arrays. A per-class loop: the fastest measured (docs/benchmarks.md)."""
     n_entries = np.bincount(class_ids, minlength=num_classes)
     bounds = np.concatenate(([0], np.cumsum(n_entries)))
     narrow = np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32  # int16 -> O(n) radix sort
@@ -160,7 +106,6 @@ def _ap_sums(class_ids, scores, positive, num_classes: int):
 
 
 def _ap_sums_dense(targets: np.ndarray, scores: np.ndarray):
-    """:func:`_ap_sums` of prepared (N, C) int8 labels and float scores; -1 entries are left out."""
     num_classes = targets.shape[1]
     flat = np.flatnonzero(targets != -1)  # row-major: class id = flat index mod C
     class_ids = (flat % num_classes).astype(np.int32)
@@ -168,30 +113,22 @@ def _ap_sums_dense(targets: np.ndarray, scores: np.ndarray):
 
 
 def _full_label_ap(targets: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AP per class of prepared arrays; -1 entries ignored, a class without positives gets 0."""
     precision_sum, n_pos, _ = _ap_sums_dense(targets, scores)
     return precision_sum / np.maximum(n_pos, 1)
 
 
-# --------------------------------------------------------------------------- Average precision: full labels
 def average_precision_per_class(targets, scores) -> np.ndarray:
-    """Non-interpolated, tie-aware AP of every class: (N, C) labels and scores -> float64 (C,) in [0, 1].
-
-    -1 labels are ignored; a class without positives gets AP 0 (as the paper's code does).
-    """
+    """Non-interpolated, tie-aware AP of every class, float64 (C,) in [0, 1]; no positives: 0."""
     return _full_label_ap(*_prepare(targets, scores))
 
 
 def mean_average_precision(targets, scores) -> float:
-    """The paper's mAP: 100 x mean over ALL classes of :func:`average_precision_per_class` (a class
-    without positives counts 0)."""
+    """The paper's mAP: 100 x mean over ALL classes of :func:`average_precision_per_class`."""
     return 100.0 * float(_full_label_ap(*_prepare(targets, scores)).mean())
 
 
-# ------------------------------------------------------------------------ Average precision: partial labels
 class PartialAP(NamedTuple):
-    """Result of :func:`partial_average_precision`; its fields are in the order of the paper's
-    ``AP_partial`` tuple ``(ap, map, map_macro, n_no_labels, n_no_neg, n_no_pos)``."""
+    """Fields in the order of the paper's ``AP_partial`` tuple (its ``map_macro`` is ``mAP_weighted``)."""
 
     ap_per_class: np.ndarray  # float64 (C,) in [0, 1]; -1 for a skipped class
     mAP: float  # percent: plain mean AP over the kept classes (NaN when none is kept)
@@ -206,7 +143,6 @@ class PartialAP(NamedTuple):
 
 
 def _summarise_partial(precision_sum, n_pos, n_entries) -> PartialAP:
-    """Exclusion rules and averages shared by the dense and sparse partial-label entry points."""
     n_neg = n_entries - n_pos
     no_labels = n_entries == 0
     no_pos = ~no_labels & (n_pos == 0)
@@ -223,39 +159,27 @@ def _summarise_partial(precision_sum, n_pos, n_entries) -> PartialAP:
 
 
 def partial_average_precision(targets, scores) -> PartialAP:
-    """AP over annotated entries only, for (N, C) labels with -1 (un-annotated) entries.
-
-    A class without an annotated sample, positive or negative is skipped (its AP is -1) and counted once,
-    in that order of checks; ``mAP`` and ``mAP_weighted`` (percent) average over the kept classes.
-    """
+    """AP over annotated entries; a class without an annotated sample, positive or negative is skipped
+    (AP -1) and counted once, in that order of checks."""
     return _summarise_partial(*_ap_sums_dense(*_prepare(targets, scores)))
 
 
 def partial_average_precision_sparse(class_ids, labels, scores, *, num_classes: int) -> PartialAP:
-    """:func:`partial_average_precision` of annotated entries given as flat arrays (one element each).
-
-    class_ids: int (n,) in [0, num_classes); labels: (n,) in {0, 1} (-1 entries are dropped); scores:
-    float (n,). Avoids building the dense N x C matrix for huge, sparsely annotated label sets.
-    """
+    """:func:`partial_average_precision` of flat (n,) arrays, without the dense N x C matrix of huge,
+    sparsely annotated label sets; class_ids in [0, num_classes), -1 labels dropped."""
     class_ids = _to_numpy(class_ids, "class_ids")
     labels = _to_numpy(labels, "labels")
     scores = _to_numpy(scores, "scores")
-    if not (class_ids.ndim == scores.ndim == labels.ndim == 1) or not (
-        class_ids.shape == scores.shape == labels.shape
-    ):
-        raise ValueError(
-            "metrics: partial_average_precision_sparse needs 1-D class_ids, labels, scores of equal "
-            f"length; got shapes {class_ids.shape}, {labels.shape}, {scores.shape}"
-        )
+    if not (class_ids.ndim == 1 and class_ids.shape == scores.shape == labels.shape):
+        raise ValueError("metrics: partial_average_precision_sparse needs 1-D class_ids, labels, scores of "
+                         f"equal length; got shapes {class_ids.shape}, {labels.shape}, {scores.shape}")
     if int(num_classes) < 1 or class_ids.size == 0:
         raise ValueError(f"metrics: empty input (num_classes={num_classes}, {class_ids.size} entries)")
     if not np.issubdtype(class_ids.dtype, np.integer):
         raise ValueError(f"metrics: class_ids must be integers, got dtype {class_ids.dtype}")
     if class_ids.min() < 0 or class_ids.max() >= num_classes:
-        raise ValueError(
-            f"metrics: class_ids must lie in [0, {num_classes}); found range "
-            f"[{class_ids.min()}, {class_ids.max()}]"
-        )
+        raise ValueError(f"metrics: class_ids must lie in [0, {num_classes}); found range "
+                         f"[{class_ids.min()}, {class_ids.max()}]")
     labels = _check_labels(labels, "labels")
     scores = _check_scores(scores, "scores")
     annotated = labels != -1
@@ -265,7 +189,6 @@ def partial_average_precision_sparse(class_ids, labels, scores, *, num_classes: 
     return _summarise_partial(*_ap_sums(class_ids, scores, labels == 1, int(num_classes)))
 
 
-# -------------------------------------------------------------------------------- Threshold / top-k metrics
 def _safe_ratio(numerator, denominator):
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
@@ -299,10 +222,7 @@ def threshold_metrics(targets, scores, *, threshold: float) -> dict[str, float]:
 
 
 def topk_metrics(targets, scores, *, k: int) -> dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 (percent) predicting each sample's k highest-scoring classes.
-
-    Scores tied with a row's k-th largest score are all predicted (so no dependence on sort order).
-    """
+    """CP..OF1 (percent) predicting each sample's k best classes (and every score tied with the k-th)."""
     targets, scores = _prepare(targets, scores)
     num_classes = targets.shape[1]
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= num_classes:
@@ -311,26 +231,21 @@ def topk_metrics(targets, scores, *, k: int) -> dict[str, float]:
     return _counts_to_metrics(targets, scores >= kth_largest)
 
 
-# -------------- The paper's names and signatures (src/helper_functions/helper_functions.py of the CSL code)
+# The paper's names and signatures (its src/helper_functions/helper_functions.py)
 def average_precision(output, target):
-    """The paper's argument order (scores first): :func:`average_precision_per_class` for (N, C) input;
-    a 1-D (N,) pair (one class) gives a float."""
+    """Scores first, as the paper; a 1-D (N,) pair (one class) gives a float."""
     target_2d, output_2d = _prepare(target, output, allow_1d=True)
     ap = _full_label_ap(target_2d, output_2d)
     return float(ap[0]) if np.ndim(output) == 1 else ap
 
 
 def mAP(targs, preds) -> float:
-    """The paper's name of :func:`mean_average_precision`."""
     return mean_average_precision(targs, preds)
 
 
 def AP_partial(targs, preds) -> tuple:
-    """The paper's name of :func:`partial_average_precision`, as its plain tuple
-    ``(ap, map, map_macro, n_no_labels, n_no_neg, n_no_pos)`` (map_macro is ``mAP_weighted``)."""
     return tuple(partial_average_precision(targs, preds))
 
 
 def mAP_partial(targs, preds) -> float:
-    """The paper's name of ``partial_average_precision(targs, preds).mAP``."""
     return partial_average_precision(targs, preds).mAP

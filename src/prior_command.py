@@ -1,19 +1,7 @@
-"""``python -m src.prior`` (src/prior/__main__.py calls `cli`): the clean-pass prior of a checkpoint, and how
-well it ranks the classes.
-
-Runs `src.engine.compute_prior_from_model` (eval mode, validation transform) over the training images with
-their partial labels, writes the paper's ``Classes,avg_pred`` file and, when the full labels are known
-(coco, also the embedded dataset), prints Spearman's rho and the top-k lists of this estimate, the naive
-counts and the ``--compare`` files against the true frequencies. Under torchrun every rank predicts a
-disjoint shard; rank 0 writes and reports. Image size and architecture come from the checkpoint
-(`src.models.load_model_for_command`; a paper checkpoint records no size: 448 px).
-
-The output defaults to ``<checkpoint folder>/prior_<labels>_<checkpoint name>[_ema].csv`` (e.g.
-``prior_fpc_1000_best.csv``): one file per checkpoint and weights, never train.py's
-``<path_dest>/priors/prior_fpc_1000.csv``::
-
-    python -m src.prior --model_path outputs/stage1/best.pth --data data/embedded \
-        --simulate_partial_type fpc --simulate_partial_param 1000 --compare outputs/priors/negative_mode.csv
+"""``python -m src.prior``: the clean-pass prior of a checkpoint over the training images (with their
+partial labels), written as ``Classes,avg_pred`` (default ``<checkpoint folder>/prior_<labels>_<checkpoint
+name>[_ema].csv``); with full labels known (coco, embedded) it also prints how well this estimate, the naive
+counts and the ``--compare`` files rank the classes. Image size and architecture come from the checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +28,7 @@ from src.engine import compute_prior_from_model
 from src.models import EVAL_SETTING_FLAGS, check_model_classes, load_model_for_command, weights_stem
 from src.prior import (
     naive_estimates,
+    prior_file_stem,
     rank_report,
     rank_statistics,
     read_prior_csv,
@@ -75,19 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(args) -> str:
-    if args.partial_labels:
-        stem = os.path.splitext(os.path.basename(args.partial_labels))[0]
-    elif args.simulate_partial_type:
-        stem = f"{args.simulate_partial_type}_{args.simulate_partial_param:g}"
-    else:
-        stem = args.dataset_type
     checkpoint = weights_stem(args.model_path) + ("_ema" if args.use_ema else "")
-    return weights_output_path(args.model_path, f"prior_{stem}_{checkpoint}.csv")
+    return weights_output_path(args.model_path, f"{prior_file_stem(args)}_{checkpoint}.csv")
 
 
 def _load_train_sets(args, verbose: bool = True):
-    """(train set with the eval transform and the partial labels, full labels or None). Full labels are
-    known for coco (also the embedded dataset): the partial labels are simulated from its complete file."""
+    """(train set, eval transform, partial labels; its full labels: known for coco/embedded, else None)."""
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     train_full = build_split_from_args(args, "train", transform)
     if verbose and train_full.describe_load_stats() is not None:
@@ -104,7 +86,6 @@ def _load_train_sets(args, verbose: bool = True):
 
 
 def _report(args, train_set, full_labels, class_names, prior, compares) -> tuple[str | None, dict | None]:
-    """Print the ranking against the true frequencies (or the top lists without full labels)."""
     estimates = {"this estimate": prior, **naive_estimates(train_set.labels), **compares}
     if full_labels is None:
         print(f"\nfull labels of {args.dataset_type} are unknown: no ranking against the truth. Top "
@@ -121,8 +102,8 @@ def _report(args, train_set, full_labels, class_names, prior, compares) -> tuple
 
 
 def main(argv=None) -> dict:
-    """Run the command; returns {'path', 'prior', 'class_names', 'report', 'statistics'} (the last two
-    None without full labels, and on ranks other than 0)."""
+    """Returns {'path', 'prior', 'class_names', 'report', 'statistics'} (the last two None without full
+    labels and on ranks other than 0)."""
     args = build_parser().parse_args(argv)
     require_weights(args.model_path, "--model_path", "checkpoint",
                     "pass the stage-1 model (e.g. <path_dest>/best.pth)")

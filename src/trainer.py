@@ -1,9 +1,6 @@
 """One training run of train.py: the epoch loop, evaluation of the regular and EMA weights, model
-selection, checkpoints (``last.pth`` every epoch, ``best.pth`` when the selection metric improves),
-``metrics.jsonl`` and SIGTERM handling. train.py builds the parts; the rest of a run (console report,
-priors, the record of what CSL's top-k ignored) and what tests and tools do to it are
-`src.callbacks.Callback` objects. Epochs count from 1 in every output; only the engine takes the 0-based
-index.
+selection, checkpoints, ``metrics.jsonl`` and SIGTERM. The rest of a run is `src.callbacks.Callback`
+objects. Epochs count from 1 in every output; only the engine takes the 0-based index.
 """
 
 from __future__ import annotations
@@ -27,11 +24,11 @@ from src.engine import (
     build_eval_loader,
     evaluate,
     predict,
-    scalar_metrics,
     seed_epoch,
     train_one_epoch,
 )
 from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_SETTING_NAMES, LOSS_SETTINGS
+from src.metrics import THRESHOLD_METRIC_KEYS
 from src.models import model_metadata
 from src.utils.checkpoint import ResumePoint, save_checkpoint
 from src.utils.cli import ConfigError, ExitRequest
@@ -49,6 +46,7 @@ from src.utils.seed import capture_rng_state
 LOSS_GROWTH_WARNING = 10.0  # a step loss this many times the run's first one: warn (once) of divergence
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a pre-empted job
 PAPER_PROTOCOL = "best over epochs on the evaluation set (paper protocol)"
+SCALAR_METRIC_KEYS = ("mAP", *THRESHOLD_METRIC_KEYS, "num_classes_skipped")  # metrics.jsonl, per split
 CHECKPOINT_FORMAT = 2  # 2: epochs counted from 1 (``epoch``, ``best``, ``history``); before: from 0
 # Settings that shape the training trajectory: a resumed run must use the checkpoint's values. Every loss
 # setting comes from the loss table; -j changes how the augmentation RNGs are seeded.
@@ -71,8 +69,7 @@ class TrainingInterrupted(ExitRequest):
 
 @dataclass
 class DataSplits:
-    """The training images (after any --val_split hold-out), the evaluation set, the held-out selection
-    set (or None: the paper's protocol selects on the evaluation set) and the full training set."""
+    """``train``: after any --val_split hold-out; ``selection``: None selects on the evaluation set."""
 
     train: object
     evaluation: object
@@ -85,13 +82,12 @@ class DataSplits:
 
 
 def last_epoch(epochs: int, stop_epoch: int | None) -> int:
-    """The last epoch a run trains: --stop_epoch ends it early, never late (as the paper's loop)."""
+    """--stop_epoch ends a run early, never late (as the paper's loop)."""
     return epochs if stop_epoch is None else min(stop_epoch, epochs)
 
 
 def data_identity(data: DataSplits) -> dict:
-    """What identifies the data a run trains and is evaluated on: classes in order, image counts and ids,
-    the training labels as trained on (partial) and the evaluation labels."""
+    """Classes in order, image counts and ids, the (partial) training labels and the evaluation labels."""
     train, evaluation = data.train_full, data.evaluation
     ids = "\n".join(str(i) for i in train.image_ids)
     return {"class_names": data.class_names, "num_train_images": len(train),
@@ -118,8 +114,7 @@ def _data_differences(saved: dict, current: dict) -> list[str]:
 
 def check_resume_compatible(checkpoint: dict, config: dict, ctx: DistributedContext, path: str,
                             data: dict | None = None) -> None:
-    """The checkpoint's run was started with the settings ``config`` has (`RESUME_MUST_MATCH`) and, when
-    ``data`` (`data_identity`) is given and the checkpoint records it, on the same data."""
+    """Refuse a checkpoint started with other `RESUME_MUST_MATCH` settings or (when both record it) data."""
     saved = checkpoint["args"]
     differences = [f"--{key}: checkpoint {saved.get(key, LOSS_DEFAULTS.get(key))!r}, now {config.get(key)!r}"
                    for key in RESUME_MUST_MATCH if saved.get(key, LOSS_DEFAULTS.get(key)) != config.get(key)]
@@ -134,8 +129,7 @@ def check_resume_compatible(checkpoint: dict, config: dict, ctx: DistributedCont
 
 
 def count_epochs_from_one(checkpoint: dict) -> dict:
-    """``checkpoint`` with its epochs (``epoch``, ``best``, each ``history`` record) counted from 1: those
-    of a checkpoint written before `CHECKPOINT_FORMAT` 2 counted from 0 and are shifted by one."""
+    """``checkpoint`` with its epochs counted from 1 (before `CHECKPOINT_FORMAT` 2 they counted from 0)."""
     if checkpoint.get("format_version", 1) >= CHECKPOINT_FORMAT:
         return checkpoint
 
@@ -153,26 +147,20 @@ def epoch_record(epoch, result: EpochResult, mean_loss, lr, results, selection_s
     record = {"epoch": epoch, "loss": mean_loss, "lr": lr, "steps": result.steps_done, "time_s": seconds,
               "train_time_s": result.seconds}
     for (split, variant), metrics in results.items():
-        record.update(scalar_metrics(metrics, f"{split}_{variant}_"))
+        record.update({f"{split}_{variant}_{key}": metrics[key]
+                       for key in SCALAR_METRIC_KEYS if key in metrics})
         record[f"{split}_partial"] = metrics["partial"]
-    regular = _finite_or_low(results[(selection_split, "regular")]["mAP"])
-    ema = _finite_or_low(results[(selection_split, "ema")]["mAP"])
-    record["selection_variant"] = "ema" if ema > regular else "regular"
-    record["selection_mAP"] = max(regular, ema)
-    record["selection_split"] = selection_split
+    # NaN (e.g. a partial mAP with every class skipped) never wins the selection.
+    regular, ema = (results[(selection_split, variant)]["mAP"] for variant in ("regular", "ema"))
+    regular, ema = (value if np.isfinite(value) else -float("inf") for value in (regular, ema))
+    record.update(selection_variant="ema" if ema > regular else "regular", selection_mAP=max(regular, ema),
+                  selection_split=selection_split)
     return record
 
 
-def _finite_or_low(value: float) -> float:
-    """NaN (e.g. a partial mAP with every class skipped) never wins the selection."""
-    return value if np.isfinite(value) else -float("inf")
-
-
 class Trainer:
-    """:meth:`fit` runs the epochs from the resume point (:meth:`restore`) on; :meth:`summary` returns the
-    result. ``parts.model`` is the model as trained (DDP/compiled wrapper or plain module), ``self.model``
-    the plain module inside it, whose weights are checkpointed. ``args``: train.py's resolved flags (what
-    args.json and the checkpoints record); ``amp_dtype``: the resolved autocast dtype or None."""
+    """:meth:`fit` runs the epochs from the resume point (:meth:`restore`) on. ``parts.model`` is the model
+    as trained (DDP/compiled wrapper or plain), ``self.model`` the plain module whose weights are saved."""
 
     def __init__(self, parts: TrainingParts, data: DataSplits, train_loader, eval_loaders: dict,
                  ctx: DistributedContext, args, amp_dtype: torch.dtype | None = None, callbacks=()):
@@ -195,9 +183,7 @@ class Trainer:
         self.logger: RunLogger | None = None
         self.data_identity = data_identity(data)
 
-    # ---------------------------------------------------------------- state
     def restore(self, checkpoint: dict, path: str) -> None:
-        """Continue from the train.py checkpoint ``checkpoint`` (read from ``path``) after checking it."""
         check_resume_compatible(checkpoint, vars(self.args), self.ctx, path, self.data_identity)
         checkpoint = count_epochs_from_one(checkpoint)
         parts = self.parts
@@ -217,7 +203,6 @@ class Trainer:
         main_print(self.ctx.is_main, f"resumed: epoch {self.resume.epoch + 1}, step {self.resume.steps_done}")
 
     def save(self, name: str, epoch: int, result: EpochResult, override: dict | None = None) -> None:
-        """``last.pth`` / ``best.pth`` (the layout: src/utils/checkpoint.py)."""
         parts = self.parts
         prior_state = parts.train_prior.reduced_state_dict() if parts.train_prior is not None else None
         if not self.ctx.is_main:  # the reduce above is a collective: all ranks get here
@@ -235,9 +220,7 @@ class Trainer:
         }
         save_checkpoint({**state, **(override or {})}, self.paths[name])
 
-    # ---------------------------------------------------------------- loop
     def open_outputs(self, extra_config: dict) -> None:
-        """args.json (the flags plus ``extra_config``), metrics.jsonl (reset to the resumed history)."""
         self.logger = RunLogger(self.args.path_dest, enabled=self.ctx.is_main)
         self.logger.write_args({**vars(self.args), **extra_config, "selection_protocol": self.protocol})
         if self.history:
@@ -245,13 +228,6 @@ class Trainer:
 
     def _on_step(self, step: int, loss_value: float, lr: float) -> None:
         self.global_step += 1
-        self._watch_loss(loss_value, lr)
-        if step % self.args.print_freq == 0 and self.logger is not None:
-            self.logger.log_step("train/loss", loss_value, self.global_step)
-            self.logger.log_step("train/lr", lr, self.global_step)
-        self._call("on_step", self.global_step)
-
-    def _watch_loss(self, loss_value: float, lr: float) -> None:
         if self.first_loss is None:
             self.first_loss = loss_value
         elif not self.warned_growth and loss_value > LOSS_GROWTH_WARNING * abs(self.first_loss):
@@ -260,9 +236,12 @@ class Trainer:
                        f"warning: the loss grew to {loss_value:.4g} at step {self.global_step}, over "
                        f"{LOSS_GROWTH_WARNING:g}x its first value {self.first_loss:.4g}: training may be "
                        f"diverging; consider a lower --lr (now {lr:.3g} at this step)")
+        if step % self.args.print_freq == 0 and self.logger is not None:
+            self.logger.log_step("train/loss", loss_value, self.global_step)
+            self.logger.log_step("train/lr", lr, self.global_step)
+        self._call("on_step", self.global_step)
 
     def check_finite_weights(self, epoch: int) -> None:
-        """Non-finite weights (regular or EMA) stop the run before anything of them is saved."""
         for variant, net in (("regular", self.model), ("ema", self.parts.ema.module)):
             bad = [name for name, tensor in net.state_dict().items()
                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
@@ -288,24 +267,23 @@ class Trainer:
             show_progress=self.ctx.is_main and sys.stderr.isatty())
 
     def sync_ranks(self) -> None:
-        """Give every rank rank 0's buffers and EMA state, the state that is evaluated and saved."""
+        # Every rank gets rank 0's buffers and EMA state: those are evaluated and saved.
         broadcast_tensors(list(self.model.buffers()))
         broadcast_tensors(list(self.parts.ema.module.state_dict().values()))
 
     def evaluate_epoch(self) -> dict:
-        """{(split, variant): metrics} for split in the loaders ('test', 'select'), variant regular/ema."""
+        # {(split, variant): metrics}; one pass per split: each batch is decoded once for both variants
         results = {}
         models = {"regular": self.parts.model, "ema": self.parts.ema.module}
-        for split, loader in self.eval_loaders.items():  # one pass per split: each batch decoded once
+        for split, loader in self.eval_loaders.items():
             metrics = evaluate(models, loader, self.ctx.device, amp_dtype=self.amp_dtype,
                                 threshold=self.args.thre)
             results.update({(split, variant): metrics[variant] for variant in models})
         return results
 
     def training_pass(self, epoch: int) -> None:
-        """Losses that relabel from the model's predictions on the training set (em_apl) get them after
-        the epoch, before the checkpoint (so a resumed run has the same labels): eval mode, no
-        augmentation, dataset order, every rank (the loss's update is a collective)."""
+        """em_apl relabels from predictions on the training set (eval mode, no augmentation) after the
+        epoch, before the checkpoint, so a resumed run has the same labels; a collective."""
         criterion, args = self.parts.criterion, self.args
         wants = getattr(criterion, "wants_training_pass", None)
         if wants is None or not wants(epoch, args.epochs):
@@ -342,8 +320,7 @@ class Trainer:
         self.save("last", epoch, result)
 
     def fit(self) -> None:
-        """Train from the resume point to ``last_epoch``; SIGTERM ends it with last.pth saved (and
-        no ``on_train_end``)."""
+        """SIGTERM ends the run with last.pth saved (and no ``on_train_end``)."""
         self.global_step = self.resume.epoch * self.steps_per_epoch + self.resume.steps_done
         try:
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)

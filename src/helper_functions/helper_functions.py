@@ -1,9 +1,4 @@
-"""Compatibility module: the import path of the paper's code.
-
-The paper's code imports its metrics, COCO dataset and augmentations from
-``src.helper_functions.helper_functions``; here they live in the modules that own them (`src.metrics`,
-with the paper's signatures, `src.data.coco` and `src.data.transforms`) and are re-exported unchanged.
-"""
+"""The paper's import path: its metrics, COCO dataset and augmentation, re-exported from their owners."""
 
 from src.data.coco import CocoDetection
 from src.data.transforms import CutoutPIL

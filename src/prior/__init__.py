@@ -1,15 +1,10 @@
-"""The class prior of CSL's selective mode: its file, its running estimate, and how well it ranks classes.
-
-The prior of class c is the fraction of training images that contain it, P(c); CSL estimates it as the
-mean predicted probability of the stage-1 model (``--partial_loss_mode ignore``) over the training
-images, ``prior[c] = (1 / N) * sum_i sigmoid(model(x_i))[c]``. Here: the ``Classes,avg_pred`` CSV
-(`csv_format`), the running mean `ComputePrior` (`accumulator`) and the rank statistics against the true
-frequencies (`ranking`). The clean pass that runs a model (`src.engine.compute_prior_from_model`) and
-``python -m src.prior`` sit above: this package imports neither the engine nor models nor datasets.
+"""The class prior of CSL's selective mode, P(c) estimated as the mean sigmoid prediction of the stage-1
+model over the training images: its ``Classes,avg_pred`` file, its running mean and its rank statistics.
+The clean pass and ``python -m src.prior`` sit above; this package imports no engine, model or dataset.
 """
 
 from src.prior.accumulator import ComputePrior
-from src.prior.csv_format import PRIOR_CSV_COLUMNS, read_prior_csv, write_prior_csv
+from src.prior.csv_format import PRIOR_CSV_COLUMNS, prior_file_stem, read_prior_csv, write_prior_csv
 from src.prior.ranking import (
     average_ranks,
     naive_estimates,
@@ -24,6 +19,7 @@ __all__ = [
     "ComputePrior",
     "average_ranks",
     "naive_estimates",
+    "prior_file_stem",
     "rank_report",
     "rank_statistics",
     "read_prior_csv",

@@ -1,9 +1,6 @@
-"""`ComputePrior`: the paper's running mean of the sigmoid predictions per class.
-
-train.py feeds it the logits of every training batch (``--estimate_prior running_average``); the
-clean pass (`src.engine.compute_prior_from_model`) feeds it the eval-mode logits of the training images.
-The state is C float64 sums and an image count, so it can be saved in a checkpoint (`state_dict`), resumed
-(`load_state_dict`) and summed over torch.distributed ranks (`all_reduce`, `reduced_state_dict`).
+"""`ComputePrior`: the paper's running mean of the sigmoid predictions per class, fed the training batches
+(``--estimate_prior running_average``) or the clean pass. Its state (C float64 sums and a count) is saved,
+resumed and summed over ranks.
 """
 
 from __future__ import annotations
@@ -21,8 +18,7 @@ def _accumulator_dtype(device: torch.device) -> torch.dtype:
 
 
 class ComputePrior:
-    """Running mean of sigmoid predictions per class. ``classes``: the class names, or a mapping whose
-    values are the names (as in the paper's code). The sums live on the device of the logits."""
+    """``classes``: the names, or a mapping whose values are the names (as the paper's code)."""
 
     def __init__(self, classes: Sequence[str] | Mapping):
         names = list(classes.values()) if isinstance(classes, Mapping) else list(classes)
@@ -30,48 +26,38 @@ class ComputePrior:
             raise ValueError("ComputePrior needs at least one class name")
         self.classes = [str(name) for name in names]
         self._sums: torch.Tensor | None = None
-        self._count = 0
+        self.count = 0  # images (rows of logits) accumulated
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     @property
-    def count(self) -> int:
-        """Number of images (rows of logits) accumulated."""
-        return self._count
-
-    @property
     def avg_pred_train(self) -> torch.Tensor | None:
-        """Mean prediction per class (float32, on the device of the sums); None before the first image."""
-        if self._count == 0:
+        """Mean prediction per class, float32 (C,); None before the first image."""
+        if self.count == 0:
             return None
-        return (self._sums / self._count).float()
+        return (self._sums / self.count).float()
 
     def update(self, logits: torch.Tensor) -> None:
-        """Add the sigmoid of ``logits`` (N, C) to the sums."""
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"ComputePrior.update expects logits of shape (batch, {self.num_classes}); "
-                f"got {tuple(logits.shape)}"
-            )
+            raise ValueError(f"ComputePrior.update expects logits of shape (batch, {self.num_classes}); "
+                             f"got {tuple(logits.shape)}")
         with torch.no_grad():
             dtype = _accumulator_dtype(logits.device)
             sums = torch.zeros(self.num_classes, dtype=dtype) if self._sums is None else self._sums
             self._sums = sums.to(logits.device, dtype) + torch.sigmoid(logits.float()).sum(dim=0).to(dtype)
-            self._count += logits.shape[0]
+            self.count += logits.shape[0]
 
-    # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """``{"sums": float64 CPU tensor (C,), "count": int}`` (a copy; zeros before the first update)."""
         if self._sums is None:
             sums = torch.zeros(self.num_classes, dtype=torch.float64)
         else:
             sums = self._sums.detach().to("cpu", torch.float64, copy=True)
-        return {"sums": sums, "count": int(self._count)}
+        return {"sums": sums, "count": int(self.count)}
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Replace the sums and the count by those of :meth:`state_dict` (e.g. from a checkpoint)."""
         missing = [key for key in ("sums", "count") if key not in state]
         if missing:
             raise ValueError(f"ComputePrior.load_state_dict: the state lacks {missing}; expected the dict of "
@@ -84,12 +70,10 @@ class ComputePrior:
         if count < 0:
             raise ValueError(f"ComputePrior.load_state_dict: count must be >= 0, got {count}")
         self._sums = sums.to("cpu", torch.float64, copy=True)
-        self._count = count
+        self.count = count
 
-    # ------------------------------------------------------------------------------ distributed
     def reduced_state_dict(self) -> dict:
-        """The :meth:`state_dict` summed over all torch.distributed ranks, ``self`` unchanged. A collective:
-        every rank must call it (e.g. when saving a checkpoint mid-training)."""
+        """The :meth:`state_dict` summed over all ranks, ``self`` unchanged; a collective."""
         state = self.state_dict()
         if not is_dist():
             return state
@@ -99,11 +83,10 @@ class ComputePrior:
         return {"sums": packed[:self.num_classes].clone(), "count": int(round(packed[-1].item()))}
 
     def all_reduce(self) -> None:
-        """Sum the accumulator over all torch.distributed ranks, in place (no-op without a process group).
-        Call it once, after the last update of every rank: a second call would count the sums again."""
+        """Sum over all ranks in place; once, after the last update (a second call counts twice)."""
         if not is_dist():
             return
         device = self._sums.device if self._sums is not None else torch.device("cpu")
         state = self.reduced_state_dict()
         self._sums = state["sums"].to(device, _accumulator_dtype(device))
-        self._count = state["count"]
+        self.count = state["count"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +23,8 @@ def _format_names(names: Sequence[str], limit: int = 5) -> str:
 
 
 def _drop_trailing_stray_rows(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Drop the last rows without an avg_pred, with a warning: the paper's published
-    ``outputs/priors/prior_fpc_1000.csv`` ends with a stray line holding a bare number (``1542867``)."""
+    """Drop the last rows without an avg_pred, with a warning: the paper's ``prior_fpc_1000.csv`` ends with
+    a stray line holding a bare number."""
     empty = (frame[PRIOR_CSV_COLUMNS[1]].astype(str).str.strip() == "").to_numpy()
     keep = len(frame)
     while keep > 0 and empty[keep - 1]:
@@ -75,14 +76,22 @@ def read_prior_csv(path: str | Path, class_names: Sequence[str] | None = None) -
     if missing or unknown:
         raise ValueError(f"prior file {str(path)!r} does not match the model's classes: missing "
                          f"{len(missing)} [{_format_names(missing)}], unknown {len(unknown)} "
-                         f"[{_format_names(unknown)}]; "
-                         "recompute the prior for this dataset or pass the prior file made for it")
+                         f"[{_format_names(unknown)}]; recompute the prior for this dataset or pass the "
+                         "prior file made for it")
     return torch.tensor(values[[row_of[name] for name in wanted]], dtype=torch.float32)
 
 
+def prior_file_stem(args) -> str:
+    """``prior_<simulation | partial-label file | dataset>``: the name of train.py's and the command's."""
+    if args.simulate_partial_type:
+        return f"prior_{args.simulate_partial_type}_{args.simulate_partial_param:g}"
+    if args.partial_labels:
+        return f"prior_{os.path.splitext(os.path.basename(args.partial_labels))[0]}"
+    return f"prior_{args.dataset_type}"
+
+
 def write_prior_csv(path: str, class_names: Sequence[str], values) -> str:
-    """Write ``Classes,avg_pred`` (one row per class, in the given order) atomically
-    (`src.utils.io.atomic_write_text`: temp file + rename, the folder created); returns ``path``."""
+    """Write ``Classes,avg_pred`` (one row per class, in the given order) atomically; returns ``path``."""
     values = np.asarray(values, dtype=np.float64).ravel()
     if len(values) != len(class_names):
         raise ValueError(f"write_prior_csv: {len(values)} values for {len(class_names)} classes ({path})")

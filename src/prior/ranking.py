@@ -1,12 +1,7 @@
-"""How well a prior estimate ranks the classes against their true frequencies (``#positives / N`` over the
-full labels, known for COCO with simulated partial labels and the embedded dataset): Spearman's rho (ties
-get average ranks, as ``scipy.stats.spearmanr``) and the top-10 list, the paper's "Estimating the Class
-Distribution" table. Two naive estimates from the partial annotations are reported alongside:
-
-* ``naive (pos / N)``: annotated positives / number of images, the paper's "count the positive
-  annotations" baseline;
-* ``naive (pos / annotated)``: positives among the images annotated for the class; unbiased when those
-  images are a uniform sample, biased when annotation favours positives.
+"""How well a prior estimate ranks the classes against the true frequencies (``#positives / N`` of the full
+labels): Spearman's rho and the top-10 list (the paper's "Estimating the Class Distribution"), beside the
+naive counts ``pos / N`` (the paper's baseline) and ``pos / annotated`` (biased when annotation favours
+positives).
 """
 
 from __future__ import annotations
@@ -21,16 +16,9 @@ def average_ranks(values) -> np.ndarray:
     x = np.asarray(values, dtype=np.float64).ravel()
     if np.isnan(x).any():
         raise ValueError("average_ranks: values contain NaN; a prior or frequency vector must be finite")
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    starts_group = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
-    group_of_sorted = np.cumsum(starts_group) - 1
-    starts = np.flatnonzero(starts_group)
-    ends = np.r_[starts[1:], len(x)]  # exclusive
-    mean_rank = (starts + ends - 1) / 2.0 + 1.0  # mean of the 1-based ranks starts+1 .. ends
-    ranks = np.empty_like(x)
-    ranks[order] = mean_rank[group_of_sorted]
-    return ranks
+    _, group, size = np.unique(x, return_inverse=True, return_counts=True)
+    last_rank = np.cumsum(size)  # a group of n ranks last_rank-n+1 .. last_rank has mean last_rank-(n-1)/2
+    return (last_rank - (size - 1) / 2.0)[group.ravel()]
 
 
 def spearman(a, b) -> float:
@@ -52,7 +40,7 @@ def top_classes(values, class_names: Sequence[str], top: int = 10) -> list[str]:
 
 
 def naive_estimates(labels) -> dict[str, np.ndarray]:
-    """The two count-based estimates of the module docstring from a LabelMatrix of partial labels."""
+    """The two count-based estimates from a LabelMatrix of partial labels."""
     positives = labels.positive_counts().astype(np.float64)
     annotated = labels.annotated_counts().astype(np.float64)
     per_annotated = np.divide(positives, annotated, out=np.zeros_like(positives), where=annotated > 0)
@@ -62,8 +50,7 @@ def naive_estimates(labels) -> dict[str, np.ndarray]:
 
 def rank_statistics(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
                     top: int = 10) -> dict[str, dict]:
-    """Per estimate: Spearman rho vs the true frequencies, its top list and its overlap with the true top
-    list; the first entry is the true frequency itself (rho 1, full overlap), the tables' reference."""
+    """Per estimate (the true frequency first): Spearman rho, its top list and its overlap with the true's."""
     true_freq = np.asarray(true_freq, dtype=np.float64)
     if true_freq.shape != (len(class_names),):
         raise ValueError(f"rank_statistics: true_freq has shape {true_freq.shape}, expected "
@@ -83,9 +70,7 @@ def rank_statistics(true_freq, estimates: Mapping[str, np.ndarray], class_names:
 
 def rank_report(true_freq, estimates: Mapping[str, np.ndarray], class_names: Sequence[str],
                 top: int = 10, statistics: Mapping[str, dict] | None = None) -> str:
-    """Markdown table: one column per estimate (true frequency first), rows = top-k classes with values,
-    then Spearman rho and the top-k overlap with the true list (``statistics``: `rank_statistics`' result
-    when the caller has it)."""
+    """Markdown table of `rank_statistics`: the top-k classes of each estimate, Spearman rho, overlap."""
     stats = rank_statistics(true_freq, estimates, class_names, top) if statistics is None else statistics
     all_values = {"true frequency": np.asarray(true_freq, dtype=np.float64), **estimates}
     index = {name: i for i, name in enumerate(class_names)}
