@@ -1,8 +1,7 @@
 """BoostLU (Kim et al., CVPR 2023; github.com/snucml/BridgeGapExplanationPAMC ``models.py``): the logits
 are the mean over positions of the class activation map with its positive values multiplied by ``alpha``
 (their 5), at training and test time. The Linear keeps its ``weight`` / ``bias`` keys, so plain checkpoints
-load both ways, and ``alpha`` = 1 gives the plain logits (the mean of a 1x1 conv is the Linear of the mean).
-"""
+load both ways; ``alpha`` = 1 gives the plain logits (the mean of a 1x1 conv is the Linear of the mean)."""
 
 from __future__ import annotations
 

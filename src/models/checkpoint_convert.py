@@ -1,11 +1,9 @@
 """State-dict conversion from the paper's TResNet layout (InPlaceABN) to timm's TResNet.
-
 The paper's conv unit ``convN`` (or shortcut ``downsample.i``) is ``Sequential(Conv2d, InPlaceABN)``, keys
 ``convN.0.*`` / ``convN.1.*`` (anti-aliased: ``convN.0.0.*`` / ``convN.0.1.*``), timm's ``convN.conv`` /
 ``convN.bn``; the other keys (SE, head) are the same. InPlaceABN scales by ``|w| + eps`` (eps = 1e-5: an
 invertible scale, which it needs to recover its input in backward), so the BatchNorm weight becomes
-``|w| + 1e-5``; the activations (leaky ReLU 1e-2 in the stem, 1e-3 elsewhere) are timm's too.
-"""
+``|w| + 1e-5``; the activations (leaky ReLU 1e-2 in the stem, 1e-3 elsewhere) are timm's too."""
 
 from __future__ import annotations
 
@@ -39,7 +37,7 @@ def is_timm_tresnet_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` (DDP / EMA) and ``_orig_mod.`` (torch.compile) prefixes carried by every key."""
+    """Remove the ``module.`` (DDP / EMA) and ``_orig_mod.`` (torch.compile) prefixes of every key."""
     out = dict(state_dict)
     changed = True
     while changed and out:
@@ -81,21 +79,16 @@ def infer_tresnet_name(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     if not is_timm_tresnet_layout(state_dict):
         return None
     arch = describe_tresnet_arch(state_dict)
-    for name, known in TRESNET_ARCHS.items():
-        if arch == known:
-            return name
-    return None
+    return next((name for name, known in TRESNET_ARCHS.items() if known == arch), None)
 
 
 def head_info(state_dict: Mapping[str, torch.Tensor], classifier: str = 'head.fc') -> dict | None:
     """Head type and size under ``classifier``: bottleneck (``.embedding_generator.0``, ``.FC``) or plain."""
     bottleneck_key = f'{classifier}.FC.weight'
     if bottleneck_key in state_dict:
-        return {
-            'do_bottleneck_head': True,
-            'num_classes': int(state_dict[bottleneck_key].shape[0]),
-            'bottleneck_features': int(state_dict[bottleneck_key].shape[1]),
-        }
+        out_features, in_features = state_dict[bottleneck_key].shape
+        return {'do_bottleneck_head': True, 'num_classes': int(out_features),
+                'bottleneck_features': int(in_features)}
     plain_key = f'{classifier}.weight'
     if plain_key in state_dict:
         return {'do_bottleneck_head': False, 'num_classes': int(state_dict[plain_key].shape[0])}

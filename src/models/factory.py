@@ -1,10 +1,8 @@
 """Model factory: timm TResNets (and any other timm model) with the paper's heads and options.
-
 Gradient checkpointing: timm's recomputation in backward updates each BatchNorm's running statistics twice
 per step; for TResNets :class:`CheckpointedSequential` restores them after the recomputation, so they match
 a run without checkpointing (other timm models keep timm's double update). `create_model` takes typed
-keywords; `build_model_from_args` parses a namespace (train.py's, or the paper's ``create_model(args)``).
-"""
+keywords; `build_model_from_args` parses a namespace (train.py's, or the paper's ``create_model(args)``)."""
 
 from __future__ import annotations
 
@@ -50,7 +48,6 @@ class BottleneckHead(nn.Module):
 
 @contextlib.contextmanager
 def _restore_norm_buffers(module: nn.Module) -> Iterator[None]:
-    """Undo the running-statistics update that a checkpoint recomputation makes."""
     norms = [m for m in module.modules()
              if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     saved = [[buffer.clone() for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)]
@@ -94,13 +91,6 @@ def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> None:
             setattr(model.body, name, stage_cls(OrderedDict(stage.named_children())))
 
 
-def _install_bottleneck_head(model: nn.Module, num_classes: int, bottleneck_features: int) -> None:
-    parent, attr, _ = classifier_slot(model, 'do_bottleneck_head')
-    old = getattr(parent, attr)
-    in_features = old.in_features if isinstance(old, nn.Linear) else model.num_features
-    setattr(parent, attr, BottleneckHead(in_features, num_classes, bottleneck_features))
-
-
 def _require_bool(value, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f'{name} must be True or False, got {value!r}')
@@ -123,9 +113,8 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
                  do_bottleneck_head: bool = False, bottleneck_features: int = DEFAULT_BOTTLENECK_FEATURES,
                  grad_checkpointing: bool = False, channels_last: bool = False,
                  drop_path_rate: float = 0.0, boostlu_alpha: float | None = None) -> nn.Module:
-    """A classifier from typed keywords (a string such as '80' or 'true' is an error); nothing is downloaded.
-    ``channels_last`` converts the parameters only: feed channels_last inputs for the speed-up.
-    ``create_model(args)``, with a namespace (or dict) only, is the paper code's call."""
+    """A classifier from typed keywords ('80' or 'true' is an error); ``create_model(args)`` with a namespace
+    only is the paper's call. ``channels_last`` converts the parameters: feed channels_last inputs."""
     if args is not None:
         given = locals()
         defaults = inspect.signature(create_model).parameters.values()
@@ -152,7 +141,10 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
                               drop_path_rate=drop_path_rate)
     if do_bottleneck_head:
-        _install_bottleneck_head(model, num_classes, bottleneck_features)
+        parent, attr, _ = classifier_slot(model, 'do_bottleneck_head')
+        old = getattr(parent, attr)
+        in_features = old.in_features if isinstance(old, nn.Linear) else model.num_features
+        setattr(parent, attr, BottleneckHead(in_features, num_classes, bottleneck_features))
     model.model_name = model_name
     model.num_classes = num_classes
     model.do_bottleneck_head = do_bottleneck_head
@@ -260,8 +252,7 @@ def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[
 
 
 def maybe_compile(model: nn.Module, enabled: bool, device) -> nn.Module:
-    """``torch.compile(model)`` on CUDA only (a UserWarning when skipped, or when checkpointed stages stay
-    eager)."""
+    """``torch.compile(model)`` on CUDA only; a UserWarning says when it is skipped."""
     if enabled and torch.device(device).type == 'cuda':
         if any(isinstance(m, CheckpointedSequential) for m in model.modules()):
             warnings.warn('torch.compile with gradient checkpointing: the checkpointed stages run eagerly',

@@ -1,8 +1,7 @@
 """Weights on demand: ``--model-path`` may be a local path, ``timm:<name>`` (timm's pretrained weights and
 cache), a ``file://`` URL (read in place, never cached: every run's file is ``best.pth``), an ``http(s)://``
 URL (downloaded once into the torch hub cache, keyed by the whole URL) or ``csl:<name>`` (the paper's
-released models). An optional ``#sha256=<hex>`` fragment is checked on every use. docs/checkpoints.md.
-"""
+released models). An optional ``#sha256=<hex>`` fragment is checked on every use. docs/checkpoints.md."""
 
 from __future__ import annotations
 
@@ -92,14 +91,8 @@ class WeightsSpec:
 class CachedFile:
     """``downloaded``: False when the file was there already."""
 
-    url: str
     path: str
     downloaded: bool
-    sha256: str | None = None
-
-
-def _alias_list() -> str:
-    return ', '.join(ALIAS_PREFIX + name for name in CSL_MODEL_ZOO)
 
 
 def _check_sha256(value: str, where: str) -> str:
@@ -120,10 +113,6 @@ def _split_fragment(url: str, spec: str) -> tuple[str, str | None]:
     return base, _check_sha256(value, f'--model-path {spec!r}')
 
 
-def _zoo_sha256(url: str) -> str | None:
-    return next((entry.sha256 for entry in CSL_MODEL_ZOO.values() if entry.sha256 and entry.url == url), None)
-
-
 def parse_weights_spec(spec) -> WeightsSpec:
     """Only the ``timm:`` / ``csl:`` prefixes and URL schemes are special: anything else is a local path."""
     text = os.fspath(spec)
@@ -134,14 +123,14 @@ def parse_weights_spec(spec) -> WeightsSpec:
                                      'timm:tresnet_m.miil_in21k')
         return WeightsSpec(text, 'timm', name)
     if text.startswith(ALIAS_PREFIX):
-        name = text[len(ALIAS_PREFIX):].strip()
-        name = name.removesuffix('.pth')
+        name = text[len(ALIAS_PREFIX):].strip().removesuffix('.pth')
         entry = CSL_MODEL_ZOO.get(name)
         if entry is None:
             close = difflib.get_close_matches(name, list(CSL_MODEL_ZOO), n=1)
             hint = f'did you mean {ALIAS_PREFIX}{close[0]}? ' if close else ''
+            known = ', '.join(ALIAS_PREFIX + n for n in CSL_MODEL_ZOO)
             raise WeightsSourceError(f'--model-path {text!r} is not one of the paper\'s models; {hint}known: '
-                                     f'{_alias_list()} (docs/checkpoints.md)')
+                                     f'{known} (docs/checkpoints.md)')
         url, fragment_sha = _split_fragment(entry.url, text)
         sha = _check_sha256(entry.sha256, f'CSL_MODEL_ZOO[{name!r}]') if entry.sha256 else fragment_sha
         return WeightsSpec(text, 'url', url, sha)
@@ -151,7 +140,8 @@ def parse_weights_spec(spec) -> WeightsSpec:
             raise WeightsSourceError(f'--model-path {text!r}: a file:// URL needs an absolute path, e.g. '
                                      f'file:///abs/path/model.pth (or pass the path itself)')
         url, sha = _split_fragment(text, text)
-        return WeightsSpec(text, 'url', url, sha or _zoo_sha256(url))
+        zoo_sha = next((e.sha256 for e in CSL_MODEL_ZOO.values() if e.sha256 and e.url == url), None)
+        return WeightsSpec(text, 'url', url, sha or zoo_sha)
     return WeightsSpec(text, 'local', text)
 
 
@@ -180,8 +170,7 @@ def default_cache_dir() -> str:
 
 
 def cache_path(url: str) -> str:
-    """``<cache>/<16 hex digits of the URL's SHA-256>/<file name>``: two URLs ending in ``best.pth`` never
-    share a copy."""
+    """``<cache>/<16 hex digits of the URL's SHA-256>/<file name>``: two URLs never share a copy."""
     name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path))
     if not name:
         raise WeightsSourceError(f'--model-path {url!r} names no file (the URL path ends in "/"); pass the '
@@ -207,8 +196,7 @@ def _folder_lock(folder: str) -> Iterator[None]:
 
 def cached_download(url: str, sha256: str | None = None, *, progress: bool = True) -> CachedFile:
     """The local file behind ``url``: a ``file://`` URL's own file, else its copy at `cache_path`,
-    downloaded if absent. A SHA-256 mismatch deletes the copy (never a source file); a network failure
-    keeps the ``.part`` file, which the next call continues."""
+    downloaded if absent. A SHA-256 mismatch deletes the copy, never a source file."""
     url, fragment_sha = _split_fragment(url, url)
     if sha256 is not None:
         sha256 = _check_sha256(sha256, f'expected SHA-256 of {url}')
@@ -228,7 +216,7 @@ def cached_download(url: str, sha256: str | None = None, *, progress: bool = Tru
         if actual != expected:
             raise WeightsDownloadError(f'--model-path {url}: SHA-256 mismatch: the file has {actual}, '
                                        f'expected {expected}; {hint}')
-        return CachedFile(url=url, path=path, downloaded=False, sha256=expected)
+        return CachedFile(path, downloaded=False)
 
     def note(message: str) -> None:  # download()'s resume / retry notes: stderr, beside the progress bar
         if progress:
@@ -245,7 +233,7 @@ def cached_download(url: str, sha256: str | None = None, *, progress: bool = Tru
     except OSError as error:  # the cache folder: disk full, permissions
         raise WeightsDownloadError(f'could not download {url} into {dest} ({error}); free space or set '
                                    'TORCH_HOME to a writable folder') from error
-    return CachedFile(url=url, path=dest, downloaded=not present, sha256=expected)
+    return CachedFile(dest, downloaded=not present)
 
 
 # ---------------------------------------------------------------------------------------------- timm
@@ -285,9 +273,8 @@ def _timm_class_names(cfg: Mapping, num_classes: int) -> list[str] | None:
 
 def timm_pretrained_checkpoint(name: str, *, pretrained_cfg_overlay: Mapping | None = None,
                                spec: str | None = None) -> dict:
-    """timm's pretrained weights of ``name`` (e.g. ``tresnet_m.miil_in21k``) as a checkpoint dict like
-    ours (``model``, ``model_name``, ``num_classes``, ``class_names``) plus ``source``, where timm read them.
-    ``pretrained_cfg_overlay`` goes to ``timm.create_model``, e.g. ``dict(file=<path>)``."""
+    """timm's pretrained weights of ``name`` (e.g. ``tresnet_m.miil_in21k``) as a checkpoint dict like ours,
+    plus ``source``. ``pretrained_cfg_overlay`` goes to ``timm.create_model``, e.g. ``dict(file=<path>)``."""
     spec = spec or TIMM_PREFIX + name
     arch, cfg = _timm_cfg(name, spec)
     overlay = dict(pretrained_cfg_overlay or {})

@@ -2,8 +2,7 @@
 layout converted), ImageNet backbones, bare or wrapped state dicts and our own checkpoints.
 
 The checkpoint owns a model's settings (`resolve_model_settings`): a flag that disagrees is used where that
-is meaningful (another image size, with one printed line) and refused where the result would be wrong.
-"""
+is meaningful (another image size, with one printed line) and refused where the result would be wrong."""
 
 from __future__ import annotations
 
@@ -66,8 +65,7 @@ def _is_state_dict(obj) -> bool:
 
 
 def extract_state_dict(checkpoint, path='checkpoint', use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict inside a loaded checkpoint, ``module.`` / ``_orig_mod.`` prefixes stripped, in timm's
-    layout (the paper's InPlaceABN layout is converted)."""
+    """The state dict in a checkpoint, wrapper prefixes stripped, the paper's InPlaceABN layout converted."""
     obj = checkpoint
     if use_ema:
         ema_key = next((k for k in _EMA_KEYS if isinstance(obj, Mapping) and obj.get(k) is not None), None)
@@ -208,12 +206,11 @@ def resolve_model_settings(checkpoint, architecture: Mapping, given: Mapping[str
     setting -> (flag, value or None); ``defaults``: where neither says (the paper's files record no size)."""
     recorded = dict(architecture)
     size = recorded_args(checkpoint).get('image_size')
-    if size is not None:
-        if not _positive_whole(size) and given.get('image_size', (None, None))[1] is None:
-            raise CheckpointError(f'{path!r} stores image_size {size!r}, which is not a positive whole '
-                                  f'number; pass {given.get("image_size", ("--image-size",))[0]}')
-        if _positive_whole(size):
-            recorded['image_size'] = int(size)
+    if size is not None and _positive_whole(size):
+        recorded['image_size'] = int(size)
+    elif size is not None and given.get('image_size', (None, None))[1] is None:
+        raise CheckpointError(f'{path!r} stores image_size {size!r}, which is not a positive whole '
+                              f'number; pass {given.get("image_size", ("--image-size",))[0]}')
     settings, sources, notes = {}, {}, []
     for key in dict.fromkeys([*recorded, *given, *defaults]):
         flag, value = given.get(key, (None, None))
@@ -294,9 +291,8 @@ class BackboneLoadReport:
 
 def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False, *, progress: bool = True,
                              pretrained_cfg_overlay: Mapping | None = None) -> BackboneLoadReport:
-    """Load ImageNet weights into ``model`` except the classifier; tensors of another shape are skipped.
-    Fewer than ``MIN_BACKBONE_SHARE`` of the backbone tensors matching is an error: another architecture,
-    and training on would silently be training from scratch."""
+    """Load ImageNet weights into ``model`` except the classifier, skipping other shapes. Fewer than
+    ``MIN_BACKBONE_SHARE`` matching is an error: training on would silently be training from scratch."""
     path = os.fspath(path)
     checkpoint, source = read_checkpoint(path, allow_pickle, progress=progress,
                                          pretrained_cfg_overlay=pretrained_cfg_overlay)

@@ -1,12 +1,10 @@
 """The one .pth reader (`read_pth`), the training checkpoint's check, and where a resumed run continues.
-
 Layout (docs/checkpoints.md; written by `src.utils.io.atomic_torch_save`, loadable with ``weights_only``):
 ``model``, ``ema``, the architecture fields of `src.models.model_metadata`, ``class_names``, ``optimizer``,
 ``scheduler``, ``scaler``, ``epoch`` (from 1, ``format_version`` 2; `ResumePoint` holds the 0-based index),
 ``steps_done`` (in that epoch: fewer than its length for a mid-epoch SIGTERM checkpoint),
 ``epoch_loss_sum``, ``rng_state``, ``criterion``, ``train_prior``, ``history``, ``best``, ``args`` (a dict),
-``data``, ``world_size``.
-"""
+``data``, ``world_size``."""
 
 from __future__ import annotations
 
@@ -66,8 +64,7 @@ def _numpy_scalar_globals() -> list:
             (scalar, "numpy._core.multiarray.scalar")]
 
 
-# Allowed on top of weights_only's tensors, plain containers and numbers: argparse.Namespace (training
-# scripts store their ``args``) and numpy scalars / dtypes.
+# Allowed on top of weights_only's tensors, containers and numbers: training scripts store their args.
 SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals()]
 _ALLOWED_NAMES = {item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}"
                   for item in SAFE_CHECKPOINT_GLOBALS}

@@ -20,9 +20,7 @@ class ExitRequest(Exception):
     exit_code = 1
 
 
-# Bad input (a missing file, a malformed CSV, mismatched classes, an impossible setting, an output that
-# cannot be written) is reported as one line that names the file/flag and the fix; the library code
-# raises these with such messages.
+# Bad input is reported as one line; the library raises these with messages naming the file/flag and fix.
 USER_ERRORS = (ValueError, FileNotFoundError, MemoryError, OSError)
 
 

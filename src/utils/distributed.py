@@ -1,9 +1,7 @@
 """Process-group helpers for single-process and ``torchrun`` runs (no-ops without a process group).
-
 Evaluation sharding: :class:`ShardSampler` gives each rank a contiguous run of whole batches, without the
 padding of ``DistributedSampler`` (repeated samples would count twice in the mAP); gathered in rank order,
-every image is forwarded in the same batch as in one process, so predictions are bitwise identical to it.
-"""
+every image is forwarded in the same batch as in one process, so predictions are bitwise identical to it."""
 
 from __future__ import annotations
 
@@ -107,7 +105,6 @@ def any_rank_true(flag: bool, device: torch.device) -> bool:
 
 
 def gather_objects(obj) -> list:
-    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
     if not is_dist():
         return [obj]
     gathered = [None] * dist.get_world_size()
@@ -183,7 +180,6 @@ def gather_rows(local: torch.Tensor, num_total: int, batch_size: int = 1) -> tor
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
     while True:
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module

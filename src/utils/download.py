@@ -1,10 +1,8 @@
 """The one download routine (``http(s)://`` and ``file://``), for the model hub and dataset preparation.
-
 ``dest`` is written through ``dest + ".part"``, which a later call continues (an HTTP ``Range`` request;
 ``file://`` seeks, so tests run the same path offline). Network errors and HTTP 5xx / 429 are retried. The
 checksum is computed while the bytes arrive, so a 13 GB archive is not read twice; a file of the wrong size
-or checksum is moved to ``.bad`` (or deleted); only a verified file is renamed to ``dest``.
-"""
+or checksum is moved to ``.bad`` (or deleted); only a verified file is renamed to ``dest``."""
 
 from __future__ import annotations
 
@@ -149,8 +147,7 @@ def _open(url: str, offset: int, timeout: float) -> _Fetch:
 
 def _verify(path: str, size: int | None, checksum: str | None, *, name: str, progress: bool, hasher,
             bad: str | None) -> None:
-    """A size or checksum mismatch moves ``path`` to ``bad`` (None: deletes it) and raises. ``hasher``: the
-    checksum computed while downloading, if any."""
+    """A size or checksum mismatch moves ``path`` to ``bad`` (None: deletes it); ``hasher``: so far."""
     actual = os.path.getsize(path)
     if size is not None and actual != size:
         why = f"has {actual} bytes, expected {size} (the publisher's size)"

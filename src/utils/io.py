@@ -1,7 +1,6 @@
 """Crash-safe file writes: every output is written to ``<path>.tmp.<pid>``, fsynced and renamed over
 ``path`` (a process killed mid-write leaves the previous file intact; the folder is fsynced so the new
-name survives a power loss). Temporaries of killed processes are removed at the next write of the file.
-"""
+name survives a power loss). Temporaries of killed processes are removed at the next write of the file."""
 
 from __future__ import annotations
 
@@ -41,7 +40,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(path: str) -> list[str]:
-    """Remove ``<path>.tmp.<pid>`` files whose process no longer runs."""
+    """Remove ``<path>.tmp.<pid>`` files whose process is gone."""
     removed = []
     for candidate in glob.glob(glob.escape(path) + ".tmp.*"):
         suffix = candidate.rsplit(".tmp.", 1)[1]
@@ -50,15 +49,6 @@ def remove_stale_temporaries(path: str) -> list[str]:
                 os.remove(candidate)
                 removed.append(candidate)
     return removed
-
-
-def _fsync_folder(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _atomic_write(path: str, write, mode: str, **open_kwargs) -> str:
@@ -72,7 +62,12 @@ def _atomic_write(path: str, write, mode: str, **open_kwargs) -> str:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_folder(folder)
+        with contextlib.suppress(OSError):  # the folder, so that the new name survives a power loss
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except OSError as error:
         raise OutputError(error.errno, _describe_os_error(error, path)) from error
     except RuntimeError as error:  # torch.save reports a full disk as a miniz/zip RuntimeError
@@ -119,8 +114,7 @@ def atomic_write_json(path: str, payload) -> str:
 
 
 def prepare_output_file(path: str, flag: str, example: str = "out.csv") -> str:
-    """Check before any work that ``path`` (the output file of ``flag``) can be written (else it would
-    fail after the whole run), and create its folder."""
+    """Check before any work that the output file of ``flag`` can be written, and create its folder."""
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise ValueError(f"{flag}: {path!r} is a folder, not a file; pass a file path such as "
                          f"{os.path.join(path, example)!r}")
@@ -129,7 +123,6 @@ def prepare_output_file(path: str, flag: str, example: str = "out.csv") -> str:
 
 
 def prepare_output_folder(folder: str, flag: str) -> str:
-    """Create ``folder`` (the output folder of ``flag``) and check that it is writable."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"{flag}: {folder!r} is a file, not a folder; pass a folder path")
     try:

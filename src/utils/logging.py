@@ -1,7 +1,6 @@
 """Run outputs of train.py (rank 0 only): args.json, metrics.jsonl (one object per epoch, ``"epoch"`` from
 1, also the TensorBoard step) and TensorBoard scalars. On resume metrics.jsonl is rewritten from the
-checkpoint's history, so epochs lost with a killed process do not appear twice.
-"""
+checkpoint's history, so epochs lost with a killed process do not appear twice."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """Where a training run writes; a run never destroys another run's results.
-
 ``--path_dest`` unset: a fresh ``./outputs/<date>-<time>_<name>``. A ``--path_dest`` holding a run is refused
 unless ``--resume`` continues a checkpoint of that very folder, or ``--overwrite`` is given, which removes
-the old run's files first so that nothing of it (a stale best.pth, metrics.jsonl lines) mixes in.
-"""
+the old run's files first so that nothing of it (a stale best.pth, metrics.jsonl lines) mixes in."""
 
 from __future__ import annotations
 
@@ -74,8 +72,7 @@ def check_run_folder(folder: str, resume: str | None, overwrite: bool) -> None:
 
 
 def check_writable_folder(folder: str, flag: str) -> None:
-    """The folder is writable or can be created, checked without creating anything (a run refused later
-    leaves no trace)."""
+    """The folder is writable or can be created; nothing is created (a run refused later leaves no trace)."""
     path = existing_ancestor(folder)
     if not os.path.isdir(path):
         raise ConfigError(f"{flag}: {path!r} is a file, so the folder {folder!r} cannot be created; pass "

@@ -1,8 +1,6 @@
 """'none' paths and numbers with bounds, for src.args' types and the loss classes' keyword checks.
-
 A bound reads as its message: ``">= 0"``, ``"in [0, 1)"``, ``"an integer >= 1"`` (the interval or comparison
-ends the text; "integer" asks for an integral value).
-"""
+ends the text; "integer" asks for an integral value)."""
 
 from __future__ import annotations
 
