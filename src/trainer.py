@@ -30,7 +30,7 @@ from src.engine import (
 from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_SETTING_NAMES, LOSS_SETTINGS
 from src.metrics import THRESHOLD_METRIC_KEYS
 from src.models import model_metadata
-from src.utils.checkpoint import ResumePoint, save_checkpoint
+from src.utils.checkpoint import ResumePoint
 from src.utils.cli import ConfigError, ExitRequest
 from src.utils.distributed import (
     DistributedContext,
@@ -40,6 +40,7 @@ from src.utils.distributed import (
     broadcast_tensors,
     unwrap_model,
 )
+from src.utils.io import atomic_torch_save
 from src.utils.logging import RunLogger, main_print
 from src.utils.seed import capture_rng_state
 
@@ -218,7 +219,7 @@ class Trainer:
             "best": dict(self.best), "args": dict(vars(self.args)), "world_size": self.ctx.world_size,
             "train_prior": prior_state, "data": self.data_identity,
         }
-        save_checkpoint({**state, **(override or {})}, self.paths[name])
+        atomic_torch_save({**state, **(override or {})}, self.paths[name])
 
     def open_outputs(self, extra_config: dict) -> None:
         self.logger = RunLogger(self.args.path_dest, enabled=self.ctx.is_main)

@@ -19,7 +19,6 @@ from src.utils.checkpoint import (
     ResumePoint,
     load_training_checkpoint,
     read_pth,
-    save_checkpoint,
 )
 from src.utils.io import OutputError, atomic_torch_save, atomic_write_text, remove_stale_temporaries
 
@@ -92,7 +91,7 @@ def test_stale_temporaries_of_dead_processes_are_removed_at_the_next_save(tmp_pa
 def test_unreadable_checkpoints_get_one_clear_error(tmp_path, content, message):
     path = tmp_path / "last.pth"
     if content is None:
-        save_checkpoint({"model": {"w": torch.randn(64, 64)}}, str(path))
+        atomic_torch_save({"model": {"w": torch.randn(64, 64)}}, str(path))
         content = path.read_bytes()[: path.stat().st_size // 2]
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f"--resume: .*last.pth.* {message}"):
@@ -130,7 +129,7 @@ def test_the_one_reader_names_the_file_and_the_flag(tmp_path):
 
 def test_a_weights_file_is_not_a_training_checkpoint(tmp_path):
     path = tmp_path / "weights.pth"
-    save_checkpoint({"model": {"w": torch.ones(1)}}, str(path))
+    atomic_torch_save({"model": {"w": torch.ones(1)}}, str(path))
     with pytest.raises(ValueError, match=r"not a training checkpoint of train.py \(missing \['ema'"):
         load_training_checkpoint(str(path))
 

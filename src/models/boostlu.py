@@ -1,16 +1,7 @@
-"""BoostLU (Kim et al., CVPR 2023): boost the positive class activations before global pooling.
-
-"Bridging the Gap between Model Explanations in Partially Annotated Multi-label Classification";
-official code github.com/snucml/BridgeGapExplanationPAMC (``models.py``). The logits are the mean over
-positions of the class activation map (a 1x1 convolution of the feature map) with its positive values
-multiplied by ``alpha`` (their ``--alpha`` 5), at training and at test time.
-
-It is installed into any timm model whose head is global average pooling then one ``nn.Linear``: the
-pooling becomes a pass-through and the Linear a :class:`BoostLUClassifier` with the same ``weight`` and
-``bias`` keys, so a plain checkpoint loads into a BoostLU model and back, and ``alpha`` = 1 gives the
-plain model's logits (the mean of a 1x1 convolution is the Linear of the mean). The OpenImages bottleneck
-head and head dropout are refused.
-"""
+"""BoostLU (Kim et al., CVPR 2023; github.com/snucml/BridgeGapExplanationPAMC ``models.py``): the logits
+are the mean over positions of the class activation map with its positive values multiplied by ``alpha``
+(their 5), at training and test time. The Linear keeps its ``weight`` / ``bias`` keys, so plain checkpoints
+load both ways; ``alpha`` = 1 gives the plain logits (the mean of a 1x1 conv is the Linear of the mean)."""
 
 from __future__ import annotations
 
@@ -54,8 +45,7 @@ def check_boostlu_alpha(alpha) -> float:
 
 
 def classifier_slot(model: nn.Module, option: str) -> tuple[nn.Module, str, str]:
-    """(parent module, attribute name, dotted name) of the one classifier of a timm ``model``; a model
-    with several is refused, naming ``option``, the setting that needs a single head."""
+    """(parent module, attribute name, dotted name) of the one classifier of a timm ``model``."""
     classifier_name = model.pretrained_cfg.get("classifier", "head.fc")
     if not isinstance(classifier_name, str):
         name = getattr(model, "model_name", type(model).__name__)
@@ -66,7 +56,7 @@ def classifier_slot(model: nn.Module, option: str) -> tuple[nn.Module, str, str]
 
 
 def install_boostlu(model: nn.Module, alpha: float) -> nn.Module:
-    """Turn ``model``'s average-pool + Linear head into BoostLU's (in place; returns the model)."""
+    """Turn ``model``'s average-pool + Linear head into BoostLU's, in place."""
     alpha = check_boostlu_alpha(alpha)
     name = getattr(model, "model_name", type(model).__name__)
     parent, attr, classifier_name = classifier_slot(model, "--boostlu_alpha")

@@ -1,26 +1,9 @@
-"""State-dict conversion between the paper's TResNet layout (InPlaceABN) and timm's TResNet.
-
-The CSL paper's checkpoints were written by the original TResNet code, where every conv is followed
-by an ``inplace_abn.InPlaceABN`` layer. In that layout a conv unit ``convN`` is
-``Sequential(Conv2d, InPlaceABN)`` (keys ``convN.0.weight`` and ``convN.1.{weight,bias,running_*}``),
-and an anti-aliased stride-2 unit is ``Sequential(Sequential(Conv2d, InPlaceABN), BlurPool)``
-(keys ``convN.0.0.weight`` / ``convN.0.1.*``; the blur filter is not stored). Shortcuts are
-``downsample.{i}.0`` / ``downsample.{i}.1`` where ``i`` is 1 after an average pool and 0 without.
-timm names the same parts ``convN.conv`` / ``convN.bn`` and ``downsample.{i}.conv`` / ``.bn``.
-
-Numerics. InPlaceABN in eval mode computes, per channel,
-
-    y = act((x - running_mean) / sqrt(running_var + eps) * (|w| + eps) + b),   eps = 1e-5,
-
-i.e. it uses the *absolute value* of its weight plus eps as the scale (that keeps the scale
-invertible, which InPlaceABN needs to recover its input in the backward pass). A plain BatchNorm
-computes the same with scale ``w``, so the converted BatchNorm weight is ``|w| + 1e-5``; bias and
-running statistics are copied. The activations are unchanged by conversion: the stem uses leaky ReLU
-with slope 1e-2, the other block convs leaky ReLU with slope 1e-3, and the last conv of each block and
-the shortcut conv use no activation - timm's TResNet has exactly the same choices.
-
-Everything else (SE ``fc1``/``fc2``, the classifier ``head.fc*``) has identical keys in both layouts.
-"""
+"""State-dict conversion from the paper's TResNet layout (InPlaceABN) to timm's TResNet.
+The paper's conv unit ``convN`` (or shortcut ``downsample.i``) is ``Sequential(Conv2d, InPlaceABN)``, keys
+``convN.0.*`` / ``convN.1.*`` (anti-aliased: ``convN.0.0.*`` / ``convN.0.1.*``), timm's ``convN.conv`` /
+``convN.bn``; the other keys (SE, head) are the same. InPlaceABN scales by ``|w| + eps`` (eps = 1e-5: an
+invertible scale, which it needs to recover its input in backward), so the BatchNorm weight becomes
+``|w| + 1e-5``; the activations (leaky ReLU 1e-2 in the stem, 1e-3 elsewhere) are timm's too."""
 
 from __future__ import annotations
 
@@ -31,7 +14,7 @@ import torch
 
 INPLACE_ABN_EPS = 1e-5
 
-# Architectures of the timm TResNet variants: (blocks per stage, stem width, v2 = bottleneck stages 1-2).
+# (blocks per stage, stem width, v2 = bottleneck stages 1-2)
 TRESNET_ARCHS: dict[str, tuple[tuple[int, int, int, int], int, bool]] = {
     'tresnet_m': ((3, 4, 11, 3), 64, False),
     'tresnet_l': ((4, 5, 18, 3), 76, False),
@@ -39,26 +22,22 @@ TRESNET_ARCHS: dict[str, tuple[tuple[int, int, int, int], int, bool]] = {
     'tresnet_v2_l': ((3, 4, 23, 3), 64, True),
 }
 
-# One conv unit of the original layout: "<unit>[.0].<0|1>.<leaf>", unit = convN or downsample.i.
-# The optional ".0" is the inner Sequential of an anti-aliased unit; part 0 is the conv, 1 the ABN.
+# "<unit>[.0].<0|1>.<leaf>", unit = convN or downsample.i; ".0": anti-aliased unit; part 0 conv, 1 ABN.
 _ORIGINAL_UNIT_KEY = re.compile(r'^(?P<unit>(?:.*\.)?(?:conv\d+|downsample\.\d+))(?:\.0)?\.(?P<part>[01])\.'
                                 r'(?P<leaf>[^.]+)$')
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 
 
 def is_original_tresnet_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """True for the paper's InPlaceABN layout (stem conv stored as ``body.conv1.0.weight``)."""
     return 'body.conv1.0.weight' in state_dict
 
 
 def is_timm_tresnet_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """True for timm's TResNet layout (stem conv stored as ``body.conv1.conv.weight``)."""
     return 'body.conv1.conv.weight' in state_dict
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` (DDP / EMA) and ``_orig_mod.`` (torch.compile) prefixes carried by every key,
-    repeatedly (``module._orig_mod.`` too)."""
+    """Remove the ``module.`` (DDP / EMA) and ``_orig_mod.`` (torch.compile) prefixes of every key."""
     out = dict(state_dict)
     changed = True
     while changed and out:
@@ -71,8 +50,6 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
 
 
 def convert_original_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A paper (InPlaceABN) TResNet state dict with timm's key names and BatchNorm weights ``|w| + 1e-5``
-    (module docstring); keys outside conv units (SE, head) copied; order preserved."""
     converted: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         match = _ORIGINAL_UNIT_KEY.match(key)
@@ -88,7 +65,6 @@ def convert_original_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str
 
 
 def describe_tresnet_arch(state_dict: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...], int, bool]:
-    """(blocks per stage, stem width, v2) of a timm-layout TResNet state dict."""
     stage_blocks = []
     for stage in range(1, 5):
         pattern = re.compile(rf'^body\.layer{stage}\.(\d+)\.')
@@ -100,27 +76,19 @@ def describe_tresnet_arch(state_dict: Mapping[str, torch.Tensor]) -> tuple[tuple
 
 
 def infer_tresnet_name(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """Name of the timm TResNet variant whose architecture a timm-layout state dict has, else None."""
     if not is_timm_tresnet_layout(state_dict):
         return None
     arch = describe_tresnet_arch(state_dict)
-    for name, known in TRESNET_ARCHS.items():
-        if arch == known:
-            return name
-    return None
+    return next((name for name, known in TRESNET_ARCHS.items() if known == arch), None)
 
 
 def head_info(state_dict: Mapping[str, torch.Tensor], classifier: str = 'head.fc') -> dict | None:
-    """Head type and size stored under ``classifier`` (None without one): the bottleneck head (OpenImages)
-    is ``<classifier>.embedding_generator.0`` (features -> 512) then ``<classifier>.FC`` (512 -> classes),
-    the plain head ``<classifier>.weight``."""
+    """Head type and size under ``classifier``: bottleneck (``.embedding_generator.0``, ``.FC``) or plain."""
     bottleneck_key = f'{classifier}.FC.weight'
     if bottleneck_key in state_dict:
-        return {
-            'do_bottleneck_head': True,
-            'num_classes': int(state_dict[bottleneck_key].shape[0]),
-            'bottleneck_features': int(state_dict[bottleneck_key].shape[1]),
-        }
+        out_features, in_features = state_dict[bottleneck_key].shape
+        return {'do_bottleneck_head': True, 'num_classes': int(out_features),
+                'bottleneck_features': int(in_features)}
     plain_key = f'{classifier}.weight'
     if plain_key in state_dict:
         return {'do_bottleneck_head': False, 'num_classes': int(state_dict[plain_key].shape[0])}
@@ -128,7 +96,7 @@ def head_info(state_dict: Mapping[str, torch.Tensor], classifier: str = 'head.fc
 
 
 def find_bottleneck_classifier(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """Prefix of a bottleneck head anywhere in the state dict (for non-TResNet timm models)."""
+    """Prefix of a bottleneck head anywhere in the state dict (non-TResNet timm models)."""
     suffix = '.FC.weight'
     for key in state_dict:
         prefix = key[:-len(suffix)]

@@ -1,21 +1,8 @@
 """Model factory: timm TResNets (and any other timm model) with the paper's heads and options.
-
-Heads. COCO models end in a plain ``Linear(num_features -> num_classes)`` at ``head.fc``. The paper's
-OpenImages models have a bottleneck head there: ``Linear(num_features -> 512)`` then ``Linear(512 ->
-num_classes)``, no activation in between, stored as ``head.fc.embedding_generator.0.*`` and
-``head.fc.FC.*`` (timm's ``reset_classifier`` would make it plain again; create a new model instead).
-
-Gradient checkpointing. timm's TResNet recomputes every block in the backward pass in training mode, so
-each BatchNorm updates its running statistics twice per step (momentum m: ``r <- (1-m)^2 r + (1-(1-m)^2)
-batch``). For TResNets we checkpoint ourselves (:class:`CheckpointedSequential`): the recomputation
-restores the BatchNorm buffers afterwards, so the statistics match a run without checkpointing while
-outputs and gradients are unchanged. Other timm models use timm's checkpointing, double update included.
-``channels_last`` converts the parameters only: feed channels_last inputs for the speed-up.
-
-Settings. :func:`create_model` takes typed keywords and parses nothing; :func:`build_model_from_args` is
-the one reader of a namespace (train.py's arguments, or the paper's ``create_model(args)``): it parses
-command-line strings and applies the defaults. Nothing here prints.
-"""
+Gradient checkpointing: timm's recomputation in backward updates each BatchNorm's running statistics twice
+per step; for TResNets :class:`CheckpointedSequential` restores them after the recomputation, so they match
+a run without checkpointing (other timm models keep timm's double update). `create_model` takes typed
+keywords; `build_model_from_args` parses a namespace (train.py's, or the paper's ``create_model(args)``)."""
 
 from __future__ import annotations
 
@@ -42,8 +29,10 @@ TRESNET_NAMES = tuple(TRESNET_ARCHS)
 DEFAULT_BOTTLENECK_FEATURES = 512
 DEFAULT_MODEL_NAME = 'tresnet_m'  # the paper's default (--model_name)
 
+
 class BottleneckHead(nn.Module):
-    """The paper's OpenImages classifier: Linear(features -> bottleneck), Linear(bottleneck -> classes)."""
+    """The paper's OpenImages classifier: Linear(features -> 512), Linear(512 -> classes), no activation
+    between (timm's ``reset_classifier`` would make it plain again)."""
 
     def __init__(self, in_features: int, num_classes: int, bottleneck_features: int = 512):
         super().__init__()
@@ -59,7 +48,6 @@ class BottleneckHead(nn.Module):
 
 @contextlib.contextmanager
 def _restore_norm_buffers(module: nn.Module) -> Iterator[None]:
-    """Undo the running-statistics update that a checkpoint recomputation makes (see module doc)."""
     norms = [m for m in module.modules()
              if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     saved = [[buffer.clone() for buffer in (m.running_mean, m.running_var, m.num_batches_tracked)]
@@ -75,8 +63,7 @@ def _restore_norm_buffers(module: nn.Module) -> Iterator[None]:
 
 
 class CheckpointedSequential(nn.Sequential):
-    """nn.Sequential that checkpoints each child (same state-dict keys); the recomputation restores the
-    children's BatchNorm buffers, so each training step updates the running statistics once."""
+    """nn.Sequential that checkpoints each child (same state-dict keys), BatchNorm statistics updated once."""
 
     # Run eagerly under torch.compile: dynamo cannot trace a custom context_fn, and (torch 2.14) a compiled
     # checkpoint around BatchNorm fails in backward (in-place num_batches_tracked) - timm's checkpointing too.
@@ -92,7 +79,6 @@ class CheckpointedSequential(nn.Sequential):
 
 
 def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> None:
-    """Turn gradient checkpointing on/off; for TResNets without the double BatchNorm update."""
     if not isinstance(model, TResNet):
         model.set_grad_checkpointing(enabled)  # timm's own: BatchNorm statistics update twice per step
         return
@@ -103,13 +89,6 @@ def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> None:
         stage_cls = CheckpointedSequential if enabled else nn.Sequential
         if type(stage) is not stage_cls:
             setattr(model.body, name, stage_cls(OrderedDict(stage.named_children())))
-
-
-def _install_bottleneck_head(model: nn.Module, num_classes: int, bottleneck_features: int) -> None:
-    parent, attr, _ = classifier_slot(model, 'do_bottleneck_head')
-    old = getattr(parent, attr)
-    in_features = old.in_features if isinstance(old, nn.Linear) else model.num_features
-    setattr(parent, attr, BottleneckHead(in_features, num_classes, bottleneck_features))
 
 
 def _require_bool(value, name: str) -> bool:
@@ -134,15 +113,8 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
                  do_bottleneck_head: bool = False, bottleneck_features: int = DEFAULT_BOTTLENECK_FEATURES,
                  grad_checkpointing: bool = False, channels_last: bool = False,
                  drop_path_rate: float = 0.0, boostlu_alpha: float | None = None) -> nn.Module:
-    """A classifier from typed keywords (``model_name``, a timm name, and ``num_classes`` required).
-
-    do_bottleneck_head: the paper's OpenImages head with ``bottleneck_features`` features; boostlu_alpha:
-    None (the plain head) or BoostLU's boost of positive class activations (`src.models.boostlu`). Values
-    are not parsed: a string such as '80' or 'true' is an error. Nothing is downloaded (weights:
-    ``load_pretrained_backbone`` or ``load_model``). The model gets the attributes of :func:`model_metadata`.
-    ``create_model(args)``, with a namespace (or dict) only, is the paper code's call:
-    `build_model_from_args(args)`.
-    """
+    """A classifier from typed keywords ('80' or 'true' is an error); ``create_model(args)`` with a namespace
+    only is the paper's call. ``channels_last`` converts the parameters: feed channels_last inputs."""
     if args is not None:
         given = locals()
         defaults = inspect.signature(create_model).parameters.values()
@@ -165,11 +137,14 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
     if not timm.is_model(model_name):
         raise ValueError(f'model_name {model_name!r} is not a timm model; use one of {TRESNET_NAMES} '
                          'or any name listed by timm.list_models()')
-    # pretrained=False always: weights come only from local files (load_model / load_pretrained_backbone).
+    # pretrained=False: weights come from load_model / load_pretrained_backbone
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
                               drop_path_rate=drop_path_rate)
     if do_bottleneck_head:
-        _install_bottleneck_head(model, num_classes, bottleneck_features)
+        parent, attr, _ = classifier_slot(model, 'do_bottleneck_head')
+        old = getattr(parent, attr)
+        in_features = old.in_features if isinstance(old, nn.Linear) else model.num_features
+        setattr(parent, attr, BottleneckHead(in_features, num_classes, bottleneck_features))
     model.model_name = model_name
     model.num_classes = num_classes
     model.do_bottleneck_head = do_bottleneck_head
@@ -185,7 +160,6 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
 
 
 def parse_bool(value, name: str) -> bool:
-    """bool from a bool, 0/1 or a command-line string ('true'/'false', 'yes'/'no', '1'/'0')."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -196,7 +170,6 @@ def parse_bool(value, name: str) -> bool:
 
 
 def parse_positive_int(value, name: str) -> int:
-    """Positive int from an int or a command-line string such as '80'."""
     try:
         number = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
@@ -207,8 +180,7 @@ def parse_positive_int(value, name: str) -> int:
 
 
 def resolve_bottleneck_head(do_bottleneck_head, dataset_type) -> bool:
-    """--do_bottleneck_head as given (a bool or a string such as 'true'), or when it is None the paper's
-    choice: on for --dataset_type openimages (its OpenImages models have the head), off otherwise."""
+    """--do_bottleneck_head as given, or when None the paper's choice: on for openimages only."""
     if do_bottleneck_head is None:
         return str(dataset_type).lower() == 'openimages'
     return parse_bool(do_bottleneck_head, 'do_bottleneck_head')
@@ -224,10 +196,8 @@ def _optional_float(value, name: str) -> float | None:
 
 
 def build_model_from_args(args) -> nn.Module:
-    """The model that a namespace (or dict) describes: train.py's arguments or the paper code's.
-    Command-line strings ('80', 'true') are parsed; ``num_classes`` is required, ``model_name`` is
-    lower-cased, and a missing attribute takes create_model's default (``model_name``: 'tresnet_m';
-    ``do_bottleneck_head``: `resolve_bottleneck_head` of ``dataset_type``)."""
+    """The model that a namespace (or dict) describes; strings ('80', 'true') are parsed and a missing
+    attribute takes create_model's default (``model_name`` 'tresnet_m')."""
     if isinstance(args, Mapping):
         args = SimpleNamespace(**args)
     num_classes = getattr(args, 'num_classes', None)
@@ -251,7 +221,6 @@ def build_model_from_args(args) -> nn.Module:
 
 
 def model_metadata(model: nn.Module) -> dict:
-    """The architecture fields our checkpoints store next to the state dict."""
     model = unwrap_model(model)
     return {
         'model_name': getattr(model, 'model_name', None),
@@ -264,11 +233,8 @@ def model_metadata(model: nn.Module) -> dict:
 
 def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[str],
                         dataset: str) -> str | None:
-    """The model predicts the dataset's classes: same number (else ValueError); same names in the same
-    order, unless the checkpoint stores no names ('class_<i>'). The same names in another order are an
-    error (scores would be paired with the wrong classes). Other names (e.g. OpenImages MIDs in a paper
-    checkpoint vs display names in the dataset) are accepted, trusting the order: the returned note says
-    so (the caller prints it, on rank 0); None when there is nothing to note."""
+    """Refuse another class count, or the same names in another order; other names (OpenImages MIDs in a
+    paper checkpoint vs display names) are accepted trusting the order, with the returned note to print."""
     model_classes, dataset_classes = list(model_classes), list(dataset_classes)
     if len(model_classes) != len(dataset_classes):
         raise ValueError(f"--model-path: the model predicts {len(model_classes)} classes but {dataset} has "
@@ -286,8 +252,7 @@ def check_model_classes(model_classes: Sequence[str], dataset_classes: Sequence[
 
 
 def maybe_compile(model: nn.Module, enabled: bool, device) -> nn.Module:
-    """``torch.compile(model)`` when enabled and ``device`` is CUDA; otherwise the model unchanged (a
-    UserWarning says when compile is skipped, or when the checkpointed stages stay eager)."""
+    """``torch.compile(model)`` on CUDA only; a UserWarning says when it is skipped."""
     if enabled and torch.device(device).type == 'cuda':
         if any(isinstance(m, CheckpointedSequential) for m in model.modules()):
             warnings.warn('torch.compile with gradient checkpointing: the checkpointed stages run eagerly',

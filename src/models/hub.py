@@ -1,23 +1,7 @@
-"""Weights on demand: where ``--model-path`` / ``--model_path`` may point besides a local file.
-
-Accepted forms (`parse_weights_spec`), see docs/checkpoints.md:
-
-- a local path: read as it always was (nothing is downloaded, a missing file is the same error);
-- ``timm:<name>`` (e.g. ``timm:tresnet_m.miil_in21k``, the paper's ImageNet-21k backbone): timm's pretrained
-  weights, through timm's own hub and cache (``timm.create_model(name, pretrained=True)``; timm reads
-  them with ``weights_only=True`` or safetensors);
-- ``file://`` URLs: the file itself, read in place (an optional ``#sha256=<64 hex digits>`` fragment is
-  checked); never copied to a cache, where every run's ``best.pth`` would share one name;
-- ``http://`` and ``https://`` URLs: downloaded once (`src.utils.download.download`: resumable ``.part``,
-  retries, progress bar on stderr) into ``torch.hub.get_dir()/checkpoints/<URL key>/<file name>``
-  (`cache_path`; ``TORCH_HOME`` moves it), keyed by the whole URL. A ``#sha256=`` fragment is checked on
-  the download and on every later use of the copy; a mismatching copy is deleted;
-- ``csl:<name>``: the paper's released models by short name (`CSL_MODEL_ZOO`, the table that
-  docs/checkpoints.md lists), e.g. ``csl:mtresnet_opim_86.72``; a recorded SHA-256 is checked likewise.
-
-Concurrent processes (DDP ranks) lock the URL's cache folder, so one downloads and the others find the
-file. Nothing here prints: progress bars and retry notes go to stderr (``progress=False`` silences them).
-"""
+"""Weights on demand: ``--model-path`` may be a local path, ``timm:<name>`` (timm's pretrained weights and
+cache), a ``file://`` URL (read in place, never cached: every run's file is ``best.pth``), an ``http(s)://``
+URL (downloaded once into the torch hub cache, keyed by the whole URL) or ``csl:<name>`` (the paper's
+released models). An optional ``#sha256=<hex>`` fragment is checked on every use. docs/checkpoints.md."""
 
 from __future__ import annotations
 
@@ -60,8 +44,7 @@ CSL_ZOO_BASE_URL = 'https://miil-public-eu.oss-eu-central-1.aliyuncs.com/model-z
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One released model of the paper: its URL, expected SHA-256 (None: not yet recorded), architecture,
-    the loss it was trained with and its OpenImages V6 mAP from the paper's README."""
+    """A released model of the paper; ``sha256`` None: not yet recorded; ``map``: OpenImages V6 mAP."""
 
     url: str
     sha256: str | None
@@ -83,17 +66,16 @@ CSL_MODEL_ZOO: dict[str, ZooEntry] = {
 
 
 class WeightsSourceError(ValueError):
-    """A ``--model-path`` value that names no usable source of weights (a bad alias, URL or timm name)."""
+    """A ``--model-path`` value that names no usable source of weights."""
 
 
 class WeightsDownloadError(WeightsSourceError):
-    """Weights that could not be fetched, or whose SHA-256 is not the expected one."""
+    """Weights that could not be fetched, or whose SHA-256 is wrong."""
 
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """A parsed ``--model-path``: ``kind`` is 'local', 'url' or 'timm'; ``location`` the path, the URL
-    (fragment removed) or the timm name; ``sha256`` the expected hash of a URL's file, if known."""
+    """``kind``: 'local', 'url' or 'timm'; ``location``: the path, URL (no fragment) or timm name."""
 
     spec: str
     kind: str
@@ -107,16 +89,10 @@ class WeightsSpec:
 
 @dataclass(frozen=True)
 class CachedFile:
-    """What `cached_download` did: ``path`` in the cache; ``downloaded`` False when it was there already."""
+    """``downloaded``: False when the file was there already."""
 
-    url: str
     path: str
     downloaded: bool
-    sha256: str | None = None
-
-
-def _alias_list() -> str:
-    return ', '.join(ALIAS_PREFIX + name for name in CSL_MODEL_ZOO)
 
 
 def _check_sha256(value: str, where: str) -> str:
@@ -127,7 +103,6 @@ def _check_sha256(value: str, where: str) -> str:
 
 
 def _split_fragment(url: str, spec: str) -> tuple[str, str | None]:
-    """(URL without fragment, expected SHA-256 from a ``#sha256=<hex>`` fragment or None)."""
     base, _, fragment = url.partition('#')
     if not fragment:
         return base, None
@@ -138,13 +113,8 @@ def _split_fragment(url: str, spec: str) -> tuple[str, str | None]:
     return base, _check_sha256(value, f'--model-path {spec!r}')
 
 
-def _zoo_sha256(url: str) -> str | None:
-    return next((entry.sha256 for entry in CSL_MODEL_ZOO.values() if entry.sha256 and entry.url == url), None)
-
-
 def parse_weights_spec(spec) -> WeightsSpec:
-    """Tell a local path from ``timm:<name>``, ``csl:<alias>`` and ``http(s)://`` / ``file://`` URLs
-    (see the module docstring). Only the three prefixes are special: anything else is a local path."""
+    """Only the ``timm:`` / ``csl:`` prefixes and URL schemes are special: anything else is a local path."""
     text = os.fspath(spec)
     if text.startswith(TIMM_PREFIX):
         name = text[len(TIMM_PREFIX):].strip()
@@ -153,14 +123,14 @@ def parse_weights_spec(spec) -> WeightsSpec:
                                      'timm:tresnet_m.miil_in21k')
         return WeightsSpec(text, 'timm', name)
     if text.startswith(ALIAS_PREFIX):
-        name = text[len(ALIAS_PREFIX):].strip()
-        name = name.removesuffix('.pth')
+        name = text[len(ALIAS_PREFIX):].strip().removesuffix('.pth')
         entry = CSL_MODEL_ZOO.get(name)
         if entry is None:
             close = difflib.get_close_matches(name, list(CSL_MODEL_ZOO), n=1)
             hint = f'did you mean {ALIAS_PREFIX}{close[0]}? ' if close else ''
+            known = ', '.join(ALIAS_PREFIX + n for n in CSL_MODEL_ZOO)
             raise WeightsSourceError(f'--model-path {text!r} is not one of the paper\'s models; {hint}known: '
-                                     f'{_alias_list()} (docs/checkpoints.md)')
+                                     f'{known} (docs/checkpoints.md)')
         url, fragment_sha = _split_fragment(entry.url, text)
         sha = _check_sha256(entry.sha256, f'CSL_MODEL_ZOO[{name!r}]') if entry.sha256 else fragment_sha
         return WeightsSpec(text, 'url', url, sha)
@@ -170,21 +140,20 @@ def parse_weights_spec(spec) -> WeightsSpec:
             raise WeightsSourceError(f'--model-path {text!r}: a file:// URL needs an absolute path, e.g. '
                                      f'file:///abs/path/model.pth (or pass the path itself)')
         url, sha = _split_fragment(text, text)
-        return WeightsSpec(text, 'url', url, sha or _zoo_sha256(url))
+        zoo_sha = next((e.sha256 for e in CSL_MODEL_ZOO.values() if e.sha256 and e.url == url), None)
+        return WeightsSpec(text, 'url', url, sha or zoo_sha)
     return WeightsSpec(text, 'local', text)
 
 
 def is_remote_weights(spec) -> bool:
-    """True for ``timm:``, ``csl:`` and URL values, which are fetched on demand rather than checked with
-    ``os.path.isfile`` (scripts: skip the local-file check for these). Never raises."""
+    """True for ``timm:``, ``csl:`` and URL values (no local-file check for these). Never raises."""
     text = os.fspath(spec)
     return (text.startswith((TIMM_PREFIX, ALIAS_PREFIX))
             or ('://' in text and urllib.parse.urlparse(text).scheme.lower() in URL_SCHEMES))
 
 
 def weights_stem(spec) -> str:
-    """A file-name stem for outputs named after the weights: the file name without extension for paths,
-    URLs and aliases (``mtresnet_opim_86.72``), ``timm_<name>`` for timm weights."""
+    """A file-name stem for outputs named after the weights (``timm_<name>`` for timm weights)."""
     text = os.fspath(spec)
     if text.startswith(TIMM_PREFIX):
         return 'timm_' + re.sub(r'[^\w.-]', '_', text[len(TIMM_PREFIX):].strip())
@@ -196,24 +165,23 @@ def weights_stem(spec) -> str:
 
 
 def default_cache_dir() -> str:
-    """``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``), as torch.hub and timm use."""
+    """``$TORCH_HOME/hub/checkpoints``, as torch.hub and timm use."""
     return os.path.join(torch.hub.get_dir(), 'checkpoints')
 
 
-def cache_path(url: str, cache_dir: str | None = None) -> str:
-    """Where the copy of ``url`` is kept: ``<cache>/<first 16 hex digits of the URL's SHA-256>/<file name>``.
-    Keyed by the whole URL, not the file name: two URLs ending in ``best.pth`` never share a copy."""
+def cache_path(url: str) -> str:
+    """``<cache>/<16 hex digits of the URL's SHA-256>/<file name>``: two URLs never share a copy."""
     name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path))
     if not name:
         raise WeightsSourceError(f'--model-path {url!r} names no file (the URL path ends in "/"); pass the '
                                  'URL of the .pth file itself')
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return os.path.join(os.path.abspath(cache_dir or default_cache_dir()), key, name)
+    return os.path.join(os.path.abspath(default_cache_dir()), key, name)
 
 
 @contextlib.contextmanager
 def _folder_lock(folder: str) -> Iterator[None]:
-    """An exclusive advisory lock on ``folder`` (flock of the folder itself: no lock file is left)."""
+    """flock of the folder itself (no lock file is left): DDP ranks download once."""
     if fcntl is None:
         yield
         return
@@ -226,15 +194,9 @@ def _folder_lock(folder: str) -> Iterator[None]:
         os.close(fd)
 
 
-def cached_download(url: str, sha256: str | None = None, *, progress: bool = True,
-                    cache_dir: str | None = None) -> CachedFile:
-    """The local file behind ``url``: a ``file://`` URL's own file, read in place (never copied: two runs'
-    ``best.pth`` stay two files), else its copy at `cache_path`, downloaded if absent.
-
-    ``sha256`` or the URL's ``#sha256=<hex>`` fragment is checked on the file, new or cached: a mismatch
-    raises `WeightsDownloadError` naming the URL and both hashes and deletes the copy (never a source
-    file). Any other failure raises it with the cause; a network failure keeps the ``.part`` file, which
-    the next call continues."""
+def cached_download(url: str, sha256: str | None = None, *, progress: bool = True) -> CachedFile:
+    """The local file behind ``url``: a ``file://`` URL's own file, else its copy at `cache_path`,
+    downloaded if absent. A SHA-256 mismatch deletes the copy, never a source file."""
     url, fragment_sha = _split_fragment(url, url)
     if sha256 is not None:
         sha256 = _check_sha256(sha256, f'expected SHA-256 of {url}')
@@ -242,7 +204,7 @@ def cached_download(url: str, sha256: str | None = None, *, progress: bool = Tru
             raise WeightsSourceError(f'{url}: two different expected SHA-256 given ({sha256} and the URL '
                                      f'fragment\'s {fragment_sha}); keep one')
     expected = sha256 or fragment_sha
-    dest = cache_path(url, cache_dir)
+    dest = cache_path(url)
     hint = ('check the URL (and its expected SHA-256: #sha256=... or the csl: table in docs/checkpoints.md) '
             'and the network, or download the file yourself and pass its path')
     if urllib.parse.urlparse(url).scheme.lower() == 'file':
@@ -254,7 +216,7 @@ def cached_download(url: str, sha256: str | None = None, *, progress: bool = Tru
         if actual != expected:
             raise WeightsDownloadError(f'--model-path {url}: SHA-256 mismatch: the file has {actual}, '
                                        f'expected {expected}; {hint}')
-        return CachedFile(url=url, path=path, downloaded=False, sha256=expected)
+        return CachedFile(path, downloaded=False)
 
     def note(message: str) -> None:  # download()'s resume / retry notes: stderr, beside the progress bar
         if progress:
@@ -271,25 +233,11 @@ def cached_download(url: str, sha256: str | None = None, *, progress: bool = Tru
     except OSError as error:  # the cache folder: disk full, permissions
         raise WeightsDownloadError(f'could not download {url} into {dest} ({error}); free space or set '
                                    'TORCH_HOME to a writable folder') from error
-    return CachedFile(url=url, path=dest, downloaded=not present, sha256=expected)
-
-
-def resolve_weights_file(spec, *, progress: bool = True, cache_dir: str | None = None) -> str:
-    """The local file behind a local path, URL or ``csl:`` alias (`cached_download`); a local path is
-    returned unchanged, not checked. ``timm:`` weights are no single file: read them with
-    `timm_pretrained_checkpoint`."""
-    parsed = spec if isinstance(spec, WeightsSpec) else parse_weights_spec(spec)
-    if parsed.kind == 'local':
-        return parsed.location
-    if parsed.kind == 'timm':
-        raise WeightsSourceError(f'{parsed.spec!r} is timm\'s pretrained weights, not a file; load it with '
-                                 'src.models.load_model / load_pretrained_backbone')
-    return cached_download(parsed.location, parsed.sha256, progress=progress, cache_dir=cache_dir).path
+    return CachedFile(dest, downloaded=not present)
 
 
 # ---------------------------------------------------------------------------------------------- timm
 def _timm_cfg(name: str, spec: str) -> tuple[str, dict]:
-    """(architecture, pretrained cfg as a dict) of a timm name, or a WeightsSourceError with the fix."""
     arch, tag = timm.models.split_model_name_tag(name)
     if not timm.models.is_model(arch):
         close = difflib.get_close_matches(name, timm.list_pretrained(), n=3, cutoff=0.6)
@@ -308,7 +256,7 @@ def _timm_cfg(name: str, spec: str) -> tuple[str, dict]:
 
 
 def _timm_class_names(cfg: Mapping, num_classes: int) -> list[str] | None:
-    """ImageNet class descriptions for timm weights (a duplicated description gets its synset id)."""
+    """ImageNet class descriptions (a duplicated description gets its synset id)."""
     try:
         subset = infer_imagenet_subset(dict(cfg))
         if not subset:
@@ -325,14 +273,8 @@ def _timm_class_names(cfg: Mapping, num_classes: int) -> list[str] | None:
 
 def timm_pretrained_checkpoint(name: str, *, pretrained_cfg_overlay: Mapping | None = None,
                                spec: str | None = None) -> dict:
-    """timm's pretrained weights of ``name`` (e.g. ``tresnet_m.miil_in21k``) as a checkpoint dict like
-    ours: ``model`` (state dict), ``model_name`` (the architecture), ``num_classes``, ``class_names``
-    (ImageNet descriptions when timm knows the label set) and ``source`` (where timm read them).
-
-    timm fetches and caches the file itself (Hugging Face hub cache, or the torch hub cache for URL
-    weights). ``pretrained_cfg_overlay`` is passed to ``timm.create_model``, e.g. ``dict(file=<path>)``
-    to read a local file through timm's machinery. An unknown name or tag, a model without pretrained
-    weights or a failed download raises `WeightsSourceError` / `WeightsDownloadError`."""
+    """timm's pretrained weights of ``name`` (e.g. ``tresnet_m.miil_in21k``) as a checkpoint dict like ours,
+    plus ``source``. ``pretrained_cfg_overlay`` goes to ``timm.create_model``, e.g. ``dict(file=<path>)``."""
     spec = spec or TIMM_PREFIX + name
     arch, cfg = _timm_cfg(name, spec)
     overlay = dict(pretrained_cfg_overlay or {})

@@ -1,19 +1,8 @@
-"""Loading weights: the paper's checkpoints, ImageNet backbones and our own checkpoints.
+"""Loading weights: the paper's checkpoints (``{'model', 'num_classes', 'idx_to_class'}``, InPlaceABN
+layout converted), ImageNet backbones, bare or wrapped state dicts and our own checkpoints.
 
-Where from (`read_checkpoint`): a local file, or on demand (``src.models.hub``) ``timm:<name>``, an
-``http(s)://`` / ``file://`` URL or a ``csl:<name>`` alias of the paper's released models; every file is
-read by `src.utils.checkpoint.read_pth` (never runs code from it without ``--unsafe_pickle``).
-
-Accepted containers: the paper's released files ``{'model': state_dict, 'num_classes', 'idx_to_class'}``;
-bare state dicts, ``{'state_dict': ...}`` wrappers, DDP ``module.`` / torch.compile ``_orig_mod.`` key
-prefixes; ours (layout in `src.utils.checkpoint`) with an optional ``ema``. State dicts may be in the
-paper's InPlaceABN layout (converted, see ``checkpoint_convert``) or timm's. Older files may lack
-``num_batches_tracked``; those buffers keep the model's value.
-
-The checkpoint owns a model's settings (`resolve_model_settings`): the commands that load a model take its
-architecture, classes and image size from it; a flag that disagrees is used where that is meaningful
-(another image size, with one printed line) and refused where the result would be wrong.
-"""
+The checkpoint owns a model's settings (`resolve_model_settings`): a flag that disagrees is used where that
+is meaningful (another image size, with one printed line) and refused where the result would be wrong."""
 
 from __future__ import annotations
 
@@ -53,13 +42,9 @@ MIN_BACKBONE_SHARE = 0.5  # fewer matching backbone tensors than this share: not
 
 
 def read_checkpoint(spec, allow_pickle: bool = False, *, progress: bool = True,
-                    pretrained_cfg_overlay: Mapping | None = None, cache_dir: str | None = None,
-                    flag: str | None = None):
-    """(checkpoint, source) for any ``--model-path`` value: a local path, a URL or ``csl:`` alias
-    (downloaded by `src.models.hub.cached_download` into ``cache_dir`` or the torch hub cache, with progress
-    bars when ``progress``) or ``timm:<name>`` (`src.models.hub.timm_pretrained_checkpoint`, given
-    ``pretrained_cfg_overlay``). ``source``: the local file read, or a description of timm's source.
-    ``flag``: the option that named ``spec``, for the errors."""
+                    pretrained_cfg_overlay: Mapping | None = None, flag: str | None = None):
+    """(checkpoint, source) for any ``--model-path`` value (``src.models.hub``); ``source``: the local file
+    read, or timm's source. ``flag``: the option that named ``spec``, for the errors."""
     parsed = parse_weights_spec(spec)
     if parsed.kind == 'local':
         return read_pth(parsed.location, allow_pickle=allow_pickle, flag=flag), parsed.location
@@ -67,7 +52,7 @@ def read_checkpoint(spec, allow_pickle: bool = False, *, progress: bool = True,
         checkpoint = timm_pretrained_checkpoint(
             parsed.location, pretrained_cfg_overlay=pretrained_cfg_overlay, spec=parsed.spec)
         return checkpoint, checkpoint['source']
-    cached = cached_download(parsed.location, parsed.sha256, progress=progress, cache_dir=cache_dir)
+    cached = cached_download(parsed.location, parsed.sha256, progress=progress)
     try:
         return read_pth(cached.path, allow_pickle=allow_pickle, flag=flag), cached.path
     except CheckpointError as error:
@@ -80,7 +65,7 @@ def _is_state_dict(obj) -> bool:
 
 
 def extract_state_dict(checkpoint, path='checkpoint', use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict inside a loaded checkpoint (see the module docstring), prefixes stripped."""
+    """The state dict in a checkpoint, wrapper prefixes stripped, the paper's InPlaceABN layout converted."""
     obj = checkpoint
     if use_ema:
         ema_key = next((k for k in _EMA_KEYS if isinstance(obj, Mapping) and obj.get(k) is not None), None)
@@ -89,7 +74,10 @@ def extract_state_dict(checkpoint, path='checkpoint', use_ema: bool = False) -> 
         obj = obj[ema_key]
     for _ in range(3):  # a few wrapper levels, e.g. {'model': {'state_dict': ...}}
         if _is_state_dict(obj):
-            return strip_wrapper_prefixes(obj)
+            state_dict = strip_wrapper_prefixes(obj)
+            if is_original_tresnet_layout(state_dict):
+                return convert_original_to_timm(state_dict)
+            return state_dict
         key = next((k for k in ('model', 'state_dict', 'module') if isinstance(obj, Mapping)
                     and isinstance(obj.get(k), Mapping)), None)
         if key is None:
@@ -100,13 +88,6 @@ def extract_state_dict(checkpoint, path='checkpoint', use_ema: bool = False) -> 
         found += f' with keys {sorted(map(str, checkpoint))[:10]}'
     raise CheckpointError(f'{path!r} holds no state dict: found {found}; expected a dict of tensors or '
                           'a dict with a "model" (or "state_dict") entry holding one')
-
-
-def to_timm_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Convert the paper's InPlaceABN layout to timm's; timm-layout dicts are returned unchanged."""
-    if is_original_tresnet_layout(state_dict):
-        return convert_original_to_timm(state_dict)
-    return dict(state_dict)
 
 
 def _class_names(fields: Mapping, num_classes: int, path) -> list[str]:
@@ -126,8 +107,7 @@ def _class_names(fields: Mapping, num_classes: int, path) -> list[str]:
 
 
 def _resolve_model_name(state_dict, fields: Mapping, model_name, path, flag) -> str:
-    """The file's ``model_name`` or its TResNet tensor shapes; ``model_name`` (the option ``flag``) only
-    where the file says neither. A contradiction is refused: the weights would not fit, or fit another net."""
+    """The file's tensor shapes or ``model_name``; the option ``flag`` only where the file says neither."""
     stored, inferred = fields.get('model_name'), infer_tresnet_name(state_dict)
     if is_timm_tresnet_layout(state_dict) and inferred is None:
         layers, width, v2 = describe_tresnet_arch(state_dict)
@@ -166,7 +146,7 @@ def _resolve_head(state_dict, fields: Mapping, model_name, path) -> dict:
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                            path='checkpoint') -> None:
-    """Strict load that fills absent ``num_batches_tracked`` and explains mismatches."""
+    """Strict load that fills absent ``num_batches_tracked`` (older files) and explains mismatches."""
     state_dict = dict(state_dict)
     own = model.state_dict()
     for key, value in own.items():
@@ -187,16 +167,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 
 def build_model_from_checkpoint(checkpoint, path, model_name: str | None = None, *, use_ema: bool = False,
                                 flag: str = 'model_name') -> tuple[nn.Module, list[str], dict]:
-    """(model in eval mode on CPU, class names, architecture) of a read checkpoint, loaded strictly.
-
-    Architecture (`_resolve_model_name`); head type and num_classes from the tensors (``head.fc.FC.weight``
-    => bottleneck); ``boostlu_alpha`` from the file (a BoostLU model, as trained). Class names:
-    ``class_names`` or ``idx_to_class`` (index -> name/MID), else 'class_<i>'. ``architecture``:
-    model_name, num_classes, do_bottleneck_head, boostlu_alpha.
-    """
+    """(model in eval mode on CPU, class names, architecture) of a read checkpoint, loaded strictly. The
+    head comes from the tensors; class names from ``class_names`` or ``idx_to_class``, else 'class_<i>'."""
     path = os.fspath(path)
     fields = checkpoint if isinstance(checkpoint, Mapping) else {}
-    state_dict = to_timm_layout(extract_state_dict(checkpoint, path, use_ema=use_ema))
+    state_dict = extract_state_dict(checkpoint, path, use_ema=use_ema)
     name = _resolve_model_name(state_dict, fields, model_name, path, flag)
     head = _resolve_head(state_dict, fields, name, path)
     model = create_model(model_name=name, num_classes=head['num_classes'],
@@ -213,7 +188,7 @@ def build_model_from_checkpoint(checkpoint, path, model_name: str | None = None,
 def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool = False,
                allow_pickle: bool = False, *, progress: bool = True,
                pretrained_cfg_overlay: Mapping | None = None) -> tuple[nn.Module, list[str]]:
-    """(model in eval mode on ``device``, class names): `read_checkpoint` + `build_model_from_checkpoint`."""
+    """(model in eval mode on ``device``, class names)."""
     checkpoint, _ = read_checkpoint(path, allow_pickle, progress=progress,
                                     pretrained_cfg_overlay=pretrained_cfg_overlay)
     model, class_names, _ = build_model_from_checkpoint(checkpoint, path, model_name, use_ema=use_ema)
@@ -227,22 +202,15 @@ def _positive_whole(value) -> bool:
 
 def resolve_model_settings(checkpoint, architecture: Mapping, given: Mapping[str, tuple[str, object]],
                            defaults: Mapping[str, object], path='checkpoint') -> tuple[dict, dict, list[str]]:
-    """(settings, provenance, notes) a command runs with.
-
-    The checkpoint records ``architecture`` (`build_model_from_checkpoint`'s) and, under ``args``
-    (train.py's resolved flags), ``image_size``. ``given``: setting -> (flag, value, None when not given);
-    ``defaults``: where neither says (the paper's layout records no size). A given flag that disagrees is
-    used with a note (``USED_WHEN_DIFFERENT``) or refused, naming the flag, the stored value and the fix.
-    Provenance: 'checkpoint', 'flag' or 'default' per setting.
-    """
+    """(settings, provenance 'checkpoint' / 'flag' / 'default', notes) a command runs with. ``given``:
+    setting -> (flag, value or None); ``defaults``: where neither says (the paper's files record no size)."""
     recorded = dict(architecture)
     size = recorded_args(checkpoint).get('image_size')
-    if size is not None:
-        if not _positive_whole(size) and given.get('image_size', (None, None))[1] is None:
-            raise CheckpointError(f'{path!r} stores image_size {size!r}, which is not a positive whole '
-                                  f'number; pass {given.get("image_size", ("--image-size",))[0]}')
-        if _positive_whole(size):
-            recorded['image_size'] = int(size)
+    if size is not None and _positive_whole(size):
+        recorded['image_size'] = int(size)
+    elif size is not None and given.get('image_size', (None, None))[1] is None:
+        raise CheckpointError(f'{path!r} stores image_size {size!r}, which is not a positive whole '
+                              f'number; pass {given.get("image_size", ("--image-size",))[0]}')
     settings, sources, notes = {}, {}, []
     for key in dict.fromkeys([*recorded, *given, *defaults]):
         flag, value = given.get(key, (None, None))
@@ -281,9 +249,8 @@ class LoadedModel:
 
 def load_model_for_command(args, flags: Mapping[str, tuple[str, str]], defaults: Mapping,
                            path_flag: str = '--model-path') -> LoadedModel:
-    """Read ``args.model_path`` (option ``path_flag``) once, build its model (``args.use_ema``) and resolve
-    the settings of ``flags`` (setting -> (flag, attribute of ``args``, None when not given)), which are
-    written back to ``args``."""
+    """Read ``args.model_path`` once, build its model and resolve the settings of ``flags`` (setting ->
+    (flag, attribute of ``args``)), which are written back to ``args``."""
     checkpoint, _ = read_checkpoint(args.model_path, args.unsafe_pickle, flag=path_flag)
     given = {key: (flag, getattr(args, attr)) for key, (flag, attr) in flags.items()}
     model_flag, model_name = given.get('model_name', ('model_name', None))
@@ -298,8 +265,7 @@ def load_model_for_command(args, flags: Mapping[str, tuple[str, str]], defaults:
 
 @dataclass
 class BackboneLoadReport:
-    """What `load_pretrained_backbone` did, by state-dict key. ``path``: the value as given (a path, URL,
-    ``csl:`` or ``timm:`` name); ``source``: the local file read or timm's source, when different."""
+    """What `load_pretrained_backbone` did, by state-dict key; ``str()``: the summary to print."""
 
     path: str
     loaded: list[str] = field(default_factory=list)
@@ -325,18 +291,12 @@ class BackboneLoadReport:
 
 def load_pretrained_backbone(model: nn.Module, path, allow_pickle: bool = False, *, progress: bool = True,
                              pretrained_cfg_overlay: Mapping | None = None) -> BackboneLoadReport:
-    """Load ImageNet-1k/21k weights (paper InPlaceABN or timm layout; any `read_checkpoint` source) into
-    ``model`` except the classifier; returns the report (``str()``: the summary for the caller to print).
-
-    Tensors whose shape differs from the model's are skipped and reported. Fewer than ``MIN_BACKBONE_SHARE``
-    of the backbone tensors (``num_batches_tracked`` excluded) matching by name and shape is an error: such a
-    file holds another architecture, and training on would be training from scratch after a one-line
-    report. A partial match above that share (e.g. a stage resized) loads.
-    """
+    """Load ImageNet weights into ``model`` except the classifier, skipping other shapes. Fewer than
+    ``MIN_BACKBONE_SHARE`` matching is an error: training on would silently be training from scratch."""
     path = os.fspath(path)
     checkpoint, source = read_checkpoint(path, allow_pickle, progress=progress,
                                          pretrained_cfg_overlay=pretrained_cfg_overlay)
-    state_dict = to_timm_layout(extract_state_dict(checkpoint, path))
+    state_dict = extract_state_dict(checkpoint, path)
     target = getattr(model, '_orig_mod', model)
     own = target.state_dict()
     classifier = getattr(target, 'pretrained_cfg', {}).get('classifier', 'head.fc')

@@ -23,7 +23,6 @@ def resolve_amp(device: torch.device, amp: bool | None, amp_dtype: str,
 
 
 def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
-    """torch.autocast for ``device`` with ``amp_dtype``; a no-op context when AMP is off."""
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype)

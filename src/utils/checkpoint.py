@@ -1,25 +1,10 @@
-"""The one .pth reader (`read_pth`), the training checkpoint's layout, and where a resumed run continues.
-
-Layout (a dict saved with ``torch.save``; loadable with ``weights_only=True``):
-
-- ``model``: state dict of the trained network (for ``best.pth``: the selected variant's weights, regular
-  or EMA, see ``selected_variant``); ``ema``: state dict of the EMA network;
-- ``model_name``, ``num_classes``, ``do_bottleneck_head``, ``bottleneck_features``, ``boostlu_alpha``
-  (None without BoostLU), ``class_names``: what `src.models.load_model` rebuilds the network from;
-- ``optimizer``, ``scheduler``, ``scaler``: their ``state_dict()``;
-- ``epoch``: the epoch the state belongs to, counted from 1 as in ``history`` and ``best``
-  (``format_version`` 2; `src.trainer.count_epochs_from_one` converts older, 0-based files; `ResumePoint`
-  holds the 0-based index); ``steps_done``: optimizer steps done in that epoch (the epoch length for an
-  end-of-epoch checkpoint, fewer for a mid-epoch SIGTERM checkpoint);
-  ``epoch_loss_sum``: loss summed over those steps; ``rng_state``: `src.utils.seed.capture_rng_state`;
-- ``train_prior``: ``ComputePrior.reduced_state_dict()`` of the running-average prior, or None;
-- ``history``: per-epoch records (as in metrics.jsonl); ``best``: best selection metric and its epoch;
-- ``args``: train.py's resolved flags (a dict; `recorded_args`), whose ``image_size`` the evaluation
-  commands use; ``world_size``.
-
-Files are written atomically (`src.utils.io.atomic_torch_save`): a process killed mid-write leaves the
-previous file intact.
-"""
+"""The one .pth reader (`read_pth`), the training checkpoint's check, and where a resumed run continues.
+Layout (docs/checkpoints.md; written by `src.utils.io.atomic_torch_save`, loadable with ``weights_only``):
+``model``, ``ema``, the architecture fields of `src.models.model_metadata`, ``class_names``, ``optimizer``,
+``scheduler``, ``scaler``, ``epoch`` (from 1, ``format_version`` 2; `ResumePoint` holds the 0-based index),
+``steps_done`` (in that epoch: fewer than its length for a mid-epoch SIGTERM checkpoint),
+``epoch_loss_sum``, ``rng_state``, ``criterion``, ``train_prior``, ``history``, ``best``, ``args`` (a dict),
+``data``, ``world_size``."""
 
 from __future__ import annotations
 
@@ -34,15 +19,14 @@ import numpy as np
 import torch
 
 from src.utils.cli import ConfigError
-from src.utils.io import atomic_torch_save
 
 TRAINING_CHECKPOINT_KEYS = ("model", "ema", "optimizer", "scheduler", "epoch", "steps_done", "args")
 
 
 @dataclass
 class ResumePoint:
-    """Where a run continues: epoch index, optimizer steps already done in it, their loss sum, and the
-    global RNG state to restore once those steps have been replayed (None at an epoch boundary)."""
+    """Where a run continues: epoch index, optimizer steps done in it, their loss sum, and the RNG state to
+    restore once those steps have been replayed (None at an epoch boundary)."""
 
     epoch: int = 0
     steps_done: int = 0
@@ -50,7 +34,6 @@ class ResumePoint:
     rng_state: dict | None = None
 
     def within(self, epoch: int) -> ResumePoint:
-        """The resume point that applies to ``epoch``: this one for its own epoch, a fresh start else."""
         return self if epoch == self.epoch and self.steps_done > 0 else ResumePoint(epoch=epoch)
 
     @classmethod
@@ -62,13 +45,8 @@ class ResumePoint:
         return point
 
 
-def save_checkpoint(state: dict, path: str) -> str:
-    """Write ``state`` atomically to ``path`` (the layout of the module docstring)."""
-    return atomic_torch_save(state, path)
-
-
 class CheckpointError(ConfigError):
-    """A file that is not a usable checkpoint, or whose contents do not fit the requested model."""
+    """A file that is not a usable checkpoint, or does not fit the requested model."""
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
@@ -76,10 +54,8 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 def _numpy_scalar_globals() -> list:
-    """What ``torch.load(weights_only=True)`` needs for numpy scalars (e.g. ``num_classes`` saved as
-    ``np.int64``): ``numpy.dtype``, the classes of the bool / integer / float / complex dtypes and the
-    scalar constructor, under its numpy 1.x and 2.x module names. None can run code: ``scalar(dtype,
-    bytes)`` only reinterprets bytes as a number of a numeric dtype (no object/string/structured dtype)."""
+    """What ``weights_only`` needs for numpy scalars (``num_classes`` saved as ``np.int64``), under numpy 1.x
+    and 2.x names. None can run code: ``scalar(dtype, bytes)`` only reinterprets bytes of a numeric dtype."""
     core = getattr(np, "_core", None) or np.core
     scalar = core.multiarray.scalar
     codes = "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]
@@ -88,8 +64,7 @@ def _numpy_scalar_globals() -> list:
             (scalar, "numpy._core.multiarray.scalar")]
 
 
-# Allowed on top of weights_only's tensors, plain containers and numbers: argparse.Namespace (training
-# scripts store their ``args``) and numpy scalars / dtypes.
+# Allowed on top of weights_only's tensors, containers and numbers: training scripts store their args.
 SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace, *_numpy_scalar_globals()]
 _ALLOWED_NAMES = {item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}"
                   for item in SAFE_CHECKPOINT_GLOBALS}
@@ -111,14 +86,9 @@ def _first_line(error: BaseException) -> str:
 
 
 def read_pth(path, *, allow_pickle: bool = False, flag: str | None = None):
-    """The one reader of .pth files: ``torch.load`` on CPU that never runs code from the file.
-
-    Read with ``weights_only=True`` plus ``SAFE_CHECKPOINT_GLOBALS``: the paper's released files, ImageNet
-    backbones and our checkpoints. A file holding any other Python object needs full unpickling, which can
-    execute code embedded in it: refused (naming those objects and ``--unsafe_pickle``) unless
-    ``allow_pickle``, then loaded with a warning. Every failure is a `CheckpointError` (a ValueError;
-    `CheckpointNotFoundError` for a missing file) naming ``flag`` (when given) and the file.
-    """
+    """The one reader of .pth files: ``torch.load`` on CPU with ``weights_only=True`` plus
+    ``SAFE_CHECKPOINT_GLOBALS``. Other Python objects need full unpickling, which can execute code: refused
+    unless ``allow_pickle``. Every failure is a `CheckpointError` naming ``flag`` and the file."""
     path = os.fspath(path)
     where = f"{flag}: {path!r}" if flag else repr(path)
     if not os.path.isfile(path):
@@ -157,8 +127,7 @@ def read_pth(path, *, allow_pickle: bool = False, flag: str | None = None):
 
 
 def recorded_args(checkpoint) -> dict:
-    """train.py's resolved flags stored under ``args`` (a dict; an argparse.Namespace in older files);
-    {} for files that do not record them (the paper's)."""
+    """train.py's flags stored under ``args`` (a Namespace in older files); {} for the paper's files."""
     saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
     if isinstance(saved, argparse.Namespace):
         saved = vars(saved)
@@ -166,7 +135,6 @@ def recorded_args(checkpoint) -> dict:
 
 
 def load_training_checkpoint(path: str, allow_pickle: bool = False) -> dict:
-    """Load a checkpoint written by train.py (on CPU); a clear error when it is not one."""
     checkpoint = read_pth(path, allow_pickle=allow_pickle, flag="--resume")
     if isinstance(checkpoint, dict) and "batches_done" in checkpoint and "steps_done" not in checkpoint:
         checkpoint["steps_done"] = checkpoint.pop("batches_done")  # the name before 2026-11-30

@@ -1,5 +1,4 @@
-"""The one way a command turns a user error into a clean exit (train.py, validate.py, infer.py,
-reproduce.py, the prior and simulation commands)."""
+"""The one way a command turns a user error into a clean exit."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ class ConfigError(ValueError):
 
 
 class MissingFileError(ConfigError, FileNotFoundError):
-    """A file named by a flag does not exist (both a ConfigError and a FileNotFoundError)."""
+    """A file named by a flag does not exist."""
 
 
 class ExitRequest(Exception):
@@ -21,15 +20,12 @@ class ExitRequest(Exception):
     exit_code = 1
 
 
-# Bad input (a missing file, a malformed CSV, mismatched classes, an impossible setting, an output that
-# cannot be written) is reported as one line that names the file/flag and the fix; the library code
-# raises these with such messages.
+# Bad input is reported as one line; the library raises these with messages naming the file/flag and fix.
 USER_ERRORS = (ValueError, FileNotFoundError, MemoryError, OSError)
 
 
 def run_cli(main: Callable, argv=None, prog: str | None = None) -> int:
-    """Run ``main(argv)``; a user error prints ``[<prog>: ]error: ...`` on stderr and gives exit status 2,
-    an :class:`ExitRequest` its own message and exit code."""
+    """Run ``main(argv)``; a user error prints ``[<prog>: ]error: ...`` on stderr and gives exit status 2."""
     prefix = f"{prog}: " if prog else ""
     try:
         main(argv)

@@ -1,16 +1,7 @@
-"""Process-group helpers for single-process and ``torchrun`` (DistributedDataParallel) runs.
-
-:func:`init_distributed` reads torchrun's ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` and joins the
-process group (NCCL on CUDA, gloo on CPU); without them the helpers are no-ops, so the training code has
-one path for both cases.
-
-Evaluation sharding: :class:`ShardSampler` splits the ``nb = ceil(N/B)`` batches of a single-process pass
-into ``w`` contiguous runs, rank ``r`` taking batches ``[r*nb//w, (r+1)*nb//w)``, without padding
-(``DistributedSampler`` repeats samples, which would count them twice in the mAP). Concatenating the
-ranks' predictions in rank order (:func:`gather_rows`) restores the dataset order, and every image is
-forwarded in the same batch as in one process, so the predictions are bitwise identical to it (batched
-convolutions round differently for different batch contents).
-"""
+"""Process-group helpers for single-process and ``torchrun`` runs (no-ops without a process group).
+Evaluation sharding: :class:`ShardSampler` gives each rank a contiguous run of whole batches, without the
+padding of ``DistributedSampler`` (repeated samples would count twice in the mAP); gathered in rank order,
+every image is forwarded in the same batch as in one process, so predictions are bitwise identical to it."""
 
 from __future__ import annotations
 
@@ -24,7 +15,6 @@ from torch.utils.data import Sampler
 
 @dataclass(frozen=True)
 class DistributedContext:
-    """Where this process sits in the job: rank, world size and its device."""
 
     rank: int = 0
     local_rank: int = 0
@@ -41,7 +31,6 @@ class DistributedContext:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; anything else must be a valid torch device string."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -54,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def init_distributed(device_name: str = "auto") -> DistributedContext:
-    """Join the process group when launched by torchrun, else return a single-process context."""
+    """Join the process group (NCCL on CUDA, gloo on CPU) when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if world_size <= 1:
@@ -100,7 +89,7 @@ def _comm_device() -> torch.device:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of ``tensor`` over all ranks (returns a new tensor on the input's device)."""
+    """Sum of ``tensor`` over all ranks (a new tensor on the input's device)."""
     if not is_dist():
         return tensor.clone()
     work = tensor.detach().to(_comm_device()).clone()
@@ -116,7 +105,6 @@ def any_rank_true(flag: bool, device: torch.device) -> bool:
 
 
 def gather_objects(obj) -> list:
-    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` without a process group."""
     if not is_dist():
         return [obj]
     gathered = [None] * dist.get_world_size()
@@ -125,7 +113,6 @@ def gather_objects(obj) -> list:
 
 
 def broadcast_object(obj, src: int = 0):
-    """Rank ``src``'s ``obj`` (picklable) on every rank; ``obj`` itself without a process group."""
     if not is_dist():
         return obj
     holder = [obj]
@@ -135,9 +122,8 @@ def broadcast_object(obj, src: int = 0):
 
 @torch.no_grad()
 def broadcast_tensors(tensors, src: int = 0) -> None:
-    """Overwrite ``tensors`` in place with rank ``src``'s values (no-op without a process group). DDP
-    keeps parameters equal, but each rank's BatchNorm statistics (and EMA copy) drift apart; rank 0's
-    state is the one saved, so every rank takes it before evaluation and checkpointing."""
+    """Overwrite ``tensors`` in place with rank ``src``'s values: each rank's BatchNorm statistics (and EMA
+    copy) drift apart under DDP, and rank 0's state is the one saved."""
     if not is_dist():
         return
     for tensor in tensors:
@@ -148,14 +134,13 @@ def broadcast_tensors(tensors, src: int = 0) -> None:
 
 
 def shard_bounds(num_samples: int, rank: int, world_size: int, batch_size: int = 1) -> tuple[int, int]:
-    """Half-open index range of rank's contiguous evaluation shard, cut at multiples of batch_size."""
+    """Half-open index range of rank's shard: batches ``[r*nb//w, (r+1)*nb//w)`` of ``nb = ceil(N/B)``."""
     num_batches = -(-num_samples // batch_size)
     first, last = rank * num_batches // world_size, (rank + 1) * num_batches // world_size
     return min(first * batch_size, num_samples), min(last * batch_size, num_samples)
 
 
 class ShardSampler(Sampler[int]):
-    """Sequential sampler over this rank's contiguous shard; no padding, no duplicates."""
 
     def __init__(self, num_samples: int, rank: int | None = None, world_size: int | None = None,
                  batch_size: int = 1):
@@ -173,8 +158,7 @@ class ShardSampler(Sampler[int]):
 
 
 def gather_rows(local: torch.Tensor, num_total: int, batch_size: int = 1) -> torch.Tensor:
-    """Every rank's ``local`` (rows of its shard) concatenated in rank order: a CPU tensor of ``num_total``
-    rows. Shards differ by up to one batch, so each is padded to the longest for all_gather."""
+    """Every rank's ``local`` rows concatenated in rank order, on CPU (padded for all_gather)."""
     if not is_dist():
         if local.shape[0] != num_total:
             raise RuntimeError(f"predict: got {local.shape[0]} rows for a dataset of {num_total} samples")
@@ -196,7 +180,6 @@ def gather_rows(local: torch.Tensor, num_total: int, batch_size: int = 1) -> tor
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
     while True:
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module

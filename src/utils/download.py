@@ -1,22 +1,8 @@
-"""The one download routine (``http(s)://`` and ``file://``), used by the model hub and dataset preparation.
-
-`download(url, dest, size=..., checksum="md5:...")` writes ``dest`` through ``dest + ".part"``:
-
-* an existing ``.part`` is continued: HTTP asks for ``Range: bytes=<size of .part>-`` (a server that
-  answers 200 instead of 206 ignores ranges: the file is fetched from the start, with a note); ``file://``
-  URLs seek to that offset, so tests exercise the same code path offline;
-* network errors and HTTP 5xx / 429 are retried (``retries`` times, each continuing the ``.part``); after
-  the last one the error says that the partial file is kept and that running again continues it;
-* the size is checked against ``size`` (the publisher's number) and the server's Content-Length; the
-  checksum (``md5:<hex>`` or ``sha256:<hex>``) is computed while the bytes arrive (a resumed ``.part`` is
-  hashed first), so a 13 GB archive is not read twice;
-* a file whose size or checksum is wrong is moved to ``dest + ".bad"`` (``keep_bad=False``: deleted) and
-  reported with a `DownloadError` naming the file, both checksums and the fix; the next run starts afresh;
-* only a verified file is renamed to ``dest``; an existing ``dest`` is verified and kept.
-
-The progress bar (tqdm, stderr) shows bytes, speed and time left; it refreshes twice a second on a
-terminal, every 30 s in a log file.
-"""
+"""The one download routine (``http(s)://`` and ``file://``), for the model hub and dataset preparation.
+``dest`` is written through ``dest + ".part"``, which a later call continues (an HTTP ``Range`` request;
+``file://`` seeks, so tests run the same path offline). Network errors and HTTP 5xx / 429 are retried. The
+checksum is computed while the bytes arrive, so a 13 GB archive is not read twice; a file of the wrong size
+or checksum is moved to ``.bad`` (or deleted); only a verified file is renamed to ``dest``."""
 
 from __future__ import annotations
 
@@ -39,13 +25,12 @@ HASHES = ("md5", "sha256")
 
 
 class DownloadError(ValueError):
-    """A download that failed or whose result does not match the publisher's size or checksum."""
+    """A download that failed or does not match the publisher's size or checksum."""
 
 
 @dataclass
 class DownloadResult:
-    """What `download` did: ``fetched_bytes`` came over the network in this call, starting at
-    ``resumed_from`` (the size of the ``.part`` it continued); ``skipped``: ``dest`` was already there."""
+    """``fetched_bytes`` came over the network, from ``resumed_from``; ``skipped``: ``dest`` was there."""
 
     path: str
     size: int
@@ -55,7 +40,7 @@ class DownloadResult:
 
 
 def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
-    """("md5", hex) from "md5:<hex>" (or sha256); None for None."""
+    """("md5", hex) from "md5:<hex>" (or sha256)."""
     if not checksum:
         return None
     algorithm, _, digest = checksum.partition(":")
@@ -73,7 +58,7 @@ def human_bytes(count: float) -> str:
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool, initial: int = 0) -> tqdm:
-    """A byte-counting tqdm bar on stderr (downloads, hashing, unpacking)."""
+    """A byte-counting tqdm bar on stderr; every 30 s when stderr is a log file."""
     interactive = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                 disable=not enabled, file=sys.stderr, mininterval=0.5 if interactive else 30.0,
@@ -81,7 +66,6 @@ def progress_bar(total: int | None, desc: str, enabled: bool, initial: int = 0) 
 
 
 def hash_file(path: str, algorithm: str, *, progress: bool = False, desc: str | None = None):
-    """The hashlib object of ``path``'s bytes (with a progress bar when asked: large archives)."""
     hasher = hashlib.new(algorithm)
     with open(path, "rb") as handle, progress_bar(os.path.getsize(path), desc or f"{algorithm} "
                                                   f"{os.path.basename(path)}", progress) as bar:
@@ -93,8 +77,8 @@ def hash_file(path: str, algorithm: str, *, progress: bool = False, desc: str | 
 
 @dataclass
 class _Fetch:
-    """One attempt: a readable ``stream`` of the bytes from ``offset`` (None: nothing left to read) and the
-    total size, if known; ``restarted``: the source could not continue the ``.part`` and starts at 0."""
+    """One attempt: ``stream`` of the bytes from ``offset`` (None: nothing left to read); ``restarted``: the
+    source could not continue the ``.part`` and starts at 0."""
 
     stream: object
     offset: int
@@ -163,8 +147,7 @@ def _open(url: str, offset: int, timeout: float) -> _Fetch:
 
 def _verify(path: str, size: int | None, checksum: str | None, *, name: str, progress: bool, hasher,
             bad: str | None) -> None:
-    """Size and checksum of a complete file; a mismatch moves it to ``bad`` (None: deletes it) and raises
-    DownloadError naming ``name``. ``hasher``: the checksum already computed while downloading, if any."""
+    """A size or checksum mismatch moves ``path`` to ``bad`` (None: deletes it); ``hasher``: so far."""
     actual = os.path.getsize(path)
     if size is not None and actual != size:
         why = f"has {actual} bytes, expected {size} (the publisher's size)"
@@ -190,8 +173,8 @@ def _verify(path: str, size: int | None, checksum: str | None, *, name: str, pro
 def download(url: str, dest: str, *, size: int | None = None, checksum: str | None = None,
              progress: bool = True, retries: int = 3, timeout: float = 60.0, retry_wait: float = 5.0,
              log=print, keep_bad: bool = True, hint: str = "") -> DownloadResult:
-    """Download ``url`` to ``dest`` (see the module docstring); returns a `DownloadResult`. ``log`` gets the
-    resume / retry notes; ``hint`` (the caller's flags or fix) ends every error message."""
+    """``size``: the publisher's byte count; ``log`` gets the resume / retry notes; ``hint`` (the caller's
+    flags or fix) ends every error message."""
     try:
         return _download(url, dest, size, checksum, progress, retries, timeout, retry_wait, log, keep_bad)
     except DownloadError as error:
@@ -257,7 +240,7 @@ def _download(url, dest, size, checksum, progress, retries, timeout, retry_wait,
 
 
 def _copy(fetch: _Fetch, part: str, hasher, name: str, progress: bool) -> int:
-    """Append the stream to ``part`` (truncated first when the fetch starts at 0); returns bytes copied."""
+    """Append the stream to ``part`` (truncated when the fetch starts at 0); returns bytes copied."""
     if fetch.stream is None:  # the server says the .part is already complete
         return 0
     copied = 0

@@ -1,10 +1,6 @@
-"""Crash-safe file writes: every output is written to ``<path>.tmp.<pid>`` and renamed over ``path``.
-
-``os.replace`` is atomic on POSIX, so a process killed mid-write leaves the previous file intact; the
-folder is fsynced after the rename so that the new name survives a power loss as well. Temporary files
-left by a process that was killed during a write (``<name>.tmp.<pid>`` whose process is gone) are removed
-at the next write of the same file. Disk and permission errors name the path and the cause.
-"""
+"""Crash-safe file writes: every output is written to ``<path>.tmp.<pid>``, fsynced and renamed over
+``path`` (a process killed mid-write leaves the previous file intact; the folder is fsynced so the new
+name survives a power loss). Temporaries of killed processes are removed at the next write of the file."""
 
 from __future__ import annotations
 
@@ -19,7 +15,7 @@ import torch
 
 
 class OutputError(OSError):
-    """An output file could not be written: the message names the path, the cause and the fix."""
+    """An output file could not be written (the message names the path, the cause and the fix)."""
 
 
 def _describe_os_error(error: OSError, path: str) -> str:
@@ -44,7 +40,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(path: str) -> list[str]:
-    """Remove ``<path>.tmp.<pid>`` files whose process no longer runs; returns the removed paths."""
+    """Remove ``<path>.tmp.<pid>`` files whose process is gone."""
     removed = []
     for candidate in glob.glob(glob.escape(path) + ".tmp.*"):
         suffix = candidate.rsplit(".tmp.", 1)[1]
@@ -53,15 +49,6 @@ def remove_stale_temporaries(path: str) -> list[str]:
                 os.remove(candidate)
                 removed.append(candidate)
     return removed
-
-
-def _fsync_folder(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _atomic_write(path: str, write, mode: str, **open_kwargs) -> str:
@@ -75,7 +62,12 @@ def _atomic_write(path: str, write, mode: str, **open_kwargs) -> str:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_folder(folder)
+        with contextlib.suppress(OSError):  # the folder, so that the new name survives a power loss
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     except OSError as error:
         raise OutputError(error.errno, _describe_os_error(error, path)) from error
     except RuntimeError as error:  # torch.save reports a full disk as a miniz/zip RuntimeError
@@ -88,18 +80,15 @@ def _atomic_write(path: str, write, mode: str, **open_kwargs) -> str:
 
 
 def atomic_torch_save(obj, path: str) -> str:
-    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``."""
     return _atomic_write(path, lambda handle: torch.save(obj, handle), "wb")
 
 
 def atomic_write_text(path: str, text: str, newline: str | None = None) -> str:
-    """Write ``text`` (UTF-8) atomically; ``newline`` is passed to ``open`` (``""`` writes line endings as
-    given, e.g. the ``\\r\\n`` of the csv module)."""
+    """``newline``: passed to ``open`` (``""`` keeps line endings as given, e.g. the csv module's)."""
     return _atomic_write(path, lambda handle: handle.write(text), "w", encoding="utf-8", newline=newline)
 
 
 def save_figure(figure, path: str, dpi: int = 110) -> str:
-    """A matplotlib figure saved as PNG atomically, then closed."""
     try:
         return _atomic_write(path, lambda handle: figure.savefig(handle, dpi=dpi, format="png"), "wb")
     finally:
@@ -107,7 +96,6 @@ def save_figure(figure, path: str, dpi: int = 110) -> str:
 
 
 def existing_ancestor(path: str) -> str:
-    """``path`` itself when it exists, else its nearest existing ancestor (absolute)."""
     path = os.path.abspath(path)
     while not os.path.exists(path):
         parent = os.path.dirname(path)
@@ -118,7 +106,6 @@ def existing_ancestor(path: str) -> str:
 
 
 def save_npz(path: str, **arrays) -> str:
-    """``numpy.savez`` of ``arrays``, written atomically."""
     return _atomic_write(path, lambda handle: np.savez(handle, **arrays), "wb")
 
 
@@ -127,9 +114,7 @@ def atomic_write_json(path: str, payload) -> str:
 
 
 def prepare_output_file(path: str, flag: str, example: str = "out.csv") -> str:
-    """Check, before any work, that the output file ``path`` of ``flag`` can be written, and create its
-    folder; returns ``path``. A ValueError names the flag and the fix when ``path`` is a folder or its
-    folder cannot be created or written (else the file would only fail after the whole run)."""
+    """Check before any work that the output file of ``flag`` can be written, and create its folder."""
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise ValueError(f"{flag}: {path!r} is a folder, not a file; pass a file path such as "
                          f"{os.path.join(path, example)!r}")
@@ -138,7 +123,6 @@ def prepare_output_file(path: str, flag: str, example: str = "out.csv") -> str:
 
 
 def prepare_output_folder(folder: str, flag: str) -> str:
-    """Create ``folder`` (the output folder of ``flag``) and check that it is writable, before any work."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"{flag}: {folder!r} is a file, not a folder; pass a folder path")
     try:

@@ -1,10 +1,6 @@
-"""Run outputs of train.py: args.json, metrics.jsonl and TensorBoard scalars (rank 0 only).
-
-``metrics.jsonl`` holds one JSON object per finished epoch (keys: docs/usage.md), ``"epoch"`` counted
-from 1, which is also the TensorBoard step of the epoch's scalars. On resume the file is rewritten from
-the checkpoint's history first, so lines of epochs that ran after the checkpoint (and were lost with the
-killed process) do not appear twice.
-"""
+"""Run outputs of train.py (rank 0 only): args.json, metrics.jsonl (one object per epoch, ``"epoch"`` from
+1, also the TensorBoard step) and TensorBoard scalars. On resume metrics.jsonl is rewritten from the
+checkpoint's history, so epochs lost with a killed process do not appear twice."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ from src.utils.io import atomic_write_json, atomic_write_text
 
 
 def git_commit(repo_dir: str | None = None) -> str | None:
-    """The checked-out commit hash (suffixed ``-dirty`` with uncommitted changes), or None."""
+    """The checked-out commit (suffixed ``-dirty`` with uncommitted changes), or None."""
     repo_dir = repo_dir or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_dir, capture_output=True, text=True,
@@ -41,7 +37,7 @@ def _json_safe(value):
 
 
 class RunLogger:
-    """Writes args.json, metrics.jsonl and TensorBoard scalars under ``folder``; inert when not main."""
+    """Inert when not ``enabled`` (not rank 0)."""
 
     def __init__(self, folder: str, enabled: bool = True):
         self.folder, self.enabled = folder, enabled
@@ -58,7 +54,6 @@ class RunLogger:
             atomic_write_json(os.path.join(self.folder, "args.json"), _json_safe(config))
 
     def reset_history(self, history: list[dict]) -> None:
-        """Rewrite metrics.jsonl with ``history`` (the epochs a resumed checkpoint already covers)."""
         if self.enabled:
             atomic_write_text(self.metrics_path, "".join(json.dumps(_json_safe(h)) + "\n" for h in history))
 

@@ -1,11 +1,7 @@
-"""Where a training run writes, and the rule that a run never destroys another run's results.
-
-``--path_dest`` unset: a fresh folder ``./outputs/<date>-<time>_<name>`` per run (train.py's name: loss mode
-and labels, e.g. ``negative_fpc_1000``; ``-2``, ``-3`` ... are appended if two runs start in the same second).
-``--path_dest DIR`` holding a run (any of `RUN_FILES`) is refused unless ``--resume`` continues a
-checkpoint of that very folder, or ``--overwrite`` is given; ``--overwrite`` removes the old run's
-files first, so nothing of it (a stale best.pth, metrics.jsonl lines) mixes with the new run.
-"""
+"""Where a training run writes; a run never destroys another run's results.
+``--path_dest`` unset: a fresh ``./outputs/<date>-<time>_<name>``. A ``--path_dest`` holding a run is refused
+unless ``--resume`` continues a checkpoint of that very folder, or ``--overwrite`` is given, which removes
+the old run's files first so that nothing of it (a stale best.pth, metrics.jsonl lines) mixes in."""
 
 from __future__ import annotations
 
@@ -24,7 +20,7 @@ RUN_FOLDERS = ("tensorboard",)  # priors/ stays: a stage-2 --prior_path may poin
 
 
 def fresh_run_folder(parent: str, name: str, now: float | None = None) -> str:
-    """``parent/<YYYYmmdd-HHMMSS>_<name>``, suffixed -2, -3 ... when that folder exists already."""
+    """``parent/<YYYYmmdd-HHMMSS>_<name>``, suffixed -2, -3 ... when it exists already."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     base = os.path.join(parent, f"{stamp}_{name}")
     candidate, n = base, 1
@@ -35,7 +31,6 @@ def fresh_run_folder(parent: str, name: str, now: float | None = None) -> str:
 
 
 def describe_run(folder: str) -> str:
-    """One line on the run held in ``folder``: finished or not, epochs, best mAP (from metrics.jsonl)."""
     try:
         with open(os.path.join(folder, "args.json"), encoding="utf-8") as handle:
             epochs_planned = json.load(handle).get("epochs")
@@ -66,7 +61,6 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def check_run_folder(folder: str, resume: str | None, overwrite: bool) -> None:
-    """Refuse a ``folder`` that holds another run (see the module docstring); checks it can be written."""
     if os.path.isdir(folder) and held_run_files(folder) and not overwrite:
         resuming_here = resume is not None and _same_folder(os.path.dirname(os.path.abspath(resume)), folder)
         if not resuming_here:
@@ -78,8 +72,7 @@ def check_run_folder(folder: str, resume: str | None, overwrite: bool) -> None:
 
 
 def check_writable_folder(folder: str, flag: str) -> None:
-    """The folder exists and is writable, or can be created: checked without creating anything, so that a
-    run refused later leaves no trace. The first existing ancestor must be a writable folder."""
+    """The folder is writable or can be created; nothing is created (a run refused later leaves no trace)."""
     path = existing_ancestor(folder)
     if not os.path.isdir(path):
         raise ConfigError(f"{flag}: {path!r} is a file, so the folder {folder!r} cannot be created; pass "
@@ -90,7 +83,6 @@ def check_writable_folder(folder: str, flag: str) -> None:
 
 
 def clear_run_files(folder: str) -> list[str]:
-    """Remove the files of the run held in ``folder`` (for --overwrite); returns what was removed."""
     removed = []
     for name in RUN_FILES:
         path = os.path.join(folder, name)
@@ -107,9 +99,8 @@ def clear_run_files(folder: str) -> list[str]:
 
 def resolve_run_folder(path_dest: str | None, run_name: str, *, resume: str | None, overwrite: bool,
                        is_main: bool = True) -> str:
-    """The run's folder: ``path_dest``, or a fresh one named after ``run_name`` when it is None (chosen on
-    rank 0, the same on every rank); checked by `check_run_folder` and cleared on --overwrite (rank 0).
-    Called by every rank (it synchronises them)."""
+    """The run's folder: ``path_dest``, or a fresh one chosen on rank 0; checked, and cleared on
+    --overwrite. Called by every rank (it synchronises them)."""
     folder = path_dest
     if folder is None:
         folder = broadcast_object(fresh_run_folder(DEFAULT_PARENT, run_name) if is_main else None)

@@ -9,23 +9,19 @@ import torch
 
 
 def derive_seed(seed: int, *parts: int) -> int:
-    """A 32-bit seed that is a fixed function of ``seed`` and ``parts`` (e.g. epoch, rank).
-
-    numpy's SeedSequence mixes the entropy well, so (seed, epoch) and (seed, epoch + 1) give
-    unrelated streams, unlike seed + epoch which makes run seed=1 epoch 0 equal run seed=0 epoch 1.
-    """
+    """A 32-bit seed from ``seed`` and ``parts`` (e.g. epoch, rank); unlike seed + epoch, run seed=1 epoch 0
+    and run seed=0 epoch 1 get unrelated streams (numpy's SeedSequence mixes the entropy)."""
     return int(np.random.SeedSequence([int(seed), *(int(p) for p in parts)]).generate_state(1)[0])
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python ``random``, numpy's global generator and torch (CPU and all CUDA devices)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def capture_rng_state() -> dict:
-    """The global generators' states, as plain Python values and tensors (weights_only-loadable)."""
+    """The global generators' states as plain values and tensors (weights_only-loadable)."""
     kind, keys, pos, has_gauss, cached_gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
@@ -39,7 +35,6 @@ def capture_rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    """Inverse of :func:`capture_rng_state` (the CUDA part only when CUDA is in use)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = state["numpy"]

@@ -1,10 +1,6 @@
-"""Values given on the command line or as keywords: 'none' paths and numbers with bounds.
-
-A bound is written as its message reads, so the error names it: ``">= 0"``, ``"> 0"``, ``"in [0, 1)"``,
-``"a probability in [0, 1]"``, ``"an integer >= 1"`` (the interval or comparison ends the text; "integer"
-in it asks for an integral value). The argparse types of src.args and the loss classes' keyword checks
-use the same bounds.
-"""
+"""'none' paths and numbers with bounds, for src.args' types and the loss classes' keyword checks.
+A bound reads as its message: ``">= 0"``, ``"in [0, 1)"``, ``"an integer >= 1"`` (the interval or comparison
+ends the text; "integer" asks for an integral value)."""
 
 from __future__ import annotations
 
@@ -25,7 +21,6 @@ def optional_path(text: str) -> str | None:
 
 
 def within(value: float, bound: str) -> bool:
-    """Whether ``value`` (finite) satisfies ``bound``."""
     if not math.isfinite(value) or ("integer" in bound and value != int(value)):
         return False
     if match := re.search(r"(>=|>)\s*(\S+)$", bound):
@@ -45,7 +40,7 @@ def check_bounds(bounds: dict[str, str], **values) -> None:
 
 
 def bounded(kind: type, bound: str):
-    """An argparse type: ``kind(text)`` within ``bound``; argparse prefixes the message with the flag."""
+    """An argparse type: ``kind(text)`` within ``bound``."""
 
     def parse(text: str):
         try:
