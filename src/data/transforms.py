@@ -1,22 +1,9 @@
-"""Image pipelines of the CSL paper: the same operations, implemented for speed and current NumPy.
+"""Image pipelines of the CSL paper: train ``Resize((s, s))`` -> ``CutoutPIL(0.5)`` -> ``RandAugment()`` ->
+``ToTensor``; val ``Resize((s, s))`` -> ``ToTensor``; no mean/std normalisation (TResNet expects [0, 1]).
 
-Train: ``Resize((s, s))`` -> ``CutoutPIL(0.5)`` -> ``RandAugment()`` -> ``ToTensor``.
-Val:   ``Resize((s, s))`` -> ``ToTensor``.
-No mean/std normalisation: TResNet expects inputs in [0, 1].
-
-CutoutPIL: a rectangle of ``round(0.5 * width) x round(0.5 * height)`` pixels centred on a uniformly
-random pixel, clipped to the image (``ImageDraw.rectangle``'s corners are inclusive), is painted one
-uniformly random RGB colour. The paper's code swapped width and height; after the square Resize both are
-equal, so the output distribution is the same.
-
-RandAugment: the paper used ``randaugment.RandAugment`` (PyPI ``randaugment`` 1.0.2), which no longer
-runs on NumPy >= 1.24 (``np.int``). `RandAugment` below reproduces it draw for draw: one of the 135 x 135
-ordered pairs of (operation, magnitude 1..9) by ``random.randint``, each applied with probability 0.5,
-with the package's magnitude tables, signs, fill colours and its Cutout's ``np.random`` draws
-(tests/test_transforms.py compares both). It is faster: no policy tables rebuilt per image, and the
-Cutout square painted in one call instead of a per-pixel loop.
-
-`ImagePipeline` records ``draft_size``, towards which the datasets decode JPEGs (`src.data.image_io`).
+The paper's ``randaugment.RandAugment`` (PyPI ``randaugment`` 1.0.2) no longer runs on NumPy >= 1.24
+(``np.int``); `RandAugment` below reproduces it draw for draw (tests/test_transforms.py compares both).
+The paper's CutoutPIL swapped width and height; after the square Resize that changes nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +17,8 @@ from torchvision import transforms
 
 
 class CutoutPIL:
-    """Paint a random rectangle of relative size ``cutout_factor`` with a random colour, in place."""
+    """Paint a ``round(f * width) x round(f * height)`` rectangle (clipped; corners inclusive) centred on a
+    uniformly random pixel one uniformly random colour, in place."""
 
     def __init__(self, cutout_factor: float = 0.5, rng: random.Random | None = None):
         if not 0.0 <= cutout_factor <= 1.0:
@@ -120,7 +108,7 @@ _APPLY = {
 
 
 class RandAugment:
-    """Drop-in, behaviour-identical replacement of ``randaugment.RandAugment`` (see module docstring)."""
+    """One of the 135 x 135 ordered (operation, magnitude 1..9) pairs, each applied with probability 0.5."""
 
     def __init__(self):
         self._ops = [(name, _MAGNITUDE_TABLE[name][m]) for name in _OPERATIONS for m in _MAGNITUDES]
