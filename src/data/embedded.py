@@ -80,8 +80,6 @@ _SPLITS = {"train": (0, "train2014"), "val": (1, "val2014")}
 
 
 # Label model ------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class LabelModel:
     """Per-context Bernoulli probabilities (NUM_CONTEXTS x 48) and the base Zipf prior (48,)."""
@@ -202,8 +200,6 @@ def sample_embedded_labels(num_images: int, seed: int = 0, variant: str = "embed
 
 
 # Drawing ----------------------------------------------------------------------------------------------------
-
-
 def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Inside test in object coordinates (u, v) = (x - cx, y - cy) / radius; v points down."""
     name = SHAPES[shape]
@@ -401,8 +397,6 @@ def _bboxes(masks: np.ndarray) -> np.ndarray:
 
 
 # Writing a split --------------------------------------------------------------------------------------------
-
-
 @dataclass
 class GeneratedSplit:
     """What one split contains: image ids (1..N) and the intended (N x C) bool labels."""
@@ -544,7 +538,6 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 # Public generators ------------------------------------------------------------------------------------------
-
 CONFIG_FILE = "embedded_config.json"
 
 

@@ -61,7 +61,9 @@ def load_rgb(path: str, draft_size: tuple[int, int] | None = None) -> Image.Imag
             image.close()  # the traceback keeps the half-read image, and so its open file, alive
         raise ImageReadError(f"cannot decode image {path}: {exc}", "Replace or delete the file, or pass "
                              "--skip_bad_images to drop unreadable images") from exc
-    return to_rgb(image)
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        image = to_uint8_grey(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -84,14 +86,6 @@ def to_uint8_grey(image: Image.Image) -> Image.Image:
     else:
         scaled = (values - low) * (255.0 / (high - low))
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
-        image = to_uint8_grey(image)
-    return image.convert("RGB")
 
 
 def image_problem(path: str, header: bool = True) -> str | None:

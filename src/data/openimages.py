@@ -119,11 +119,15 @@ def _unknown_mids(source: str, unknown: np.ndarray, policy: str, examples) -> in
     return n_unknown
 
 
-def _warn_skipped(source: str, n_unknown: int) -> None:
+def _labelled_rows(source: str, rows, cols, positive, num_rows: int, num_classes: int, n_unknown: int):
+    """(rows kept, their LabelMatrix, stats) of the COO labels of a reader (and its warning)."""
+    labels, stats = build_label_csr(rows, cols, positive, num_rows, num_classes)
+    stats["unknown_mid_labels"] = n_unknown
     if n_unknown:
         warnings.warn(f"{source}: skipped {n_unknown} labels whose MIDs are not in the class list (expected "
                       f"for the official CSVs, which cover ~20k classes); --unknown_mids error makes this "
                       f"an error and lists them", SkippedLabelsWarning, stacklevel=3)
+    return (*keep_labelled_rows(labels, stats), stats)
 
 
 def _to_bytes(values) -> np.ndarray:
@@ -156,11 +160,8 @@ def read_official_labels(csv_path: str, class_mids: list[str], unknown_mids: str
     n_unknown = _unknown_mids(csv_path, unknown, unknown_mids,
                               label_categories[category_to_column < 0])
     known = ~unknown
-    labels, stats = build_label_csr(image_codes[known], cols[known], confidence[known] == 1.0,
-                                    len(image_categories), len(class_mids))
-    stats["unknown_mid_labels"] = n_unknown
-    keep, labels = keep_labelled_rows(labels, stats)
-    _warn_skipped(csv_path, n_unknown)
+    keep, labels, stats = _labelled_rows(csv_path, image_codes[known], cols[known], confidence[known] == 1.0,
+                                         len(image_categories), len(class_mids), n_unknown)
     return _to_bytes(image_categories[keep]), labels, stats
 
 
@@ -227,11 +228,8 @@ def read_processed_labels(csv_path: str, class_mids: list[str], split: str | tup
         raise DatasetError(f"{csv_path}: cannot be read as the processed release's data.csv ({first_line}); "
                            f"its header is filepath,label,label_neg,split_name with one image per "
                            f"row") from None
-    labels, stats = build_label_csr(np.concatenate(rows), np.concatenate(cols), np.concatenate(positive),
-                                    n_rows, len(class_mids))
-    stats["unknown_mid_labels"] = n_unknown
-    keep, labels = keep_labelled_rows(labels, stats)
-    _warn_skipped(csv_path, n_unknown)
+    keep, labels, stats = _labelled_rows(csv_path, np.concatenate(rows), np.concatenate(cols),
+                                         np.concatenate(positive), n_rows, len(class_mids), n_unknown)
     return np.concatenate(paths)[keep], labels, stats
 
 
