@@ -33,7 +33,6 @@ class SkippedImagesWarning(UserWarning):
 
 
 def take(sequence, rows: np.ndarray):
-    """``sequence[rows]`` for a list, a numpy array or a PathSequence."""
     if isinstance(sequence, PathSequence | np.ndarray):
         return sequence.take(rows) if isinstance(sequence, PathSequence) else sequence[rows]
     return [sequence[int(r)] for r in rows]
@@ -177,7 +176,6 @@ class MultiLabelImageDataset(Dataset):
         return dict(enumerate(self.class_names))
 
     def set_labels(self, labels) -> None:
-        """Replace the label matrix (e.g. by partial labels), checking shape and values."""
         self.labels = as_label_matrix(labels, len(self), self.num_classes,
                                       source=f"{type(self).__name__}.set_labels")
 

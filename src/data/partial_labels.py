@@ -228,7 +228,6 @@ def describe_simulation(mode: str, param: float, seed: int, summary: dict) -> st
 
 
 # Partial label files ---------------------------------------------------------------------------
-
 _FILE_FIELDS = ("labels", "class_names", "image_ids", "meta")
 
 
