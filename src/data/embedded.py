@@ -247,8 +247,7 @@ class _Objects:
 def _sample_objects(
     labels: np.ndarray, image_size: int, rng: np.random.Generator, core_rng: np.random.Generator | None = None
 ) -> _Objects:
-    """Object slots of the labels; with ``core_rng`` (glyphs) also core colours, drawn from that stream
-    alone so that the layout, body colours and backgrounds equal those of the shape_colour design."""
+    """Object slots of the labels; glyph core colours use ``core_rng`` only (the rest as in shape_colour)."""
     n = labels.shape[0]
     slots = np.arange(MAX_OBJECTS)
     n_labels = labels.sum(axis=1)

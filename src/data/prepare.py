@@ -129,7 +129,6 @@ DATASETS: dict[str, DatasetSpec] = {
 # ------------------------------------------------------------------------------------------ the plan
 @dataclass
 class Step:
-
     remote: RemoteFile
     url: str
     local: str  # the downloaded file: ROOT/downloads/NAME for archives, ROOT/NAME for plain files
@@ -225,8 +224,7 @@ def describe_plan(name: str, spec: DatasetSpec, root: str, steps: list[Step], ne
 
 # ------------------------------------------------------------------------------------------ unpacking
 def _inside(folder: str, member: str) -> str:
-    """The destination of archive member ``member`` under ``folder``; an absolute path or one leaving
-    the folder (``..``) is an error (a malicious or broken archive)."""
+    """Where ``member`` lands under ``folder``; a path leaving it (absolute, ``..``) is an error."""
     folder = os.path.abspath(folder)
     target = os.path.abspath(os.path.join(folder, member))
     if os.path.isabs(member) or os.path.commonpath([target, folder]) != folder:
