@@ -1,12 +1,8 @@
-"""OpenImages V6 image-level labels as a sparse `LabelMatrix` (9M images x 9,605 classes: ~86 GB dense).
-
-Two formats (docs/datasets.md): the official release (``OpenImagesDataset.from_official``: the
-human-verified ``*-annotations-human-imagelabels.csv``, Confidence 1/0, and a class list; labels of MIDs
-outside it are skipped and counted) and the CSL authors' processed one (``from_processed``: ``data.csv``
-whose label columns are Python-literal MID lists, parsed by a regex grammar, never ``eval``-ed, and
-``mid_to_classes.pth``; an unknown MID is an error). A pair listed twice is kept once, positive wins over
-negative, and an image left without a label is dropped; ``load_stats`` counts each. Memory grows with the
-annotations, not images x classes (categorical codes, chunks, numpy sorts; bench/bench_data.py).
+"""OpenImages V6 image-level labels as a sparse `LabelMatrix` (9M images x 9,605 classes: ~86 GB dense), from
+the official release (`OpenImagesDataset.from_official`) or the CSL authors' processed one (`from_processed`;
+its MID lists are parsed by a grammar, never ``eval``-ed); formats: docs/datasets.md. A pair listed twice
+is kept once, positive wins over negative, an image without a label is dropped (``load_stats`` counts
+each). Memory grows with the annotations, not images x classes (bench/bench_data.py).
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
 """Simulate partial annotation on a fully labelled (N x C) matrix of 1 (positive), 0 (negative) and -1
-(un-annotated), and partial label files.
-
-A mode only turns annotated entries into -1; its draws come from ``np.random.default_rng(seed)``, so (labels,
-mode, param, seed) fixes the result. Modes [param]:
-
-* ``fpc`` / ``fix_per_class`` [n, integer >= 0]: per class, ``min(n, #pos)`` of its positive and
-  ``min(n, #neg)`` of its negative images are drawn uniformly without replacement and kept (the paper's COCO
-  scheme).
-* ``rps`` / ``random_per_sample`` [p in [0, 1]]: every entry independently becomes -1 with probability p.
-* ``known_ratio`` [r in [0, 1]]: per image, keep ``k(r, n)`` of its n positives and of its n negatives, with
-  ``k(r, n) = 0 if r == 0 or n == 0 else max(1, floor(r * n + 0.5))``.
-* ``single_positive`` [ignored, pass 0]: per image keep one random positive, everything else becomes -1.
-
-A partial label file is an ``.npz`` with ``labels`` (int8, N x C), ``class_names``, ``image_ids`` and ``meta``
-(JSON). Names and ids alone do not tell datasets apart (every embedded set has ids 1..N and the same 48
-names), so loading it with the dataset's full labels also checks that its annotated entries agree with
-them and, when they are complete and the file stores ``meta['full_labels_sha256']``, the fingerprints.
+(un-annotated), and read / write partial label files (``.npz``, checked against the dataset they are
+loaded for). A mode only turns annotated entries into -1; (labels, mode, param, seed) fixes the result.
+The modes (``fpc``, ``rps``, ``known_ratio``, ``single_positive``) and the file checks: docs/usage.md.
 """
 
 from __future__ import annotations
@@ -78,7 +64,8 @@ def _validate_param(mode: str, param) -> float:
 
 
 def known_count(ratio: float, counts: np.ndarray) -> np.ndarray:
-    """How many of ``counts`` labels ``known_ratio`` keeps (k(r, n) of the module doc)."""
+    """How many of ``counts`` labels ``known_ratio`` keeps: 0 if r == 0 or n == 0, else
+    max(1, floor(r * n + 0.5))."""
     counts = np.asarray(counts, dtype=np.int64)
     kept = np.floor(ratio * counts + 0.5).astype(np.int64)
     if ratio > 0:
@@ -132,7 +119,7 @@ def _per_image(labels: np.ndarray, mode: str, ratio: float, rng: np.random.Gener
 
 
 def simulate_partial_labels(labels, mode: str, param: float | None = None, seed: int = 0) -> np.ndarray:
-    """A new int8 (N x C) matrix: ``labels`` with partial annotation simulated by ``mode`` (module doc)."""
+    """A new int8 (N x C) matrix: ``labels`` with partial annotation simulated by ``mode``."""
     mode = canonical_mode(mode)
     full = validate_label_matrix(labels)
     value = _validate_param(mode, param)
@@ -403,7 +390,8 @@ def _check_source(path: str, contents: PartialLabelFile, full_labels) -> None:
 def load_partial_labels(path, class_names: Sequence[str] | None = None, image_ids: Sequence | None = None,
                         full_labels=None):
     """The int8 labels of a file; given ``class_names`` / ``image_ids`` must equal the stored ones in order
-    (ids as strings), given ``full_labels`` (array or `LabelMatrix`) must agree (module doc)."""
+    (ids as strings); given ``full_labels`` (array or `LabelMatrix`) must agree with the file's labels
+    and, when complete, match its ``FINGERPRINT_KEY``."""
     contents = read_partial_label_file(path)
     _check_matches(os.fspath(path), "class names", contents.class_names, class_names)
     _check_matches(os.fspath(path), "image ids", contents.image_ids, image_ids)

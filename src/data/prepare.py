@@ -1,14 +1,7 @@
-"""Download a dataset of the paper and lay it out as train.py reads it (docs/datasets.md).
-
-    python -m src.data.prepare coco2014 --root /datasets/coco2014             # ~20 GB download
-    python -m src.data.prepare lvis_v1 --root /datasets/lvis                  # ~20 GB download
-    python -m src.data.prepare openimages_csl --root /datasets/openimages     # ~190 GB (estimate)
-    python -m src.data.prepare coco2014 --root DIR --dry-run                  # what, from where, disk
-
-Each file of `DATASETS` is downloaded into ``ROOT/downloads`` (`src.utils.download`: resumable, checked),
-unpacked into ``ROOT`` (path-safe; files already unpacked are skipped) and deleted; a finished file leaves a
-stamp in ``ROOT/.prepare/`` so that the same command again skips it. The COCO sizes and md5 values are
-published, the others are estimates (checked against the server's Content-Length).
+"""``python -m src.data.prepare coco2014|lvis_v1|openimages_csl --root DIR [--dry-run]``: download a dataset
+of the paper and lay it out as train.py reads it (docs/datasets.md). Each file of `DATASETS` is downloaded
+(`src.utils.download`: resumable, checked), unpacked path-safely into ROOT and deleted; a stamp in
+``ROOT/.prepare/`` makes the same command skip finished files.
 """
 
 from __future__ import annotations
