@@ -135,9 +135,7 @@ class MultiLabelImageDataset(Dataset):
 
     def cache_decoded_images(self, max_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> bool:
         """Decode every image once, here (DataLoader workers inherit the pixels), for small datasets whose
-        tiny PNGs cost more to decode than the transforms; True if cached. Nothing is cached when the pixels
-        would exceed ``max_bytes`` or an image cannot be decoded. A transform with another JPEG
-        ``draft_size`` than the current one reads the files again."""
+        tiny PNGs cost more to decode than the transforms; False (nothing cached) over ``max_bytes``."""
         if rgb_bytes_within(self.image_paths, max_bytes) is None:
             return False
         draft_size = getattr(self.transform, "draft_size", None)

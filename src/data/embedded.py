@@ -1,11 +1,7 @@
-"""A small synthetic multi-label dataset in the COCO layout, generated in seconds from a seed.
-
-Images (default 32 x 32 px) show 1-6 coloured shapes, with occlusion, on a noisy background; the 48 classes
-are 6 shapes x 8 colours (design ``shape_colour``) or glyphs that add a core colour (``glyphs``). Labels
-follow a long-tailed, COCO-like prior with scene contexts (``embedded_class_prior``: its exact marginal).
-Everything derives from ``np.random.default_rng([seed, variant, split])`` and JSON is written with sorted
-keys, so the same config gives byte-identical files. docs/datasets.md describes the label model, the
-designs and the files written.
+"""A small synthetic multi-label dataset in the COCO layout, generated in seconds from a seed: 1-6 coloured
+shapes with occlusion per image, 48 classes (6 shapes x 8 colours, or glyphs with a core colour), a
+long-tailed COCO-like prior with scene contexts. The same config gives byte-identical files. The label
+model, the designs and the files written: docs/datasets.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Image decoding for the datasets: fast, faithful, and with errors that name the file.
-
-`load_rgb` decodes JPEGs in libjpeg draft mode at the largest DCT scale (1/2, 1/4, 1/8) still at least
-``draft_size``, so the Resize still down-samples (a few grey levels from a full decode; a 640x480 COCO image
-at 448 px is not drafted, bench/bench_data.py). Pillow's ``convert('RGB')`` *clips* 16/32-bit greyscale (a
-16-bit PNG would be white), so such images are scaled to 8 bits by a fixed depth range (`to_uint8_grey`),
-which keeps a dark image dark. `scan_images` checks every file once before training (headers up to
-``HEADER_CHECK_LIMIT`` images, ~22 us each; above it existence only, ~2-3 us).
+"""Image decoding for the datasets: fast, faithful, and with errors that name the file. JPEGs are decoded in
+libjpeg draft mode at the largest DCT scale still at least ``draft_size`` (the Resize still down-samples);
+16/32-bit greyscale is scaled to 8 bits, not clipped as Pillow's ``convert('RGB')`` does; `scan_images`
+checks every file once before training.
 """
 
 from __future__ import annotations
