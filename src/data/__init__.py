@@ -1,12 +1,7 @@
 """Datasets of the CSL reimplementation: COCO 2014, OpenImages V6, LVIS v1 (and the embedded benchmark,
-read as COCO).
-
-An item is ``(image, target)``, target float32 (C,): 1 positive, 0 negative, -1 un-annotated
-(`src.data.base`). `build_split` reads one split with its full labels; `apply_partial_labels` replaces
-them by a partial label file (``python -m coco_simulation``, checked against the dataset's own labels, so
-a file made for another dataset is refused) or a simulated draw; `build_datasets(args)` is the one
-reader of the command-line namespace for the data. The library prints nothing: the callers report
-`describe_simulation` and ``dataset.describe_load_stats()``.
+read as COCO). `build_split` reads one split with its full labels, `apply_partial_labels` replaces them by a
+partial label file or a simulated draw, `build_datasets(args)` reads the command line's data flags. The
+library prints nothing: callers report `describe_simulation` and ``dataset.describe_load_stats()``.
 """
 
 from __future__ import annotations
@@ -54,10 +49,8 @@ def _first_file_name(ann_file: str) -> str | None:
 
 
 def resolve_coco_files(data: str, metadata: str | None, split: str) -> tuple[str, str]:
-    """(image root, annotation file) of COCO ``split`` ('train' or 'val') in either layout: the standard
-    ``data/annotations/instances_{split}2014.json`` with images in ``data/{split}2014``, or the paper
-    code's ``metadata/{split}.json`` with images under ``data`` (or ``data/{split}2014`` when they are
-    there)."""
+    """(image root, annotation file): ``data/annotations/instances_{split}2014.json`` with images in
+    ``data/{split}2014``, or the paper code's ``metadata/{split}.json`` with images under ``data``."""
     folder = f"{split}2014"
     standard = os.path.join(data, "annotations", f"instances_{folder}.json")
     if os.path.isfile(standard):
@@ -75,10 +68,8 @@ def resolve_coco_files(data: str, metadata: str | None, split: str) -> tuple[str
 def build_split(dataset_type: str, split: str, transform=None, *, data: str, metadata: str | None = None,
                 skip_bad_images: bool = False, unknown_mids: str | None = None,
                 openimages_val_split: str = "validation"):
-    """One split ('train' or 'val') of ``dataset_type`` with its full labels (layouts: `resolve_coco_files`,
-    `src.data.openimages`, `src.data.lvis`). ``skip_bad_images`` drops unreadable images at start-up;
-    ``unknown_mids`` ('error', 'skip' or None for the format's default) and ``openimages_val_split``
-    ('validation' or 'test') apply to OpenImages only."""
+    """One split of ``dataset_type`` with its full labels; ``unknown_mids`` ('error', 'skip' or None: the
+    format's default) and ``openimages_val_split`` ('validation' or 'test') apply to OpenImages only."""
     if dataset_type not in DATASET_TYPES:
         raise ValueError(f"dataset_type must be one of {DATASET_TYPES}, got {dataset_type!r}")
     if split not in SPLITS:
@@ -95,9 +86,8 @@ def build_split(dataset_type: str, split: str, transform=None, *, data: str, met
 
 def apply_partial_labels(dataset, *, partial_labels: str | None = None, simulate_type: str | None = None,
                          simulate_param: float | None = None, seed: int = 0) -> dict | None:
-    """Replace the labels of ``dataset`` (in place) by the partial label file ``partial_labels`` or by a
-    ``simulate_type`` draw (`src.data.partial_labels`, with ``simulate_param`` and ``seed``); neither:
-    unchanged. Returns the simulation summary (report it with `describe_simulation`), else None."""
+    """Replace the labels of ``dataset`` in place by a partial label file or a ``simulate_type`` draw;
+    returns the simulation's summary (for `describe_simulation`), else None."""
     if partial_labels and simulate_type:
         raise ValueError("give either --partial_labels FILE or --simulate_partial_type MODE, not both: the "
                          "file already holds simulated labels")
@@ -111,17 +101,13 @@ def apply_partial_labels(dataset, *, partial_labels: str | None = None, simulate
 
 
 def build_split_from_args(args, split: str, transform=None):
-    """`build_split` for ``args.dataset_type`` with the data flags of ``args`` (src.args.data_parser)."""
     return build_split(str(args.dataset_type).lower(), split, transform, data=args.data,
                        metadata=args.metadata, skip_bad_images=args.skip_bad_images,
                        unknown_mids=args.unknown_mids, openimages_val_split=args.openimages_val_split)
 
 
 def build_datasets_with_summary(args):
-    """(train_dataset, val_dataset, simulation summary or None) of ``args``: the train split with the train
-    pipeline (Resize, CutoutPIL, RandAugment, ToTensor) and the partial labels of ``args.partial_labels``
-    or ``args.simulate_partial_type`` (drawn with ``args.seed``), the val split with the val pipeline and
-    its full labels (``args.jpeg_draft=False`` disables JPEG draft decoding, `src.data.image_io`)."""
+    """(train_dataset with its partial labels, val_dataset with full labels, simulation summary or None)."""
     train_transform = build_train_transform(args.image_size, draft=args.jpeg_draft)
     val_transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     train_dataset = build_split_from_args(args, "train", train_transform)
@@ -137,6 +123,5 @@ def build_datasets_with_summary(args):
 
 
 def build_datasets(args):
-    """(train_dataset, val_dataset) of `build_datasets_with_summary`."""
     train_dataset, val_dataset, _ = build_datasets_with_summary(args)
     return train_dataset, val_dataset

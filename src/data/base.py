@@ -1,9 +1,5 @@
-"""Shared behaviour of the multi-label image datasets (COCO, OpenImages, LVIS, embedded).
-
-A dataset is a list of images (``image_paths``, ``image_ids``) and a `LabelMatrix`, one row per image and
-one column per class (``class_names``). ``dataset[i]`` is ``(image, target)``: image ``i`` decoded (JPEGs in
-libjpeg draft mode towards the transform's ``draft_size`` when it has one, `src.data.image_io`) and
-transformed; target float32 (C,) with 1 (positive), 0 (negative) and -1 (un-annotated).
+"""Shared behaviour of the multi-label image datasets (COCO, OpenImages, LVIS, embedded): ``dataset[i]`` is
+``(image, target)``, target float32 (C,) with 1 (positive), 0 (negative) and -1 (un-annotated).
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ class SkippedImagesWarning(UserWarning):
 
 
 def take(sequence, rows: np.ndarray):
-    """``sequence[rows]`` for a list, a numpy array or a PathSequence."""
     if isinstance(sequence, PathSequence | np.ndarray):
         return sequence.take(rows) if isinstance(sequence, PathSequence) else sequence[rows]
     return [sequence[int(r)] for r in rows]
@@ -62,8 +57,7 @@ def eval_view(dataset, transform):
 
 
 class MultiLabelImageDataset(Dataset):
-    """Base class; subclasses fill ``root, class_names, image_ids, image_paths, labels`` then call
-    `_finish_init`."""
+    """Subclasses fill ``root, class_names, image_ids, image_paths, labels``, then call `_finish_init`."""
 
     root: str
     class_names: list[str]
@@ -81,9 +75,7 @@ class MultiLabelImageDataset(Dataset):
     _decoded_draft: tuple | None = None
 
     def _finish_init(self, source: str, skip_bad_images: bool) -> None:
-        """Check every image file once (``source`` names the label file), so that a bad file is found at
-        start-up, not after an epoch: missing or unreadable files are one `DatasetError` naming the first
-        of them, or are dropped with a `SkippedImagesWarning` under ``skip_bad_images``."""
+        """Check every image file once, so that a bad file is found at start-up, not after an epoch."""
         self.skip_bad_images = bool(skip_bad_images)
         self.label_source = source
         if self.labels.num_samples == 0:
@@ -122,9 +114,8 @@ class MultiLabelImageDataset(Dataset):
         return image, target
 
     def _load_image(self, index: int):
-        """(image, row) for ``index``. The start-up scan reads headers only, so a file with truncated
-        pixel data is found here; with skip_bad_images it is replaced, with a warning, by the next
-        readable row (image and target together), otherwise it is an error naming the file."""
+        """(image, row): the start-up scan reads headers only, so truncated pixel data is found here; with
+        skip_bad_images the next readable row (image and target together) replaces it, with a warning."""
         draft_size = getattr(self.transform, "draft_size", None)
         if self._decoded is not None and draft_size == self._decoded_draft:
             row = index % len(self)
@@ -143,15 +134,8 @@ class MultiLabelImageDataset(Dataset):
         raise DatasetError(f"none of the {len(self)} images could be decoded; check --data ({self.root})")
 
     def cache_decoded_images(self, max_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> bool:
-        """Decode every image once, in this process (DataLoader workers inherit the pixels), and serve items
-        from memory from now on; True if cached. For small datasets such as the embedded benchmark, whose
-        tiny PNGs cost more to decode every epoch than the transforms. Each item starts from a fresh copy
-        of the pixels, so in-place transforms give the same outputs as after a decode.
-
-        Nothing is cached (False) when the RGB pixels would exceed ``max_bytes`` (known from the headers)
-        or an image cannot be decoded (the normal read path then reports or skips it). The pixels are for
-        the transform's current JPEG ``draft_size``; a transform with another one reads the files again.
-        """
+        """Decode every image once, here (DataLoader workers inherit the pixels), for small datasets whose
+        tiny PNGs cost more to decode than the transforms; False (nothing cached) over ``max_bytes``."""
         if rgb_bytes_within(self.image_paths, max_bytes) is None:
             return False
         draft_size = getattr(self.transform, "draft_size", None)
@@ -167,8 +151,7 @@ class MultiLabelImageDataset(Dataset):
 
     # ----------------------------------------------------------------- label / subset API
     def describe_load_stats(self) -> str | None:
-        """One line of the label reader's ``load_stats`` (conflicting and repeated pairs, labels outside
-        the class list, images without a usable label), for the caller to print; None for COCO."""
+        """One line of the label reader's ``load_stats`` for the caller to print; None for COCO."""
         if self.load_stats is None:
             return None
         stats = self.load_stats
@@ -191,7 +174,6 @@ class MultiLabelImageDataset(Dataset):
         return dict(enumerate(self.class_names))
 
     def set_labels(self, labels) -> None:
-        """Replace the label matrix (e.g. by simulated partial labels); shape and values are checked."""
         self.labels = as_label_matrix(labels, len(self), self.num_classes,
                                       source=f"{type(self).__name__}.set_labels")
 

@@ -1,15 +1,9 @@
 """MS-COCO 2014 as a fully labelled multi-label dataset (the source of the simulated partial labels).
 
-Format: a COCO "instances" JSON (``instances_train2014.json``; the paper's code called it
-``train.json``) with ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``,
-``category_id``) and ``categories`` (``id``, ``name``), parsed by pycocotools.
-
-Labels, as in the paper's code: an image is in the dataset iff it has at least one annotation
-(82,081 of 82,783 train2014 images, 40,137 of 40,504 val2014); class ``c`` is 1 if any annotation of
-the image has that category (crowd annotations and every object size count) and 0 otherwise, so the
-fully labelled matrix has no -1.  Columns follow ascending category id (80 for COCO, derived from the
-file), rows follow the order in which images first appear in ``annotations`` (``ids``, as
-pycocotools' ``imgToAnns`` and the paper's code).  Image ``i`` is read from ``root/file_name``.
+As in the paper's code: an image is in the dataset iff it has an annotation (82,081 of 82,783 train2014
+images), class c is 1 if any of its annotations (crowd included) has that category, else 0 (no -1).
+Columns follow ascending category id; rows the order in which images first appear in ``annotations``
+(pycocotools' ``imgToAnns``).
 """
 
 from __future__ import annotations
@@ -26,7 +20,6 @@ from src.data.labels import DatasetError, LabelMatrix
 
 
 def load_coco_api(ann_file: str, verbose: bool = False):
-    """pycocotools COCO object for ``ann_file``, without its progress prints unless ``verbose``."""
     from pycocotools.coco import COCO
 
     require_file(ann_file, "COCO annotation file", "Pass the instances JSON (e.g. "
@@ -44,12 +37,7 @@ def load_coco_api(ann_file: str, verbose: bool = False):
 
 
 class CocoDetection(MultiLabelImageDataset):
-    """COCO multi-label dataset with the paper code's constructor, ``ids`` and ``(image, target)`` items.
-
-    Extra keyword arguments: ``skip_bad_images`` (drop missing/undecodable images at start-up with a
-    warning; otherwise they are one error at start-up listing them, see `MultiLabelImageDataset`) and
-    ``verbose`` (pycocotools prints).
-    """
+    """COCO multi-label dataset with the paper code's constructor, ``ids`` and ``(image, target)`` items."""
 
     def __init__(self, root: str, annFile: str, transform=None, target_transform=None,
                  skip_bad_images: bool = False, verbose: bool = False):
@@ -76,13 +64,12 @@ class CocoDetection(MultiLabelImageDataset):
 
     @property
     def ids(self) -> list:
-        """COCO image ids, one per row (the paper code's attribute)."""
+        """COCO image ids, one per row (the paper code's name)."""
         return self.image_ids
 
     @ids.setter
     def ids(self, value) -> None:
-        """Assigning ids (as code written for the paper's dataset may do) keeps those images, in that
-        order, with their labels and paths; an id that is not in the dataset is an error."""
+        """Keeps those images (as the paper's code may do), in that order, with their labels and paths."""
         row_of = {img_id: row for row, img_id in enumerate(self.image_ids)}
         value = list(value)
         unknown = [img_id for img_id in value if img_id not in row_of]

@@ -1,54 +1,7 @@
-"""A small synthetic multi-label dataset in the COCO layout, generated in seconds from a seed.
-
-Images (default 32 x 32 px) show 1-6 coloured shapes on a noisy background; the 48 classes are
-6 shapes x 8 colours. Later objects are drawn over earlier ones (real occlusion); a hidden object is moved
-to the top of the draw order (and, if needed, to a new position) so that every labelled class keeps at
-least ``MIN_VISIBLE_FRACTION`` of one of its instances visible.
-
-Label model (what makes it COCO-like):
-
-* Zipf-like prior with a floor: the class of frequency rank k (1-based) has base probability
-  max(0.012, 0.5 k^-0.98): top class 0.5, 10 classes above 5%, 22 below 2%, ~2.3 labels per image (the
-  exact marginal after the adjustments below: top 0.515, 10 above 5%, 21 below 2%, 2.37 labels per image).
-  Which class has which rank is a fixed permutation.
-* Co-occurrence: every image belongs to one of ``NUM_CONTEXTS`` latent scene contexts (uniform). A context
-  multiplies the probability of 8 classes by 6 and of 8 others by 0.2, normalised so that averaging over
-  contexts gives back the base prior; the top class is never modulated.
-* Per image: independent Bernoulli(p[context, c]) labels; an image with no label gets one class drawn
-  with probability proportional to p[context, :]; one with more than ``MAX_OBJECTS`` labels keeps a
-  uniformly random subset of ``MAX_OBJECTS``. ``embedded_class_prior`` is the exact marginal of this.
-* Objects: one per label plus Binomial(2, 0.3) duplicates of present classes, at most 6.
-
-The "upstream" variant draws images the same way with another rank permutation and other contexts, but
-labels them with factorised classes (``shape_*``, ``colour_*``); pretraining on it plays the role of
-ImageNet pretraining.
-
-Class designs (``design=``; labels, objects, sizes, positions and occlusion are the same in both):
-
-* ``shape_colour`` (the generator's default, ``ORIGINAL_DESIGN``): class c is the shape ``SHAPES[c // 8]``
-  filled with ``COLOURS[c % 8]``. Each class has 12 classes that differ from it in one attribute; models
-  trained on partial labels learn the easy attribute (colour) and barely separate a class from its
-  same-colour siblings (on the demo cells: ~0.9 of the positive score for Ignore on FPC).
-* ``glyphs`` (the design reproduce.py's demo runs): the same shape and body colour plus a *core* (the
-  shape shrunk by ``CORE_SCALE``; for the ring, the inner part of its band) in the colour
-  ``glyph_core_colour(shape, colour)``. The (shape, body, core) triples are a Latin square: any two
-  classes share at most one attribute, so every class's nearest negatives differ in two, at least one of
-  them a colour (COCO's classes rarely differ from many others in a single easy cue). Names are
-  "red_circle_orange_core". Core colours come from a stream of their own, so a glyphs dataset has the
-  labels, annotations and every pixel outside the visible cores of the shape_colour dataset of the same
-  arguments. Its upstream variant adds ``core_*`` classes (22 in all).
-
-Layout written (read by the COCO loader with ``--data out_dir``)::
-
-    out_dir/annotations/instances_train2014.json   images, annotations (bbox [x, y, w, h], area =
-    out_dir/annotations/instances_val2014.json     visible pixels, iscrowd 0), categories (ids 1..C)
-    out_dir/train2014/*.png, out_dir/val2014/*.png
-    out_dir/embedded_config.json                   the generation config (design included), written last
-
-Everything derives from ``np.random.default_rng([seed, variant, split])`` (glyph cores: ``[seed, variant,
-split, 1]``) and JSON is written with sorted keys and no timestamps, so the same config gives
-byte-identical files. Files of ``ORIGINAL_DESIGN`` carry no "design" key and are byte-identical to those
-written before designs existed; such folders are reused by ``ensure_dataset``.
+"""A small synthetic multi-label dataset in the COCO layout, generated in seconds from a seed: 1-6 coloured
+shapes with occlusion per image, 48 classes (6 shapes x 8 colours, or glyphs with a core colour), a
+long-tailed COCO-like prior with scene contexts. The same config gives byte-identical files. The label
+model, the designs and the files written: docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -123,20 +76,12 @@ _SPLITS = {"train": (0, "train2014"), "val": (1, "val2014")}
 
 
 # Label model ------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class LabelModel:
     """Per-context Bernoulli probabilities (NUM_CONTEXTS x 48) and the base Zipf prior (48,)."""
 
     base_prior: np.ndarray
     context_probs: np.ndarray
-
-
-def zipf_prior_by_rank(num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Base probability of the class with frequency rank k = 1..num_classes: max(floor, top k^-s)."""
-    ranks = np.arange(1, num_classes + 1, dtype=np.float64)
-    return np.maximum(PRIOR_FLOOR, PRIOR_TOP * ranks**-PRIOR_EXPONENT)
 
 
 def _check_variant(variant: str) -> None:
@@ -150,7 +95,6 @@ def _check_design(design: str) -> None:
 
 
 def class_names(variant: str = "embedded", design: str = ORIGINAL_DESIGN) -> list[str]:
-    """The category names of a (variant, design) dataset, in class (column) order."""
     _check_variant(variant)
     _check_design(design)
     glyphs = design == "glyphs"
@@ -173,11 +117,11 @@ def class_attributes(design: str = ORIGINAL_DESIGN, with_core: bool = False) -> 
 
 @cache
 def label_model(variant: str = "embedded") -> LabelModel:
-    """The fixed label model of a variant ('embedded' or 'upstream')."""
     _check_variant(variant)
     rng = np.random.default_rng(_VARIANTS[variant][1])
     rank_of_class = rng.permutation(NUM_CLASSES)  # class c has frequency rank rank_of_class[c] (0-based)
-    base = zipf_prior_by_rank()[rank_of_class]
+    ranks = np.arange(1, NUM_CLASSES + 1, dtype=np.float64)  # Zipf with a floor: max(floor, top k^-s)
+    base = np.maximum(PRIOR_FLOOR, PRIOR_TOP * ranks**-PRIOR_EXPONENT)[rank_of_class]
     top_class = int(np.argmin(rank_of_class))
     others = np.array([c for c in range(NUM_CLASSES) if c != top_class])
     multipliers = np.ones((NUM_CONTEXTS, NUM_CLASSES))
@@ -215,7 +159,6 @@ def embedded_class_prior(variant: str = "embedded") -> np.ndarray:
 
 
 def describe_prior(frequencies: np.ndarray) -> dict:
-    """Summary numbers of a class-frequency vector (true prior or measured frequencies)."""
     frequencies = np.asarray(frequencies, dtype=np.float64)
     return {
         "top_class_frequency": float(frequencies.max()),
@@ -247,15 +190,12 @@ def _split_rng(seed: int, variant: str, split: str, stream: int | None = None) -
 
 
 def sample_embedded_labels(num_images: int, seed: int = 0, variant: str = "embedded") -> np.ndarray:
-    """Labels-only fast path: the (num_images x 48) bool labels that ``generate_*_dataset`` draws first
-    for the train split with the same seed (any design)."""
+    """The (num_images x 48) bool train labels that ``generate_*_dataset`` draws first (any design)."""
     _check_variant(variant)
     return _sample_labels(int(num_images), label_model(variant), _split_rng(seed, variant, "train"))
 
 
 # Drawing ----------------------------------------------------------------------------------------------------
-
-
 def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Inside test in object coordinates (u, v) = (x - cx, y - cy) / radius; v points down."""
     name = SHAPES[shape]
@@ -276,8 +216,7 @@ def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _core_mask(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Inside test of a glyph's core: the shape shrunk by CORE_SCALE about its centre, which lies inside
-    every shape but the ring (its hole); the ring's core is the inner part of its band."""
+    """The shape shrunk by CORE_SCALE about its centre; for the ring (a hole there), its band's inner part."""
     if SHAPES[shape] == "ring":
         r2 = u * u + v * v
         return (r2 >= RING_INNER**2) & (r2 <= RING_CORE_OUTER**2)
@@ -304,8 +243,7 @@ class _Objects:
 def _sample_objects(
     labels: np.ndarray, image_size: int, rng: np.random.Generator, core_rng: np.random.Generator | None = None
 ) -> _Objects:
-    """Object slots of the labels; with ``core_rng`` (glyphs) also core colours, drawn from that stream
-    alone so that the layout, body colours and backgrounds equal those of the shape_colour design."""
+    """Object slots of the labels; glyph core colours use ``core_rng`` only (the rest as in shape_colour)."""
     n = labels.shape[0]
     slots = np.arange(MAX_OBJECTS)
     n_labels = labels.sum(axis=1)
@@ -398,7 +336,7 @@ def _needs_reorder(classes: np.ndarray, visible: np.ndarray, area: np.ndarray) -
 
 
 def _ensure_visible(objects: _Objects, masks: np.ndarray, owner: np.ndarray, rng: np.random.Generator) -> int:
-    """Fix images where a labelled class is hidden (in place; module doc); return how many were changed."""
+    """Move a hidden class's best instance on top (then elsewhere), in place; returns the images changed."""
     image_size = masks.shape[-1]
     area = masks.sum(axis=(-2, -1))
     visible = _visible_counts(owner)
@@ -454,8 +392,6 @@ def _bboxes(masks: np.ndarray) -> np.ndarray:
 
 
 # Writing a split --------------------------------------------------------------------------------------------
-
-
 @dataclass
 class GeneratedSplit:
     """What one split contains: image ids (1..N) and the intended (N x C) bool labels."""
@@ -468,7 +404,7 @@ class GeneratedSplit:
 
 
 def _categories(variant: str, design: str) -> list[dict]:
-    """COCO categories; supercategory: the shape (embedded) or the attribute kind (upstream)."""
+    """Supercategory: the shape (embedded) or the attribute kind (upstream)."""
     names = class_names(variant, design)
     return [
         {
@@ -492,7 +428,6 @@ def _category_ids_of(variant: str, design: str, combo_class: int) -> tuple[int, 
 
 
 def _draw_chunk(labels, image_size, rng, core_rng=None):
-    """Objects, masks, owner map, uint8 images and visibility fixes of a chunk; ``core_rng``: glyphs."""
     objects = _sample_objects(labels, image_size, rng, core_rng)
     background = _backgrounds(labels.shape[0], image_size, rng)
     masks = _object_masks(objects, image_size)
@@ -598,7 +533,6 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 # Public generators ------------------------------------------------------------------------------------------
-
 CONFIG_FILE = "embedded_config.json"
 
 
@@ -627,7 +561,6 @@ def _validate_sizes(n_train, n_test, image_size, seed, design) -> None:
 def dataset_config(
     variant: str, n_train: int, n_test: int, image_size: int, seed: int, design: str = ORIGINAL_DESIGN
 ) -> dict:
-    """The config recorded in ``embedded_config.json`` (a rebuild is skipped when it matches)."""
     return {
         "variant": variant,
         "design": design,
@@ -659,20 +592,17 @@ def _generate(out_dir, variant, n_train, n_test, image_size, seed, design) -> Ge
 def generate_embedded_dataset(
     out_dir, n_train=6000, n_test=3000, image_size=32, seed=0, design=ORIGINAL_DESIGN
 ):
-    """Write the 48-class embedded dataset of ``design`` in the COCO layout under ``out_dir``."""
     return _generate(out_dir, "embedded", n_train, n_test, image_size, seed, design)
 
 
 def generate_upstream_dataset(
     out_dir, n_train=6000, n_test=1000, image_size=32, seed=0, design=ORIGINAL_DESIGN
 ):
-    """Write the factorised upstream dataset in the COCO layout: 14 classes (shape_*, colour_*), 22 with
-    core_* for the glyphs design."""
+    """14 factorised classes (shape_*, colour_*); 22 with core_* for the glyphs design."""
     return _generate(out_dir, "upstream", n_train, n_test, image_size, seed, design)
 
 
 def existing_config(out_dir) -> dict | None:
-    """The config of a complete dataset already in ``out_dir``, or None."""
     path = os.path.join(os.fspath(out_dir), CONFIG_FILE)
     if not os.path.isfile(path):
         return None

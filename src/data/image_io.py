@@ -1,24 +1,7 @@
-"""Image decoding for the datasets: fast, faithful, and with errors that name the file.
-
-`load_rgb(path, draft_size)` returns an RGB PIL image:
-
-* JPEG draft mode: with ``draft_size`` (the size the pipeline resizes to), libjpeg decodes at the
-  largest DCT scale (1/2, 1/4, 1/8) whose result is still at least ``draft_size`` in both dimensions, so
-  the Resize still down-samples and its antialiasing sees more pixels than it outputs; the output differs
-  from a full decode by a few grey levels (bench/bench_data.py). A 640x480 COCO image going to 448x448
-  cannot be drafted, so at the paper's settings the output is bit-identical; drafting pays off for large
-  originals (OpenImages) or small training sizes.
-* ``convert('RGB')`` (a copy) only for other modes than RGB.
-* high bit depth: Pillow's ``convert('RGB')`` *clips* 16/32-bit greyscale to 255 (a 16-bit PNG would be
-  solid white), so such images are scaled to 8 bits first: ``I;16*`` by ``value >> 8``; ``I`` and ``F``
-  by the narrowest standard range that holds the values ([0, 1] floats x 255, [0, 255] as is, [0, 65535]
-  >> 8, else stretched from [min, max]). A fixed depth scaling, not per-image normalisation, keeps a
-  dark 16-bit image dark, as its 8-bit export.
-
-`scan_images(paths)` checks every file once before training: up to ``HEADER_CHECK_LIMIT`` images the
-header is parsed (~22 us per image with a warm cache; ``verify()`` would read a whole PNG), above it only
-existence (``os.stat``, ~2-3 us: OpenImages' 9M images in ~25 s). Truncated pixel data is found at first
-read; either way the error is one line naming the file, also from a DataLoader worker (`ImageReadError`).
+"""Image decoding for the datasets: fast, faithful, and with errors that name the file. JPEGs are decoded in
+libjpeg draft mode at the largest DCT scale still at least ``draft_size`` (the Resize still down-samples);
+16/32-bit greyscale is scaled to 8 bits, not clipped as Pillow's ``convert('RGB')`` does; `scan_images`
+checks every file once before training.
 """
 
 from __future__ import annotations
@@ -59,7 +42,7 @@ class ImageReadError(DatasetError):
 
 
 def load_rgb(path: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode ``path`` into an RGB image, JPEG-drafted towards ``draft_size`` (width, height) if given."""
+    """RGB image, JPEG-drafted towards ``draft_size`` (width, height) if given."""
     image = None
     try:
         image = Image.open(path)
@@ -74,14 +57,17 @@ def load_rgb(path: str, draft_size: tuple[int, int] | None = None) -> Image.Imag
             image.close()  # the traceback keeps the half-read image, and so its open file, alive
         raise ImageReadError(f"cannot decode image {path}: {exc}", "Replace or delete the file, or pass "
                              "--skip_bad_images to drop unreadable images") from exc
-    return to_rgb(image)
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        image = to_uint8_grey(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def to_uint8_grey(image: Image.Image) -> Image.Image:
-    """An ``L`` image from an ``I;16*``, ``I`` or ``F`` greyscale image, scaled as the module doc says."""
+    """``I;16*`` by ``value >> 8``; ``I`` / ``F`` by the narrowest of [0, 1] (floats), [0, 255], [0, 65535]
+    that holds the values, else stretched from [min, max]."""
     values = np.asarray(image)
     if image.mode in _SIXTEEN_BIT_MODES:
         return Image.fromarray((values.astype(np.uint16) >> 8).astype(np.uint8), mode="L")
@@ -96,15 +82,6 @@ def to_uint8_grey(image: Image.Image) -> Image.Image:
     else:
         scaled = (values - low) * (255.0 / (high - low))
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` in RGB: unchanged when it already is, high-bit-depth greyscale scaled, not clipped."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
-        image = to_uint8_grey(image)
-    return image.convert("RGB")
 
 
 def image_problem(path: str, header: bool = True) -> str | None:
@@ -122,8 +99,8 @@ def image_problem(path: str, header: bool = True) -> str | None:
 
 
 def rgb_bytes_within(paths: Sequence[str], max_bytes: int) -> int | None:
-    """Bytes of all ``paths`` decoded to 8-bit RGB (width x height x 3, from the headers), or None as soon
-    as the sum passes ``max_bytes`` or a header cannot be read (so a large dataset costs a few reads)."""
+    """Bytes of all ``paths`` as 8-bit RGB, from the headers; None as soon as the sum passes ``max_bytes``
+    or a header cannot be read (so a large dataset costs a few reads)."""
     total = 0
     for path in paths:
         try:
@@ -142,14 +119,9 @@ def _check_chunk(paths: Sequence[str], header: bool) -> np.ndarray:
 
 def scan_images(paths: Sequence[str], num_threads: int | None = None,
                 header: bool | None = None) -> np.ndarray:
-    """Boolean mask: True where the file exists and (with ``header``; default: up to
-    ``HEADER_CHECK_LIMIT`` paths) its image header can be parsed.
-
-    Threads only pay off when the check waits on the disk: parsing a header holds the GIL, so on a warm
-    local disk one thread is fastest (8 threads take twice as long on 2 cores). The first chunk is timed
-    in this thread; the rest runs in ``num_threads`` threads (default: ``IO_BOUND_THREADS`` if the first
-    chunk took over ``IO_BOUND_US`` per image, else 1).
-    """
+    """True where the file exists and (with ``header``) its image header parses. Parsing holds the GIL,
+    so threads only pay off when the check waits on the disk: the first chunk is timed here, and the rest
+    uses ``IO_BOUND_THREADS`` threads only if it took over ``IO_BOUND_US`` per image."""
     if header is None:
         header = len(paths) <= HEADER_CHECK_LIMIT
     chunks = [paths[start:start + _SCAN_CHUNK] for start in range(0, len(paths), _SCAN_CHUNK)]
@@ -170,8 +142,8 @@ def scan_images(paths: Sequence[str], num_threads: int | None = None,
 
 
 class PathSequence(Sequence):
-    """Image paths kept as one fixed-width bytes array (~16-60 bytes per image instead of a Python
-    str object each, which matters for OpenImages' 9M images); item ``i`` is ``root/prefix+name+suffix``."""
+    """Paths as one fixed-width bytes array (~16-60 bytes per image, not a str object each: OpenImages has
+    9M); item ``i`` is ``root/prefix+name+suffix``."""
 
     def __init__(self, root: str, names: np.ndarray, prefix: str = "", suffix: str = ""):
         self.root = root

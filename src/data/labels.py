@@ -1,13 +1,9 @@
-"""Label matrices for partially annotated multi-label datasets.
+"""Label matrices: (N_images x N_classes) of 1 (positive), 0 (verified absent) and -1 (not annotated).
 
-Every dataset describes its annotations as an (N_images x N_classes) matrix: 1 the class is present
-(positive), 0 verified absent (negative), -1 not annotated for this image (unknown). `LabelMatrix` stores
-it dense (``np.int8`` (N, C); COCO: 82k x 80 = 6.6 MB) or sparse: two CSR structures listing the
-positive and the negative class ids of every row, everything unlisted -1. OpenImages V6 train (~9M
-images x 9,605 classes) would need ~86 GB dense but a few hundred MB sparse; a sparse matrix is
-densified one row at a time (`row`, what ``__getitem__`` needs), and `to_dense` refuses to build more
-than ``max_bytes`` so that an accidental densification fails fast instead of swapping. Both layouts give
-identical results for every method.
+`LabelMatrix` stores one dense (int8 (N, C); COCO: 82k x 80 = 6.6 MB) or sparse: CSR lists of each row's
+positive and negative class ids, the rest -1 (OpenImages' ~9M x 9,605 would need ~86 GB dense). A sparse
+matrix is densified one row at a time (`row`); `to_dense` refuses more than ``max_bytes``, so that an
+accidental densification fails fast instead of swapping. Both layouts give identical results.
 """
 
 from __future__ import annotations
@@ -189,15 +185,13 @@ class LabelMatrix:
     def to_sparse(self) -> LabelMatrix:
         if self._dense is None:
             return self
-        pos_rows, pos_cols = np.nonzero(self._dense == POSITIVE)
-        neg_rows, neg_cols = np.nonzero(self._dense == NEGATIVE)
-        n = self._num_samples
-        pos_indptr = np.zeros(n + 1, dtype=np.int64)
-        neg_indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pos_rows, minlength=n), out=pos_indptr[1:])
-        np.cumsum(np.bincount(neg_rows, minlength=n), out=neg_indptr[1:])
-        return LabelMatrix.from_csr(pos_indptr, pos_cols, neg_indptr, neg_cols, self._num_classes,
-                                    validate=False)
+        csr = []
+        for value in (POSITIVE, NEGATIVE):
+            rows, cols = np.nonzero(self._dense == value)
+            indptr = np.zeros(self._num_samples + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=self._num_samples), out=indptr[1:])
+            csr += [indptr, cols]
+        return LabelMatrix.from_csr(*csr, self._num_classes, validate=False)
 
     def subset(self, indices) -> LabelMatrix:
         """Rows ``indices`` (ints or a boolean mask), in that order, in the same layout."""

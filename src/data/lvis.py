@@ -1,16 +1,8 @@
 """LVIS v1 as a partially labelled multi-label dataset (1,203 classes, federated annotation).
 
-Format: ``lvis_v1_train.json`` / ``lvis_v1_val.json``, COCO-style JSON whose ``categories`` have a
-``frequency`` ('r' rare: 1-10 training images, 'c' common: 11-100, 'f' frequent: >100) and whose
-``images`` have a ``coco_url``, ``neg_category_ids`` (verified absent) and ``not_exhaustive_category_ids``
-(present, not every instance boxed).
-
-Labels of image i, class c (sparse): 1 if an annotation of c is on the image or c is in its
-``not_exhaustive_category_ids``; 0 if c is in its ``neg_category_ids``; -1 otherwise (LVIS does not
-say); annotated and listed negative (should not happen) counts as positive. Columns follow ascending
-category id; ``frequency_groups[c]`` lets evaluation report mAP per group. Rows: images with a known
-label, in file order, read from ``{root}/{folder}/{file}``, the last two components of ``coco_url`` (LVIS
-v1 uses COCO 2017 images; val images may come from train2017).
+Image i, class c: 1 if c is annotated on it or in its ``not_exhaustive_category_ids``, 0 if in its
+``neg_category_ids`` (annotated wins), else -1. Columns follow ascending category id; ``frequency_groups``
+('r'/'c'/'f') lets evaluation report mAP per group. Images: ``{root}/`` + the last two parts of ``coco_url``.
 """
 
 from __future__ import annotations
@@ -100,8 +92,7 @@ class LVISDataset(MultiLabelImageDataset):
 
 def lvis_dataset(split: str, transform=None, *, data: str, metadata: str | None = None,
                  skip_bad_images: bool = False) -> LVISDataset:
-    """Split 'train' or 'val': ``lvis_v1_{split}.json`` from ``metadata``, ``data/annotations`` or ``data``
-    (the first that has it); images under ``data``."""
+    """``lvis_v1_{split}.json`` from the first of ``metadata``, ``data/annotations``, ``data`` that has it."""
     name = f"lvis_v1_{split}.json"
     folders = [f for f in (metadata, os.path.join(data, "annotations"), data) if f]
     candidates = [os.path.join(folder, name) for folder in folders]

@@ -1,28 +1,8 @@
-"""OpenImages V6 image-level labels (sparse: ~9M images x 9,605 classes would be ~86 GB dense).
-
-Both input formats give a sparse `LabelMatrix` (1 positive, 0 negative, -1 unlisted):
-
-1. Official Google release (``OpenImagesDataset.from_official``): labels in
-   ``oidv6-train-annotations-human-imagelabels.csv`` (``validation-...``, ``test-...``), header
-   ``ImageID,Source,LabelName,Confidence``, one row per human-verified (image, class), Confidence 1 =
-   positive, 0 = negative; classes in ``oidv6-classes-trainable.txt`` (one MID per line, 9,605 lines) or
-   ``oidv6-class-descriptions.csv`` (``LabelName,DisplayName``, header optional), column order = file
-   order, display names from the descriptions file when given (else the MID). The human-verified files
-   cover ~20k classes, so labels of MIDs outside the class list are skipped and counted by default
-   (``unknown_mids='error'`` refuses them). Images: ``{root}/{split}/{ImageID}.jpg``; rows: every image
-   with a label of a listed class, ordered by ImageID.
-2. The CSL/ASL authors' processed release (``OpenImagesDataset.from_processed``): ``data.csv`` with header
-   ``filepath,label,label_neg,split_name``, the label columns Python-literal lists of MIDs such as
-   ``"['/m/01g317', '/m/09j2d']"``, checked against a regex grammar and split, never ``eval``-ed (a
-   malformed row is an error naming its line); ``mid_to_classes.pth``, a ``torch.save``-d dict MID ->
-   display name whose key order is the column order (read with ``weights_only=True``). An unknown MID
-   is an error by default (``unknown_mids='skip'`` counts it). Rows: data.csv's rows of the split that
-   have a label of a listed class, in file order.
-
-Either way a pair listed twice is kept once, a pair listed positive and negative becomes positive, and an
-image left without a usable label is dropped; ``load_stats`` counts each. Memory grows with the number
-of annotations, never with images x classes: pandas reads only the needed columns, MIDs and ImageIDs as
-categorical codes (data.csv in chunks), and the CSR arrays are built with numpy sorts (bench/bench_data.py).
+"""OpenImages V6 image-level labels as a sparse `LabelMatrix` (9M images x 9,605 classes: ~86 GB dense), from
+the official release (`OpenImagesDataset.from_official`) or the CSL authors' processed one (`from_processed`;
+its MID lists are parsed by a grammar, never ``eval``-ed); formats: docs/datasets.md. A pair listed twice
+is kept once, positive wins over negative, an image without a label is dropped (``load_stats`` counts
+each). Memory grows with the annotations, not images x classes (bench/bench_data.py).
 """
 
 from __future__ import annotations
@@ -94,7 +74,7 @@ def read_mid_to_classes(path: str, trust_pickle: bool = False) -> tuple[list[str
 
 def build_label_csr(rows: np.ndarray, cols: np.ndarray, positive: np.ndarray, num_rows: int,
                     num_classes: int) -> tuple[LabelMatrix, dict]:
-    """Sparse LabelMatrix from COO triplets; duplicates kept once, positive wins over negative."""
+    """Sparse LabelMatrix (and counts) from COO triplets; duplicates kept once, positive wins."""
     key = rows.astype(np.int64) * num_classes + cols.astype(np.int64)
     order = np.lexsort((~positive, key))  # by key, positives first within a key
     key, positive = key[order], positive[order]
@@ -116,7 +96,7 @@ def build_label_csr(rows: np.ndarray, cols: np.ndarray, positive: np.ndarray, nu
 
 
 def keep_labelled_rows(labels: LabelMatrix, stats: dict) -> tuple[np.ndarray, LabelMatrix]:
-    """The rows with at least one known label and their labels; ``stats`` counts the other rows."""
+    """The rows with a known label and their labels; ``stats`` counts the others."""
     keep = np.flatnonzero(labels.annotated_counts_per_row() > 0)
     stats["images_without_labels"] = int(labels.num_samples - len(keep))
     return keep, labels.subset(keep)
@@ -135,11 +115,15 @@ def _unknown_mids(source: str, unknown: np.ndarray, policy: str, examples) -> in
     return n_unknown
 
 
-def _warn_skipped(source: str, n_unknown: int) -> None:
+def _labelled_rows(source: str, rows, cols, positive, num_rows: int, num_classes: int, n_unknown: int):
+    """(rows kept, their LabelMatrix, stats) of the COO labels of a reader (and its warning)."""
+    labels, stats = build_label_csr(rows, cols, positive, num_rows, num_classes)
+    stats["unknown_mid_labels"] = n_unknown
     if n_unknown:
         warnings.warn(f"{source}: skipped {n_unknown} labels whose MIDs are not in the class list (expected "
                       f"for the official CSVs, which cover ~20k classes); --unknown_mids error makes this "
                       f"an error and lists them", SkippedLabelsWarning, stacklevel=3)
+    return (*keep_labelled_rows(labels, stats), stats)
 
 
 def _to_bytes(values) -> np.ndarray:
@@ -172,11 +156,8 @@ def read_official_labels(csv_path: str, class_mids: list[str], unknown_mids: str
     n_unknown = _unknown_mids(csv_path, unknown, unknown_mids,
                               label_categories[category_to_column < 0])
     known = ~unknown
-    labels, stats = build_label_csr(image_codes[known], cols[known], confidence[known] == 1.0,
-                                    len(image_categories), len(class_mids))
-    stats["unknown_mid_labels"] = n_unknown
-    keep, labels = keep_labelled_rows(labels, stats)
-    _warn_skipped(csv_path, n_unknown)
+    keep, labels, stats = _labelled_rows(csv_path, image_codes[known], cols[known], confidence[known] == 1.0,
+                                         len(image_categories), len(class_mids), n_unknown)
     return _to_bytes(image_categories[keep]), labels, stats
 
 
@@ -186,8 +167,8 @@ _MID_TOKEN = re.compile(r"""['"]([^'"]*)['"]""")
 
 
 def _parse_mid_lists(values: pd.Series, source: str, column: str):
-    """Row positions and MIDs of a Series of Python-literal lists like "['/m/01', '/m/02']", each row
-    checked against the list grammar (the Series keeps read_csv's row index: ``index + 2`` is the line)."""
+    """Row positions and MIDs of Python-literal lists like "['/m/01', '/m/02']", each checked against the
+    grammar (the Series keeps read_csv's row index: ``index + 2`` is the line)."""
     texts = [t.strip() or "[]" for t in values.fillna("").astype(str).tolist()]  # empty field = []
     tokens = []
     for position, text in enumerate(texts):
@@ -243,11 +224,8 @@ def read_processed_labels(csv_path: str, class_mids: list[str], split: str | tup
         raise DatasetError(f"{csv_path}: cannot be read as the processed release's data.csv ({first_line}); "
                            f"its header is filepath,label,label_neg,split_name with one image per "
                            f"row") from None
-    labels, stats = build_label_csr(np.concatenate(rows), np.concatenate(cols), np.concatenate(positive),
-                                    n_rows, len(class_mids))
-    stats["unknown_mid_labels"] = n_unknown
-    keep, labels = keep_labelled_rows(labels, stats)
-    _warn_skipped(csv_path, n_unknown)
+    keep, labels, stats = _labelled_rows(csv_path, np.concatenate(rows), np.concatenate(cols),
+                                         np.concatenate(positive), n_rows, len(class_mids), n_unknown)
     return np.concatenate(paths)[keep], labels, stats
 
 
@@ -313,7 +291,6 @@ def _glob_one(folder: str, patterns: list[str]) -> str | None:
 
 
 def _find_label_files(folder: str, split_dir: str):
-    """('processed', data.csv, None, None) or ('official', annotations, classes, descriptions) or None."""
     data_csv = os.path.join(folder, "data.csv")
     if os.path.isfile(data_csv):
         return "processed", data_csv, None, None
@@ -327,14 +304,8 @@ def _find_label_files(folder: str, split_dir: str):
 def openimages_dataset(split: str, transform=None, *, data: str, metadata: str | None = None,
                        skip_bad_images: bool = False, unknown_mids: str | None = None,
                        val_split: str = "validation") -> OpenImagesDataset:
-    """Split 'train' or 'val': images under ``data``, label files in ``metadata``, else in ``data`` (the
-    command line's --metadata default is the COCO folder, so a missing --metadata falls back to --data).
-
-    A folder holds either the authors' ``data.csv`` + ``mid_to_classes.pth`` (the val split is the
-    first of ``val`` / ``validation`` / ``test`` present in data.csv) or the official CSVs (the val split
-    is ``val_split``: ``validation`` or ``test``).  ``unknown_mids`` None keeps each format's default
-    ('skip' for the official CSVs, 'error' for data.csv).
-    """
+    """Images under ``data``; label files in ``metadata``, else in ``data`` (--metadata defaults to the COCO
+    folder). The val split is data.csv's first of val / validation / test, or the official ``val_split``."""
     common = {"transform": transform, "skip_bad_images": bool(skip_bad_images)}
     if unknown_mids:
         common["unknown_mids"] = unknown_mids

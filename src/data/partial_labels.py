@@ -1,33 +1,7 @@
-"""Simulate partial annotation on a fully labelled multi-label matrix, and partial label files.
-
-Labels are an (N_images x N_classes) matrix with 1 = positive, 0 = negative, -1 = un-annotated.
-Every mode only ever turns annotated entries (0/1) into -1; entries that are already -1 stay -1 and
-are never selected. All randomness comes from ``np.random.default_rng(seed)``, so a (labels, mode,
-param, seed) tuple always gives the same matrix.
-
-Modes (``param`` meaning in brackets):
-
-* ``fpc`` / ``fix_per_class`` [n, integer >= 0] - the paper's main COCO scheme: for every class,
-  ``min(n, #pos)`` of its positive images and ``min(n, #neg)`` of its negative images are drawn
-  uniformly without replacement and kept; every other entry of that class becomes -1.
-* ``rps`` / ``random_per_sample`` [p in [0, 1]] - the paper's second scheme: every entry
-  independently becomes -1 with probability p (so a fraction ~1-p of the labels stays annotated).
-* ``known_ratio`` [r in [0, 1]] - per image, keep ``k(r, n_pos)`` of its positives and
-  ``k(r, n_neg)`` of its negatives, drawn uniformly without replacement, where
-  ``k(r, n) = 0 if r == 0 or n == 0 else max(1, floor(r * n + 0.5))`` (round half up, but an image
-  that has labels of a kind keeps at least one of them when r > 0; r = 1 keeps everything).
-* ``single_positive`` [param ignored, pass 0] - per image keep one positive drawn uniformly, every
-  other entry (all negatives included) becomes -1; images without a positive become all -1.
-
-Partial label files (``save_partial_labels`` / ``load_partial_labels``) are ``.npz`` archives with
-``labels`` (int8, N x C), ``class_names`` (str, C), ``image_ids`` (int64 or str, N) and ``meta`` (a
-JSON string: mode, param, seed, source ...), so that several runs share the exact same partial labels.
-Class names and image ids alone do not tell datasets apart (every embedded set has ids 1..N and the
-same 48 names), so loading with the dataset's ``full_labels`` also checks where the labels came from:
-every annotated entry of the file must have the dataset's value wherever the dataset annotates it (a
-simulation only turns labels into -1), and, when the dataset's labels are complete (no -1: COCO,
-embedded) and the file stores ``meta['full_labels_sha256']`` (`label_fingerprint` of the full labels the
-simulation started from), the fingerprints must match. Older files without it get the entry check only.
+"""Simulate partial annotation on a fully labelled (N x C) matrix of 1 (positive), 0 (negative) and -1
+(un-annotated), and read / write partial label files (``.npz``, checked against the dataset they are
+loaded for). A mode only turns annotated entries into -1; (labels, mode, param, seed) fixes the result.
+The modes (``fpc``, ``rps``, ``known_ratio``, ``single_positive``) and the file checks: docs/usage.md.
 """
 
 from __future__ import annotations
@@ -59,7 +33,6 @@ _ROW_BLOCK = 8192
 
 
 def canonical_mode(mode: str) -> str:
-    """The long name of a mode or its alias ('fpc', 'rps')."""
     if not isinstance(mode, str) or mode not in MODE_ALIASES:
         raise ValueError(
             f"simulate_partial_type={mode!r} is not a partial-label simulation mode; "
@@ -91,7 +64,8 @@ def _validate_param(mode: str, param) -> float:
 
 
 def known_count(ratio: float, counts: np.ndarray) -> np.ndarray:
-    """How many of ``counts`` labels ``known_ratio`` keeps (k(r, n) of the module doc)."""
+    """How many of ``counts`` labels ``known_ratio`` keeps: 0 if r == 0 or n == 0, else
+    max(1, floor(r * n + 0.5))."""
     counts = np.asarray(counts, dtype=np.int64)
     kept = np.floor(ratio * counts + 0.5).astype(np.int64)
     if ratio > 0:
@@ -100,8 +74,7 @@ def known_count(ratio: float, counts: np.ndarray) -> np.ndarray:
 
 
 def keep_random_k(candidates: np.ndarray, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Boolean mask keeping a uniform ``k[i]``-subset of the True entries of each row of ``candidates``:
-    random keys on the candidates sort before the (key 2.0) others, and the first k of that order are kept."""
+    """Bool mask keeping a uniform ``k[i]``-subset of each row's True entries (the first k by random key)."""
     keys = rng.random(candidates.shape)
     keys[~candidates] = 2.0
     order = np.argsort(keys, axis=1, kind="stable")
@@ -146,7 +119,7 @@ def _per_image(labels: np.ndarray, mode: str, ratio: float, rng: np.random.Gener
 
 
 def simulate_partial_labels(labels, mode: str, param: float | None = None, seed: int = 0) -> np.ndarray:
-    """A new int8 (N x C) matrix: ``labels`` with partial annotation simulated by ``mode`` (module doc)."""
+    """A new int8 (N x C) matrix: ``labels`` with partial annotation simulated by ``mode``."""
     mode = canonical_mode(mode)
     full = validate_label_matrix(labels)
     value = _validate_param(mode, param)
@@ -203,7 +176,6 @@ def class_statistics(original, simulated) -> ClassStatistics:
 def format_class_statistics(
     stats: ClassStatistics, class_names: Sequence[str], max_rows: int | None = None
 ) -> str:
-    """A fixed-width table of per-class counts followed by the summary line(s)."""
     header = f"{'class':<24}{'pos':>8}{'kept pos':>10}{'neg':>8}{'kept neg':>10}{'un-ann':>9}"
     lines = [header, "-" * len(header)]
     for c in range(len(class_names) if max_rows is None else min(max_rows, len(class_names))):
@@ -236,7 +208,6 @@ def simulate_dataset(dataset, mode: str, param: float, seed: int = 0) -> dict:
 
 
 def describe_simulation(mode: str, param: float, seed: int, summary: dict) -> str:
-    """The one-line report of a `simulate_dataset` draw."""
     return (f"Simulated partial labels: mode {canonical_mode(mode)}, param {param}, seed {seed}: annotated "
             f"{100 * summary['annotated_fraction_original']:.1f}% -> "
             f"{100 * summary['annotated_fraction_simulated']:.1f}%, "
@@ -244,7 +215,6 @@ def describe_simulation(mode: str, param: float, seed: int, summary: dict) -> st
 
 
 # Partial label files ---------------------------------------------------------------------------
-
 _FILE_FIELDS = ("labels", "class_names", "image_ids", "meta")
 
 
@@ -269,7 +239,6 @@ _REGENERATE = ("regenerate it with `python -m coco_simulation --data ... --out F
 
 
 def _dense(labels) -> np.ndarray:
-    """A dense int8 matrix from an array or a `LabelMatrix`."""
     return validate_label_matrix(labels.to_dense() if hasattr(labels, "to_dense") else labels, "full labels")
 
 
@@ -287,8 +256,7 @@ def save_partial_labels(
     path, labels, class_names: Sequence[str], image_ids: Sequence, meta: dict | None = None,
     full_labels=None,
 ):
-    """Write a partial label file (module doc); ``full_labels``, the matrix the partial labels were
-    simulated from, adds its `label_fingerprint` to the metadata."""
+    """``full_labels``, the matrix the partial labels were simulated from, adds its `label_fingerprint`."""
     labels = validate_label_matrix(labels)
     class_names = [str(name) for name in class_names]
     image_ids = list(image_ids)
@@ -360,7 +328,6 @@ def _read_archive(path: str) -> dict:
 
 
 def read_partial_label_file(path) -> PartialLabelFile:
-    """Read every field of a partial label file, with clear errors for a missing file or field."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise PartialLabelFileNotFoundError(
@@ -391,7 +358,6 @@ def _made_from(meta: dict) -> str:
 
 
 def _check_source(path: str, contents: PartialLabelFile, full_labels) -> None:
-    """The file's annotated entries agree with the dataset's, and the fingerprints match (module doc)."""
     full = _dense(full_labels)
     if full.shape != contents.labels.shape:
         raise ValueError(f"partial label file {path}: labels shape {contents.labels.shape} does not match "
@@ -423,9 +389,9 @@ def _check_source(path: str, contents: PartialLabelFile, full_labels) -> None:
 
 def load_partial_labels(path, class_names: Sequence[str] | None = None, image_ids: Sequence | None = None,
                         full_labels=None):
-    """The int8 label matrix of a partial label file. ``class_names`` / ``image_ids``, when given, must
-    equal the stored ones in order (ids compared as strings); ``full_labels`` (the dataset's labels, an
-    array or a `LabelMatrix`) are checked as the module doc says. A mismatch is a ValueError."""
+    """The int8 labels of a file; given ``class_names`` / ``image_ids`` must equal the stored ones in order
+    (ids as strings); given ``full_labels`` (array or `LabelMatrix`) must agree with the file's labels
+    and, when complete, match its ``FINGERPRINT_KEY``."""
     contents = read_partial_label_file(path)
     _check_matches(os.fspath(path), "class names", contents.class_names, class_names)
     _check_matches(os.fspath(path), "image ids", contents.image_ids, image_ids)

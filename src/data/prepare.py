@@ -1,19 +1,7 @@
-"""Download a dataset of the paper and lay it out as train.py reads it.
-
-    python -m src.data.prepare coco2014 --root /datasets/coco2014             # ~20 GB download
-    python -m src.data.prepare lvis_v1 --root /datasets/lvis                  # ~20 GB download
-    python -m src.data.prepare openimages_csl --root /datasets/openimages     # ~190 GB (estimate)
-    python -m src.data.prepare coco2014 --root DIR --dry-run                  # what, from where, disk
-
-Each file of `DATASETS` is downloaded into ``ROOT/downloads`` (``--downloads`` elsewhere) by the one
-download routine (`src.utils.download`: resumable ``.part``, retries, progress, the publisher's size and
-md5 checked where documented), unpacked into ``ROOT`` (zip / tar.gz, path-safe; files already unpacked
-with the right size are skipped, so an interrupted unpacking continues) and deleted (``--keep_archives``
-keeps them). A finished file leaves a stamp in ``ROOT/.prepare/``: the same command again skips it. At
-the end the layout is checked and the train.py commands are printed (`main` also returns them).
-docs/datasets.md describes the layouts, the mirrors (``--base_url``, ``--url NAME=URL``, a plain folder
-is a ``file://`` mirror) and the sources of the table: the COCO sizes and md5 values are published, the
-LVIS and processed-OpenImages sizes are estimates (checked against the server's Content-Length).
+"""``python -m src.data.prepare coco2014|lvis_v1|openimages_csl --root DIR [--dry-run]``: download a dataset
+of the paper and lay it out as train.py reads it (docs/datasets.md). Each file of `DATASETS` is downloaded
+(`src.utils.download`: resumable, checked), unpacked path-safely into ROOT and deleted; a stamp in
+``ROOT/.prepare/`` makes the same command skip finished files.
 """
 
 from __future__ import annotations
@@ -57,9 +45,8 @@ MB = 1_000_000
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of a dataset. ``kind``: 'zip' / 'tar' (unpacked into ``ROOT/unpack_to``) or 'file' (kept
-    at ``ROOT/<name>``). ``size``: bytes (``exact`` False: an estimate); ``unpacked``: bytes it takes
-    once unpacked (estimate); ``members``: the only archive members to unpack (None: all)."""
+    """``kind``: 'zip' / 'tar' (unpacked into ``ROOT/unpack_to``) or 'file' (kept at ``ROOT/<name>``);
+    ``size``, ``unpacked``: bytes (``exact`` False: estimates); ``members``: those to unpack (None: all)."""
 
     name: str
     source: str
@@ -74,9 +61,8 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset: train.py's settings for it, its files, and the layout they give under ROOT: ``layout``
-    lists the paths that must exist afterwards, ``metadata`` is ``--metadata`` relative to ROOT (None: not
-    passed)."""
+    """``layout``: the paths that must exist under ROOT afterwards; ``metadata``: --metadata relative to
+    ROOT (None: not passed)."""
 
     title: str
     dataset_type: str
@@ -136,8 +122,6 @@ DATASETS: dict[str, DatasetSpec] = {
 # ------------------------------------------------------------------------------------------ the plan
 @dataclass
 class Step:
-    """A file of the plan: where it comes from, where it lands, and whether it is already done."""
-
     remote: RemoteFile
     url: str
     local: str  # the downloaded file: ROOT/downloads/NAME for archives, ROOT/NAME for plain files
@@ -164,7 +148,7 @@ def parse_url_overrides(pairs: list[str], spec: DatasetSpec) -> dict[str, str]:
 
 
 def as_url(location: str) -> str:
-    """A URL as given; a plain path (a local mirror folder or file) becomes its ``file://`` URL."""
+    """A plain path (a local mirror) becomes its ``file://`` URL."""
     return location if "://" in location else Path(os.path.abspath(location)).as_uri()
 
 
@@ -233,8 +217,7 @@ def describe_plan(name: str, spec: DatasetSpec, root: str, steps: list[Step], ne
 
 # ------------------------------------------------------------------------------------------ unpacking
 def _inside(folder: str, member: str) -> str:
-    """The destination of archive member ``member`` under ``folder``; an absolute path or one leaving
-    the folder (``..``) is an error (a malicious or broken archive)."""
+    """Where ``member`` lands under ``folder``; a path leaving it (absolute, ``..``) is an error."""
     folder = os.path.abspath(folder)
     target = os.path.abspath(os.path.join(folder, member))
     if os.path.isabs(member) or os.path.commonpath([target, folder]) != folder:
@@ -244,7 +227,7 @@ def _inside(folder: str, member: str) -> str:
 
 
 def unpack_zip(path: str, folder: str, members: tuple[str, ...] | None, progress: bool) -> list[str]:
-    """Unpack ``path`` into ``folder``; files already there with the right size are kept (resume)."""
+    """Files already there with the right size are kept (resume)."""
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
@@ -272,8 +255,7 @@ def unpack_zip(path: str, folder: str, members: tuple[str, ...] | None, progress
 
 
 def unpack_tar(path: str, folder: str, members: tuple[str, ...] | None, progress: bool) -> list[str]:
-    """Unpack a (gzipped) tar in one streaming pass with tarfile's 'data' filter (no absolute paths, no
-    links leaving ``folder``, no device files); files already there with the right size are kept."""
+    """One streaming pass with tarfile's 'data' filter; files already there with the right size are kept."""
     names = []
     desc = f"unpacking {os.path.basename(path)}"
     with open(path, "rb") as handle, progress_bar(os.path.getsize(path), desc, progress) as bar:
@@ -306,7 +288,6 @@ def write_stamp(step: Step, members: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------ layouts
 def sample_filepaths(data_csv: str, per_split: int = SAMPLES_PER_SPLIT) -> dict[str, list[str]]:
-    """Up to ``per_split`` filepath values of every split_name of data.csv (the first rows of each)."""
     samples: dict[str, list[str]] = {}
     try:
         with pd.read_csv(data_csv, usecols=["filepath", "split_name"], dtype=str, keep_default_na=False,
@@ -424,8 +405,8 @@ def check_space(root: str, needs: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    """Prepare the dataset (see the module docstring); returns ``{'dataset', 'root', 'data', 'metadata',
-    'train_argv', 'stage2_argv', 'steps'}`` (a dry run: ``{'dry_run': True, 'steps', 'needs'}``)."""
+    """Returns ``{'dataset', 'root', 'data', 'metadata', 'train_argv', 'stage2_argv', 'steps'}`` (a dry
+    run: ``{'dry_run': True, 'steps', 'needs'}``)."""
     args = build_parser().parse_args(argv)
     spec = DATASETS[args.dataset]
     root = os.path.abspath(args.root)

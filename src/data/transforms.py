@@ -1,22 +1,9 @@
-"""Image pipelines of the CSL paper: the same operations, implemented for speed and current NumPy.
+"""Image pipelines of the CSL paper: train ``Resize((s, s))`` -> ``CutoutPIL(0.5)`` -> ``RandAugment()`` ->
+``ToTensor``; val ``Resize((s, s))`` -> ``ToTensor``; no mean/std normalisation (TResNet expects [0, 1]).
 
-Train: ``Resize((s, s))`` -> ``CutoutPIL(0.5)`` -> ``RandAugment()`` -> ``ToTensor``.
-Val:   ``Resize((s, s))`` -> ``ToTensor``.
-No mean/std normalisation: TResNet expects inputs in [0, 1].
-
-CutoutPIL: a rectangle of ``round(0.5 * width) x round(0.5 * height)`` pixels centred on a uniformly
-random pixel, clipped to the image (``ImageDraw.rectangle``'s corners are inclusive), is painted one
-uniformly random RGB colour. The paper's code swapped width and height; after the square Resize both are
-equal, so the output distribution is the same.
-
-RandAugment: the paper used ``randaugment.RandAugment`` (PyPI ``randaugment`` 1.0.2), which no longer
-runs on NumPy >= 1.24 (``np.int``). `RandAugment` below reproduces it draw for draw: one of the 135 x 135
-ordered pairs of (operation, magnitude 1..9) by ``random.randint``, each applied with probability 0.5,
-with the package's magnitude tables, signs, fill colours and its Cutout's ``np.random`` draws
-(tests/test_transforms.py compares both). It is faster: no policy tables rebuilt per image, and the
-Cutout square painted in one call instead of a per-pixel loop.
-
-`ImagePipeline` records ``draft_size``, towards which the datasets decode JPEGs (`src.data.image_io`).
+The paper's ``randaugment.RandAugment`` (PyPI ``randaugment`` 1.0.2) no longer runs on NumPy >= 1.24
+(``np.int``); `RandAugment` below reproduces it draw for draw (tests/test_transforms.py compares both).
+The paper's CutoutPIL swapped width and height; after the square Resize that changes nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +17,8 @@ from torchvision import transforms
 
 
 class CutoutPIL:
-    """Paint a random rectangle of relative size ``cutout_factor`` with a random colour, in place."""
+    """Paint a ``round(f * width) x round(f * height)`` rectangle (clipped; corners inclusive) centred on a
+    uniformly random pixel one uniformly random colour, in place."""
 
     def __init__(self, cutout_factor: float = 0.5, rng: random.Random | None = None):
         if not 0.0 <= cutout_factor <= 1.0:
@@ -55,27 +43,18 @@ class CutoutPIL:
         return f"CutoutPIL(cutout_factor={self.cutout_factor})"
 
 
-_OPERATIONS = ("Invert", "Cutout", "Sharpness", "AutoContrast", "Posterize", "ShearX", "TranslateX",
-               "TranslateY", "ShearY", "Rotate", "Equalize", "Contrast", "Color", "Solarize", "Brightness")
 _MAGNITUDES = range(1, 10)
 _APPLY_PROBABILITY = 0.5
 _FILL = (128, 128, 128)
 _CUTOUT_FILL = (125, 122, 113)
 
-# Magnitude index (0..9) -> strength, as in the randaugment package.
-_MAGNITUDE_TABLE = {
-    "ShearX": np.linspace(0, 0.3, 10), "ShearY": np.linspace(0, 0.3, 10),
-    "TranslateX": np.linspace(0, 150 / 331, 10), "TranslateY": np.linspace(0, 150 / 331, 10),
-    "Rotate": np.linspace(0, 30, 10), "Color": np.linspace(0.0, 0.9, 10),
-    "Posterize": np.round(np.linspace(8, 4, 10), 0).astype(int), "Solarize": np.linspace(256, 0, 10),
-    "Contrast": np.linspace(0.0, 0.9, 10), "Sharpness": np.linspace(0.0, 0.9, 10),
-    "Brightness": np.linspace(0.0, 0.9, 10), "AutoContrast": np.zeros(10), "Equalize": np.zeros(10),
-    "Invert": np.zeros(10), "Cutout": np.round(np.linspace(0, 20, 10), 0).astype(int),
-}
-
 
 def _sign() -> int:
     return random.choice([-1, 1])
+
+
+def _enhance(enhancer):
+    return lambda img, m: enhancer(img).enhance(1 + m * _sign())
 
 
 def _affine(image, coefficients, resample=Image.NEAREST):
@@ -100,37 +79,43 @@ def _cutout(image, size):
     return image
 
 
-_APPLY = {
-    "ShearX": lambda img, m: _affine(img, (1, m * _sign(), 0, 0, 1, 0), Image.BICUBIC),
-    "ShearY": lambda img, m: _affine(img, (1, 0, 0, m * _sign(), 1, 0), Image.BICUBIC),
-    "TranslateX": lambda img, m: _affine(img, (1, 0, m * img.size[0] * _sign(), 0, 1, 0)),
-    "TranslateY": lambda img, m: _affine(img, (1, 0, 0, 0, 1, m * img.size[1] * _sign())),
-    "Rotate": _rotate,
-    "Color": lambda img, m: ImageEnhance.Color(img).enhance(1 + m * _sign()),
-    "Posterize": lambda img, m: ImageOps.posterize(img, int(m)),
-    "Solarize": lambda img, m: ImageOps.solarize(img, m),
-    "Contrast": lambda img, m: ImageEnhance.Contrast(img).enhance(1 + m * _sign()),
-    "Sharpness": lambda img, m: ImageEnhance.Sharpness(img).enhance(1 + m * _sign()),
-    "Brightness": lambda img, m: ImageEnhance.Brightness(img).enhance(1 + m * _sign()),
-    "AutoContrast": lambda img, m: ImageOps.autocontrast(img),
-    "Equalize": lambda img, m: ImageOps.equalize(img),
-    "Invert": lambda img, m: ImageOps.invert(img),
-    "Cutout": _cutout,
+# Operation -> (strength per magnitude index 0..9, how to apply it), as in the randaugment package.
+_OPERATIONS = {
+    "Invert": (np.zeros(10), lambda img, m: ImageOps.invert(img)),
+    "Cutout": (np.round(np.linspace(0, 20, 10), 0).astype(int), _cutout),
+    "Sharpness": (np.linspace(0.0, 0.9, 10), _enhance(ImageEnhance.Sharpness)),
+    "AutoContrast": (np.zeros(10), lambda img, m: ImageOps.autocontrast(img)),
+    "Posterize": (np.round(np.linspace(8, 4, 10), 0).astype(int),
+                  lambda img, m: ImageOps.posterize(img, int(m))),
+    "ShearX": (np.linspace(0, 0.3, 10),
+               lambda img, m: _affine(img, (1, m * _sign(), 0, 0, 1, 0), Image.BICUBIC)),
+    "TranslateX": (np.linspace(0, 150 / 331, 10),
+                   lambda img, m: _affine(img, (1, 0, m * img.size[0] * _sign(), 0, 1, 0))),
+    "TranslateY": (np.linspace(0, 150 / 331, 10),
+                   lambda img, m: _affine(img, (1, 0, 0, 0, 1, m * img.size[1] * _sign()))),
+    "ShearY": (np.linspace(0, 0.3, 10),
+               lambda img, m: _affine(img, (1, 0, 0, m * _sign(), 1, 0), Image.BICUBIC)),
+    "Rotate": (np.linspace(0, 30, 10), _rotate),
+    "Equalize": (np.zeros(10), lambda img, m: ImageOps.equalize(img)),
+    "Contrast": (np.linspace(0.0, 0.9, 10), _enhance(ImageEnhance.Contrast)),
+    "Color": (np.linspace(0.0, 0.9, 10), _enhance(ImageEnhance.Color)),
+    "Solarize": (np.linspace(256, 0, 10), lambda img, m: ImageOps.solarize(img, m)),
+    "Brightness": (np.linspace(0.0, 0.9, 10), _enhance(ImageEnhance.Brightness)),
 }
 
 
 class RandAugment:
-    """Drop-in, behaviour-identical replacement of ``randaugment.RandAugment`` (see module docstring)."""
+    """One of the 135 x 135 ordered (operation, magnitude 1..9) pairs, each applied with probability 0.5."""
 
     def __init__(self):
-        self._ops = [(name, _MAGNITUDE_TABLE[name][m]) for name in _OPERATIONS for m in _MAGNITUDES]
+        self._ops = [(name, levels[m]) for name, (levels, _) in _OPERATIONS.items() for m in _MAGNITUDES]
 
     def __call__(self, image: Image.Image) -> Image.Image:
         n = len(self._ops)
         pair = random.randint(0, n * n - 1)
-        for name, magnitude in (self._ops[pair // n], self._ops[pair % n]):
+        for name, magnitude in (self._ops[pair // n], self._ops[pair % n]):  # names: a picklable transform
             if random.random() < _APPLY_PROBABILITY:
-                image = _APPLY[name](image, magnitude)
+                image = _OPERATIONS[name][1](image, magnitude)
         return image
 
     def __repr__(self) -> str:
