@@ -1,14 +1,7 @@
-"""Every loss mode in one table, ``LOSS_MODES``, and `create_loss`, the one way to build any of them.
-
-The table is the only place the loss vocabulary is written: train.py's loss flags (their help, defaults
-and ranges; src/args.py), the settings a resumed run must keep (``LOSS_SETTING_NAMES``) and the labels of
-the reproduce tables are derived from it. Defaults are read from the loss classes' signatures and ranges
-from their ``bounds``, so each value is declared where it is used. A hyper-parameter shared by several
-modes (CSL's ``clip``, EM's ``em_alpha``) means the same thing in each, which is checked at import.
-
-    loss = create_loss("hill")                                      # official defaults, reduction 'sum'
-    loss = create_loss("ll_cp", num_samples=N, num_classes=C, reduction="mean")
-    value = loss(logits, targets, epoch=e, num_epochs=T, indices=idx)
+"""``LOSS_MODES``, the one table of every loss mode, and `create_loss`. train.py's loss flags (help,
+defaults, ranges), the settings a resume must keep and the reproduce labels are derived from it; defaults
+come from the loss classes' signatures and ranges from their ``bounds``. A hyper-parameter shared by
+modes (``clip``, ``em_alpha``) must mean the same in each, checked at import.
 """
 
 from __future__ import annotations
@@ -62,8 +55,6 @@ def _defaults_of(cls) -> dict:
 
 
 def _table(cls, helps: dict[str, str], unset_means: dict[str, str] | None = None) -> dict:
-    """HyperParameters of ``cls``: defaults from its signature, bounds from ``cls.bounds``, help texts
-    from ``helps``."""
     defaults = _defaults_of(cls)
     missing = sorted(set(helps) - set(defaults))
     if missing:  # a help for a keyword the class lacks: fail at import, not at the first run
@@ -208,11 +199,9 @@ LOSS_SETTING_NAMES = (*LOSS_SETTINGS, *LOSS_HYPERPARAMETERS)
 
 
 def create_loss(mode: str, *, reduction: str = "sum", **keywords) -> nn.Module:
-    """The loss of ``mode`` (a key of LOSS_MODES) with its hyper-parameters (defaults: the official values)
-    and data keywords (``num_samples``/``num_classes`` for the store modes, ``prior`` for selective).
-
-    Every returned module is called as ``loss(logits, targets, epoch=e, num_epochs=T, indices=idx)``.
-    """
+    """The loss of ``mode`` with its hyper-parameters (default: the official values) and data keywords
+    (``num_samples``/``num_classes`` for the store modes, ``prior`` for selective); called as
+    ``loss(logits, targets, epoch=e, num_epochs=T, indices=idx)``."""
     if mode not in LOSS_MODES:
         raise ValueError(f"loss mode {mode!r} is not supported; choose one of {list(LOSS_MODES)}")
     info = LOSS_MODES[mode]
