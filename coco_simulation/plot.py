@@ -1,8 +1,5 @@
-"""Class-frequency plot: positive labels per class before and after partial-label simulation.
-
-Uses matplotlib's object-oriented API with the Agg canvas (no pyplot, no global backend switch), so
-it works headless and does not disturb other plotting code in the same process.
-"""
+"""Positive labels per class before and after the simulation (matplotlib's object API with the Agg
+canvas: headless, no global backend switch)."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ import numpy as np
 
 def plot_class_frequencies(original_positive, simulated_positive, path, class_names: Sequence | None = None,
                            title: str = "Positive labels per class") -> str:
-    """Save a PNG of per-class positive counts (original vs simulated), classes sorted by original count."""
+    """Save a PNG of per-class positive counts, classes sorted by original count."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

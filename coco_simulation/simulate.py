@@ -1,6 +1,4 @@
-"""The paper code's import path of the partial-label simulation; the implementation lives in
-:mod:`src.data.partial_labels` (pure functions, no printing). ``simulate_coco(args, dataset)`` is the
-paper's entry point: it reads the flags from ``args`` and reports the draw once (rank 0)."""
+"""The paper code's import path of the simulation (`src.data.partial_labels`)."""
 
 from __future__ import annotations
 
@@ -14,8 +12,8 @@ from src.utils.distributed import get_rank
 
 
 def simulate_coco(args, dataset):
-    """Simulate partial labels on ``dataset`` in place from ``args.simulate_partial_type`` (None: no
-    simulation, as in the paper code), ``args.simulate_partial_param`` and ``args.seed`` (default 0)."""
+    """Simulate in place from ``args.simulate_partial_type`` (None: none), ``simulate_partial_param`` and
+    ``seed``; rank 0 reports the draw."""
     mode = getattr(args, "simulate_partial_type", None)
     if mode is None:
         return dataset

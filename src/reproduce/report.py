@@ -36,8 +36,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
-    """Mean ± std per row and column; ``share``: the row's best mAP over the full-label ceiling's (None
-    without a full_labels row). The full-label row has one run per seed, shown in every column."""
+    """Mean ± std per row and column; ``share``: best mAP / the full-label ceiling's (None without one).
+    The full-label row has one run per seed, shown in every column."""
     ceiling_cells = [r["best_mAP"] for r in results if r["row"] == "full_labels"]
     ceiling = mean_std(ceiling_cells)[0] if ceiling_cells else None
     rows = []
@@ -57,7 +57,6 @@ def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
 
 
 def regime(rows: list[dict], scheme: str = "fpc") -> dict | None:
-    """The benchmark's regime on ``scheme``: the ceiling and the Ignore / Negative shares of it."""
     by_row = {r["row"]: r for r in rows if r["scheme"] == scheme}
     if "full_labels" not in by_row or not all(key in by_row for key in REGIME_ROWS):
         return None
@@ -100,7 +99,7 @@ def markdown_table(rows: list[dict], protocol: Protocol) -> str:
 
 
 def bar_plot(rows: list[dict], protocol: Protocol, path: str) -> None:
-    """Bar chart of the best mAP per row and column (matplotlib's object API: no global backend)."""
+    """The best mAP per row and column (matplotlib's object API: no global backend)."""
     from matplotlib.figure import Figure
 
     schemes = list(protocol.columns)
@@ -156,8 +155,7 @@ def csl_thresholds(results: list[dict]) -> list[float]:
 
 
 def full_scale_commands(protocol: Protocol) -> str:
-    """The same rows at full scale: the reproduce.py call on COCO 2014 and each cell's train.py flags
-    beyond the COCO protocol's (a markdown section of the embedded report)."""
+    """Markdown: the reproduce.py call on COCO 2014 for the same rows, and each row's own train.py flags."""
     rows = [row for row in protocol_rows(protocol) if "coco" in row.protocols]
     lines = ["### At full scale (COCO 2014, the paper's protocol)", "",
              "```bash",
@@ -185,7 +183,7 @@ def full_scale_commands(protocol: Protocol) -> str:
 
 
 def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int) -> str:
-    """Write ``<out>/results.{json,csv,md,png}`` (each atomically); returns the markdown report."""
+    """Write ``<out>/results.{json,csv,md,png}``; returns the markdown report."""
     rows = table_rows(results, protocol)
     regimes = {scheme: regime(rows, scheme) for scheme in protocol.columns}
     atomic_write_json(os.path.join(out, "results.json"),
