@@ -168,7 +168,6 @@ def optimisation_parser() -> argparse.ArgumentParser:
 
 
 def _add_loss_flags(parser) -> None:
-    """A flag per loss setting and hyper-parameter, from the loss table."""
     special = {"partial_loss_mode": dict(choices=LOSS_MODE_NAMES), "prior_path": dict(type=optional_path),
                "loss_reduction": dict(choices=REDUCTIONS)}
     for name, entry in {**LOSS_SETTINGS, **LOSS_HYPERPARAMETERS}.items():

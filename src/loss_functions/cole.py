@@ -49,10 +49,9 @@ class ExpectedPositiveRegularizer(PeerLoss):
 
 
 def expected_positives_per_image(positive_counts, negative_counts, num_samples: int) -> float:
-    """EPR's E from per-class label counts (C,): the sum of each class's positive rate, over the images
-    annotated for it when it has known negatives (missing at random), else over all images (a lower
-    bound). Complete labels give the mean positives per image (2.9 on COCO); single-positive labels give
-    1, an underestimate: pass the value instead."""
+    """EPR's E from per-class counts (C,): the sum of the classes' positive rates, over the images annotated
+    for the class when it has known negatives, else over all (a lower bound). Complete labels give the mean
+    positives per image (2.9 on COCO); single-positive labels 1, an underestimate: pass the value then."""
     positives = np.asarray(positive_counts, dtype=np.float64)
     negatives = np.asarray(negative_counts, dtype=np.float64)
     if num_samples < 1:

@@ -53,20 +53,16 @@ def store_rows(store: Tensor, indices: Tensor | None, mode: str, logits: Tensor)
     return store.index_select(0, indices.to(store.device, torch.long)).to(logits.device)
 
 
-def _gather_from_all_ranks(positions: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (positions.cpu(), values.cpu()))
-    return torch.cat([p for p, _ in gathered]), torch.cat([v for _, v in gathered])
-
-
 @torch.no_grad()
 def apply_store_updates(store: Tensor, positions: Tensor, values: Tensor) -> int:
     """Write ``values`` at the flat ``positions`` (row * C + class), every rank's under a process group (a
     collective); returns how many entries were written."""
     positions = positions.reshape(-1).to(torch.int64)
     values = values.reshape(-1)
-    if is_dist():
-        positions, values = _gather_from_all_ranks(positions, values)
+    if is_dist():  # ranks may send different counts
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (positions.cpu(), values.cpu()))
+        positions, values = torch.cat([p for p, _ in gathered]), torch.cat([v for _, v in gathered])
     if positions.numel():
         store.view(-1)[positions.to(store.device)] = values.to(store.device, store.dtype)
     return int(positions.numel())

@@ -91,19 +91,15 @@ class PartialSelectiveLoss(PeerLoss):
         return torch.where(positive, on_positive, torch.where(negative, on_negative, on_unannotated))
 
     def mode_weights(self, probs: Tensor, unannotated: Tensor) -> Tensor | None:
-        """w (B, C), or None when it is 1 everywhere."""
-        with torch.no_grad():
-            if self.partial_loss_mode == "negative":
-                return None
-            annotated = ~unannotated
-            if self.partial_loss_mode == "ignore":
-                return annotated.float()
-            if self.partial_loss_mode == "ignore_normalize_classes":
-                n_annotated = annotated.sum(dim=1, keepdim=True, dtype=probs.dtype)
-                return annotated.float() * (1.0 + 1.0 / (1.0 + n_annotated))
-            return self._selective_weights(probs, unannotated)
-
-    def _selective_weights(self, probs: Tensor, unannotated: Tensor) -> Tensor:
+        """w (B, C), or None when it is 1 everywhere (called without gradient)."""
+        if self.partial_loss_mode == "negative":
+            return None
+        annotated = ~unannotated
+        if self.partial_loss_mode == "ignore":
+            return annotated.float()
+        if self.partial_loss_mode == "ignore_normalize_classes":
+            n_annotated = annotated.sum(dim=1, keepdim=True, dtype=probs.dtype)
+            return annotated.float() * (1.0 + 1.0 / (1.0 + n_annotated))
         if self.prior is not None and self.prior_threshold:
             if self.prior.device != probs.device:  # moved once, then kept on the logits' device
                 self.prior = self.prior.to(probs.device)

@@ -45,7 +45,6 @@ def read_ignored_file(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def composition_table(results: list[dict], schemes: Sequence[str]) -> str:
-    """Markdown: the mean composition over the seeds, per row and column."""
     lines = ["| row | column | seeds | entries / epoch | true positives | negatives sharing the colour "
              "of a present object | sharing the shape | other negatives |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]

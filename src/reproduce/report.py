@@ -82,14 +82,14 @@ def markdown_table(rows: list[dict], protocol: Protocol) -> str:
     head = "| Method | " + " | ".join(
         f"{column_title(s, protocol.columns[s])} best | share | final | paper (COCO)" for s in schemes) + " |"
     lines = [head, "|---|" + "---:|---:|---:|---:|" * len(schemes)]
+    by_cell = {(r["row"], r["scheme"]): r for r in rows}
     for row in protocol_rows(protocol):
         cells = []
         for scheme in schemes:
-            match = [r for r in rows if r["row"] == row.key and r["scheme"] == scheme]
-            if not match:
+            r = by_cell.get((row.key, scheme))
+            if r is None:
                 cells += ["-", "-", "-", "-"]
                 continue
-            r = match[0]
             paper = f"{r['paper_mAP']:.2f}" if r["paper_mAP"] is not None else "-"
             share = f"{r['share']:.2f}" if r["share"] is not None else "-"
             cells += [f"{r['best_mAP']:.2f} ± {r['best_mAP_std']:.2f}", share,
@@ -150,10 +150,6 @@ def prior_tables(results: list[dict], protocol: Protocol) -> str:
     return "\n\n".join(sections)
 
 
-def csl_thresholds(results: list[dict]) -> list[float]:
-    return sorted({round(r["prior_threshold"], 4) for r in results if r["row"] == "csl"})
-
-
 def full_scale_commands(protocol: Protocol) -> str:
     """Markdown: the reproduce.py call on COCO 2014 for the same rows, and each row's own train.py flags."""
     rows = [row for row in protocol_rows(protocol) if "coco" in row.protocols]
@@ -194,7 +190,8 @@ def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int)
             "final = last epoch (no selection); share = best / the full-label ceiling.", "",
             markdown_table(rows, protocol), "",
             *[line for line in (describe_regime(regimes[s], s) for s in protocol.columns) if line], "",
-            f"CSL prior threshold ({protocol.prior_threshold}): {csl_thresholds(results)}"]
+            f"CSL prior threshold ({protocol.prior_threshold}): "
+            f"{sorted({round(r['prior_threshold'], 4) for r in results if r['row'] == 'csl'})}"]
     composition = composition_table(results, list(protocol.columns))
     if composition:
         text += ["", "### What the likelihood top-k ignored in the last epoch (share of the ignored entries)",

@@ -58,8 +58,7 @@ def run_logged(command: list[str], log_path: str, env: dict) -> None:
 def train_command(args, flags: dict) -> list[str]:
     launcher = [sys.executable]
     if args.nproc_per_node > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={args.nproc_per_node}"]
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc_per_node}"]
     return launcher + [TRAIN_SCRIPT] + flags_to_argv(flags)
 
 
@@ -69,12 +68,9 @@ def summarise_run(path_dest: str) -> dict:
         epochs = [json.loads(line) for line in handle if line.strip()]
     if not epochs:
         raise CellFailed(f"{path_dest}/metrics.jsonl holds no epoch")
-
-    def best_of(entry):
-        return max(entry["test_regular_mAP"], entry["test_ema_mAP"])
-
-    best = max(epochs, key=best_of)
-    return {"best_mAP": best_of(best), "best_epoch": best["epoch"], "final_mAP": best_of(epochs[-1]),
+    maps = [max(entry["test_regular_mAP"], entry["test_ema_mAP"]) for entry in epochs]
+    best = maps.index(max(maps))  # the first best epoch
+    return {"best_mAP": maps[best], "best_epoch": epochs[best]["epoch"], "final_mAP": maps[-1],
             "final_mAP_regular": epochs[-1]["test_regular_mAP"], "epochs": len(epochs)}
 
 
