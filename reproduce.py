@@ -3,8 +3,6 @@
     python reproduce.py                      # embedded dataset on CPU, 3 seeds (the README's demo)
     python reproduce.py --data /datasets/COCO_2014 --model-name tresnet_m \
         --model-path models_local/tresnet_m_miil_21k.pth --image-size 448 --device cuda
-
-Every cell is a ``train.py`` run, resumed and reused by its settings (src/reproduce/).
 """
 
 from __future__ import annotations

@@ -3,8 +3,7 @@
     python -m coco_simulation --data DIR [--metadata DIR] --simulate_partial_type fpc \
         --simulate_partial_param 1000 --seed 0 --out partial.npz [--plot class_freq.png | --plot none]
 
-Reads the train split as training does; pass the file to train.py with ``--partial_labels FILE``. Prints
-per-class statistics and plots original vs simulated positives per class.
+Reads the train split as training does; train.py takes the file as ``--partial_labels FILE``.
 """
 
 from __future__ import annotations

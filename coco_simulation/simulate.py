@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from src.data.partial_labels import (  # noqa: F401 - re-exported
-    describe_simulation,
-    load_partial_labels,
-    simulate_dataset,
-    simulate_partial_labels,
-)
+from src.data.partial_labels import describe_simulation, simulate_dataset
 from src.utils.distributed import get_rank
 
 
 def simulate_coco(args, dataset):
-    """Simulate in place from ``args.simulate_partial_type`` (None: none), ``simulate_partial_param`` and
-    ``seed``; rank 0 reports the draw."""
+    """Simulate in place from ``args``' simulation flags (type None: none); rank 0 reports the draw."""
     mode = getattr(args, "simulate_partial_type", None)
     if mode is None:
         return dataset

@@ -29,11 +29,9 @@ def build_criterion(args, class_names: Sequence[str], num_samples: int | None = 
     settings = {name: getattr(args, name) for name in hyperparameters}
     prior_path = None if is_none_path(args.prior_path) else args.prior_path
     if prior_path is not None and mode != "selective":
-        raise ValueError(
-            f"--prior_path {str(prior_path)!r} is only used by --partial_loss_mode selective, but "
-            f"--partial_loss_mode is {mode!r}; pass --partial_loss_mode selective "
-            "to train with the prior, or drop --prior_path (or pass --prior_path none)"
-        )
+        raise ValueError(f"--prior_path {str(prior_path)!r} is only used by --partial_loss_mode selective, "
+                         f"but --partial_loss_mode is {mode!r}; pass --partial_loss_mode selective to train "
+                         "with the prior, or drop --prior_path (or pass --prior_path none)")
     if mode == "selective":
         settings["prior"] = None if prior_path is None else read_prior_csv(prior_path, class_names)
     if mode == "epr" and settings["epr_expected_positives"] is None:

@@ -4,10 +4,9 @@
     un-annotated:  V(p') [ K(p') (1 - p^q2) / q2  +  (1 - K(p')) (1 - (1 - p)^q3) / q3 ]     (q2 0.01, q3 1)
                    K(p) = sigmoid(w p + b),  V(p) = exp(-(p - mu)^2 / (2 sigma^2))
 
-Their train.py moves the parameters linearly over the T epochs: w = w_start + (w_end - w_start) (e - 1) / T
-and b likewise (w 0 -> 2, b -2 -> -2); mu and sigma with e / T (mu 0.5 -> 0.8, sigma 2 -> 0.5). p^q2 is
-exp(q2 logsigmoid(x)): the same value with a finite gradient where p underflows (their pow(p, 0.01) has
-an infinite one). Known negatives get -log(1 - p) (our adaptation).
+Their train.py moves w and b linearly with (e - 1) / T (w 0 -> 2, b -2 -> -2), mu and sigma with e / T
+(mu 0.5 -> 0.8, sigma 2 -> 0.5). p^q2 is exp(q2 logsigmoid(x)): a finite gradient where p underflows
+(their pow(p, 0.01) has an infinite one). Known negatives get -log(1 - p) (our adaptation).
 """
 
 from __future__ import annotations

@@ -28,12 +28,10 @@ def new_label_store(mode: str, num_samples, num_classes, dtype: torch.dtype, fil
     needed = rows * columns * torch.empty((), dtype=dtype).element_size()
     limit = physical_memory_bytes() // 2
     if needed > limit:
-        raise MemoryError(
-            f"loss mode {mode!r}: its per-sample label store of N={rows} images x C={columns} classes "
-            f"({dtype}) needs {needed} bytes ({needed / 2**30:.1f} GiB), more than half of this machine's "
-            f"physical memory ({limit} of {2 * limit} bytes); use another loss mode or a subset of the "
-            "training set"
-        )
+        raise MemoryError(f"loss mode {mode!r}: its per-sample label store of N={rows} images x "
+                          f"C={columns} classes ({dtype}) needs {needed} bytes ({needed / 2**30:.1f} GiB), "
+                          f"more than half of this machine's physical memory ({limit} of {2 * limit} bytes); "
+                          "use another loss mode or a subset of the training set")
     return torch.full((rows, columns), fill, dtype=dtype)
 
 

@@ -1,16 +1,13 @@
 """LL-R, LL-Ct and LL-Cp of Kim et al. (CVPR 2022; github.com/snucml/LargeLossMatters), with the deltas
 and the LL-Cp fix of their BoostLU code (github.com/youngwk/BridgeGapExplanationPAMC).
 
-The loss matrix is BCE(x, y), y = 1 on positives, 0 elsewhere (un-annotated = negative). From epoch 2 on,
-the k un-annotated entries of the batch with the largest loss (ties at the k-th included) are
-ll_r: rejected (loss 0, still in the mean's denominator); ll_ct: flipped to positive for this batch;
-ll_cp: flipped for good, in a per-sample store (int8, N x C).
+The loss matrix is BCE(x, y), y = 1 on positives, 0 elsewhere. From epoch 2 on, the k un-annotated entries
+of the batch with the largest loss (ties at the k-th included) are ll_r: rejected (loss 0, still counted
+in the mean); ll_ct: flipped to positive for the batch; ll_cp: flipped for good (a per-sample store).
 k = ceil(B C (1 - clean_rate)) for ll_r / ll_ct, clean_rate starting at 1 and losing delta after every
-epoch as their train.py (its float rounding repeated); k = ceil(B C delta) for ll_cp.
-
-LargeLossMatters tests ``P['mod_scheme'] is 'LL-Cp'``, False for a parsed string, so it runs LL-Ct with
-LL-Cp's delta; we run the intended LL-Cp, as BoostLU (``==``). Known negatives keep BCE(x, 0), never
-selected (as BoostLU's OpenImages setting).
+epoch as in their train.py; k = ceil(B C delta) for ll_cp. LargeLossMatters tests ``mod_scheme is
+'LL-Cp'``, False for a parsed string (so LL-Ct runs); we run the intended LL-Cp, as BoostLU (``==``).
+Known negatives keep BCE(x, 0), never selected (as BoostLU's OpenImages setting).
 """
 
 from __future__ import annotations

@@ -16,8 +16,7 @@ __all__ = ["ComputePrior", "PartialSelectiveLoss"]
 
 
 class PartialSelectiveLoss(_PartialSelectiveLoss):
-    """``class_names`` matches the prior's rows by name; else their count is checked against
-    ``args.num_classes`` when present."""
+    """``class_names`` matches the prior's rows by name; else their count is checked (args.num_classes)."""
 
     def __init__(self, args, class_names: Sequence[str] | None = None):
         settings = {name: getattr(args, name, entry.default)

@@ -9,8 +9,7 @@ and the mode weight w (no gradient): ``negative`` 1; ``ignore`` 0 on un-annotate
 (Durand et al. 2019); ``selective`` (CSL) 0 on the un-annotated entries of classes whose prior exceeds
 ``prior_threshold`` (given a prior and a non-zero threshold), then 0 on the k = int(likelihood_topk B)
 un-annotated entries of the batch with the highest p (all of them when fewer; ties broken arbitrarily;
-counted over all un-annotated entries, the prior's too). torch.topk over p with annotated entries masked
-below every probability, so a 128 x 9,605 batch never sorts its 1.2 M entries.
+counted over all un-annotated entries, the prior's too), by torch.topk: a 128 x 9,605 batch is never sorted.
 """
 
 from __future__ import annotations

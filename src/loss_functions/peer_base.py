@@ -55,8 +55,7 @@ def require_epoch(mode: str, epoch, num_epochs=None, *, need_total: bool = False
 
 
 class PeerLoss(nn.Module):
-    """Subclasses set ``mode`` and ``bounds`` (hyper-parameter -> bound, `src.utils.values`; also the flags'
-    ranges) and implement :meth:`loss_terms`; their keywords become attributes and ``settings``."""
+    """Subclasses set ``mode``, ``bounds`` (keyword -> bound, also the flag's range), :meth:`loss_terms`."""
 
     mode = ""
     bounds: ClassVar[dict[str, str]] = {}

@@ -1,6 +1,6 @@
-"""What a run is (`run_settings`; its identity is their hash), recorded beside what it made. A product of
-other or unrecorded settings is refused with the change named, or with ``--overwrite`` deleted and made
-anew - never reused, never deleted unasked."""
+"""What a run is (`run_settings`: flags, processes, the content hash of each file a flag names, the data's
+generator config; its identity: their hash), recorded beside what it made. A product of other or
+unrecorded settings is refused with the change named, or with ``--overwrite`` deleted and made anew."""
 
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ def file_hash(path: str) -> str:
 
 
 def run_settings(flags: dict, nproc_per_node: int, data_config: dict | None) -> dict:
-    """Its flags (``--path_dest``, where it is written, aside), processes, the content hash of each file a
-    flag names and the data's generator config."""
+    """``--path_dest``, where the run is written, is not part of what it is."""
     passed = {name: value if value is True else str(value) for name, value in flags.items()
               if value is not None and value is not False and name != "path_dest"}
     files = {name: file_hash(value) for name, value in passed.items()

@@ -212,7 +212,6 @@ def protocol_rows(protocol: Protocol) -> list[Row]:
 
 
 def select_columns(protocol: Protocol, schemes: str) -> list[str]:
-    """Restricts ``protocol.columns`` to --schemes, in its order."""
     wanted = [s.strip() for s in schemes.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(protocol.columns))
     if unknown:

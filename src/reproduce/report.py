@@ -134,12 +134,11 @@ def prior_tables(results: list[dict], protocol: Protocol) -> str:
     full = CocoDetection(root, ann_file)
     true_freq = full.labels.positive_counts() / full.labels.num_samples
     sections = []
+    seed = min((r["seed"] for r in results), default=0)  # the first seed's tables
     for scheme in protocol.columns:
-        by_row = {r["row"]: r for r in results if r["scheme"] == scheme and r["seed"] == min(
-            x["seed"] for x in results)}
+        by_row = {r["row"]: r for r in results if r["scheme"] == scheme and r["seed"] == seed}
         if "ignore_ce" not in by_row or "negative_ce" not in by_row:
             continue
-        seed = by_row["ignore_ce"]["seed"]
         partial = read_partial_label_file(by_row["ignore_ce"]["partial_labels"])
         estimates = {f"{mode}-mode model": read_prior_csv(by_row[row]["prior_path"], full.class_names).numpy()
                      for mode, row in (("Ignore", "ignore_ce"), ("Negative", "negative_ce"))}

@@ -127,7 +127,6 @@ class Progress:
 @dataclass
 class Group:
     """One (seed, column): its partial labels and its cells, run in order (CSL needs Ignore's prior)."""
-
     seed: int
     scheme: str
     param: float

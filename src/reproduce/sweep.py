@@ -1,8 +1,7 @@
-"""The regime sweep (``reproduce.py --sweep``): when does CSL's selection help? Each point is the embedded
-protocol moved along one regime variable (model strength, label budget, class design) around the demo of
-its day (shape_colour, 6,000 x 10; not today's calibrated glyphs, docs/regime.md), run with Full labels,
-Ignore, Negative, Negative-ASL and CSL on FPC and RPS; per point and column the summary gives the regime
-and CSL's margin over the best baseline. The points were fixed before any ran; nothing is tuned on CSL.
+"""The regime sweep (``reproduce.py --sweep``): when does CSL's selection help? Each point moves the embedded
+protocol along one regime variable (model strength, label budget, class design) around the demo of its day
+(shape_colour, 6,000 x 10; docs/regime.md); per point and column the summary gives the regime and CSL's
+margin over the best baseline. The points were fixed before any ran; nothing is tuned on CSL.
 """
 
 from __future__ import annotations
