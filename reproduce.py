@@ -3,11 +3,6 @@
     python reproduce.py                      # embedded dataset on CPU, 3 seeds (the README's demo)
     python reproduce.py --data /datasets/COCO_2014 --model-name tresnet_m \
         --model-path models_local/tresnet_m_miil_21k.pth --image-size 448 --device cuda
-
-Every cell of the table is an ordinary ``train.py`` run, its command line stored in
-``<out>/cells/<cell>/command.txt``. A finished cell is reused when its settings are this run's and refused
-when they changed, unless ``--overwrite`` (`src/reproduce/runner.py`), so an interrupted table resumes.
-Rows: ``ROWS`` in ``src/reproduce/protocols.py``; protocols, runner and reports live in ``src/reproduce/``.
 """
 
 from __future__ import annotations
@@ -51,7 +46,6 @@ def train_parents() -> list[argparse.ArgumentParser]:
 
 
 def train_flag_names() -> list[str]:
-    """The destinations of train.py's flags that reproduce.py takes (those of :func:`train_parents`)."""
     return sorted(set().union(*(vars(parent.parse_args([])) for parent in train_parents())))
 
 
@@ -107,7 +101,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_protocol(args: argparse.Namespace):
-    """COCO with --data, else the embedded protocol; with the other train.py flags the user set."""
     make_protocol = coco_protocol if args.data else embedded_protocol
     return make_protocol(args, user_train_flags(args, train_flag_names()))
 

@@ -1,14 +1,9 @@
-"""Command line: simulate partial labels on the COCO train annotations and write them to a file.
+"""Simulate partial labels on the COCO train annotations and write them to a file.
 
     python -m coco_simulation --data DIR [--metadata DIR] --simulate_partial_type fpc \
         --simulate_partial_param 1000 --seed 0 --out partial.npz [--plot class_freq.png | --plot none]
 
-Reads the train split through the same loader and the same two layouts as training (``--data DIR``
-with ``annotations/instances_train2014.json`` and ``train2014/``, or the paper code's ``--metadata
-DIR`` with ``train.json``), writes the simulated matrix (see `src.data.partial_labels` for the file
-format; pass it to training with ``--partial_labels FILE``), prints per-class statistics and saves
-the class-frequency plot (original vs simulated positives per class; default: the --out path with
-.png instead of .npz; ``--plot none`` skips it).
+Reads the train split as training does; train.py takes the file as ``--partial_labels FILE``.
 """
 
 from __future__ import annotations
@@ -35,8 +30,7 @@ SHARED_FLAGS = ("data", "metadata", "skip_bad_images", "simulate_partial_type", 
 
 
 def shared_flags_parser() -> argparse.ArgumentParser:
-    """A parent parser holding train.py's own declarations of `SHARED_FLAGS` and none of its other flags
-    (image size, batch size, ... mean nothing here)."""
+    """train.py's own declarations of `SHARED_FLAGS`, none of its other flags (they mean nothing here)."""
     parent = argparse.ArgumentParser(add_help=False)
     for source in (data_parser(), partial_labels_parser()):
         for action in source._actions:  # argparse's parents= copies actions the same way

@@ -1,8 +1,5 @@
-"""Class-frequency plot: positive labels per class before and after partial-label simulation.
-
-Uses matplotlib's object-oriented API with the Agg canvas (no pyplot, no global backend switch), so
-it works headless and does not disturb other plotting code in the same process.
-"""
+"""Positive labels per class before and after the simulation (matplotlib's object API: headless, no global
+backend switch)."""
 
 from __future__ import annotations
 
@@ -11,11 +8,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from src.utils.io import save_figure
+
 
 def plot_class_frequencies(original_positive, simulated_positive, path, class_names: Sequence | None = None,
                            title: str = "Positive labels per class") -> str:
-    """Save a PNG of per-class positive counts (original vs simulated), classes sorted by original count."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """Save a PNG of per-class positive counts, classes sorted by original count."""
     from matplotlib.figure import Figure
 
     original = np.asarray(original_positive, dtype=np.float64)
@@ -26,7 +24,6 @@ def plot_class_frequencies(original_positive, simulated_positive, path, class_na
     order = np.argsort(-original, kind="stable")
     ranks = np.arange(1, original.size + 1)
     figure = Figure(figsize=(8, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     axes.plot(ranks, original[order], label="original", marker=".", linewidth=1)
     axes.plot(ranks, simulated[order], label="simulated", marker=".", linewidth=1)
@@ -40,8 +37,4 @@ def plot_class_frequencies(original_positive, simulated_positive, path, class_na
     axes.set_title(title)
     axes.legend()
     figure.tight_layout()
-    path = os.fspath(path)
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return save_figure(figure, os.fspath(path), dpi=100)

@@ -1,21 +1,13 @@
-"""The paper code's import path of the partial-label simulation; the implementation lives in
-:mod:`src.data.partial_labels` (pure functions, no printing). ``simulate_coco(args, dataset)`` is the
-paper's entry point: it reads the flags from ``args`` and reports the draw once (rank 0)."""
+"""The paper code's import path of the simulation (`src.data.partial_labels`)."""
 
 from __future__ import annotations
 
-from src.data.partial_labels import (  # noqa: F401 - re-exported
-    describe_simulation,
-    load_partial_labels,
-    simulate_dataset,
-    simulate_partial_labels,
-)
+from src.data.partial_labels import describe_simulation, simulate_dataset
 from src.utils.distributed import get_rank
 
 
 def simulate_coco(args, dataset):
-    """Simulate partial labels on ``dataset`` in place from ``args.simulate_partial_type`` (None: no
-    simulation, as in the paper code), ``args.simulate_partial_param`` and ``args.seed`` (default 0)."""
+    """Simulate in place from ``args``' simulation flags (type None: none); rank 0 reports the draw."""
     mode = getattr(args, "simulate_partial_type", None)
     if mode is None:
         return dataset

@@ -1,10 +1,6 @@
-"""Command-line flags, declared once: parent parsers (``add_help=False``, as in DETR) shared by train.py,
-validate.py, infer.py, the prior command and reproduce.py; choices come from the modules that own them.
-
-Every flag of the paper's train.py keeps its name, meaning and default (``--model-path`` too: the paper's
-./tresnet_m.pth, which train.py checks first, suggesting ``--model-path none`` when it is missing). The
-paper mixes ``--snake_case`` and ``--kebab-case``, so every long option takes both (:func:`add_flag`).
-"""
+"""Command-line flags, declared once in parent parsers shared by the commands. The paper's train.py flags
+keep their names, meanings and defaults; it mixes ``--snake_case`` and ``--kebab-case``, so every long
+option takes both (:func:`add_flag`)."""
 
 from __future__ import annotations
 
@@ -26,16 +22,10 @@ PAPER_DEFAULT_MODEL_PATH = "./tresnet_m.pth"
 ESTIMATE_PRIOR_CHOICES = ("auto", "clean", "running_average", "both", "none")
 
 
-# ------------------------------------------------------------------------------------------ helpers
-def _other_spelling(option: str) -> str:
-    body = option[2:]
-    return "--" + (body.replace("_", "-") if "_" in body else body.replace("-", "_"))
-
-
 def add_flag(parser, *names: str, **kwargs):
-    """``parser.add_argument`` with both the snake_case and kebab-case spelling of each long option; the
-    first long option fixes ``dest``, so ``--model-name`` and ``--model_name`` set the same attribute."""
-    others = [_other_spelling(name) for name in names if name.startswith("--")]
+    """``parser.add_argument`` with both spellings of each long option; the first fixes ``dest``."""
+    others = ["--" + (name[2:].replace("_", "-") if "_" in name else name[2:].replace("-", "_"))
+              for name in names if name.startswith("--")]
     return parser.add_argument(*names, *(other for other in others if other not in names), **kwargs)
 
 
@@ -49,16 +39,14 @@ probability = bounded(float, "a probability in [0, 1]")
 
 
 def require_weights(path: str, flag: str, what: str, hint: str) -> str:
-    """`require_file` for a weights value, except the forms fetched on demand (``timm:``, ``csl:``, URLs;
-    `src.models.is_remote_weights`), which are checked when they are fetched."""
+    """`require_file`, except for weights fetched on demand (checked when fetched)."""
     return path if is_remote_weights(path) else require_file(path, flag, what, hint + " (or timm:<name>, a "
                                                              "URL, csl:<name>; docs/checkpoints.md)")
 
 
 def weights_output_path(spec: str, name: str) -> str:
-    """``name`` next to the weights file ``spec`` (a ``file://`` URL's file included: two runs' best.pth
-    never share an output); for weights fetched from elsewhere, in ./outputs (named by the caller after
-    `src.models.weights_stem`)."""
+    """``name`` next to the weights file ``spec`` (a ``file://`` URL's too: two runs' best.pth never share an
+    output), or in ./outputs for weights fetched on demand."""
     url = urllib.parse.urlparse(spec)
     if url.scheme.lower() == "file" and "://" in spec:
         return os.path.join(os.path.dirname(urllib.request.url2pathname(url.path)), name)
@@ -67,16 +55,12 @@ def weights_output_path(spec: str, name: str) -> str:
 
 
 def require_file(path: str, flag: str, what: str, hint: str) -> str:
-    """``path`` when it is a file; else a MissingFileError (a FileNotFoundError) naming the flag, what was
-    expected and the fix."""
     if not os.path.isfile(path):
         raise MissingFileError(f"{flag}: {what} {path!r} does not exist; {hint}")
     return path
 
 
-# ------------------------------------------------------------------------------------------ parents
 def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentParser:
-    """Where the images and labels are and how they are read (train.py, validate.py, the prior)."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("data")
     add_flag(group, "--data", metavar="DIR", type=str, default="./data",
@@ -109,7 +93,6 @@ def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentPars
 
 
 def partial_labels_parser() -> argparse.ArgumentParser:
-    """Which partial labels the training set gets (train.py, the prior command)."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("partial labels")
     add_flag(group, "--simulate_partial_type", type=str, choices=SIMULATION_MODES, default=None,
@@ -126,7 +109,6 @@ def partial_labels_parser() -> argparse.ArgumentParser:
 
 
 def unsafe_pickle_parser() -> argparse.ArgumentParser:
-    """--unsafe_pickle: the one way to load a checkpoint that a safe load (weights_only) refuses."""
     parser = argparse.ArgumentParser(add_help=False)
     add_flag(parser, "--unsafe_pickle", action="store_true",
              help="allow checkpoints that hold arbitrary Python objects (torch.load weights_only=False). "
@@ -136,7 +118,7 @@ def unsafe_pickle_parser() -> argparse.ArgumentParser:
 
 def model_parser(path_default: str | None = PAPER_DEFAULT_MODEL_PATH,
                  name_default: str | None = "tresnet_m") -> argparse.ArgumentParser:
-    """--model-name and --model-path (required when ``path_default`` is None), --unsafe_pickle."""
+    """--model-path is required when ``path_default`` is None."""
     parser = argparse.ArgumentParser(add_help=False, parents=[unsafe_pickle_parser()])
     group = parser.add_argument_group("model")
     add_flag(group, "--model-name", type=str, default=name_default,
@@ -163,7 +145,6 @@ def eval_weights_parser() -> argparse.ArgumentParser:
 
 
 def device_parser() -> argparse.ArgumentParser:
-    """--device, --amp, --amp_dtype (every command that runs a model)."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("device")
     add_flag(group, "--device", type=str, default="auto",
@@ -175,9 +156,7 @@ def device_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ------------------------------------------------------------------------------------------ train.py
 def optimisation_parser() -> argparse.ArgumentParser:
-    """The schedule flags of train.py (reproduce.py forwards them to its cells)."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("optimisation")
     add_flag(group, "--lr", type=float, default=2e-4, help="maximal learning rate of OneCycleLR (Adam)")
@@ -195,7 +174,6 @@ def optimisation_parser() -> argparse.ArgumentParser:
 
 
 def _add_loss_flags(parser) -> None:
-    """A flag per loss setting and hyper-parameter, all from the loss table (src/loss_functions/modes.py)."""
     special = {"partial_loss_mode": dict(choices=LOSS_MODE_NAMES), "prior_path": dict(type=optional_path),
                "loss_reduction": dict(choices=REDUCTIONS)}
     for name, entry in {**LOSS_SETTINGS, **LOSS_HYPERPARAMETERS}.items():

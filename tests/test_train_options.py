@@ -103,9 +103,9 @@ def _without_simulation(argv: list[str]) -> list[str]:
 def test_partial_labels_file_from_coco_simulation_is_what_train_py_trains_on(embedded_data_dir, tmp_path,
                                                                             monkeypatch):
     from coco_simulation.__main__ import main as simulate_main
-    from coco_simulation.simulate import load_partial_labels, simulate_partial_labels
     from src.data import resolve_coco_files
     from src.data.coco import CocoDetection
+    from src.data.partial_labels import load_partial_labels, simulate_partial_labels
 
     labels_file = tmp_path / "rps_0.5.npz"
     assert simulate_main(["--data", embedded_data_dir, "--simulate_partial_type", "rps",

@@ -1,11 +1,6 @@
-"""Loss functions: the partial-label selective loss (CSL), the later partial-label methods it is compared
-with (docs/peer_methods.md), one table of every mode with `create_loss`, the builder from train.py's
-flags, and ASL.
-
-Imports torch, numpy and the prior's CSV reader only, so a researcher can lift the losses without the
-engine, the models or the data code. `src.loss_functions.partial_asymmetric_loss` keeps the paper's
-import surface.
-"""
+"""CSL's partial-label loss, the later methods it is compared with (docs/peer_methods.md), the table of
+every mode (`LOSS_MODES`, `create_loss`), `build_criterion` and ASL. Needs torch, numpy and the prior's
+CSV reader only, so the losses lift out without the engine, models or data code."""
 
 from src.loss_functions.factory import build_criterion
 from src.loss_functions.losses import AsymmetricLoss, AsymmetricLossOptimized

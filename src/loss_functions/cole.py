@@ -1,14 +1,9 @@
-"""AN-LS and EPR of Cole et al., "Multi-Label Learning from Single Positive Labels" (CVPR 2021);
-official code: github.com/elijahcole/single-positive-multi-label (losses.py, train.py).
+"""AN-LS and EPR of Cole et al. (CVPR 2021; github.com/elijahcole/single-positive-multi-label). With
+p = sigmoid(x) and their guard log(x + 1e-5); known negatives get -log(1 - p) (our adaptation):
 
-With p = sigmoid(x) and their log guard -log(x + 1e-5):
-
-    an_ls   positive:      -(1 - s) log(p + 1e-5) - s log(1 - p + 1e-5)       (s = an_ls_smoothing = 0.1)
-            un-annotated:  -(1 - s) log(1 - p + 1e-5) - s log(p + 1e-5)       (assumed negative, smoothed)
-    epr     positive:      -log(p + 1e-5);  un-annotated: 0
-            regulariser:   (mean_b sum_c p_bc - E)^2 / C^2, added outside the mean (E = expected positives)
-
-Known negatives get -log(1 - p) (our adaptation, `src.loss_functions.peer_base`).
+    an_ls  positive: -(1 - s) log(p + eps) - s log(1 - p + eps)    (s = an_ls_smoothing, 0.1)
+           un-annotated: -(1 - s) log(1 - p + eps) - s log(p + eps)
+    epr    positive: -log(p + eps); un-annotated: 0; plus (mean_b sum_c p_bc - E)^2 / C^2 outside the mean
 """
 
 from __future__ import annotations
@@ -39,9 +34,6 @@ class AssumeNegativeLabelSmoothing(PeerLoss):
 
 
 class ExpectedPositiveRegularizer(PeerLoss):
-    """EPR: positives only, plus the squared gap between the batch's mean number of predicted positives
-    per image and ``epr_expected_positives``, divided by C^2."""
-
     mode, bounds = "epr", {"epr_expected_positives": ">= 0"}
 
     def __init__(self, *, epr_expected_positives: float = 2.9, reduction: str = "sum"):
@@ -57,15 +49,9 @@ class ExpectedPositiveRegularizer(PeerLoss):
 
 
 def expected_positives_per_image(positive_counts, negative_counts, num_samples: int) -> float:
-    """EPR's E estimated from training labels: the sum over classes of each class's positive rate.
-
-    A class with known negatives contributes positives / annotated images (the rate among the images
-    annotated for it, which estimates the true rate when annotations are missing at random); a class
-    without known negatives contributes positives / all images (un-annotated counted as negative, a
-    lower bound). With complete labels this is exactly the mean number of positives per image (Cole et
-    al.'s 2.9 for COCO); with single-positive labels (no negatives at all) it is 1, an underestimate:
-    pass the value instead. ``positive_counts`` / ``negative_counts``: per-class counts (C,).
-    """
+    """EPR's E from per-class counts (C,): the sum of the classes' positive rates, over the images annotated
+    for the class when it has known negatives, else over all (a lower bound). Complete labels give the mean
+    positives per image (2.9 on COCO); single-positive labels 1, an underestimate: pass the value then."""
     positives = np.asarray(positive_counts, dtype=np.float64)
     negatives = np.asarray(negative_counts, dtype=np.float64)
     if num_samples < 1:

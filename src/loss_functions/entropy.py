@@ -1,22 +1,13 @@
-"""EM and EM-APL of Zhou et al., "Acknowledging the Unknown for Multi-label Learning with Single Positive
-Labels" (ECCV 2022); official code: github.com/Correr-Zhou/SPML-AckTheUnknown (losses.py, main.py).
-Defaults are their COCO settings (alpha 0.1, beta 0.9, share 0.9, warm-up 5), not main.py's default
-dataset (pascal).
+"""EM and EM-APL of Zhou et al. (ECCV 2022; github.com/Correr-Zhou/SPML-AckTheUnknown), at their COCO
+settings (alpha 0.1, beta 0.9, share 0.9, warm-up 5). With p = sigmoid(x), q = 1 - p, eps = 1e-5:
 
-With p = sigmoid(x) and their log guard -log(x + 1e-5):
+    em      positive: -log(p + eps);  un-annotated: -alpha H(p),  H(p) = -p log(p + eps) - q log(q + eps)
+    em_apl  as em, but un-annotated entries with a pseudo-label s: beta (-s log(p + eps) - (1-s) log(q + eps))
 
-    em      positive:      -log(p + 1e-5)
-            un-annotated:  -alpha H(p),  H(p) = -p log(p + 1e-5) - (1 - p) log(1 - p + 1e-5)
-    em_apl  as em, except un-annotated entries with a soft pseudo-label s (a stored probability):
-                           beta (-s log(p + 1e-5) - (1 - s) log(1 - p + 1e-5))
-
-EM-APL's pseudo-labels come from a pass over the training set (model in eval mode) after every epoch
-e >= warm-up, first used in epoch warm-up + 1 (their pass after the last epoch labels entries that no
-epoch uses; we skip it): per class c, the int(share U_c / (T - warm-up)) still unlabelled un-annotated
-entries with the lowest p get s = p (U_c: the class's un-annotated entries in the original
-annotations). They are kept in a per-sample store (buffer ``soft_negatives``, float16 (N, C),
-NaN where an entry has no pseudo-label; their code keeps -p in the label matrix instead).
-Known negatives get -log(1 - p) and are never pseudo-labelled (our adaptation).
+After every epoch e >= warm-up (not the last: no epoch would use it) a pass over the training set gives,
+per class c, the int(share U_c / (T - warm-up)) unlabelled un-annotated entries with the lowest p the
+label s = p (U_c: the class's un-annotated entries). Buffer ``soft_negatives``: float16 (N, C), NaN =
+no pseudo-label. Known negatives get -log(1 - p) and are never pseudo-labelled (our adaptation).
 """
 
 from __future__ import annotations
@@ -46,19 +37,10 @@ class EntropyMaximization(PeerLoss):
 
 
 class EMAsymmetricPseudoLabeling(EntropyMaximization):
-    """EM-APL: EM plus soft pseudo-negatives from a pass over the training set after each epoch >= warm-up.
-
-    The trainer's contract, after every training epoch ``e`` (1-based) of ``T``::
-
-        if criterion.wants_training_pass(e, T):
-            scores = sigmoid of the model's logits on every training image, model.eval(), no gradient,
-                     float (N, C) in dataset order (row i = dataset index i), the same on every rank
-            criterion.update_from_training_pass(scores, targets, e, T)   # targets: the original (N, C)
-
-    ``update_from_training_pass`` is a collective under torchrun (every rank calls it); each rank writes
-    the selected entries of its share of the rows and the stores are gathered, so they stay identical.
-    Training batches must then pass ``indices=`` (their dataset indices) to every call of the loss.
-    """
+    """The trainer's contract, after training epoch ``e`` (1-based) of ``T``: if ``wants_training_pass(e,
+    T)``, call ``update_from_training_pass(scores, targets, e, T)`` with the sigmoid scores (N, C) of every
+    training image (eval mode, dataset order, the same on every rank; a collective under torchrun) and
+    the original targets (N, C). Training batches pass ``indices=`` (their dataset indices)."""
 
     mode = "em_apl"
     bounds = {"em_alpha": ">= 0", "apl_beta": ">= 0", "apl_share": "in [0, 1]",
@@ -73,8 +55,6 @@ class EMAsymmetricPseudoLabeling(EntropyMaximization):
                                                                torch.float16, float("nan")))
 
     def wants_training_pass(self, epoch: int, num_epochs: int) -> bool:
-        """True after the epochs whose end labels new entries: warm-up <= e (their main.py) and e < T (their
-        pass after the last epoch labels entries no epoch uses; we skip it)."""
         return self.apl_warmup_epochs <= int(epoch) < int(num_epochs)
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, indices=None, **_) -> tuple[Tensor, None]:
@@ -93,8 +73,7 @@ class EMAsymmetricPseudoLabeling(EntropyMaximization):
 
     @torch.no_grad()
     def update_from_training_pass(self, scores: Tensor, targets: Tensor, epoch: int, num_epochs: int) -> int:
-        """Pseudo-label this epoch's share of un-annotated entries (class docstring); returns how many were
-        labelled (all ranks). A no-op returning 0 when ``wants_training_pass(epoch, num_epochs)`` is False."""
+        """Pseudo-label this epoch's share (module docstring); returns how many were labelled (all ranks)."""
         store = self.soft_negatives
         scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
         if tuple(scores.shape) != tuple(store.shape) or tuple(targets.shape) != tuple(store.shape):
@@ -116,8 +95,8 @@ class EMAsymmetricPseudoLabeling(EntropyMaximization):
 
 
 def _lowest_candidates(scores: Tensor, candidates: Tensor, per_class: Tensor) -> tuple[Tensor, Tensor]:
-    """(rows, classes) of the ``per_class[c]`` candidates with the lowest score in each class c (all of a
-    class's candidates when it has fewer). Classes are sorted a block at a time to bound memory."""
+    """(rows, classes) of the ``per_class[c]`` lowest-scoring candidates of each class c; classes are
+    sorted a block at a time to bound memory."""
     num_rows, num_classes = scores.shape
     block = max(1, 2**24 // max(num_rows, 1))
     found_rows, found_classes = [], []

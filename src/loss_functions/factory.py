@@ -14,13 +14,9 @@ from src.utils.values import is_none_path
 
 def build_criterion(args, class_names: Sequence[str], num_samples: int | None = None,
                     train_labels=None) -> nn.Module:
-    """The loss of train.py's flags (``args``, its Namespace) for the model's ``class_names``: the mode's
-    hyper-parameters (`LOSS_MODES`), ``--prior_path`` (selective mode only; rows matched to
-    ``class_names``) and, for the peer modes, ``--loss_reduction`` (the CSL modes sum, as the paper, so a
-    paper-style Namespace still builds them). ``train_labels`` (a `src.data.labels.LabelMatrix` of the
-    training set) gives EPR's expected positives when the flag is unset, and the store size N of ll_cp /
-    em_apl unless ``num_samples`` is given.
-    """
+    """The loss of train.py's Namespace ``args`` for the model's ``class_names`` (the CSL modes always sum,
+    as the paper). ``train_labels`` (the training set's `LabelMatrix`) gives EPR's expected positives when
+    unset, and the store size N of ll_cp / em_apl unless ``num_samples`` is given."""
     mode = args.partial_loss_mode
     if mode not in LOSS_MODES:
         raise ValueError(f"--partial_loss_mode {mode!r} is not supported; choose one of {list(LOSS_MODES)}")
@@ -33,11 +29,9 @@ def build_criterion(args, class_names: Sequence[str], num_samples: int | None = 
     settings = {name: getattr(args, name) for name in hyperparameters}
     prior_path = None if is_none_path(args.prior_path) else args.prior_path
     if prior_path is not None and mode != "selective":
-        raise ValueError(
-            f"--prior_path {str(prior_path)!r} is only used by --partial_loss_mode selective, but "
-            f"--partial_loss_mode is {mode!r}; pass --partial_loss_mode selective "
-            "to train with the prior, or drop --prior_path (or pass --prior_path none)"
-        )
+        raise ValueError(f"--prior_path {str(prior_path)!r} is only used by --partial_loss_mode selective, "
+                         f"but --partial_loss_mode is {mode!r}; pass --partial_loss_mode selective to train "
+                         "with the prior, or drop --prior_path (or pass --prior_path none)")
     if mode == "selective":
         settings["prior"] = None if prior_path is None else read_prior_csv(prior_path, class_names)
     if mode == "epr" and settings["epr_expected_positives"] is None:

@@ -1,21 +1,12 @@
-"""GR-Loss of Chen et al., "Boosting Single Positive Multi-label Classification with Generalized Robust
-Loss" (IJCAI 2024); official code: github.com/yan4xi1/GRLoss (losses.py, models.py, train.py, config.py).
-
-With p = sigmoid(x) and p' = p detached (K and V carry no gradient):
+"""GR-Loss of Chen et al. (IJCAI 2024; github.com/yan4xi1/GRLoss). With p = sigmoid(x), p' = p detached:
 
     positive:      -log(p + 1e-7)
-    un-annotated:  V(p') [ K(p') (1 - p^q2) / q2  +  (1 - K(p')) (1 - (1 - p)^q3) / q3 ]
+    un-annotated:  V(p') [ K(p') (1 - p^q2) / q2  +  (1 - K(p')) (1 - (1 - p)^q3) / q3 ]     (q2 0.01, q3 1)
                    K(p) = sigmoid(w p + b),  V(p) = exp(-(p - mu)^2 / (2 sigma^2))
 
-averaged over B x C (q2 0.01, q3 1). Their train.py moves w, b, mu and sigma linearly over the T epochs
-(with no linear-initialisation epochs, their default):
-
-    w = w_start + (w_end - w_start) (e - 1) / T,   b likewise          (w 0 -> 2, b -2 -> -2)
-    mu = mu_start + (mu_end - mu_start) e / T,      sigma likewise      (mu 0.5 -> 0.8, sigma 2 -> 0.5)
-
-p^q2 is computed as exp(q2 logsigmoid(x)): the same value, and a finite gradient where p underflows to 0
-(their pow(p, 0.01) has an infinite derivative there); at q3 = 1 the negative-like term is p itself.
-Known negatives get -log(1 - p) (our adaptation).
+Their train.py moves w and b linearly with (e - 1) / T (w 0 -> 2, b -2 -> -2), mu and sigma with e / T
+(mu 0.5 -> 0.8, sigma 2 -> 0.5). p^q2 is exp(q2 logsigmoid(x)): a finite gradient where p underflows
+(their pow(p, 0.01) has an infinite one). Known negatives get -log(1 - p) (our adaptation).
 """
 
 from __future__ import annotations
@@ -44,8 +35,7 @@ class GeneralizedRobustLoss(PeerLoss):
                               for name in ("w", "b", "mu", "sigma")}
 
     def schedule(self, epoch: int, num_epochs: int) -> dict[str, float]:
-        """w, b, mu, sigma during ``epoch`` (1-based) of ``num_epochs``: w and b use (e - 1) / T, mu and
-        sigma e / T, as their train.py."""
+        """w, b, mu, sigma during ``epoch`` (1-based) of ``num_epochs`` (module docstring)."""
         progress = {"w": max(epoch - 1, 0) / num_epochs, "b": max(epoch - 1, 0) / num_epochs,
                     "mu": max(epoch, 0) / num_epochs, "sigma": max(epoch, 0) / num_epochs}
         return {name: start + (end - start) * progress[name]

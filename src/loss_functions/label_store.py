@@ -1,10 +1,6 @@
-"""Per-sample label stores of the methods that change training labels across batches (LL-Cp, EM-APL).
-
-A store is an (N, C) buffer of the loss module (N training images, C classes), so it travels with
-``criterion.state_dict()`` into every checkpoint and back on resume. Updates are written through
-:func:`apply_store_updates`: under ``torchrun`` every rank's (flat positions, values) are all_gathered
-and every rank writes all of them, so the stores stay identical on every rank; without a process
-group it is a plain write.
+"""Per-sample label stores (N, C) of LL-Cp and EM-APL: buffers of the loss module, so they travel with
+``criterion.state_dict()`` into every checkpoint. Under torchrun every rank's updates are all_gathered and
+written on every rank (:func:`apply_store_updates`), so the stores stay identical.
 """
 
 from __future__ import annotations
@@ -23,8 +19,7 @@ def physical_memory_bytes() -> int:
 
 
 def new_label_store(mode: str, num_samples, num_classes, dtype: torch.dtype, fill) -> Tensor:
-    """A (num_samples, num_classes) tensor filled with ``fill``; refused (MemoryError) when it would take
-    more than half of the physical memory - the rest is needed by the data, the model and the loaders."""
+    """Refused (MemoryError) above half of the physical memory: the rest is the data's, model's, loaders'."""
     if num_samples is None or num_classes is None or int(num_samples) < 1 or int(num_classes) < 1:
         raise ValueError(f"loss mode {mode!r} keeps a per-sample label store: pass num_samples=N (training "
                          f"images) and num_classes=C (both >= 1), got num_samples={num_samples!r}, "
@@ -33,17 +28,14 @@ def new_label_store(mode: str, num_samples, num_classes, dtype: torch.dtype, fil
     needed = rows * columns * torch.empty((), dtype=dtype).element_size()
     limit = physical_memory_bytes() // 2
     if needed > limit:
-        raise MemoryError(
-            f"loss mode {mode!r}: its per-sample label store of N={rows} images x C={columns} classes "
-            f"({dtype}) needs {needed} bytes ({needed / 2**30:.1f} GiB), more than half of this machine's "
-            f"physical memory ({limit} of {2 * limit} bytes); use another loss mode or a subset of the "
-            "training set"
-        )
+        raise MemoryError(f"loss mode {mode!r}: its per-sample label store of N={rows} images x "
+                          f"C={columns} classes ({dtype}) needs {needed} bytes ({needed / 2**30:.1f} GiB), "
+                          f"more than half of this machine's physical memory ({limit} of {2 * limit} bytes); "
+                          "use another loss mode or a subset of the training set")
     return torch.full((rows, columns), fill, dtype=dtype)
 
 
 def store_rows(store: Tensor, indices: Tensor | None, mode: str, logits: Tensor) -> Tensor:
-    """The store's rows of the batch's samples (``indices``), on the device of ``logits`` (B, C)."""
     batch_size, num_classes = logits.shape
     if num_classes != store.shape[1]:
         raise ValueError(f"the store was built for {store.shape[1]} classes, the logits have {num_classes}")
@@ -59,22 +51,16 @@ def store_rows(store: Tensor, indices: Tensor | None, mode: str, logits: Tensor)
     return store.index_select(0, indices.to(store.device, torch.long)).to(logits.device)
 
 
-def _gather_from_all_ranks(positions: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-    """Every rank's (positions, values) concatenated in rank order (ranks may send different counts)."""
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (positions.cpu(), values.cpu()))
-    return torch.cat([p for p, _ in gathered]), torch.cat([v for _, v in gathered])
-
-
 @torch.no_grad()
 def apply_store_updates(store: Tensor, positions: Tensor, values: Tensor) -> int:
-    """Write ``values`` at the flat ``positions`` (row * C + class) of ``store`` - every rank's updates
-    under a process group (a collective: every rank must call it), this process's otherwise. Returns
-    the number of entries written (all ranks)."""
+    """Write ``values`` at the flat ``positions`` (row * C + class), every rank's under a process group (a
+    collective); returns how many entries were written."""
     positions = positions.reshape(-1).to(torch.int64)
     values = values.reshape(-1)
-    if is_dist():
-        positions, values = _gather_from_all_ranks(positions, values)
+    if is_dist():  # ranks may send different counts
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (positions.cpu(), values.cpu()))
+        positions, values = torch.cat([p for p, _ in gathered]), torch.cat([v for _, v in gathered])
     if positions.numel():
         store.view(-1)[positions.to(store.device)] = values.to(store.device, store.dtype)
     return int(positions.numel())

@@ -1,25 +1,13 @@
-"""LL-R, LL-Ct and LL-Cp of Kim et al., "Large Loss Matters in Weakly Supervised Multi-Label
-Classification" (CVPR 2022); official code: github.com/snucml/LargeLossMatters (losses.py, train.py,
-config.py); the authors' later code github.com/youngwk/BridgeGapExplanationPAMC (BoostLU, CVPR 2023)
-fixes LL-Cp and sets the deltas (0.5 / 0.2 / 0.1 percent for LL-R / LL-Ct / LL-Cp).
+"""LL-R, LL-Ct and LL-Cp of Kim et al. (CVPR 2022; github.com/snucml/LargeLossMatters), with the deltas
+and the LL-Cp fix of their BoostLU code (github.com/youngwk/BridgeGapExplanationPAMC).
 
-Un-annotated entries are negatives: the loss matrix is BCE(x, y) with y = 1 on positives, 0 elsewhere,
-averaged over all B x C entries. From epoch 2 on, the k un-annotated entries with the largest loss in
-the batch (every entry whose loss reaches the k-th largest) are
-
-    ll_r   rejected: their loss is 0 (they still count in the mean's denominator);
-    ll_ct  flipped to positive for this batch: BCE(x, 1);
-    ll_cp  flipped to positive for this batch and permanently, in a per-sample store (int8, N x C):
-           later batches treat them as positives.
-
-k = ceil(B C (1 - clean_rate)) for ll_r / ll_ct, where their train.py starts clean_rate at 1 and
-subtracts delta after every epoch (so k = ceil(B C (e - 1) delta) up to the rounding of that running
-subtraction, which we repeat to get their k exactly); k = ceil(B C delta) for ll_cp, from epoch 2 on.
-
-LL-Cp in LargeLossMatters compares strings with ``is`` (``P['mod_scheme'] is 'LL-Cp'``), which is False
-for a string parsed from the command line, so it silently runs LL-Ct with LL-Cp's delta; we implement
-the intended LL-Cp, as BoostLU's code does (``==``, flipping and storing the same entries).
-Known negatives keep BCE(x, 0) = -log(1 - p) and are never selected (as in BoostLU's OpenImages setting).
+The loss matrix is BCE(x, y), y = 1 on positives, 0 elsewhere. From epoch 2 on, the k un-annotated entries
+of the batch with the largest loss (ties at the k-th included) are ll_r: rejected (loss 0, still counted
+in the mean); ll_ct: flipped to positive for the batch; ll_cp: flipped for good (a per-sample store).
+k = ceil(B C (1 - clean_rate)) for ll_r / ll_ct, clean_rate starting at 1 and losing delta after every
+epoch as in their train.py; k = ceil(B C delta) for ll_cp. LargeLossMatters tests ``mod_scheme is
+'LL-Cp'``, False for a parsed string (so LL-Ct runs); we run the intended LL-Cp, as BoostLU (``==``).
+Known negatives keep BCE(x, 0), never selected (as BoostLU's OpenImages setting).
 """
 
 from __future__ import annotations
@@ -34,17 +22,7 @@ from src.loss_functions.label_store import apply_store_updates, new_label_store,
 from src.loss_functions.peer_base import Labels, PeerLoss, require_epoch
 
 
-def running_clean_rate(delta: float, epoch: int) -> float:
-    """Their clean_rate during ``epoch`` (1-based): 1.0 minus delta once after each earlier epoch."""
-    clean_rate = 1.0
-    for _ in range(epoch - 1):
-        clean_rate -= delta
-    return clean_rate
-
-
 class _LargeLoss(PeerLoss):
-    """Shared BCE + large-loss selection; subclasses set ``flip`` and the number k."""
-
     flip = True
     bounds = {f"{mode}_delta": "in [0, 1]" for mode in ("ll_r", "ll_ct", "ll_cp")}  # a share of B x C
 
@@ -54,7 +32,9 @@ class _LargeLoss(PeerLoss):
 
     def num_selected(self, num_entries: int, epoch: int) -> int:
         """k: how many un-annotated entries of a batch of ``num_entries`` are rejected or flipped."""
-        clean_rate = running_clean_rate(self.delta, epoch)
+        clean_rate = 1.0
+        for _ in range(epoch - 1):  # their running subtraction, rounding included
+            clean_rate -= self.delta
         if clean_rate == 1:  # their "epoch 1": the loss is left as it is
             return 0
         return min(math.ceil(num_entries * (1 - clean_rate)), num_entries)
@@ -97,8 +77,7 @@ class LargeLossCorrectionTemporary(_LargeLoss):
 
 
 class LargeLossCorrectionPermanent(_LargeLoss):
-    """LL-Cp: the largest un-annotated losses become positives for good (buffer ``flipped_to_positive``:
-    int8 (N, C), 1 where the label was flipped; identical on every rank under torchrun)."""
+    """Buffer ``flipped_to_positive``: int8 (N, C), 1 where the label was flipped for good."""
 
     mode = "ll_cp"
 

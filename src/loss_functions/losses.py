@@ -1,14 +1,9 @@
-"""Asymmetric loss (ASL, Ridnik et al. 2021) for multi-label classification with full labels.
+"""Asymmetric loss (ASL, Ridnik et al. 2021) for full (or soft, in [0, 1]) targets y; the paper's import
+surface. With p = sigmoid(x), q = 1 - p (if clip > 0: q = min(q + clip, 1)), p_m = 1 - q:
 
-With p = sigmoid(x), q = 1 - p (if clip > 0: q = min(q + clip, 1)) and targets y in {0, 1}:
+    loss = -sum( y log(max(p, eps)) (1 - p)^gamma_pos  +  (1 - y) log(max(q, eps)) p_m^gamma_neg )
 
-    loss = -sum( y * log(max(p, eps)) * (1 - p)^gamma_pos  +  (1 - y) * log(max(q, eps)) * p_m^gamma_neg )
-
-where p_m = 1 - q (the shifted probability). With ``disable_torch_grad_focal_loss`` the focusing
-factors are constants for autograd. Computed in float32, also under autocast.
-
-Soft targets in [0, 1] are allowed. The paper's import surface (``from src.loss_functions.losses import
-AsymmetricLoss, AsymmetricLossOptimized``); train.py's losses are in `src.loss_functions.modes`.
+computed in float32; ``disable_torch_grad_focal_loss`` makes the focusing factors constants for autograd.
 """
 
 from __future__ import annotations
@@ -51,8 +46,7 @@ class AsymmetricLoss(nn.Module):
 
 
 class AsymmetricLossOptimized(AsymmetricLoss):
-    """The paper's second name for the same loss (its memory-saving variant for binary targets; here one
-    implementation serves both). Its default keeps the gradient through the focusing factor, as there."""
+    """The paper's memory-saving variant, the same loss here; it keeps the focusing factor's gradient."""
 
     def __init__(self, gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-8, disable_torch_grad_focal_loss=False):
         super().__init__(gamma_neg, gamma_pos, clip, eps, disable_torch_grad_focal_loss)

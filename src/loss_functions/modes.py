@@ -1,15 +1,6 @@
-"""Every loss mode in one table, ``LOSS_MODES``, and `create_loss`, the one way to build any of them.
-
-The table is the only place the loss vocabulary is written: train.py's loss flags (their help, defaults
-and ranges; src/args.py), the settings a resumed run must keep (``LOSS_SETTING_NAMES``) and the labels of
-the reproduce tables are derived from it. Defaults are read from the loss classes' signatures and ranges
-from their ``bounds``, so each value is declared where it is used. A hyper-parameter shared by several
-modes (CSL's ``clip``, EM's ``em_alpha``) means the same thing in each, which is checked at import.
-
-    loss = create_loss("hill")                                      # official defaults, reduction 'sum'
-    loss = create_loss("ll_cp", num_samples=N, num_classes=C, reduction="mean")
-    value = loss(logits, targets, epoch=e, num_epochs=T, indices=idx)
-"""
+"""``LOSS_MODES``, the one table of every loss mode, and `create_loss`. The loss flags, the settings a resume
+must keep and the reproduce labels derive from it; defaults come from the classes' signatures, ranges from
+their ``bounds``; a hyper-parameter shared by modes (``clip``, ``em_alpha``) is checked to agree."""
 
 from __future__ import annotations
 
@@ -62,8 +53,6 @@ def _defaults_of(cls) -> dict:
 
 
 def _table(cls, helps: dict[str, str], unset_means: dict[str, str] | None = None) -> dict:
-    """HyperParameters of ``cls``: defaults from its signature, bounds from ``cls.bounds``, help texts
-    from ``helps``."""
     defaults = _defaults_of(cls)
     missing = sorted(set(helps) - set(defaults))
     if missing:  # a help for a keyword the class lacks: fail at import, not at the first run
@@ -94,8 +83,6 @@ _CSL_HELP = {
        for kind, what in (("pos", "positive"), ("neg", "negative"), ("unann", "un-annotated"))},
     **{f"alpha_{kind}": f"CSL modes: weight of {what} labels"
        for kind, what in (("pos", "positive"), ("neg", "negative"), ("unann", "un-annotated"))},
-}
-_SELECTIVE_HELP = {
     "likelihood_topk": "selective mode: per batch, the likelihood_topk x batch-size un-annotated labels with "
                        "the highest predicted probability are ignored (per GPU batch under DDP)",
     "prior_threshold": "selective mode: un-annotated labels of classes whose prior exceeds this are ignored",
@@ -115,7 +102,7 @@ def _csl_info(mode: str, label: str, reference: tuple[str, str] = _CSL) -> ModeI
     # The four CSL modes share PartialSelectiveLoss's keywords (likelihood_topk and prior_threshold act in
     # selective mode only, as in the paper); the prior itself comes from --prior_path.
     needs = ("prior",) if mode == "selective" else ()
-    return ModeInfo(label, *reference, _table(PartialSelectiveLoss, {**_CSL_HELP, **_SELECTIVE_HELP}),
+    return ModeInfo(label, *reference, _table(PartialSelectiveLoss, _CSL_HELP),
                     needs, functools.partial(PartialSelectiveLoss, partial_loss_mode=mode))
 
 
@@ -208,11 +195,8 @@ LOSS_SETTING_NAMES = (*LOSS_SETTINGS, *LOSS_HYPERPARAMETERS)
 
 
 def create_loss(mode: str, *, reduction: str = "sum", **keywords) -> nn.Module:
-    """The loss of ``mode`` (a key of LOSS_MODES) with its hyper-parameters (defaults: the official values)
-    and data keywords (``num_samples``/``num_classes`` for the store modes, ``prior`` for selective).
-
-    Every returned module is called as ``loss(logits, targets, epoch=e, num_epochs=T, indices=idx)``.
-    """
+    """The loss of ``mode``: hyper-parameters default to the official values; data keywords
+    ``num_samples``/``num_classes`` (store modes) or ``prior`` (selective)."""
     if mode not in LOSS_MODES:
         raise ValueError(f"loss mode {mode!r} is not supported; choose one of {list(LOSS_MODES)}")
     info = LOSS_MODES[mode]

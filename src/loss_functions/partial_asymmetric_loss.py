@@ -1,9 +1,6 @@
-"""The paper's import surface: ``from src.loss_functions.partial_asymmetric_loss import
-PartialSelectiveLoss, ComputePrior``, with ``PartialSelectiveLoss(args)`` built from the paper's argparse
-Namespace as its code does (a missing flag takes train.py's default, ``partial_loss_mode`` None means
-'negative', ``clip`` None means 0, ``args.prior_path`` is read in every mode). New code uses
-`src.loss_functions.build_criterion` and the keyword class.
-"""
+"""The paper's import surface: ``PartialSelectiveLoss(args)`` from its argparse Namespace (a missing flag
+takes train.py's default, mode None means 'negative', clip None means 0, ``args.prior_path`` is read in
+every mode) and ``ComputePrior``. New code uses `build_criterion`."""
 
 from __future__ import annotations
 
@@ -19,9 +16,7 @@ __all__ = ["ComputePrior", "PartialSelectiveLoss"]
 
 
 class PartialSelectiveLoss(_PartialSelectiveLoss):
-    """The paper's constructor, ``PartialSelectiveLoss(args)``; ``class_names`` (the model's classes)
-    matches the prior file's rows by name, else the file order is kept and its row count is checked
-    against ``args.num_classes`` when present."""
+    """``class_names`` matches the prior's rows by name; else their count is checked (args.num_classes)."""
 
     def __init__(self, args, class_names: Sequence[str] | None = None):
         settings = {name: getattr(args, name, entry.default)
@@ -37,7 +32,6 @@ class PartialSelectiveLoss(_PartialSelectiveLoss):
             if num_classes is not None and prior.numel() != num_classes:
                 raise ValueError(f"prior file {str(prior_path)!r} has {prior.numel()} rows but the model has "
                                  f"{num_classes} classes; use the prior computed for this dataset")
-        # The paper's code treats a missing or None partial_loss_mode as 'negative'.
         mode = getattr(args, "partial_loss_mode", None) or "negative"
         super().__init__(partial_loss_mode=mode, prior=prior, **settings)
         self.prior_path = prior_path

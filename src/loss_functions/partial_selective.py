@@ -1,31 +1,15 @@
-"""Partial-label asymmetric loss with class-aware selective handling (CSL).
+"""CSL's partial-label asymmetric loss. Targets per (image, class): 1 positive, 0 negative, -1 un-annotated.
+With p = sigmoid(x) and q = 1 - p (if clip > 0: q = min(q + clip, 1)):
 
-Targets hold, per (image, class), 1 (positive), 0 (negative) or -1 (un-annotated). With
-p = sigmoid(logit) and q = 1 - p (if clip > 0: q = min(q + clip, 1)) the loss is
+    loss = -sum_ic w_ic f_ic alpha_ic log(max(l_ic, 1e-8)),   l = p on positives, q elsewhere
+    f = (1 - l)^gamma (no gradient); alpha, gamma: the _pos, _neg or _unann value of the entry's label
 
-    loss = -sum_{i,c} w_ic * f_ic * t_ic
-
-    t_ic = alpha_pos   * log(max(p, 1e-8))   on positives
-           alpha_neg   * log(max(q, 1e-8))   on negatives
-           alpha_unann * log(max(q, 1e-8))   on un-annotated entries
-    f_ic = (1 - p)^gamma_pos on positives, (1 - q)^gamma_neg on negatives,
-           (1 - q)^gamma_unann on un-annotated entries      (focusing weight, no gradient)
-
-and the mode weight w (no gradient) depends on ``partial_loss_mode``:
-
-- ``negative``: 1 everywhere (un-annotated entries are treated as negatives);
-- ``ignore``: 0 on un-annotated entries, 1 elsewhere;
-- ``ignore_normalize_classes``: 0 on un-annotated entries and 1 + 1 / (1 + n_annotated(sample))
-  elsewhere (Durand et al. 2019, alpha = beta = 1);
-- ``selective`` (CSL): 1, then 0 on the un-annotated entries of every class whose prior exceeds
-  ``prior_threshold`` (when a prior is given and the threshold is non-zero), then 0 on the
-  k = int(likelihood_topk * batch_size) un-annotated entries of the whole batch with the highest p
-  (counted over all un-annotated entries, including those the prior already zeroed; all of them
-  when there are fewer than k). Ties at the k-th probability are broken arbitrarily. The prior is used
-  by this mode only.
-
-The selection uses ``torch.topk`` over p with annotated entries masked below every probability, so a
-128 x 9,605 batch never sorts its 1.2 M entries.
+and the mode weight w (no gradient): ``negative`` 1; ``ignore`` 0 on un-annotated entries;
+``ignore_normalize_classes`` 0 on un-annotated entries, 1 + 1 / (1 + n_annotated(image)) elsewhere
+(Durand et al. 2019); ``selective`` (CSL) 0 on the un-annotated entries of classes whose prior exceeds
+``prior_threshold`` (given a prior and a non-zero threshold), then 0 on the k = int(likelihood_topk B)
+un-annotated entries of the batch with the highest p (all of them when fewer; ties broken arbitrarily;
+counted over all un-annotated entries, the prior's too), by torch.topk: a 128 x 9,605 batch is never sorted.
 """
 
 from __future__ import annotations
@@ -40,12 +24,8 @@ PROBABILITY_FLOOR = 1e-8
 
 
 class PartialSelectiveLoss(PeerLoss):
-    """Partial-label asymmetric loss (module docstring). The keyword defaults are train.py's flag defaults.
-
-    ``prior``: the class prior (C,) of selective mode (`src.prior.csv_format.read_prior_csv`) or None, a
-    non-persistent buffer: it follows ``.to(device)`` but the prior file, not the checkpoint, is its source.
-    ``reduction`` 'mean' divides by B x C (`src.loss_functions.peer_base`); the paper sums.
-    """
+    """``prior``: the class prior (C,) of selective mode or None, a non-persistent buffer (the prior file,
+    not the checkpoint, is its source). ``reduction`` 'mean' divides by B x C; the paper sums."""
 
     bounds = {"clip": "in [0, 1)", "likelihood_topk": ">= 0", "prior_threshold": "a probability in [0, 1]",
               **{f"gamma_{kind}": ">= 0" for kind in ("pos", "neg", "unann")}}
@@ -74,9 +54,8 @@ class PartialSelectiveLoss(PeerLoss):
         self._sample_indices = None
 
     def record_ignored(self, recorder) -> None:
-        """Call ``recorder(samples, classes)`` (CPU int64 tensors) with the un-annotated entries the
-        likelihood top-k ignores in every batch from now on (``samples``: the ``indices`` passed to the
-        loss, else rows of the batch); ``None`` stops. The loss's value is unchanged."""
+        """Call ``recorder(samples, classes)`` (CPU int64) with the entries the top-k ignores in every batch
+        (``samples``: the ``indices`` passed, else batch rows); ``None`` stops. The value is unchanged."""
         self.ignored_recorder = recorder
 
     def extra_repr(self) -> str:
@@ -84,7 +63,6 @@ class PartialSelectiveLoss(PeerLoss):
         return f"{super().extra_repr()}, prior={prior}"
 
     def loss_terms(self, logits: Tensor, labels: Labels, *, indices=None, **_) -> tuple[Tensor, None]:
-        """The entries' terms -w f t (B, C); CSL's value depends on neither epoch nor num_epochs."""
         if self.prior is not None and self.prior.numel() != logits.shape[1]:
             raise ValueError(f"the prior has {self.prior.numel()} values but the logits have "
                              f"{logits.shape[1]} classes; use the prior computed for this dataset")
@@ -112,19 +90,15 @@ class PartialSelectiveLoss(PeerLoss):
         return torch.where(positive, on_positive, torch.where(negative, on_negative, on_unannotated))
 
     def mode_weights(self, probs: Tensor, unannotated: Tensor) -> Tensor | None:
-        """w (B, C), or None when it is 1 everywhere."""
-        with torch.no_grad():
-            if self.partial_loss_mode == "negative":
-                return None
-            annotated = ~unannotated
-            if self.partial_loss_mode == "ignore":
-                return annotated.float()
-            if self.partial_loss_mode == "ignore_normalize_classes":
-                n_annotated = annotated.sum(dim=1, keepdim=True, dtype=probs.dtype)
-                return annotated.float() * (1.0 + 1.0 / (1.0 + n_annotated))
-            return self._selective_weights(probs, unannotated)
-
-    def _selective_weights(self, probs: Tensor, unannotated: Tensor) -> Tensor:
+        """w (B, C), or None when it is 1 everywhere (called without gradient)."""
+        if self.partial_loss_mode == "negative":
+            return None
+        annotated = ~unannotated
+        if self.partial_loss_mode == "ignore":
+            return annotated.float()
+        if self.partial_loss_mode == "ignore_normalize_classes":
+            n_annotated = annotated.sum(dim=1, keepdim=True, dtype=probs.dtype)
+            return annotated.float() * (1.0 + 1.0 / (1.0 + n_annotated))
         if self.prior is not None and self.prior_threshold:
             if self.prior.device != probs.device:  # moved once, then kept on the logits' device
                 self.prior = self.prior.to(probs.device)

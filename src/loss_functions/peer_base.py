@@ -1,18 +1,9 @@
-"""The frame every loss mode shares (CSL's four and the later methods, docs/peer_methods.md).
-
-A mode is called as ``loss(logits, targets, epoch=e, num_epochs=T, indices=idx)`` with targets in
-{1 (positive), 0 (known negative), -1 (un-annotated)}, ``e`` the 1-based epoch and ``idx`` the samples'
-dataset indices (read only by the modes with a per-sample label store). A mode writes its per-entry loss
-matrix (B, C) and, where it has one, a batch regulariser; :class:`PeerLoss` checks the inputs, runs the
-mode in float32 (also under autocast) and reduces:
-
-    reduction 'mean':  mean over the B x C entries of the matrix  + regulariser   (the SPML papers)
-    reduction 'sum':   B * C * (the 'mean' value)                                 (CSL's convention)
-
-so 'sum' is B x C times 'mean' for every mode (CSL, Hill and SPLC are sums in their own code).
-
-Known negatives (target 0), which the single-positive methods never see, get the plain negative term
--log(1 - p) = softplus(logit) in every later method: our adaptation, not the papers'.
+"""The frame of every loss mode: ``loss(logits, targets, epoch=e, num_epochs=T, indices=idx)``, targets in
+{1 positive, 0 known negative, -1 un-annotated}, ``e`` 1-based, ``idx`` the dataset indices (read by the
+store modes). A mode gives its per-entry loss matrix (B, C) and an optional batch regulariser; they are
+computed in float32 (also under autocast) and reduced by 'mean' (over B x C, + regulariser: the SPML
+papers) or 'sum' (B C times the 'mean' value: CSL's convention; CSL, Hill and SPLC sum in their code).
+Known negatives, unseen by the single-positive methods, get -log(1 - p) in every later method (ours).
 """
 
 from __future__ import annotations
@@ -37,15 +28,8 @@ class Labels(NamedTuple):
     unannotated: Tensor
 
 
-def labels_of(targets: Tensor) -> Labels:
-    labels = Labels(targets == 1, targets == 0, targets == -1)
-    if not bool((labels.positive | labels.negative | labels.unannotated).all()):
-        raise ValueError("targets must hold only 1 (positive), 0 (negative) and -1 (un-annotated)")
-    return labels
-
-
 def float32_region(device_type: str):
-    """Autocast off, so that a loss computed on float32 logits stays float32 (log and pow need it)."""
+    """Autocast off: a loss of float32 logits stays float32 (log and pow need it)."""
     if torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
@@ -53,8 +37,8 @@ def float32_region(device_type: str):
 
 def entrywise(labels: Labels, logits: Tensor, positive_term: Tensor, unannotated_term: Tensor,
               negative_term: Tensor | None = None) -> Tensor:
-    """The loss matrix: the mode's terms on positives and un-annotated entries, -log(1 - p) on known
-    negatives (torch.where, so an unused branch passes no gradient)."""
+    """The loss matrix; -log(1 - p) on known negatives by default (torch.where: no gradient through an
+    unused branch)."""
     negative_term = F.softplus(logits) if negative_term is None else negative_term
     rest = torch.where(labels.unannotated, unannotated_term, negative_term)
     return torch.where(labels.positive, positive_term, rest)
@@ -71,10 +55,7 @@ def require_epoch(mode: str, epoch, num_epochs=None, *, need_total: bool = False
 
 
 class PeerLoss(nn.Module):
-    """Base of every mode. Subclasses set ``mode`` and ``bounds`` (hyper-parameter -> bound,
-    `src.utils.values`; the train.py flags take their ranges from here) and implement :meth:`loss_terms`.
-    Their keywords are checked and kept as attributes of the same name and in ``settings`` (int where the
-    bound says "integer", else float)."""
+    """Subclasses set ``mode``, ``bounds`` (keyword -> bound, also the flag's range), :meth:`loss_terms`."""
 
     mode = ""
     bounds: ClassVar[dict[str, str]] = {}
@@ -100,7 +81,10 @@ class PeerLoss(nn.Module):
         if logits.dim() != 2 or tuple(targets.shape) != tuple(logits.shape):
             raise ValueError(f"logits must be (batch, classes) and targets the same shape; got logits "
                              f"{tuple(logits.shape)} and targets {tuple(targets.shape)}")
-        labels = labels_of(targets.to(logits.device))
+        targets = targets.to(logits.device)
+        labels = Labels(targets == 1, targets == 0, targets == -1)
+        if not bool((labels.positive | labels.negative | labels.unannotated).all()):
+            raise ValueError("targets must hold only 1 (positive), 0 (negative) and -1 (un-annotated)")
         with float32_region(logits.device.type):
             terms, regulariser = self.loss_terms(logits.float(), labels, epoch=epoch, num_epochs=num_epochs,
                                                  indices=indices)

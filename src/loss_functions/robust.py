@@ -1,18 +1,13 @@
-"""Hill and SPLC of Zhang et al., "Simple and Robust Loss Design for Multi-Label Learning with Missing
-Labels" (arXiv 2112.07368); official code: github.com/xinyu1205/robust-loss-mlml
-(src/loss_functions/losses.py, train.py). Both are sums in their code.
+"""Hill and SPLC of Zhang et al. (arXiv 2112.07368; github.com/xinyu1205/robust-loss-mlml), sums in
+their code. With p = sigmoid(x), margin m, focusing gamma (weights with gradient, unlike CSL's):
 
-With p = sigmoid(x), margin m and focusing gamma (their focusing weights carry gradient, unlike CSL's):
+    hill   positive: -(1 - p_m)^gamma log(p_m), p_m = sigmoid(x - m)  (m 1, gamma 2)
+           un-annotated: (lambda - p) p^2  (lambda 1.5)
+    splc   positive: as hill; un-annotated: -p^gamma log(1 - p), or, from splc_start_epoch (2) on and when
+           p > tau (0.6), a positive for that batch without the margin: -(1 - p)^gamma log(p)
 
-    hill   positive:      -(1 - p_m)^gamma log(p_m),  p_m = sigmoid(x - m)      (m 1, gamma 2)
-           un-annotated:  (lambda - p) p^2                                       (lambda 1.5)
-    splc   positive:      -(1 - p_m)^gamma log(p_m)                              (m 1, gamma 2)
-           un-annotated:  -p^gamma log(1 - p); from epoch splc_start_epoch (2) on, an un-annotated entry
-                          with p > tau (0.6) counts as a positive for that batch, without the margin
-                          (the margin is applied before the relabelling): -(1 - p)^gamma log(p)
-
-Known negatives get -log(1 - p) and are never relabelled (our adaptation). log(sigmoid) is computed as
-logsigmoid: the same values where the official log(sigmoid(.)) is finite, no -inf where it underflows.
+Known negatives get -log(1 - p), never relabelled (ours). log(sigmoid) is logsigmoid: the official values
+where those are finite, no -inf where they underflow.
 """
 
 from __future__ import annotations

@@ -1,3 +1,2 @@
-"""The paper's COCO table behind reproduce.py: `protocols` (what runs: rows, paper numbers, protocols,
-threshold rule), `identity` (what a run is, and when its result is reused), `runner` (one train.py process
-per cell), `report` (results.{json,csv,md,png}), `mechanism` (what CSL's top-k ignored), `sweep`."""
+"""The paper's COCO table behind reproduce.py: what runs (`protocols`), when a result is reused
+(`identity`), the train.py processes (`runner`), the reports (`report`, `mechanism`), the regime `sweep`."""

@@ -1,13 +1,6 @@
-"""What a run is, recorded beside what it made, and the rule for reusing it.
-
-A run's settings (`run_settings`): every flag it gets (its output folder aside), the processes per run,
-the content hash of each file a flag names (partial labels, the stage-1 prior, a backbone) and the
-embedded dataset's generator config (a COCO folder is known by its path); its identity is the sha256 of
-their canonical JSON. A cell's ``settings.json``, the labels' ``<name>.settings.json`` and the backbone
-cache's ``<name>.json`` hold them; the backbone's cache file and ``<out>/upstream/`` folder are named after
-the identity. Made with other settings or none recorded (an older reproduce.py): refused with the change
-named, or deleted and made anew with ``--overwrite`` - never reused, never deleted unasked.
-"""
+"""What a run is (`run_settings`: flags, processes, the content hash of each file a flag names, the data's
+generator config; its identity: their hash), recorded beside what it made. A product of other or
+unrecorded settings is refused with the change named, or with ``--overwrite`` deleted and made anew."""
 
 from __future__ import annotations
 
@@ -20,7 +13,6 @@ from src.utils.io import atomic_write_json
 
 
 def file_hash(path: str) -> str:
-    """sha256 of the file's content."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -29,8 +21,7 @@ def file_hash(path: str) -> str:
 
 
 def run_settings(flags: dict, nproc_per_node: int, data_config: dict | None) -> dict:
-    """What a run is: its flags as the command passes them (``--path_dest``, where it is written, aside),
-    the processes per run, the content hash of every file a flag names, the dataset's generator config."""
+    """``--path_dest``, where the run is written, is not part of what it is."""
     passed = {name: value if value is True else str(value) for name, value in flags.items()
               if value is not None and value is not False and name != "path_dest"}
     files = {name: file_hash(value) for name, value in passed.items()
@@ -39,7 +30,6 @@ def run_settings(flags: dict, nproc_per_node: int, data_config: dict | None) -> 
 
 
 def settings_identity(settings: dict) -> str:
-    """sha256 of the canonical JSON of ``settings`` (sorted keys): equal settings, equal identity."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -59,10 +49,9 @@ def changed_settings(recorded: dict | None, wanted: dict) -> str:
 
 
 def reusable(product: str, record: str, settings: dict, overwrite: bool, remove: str) -> bool:
-    """True when ``product`` exists and its settings file ``record`` holds ``settings``' identity. Else
-    ``record`` is (re)written for the run about to make it and False returned. A product made with other
-    or unknown settings is an error naming them; with ``overwrite`` ``remove`` (its file or folder) is
-    deleted first - the only deletion of finished work, asked for by the user."""
+    """True when ``product`` exists and ``record`` holds ``settings``' identity; else ``record`` is written
+    for the run about to make it and False returned (a product of other settings is refused, or with
+    ``overwrite`` its file or folder ``remove`` is deleted first)."""
     identity = settings_identity(settings)
     recorded = None
     if os.path.exists(record):

@@ -1,16 +1,7 @@
-"""What CSL's likelihood top-k ignores, measured: the composition of the entries it dropped in the last
-epoch of a run (``train.py --record_ignored`` writes them), classified against the full labels.
-
-An ignored entry (image i, class c) is one of:
-
-* ``true_positive``: class c is in image i (the selection did what it is meant to do);
-* a negative (c is not in image i) that shares an attribute with an object that *is* in the image -
-  ``shares_colour`` (same colour, other shape) or ``shares_shape`` (same shape, other colour); a negative
-  sharing both (with two different objects) counts in both;
-* ``other``: a negative sharing neither.
-
-Fractions are of all ignored entries. The attributes come from `src.data.embedded.class_attributes`
-(shape and body colour of each class, in both designs).
+"""What CSL's likelihood top-k ignored in a run's last epoch (``train.py --record_ignored``), classified
+against the full labels: ``true_positive`` (class c is in image i), a negative sharing the colour or the
+shape (``shares_colour``/``shares_shape``, both can count) of an object in the image, or ``other``.
+Attributes: `src.data.embedded.class_attributes`.
 """
 
 from __future__ import annotations
@@ -24,10 +15,8 @@ COMPOSITION_KEYS = ("true_positive", "shares_colour", "shares_shape", "other")
 
 def ignored_composition(image_ids: Sequence, classes: Sequence[int], full_labels: np.ndarray,
                         full_image_ids: Sequence, attributes: Sequence[tuple[str, str]]) -> dict:
-    """Counts and fractions of the ignored entries ``(image_ids[k], classes[k])`` by `COMPOSITION_KEYS`.
-
-    ``full_labels``: the dense full label matrix (N, C) of the training images ``full_image_ids``;
-    ``attributes``: (shape, colour) per class."""
+    """Counts and shares of the ignored entries ``(image_ids[k], classes[k])``; ``full_labels``: dense
+    (N, C) of ``full_image_ids``; ``attributes``: (shape, colour) per class."""
     row_of = {str(image_id): row for row, image_id in enumerate(full_image_ids)}
     missing = [i for i in image_ids if str(i) not in row_of]
     if missing:
@@ -51,13 +40,11 @@ def ignored_composition(image_ids: Sequence, classes: Sequence[int], full_labels
 
 
 def read_ignored_file(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(image ids, classes, class names) of a ``<path_dest>/ignored_last_epoch.npz``."""
     with np.load(path, allow_pickle=False) as archive:
         return archive["image_ids"], archive["classes"], [str(n) for n in archive["class_names"]]
 
 
 def composition_table(results: list[dict], schemes: Sequence[str]) -> str:
-    """Markdown: per row and column, the mean composition of the ignored entries over the seeds."""
     lines = ["| row | column | seeds | entries / epoch | true positives | negatives sharing the colour "
              "of a present object | sharing the shape | other negatives |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]

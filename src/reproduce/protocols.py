@@ -1,7 +1,5 @@
-"""What reproduce.py runs: the table's rows, the paper's numbers, the two protocols, the CSL threshold rule.
-
-The rows live in ``ROWS`` below; edit or extend that table to add baselines.
-"""
+"""What reproduce.py runs: the table's rows (``ROWS``: extend it to add baselines), the paper's numbers, the
+two protocols, the CSL threshold rule."""
 
 from __future__ import annotations
 
@@ -16,9 +14,8 @@ from src.loss_functions import LOSS_MODES, PEER_MODES
 from src.prior import read_prior_csv
 from src.reproduce.identity import run_settings, settings_identity
 
-# The paper's README gives CSL's flags per column; its table labels (P-ASL(4,3,1), P-ASL(4,1,1))
-# do not map one-to-one onto those flags (its README uses gamma_pos 0 while "(4,3,1)" reads like
-# gamma_unann 4, gamma_neg 3, gamma_pos 1). We use the README's flags, the runnable statement.
+# CSL's flags per column from the paper's README, the runnable statement (its table labels such as
+# P-ASL(4,3,1) read like gamma_pos 1, where the README passes 0).
 CE_GAMMAS = {"gamma_pos": 0, "gamma_neg": 0, "gamma_unann": 0}
 CSL_FLAGS = {"partial_loss_mode": "selective", "likelihood_topk": 5, "gamma_pos": 0, "gamma_unann": 4}
 CSL_COLUMNS = {"fpc": {"gamma_neg": 3}, "rps": {"gamma_neg": 1}}
@@ -40,34 +37,28 @@ class Row:
     writes_prior: bool = False  # estimates a prior at the end (stage 1, and the prior table)
     prior_threshold: float | None = None  # overrides the protocol's threshold rule for this row
     protocols: tuple = ("embedded", "coco")  # the protocols that run this row
-    # A row differing from another only in prior_threshold is the same training run when both
-    # thresholds ignore the same classes (the loss sees only the set prior > threshold): reuse it.
+    # A row differing from it only in prior_threshold, reused when both ignore the same classes.
     same_run_as: str | None = None
     full_labels: bool = False  # trained on the full labels: one run per seed, the ceiling of every column
     default: bool = True  # in the table when --rows is not given (the ablation and peer rows are opt-in)
 
 
 ROWS = (
-    # The ceiling: the same model and schedule on the fully labelled training set (no simulation). With
-    # Ignore and Negative on FPC it gives the regime (see REGIME_ROWS), measured without any CSL run.
+    # The ceiling: the same model and schedule on the fully labelled training set (and the regime's base).
     Row("full_labels", "Full labels (ceiling)", {"partial_loss_mode": "negative", **CE_GAMMAS},
         full_labels=True),
     Row("ignore_ce", "Ignore, CE", {"partial_loss_mode": "ignore", **CE_GAMMAS}, writes_prior=True),
     Row("negative_ce", "Negative, CE", {"partial_loss_mode": "negative", **CE_GAMMAS}, writes_prior=True),
-    # ASL's defaults are gamma_neg 4, gamma_pos 1; in negative mode un-annotated labels are negatives,
-    # so they get the negative gamma too. Clip: the paper's table row came from its train.py, whose only
-    # loss is PartialSelectiveLoss with --clip defaulting to 0 (the ASL line with clip 0.05 there is
-    # commented out), and its README gives no --clip: we read the row as clip 0. The clip-0.05 reading
-    # is the opt-in row negative_asl_clip (--rows baselines), to show what the choice is worth.
+    # ASL(4,1) with un-annotated labels as negatives (their gamma too). Clip 0: the paper's train.py
+    # defaults --clip to 0 and its README gives none; the clip-0.05 reading is the opt-in negative_asl_clip.
     Row("negative_asl", "Negative, ASL(4,1)", ASL_FLAGS),
     Row("csl", "CSL, Selective P-ASL", CSL_FLAGS, column_flags=CSL_COLUMNS, needs_prior=True),
-    # The embedded protocol sets CSL's threshold by the 'share' rule below; this row reports the
-    # paper README's literal 0.5 beside it (at full scale the two rows would be the same run).
+    # The README's literal threshold 0.5 beside the embedded protocol's 'share' rule.
     Row("csl_readme_threshold", "CSL, README threshold 0.5", CSL_FLAGS, column_flags=CSL_COLUMNS,
         needs_prior=True, prior_threshold=0.5, protocols=("embedded",), same_run_as="csl"),
     Row("negative_asl_clip", "Negative, ASL(4,1), clip 0.05", {**ASL_FLAGS, "clip": 0.05}, default=False),
-    # The mechanism (opt-in: --rows mechanism): CSL's two components apart, and the likelihood top-k swept.
-    # 'csl' itself is both components at top-k 5. No row here is tuned on test mAP; they are measurements.
+    # The mechanism (--rows mechanism): CSL's two components apart, and the top-k swept; measurements,
+    # none tuned on test mAP.
     *(Row(f"csl_{name}", f"CSL, {label}", {**CSL_FLAGS, **flags}, column_flags=CSL_COLUMNS,
           needs_prior=needs_prior, protocols=("embedded",), default=False)
       for name, label, flags, needs_prior in (
@@ -77,8 +68,7 @@ ROWS = (
           ("topk2", "top-k 2", {"likelihood_topk": 2}, True))),
 )
 
-# The later methods (issue: one harness), opt-in with --rows peers: each at its published defaults
-# (src/loss_functions/modes.py), with the protocol's learning rate and schedule like every other row.
+# The later methods (--rows peers) at their published defaults, with the protocol's schedule.
 PEER_LABELS = {mode: LOSS_MODES[mode].label for mode in PEER_MODES}
 PEER_ROWS = tuple(Row(mode, PEER_LABELS[mode], {"partial_loss_mode": mode}, default=False)
                   for mode in PEER_MODES)
@@ -103,17 +93,13 @@ PAPER_RESULTS = {  # COCO 2014, TResNet-M, 448 px (the paper's README)
     ("fpc", "csl_readme_threshold"): 83.44, ("rps", "csl_readme_threshold"): 85.21,
 }
 
-# The regime of a benchmark: the full-label ceiling and the shares of it that Ignore and Negative (CE)
-# reach on FPC - three numbers that involve no CSL run. COCO's, from the paper's numbers (TResNet-M,
-# 448 px): a ceiling near 86 mAP (the full-label TResNet-M of the ASL paper's line of work), Ignore on
-# FPC(1000) 76.46 = 0.89 of it, Negative 81.24 = 0.94.
+# A benchmark's regime: the full-label ceiling and the shares of it Ignore and Negative (CE) reach on
+# FPC. COCO's: a full-label TResNet-M near 86 mAP (the ASL line of work), 76.46 = 0.89, 81.24 = 0.94.
 REGIME_ROWS = ("ignore_ce", "negative_ce")
 COCO_REGIME = {"ceiling": 86.0, "ignore_ce": 0.89, "negative_ce": 0.94}
 
-# The paper's README threshold (0.5) on the paper's own FPC(1000) prior ignores 1 of COCO's 80 classes
-# (only 'person', 0.54; the next is 0.24). The embedded protocol keeps that *share* of classes, which
-# needs no look at test mAP: threshold = midpoint between the k-th and (k+1)-th largest prior values,
-# k = max(1, round(C * 1/80)).
+# The README threshold 0.5 ignores 1 of COCO's 80 classes (person, 0.54; the next 0.24). The embedded
+# protocol ignores that share (`share_threshold`), with no look at test mAP.
 PAPER_IGNORED_CLASS_SHARE = 1 / 80
 README_PRIOR_THRESHOLD = 0.5
 
@@ -131,38 +117,32 @@ class Protocol:
     data_config: dict | None = None  # embedded only: the generator config of the data (COCO: its path)
 
 
-# The paper's protocol on COCO 2014 (``--data``) and the embedded one: their train.py flags, each replaced
-# by the user's value of that flag where one is given (`protocol_flags`).
+# The train.py flags of the paper's protocol on COCO 2014 (``--data``) and the embedded one.
 COCO_FLAGS = {"model-name": "tresnet_m", "model-path": "none", "metadata": None, "image-size": 448,
               "epochs": 30, "batch-size": 64, "lr": 2e-4, "workers": 8, "device": "auto",
               "dataset_type": "coco", "num-classes": 80}
-# The embedded default, chosen on 2026-11-30 by the calibration rule of docs/regime.md before any CSL row
-# ran on it: of the candidates whose demo fits 25 minutes on 2 cores, the one closest to COCO's regime
-# (seed 0, FPC: ceiling 88.2, Ignore/ceiling 0.78, Negative/ceiling 0.98; COCO about 86, 0.89, 0.94).
+# Chosen by docs/regime.md's calibration before any CSL row ran on it: of the demos that fit 25 minutes
+# on 2 cores, the closest to COCO's regime (FPC: 88.2, 0.78, 0.98; COCO about 86, 0.89, 0.94).
 EMBEDDED_DEFAULTS = {"design": "glyphs", "n_train": 20000, "epochs": 6}
-# lr 8e-3 was chosen on the fully labelled training set (not a row of the table, so the choice favours no
-# method) of the first default (shape_colour, 6,000 images x 10 epochs): 2e-3 / 8e-3 / 2e-2 gave 39.6 /
-# 46.3 / 42.7 test mAP, 48.4 with the backbone pretrained at 8e-3 too (docs/results.md). The calibration
-# that set EMBEDDED_DEFAULTS kept it, as it kept the model and image size (docs/regime.md).
+# lr 8e-3: chosen on full labels (favouring no method) of the first default, shape_colour 6,000 x 10
+# (2e-3 / 8e-3 / 2e-2: 39.6 / 46.3 / 42.7 mAP, docs/results.md); the calibration kept it.
 EMBEDDED_FLAGS = {"model-name": "test_resnet.r160_in1k", "image-size": 32,
                   "epochs": EMBEDDED_DEFAULTS["epochs"], "batch-size": 64, "lr": 8e-3, "workers": 0,
                   "device": "auto", "dataset_type": "coco", "num-classes": 48, "ema_decay": 0.997,
                   "cache_images": True}
-# The fields of reproduce.py's namespace that the protocols place themselves (--metadata and --model-path
-# with --data only); `user_train_flags` passes the other train.py flags the user set to every run.
+# reproduce.py's fields that the protocols place themselves; `user_train_flags` passes on the others.
 PROTOCOL_FLAGS = ("data", *(name.replace("-", "_") for name in COCO_FLAGS))
 
 
 def protocol_flags(defaults: dict, args, extra_flags: dict | None) -> dict:
-    """A protocol's train.py flags ``defaults``, each replaced by the user's value where given (``args``:
-    reproduce.py's namespace, None = not given), then the user's other train.py flags ``extra_flags``."""
+    """``defaults``, each replaced by the user's value in ``args`` where given, then ``extra_flags``."""
     given = {name: getattr(args, name.replace("-", "_"), None) for name in defaults}
     return {**defaults, **{name: value for name, value in given.items() if value is not None},
             **(extra_flags or {})}
 
 
 def flags_to_argv(flags: dict) -> list[str]:
-    """train.py's argv of ``flags``: None and False are left out, True is a bare switch."""
+    """None and False are left out, True is a bare switch."""
     argv = []
     for name, value in flags.items():
         if value is None or value is False:
@@ -172,7 +152,7 @@ def flags_to_argv(flags: dict) -> list[str]:
 
 
 def threshold_rule(text: str) -> str:
-    """--prior_threshold: a number, or 'share' (kept as text: the protocol resolves it per prior)."""
+    """--prior_threshold: a number, or 'share' (kept as text, resolved per prior)."""
     if text != "share":
         try:
             float(text)
@@ -182,8 +162,8 @@ def threshold_rule(text: str) -> str:
 
 
 def user_train_flags(args, train_flags) -> dict:
-    """The train.py flags among ``train_flags`` (destinations) that the user set and the protocols do not
-    handle themselves: passed as given to every train.py run (a ``--no-X`` boolean as ``no-X``)."""
+    """The train.py flags among ``train_flags`` that the user set and the protocols leave alone, for every
+    run (a ``--no-X`` boolean as ``no-X``)."""
     if getattr(args, "dataset_type", None) not in (None, "coco"):
         raise ValueError(f"--dataset_type {args.dataset_type}: reproduce.py runs the paper's COCO table; "
                          "only coco (the default) is possible")
@@ -197,17 +177,13 @@ def user_train_flags(args, train_flags) -> dict:
 
 
 def embedded_fpc_param(n_train: int, scale: float = 1.0) -> int:
-    """FPC n of the embedded protocol: the same fraction of the training set as COCO's 1,000 of 82,081
-    (``scale`` times that fraction: the sweep's label budget)."""
+    """FPC n: ``scale`` times COCO's fraction of the training set (1,000 of 82,081)."""
     return max(1, round(COCO_FPC_PARAM / COCO_TRAIN_IMAGES * n_train * scale))
 
 
 def embedded_protocol(args, extra_flags: dict | None = None) -> Protocol:
-    """The demo protocol. ``args``: reproduce.py's namespace; ``extra_flags``: the other train.py flags
-    the user set, passed to every train.py run, the upstream pretraining's too."""
     flags = protocol_flags(EMBEDDED_FLAGS, args, extra_flags)
-    # The first design's folders keep their names. The generator configs are what ensure_dataset writes
-    # (prepare_embedded) and part of every run's identity.
+    # The first design's folders keep their names; the generator configs are part of every run's identity.
     suffix = "" if args.design == "shape_colour" else f"_{args.design}"
     data_config = dataset_config("embedded", args.n_train, args.n_test, 32, 0, args.design)
     upstream_config = dataset_config("upstream", args.n_train, 1000, 32, 0, args.design)
@@ -226,7 +202,6 @@ def embedded_protocol(args, extra_flags: dict | None = None) -> Protocol:
 
 
 def coco_protocol(args, extra_flags: dict | None = None) -> Protocol:
-    """The paper's protocol on COCO 2014 (``args.data``); arguments as :func:`embedded_protocol`."""
     return Protocol("coco", args.data, dict(COCO_COLUMNS), protocol_flags(COCO_FLAGS, args, extra_flags),
                     args.prior_threshold or str(README_PRIOR_THRESHOLD))
 
@@ -237,7 +212,6 @@ def protocol_rows(protocol: Protocol) -> list[Row]:
 
 
 def select_columns(protocol: Protocol, schemes: str) -> list[str]:
-    """The --schemes selection, validated; restricts ``protocol.columns`` to it (in the given order)."""
     wanted = [s.strip() for s in schemes.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(protocol.columns))
     if unknown:
@@ -264,14 +238,13 @@ def select_rows(protocol: Protocol, keys: str | None) -> tuple | None:
 
 
 def share_threshold(prior, share: float = PAPER_IGNORED_CLASS_SHARE) -> float:
-    """Threshold that ignores the top max(1, round(C * share)) classes of ``prior``."""
+    """The midpoint between the k-th and (k+1)-th largest prior, k = max(1, round(C * share))."""
     values = np.sort(np.asarray(prior, dtype=np.float64))[::-1]
     k = min(max(1, round(len(values) * share)), len(values) - 1)
     return float((values[k - 1] + values[k]) / 2)
 
 
 def resolve_threshold(protocol: Protocol, row: Row, prior_path: str) -> float:
-    """CSL's prior threshold for ``row``: its own, else the protocol's number or 'share' rule on the prior."""
     if row.prior_threshold is not None:
         return float(row.prior_threshold)
     if protocol.prior_threshold == "share":

@@ -36,8 +36,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
-    """Mean ± std per row and column; ``share``: the row's best mAP over the full-label ceiling's (None
-    without a full_labels row). The full-label row has one run per seed, shown in every column."""
+    """Mean ± std per row and column; ``share``: best mAP / the full-label ceiling's (None without one).
+    The full-label row has one run per seed, shown in every column."""
     ceiling_cells = [r["best_mAP"] for r in results if r["row"] == "full_labels"]
     ceiling = mean_std(ceiling_cells)[0] if ceiling_cells else None
     rows = []
@@ -57,7 +57,6 @@ def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
 
 
 def regime(rows: list[dict], scheme: str = "fpc") -> dict | None:
-    """The benchmark's regime on ``scheme``: the ceiling and the Ignore / Negative shares of it."""
     by_row = {r["row"]: r for r in rows if r["scheme"] == scheme}
     if "full_labels" not in by_row or not all(key in by_row for key in REGIME_ROWS):
         return None
@@ -83,14 +82,14 @@ def markdown_table(rows: list[dict], protocol: Protocol) -> str:
     head = "| Method | " + " | ".join(
         f"{column_title(s, protocol.columns[s])} best | share | final | paper (COCO)" for s in schemes) + " |"
     lines = [head, "|---|" + "---:|---:|---:|---:|" * len(schemes)]
+    by_cell = {(r["row"], r["scheme"]): r for r in rows}
     for row in protocol_rows(protocol):
         cells = []
         for scheme in schemes:
-            match = [r for r in rows if r["row"] == row.key and r["scheme"] == scheme]
-            if not match:
+            r = by_cell.get((row.key, scheme))
+            if r is None:
                 cells += ["-", "-", "-", "-"]
                 continue
-            r = match[0]
             paper = f"{r['paper_mAP']:.2f}" if r["paper_mAP"] is not None else "-"
             share = f"{r['share']:.2f}" if r["share"] is not None else "-"
             cells += [f"{r['best_mAP']:.2f} ± {r['best_mAP_std']:.2f}", share,
@@ -100,7 +99,7 @@ def markdown_table(rows: list[dict], protocol: Protocol) -> str:
 
 
 def bar_plot(rows: list[dict], protocol: Protocol, path: str) -> None:
-    """Bar chart of the best mAP per row and column (matplotlib's object API: no global backend)."""
+    """The best mAP per row and column (matplotlib's object API: no global backend)."""
     from matplotlib.figure import Figure
 
     schemes = list(protocol.columns)
@@ -135,12 +134,11 @@ def prior_tables(results: list[dict], protocol: Protocol) -> str:
     full = CocoDetection(root, ann_file)
     true_freq = full.labels.positive_counts() / full.labels.num_samples
     sections = []
+    seed = min((r["seed"] for r in results), default=0)  # the first seed's tables
     for scheme in protocol.columns:
-        by_row = {r["row"]: r for r in results if r["scheme"] == scheme and r["seed"] == min(
-            x["seed"] for x in results)}
+        by_row = {r["row"]: r for r in results if r["scheme"] == scheme and r["seed"] == seed}
         if "ignore_ce" not in by_row or "negative_ce" not in by_row:
             continue
-        seed = by_row["ignore_ce"]["seed"]
         partial = read_partial_label_file(by_row["ignore_ce"]["partial_labels"])
         estimates = {f"{mode}-mode model": read_prior_csv(by_row[row]["prior_path"], full.class_names).numpy()
                      for mode, row in (("Ignore", "ignore_ce"), ("Negative", "negative_ce"))}
@@ -151,13 +149,8 @@ def prior_tables(results: list[dict], protocol: Protocol) -> str:
     return "\n\n".join(sections)
 
 
-def csl_thresholds(results: list[dict]) -> list[float]:
-    return sorted({round(r["prior_threshold"], 4) for r in results if r["row"] == "csl"})
-
-
 def full_scale_commands(protocol: Protocol) -> str:
-    """The same rows at full scale: the reproduce.py call on COCO 2014 and each cell's train.py flags
-    beyond the COCO protocol's (a markdown section of the embedded report)."""
+    """Markdown: the reproduce.py call on COCO 2014 for the same rows, and each row's own train.py flags."""
     rows = [row for row in protocol_rows(protocol) if "coco" in row.protocols]
     lines = ["### At full scale (COCO 2014, the paper's protocol)", "",
              "```bash",
@@ -185,7 +178,7 @@ def full_scale_commands(protocol: Protocol) -> str:
 
 
 def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int) -> str:
-    """Write ``<out>/results.{json,csv,md,png}`` (each atomically); returns the markdown report."""
+    """Write ``<out>/results.{json,csv,md,png}``; returns the markdown report."""
     rows = table_rows(results, protocol)
     regimes = {scheme: regime(rows, scheme) for scheme in protocol.columns}
     atomic_write_json(os.path.join(out, "results.json"),
@@ -196,7 +189,8 @@ def write_reports(out: str, protocol: Protocol, results: list[dict], seeds: int)
             "final = last epoch (no selection); share = best / the full-label ceiling.", "",
             markdown_table(rows, protocol), "",
             *[line for line in (describe_regime(regimes[s], s) for s in protocol.columns) if line], "",
-            f"CSL prior threshold ({protocol.prior_threshold}): {csl_thresholds(results)}"]
+            f"CSL prior threshold ({protocol.prior_threshold}): "
+            f"{sorted({round(r['prior_threshold'], 4) for r in results if r['row'] == 'csl'})}"]
     composition = composition_table(results, list(protocol.columns))
     if composition:
         text += ["", "### What the likelihood top-k ignored in the last epoch (share of the ignored entries)",

@@ -1,9 +1,6 @@
-"""Running the table: every cell is an ordinary ``train.py`` run in its own process, its command line in
-``<out>/cells/<cell>/command.txt``. A finished cell, the simulated labels and the pretrained backbone are
-reused only when their recorded settings are this run's (`src.reproduce.identity`), so an interrupted
-table resumes and a changed one never reports old numbers. Per (seed, column) group the workflow is the
-paper's: simulate the partial labels, the Ignore-mode CE (stage 1, writes the prior), the Negative runs,
-then CSL with the prior of stage 1.
+"""Running the table: every cell is a ``train.py`` process (command in ``<out>/cells/<cell>/command.txt``),
+reused only when its recorded settings are this run's (`src.reproduce.identity`). Per (seed, column) the
+paper's workflow: simulate the partial labels, Ignore (stage 1, writes the prior), Negative, then CSL.
 """
 
 from __future__ import annotations
@@ -40,8 +37,7 @@ LOG_TAIL_LINES = 25
 
 
 class CellFailed(ExitRequest):
-    """A step of the table failed (exit status 1): the message holds the failed command's log tail; the
-    finished cells stay and are reused by the next run."""
+    """A step of the table failed (exit 1, with the log's tail); the finished cells are reused next time."""
 
     exit_code = 1
 
@@ -62,30 +58,24 @@ def run_logged(command: list[str], log_path: str, env: dict) -> None:
 def train_command(args, flags: dict) -> list[str]:
     launcher = [sys.executable]
     if args.nproc_per_node > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={args.nproc_per_node}"]
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc_per_node}"]
     return launcher + [TRAIN_SCRIPT] + flags_to_argv(flags)
 
 
-# ----------------------------------------------------------------------------------- one cell's outcome
 def summarise_run(path_dest: str) -> dict:
     """Best-over-epochs mAP (the paper's protocol, max of regular and EMA) and the final epoch's."""
     with open(os.path.join(path_dest, "metrics.jsonl")) as handle:
         epochs = [json.loads(line) for line in handle if line.strip()]
     if not epochs:
         raise CellFailed(f"{path_dest}/metrics.jsonl holds no epoch")
-
-    def best_of(entry):
-        return max(entry["test_regular_mAP"], entry["test_ema_mAP"])
-
-    best = max(epochs, key=best_of)
-    return {"best_mAP": best_of(best), "best_epoch": best["epoch"], "final_mAP": best_of(epochs[-1]),
+    maps = [max(entry["test_regular_mAP"], entry["test_ema_mAP"]) for entry in epochs]
+    best = maps.index(max(maps))  # the first best epoch
+    return {"best_mAP": maps[best], "best_epoch": epochs[best]["epoch"], "final_mAP": maps[-1],
             "final_mAP_regular": epochs[-1]["test_regular_mAP"], "epochs": len(epochs)}
 
 
 def find_prior(path_dest: str) -> str:
-    """The prior train.py's --estimate_prior clean wrote: the one CSV in the cell's fresh priors/ folder
-    (its name is train.py's to choose)."""
+    """The one CSV in the cell's priors/ (its name is train.py's to choose)."""
     folder = os.path.join(path_dest, "priors")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".csv")) if os.path.isdir(folder) else []
     if len(files) != 1:
@@ -101,13 +91,11 @@ def ignored_classes(prior_path: str, threshold: float) -> list[int]:
 
 @functools.cache
 def _full_training_labels(data: str) -> tuple[np.ndarray, list, list[str]]:
-    """(dense full labels, image ids, class names) of the COCO-layout training set at ``data``."""
     full = CocoDetection(*resolve_coco_files(data, None, "train"))
     return full.labels.to_dense(), list(full.image_ids), list(full.class_names)
 
 
 def cell_composition(cell_dir: str, data: str, design: str) -> dict:
-    """`src.reproduce.mechanism.ignored_composition` of a CSL cell's ignored_last_epoch.npz."""
     image_ids, classes, recorded_names = read_ignored_file(os.path.join(cell_dir, IGNORED_FILE))
     labels, full_ids, full_names = _full_training_labels(data)
     if recorded_names != full_names:
@@ -116,8 +104,7 @@ def cell_composition(cell_dir: str, data: str, design: str) -> dict:
 
 
 class Progress:
-    """The table's progress line: cells done / total, elapsed, estimated time left (from the pace of the
-    cells trained in this run; reused cells count as done)."""
+    """Cells done / total, elapsed, time left (at the pace of the cells trained; reused count as done)."""
 
     def __init__(self, total: int):
         self.total, self.done, self.trained = total, 0, 0
@@ -137,7 +124,6 @@ class Progress:
         return line
 
 
-# ----------------------------------------------------------------------------------- the table
 @dataclass
 class Group:
     """One (seed, column): its partial labels and its cells, run in order (CSL needs Ignore's prior)."""
@@ -163,7 +149,6 @@ def simulate_labels(args, protocol: Protocol, group: Group, env: dict) -> str:
 
 def cell_flags(args, protocol: Protocol, group: Group, row: Row, labels: str | None, prior: str | None,
                cell_dir: str) -> dict:
-    """The cell's train.py flags: the protocol's, the group's labels and seed, the row's, the prior."""
     flags = dict(protocol.train_flags, data=protocol.data, partial_labels=labels, seed=group.seed,
                  path_dest=cell_dir, **row.flags, **row.column_flags.get(group.scheme, {}))
     if protocol.upstream is not None:
@@ -179,7 +164,6 @@ def cell_flags(args, protocol: Protocol, group: Group, row: Row, labels: str | N
 
 def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str | None, prior: str | None, env,
              twin: dict | None = None, progress: Progress | None = None) -> dict:
-    """The cell's result: reused when its settings are this run's (see the module docstring), else run."""
     cell_dir = os.path.join(args.out, "cells", f"{group.name}_{row.key}")
     flags = cell_flags(args, protocol, group, row, labels, prior, cell_dir)
     settings = run_settings(flags, args.nproc_per_node, protocol.data_config)
@@ -197,7 +181,7 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str | Non
 
 
 def _train_cell(args, protocol, group, row, flags, env, twin) -> dict:
-    """Run one cell's train.py (or reuse its twin's run, see `Row.same_run_as`); its result."""
+    """Run one cell's train.py, or reuse its twin's run (`Row.same_run_as`)."""
     # The folder holds no finished result (`reusable`): what train.py finds there is an interrupted attempt.
     command = train_command(args, dict(flags, overwrite=True))
     cell_dir, prior = flags["path_dest"], flags.get("prior_path")
@@ -241,8 +225,7 @@ def run_group(args, protocol: Protocol, group: Group, env: dict, progress: Progr
 
 
 def prepare_embedded(args, protocol: Protocol, env: dict) -> None:
-    """Generate the embedded data and pretrain the backbone on the upstream set once (cached by the hash
-    of its settings, `src.reproduce.protocols.embedded_protocol`)."""
+    """Generate the embedded data; pretrain the backbone on the upstream set once (cached by its settings)."""
     upstream = protocol.upstream
     for folder, config in ((protocol.data, protocol.data_config), (upstream["data"], upstream["config"])):
         ensure_dataset(folder, **{key: value for key, value in config.items() if key != "generator_version"})
@@ -272,7 +255,6 @@ def cell_environment(device: str, jobs: int | None) -> tuple[int, dict]:
 
 
 def run_table(args, protocol: Protocol, seeds: int, jobs: int, env: dict) -> list[dict]:
-    """Every (seed, column) group of ``protocol`` (the embedded data and backbone first); their results."""
     if protocol.upstream is not None:
         prepare_embedded(args, protocol, env)
     full_rows = [row for row in protocol_rows(protocol) if row.full_labels]

@@ -1,12 +1,7 @@
-"""The regime sweep (``python reproduce.py --sweep``): under which conditions does CSL's selection help?
-
-Each point (`SWEEP_POINTS`) is the embedded protocol with other settings, run with the rows Full labels,
-Ignore, Negative, Negative-ASL and CSL on FPC and RPS (one seed by default). The points move one regime
-variable at a time - model strength (training images x epochs), label budget (FPC's n), class design -
-around the demo of their day (``shape_colour``, 6,000 x 10); the demo has since become the calibrated
-``glyphs``, 20,000 x 6 (docs/regime.md), which is not a point. Per point and column the summary holds the
-regime (ceiling, Ignore/ceiling, Negative/ceiling), the best of Ignore, Negative and Negative-ASL, and
-CSL's margin over it. The points were fixed before any of them ran; nothing is tuned on CSL's rows.
+"""The regime sweep (``reproduce.py --sweep``): when does CSL's selection help? Each point moves the embedded
+protocol along one regime variable (model strength, label budget, class design) around the demo of its day
+(shape_colour, 6,000 x 10; docs/regime.md); per point and column the summary gives the regime and CSL's
+margin over the best baseline. The points were fixed before any ran; nothing is tuned on CSL.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from src.reproduce.protocols import Protocol, embedded_fpc_param, embedded_protocol
-from src.reproduce.report import csv_text, regime, table_rows, write_reports
+from src.reproduce.report import column_title, csv_text, regime, table_rows, write_reports
 from src.reproduce.runner import run_table
 from src.utils.io import atomic_write_json, atomic_write_text, save_figure
 
@@ -47,7 +42,7 @@ SWEEP_POINTS = (
 
 
 def point_protocol(args: argparse.Namespace, point: SweepPoint, extra_flags: dict) -> tuple:
-    """(the point's namespace, its embedded protocol): own data folder, FPC n scaled, the sweep's rows."""
+    """(namespace, embedded protocol) of the point: its own data folder, FPC n scaled, the sweep's rows."""
     data_root = os.path.join(args.data_root, "sweep", f"{point.design}_n{point.n_train}_t{point.n_test}")
     point_args = argparse.Namespace(**{**vars(args), "n_train": point.n_train, "n_test": point.n_test,
                                        "epochs": point.epochs, "design": point.design, "data_root": data_root,
@@ -59,7 +54,6 @@ def point_protocol(args: argparse.Namespace, point: SweepPoint, extra_flags: dic
 
 
 def summarise_point(point: SweepPoint, protocol: Protocol, rows: list[dict]) -> list[dict]:
-    """One line per column: the regime, the best baseline and CSL's margin over it."""
     lines = []
     for scheme, param in protocol.columns.items():
         by_row = {r["row"]: r for r in rows if r["scheme"] == scheme}
@@ -82,7 +76,7 @@ def sweep_markdown(lines: list[dict]) -> str:
            "| best baseline | CSL | CSL - best baseline |",
            "|---|---|---|---|---|---:|---:|---:|---|---:|---:|"]
     for line in lines:
-        column = f"FPC({line['param']})" if line["scheme"] == "fpc" else f"RPS({line['param']:g})"
+        column = column_title(line["scheme"], line["param"])
         baseline = "-" if not line["best_baseline"] else \
             f"{line['best_baseline']} {number(line['best_baseline_mAP'])}"
         out.append(f"| {line['name']} | {line['axis']} | {line['n_train']} x {line['epochs']} "
@@ -94,7 +88,7 @@ def sweep_markdown(lines: list[dict]) -> str:
 
 
 def sweep_plot(lines: list[dict], path: str) -> None:
-    """CSL's margin over the best baseline against the ceiling and against Ignore/ceiling, per column."""
+    """CSL's margin over the best baseline against the ceiling and Ignore/ceiling."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4))
@@ -119,7 +113,7 @@ def sweep_plot(lines: list[dict], path: str) -> None:
 
 def run_sweep(args: argparse.Namespace, extra_flags: dict, seeds: int, jobs: int, env: dict,
               points=SWEEP_POINTS) -> str:
-    """Run every point (resumable: finished cells are skipped) and write ``<out>/sweep.{md,json,csv,png}``."""
+    """Run every point (finished cells are reused) and write ``<out>/sweep.{md,json,csv,png}``."""
     lines = []
     for point in points:
         point_args, protocol = point_protocol(args, point, extra_flags)
