@@ -7,6 +7,7 @@ and callbacks that `src.trainer.Trainer` runs. Multi-GPU: ``torchrun --nproc_per
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -25,7 +26,7 @@ from src.models import build_model_from_args, load_pretrained_backbone, maybe_co
 from src.prior import ComputePrior, prior_file_stem
 from src.trainer import DataSplits, Trainer
 from src.utils.amp import resolve_amp
-from src.utils.checkpoint import load_training_checkpoint
+from src.utils.checkpoint import load_training_checkpoint, recorded_args
 from src.utils.cli import ConfigError, run_cli
 from src.utils.distributed import DistributedContext, cleanup_distributed, init_distributed
 from src.utils.logging import git_commit, main_print
@@ -35,8 +36,35 @@ from src.utils.seed import derive_seed, seed_everything
 ONE_CYCLE_PCT_START = 0.2  # the paper's OneCycleLR warm-up share
 
 
+# How this process runs, not what the run is: a resumed run never takes these from its checkpoint.
+PROCESS_FLAGS = ("resume", "overwrite", "path_dest", "device", "print_freq", "compile", "unsafe_pickle")
+
+
 def parse_args(argv=None):
     return build_train_parser().parse_args(argv)
+
+
+def given_flags(parser: argparse.ArgumentParser, argv=None) -> set[str]:
+    """The destinations the command line sets: argparse fills in a default only where the namespace lacks
+    the attribute, so a namespace pre-filled with a marker keeps it exactly where no flag was given."""
+    marker = object()
+    probe = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args(argv)), marker))
+    return {dest for dest, value in vars(parser.parse_args(argv, probe)).items() if value is not marker}
+
+
+def take_run_settings(args, given: set[str], checkpoint: dict) -> argparse.Namespace:
+    """--resume: the run's own settings (the checkpoint's ``args``) for every flag not given again; a given
+    flag that changes the run is refused later (`src.trainer.check_resume_compatible`). The run continues
+    in the checkpoint's folder unless --path_dest says otherwise."""
+    saved = recorded_args(checkpoint)
+    taken = {key: value for key, value in saved.items()
+             if key in vars(args) and key not in given and key not in PROCESS_FLAGS}
+    if "path_dest" not in given:
+        taken["path_dest"] = os.path.dirname(os.path.abspath(args.resume))
+    own = sorted(given - {"resume"})
+    print(f"settings: {len(taken)} from {args.resume} (the run's own); given: "
+          f"{', '.join('--' + key for key in own) or 'none'}", flush=True)
+    return argparse.Namespace(**{**vars(args), **taken})
 
 
 def check_args(args) -> None:
@@ -46,9 +74,6 @@ def check_args(args) -> None:
     if args.prior_path is not None:
         require_file(args.prior_path, "--prior_path", "file", "pass the CSV written by stage 1 "
                      "(<path_dest>/priors/*.csv) or by python -m src.prior")
-    if args.resume is not None:
-        require_file(args.resume, "--resume", "checkpoint",
-                     "pass <path_dest>/last.pth of the run to continue")
     if args.stop_epoch is not None and args.stop_epoch > args.epochs:  # as the paper's loop, but say so
         print(f"note: --stop_epoch {args.stop_epoch} exceeds --epochs {args.epochs}: no early stop, all "
               f"{args.epochs} epochs run", file=sys.stderr)
@@ -129,7 +154,7 @@ def build_optimization(model, args, steps_per_epoch: int, amp_dtype, device):
     return optimizer, scheduler, scaler
 
 
-def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
+def build_trainer(args, ctx: DistributedContext, callbacks=(), checkpoint: dict | None = None) -> Trainer:
     """Every part of the run; configuration errors are raised here, before any training step."""
     args = argparse.Namespace(**resolved_config(args))  # what args.json and the checkpoints record
     if args.sync_bn and ctx.device.type != "cuda":
@@ -153,7 +178,7 @@ def build_trainer(args, ctx: DistributedContext, callbacks=()) -> Trainer:
                           ComputePrior(data.class_names) if wants_running else None)
     trainer = Trainer(parts, data, train_loader, eval_loaders, ctx, args, amp_dtype, callbacks)
     if args.resume is not None:
-        trainer.restore(load_training_checkpoint(args.resume), args.resume)
+        trainer.restore(checkpoint or load_training_checkpoint(args.resume, args.unsafe_pickle), args.resume)
     return trainer
 
 
@@ -170,7 +195,14 @@ def run_config(trainer: Trainer, ctx: DistributedContext) -> dict:
 
 def main(argv=None, callbacks=()) -> dict:
     """Train; returns the run's summary. ``callbacks`` (tests, tools) run after the run's own."""
-    args = parse_args(argv)
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    checkpoint = None
+    if args.resume is not None:
+        require_file(args.resume, "--resume", "checkpoint", "pass <path_dest>/last.pth of the run to "
+                     "continue")
+        checkpoint = load_training_checkpoint(args.resume, allow_pickle=args.unsafe_pickle)
+        args = take_run_settings(args, given_flags(parser, argv), checkpoint)
     check_args(args)
     try:
         ctx = init_distributed(args.device)
@@ -185,7 +217,7 @@ def main(argv=None, callbacks=()) -> dict:
         priors = PriorWriter(args)
         own = [IgnoredRecorder()] if args.record_ignored else []
         try:
-            trainer = build_trainer(args, ctx, [*own, priors, ConsoleReport(), *callbacks])
+            trainer = build_trainer(args, ctx, [*own, priors, ConsoleReport(), *callbacks], checkpoint)
         except (ValueError, FileNotFoundError) as error:  # bad data/prior/checkpoint: before any step
             raise ConfigError(str(error)) from error
         sizes = run_config(trainer, ctx)

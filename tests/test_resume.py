@@ -131,6 +131,30 @@ def test_resume_refuses_changed_settings(embedded_data_dir, uninterrupted, tmp_p
         train.main(argv)
 
 
+def test_resume_alone_takes_the_runs_settings_from_its_checkpoint(embedded_data_dir, uninterrupted, tmp_path,
+                                                                   capsys):
+    """`train.py --resume RUN/last.pth` and nothing else: the checkpoint owns the run's settings (data, loss,
+    schedule, seed, -j) and its folder; the result is the uninterrupted run's, to the bit."""
+    dest = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train.main(_argv(embedded_data_dir, dest), callbacks=[SigtermAtStep(STEPS_PER_EPOCH + 2)])
+    capsys.readouterr()
+    train.main(["--resume", str(dest / "last.pth")])
+    assert f"from {dest / 'last.pth'} (the run's own); given: none" in capsys.readouterr().out
+    expected, resumed = _load(os.path.join(uninterrupted, "last.pth")), _load(dest / "last.pth")
+    _assert_same_tensors(expected["model"], resumed["model"], "model")
+    assert _metrics(uninterrupted) == _metrics(dest)
+    with open(dest / "args.json") as handle:
+        assert json.load(handle)["resume"] == str(dest / "last.pth")
+
+
+def test_resume_prints_where_its_settings_come_from(embedded_data_dir, uninterrupted, tmp_path, capsys):
+    train.main(["--resume", os.path.join(uninterrupted, "last.pth"), "--path_dest", str(tmp_path / "b"),
+                "--print-freq", "1000"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("settings:"))
+    assert line.endswith("(the run's own); given: --path_dest, --print_freq")
+
+
 def test_resume_of_a_finished_run_trains_nothing_more(embedded_data_dir, uninterrupted, tmp_path):
     """A complete run's last.pth resumes past the last epoch: weights and history stay as they are."""
     dest = tmp_path / "again"
