@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -260,3 +261,23 @@ def test_the_loss_and_the_prior_load_no_engine_model_metric_or_dataset(module, l
     loaded = _loaded_by(module)
     assert [m for m in loaded if any(m == h or m.startswith(h + ".") for h in heavy)] == []
     assert leaf in loaded  # the check sees what was imported
+
+
+def test_every_module_is_named_in_the_architecture_doc():
+    """docs/architecture.md's "Every module" table names each module of src/ (a file, or a file beside a
+    named one in the same folder: `src/data/coco.py`, `openimages.py`), and nothing that is gone."""
+    repo = pathlib.Path(REPO)
+    text = (repo / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Every module", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for row in section.splitlines()[2:]:
+        folder = ""
+        for name in re.findall(r"`([\w/.]+\.py)`", row.split("|")[1]):
+            if "/" in name:
+                folder = os.path.dirname(name)
+            named.add(name if "/" in name or not folder else f"{folder}/{name}")
+    modules = {str(path.relative_to(repo)) for path in (repo / "src").rglob("*.py")
+               if path.name != "__init__.py"}
+    assert modules - named == set(), "add these to docs/architecture.md's module table"
+    missing = {name for name in named if not (repo / name).is_file()}
+    assert missing == set(), "docs/architecture.md names modules that do not exist"
