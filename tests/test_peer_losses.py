@@ -36,6 +36,7 @@ from src.args import (
     probability,
 )
 from src.data.labels import LabelMatrix
+from src.data.partial_labels import simulate_partial_labels
 from src.loss_functions import (
     CSL_MODES,
     LOSS_HYPERPARAMETERS,
@@ -303,9 +304,7 @@ def test_every_loss_flag_is_generated_from_the_table():
         assert f"--{name}" in action.option_strings and f"--{name.replace('_', '-')}" in action.option_strings
     # One help text per flag, the table's: --clip's is the one written in modes.py.
     assert actions["clip"].help == "CSL modes: probability margin of the negative terms (ASL clip)"
-    assert actions["epr_expected_positives"].help.endswith("(default: computed from the training labels: "
-                                                           "the sum over classes of positives / images "
-                                                           "annotated for the class)")
+    assert actions["epr_expected_positives"].help.endswith("required otherwise (fpc, --partial_labels))")
     help_text = build_train_parser().format_help()
     assert help_text.count("probability margin of the negative terms") == 1
 
@@ -770,7 +769,7 @@ def test_expected_positives_hand_computed():
 
 def test_build_criterion_builds_every_peer_mode_from_the_flags():
     labels = LabelMatrix.from_dense(DENSE)
-    criterion = build_criterion(flags("epr"), NAMES, train_labels=labels)
+    criterion = build_criterion(flags("epr", simulate_partial_type="rps"), NAMES, train_labels=labels)
     assert criterion.epr_expected_positives == pytest.approx(23 / 12)
     assert build_criterion(flags("epr", epr_expected_positives=1.5), NAMES).epr_expected_positives == 1.5
     criterion = build_criterion(flags("hill", hill_lambda=2.0, loss_reduction="mean"), NAMES)
@@ -780,16 +779,51 @@ def test_build_criterion_builds_every_peer_mode_from_the_flags():
     criterion = build_criterion(flags("em_apl"), NAMES, num_samples=7)
     assert tuple(criterion.soft_negatives.shape) == (7, 5)
     for mode in PEER_MODES:
-        built = build_criterion(flags(mode), NAMES, train_labels=labels)
+        built = build_criterion(flags(mode, simulate_partial_type="rps"), NAMES, train_labels=labels)
         assert built.mode == mode and built.reduction == "sum"
     # The CSL modes read the flags they always read and sum (a paper-style Namespace still builds them).
     csl = build_criterion(flags("negative", loss_reduction="mean", likelihood_topk=2), NAMES)
     assert type(csl) is PartialSelectiveLoss and csl.likelihood_topk == 2
 
 
+def _bernoulli_labels(num_samples=4000, seed=123):
+    """Complete labels whose classes have very different frequencies (rates 0.02 .. 0.6)."""
+    rates = np.linspace(0.02, 0.6, 12)
+    return (np.random.default_rng(seed).random((num_samples, rates.size)) < rates).astype(np.int8)
+
+
+def test_epr_expected_positives_is_the_datas_constant_not_an_fpc_estimate():
+    """Cole et al. give EPR the true mean number of positives per image. FPC keeps n positives and n
+    negatives of every class, so positives / annotated is 0.5 for each class and the old estimate was C/2
+    (24 on the embedded benchmark, where the true mean is 2.37): refused, naming the flag to pass."""
+    full = _bernoulli_labels()
+    true_mean = (full == 1).sum(1).mean()
+    names = [f"c{i}" for i in range(full.shape[1])]
+    fpc = simulate_partial_labels(full, "fpc", 50, seed=0)
+    counts = LabelMatrix.from_dense(fpc)
+    # What the estimator would say on FPC labels: every class 0.5, so C / 2, far from the truth.
+    biased = expected_positives_per_image(counts.positive_counts(), counts.negative_counts(), len(fpc))
+    assert biased == pytest.approx(full.shape[1] / 2) and abs(biased - true_mean) > 2
+    with pytest.raises(ValueError, match=r"--simulate_partial_type fpc do not identify .*pass "
+                                         r"--epr_expected_positives"):
+        build_criterion(flags("epr", simulate_partial_type="fpc"), names, train_labels=counts)
+    with pytest.raises(ValueError, match=r"--partial_labels labels.npz do not identify"):
+        build_criterion(flags("epr", partial_labels="labels.npz"), names, train_labels=counts)
+    # Given as the known constant, it is used as it is.
+    known = flags("epr", simulate_partial_type="fpc", epr_expected_positives=float(true_mean))
+    given = build_criterion(known, names, train_labels=counts)
+    assert given.epr_expected_positives == pytest.approx(true_mean)
+    # Labels missing at random (RPS) identify it: the estimate is within sampling error of the truth.
+    rps = LabelMatrix.from_dense(simulate_partial_labels(full, "rps", 0.5, seed=0))
+    estimate = build_criterion(flags("epr", simulate_partial_type="rps"), names, train_labels=rps)
+    assert estimate.epr_expected_positives == pytest.approx(true_mean, rel=0.03)
+    # Complete labels: exactly the mean.
+    exact = build_criterion(flags("epr"), names, train_labels=LabelMatrix.from_dense(full))
+    assert exact.epr_expected_positives == pytest.approx(true_mean)
+
+
 def test_build_criterion_errors_name_what_is_missing():
-    with pytest.raises(ValueError, match="pass train_labels to build_criterion, or set "
-                                         "--epr_expected_positives"):
+    with pytest.raises(ValueError, match="pass train_labels to build_criterion, or set the value"):
         build_criterion(flags("epr"), NAMES)
     with pytest.raises(ValueError, match="ll_cp keeps a per-sample label store: pass num_samples"):
         build_criterion(flags("ll_cp"), NAMES)

@@ -516,6 +516,9 @@ def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, m
     default_keys = [row.key for row in ROWS if row.default]
     assert list(protocol.rows) == [*default_keys, *PEER_MODES, "ll_r_boostlu"]  # next to the paper's rows
     started = _fake_training(monkeypatch, _write_prior(tmp_path / "p.csv", [0.9] + [0.1] * 47))
+    full = np.eye(4, 48, dtype=np.int8)  # one positive per image
+    names = [str(i) for i in range(48)]
+    monkeypatch.setattr(runner, "_full_training_labels", lambda data: (full, [1, 2, 3, 4], names))
     runner.run_group(args, protocol, runner.Group(0, "rps", 0.5), {})
     parsed = [_train_args(c) for c in started if runner.TRAIN_SCRIPT in c]
     peers = {p.partial_loss_mode: p for p in parsed
@@ -527,6 +530,7 @@ def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, m
     for mode, cell in peers.items():  # one learning rate and schedule for every method, defaults otherwise
         assert (cell.lr, cell.epochs, cell.batch_size, cell.loss_reduction) == (8e-3, 6, 64, "sum"), mode
         assert cell.prior_path is None and cell.estimate_prior == "none"
+    assert peers["epr"].epr_expected_positives == 1.0  # the full labels' mean, given to EPR
 
 
 def test_progress_line_counts_cells_and_estimates_the_time_left(monkeypatch, capsys):
@@ -717,3 +721,18 @@ def test_the_cached_backbone_is_named_after_all_its_settings(tmp_path):
         assert _embedded(tmp_path, *flags)[1].upstream["path"] != plain.upstream["path"], flags
     for flags in (["--epochs", "2"], ["--stop_epoch", "1"], ["--n_test", "100"]):
         assert _embedded(tmp_path, *flags)[1].upstream["path"] == plain.upstream["path"], flags
+
+
+def test_epr_cells_get_the_datas_known_mean_positives(tmp_path, monkeypatch):
+    """EPR is given the true mean number of positives per image (Cole et al.): on the embedded protocol
+    the full training labels' mean, on COCO their 2.9 - never an estimate from the FPC labels."""
+    full = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]], dtype=np.int8)  # 6 positives / 4 images
+    monkeypatch.setattr(runner, "_full_training_labels", lambda data: (full, [1, 2, 3, 4], ["a", "b", "c"]))
+    args, protocol = _embedded(tmp_path, "--rows", "epr")
+    flags = runner.cell_flags(args, protocol, runner.Group(0, "fpc", 73), _row("epr"), "l.npz", None, "c")
+    assert flags["epr_expected_positives"] == "1.5"
+    args, protocol = _coco(tmp_path, "--rows", "epr")
+    flags = runner.cell_flags(args, protocol, runner.Group(0, "fpc", 1000), _row("epr"), "l.npz", None, "c")
+    assert flags["epr_expected_positives"] == "2.9"
+    assert "epr_expected_positives" not in runner.cell_flags(args, protocol, runner.Group(0, "fpc", 1000),
+                                                             _row("negative_ce"), "l.npz", None, "c")

@@ -51,7 +51,8 @@ class ExpectedPositiveRegularizer(PeerLoss):
 def expected_positives_per_image(positive_counts, negative_counts, num_samples: int) -> float:
     """EPR's E from per-class counts (C,): the sum of the classes' positive rates, over the images annotated
     for the class when it has known negatives, else over all (a lower bound). Complete labels give the mean
-    positives per image (2.9 on COCO); single-positive labels 1, an underestimate: pass the value then."""
+    positives per image (2.9 on COCO); labels missing at random (RPS) an unbiased estimate of it. Not valid
+    for FPC (n positives and n negatives per class: every class counts 0.5) or single positives (1)."""
     positives = np.asarray(positive_counts, dtype=np.float64)
     negatives = np.asarray(negative_counts, dtype=np.float64)
     if num_samples < 1:

@@ -131,8 +131,9 @@ LOSS_MODES: dict[str, ModeInfo] = {
         "an_ls_smoothing": "an_ls: label-smoothing coefficient of positives and assumed negatives"}),
     "epr": _peer_info("EPR (Cole et al. 2021)", _COLE, ExpectedPositiveRegularizer, {
         "epr_expected_positives": "epr: expected number of positives per image (Cole et al.: 2.9 on COCO)"},
-        epr_expected_positives="computed from the training labels: the sum over classes of positives / "
-                               "images annotated for the class"),
+        epr_expected_positives="estimated from the training labels where they identify it (complete "
+                               "labels, or rps: the sum over classes of positives / images annotated for "
+                               "the class); required otherwise (fpc, --partial_labels)"),
     "hill": _peer_info("Hill (Zhang et al. 2021)", _ZHANG, HillLoss, {
         "hill_lambda": "hill: lambda of the un-annotated term (lambda - p) p^2",
         "hill_margin": "hill: logit margin of the positive focal term",

@@ -118,6 +118,7 @@ class Protocol:
 
 
 # The train.py flags of the paper's protocol on COCO 2014 (``--data``) and the embedded one.
+COCO_EXPECTED_POSITIVES = 2.9  # EPR's E on COCO: Cole et al.'s train.py lookup
 COCO_FLAGS = {"model-name": "tresnet_m", "model-path": "none", "metadata": None, "image-size": 448,
               "epochs": 30, "batch-size": 64, "lr": 2e-4, "workers": 8, "device": "auto",
               "dataset_type": "coco", "num-classes": 80}

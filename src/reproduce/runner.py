@@ -26,7 +26,14 @@ from src.data.embedded import class_attributes, ensure_dataset
 from src.prior import read_prior_csv
 from src.reproduce.identity import reusable, run_settings, settings_identity
 from src.reproduce.mechanism import ignored_composition, read_ignored_file
-from src.reproduce.protocols import Protocol, Row, flags_to_argv, protocol_rows, resolve_threshold
+from src.reproduce.protocols import (
+    COCO_EXPECTED_POSITIVES,
+    Protocol,
+    Row,
+    flags_to_argv,
+    protocol_rows,
+    resolve_threshold,
+)
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
 from src.utils.logging import format_duration
@@ -95,6 +102,15 @@ def _full_training_labels(data: str) -> tuple[np.ndarray, list, list[str]]:
     return full.labels.to_dense(), list(full.image_ids), list(full.class_names)
 
 
+def expected_positives(protocol: Protocol) -> float:
+    """EPR's E: the mean number of positives per training image of the full labels (the embedded
+    generator's), or Cole et al.'s 2.9 for COCO (whose full labels the protocol does not read)."""
+    if protocol.name == "coco":
+        return COCO_EXPECTED_POSITIVES
+    labels = _full_training_labels(protocol.data)[0]
+    return float((labels == 1).sum(axis=1).mean())
+
+
 def cell_composition(cell_dir: str, data: str, design: str) -> dict:
     image_ids, classes, recorded_names = read_ignored_file(os.path.join(cell_dir, IGNORED_FILE))
     labels, full_ids, full_names = _full_training_labels(data)
@@ -156,6 +172,8 @@ def cell_flags(args, protocol: Protocol, group: Group, row: Row, labels: str | N
     flags["estimate_prior"] = "clean" if row.writes_prior else "none"
     if protocol.name == "embedded" and flags.get("partial_loss_mode") == "selective":
         flags["record_ignored"] = True  # the mechanism: what the top-k ignored in the last epoch
+    if flags.get("partial_loss_mode") == "epr":  # E is the data's known mean (Cole et al.), not estimated
+        flags["epr_expected_positives"] = f"{expected_positives(protocol):.6g}"
     if row.needs_prior:
         threshold = f"{resolve_threshold(protocol, row, prior):.6g}"  # the flag's value, exactly
         flags.update(prior_path=prior, prior_threshold=threshold)
