@@ -419,7 +419,7 @@ def check_writable(flag: str, path: str) -> None:
         with tempfile.TemporaryFile(dir=where):
             pass
     except OSError as error:
-        raise ConfigError(f"{flag} {path}: cannot write in {where} ({error.strerror or error}); choose a "
+        raise ConfigError(f"{flag} {path!r}: cannot write in {where!r} ({error.strerror or error}); choose a "
                           "writable folder (not on a read-only disk, with write permission)") from None
 
 
