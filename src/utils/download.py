@@ -167,7 +167,7 @@ def _resume(url: str, part: str, offset: int, timeout: float) -> _Fetch:
     return fetch
 
 
-def source_size(url: str, timeout: float = 60.0) -> int | None:
+def _source_size(url: str, timeout: float = 60.0) -> int | None:
     """The source's byte count (a file's size, an HTTP HEAD's Content-Length); None when it gives none."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme.lower() == "file":
@@ -227,7 +227,7 @@ def _download(url, dest, size, checksum, progress, retries, timeout, retry_wait,
     bad = dest + ".bad" if keep_bad else None
     part = dest + ".part"
     if os.path.isfile(dest) and confirm_size and size is None and expected is None:
-        total, actual = source_size(url, timeout), os.path.getsize(dest)
+        total, actual = _source_size(url, timeout), os.path.getsize(dest)
         if total is not None and total != actual:
             log(f"{name}: {dest} has {actual} bytes but the source {total} (an interrupted download); "
                 "continuing it")
