@@ -17,6 +17,7 @@ from src.args import data_parser, partial_labels_parser
 from src.data import build_split
 from src.data.partial_labels import (
     canonical_mode,
+    check_simulated,
     class_statistics,
     format_class_statistics,
     save_partial_labels,
@@ -63,6 +64,7 @@ def main(argv=None) -> int:
     original = dataset.labels.to_dense()
     mode, param, seed = args.simulate_partial_type, args.simulate_partial_param, args.seed
     simulated = simulate_partial_labels(original, mode, param, seed)
+    check_simulated(simulated, mode, param)
     meta = {"mode": canonical_mode(mode), "param": param, "seed": seed, "annotation_file": dataset.ann_file,
             "skip_bad_images": args.skip_bad_images}
     names = dataset.class_names

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -19,21 +20,58 @@ from src.data.base import MultiLabelImageDataset, require_dir, require_file
 from src.data.labels import DatasetError, LabelMatrix
 
 
+def read_json(path: str, what: str) -> dict:
+    """A JSON object from ``path`` (a UTF-8 byte-order mark is skipped)."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            content = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{what} {path} is not valid JSON ({exc}); re-download it") from exc
+    if not isinstance(content, dict):
+        raise DatasetError(f"{what} {path} holds a JSON {type(content).__name__}; it must be a JSON object "
+                           f"with 'images', 'annotations' and 'categories'")
+    return content
+
+
+def check_ids_and_names(content: dict, path: str) -> None:
+    """Each category has an integer 'id' and a string 'name'; image ids, category ids and category names
+    are each listed once (a repeated one would merge two images' or two classes' labels)."""
+    categories = [c for c in content.get("categories") or [] if isinstance(c, dict)]
+    for index, category in enumerate(categories):
+        cat_id, name = category.get("id"), category.get("name")
+        if isinstance(cat_id, bool) or not isinstance(cat_id, int):
+            raise DatasetError(f"{path}: categories[{index}] (name {name!r}) has 'id' {cat_id!r}; category "
+                               f"ids must be JSON integers (1, not \"1\"): fix the file")
+        if not isinstance(name, str):
+            raise DatasetError(f"{path}: categories[{index}] (id {cat_id}) has 'name' {name!r}; every "
+                               f"category needs its class name as a string: fix the file")
+    images = [i.get("id") for i in content.get("images") or [] if isinstance(i, dict)]
+    for what, values, key in (("image ids", images, "images"),
+                              ("category ids", [c["id"] for c in categories], "categories"),
+                              ("category names", [c["name"] for c in categories], "categories")):
+        repeated = sorted((v for v, n in Counter(values).items() if n > 1), key=str)
+        if repeated:
+            raise DatasetError(f"{path}: {what} {repeated[:10]} are listed more than once in '{key}'; each "
+                               f"must be listed once (a repeat would merge two images' or classes' labels): "
+                               f"fix the file")
+
+
 def load_coco_api(ann_file: str, verbose: bool = False):
     from pycocotools.coco import COCO
 
     require_file(ann_file, "COCO annotation file", "Pass the instances JSON (e.g. "
                  "annotations/instances_train2014.json under --data, or train.json under --metadata)")
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    content = read_json(ann_file, "COCO annotation file")
+    check_ids_and_names(content, ann_file)
+    coco = COCO()
+    coco.dataset = content
     try:
-        with sink:
-            return COCO(ann_file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"COCO annotation file {ann_file} is not valid JSON ({exc}); "
-                           f"re-download it") from exc
+        with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
     except (AssertionError, TypeError, KeyError) as exc:
         raise DatasetError(f"COCO annotation file {ann_file} is not a COCO instances file ({exc!r}); it "
                            f"must be a JSON object with 'images', 'annotations' and 'categories'") from exc
+    return coco
 
 
 class CocoDetection(MultiLabelImageDataset):

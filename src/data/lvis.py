@@ -7,12 +7,12 @@ Image i, class c: 1 if c is annotated on it or in its ``not_exhaustive_category_
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from src.data.base import MultiLabelImageDataset, require_dir, require_file
+from src.data.coco import check_ids_and_names, read_json
 from src.data.labels import DatasetError
 from src.data.openimages import build_label_csr, keep_labelled_rows
 
@@ -22,14 +22,11 @@ FREQUENCY_GROUPS = ("r", "c", "f")
 def _load_json(path: str) -> dict:
     require_file(path, "LVIS annotation file", "Download lvis_v1_train.json / lvis_v1_val.json and pass "
                  "their folder as --metadata (or put them in --data/annotations)")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            content = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"LVIS annotation file {path} is not valid JSON ({exc}); re-download it") from exc
+    content = read_json(path, "LVIS annotation file")
     missing = [k for k in ("images", "annotations", "categories") if k not in content]
     if missing:
         raise DatasetError(f"LVIS annotation file {path} lacks {missing}; it must be an LVIS v1 JSON")
+    check_ids_and_names(content, path)
     return content
 
 

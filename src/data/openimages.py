@@ -40,7 +40,7 @@ def read_class_list(path: str) -> tuple[list[str], list[str] | None]:
     require_file(path, "OpenImages class list",
                  "Pass oidv6-classes-trainable.txt or oidv6-class-descriptions.csv")
     if path.endswith(".txt"):
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark is no part of the first MID
             mids = [line.strip() for line in handle if line.strip()]
         names = None
     else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from src.data.labels import LabelMatrix, validate_label_matrix
+from src.utils.cli import ConfigError
 
 MODE_ALIASES = {
     "fpc": "fix_per_class",
@@ -203,8 +204,26 @@ def simulate_dataset(dataset, mode: str, param: float, seed: int = 0) -> dict:
         raise ValueError(f"--simulate_partial_type {mode} needs --simulate_partial_param (e.g. 1000 for fpc)")
     original = _dense(dataset.labels)
     simulated = simulate_partial_labels(original, mode, param, seed)
+    check_simulated(simulated, mode, param)
     dataset.set_labels(simulated)
     return class_statistics(original, simulated).summary
+
+
+_RAISE_PARAM = {
+    "fix_per_class": "it is the positives (and negatives) kept per class: use 1 or more (e.g. 1000)",
+    "random_per_sample": "it is the probability of removing each label: use a value below 1 (e.g. 0.5)",
+    "known_ratio": "it is the fraction of labels kept: use a value above 0 (e.g. 0.1)",
+    "single_positive": "the dataset has no positive label to keep: check --data / --metadata",
+}
+
+
+def check_simulated(simulated: np.ndarray, mode: str, param) -> None:
+    """Refuse a draw that leaves no positive label: training on it learns nothing (loss 0 or all negative)."""
+    if (simulated == 1).any():
+        return
+    what = "no annotated label" if (simulated == -1).all() else "no positive label"
+    raise ConfigError(f"--simulate_partial_type {mode} --simulate_partial_param {param} leaves {what} on "
+                      f"{simulated.shape[0]} images to train on; {_RAISE_PARAM[canonical_mode(mode)]}")
 
 
 def describe_simulation(mode: str, param: float, seed: int, summary: dict) -> str:
@@ -317,6 +336,11 @@ class PartialLabelFileNotFoundError(FileNotFoundError, ValueError):
 
 
 def _read_archive(path: str) -> dict:
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            start = handle.read(40)
+        raise ValueError(f"partial label file {path} (--partial_labels) is not a .npz archive (it starts "
+                         f"with {start!r}); pass the .npz written by `python -m coco_simulation --out X.npz`")
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}

@@ -7,6 +7,7 @@ of the paper and lay it out as train.py reads it (docs/datasets.md). Each file o
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import json
 import os
@@ -14,6 +15,7 @@ import shlex
 import shutil
 import sys
 import tarfile
+import tempfile
 import time
 import warnings
 import zipfile
@@ -25,7 +27,7 @@ import pandas as pd
 from tqdm.utils import CallbackIOWrapper
 
 from src.data.labels import DatasetError
-from src.utils.cli import run_cli
+from src.utils.cli import ConfigError, run_cli
 from src.utils.download import download, human_bytes, progress_bar
 from src.utils.io import existing_ancestor
 
@@ -286,6 +288,21 @@ def write_stamp(step: Step, members: list[str]) -> None:
     os.replace(step.stamp + ".tmp", step.stamp)
 
 
+def check_complete_csv(path: str) -> None:
+    """A downloaded CSV ends in a complete row: a newline and as many fields as its header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        header = handle.readline()
+        handle.seek(max(0, size - (1 << 16)))
+        last = handle.read().splitlines(keepends=True)[-1:] or [b""]
+    fields = [len(next(csv.reader([line.decode("utf-8-sig", "replace")]), [])) for line in (header, last[0])]
+    ended = last[0].endswith(b"\n")
+    if not ended or fields[0] != fields[1]:
+        raise DatasetError(f"{path} is incomplete: it does not end in a complete row ({fields[1]} of "
+                           f"{fields[0]} fields{'' if ended else ', no final newline'}), as an interrupted "
+                           "download leaves it; delete it and run the same command again")
+
+
 # ------------------------------------------------------------------------------------------ layouts
 def sample_filepaths(data_csv: str, per_split: int = SAMPLES_PER_SPLIT) -> dict[str, list[str]]:
     samples: dict[str, list[str]] = {}
@@ -391,7 +408,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_space(root: str, needs: dict) -> None:
+def check_writable(flag: str, path: str) -> None:
+    """``path`` is, or can be made, a folder this process writes in (its nearest existing ancestor is a
+    writable folder)."""
+    where = existing_ancestor(path)
+    if not os.path.isdir(where):
+        raise ConfigError(f"{flag} {path!r}: {where!r} is a file, not a folder; pass a folder (it is created "
+                          "when missing)")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{flag} {path!r}: cannot write in {where!r} ({error.strerror or error}); choose a "
+                          "writable folder (not on a read-only disk, with write permission)") from None
+
+
+def check_space(root: str, needs: dict, dry_run: bool = False) -> None:
+    """Too little free space is an error for exact sizes (a warning for estimates or in a dry run)."""
     where = existing_ancestor(root)
     free = shutil.disk_usage(where).free
     if free >= needs["peak"]:
@@ -399,9 +432,9 @@ def check_space(root: str, needs: dict) -> None:
     message = (f"--root {root}: the download needs about {human_bytes(needs['peak'])} of disk at its peak "
                f"but {where} has {human_bytes(free)} free; free some space, choose another --root (or put "
                "--downloads on another disk), or pass --no_space_check")
-    if needs["exact"]:
-        raise ValueError(message)
-    warnings.warn(f"{message} (the sizes are estimates)", stacklevel=2)
+    if needs["exact"] and not dry_run:
+        raise ConfigError(message)
+    warnings.warn(f"{message}{'' if needs['exact'] else ' (the sizes are estimates)'}", stacklevel=2)
 
 
 def main(argv=None) -> dict:
@@ -410,19 +443,19 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     spec = DATASETS[args.dataset]
     root = os.path.abspath(args.root)
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise ValueError(f"--root {args.root!r} is a file; pass a folder (it is created when missing)")
     downloads = os.path.abspath(args.downloads or os.path.join(root, "downloads"))
+    check_writable("--root", root)
+    check_writable("--downloads", downloads)
     base_url = args.base_url or os.environ.get(BASE_URL_ENV) or None
     base_url = as_url(base_url) if base_url else None
     steps = build_plan(spec, root, downloads, base_url, parse_url_overrides(args.url, spec))
     needs = disk_needs(steps, args.keep_archives)
     print(describe_plan(args.dataset, spec, root, steps, needs))
+    if not args.no_space_check:
+        check_space(root, needs, args.dry_run)
     if args.dry_run:
         print("\ndry run: nothing was downloaded or written")
         return {"dry_run": True, "steps": steps, "needs": needs}
-    if not args.no_space_check:
-        check_space(root, needs)
     os.makedirs(root, exist_ok=True)
     progress = not args.no_progress
     for number, step in enumerate(steps, 1):
@@ -435,7 +468,10 @@ def main(argv=None) -> dict:
             result = download(step.url, step.local, size=remote.size if exact else None,
                               checksum=None if args.skip_checksum else remote.checksum, progress=progress,
                               retries=args.retries, log=lambda text, p=prefix: print(f"{p}: {text}"),
-                              hint="--base_url / --url set the URL, --skip_checksum accepts a changed file")
+                              hint="--base_url / --url set the URL, --skip_checksum accepts a changed file",
+                              confirm_size=True)
+            if remote.name.endswith(".csv"):
+                check_complete_csv(step.local)
             how = "already there" if result.skipped else f"{human_bytes(result.fetched_bytes)} fetched"
             if result.resumed_from:
                 how += f", continued at {human_bytes(result.resumed_from)}"

@@ -1,8 +1,9 @@
 """The one download routine (``http(s)://`` and ``file://``), for the model hub and dataset preparation.
 ``dest`` is written through ``dest + ".part"``, which a later call continues (an HTTP ``Range`` request;
-``file://`` seeks, so tests run the same path offline). Network errors and HTTP 5xx / 429 are retried. The
-checksum is computed while the bytes arrive, so a 13 GB archive is not read twice; a file of the wrong size
-or checksum is moved to ``.bad`` (or deleted); only a verified file is renamed to ``dest``."""
+``file://`` seeks, so tests run the same path offline) when its last bytes equal the source's there, else
+restarts. Network errors and HTTP 5xx / 429 are retried. The checksum is computed while the bytes arrive, so
+a 13 GB archive is not read twice; a file of the wrong size or checksum is moved to ``.bad`` (or deleted);
+only a verified file is renamed to ``dest``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "csl-prepare/1.0 (+https://github.com/Alibaba-MIIL/PartialLabelingCSL reimplementation)"
 HASHES = ("md5", "sha256")
+OVERLAP_BYTES = 4096  # a .part's last bytes fetched again and compared before it is continued
 
 
 class DownloadError(ValueError):
@@ -77,13 +79,13 @@ def hash_file(path: str, algorithm: str, *, progress: bool = False, desc: str | 
 
 @dataclass
 class _Fetch:
-    """One attempt: ``stream`` of the bytes from ``offset`` (None: nothing left to read); ``restarted``: the
-    source could not continue the ``.part`` and starts at 0."""
+    """One attempt: ``stream`` of the bytes from ``offset`` (None: nothing left to read); ``restarted``: why
+    the ``.part`` cannot be continued (the stream starts at 0)."""
 
     stream: object
     offset: int
     total: int | None
-    restarted: bool = False
+    restarted: str = ""
 
 
 def _open_file_url(url: str, offset: int) -> _Fetch:
@@ -91,7 +93,7 @@ def _open_file_url(url: str, offset: int) -> _Fetch:
     if not os.path.isfile(path):
         raise DownloadError(f"{url}: no such file ({path}); fix the URL")
     total = os.path.getsize(path)
-    restarted = offset > total
+    restarted = "the .part is longer than the source" if offset > total else ""
     handle = open(path, "rb")  # closed by _copy
     handle.seek(0 if restarted else offset)
     return _Fetch(handle, 0 if restarted else offset, total, restarted)
@@ -115,7 +117,7 @@ def _open_http_url(url: str, offset: int, timeout: float) -> _Fetch:
             if total == offset:
                 return _Fetch(None, offset, total)
             fetch = _open_http_url(url, 0, timeout)  # the .part is no prefix of this file: restart
-            fetch.restarted = True
+            fetch.restarted = "the .part is longer than the source"
             return fetch
         if error.code >= 500 or error.code == 429:  # the server's trouble, often passing: retried
             raise ConnectionError(f"HTTP {error.code} ({error.reason})") from error
@@ -133,7 +135,8 @@ def _open_http_url(url: str, offset: int, timeout: float) -> _Fetch:
             total = offset + int(length)
         return _Fetch(response, offset, total)
     # 200: the whole file (a server without range support restarts a resumed download)
-    return _Fetch(response, 0, int(length) if length is not None else None, offset > 0)
+    return _Fetch(response, 0, int(length) if length is not None else None,
+                  "the server ignores Range requests" if offset else "")
 
 
 def _open(url: str, offset: int, timeout: float) -> _Fetch:
@@ -143,6 +146,39 @@ def _open(url: str, offset: int, timeout: float) -> _Fetch:
     if scheme in ("http", "https"):
         return _open_http_url(url, offset, timeout)
     raise DownloadError(f"{url}: unsupported URL scheme {scheme!r}; use http://, https:// or file://")
+
+
+def _resume(url: str, part: str, offset: int, timeout: float) -> _Fetch:
+    """The source from ``offset``, fetched from up to ``OVERLAP_BYTES`` earlier: a ``.part`` whose last bytes
+    differ from the source's (junk, or another file) is not continued but restarted."""
+    overlap = min(offset // 2, OVERLAP_BYTES)
+    fetch = _open(url, offset - overlap, timeout)
+    if not overlap or fetch.restarted or fetch.stream is None:
+        return fetch
+    with open(part, "rb") as handle:
+        handle.seek(offset - overlap)
+        tail = handle.read(overlap)
+    if fetch.stream.read(overlap) == tail:
+        fetch.offset = offset
+        return fetch
+    fetch.stream.close()
+    fetch = _open(url, 0, timeout)
+    fetch.restarted = "its last bytes differ from the source's"
+    return fetch
+
+
+def _source_size(url: str, timeout: float = 60.0) -> int | None:
+    """The source's byte count (a file's size, an HTTP HEAD's Content-Length); None when it gives none."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme.lower() == "file":
+        path = urllib.request.url2pathname(parsed.path)
+        return os.path.getsize(path) if os.path.isfile(path) else None
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return int(response.headers["Content-Length"])
+    except (OSError, urllib.error.URLError, http.client.HTTPException, TypeError, ValueError):
+        return None
 
 
 def _verify(path: str, size: int | None, checksum: str | None, *, name: str, progress: bool, hasher,
@@ -172,26 +208,34 @@ def _verify(path: str, size: int | None, checksum: str | None, *, name: str, pro
 
 def download(url: str, dest: str, *, size: int | None = None, checksum: str | None = None,
              progress: bool = True, retries: int = 3, timeout: float = 60.0, retry_wait: float = 5.0,
-             log=print, keep_bad: bool = True, hint: str = "") -> DownloadResult:
+             log=print, keep_bad: bool = True, hint: str = "", confirm_size: bool = False) -> DownloadResult:
     """``size``: the publisher's byte count; ``log`` gets the resume / retry notes; ``hint`` (the caller's
-    flags or fix) ends every error message."""
+    flags or fix) ends every error message; ``confirm_size``: a ``dest`` already there, of no known size or
+    checksum, is kept only if its size is the source's (when the source gives one), else continued."""
     try:
-        return _download(url, dest, size, checksum, progress, retries, timeout, retry_wait, log, keep_bad)
+        return _download(url, dest, size, checksum, progress, retries, timeout, retry_wait, log, keep_bad,
+                         confirm_size)
     except DownloadError as error:
         if not hint:
             raise
         raise DownloadError(f"{error}; {hint}") from error
 
 
-def _download(url, dest, size, checksum, progress, retries, timeout, retry_wait, log, keep_bad):
+def _download(url, dest, size, checksum, progress, retries, timeout, retry_wait, log, keep_bad, confirm_size):
     name = os.path.basename(dest)
     expected = parse_checksum(checksum)
     bad = dest + ".bad" if keep_bad else None
+    part = dest + ".part"
+    if os.path.isfile(dest) and confirm_size and size is None and expected is None:
+        total, actual = _source_size(url, timeout), os.path.getsize(dest)
+        if total is not None and total != actual:
+            log(f"{name}: {dest} has {actual} bytes but the source {total} (an interrupted download); "
+                "continuing it")
+            os.replace(dest, part)
     if os.path.isfile(dest):
         _verify(dest, size, checksum, name=name, progress=progress, hasher=None, bad=bad)
         return DownloadResult(dest, os.path.getsize(dest), skipped=True)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-    part = dest + ".part"
     offset = os.path.getsize(part) if os.path.isfile(part) else 0
     if size is not None and offset > size:  # longer than the file can be: not a prefix of it
         log(f"{name}: {part} is larger than the file ({offset} > {size} bytes); starting again")
@@ -207,9 +251,10 @@ def _download(url, dest, size, checksum, progress, retries, timeout, retry_wait,
         if expected is not None:
             hasher = hash_file(part, expected[0]) if offset else hashlib.new(expected[0])
         try:
-            fetch = _open(url, offset, timeout)
+            fetch = _resume(url, part, offset, timeout)
             if fetch.restarted:
-                log(f"{name}: the source cannot continue a partial download; starting from the beginning")
+                log(f"{name}: {part} cannot be continued ({fetch.restarted}); discarding it and starting "
+                    "from the beginning")
                 offset, resumed_from = 0, 0
                 hasher = hashlib.new(expected[0]) if expected is not None else None
             if size is not None and fetch.total is not None and fetch.total != size:
@@ -234,7 +279,15 @@ def _download(url, dest, size, checksum, progress, retries, timeout, retry_wait,
             log(f"{name}: {error}; retrying in {retry_wait:g} s (attempt {attempt + 1} of {retries + 1}, "
                 f"continuing at {human_bytes(offset)})")
             time.sleep(retry_wait)
-    _verify(part, size, checksum, name=name, progress=progress, hasher=hasher, bad=bad)
+    try:
+        _verify(part, fetch.total if size is None else size, checksum, name=name, progress=progress,
+                hasher=hasher, bad=None if resumed_from else bad)
+    except DownloadError as error:
+        if not resumed_from:
+            raise
+        log(f"{name}: the continued {part} did not verify ({error}); downloading it anew")
+        return _download(url, dest, size, checksum, progress, retries, timeout, retry_wait, log, keep_bad,
+                         False)
     os.replace(part, dest)
     return DownloadResult(dest, os.path.getsize(dest), fetched_bytes=fetched, resumed_from=resumed_from)
 
