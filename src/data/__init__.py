@@ -16,11 +16,6 @@ from src.data.openimages import openimages_dataset
 from src.data.partial_labels import describe_simulation, load_partial_labels, simulate_dataset
 from src.data.transforms import build_train_transform, build_val_transform
 
-__all__ = [
-    "DATASET_TYPES", "SPLITS", "DatasetError", "LabelMatrix", "apply_partial_labels", "build_datasets",
-    "build_datasets_with_summary", "build_split", "build_split_from_args", "describe_simulation",
-    "eval_view", "resolve_coco_files",
-]
 
 DATASET_TYPES = ("coco", "openimages", "lvis")
 SPLITS = ("train", "val")

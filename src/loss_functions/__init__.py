@@ -16,18 +16,3 @@ from src.loss_functions.modes import (
 from src.loss_functions.partial_selective import CSL_MODES, PartialSelectiveLoss
 from src.loss_functions.peer_base import REDUCTIONS
 
-__all__ = [
-    "CSL_MODES",
-    "LOSS_HYPERPARAMETERS",
-    "LOSS_MODES",
-    "LOSS_MODE_NAMES",
-    "LOSS_SETTINGS",
-    "LOSS_SETTING_NAMES",
-    "PEER_MODES",
-    "REDUCTIONS",
-    "AsymmetricLoss",
-    "AsymmetricLossOptimized",
-    "PartialSelectiveLoss",
-    "build_criterion",
-    "create_loss",
-]

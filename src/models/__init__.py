@@ -32,12 +32,3 @@ from src.models.loading import (
 )
 from src.utils.checkpoint import CheckpointError, CheckpointNotFoundError, read_pth
 
-__all__ = [
-    'CSL_MODEL_ZOO', 'EVAL_SETTING_FLAGS', 'BottleneckHead', 'CheckpointError', 'CheckpointNotFoundError',
-    'WeightsDownloadError', 'WeightsSourceError', 'build_model_from_args', 'cached_download',
-    'check_model_classes', 'convert_original_to_timm', 'create_model', 'extract_state_dict',
-    'infer_tresnet_name', 'is_remote_weights', 'load_model', 'load_model_for_command',
-    'load_pretrained_backbone', 'maybe_compile', 'model_metadata', 'parse_weights_spec', 'read_checkpoint',
-    'read_pth', 'resolve_bottleneck_head', 'set_grad_checkpointing', 'timm_pretrained_checkpoint',
-    'weights_stem',
-]

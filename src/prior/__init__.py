@@ -14,16 +14,3 @@ from src.prior.ranking import (
     top_classes,
 )
 
-__all__ = [
-    "PRIOR_CSV_COLUMNS",
-    "ComputePrior",
-    "average_ranks",
-    "naive_estimates",
-    "prior_file_stem",
-    "rank_report",
-    "rank_statistics",
-    "read_prior_csv",
-    "spearman",
-    "top_classes",
-    "write_prior_csv",
-]
