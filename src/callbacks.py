@@ -14,6 +14,7 @@ from src.data import eval_view
 from src.data.transforms import build_val_transform
 from src.engine import compute_prior_from_model, describe_map
 from src.prior import prior_file_stem, write_prior_csv
+from src.trainer import TrainingInterrupted
 from src.utils.checkpoint import load_training_checkpoint
 from src.utils.distributed import barrier, gather_objects
 from src.utils.io import save_npz
@@ -125,6 +126,24 @@ class PriorWriter(Callback):
         self.written: list[str] = []
 
     def on_train_end(self, trainer):
+        def stop(signum, frame):
+            raise TrainingInterrupted(
+                f"SIGTERM during the prior pass: the prior was not written to {self.folder}. To get it, "
+                f"re-run the same command with --resume {trainer.paths['last']} (it trains no more), or run "
+                f"python -m src.prior --model_path {trainer.paths['best']} with the run's data and label "
+                "flags")
+
+        try:
+            previous = signal.signal(signal.SIGTERM, stop)
+        except ValueError:  # not the main thread: no handler
+            previous = None
+        try:
+            self.write_priors(trainer)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def write_priors(self, trainer):
         estimates = {}
         if self.method in ("clean", "both"):
             estimates[f"{self.stem}.csv"] = self.clean_pass_prior(trainer)
