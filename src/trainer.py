@@ -387,7 +387,9 @@ class Trainer:
         except ImageReadError as error:  # in the evaluation or pseudo-labelling pass: last.pth is saved
             raise ConfigError(f"{error} ({self.paths['last']} holds every trained epoch; once the file is "
                               "replaced, continue with --resume)") from None
-        except torch.distributed.DistError as error:  # e.g. gloo's timeout: one line, not a traceback
+        except RuntimeError as error:  # a collective's timeout or lost peer: one line, not a traceback
+            if not (isinstance(error, torch.distributed.DistError) or "gloo" in str(error)):
+                raise
             reason = " ".join(str(error).split())[:300]
             timeout = getattr(self.args, "dist_timeout", None)
             raise ExitRequest(f"rank {self.ctx.rank}: another process stopped answering or ended ({reason}); "
