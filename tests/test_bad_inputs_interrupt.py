@@ -28,14 +28,17 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
 import train
+from src import prior_command
 from src.callbacks import Callback
 from src.data import build_split
 from src.data.image_io import image_problem
 from src.data.labels import DatasetError
+from src.prior import read_prior_csv
 from src.utils.cli import run_cli
 from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv
 
@@ -241,14 +244,19 @@ def test_sigterm_during_the_prior_pass_says_how_to_get_the_prior(embedded_data_d
                           text=True, timeout=300, env=dict(os.environ, **SINGLE_THREAD_ENV))
     assert done.returncode == 143 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.stderr.count("\n") == 1
-    assert "the prior was not written" in done.stderr
+    assert "SIGTERM during the prior pass: no prior was written" in done.stderr
     assert f"--resume {dest / 'last.pth'}" in done.stderr
-    assert f"--model_path {dest / 'best.pth'}" in done.stderr
+    assert f"--model_path {dest / 'best.pth'} --out {dest / 'priors' / 'prior_fpc_10.csv'}" in done.stderr
     prior = dest / "priors" / "prior_fpc_10.csv"
     assert not prior.exists()
-    with contextlib.redirect_stdout(io.StringIO()), single_thread():  # what the message advises
+    with contextlib.redirect_stdout(io.StringIO()), single_thread():  # what the message advises, both ways
         summary = train.main([*argv, "--resume", str(dest / "last.pth")])
-    assert summary["priors"] == [str(prior)] and prior.exists() and len(summary["history"]) == 1
+        assert summary["priors"] == [str(prior)] and prior.exists() and len(summary["history"]) == 1
+        again = prior_command.main(["--model_path", str(dest / "best.pth"), "--out", str(tmp_path / "p.csv"),
+                                    "--data", str(embedded_data_dir), "--dataset_type", "coco", "--device",
+                                    "cpu", "-j", "0", "--simulate_partial_type", "fpc",
+                                    "--simulate_partial_param", "10", "--seed", "0"])
+    np.testing.assert_allclose(np.asarray(again["prior"]), read_prior_csv(str(prior)).numpy(), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ (5) DDP, a stopped rank
@@ -257,6 +265,7 @@ STOP_RANK_1 = """
 import os, signal, sys
 sys.path.insert(0, os.getcwd())
 import train
+from src import prior_command
 from src.callbacks import Callback
 from src.utils.cli import run_cli
 
