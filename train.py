@@ -89,6 +89,10 @@ def build_data(args, ctx: DistributedContext) -> DataSplits:
     if simulation is not None:
         main_print(ctx.is_main, describe_simulation(args.simulate_partial_type, args.simulate_partial_param,
                                                     args.seed, simulation))
+    progress = ctx.is_main and sys.stderr.isatty()
+    eval_set.verify_decoding(progress)  # small: a bad evaluation image is named before any training
+    if args.verify_images == "full":
+        train_full.verify_decoding(progress)
     for dataset in (train_full, eval_set):  # OpenImages/LVIS: conflicting, repeated, skipped labels
         if dataset.describe_load_stats() is not None:
             main_print(ctx.is_main, dataset.describe_load_stats())
@@ -205,7 +209,7 @@ def main(argv=None, callbacks=()) -> dict:
         args = take_run_settings(args, given_flags(parser, argv), checkpoint)
     check_args(args)
     try:
-        ctx = init_distributed(args.device)
+        ctx = init_distributed(args.device, args.dist_timeout)
     except ValueError as error:  # e.g. --device cuda on a machine without CUDA
         raise ConfigError(str(error)) from error
     trainer = None

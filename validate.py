@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     args.output = args.output or default_output(args)
     # Before any work: an --output that is a folder or cannot be created fails now, not after evaluating.
     prepare_output_file(args.output, "--output", example=os.path.basename(default_output(args)))
-    ctx = init_distributed(args.device)
+    ctx = init_distributed(args.device, args.dist_timeout)
     try:
         model = loaded.model.to(ctx.device)
         amp_dtype = resolve_amp(ctx.device, args.amp, args.amp_dtype, training=False)

@@ -78,6 +78,10 @@ def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentPars
              help="number of data loading workers per process")
     add_flag(group, "--skip_bad_images", action="store_true",
              help="drop missing or undecodable images at start-up (with a warning) instead of failing")
+    add_flag(group, "--verify_images", type=str, choices=("header", "full"), default="header",
+             help="start-up check of the training images: header (each file's header parses) or full (every "
+                  "image decoded once, with progress; finds files truncated after their header). The "
+                  "evaluation images are always fully decoded")
     add_flag(group, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
              help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
                   "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
@@ -153,6 +157,9 @@ def device_parser() -> argparse.ArgumentParser:
              help="mixed precision (default: on for CUDA, off on CPU); losses are computed in float32")
     add_flag(group, "--amp_dtype", type=str, choices=tuple(AMP_DTYPES), default="float16",
              help="autocast dtype with --amp: float16 (with GradScaler when training) or bfloat16")
+    add_flag(group, "--dist_timeout", type=positive_int, default=300, metavar="SECONDS",
+             help="under torchrun: a collective that waits this long for another process (stopped, hung, "
+                  "dead) ends the job")
     return parser
 
 

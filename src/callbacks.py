@@ -14,6 +14,7 @@ from src.data import eval_view
 from src.data.transforms import build_val_transform
 from src.engine import compute_prior_from_model, describe_map
 from src.prior import prior_file_stem, write_prior_csv
+from src.trainer import STOP_SIGNALS, TrainingInterrupted
 from src.utils.checkpoint import load_training_checkpoint
 from src.utils.distributed import barrier, gather_objects
 from src.utils.io import save_npz
@@ -125,6 +126,27 @@ class PriorWriter(Callback):
         self.written: list[str] = []
 
     def on_train_end(self, trainer):
+        def stop(signum, frame):
+            name, code = STOP_SIGNALS[signum]
+            raise TrainingInterrupted(
+                f"{name} during the prior pass: no prior was written to {self.folder}. To get it, re-run the "
+                f"same command with --resume {trainer.paths['last']} (it trains no more), or run python -m "
+                f"src.prior --model_path {trainer.paths['best']} --out {os.path.join(self.folder, self.stem)}"
+                ".csv with the run's data and label flags", code)
+
+        previous = {}
+        for signum in STOP_SIGNALS:
+            try:
+                previous[signum] = signal.signal(signum, stop)
+            except ValueError:  # not the main thread: no handler
+                pass
+        try:
+            self.write_priors(trainer)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def write_priors(self, trainer):
         estimates = {}
         if self.method in ("clean", "both"):
             estimates[f"{self.stem}.csv"] = self.clean_pass_prior(trainer)

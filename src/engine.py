@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from src.data.image_io import ImageReadError
 from src.metrics import average_precision_per_class, partial_average_precision, threshold_metrics
 from src.prior import ComputePrior
 from src.utils.amp import autocast_context
@@ -55,7 +57,13 @@ def build_train_loader(dataset, batch_size: int, workers: int, seed: int, device
     generator.manual_seed(derive_seed(seed, 0, rank, 1))
     return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=torch.device(device).type == "cuda", drop_last=False,
-                      generator=generator, persistent_workers=False)
+                      generator=generator, persistent_workers=False, worker_init_fn=ignore_sigint)
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches the whole process group: a loader worker leaves it to the main process, which stops
+    at a step boundary (a worker that died of it would fail the batch being waited for)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def seed_epoch(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:
@@ -71,7 +79,8 @@ def build_eval_loader(dataset, batch_size: int, workers: int, device: torch.devi
     """Sequential loader over this rank's contiguous shard (the whole dataset without DDP)."""
     sampler = ShardSampler(len(dataset), batch_size=batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=False,
-                      pin_memory=torch.device(device).type == "cuda", persistent_workers=False)
+                      pin_memory=torch.device(device).type == "cuda", persistent_workers=False,
+                      worker_init_fn=ignore_sigint)
 
 
 @dataclass
@@ -91,8 +100,9 @@ class TrainingParts:
 class EpochResult:
     loss_sum: float  # summed over this rank's steps of the epoch (each step's loss is a batch sum)
     steps_done: int  # optimizer steps completed in the epoch (including resumed ones)
-    interrupted: bool  # stopped early by ``should_stop`` (SIGTERM)
+    interrupted: bool  # stopped early by ``should_stop`` (SIGTERM) or ``failure``
     seconds: float
+    failure: ImageReadError | None = None  # an image that passed the start-up check but does not decode
 
 
 class NonFiniteLossError(ValueError):
@@ -111,9 +121,11 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
     parts.model.train()
     started = time.perf_counter()
     steps_done, loss_sum, total = resume.steps_done, resume.loss_sum, len(loader)
+    if steps_done >= total:  # saved before its evaluation (src.trainer): nothing left to train
+        return EpochResult(loss_sum, steps_done, False, 0.0)
     bar = tqdm(total=total, initial=steps_done, disable=not show_progress, leave=False, dynamic_ncols=True,
                desc=f"epoch {epoch + 1}/{num_epochs}")
-    interrupted, channels_last = False, _is_channels_last(parts.model)
+    interrupted, channels_last, failure = False, _is_channels_last(parts.model), None
     try:
         for step, (images, targets, indices) in enumerate(loader):
             if step < resume.steps_done:  # fast-forward of a mid-epoch resume: loaded, not trained on
@@ -157,9 +169,11 @@ def train_one_epoch(parts: TrainingParts, loader, *, device, epoch: int, num_epo
             if should_stop is not None and should_stop():
                 interrupted = steps_done < total
                 break
+    except ImageReadError as error:  # raised only by loading a batch: the steps before it stand
+        interrupted, failure = True, error
     finally:
         bar.close()
-    return EpochResult(loss_sum, steps_done, interrupted, time.perf_counter() - started)
+    return EpochResult(loss_sum, steps_done, interrupted, time.perf_counter() - started, failure)
 
 
 def _is_channels_last(model) -> bool:

@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
     if not os.path.isdir(args.out) and not args.out.lower().endswith(".csv"):
         raise ValueError(f"--out: {args.out!r} should be a .csv file (the prior format is Classes,avg_pred)")
     prepare_output_file(args.out, "--out", example="prior.csv")  # before the pass: a bad --out fails now
-    ctx = init_distributed(args.device)
+    ctx = init_distributed(args.device, args.dist_timeout)
     try:
         if ctx.is_main:
             print(loaded.report())

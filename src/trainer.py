@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from src.data import eval_view
+from src.data.image_io import ImageReadError
 from src.data.transforms import build_val_transform
 from src.engine import (
     EpochResult,
@@ -30,7 +31,7 @@ from src.engine import (
 from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_SETTING_NAMES, LOSS_SETTINGS
 from src.metrics import THRESHOLD_METRIC_KEYS
 from src.models import model_metadata
-from src.utils.checkpoint import ResumePoint
+from src.utils.checkpoint import CheckpointError, ResumePoint
 from src.utils.cli import ConfigError, ExitRequest
 from src.utils.distributed import (
     DistributedContext,
@@ -46,6 +47,8 @@ from src.utils.seed import capture_rng_state
 
 LOSS_GROWTH_WARNING = 10.0  # a step loss this many times the run's first one: warn (once) of divergence
 SIGTERM_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a pre-empted job
+# Signals that stop a run at the next step boundary with last.pth saved: their name and exit status.
+STOP_SIGNALS = {signal.SIGTERM: ("SIGTERM", SIGTERM_EXIT_CODE), signal.SIGINT: ("Ctrl-C (SIGINT)", 130)}
 PAPER_PROTOCOL = "best over epochs on the evaluation set (paper protocol)"
 SCALAR_METRIC_KEYS = ("mAP", *THRESHOLD_METRIC_KEYS, "num_classes_skipped")  # metrics.jsonl, per split
 CHECKPOINT_FORMAT = 2  # 2: epochs counted from 1 (``epoch``, ``best``, ``history``); before: from 0
@@ -63,9 +66,13 @@ LOSS_DEFAULTS = {name: entry.flag_default
 
 
 class TrainingInterrupted(ExitRequest):
-    """SIGTERM: last.pth holds the state at the step where the run stopped."""
+    """SIGTERM or Ctrl-C: last.pth holds the state at the step where the run stopped."""
 
     exit_code = SIGTERM_EXIT_CODE
+
+    def __init__(self, message: str, exit_code: int = SIGTERM_EXIT_CODE):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -175,7 +182,7 @@ class Trainer:
         self.best = {"metric": -float("inf"), "epoch": None, "variant": None, "test_mAP": None}
         self.resume = ResumePoint()  # its ``epoch`` is the engine's 0-based index
         self.global_step = 0
-        self.first_loss, self.warned_growth, self.sigterm = None, False, False
+        self.first_loss, self.warned_growth, self.stop_signal = None, False, None
         self.held_out = data.selection is not None
         self.selection_split = "select" if self.held_out else "test"
         self.protocol = (f"best epoch selected on a held-out {args.val_split:.0%} of the training set "
@@ -187,20 +194,32 @@ class Trainer:
     def restore(self, checkpoint: dict, path: str) -> None:
         check_resume_compatible(checkpoint, vars(self.args), self.ctx, path, self.data_identity)
         checkpoint = count_epochs_from_one(checkpoint)
+        epoch, steps = checkpoint["epoch"], checkpoint["steps_done"]
+        if not (isinstance(epoch, int) and isinstance(steps, int) and 1 <= epoch <= self.args.epochs
+                and steps >= 0):
+            raise CheckpointError(f"--resume {path}: epoch {epoch!r}, step {steps!r} is not a point of a run "
+                                  f"of {self.args.epochs} epochs; the file is damaged or edited: resume from "
+                                  "the last.pth the run wrote")
         parts = self.parts
-        self.model.load_state_dict(checkpoint["model"])
-        parts.ema.module.load_state_dict(checkpoint["ema"])
-        parts.optimizer.load_state_dict(checkpoint["optimizer"])
-        parts.scheduler.load_state_dict(checkpoint["scheduler"])
-        parts.scaler.load_state_dict(checkpoint["scaler"])
-        parts.criterion.load_state_dict(checkpoint.get("criterion", {}))  # label stores of ll_cp / em_apl
+        # A state that does not fit (another head, other parameter groups): torch's text, the file named.
+        for what, target, state in (
+                ("model", self.model, checkpoint["model"]), ("ema", parts.ema.module, checkpoint["ema"]),
+                ("optimizer", parts.optimizer, checkpoint["optimizer"]),
+                ("scheduler", parts.scheduler, checkpoint["scheduler"]),
+                ("scaler", parts.scaler, checkpoint["scaler"]),
+                ("criterion", parts.criterion, checkpoint.get("criterion", {}))):  # label stores
+            try:
+                target.load_state_dict(state)
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+                reason = " ".join(str(error).split())[:400]
+                raise CheckpointError(f"--resume {path}: its {what} state does not fit this run ({reason}); "
+                                      "resume from the last.pth of a run with these settings") from None
         prior_state = checkpoint.get("train_prior")
         # Rank 0 takes the global sums, the other ranks start from zero: the final reduce counts each once.
         if parts.train_prior is not None and prior_state is not None and self.ctx.is_main:
             parts.train_prior.load_state_dict(prior_state)
         self.history, self.best = list(checkpoint["history"]), dict(checkpoint["best"])
-        self.resume = ResumePoint.from_checkpoint({**checkpoint, "epoch": checkpoint["epoch"] - 1},
-                                                  self.steps_per_epoch)
+        self.resume = ResumePoint.from_checkpoint({**checkpoint, "epoch": epoch - 1}, self.steps_per_epoch)
         main_print(self.ctx.is_main, f"resumed: epoch {self.resume.epoch + 1}, step {self.resume.steps_done}")
 
     def save(self, name: str, epoch: int, result: EpochResult, override: dict | None = None) -> None:
@@ -252,11 +271,16 @@ class Trainer:
                     f"(first: {bad[0]}; {len(bad)} tensors); no checkpoint of this epoch was saved. Lower "
                     "--lr; with --amp and float16 try --amp_dtype bfloat16 or --no-amp")
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self.sigterm = True  # polled at step boundaries (a signal handler does no I/O)
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum  # polled at step boundaries (a signal handler does no I/O)
 
     def stop_requested(self) -> bool:
-        return any_rank_true(self.sigterm, self.ctx.device)
+        return any_rank_true(self.stop_signal is not None, self.ctx.device)
+
+    def interrupted(self, where: str) -> TrainingInterrupted:
+        name, code = STOP_SIGNALS.get(self.stop_signal, STOP_SIGNALS[signal.SIGTERM])  # another rank's
+        return TrainingInterrupted(f"{name}: saved {self.paths['last']} {where}; continue with --resume",
+                                   code)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         index = epoch - 1  # the engine's data order and augmentation seeds are those of the 0-based index
@@ -300,8 +324,17 @@ class Trainer:
     def end_epoch(self, epoch: int, result: EpochResult, started: float) -> None:
         self.sync_ranks()
         self.check_finite_weights(epoch)
+        # Resumed from, this checkpoint re-runs the end of the epoch: a failed evaluation costs no training.
+        self.save("last", epoch, result, {"evaluation_pending": True})
         self.training_pass(epoch)
-        totals = all_reduce_sum(torch.tensor([result.loss_sum, result.steps_done], dtype=torch.float64))
+        skipped = getattr(self.data.train, "skipped_reads", None)  # shared with the loader's workers
+        totals = all_reduce_sum(torch.tensor([result.loss_sum, result.steps_done,
+                                              0 if skipped is None else int(skipped)], dtype=torch.float64))
+        if totals[2]:
+            skipped.zero_()
+            main_print(self.ctx.is_main, f"  {int(totals[2])} training images could not be decoded in epoch "
+                                         f"{epoch}; each was replaced by the next readable one "
+                                         "(--skip_bad_images; the warnings name the files)")
         self.evaluation = results = self.evaluate_epoch()
         lr = self.parts.scheduler.get_last_lr()[0]
         record = epoch_record(epoch, result, float(totals[0] / totals[1]), lr, results, self.selection_split,
@@ -321,32 +354,50 @@ class Trainer:
         self.save("last", epoch, result)
 
     def fit(self) -> None:
-        """SIGTERM ends the run with last.pth saved (and no ``on_train_end``)."""
+        """SIGTERM or Ctrl-C ends the run with last.pth saved (and no ``on_train_end``), as does an image
+        that fails to decode mid-epoch; a process group that stops answering ends it after --dist_timeout."""
         self.global_step = self.resume.epoch * self.steps_per_epoch + self.resume.steps_done
-        try:
-            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        except ValueError:  # not the main thread (e.g. a test runner's thread): no handler
-            previous = None
+        previous = {}
+        for signum in STOP_SIGNALS:
+            try:
+                previous[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread (e.g. a test runner's thread): no handler
+                pass
         try:
             for epoch in range(self.resume.epoch + 1, self.last_epoch + 1):
                 started = time.perf_counter()
                 self._call("on_epoch_start", epoch)
                 result = self.train_epoch(epoch)
+                if result.failure is not None and self.ctx.distributed:
+                    raise result.failure  # the other ranks wait in a collective: no checkpoint to gather
                 if result.interrupted:
                     self.sync_ranks()
                     self.save("last", epoch, result)
-                    raise TrainingInterrupted(
-                        f"SIGTERM: saved {self.paths['last']} at epoch {epoch}, step "
-                        f"{result.steps_done}/{self.steps_per_epoch}; continue with --resume")
+                    where = f"at epoch {epoch}, step {result.steps_done}/{self.steps_per_epoch}"
+                    if result.failure is not None:
+                        raise ConfigError(f"{result.failure} (saved {self.paths['last']} {where}; once the "
+                                          "file is replaced, or with --skip_bad_images, continue with "
+                                          "--resume)")
+                    raise self.interrupted(where)
                 self.end_epoch(epoch, result, started)
                 self._call("on_epoch_end", epoch)
                 if self.stop_requested():
-                    raise TrainingInterrupted(f"SIGTERM: saved {self.paths['last']} after epoch {epoch}; "
-                                              "continue with --resume")
+                    raise self.interrupted(f"after epoch {epoch}")
             barrier()
+        except ImageReadError as error:  # in the evaluation or pseudo-labelling pass: last.pth is saved
+            raise ConfigError(f"{error} ({self.paths['last']} holds every trained epoch; once the file is "
+                              "replaced, continue with --resume)") from None
+        except RuntimeError as error:  # a collective's timeout or lost peer: one line, not a traceback
+            if not (isinstance(error, torch.distributed.DistError) or "gloo" in str(error)):
+                raise
+            reason = " ".join(str(error).split())[:300]
+            timeout = getattr(self.args, "dist_timeout", None)
+            raise ExitRequest(f"rank {self.ctx.rank}: another process stopped answering or ended ({reason}); "
+                              f"the job ends (--dist_timeout {timeout} s); continue with --resume "
+                              f"{self.paths['last']}") from None
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         self._call("on_train_end")
 
     def _call(self, hook: str, *args) -> None:

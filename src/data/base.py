@@ -69,6 +69,7 @@ class MultiLabelImageDataset(Dataset):
     skip_bad_images = False
     load_stats: dict | None = None  # counts of the label reader (OpenImages, LVIS); see describe_load_stats
     label_source = ""
+    skipped_reads: torch.Tensor | None = None
     # Decoded RGB uint8 pixels, one per row (an N x H x W x 3 array when all sizes agree), and the JPEG
     # draft size they were decoded for; None unless cache_decoded_images() succeeded.
     _decoded: np.ndarray | list | None = None
@@ -81,23 +82,32 @@ class MultiLabelImageDataset(Dataset):
         if self.labels.num_samples == 0:
             raise DatasetError(f"{source}: the dataset is empty (no image has a usable label). Check that "
                                f"the annotation file and split are the intended ones")
-        header = len(self.image_paths) <= HEADER_CHECK_LIMIT
-        ok = scan_images(self.image_paths, header=header)
+        # Shared with DataLoader workers (forked or spawned): images replaced at read (--skip_bad_images).
+        self.skipped_reads = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._check_images(header=len(self.image_paths) <= HEADER_CHECK_LIMIT)
+
+    def verify_decoding(self, progress: bool = False) -> None:
+        """Decode every image once: a file truncated after its header passes the start-up check."""
+        self._check_images(header=True, full=True, progress=progress)
+
+    def _check_images(self, header: bool, full: bool = False, progress: bool = False) -> None:
+        source = self.label_source
+        ok = scan_images(self.image_paths, header=header, full=full, progress=progress)
         n_bad = int((~ok).sum())
         if not n_bad:
             return
         what = "missing or cannot be decoded" if header else "missing"
-        examples = ", ".join(f"{self.image_paths[int(i)]} ({image_problem(self.image_paths[int(i)], header)})"
-                             for i in np.nonzero(~ok)[0][:_EXAMPLES])
+        examples = ", ".join(f"{path} ({image_problem(path, header, full)})"
+                             for path in (self.image_paths[int(i)] for i in np.nonzero(~ok)[0][:_EXAMPLES]))
         if n_bad == len(ok):
             raise DatasetError(f"{source}: none of the {len(ok)} image files can be read (e.g. {examples}); "
                                f"check that --data points at the image folder ({self.root})")
-        if not skip_bad_images:
+        if not self.skip_bad_images:
             raise DatasetError(f"{source}: {n_bad} of {len(ok)} image files are {what}: {examples}"
                                f"{' ...' if n_bad > _EXAMPLES else ''}. Replace or delete them, or pass "
                                f"--skip_bad_images to train without them")
         warnings.warn(f"{source}: skipped {n_bad} of {len(ok)} images that are {what} (--skip_bad_images), "
-                      f"e.g. {examples}", SkippedImagesWarning, stacklevel=3)
+                      f"e.g. {examples}", SkippedImagesWarning, stacklevel=4)
         self._keep_rows(np.nonzero(ok)[0])
 
     # ----------------------------------------------------------------- torch Dataset API
@@ -129,6 +139,8 @@ class MultiLabelImageDataset(Dataset):
             except ImageReadError as error:
                 if not self.skip_bad_images:
                     raise
+                if self.skipped_reads is not None:
+                    self.skipped_reads += 1
                 warnings.warn(f"skipped at read (--skip_bad_images), the next image is used instead: "
                               f"{error.reason}", SkippedImagesWarning, stacklevel=3)
         raise DatasetError(f"none of the {len(self)} images could be decoded; check --data ({self.root})")

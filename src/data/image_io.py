@@ -7,12 +7,14 @@ checks every file once before training.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from src.data.labels import DatasetError
 
@@ -84,12 +86,18 @@ def to_uint8_grey(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
-def image_problem(path: str, header: bool = True) -> str | None:
-    """None when ``path`` exists (and, with ``header``, its image header parses); else the reason."""
+def image_problem(path: str, header: bool = True, full: bool = False) -> str | None:
+    """None when ``path`` is a regular file (and, with ``header``, its image header parses; with ``full``,
+    its pixels decode); else the reason. A FIFO or device file is never opened: reading it could block."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
         if not header:
-            return None if os.stat(path).st_size > 0 else "empty file"
+            return None if info.st_size > 0 else "empty file"
         with Image.open(path) as image:
+            if full:
+                image.load()
             return None if image.size[0] > 0 and image.size[1] > 0 else f"image size {image.size}"
     except FileNotFoundError:
         return "not found"
@@ -113,31 +121,41 @@ def rgb_bytes_within(paths: Sequence[str], max_bytes: int) -> int | None:
     return total
 
 
-def _check_chunk(paths: Sequence[str], header: bool) -> np.ndarray:
-    return np.fromiter((image_problem(p, header) is None for p in paths), dtype=bool, count=len(paths))
+def _check_chunk(paths: Sequence[str], header: bool, full: bool = False) -> np.ndarray:
+    return np.fromiter((image_problem(p, header, full) is None for p in paths), dtype=bool, count=len(paths))
 
 
-def scan_images(paths: Sequence[str], num_threads: int | None = None,
-                header: bool | None = None) -> np.ndarray:
-    """True where the file exists and (with ``header``) its image header parses. Parsing holds the GIL,
-    so threads only pay off when the check waits on the disk: the first chunk is timed here, and the rest
-    uses ``IO_BOUND_THREADS`` threads only if it took over ``IO_BOUND_US`` per image."""
+def scan_images(paths: Sequence[str], num_threads: int | None = None, header: bool | None = None,
+                full: bool = False, progress: bool = False) -> np.ndarray:
+    """True where the file exists and (with ``header``) its image header parses (with ``full``: its pixels
+    decode). Parsing holds the GIL, so threads only pay off when the check waits on the disk (or decodes):
+    the first chunk is timed here, and the rest uses ``IO_BOUND_THREADS`` threads only if it took over
+    ``IO_BOUND_US`` per image."""
     if header is None:
         header = len(paths) <= HEADER_CHECK_LIMIT
     chunks = [paths[start:start + _SCAN_CHUNK] for start in range(0, len(paths), _SCAN_CHUNK)]
     if not chunks:
         return np.zeros(0, dtype=bool)
     start = time.perf_counter()
-    results = [_check_chunk(chunks[0], header)]
+    bar = tqdm(total=len(paths), disable=not progress, leave=False, desc="decoding images", unit="img")
+    results = [_check_chunk(chunks[0], header, full)]
+    bar.update(len(chunks[0]))
     per_image_us = 1e6 * (time.perf_counter() - start) / len(chunks[0])
     if num_threads is None:
-        num_threads = IO_BOUND_THREADS if per_image_us > IO_BOUND_US[header] else 1
+        num_threads = IO_BOUND_THREADS if full or per_image_us > IO_BOUND_US[header] else 1
     rest = chunks[1:]
-    if num_threads <= 1 or len(rest) <= 1:
-        results += [_check_chunk(chunk, header) for chunk in rest]
-    else:
-        with ThreadPoolExecutor(max_workers=min(num_threads, len(rest))) as pool:
-            results += list(pool.map(lambda chunk: _check_chunk(chunk, header), rest))
+
+    def check(chunk):
+        ok = _check_chunk(chunk, header, full)
+        bar.update(len(chunk))
+        return ok
+
+    with bar:
+        if num_threads <= 1 or len(rest) <= 1:
+            results += [check(chunk) for chunk in rest]
+        else:
+            with ThreadPoolExecutor(max_workers=min(num_threads, len(rest))) as pool:
+                results += list(pool.map(check, rest))
     return np.concatenate(results)
 
 

@@ -40,7 +40,8 @@ class ResumePoint:
     def from_checkpoint(cls, checkpoint: dict, steps_per_epoch: int) -> ResumePoint:
         point = cls(checkpoint["epoch"], checkpoint["steps_done"], checkpoint["epoch_loss_sum"],
                     checkpoint["rng_state"])
-        if point.steps_done >= steps_per_epoch:  # an end-of-epoch checkpoint: continue with the next
+        # An end-of-epoch checkpoint: continue with the next epoch (unless saved before its evaluation).
+        if point.steps_done >= steps_per_epoch and not checkpoint.get("evaluation_pending"):
             return cls(epoch=point.epoch + 1)
         return point
 

@@ -32,6 +32,9 @@ def run_cli(main: Callable, argv=None, prog: str | None = None) -> int:
     except ExitRequest as request:
         print(str(request), file=sys.stderr)
         return request.exit_code
+    except KeyboardInterrupt:  # outside a training loop, which saves its state first (exit 130 too)
+        print(f"{prefix}interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except USER_ERRORS as error:
         print(f"{prefix}error: {error}", file=sys.stderr)
         return 2

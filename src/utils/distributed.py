@@ -5,6 +5,7 @@ every image is forwarded in the same batch as in one process, so predictions are
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -42,8 +43,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def init_distributed(device_name: str = "auto") -> DistributedContext:
-    """Join the process group (NCCL on CUDA, gloo on CPU) when launched by torchrun."""
+def init_distributed(device_name: str = "auto", timeout_s: float = 300) -> DistributedContext:
+    """Join the process group (NCCL on CUDA, gloo on CPU) when launched by torchrun; a collective that waits
+    over ``timeout_s`` for a rank (stopped, hung) fails instead of waiting for gloo's default 30 minutes."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if world_size <= 1:
@@ -55,7 +57,8 @@ def init_distributed(device_name: str = "auto") -> DistributedContext:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
 
