@@ -14,9 +14,9 @@ import sys
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from src.args import add_flag, device_parser, positive_int, probability, require_weights, unsafe_pickle_parser
+from src.args import add_flag, device_parser, image_size, probability, require_weights, unsafe_pickle_parser
 from src.data.image_io import ImageReadError, load_rgb
 from src.data.labels import DatasetError
 from src.data.openimages import read_class_list
@@ -27,6 +27,7 @@ from src.utils.amp import autocast_context, resolve_amp
 from src.utils.cli import run_cli
 from src.utils.distributed import resolve_device
 from src.utils.io import prepare_output_folder
+from src.utils.values import printable
 
 PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
 PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--model_name", type=str, default=None,
              help="architecture; default: stored in our checkpoints, inferred from the paper's TResNet "
                   "weights (the paper's default was tresnet_m); needed for other bare state dicts")
-    add_flag(parser, "--input_size", type=positive_int, default=None,
+    add_flag(parser, "--input_size", type=image_size, default=None,
              help="the picture is resized to this square size; default: the size stored in the checkpoint "
                   f"(ours: train.py's --image-size), else the paper's {PAPER_INPUT_SIZE}")
     add_flag(parser, "--dataset_type", type=dataset_type, default="openimages",
@@ -226,7 +227,8 @@ def main(argv=None) -> list[dict]:
         handle = writer = None
         for path in pictures:
             try:
-                picture = load_rgb(path)  # decodes fully: a truncated file fails here, not later
+                # decodes fully (a truncated file fails here, not later); phone photos stand upright by EXIF
+                picture = ImageOps.exif_transpose(load_rgb(path))
             except ImageReadError as error:
                 why = " ".join(str(error.__cause__ or error.reason).split())  # PIL's message, one line
                 if not folder_mode:
@@ -235,7 +237,11 @@ def main(argv=None) -> list[dict]:
                 skipped += 1
                 print(f"warning: skipped {path!r}: not a picture PIL can read ({why})", file=sys.stderr)
                 continue
-            tags = predict_tags(model, picture, class_names, args, device, transform, amp_dtype=amp_dtype)
+            try:
+                tags = predict_tags(model, picture, class_names, args, device, transform, amp_dtype=amp_dtype)
+            except MemoryError:  # PIL and numpy raise it without a text
+                raise MemoryError(f"out of memory tagging {shown(path)} at --input_size {args.input_size}; "
+                                  "pass a smaller --input_size") from None
             if writer is None:  # here: a bad (first) picture or checkpoint leaves no empty folder
                 prepare_output_folder(args.output_dir, "--output_dir")
                 # surrogateescape: a file name that is not valid UTF-8 is written back as its own bytes
@@ -243,7 +249,7 @@ def main(argv=None) -> list[dict]:
                                                   errors="surrogateescape"))
                 writer = csv.writer(handle)
                 writer.writerow(["image", "rank", "class", "score"])
-            print(f"{shown(path)}: " + (", ".join(f"{name} ({score:.3f})" for name, score in tags)
+            print(f"{shown(path)}: " + (", ".join(f"{printable(name)} ({score:.3f})" for name, score in tags)
                                         or f"no class scored above {args.th:g}"))
             output = os.path.join(args.output_dir, output_name(path, used))
             draw_tags(picture, tags, args.th).save(output)

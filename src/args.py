@@ -11,11 +11,11 @@ import urllib.request
 
 from src.data import DATASET_TYPES
 from src.data.partial_labels import SIMULATION_MODES
-from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_MODE_NAMES, LOSS_SETTINGS, REDUCTIONS
+from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_MODE_NAMES, LOSS_MODES, LOSS_SETTINGS, REDUCTIONS
 from src.models import is_remote_weights
 from src.utils.amp import AMP_DTYPES
 from src.utils.cli import MissingFileError
-from src.utils.values import bounded, optional_path
+from src.utils.values import IMAGE_SIZE_BOUND, bounded, optional_path
 from src.utils.values import is_none_path as is_none_path  # train.py's import
 
 PAPER_DEFAULT_MODEL_PATH = "./tresnet_m.pth"
@@ -36,6 +36,7 @@ fraction = bounded(float, "a fraction in (0, 1)")
 positive_float = bounded(float, "> 0")
 decay = bounded(float, "in [0, 1)")
 probability = bounded(float, "a probability in [0, 1]")
+image_size = bounded(int, IMAGE_SIZE_BOUND)
 
 
 def require_weights(path: str, flag: str, what: str, hint: str) -> str:
@@ -71,7 +72,7 @@ def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentPars
                   "for OpenImages/LVIS)")
     add_flag(group, "--dataset_type", type=str, choices=DATASET_TYPES, default="coco",
              help="dataset reader (the embedded dataset uses the coco layout)")
-    add_flag(group, "--image-size", type=positive_int, default=448, metavar="N", help="input image size")
+    add_flag(group, "--image-size", type=image_size, default=448, metavar="N", help="input image size")
     add_flag(group, "-b", "--batch-size", type=positive_int, default=batch_size, metavar="N",
              help="mini-batch size per process")
     add_flag(group, "-j", "--workers", type=non_negative_int, default=workers, metavar="N",
@@ -107,7 +108,7 @@ def partial_labels_parser() -> argparse.ArgumentParser:
                   "probability of REMOVING each label (rps 0.9 keeps about 10%%)")
     add_flag(group, "--partial_labels", type=str, default=None, metavar="FILE",
              help="partial labels of the train set saved by 'python -m coco_simulation' (.npz)")
-    add_flag(group, "--seed", type=int, default=0,
+    add_flag(group, "--seed", type=non_negative_int, default=0,
              help="seed of initialisation, simulation, data order and augmentation")
     return parser
 
@@ -166,7 +167,8 @@ def device_parser() -> argparse.ArgumentParser:
 def optimisation_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("optimisation")
-    add_flag(group, "--lr", type=float, default=2e-4, help="maximal learning rate of OneCycleLR (Adam)")
+    add_flag(group, "--lr", type=positive_float, default=2e-4,
+             help="maximal learning rate of OneCycleLR (Adam)")
     add_flag(group, "--epochs", type=positive_int, default=30,
              help="number of epochs the OneCycle schedule spans")
     add_flag(group, "--stop_epoch", type=positive_int, default=None,
@@ -232,12 +234,43 @@ def _add_run_flags(parser) -> None:
     add_flag(parser, "--record_ignored", action="store_true",
              help="selective mode, a measurement: write the un-annotated entries the likelihood top-k "
                   "ignored in the last epoch to <path_dest>/ignored_last_epoch.npz (image ids, classes)")
-    add_flag(parser, "--thre", type=float, default=0.5,
+    add_flag(parser, "--thre", type=probability, default=0.5,
              help="score threshold of the CP/CR/CF1/OP/OR/OF1 metrics printed per epoch")
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+class TrainParser(argparse.ArgumentParser):
+    """train.py's parser: a loss hyper-parameter given for a --partial_loss_mode that does not use it is an
+    error naming the mode(s) it belongs to. "Given" is tracked, not guessed from the value: argparse sets a
+    default only for attributes missing from the namespace, so each hyper-parameter starts as a sentinel
+    that only a flag on the command line replaces (``--clip 0``, the default passed explicitly, is given)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace = argparse.Namespace() if namespace is None else namespace
+        unset = _Unset()
+        tracked = [name for name in LOSS_HYPERPARAMETERS if not hasattr(namespace, name)]
+        for name in tracked:
+            setattr(namespace, name, unset)
+        namespace, extras = super().parse_known_args(args, namespace)
+        given = [name for name in tracked if getattr(namespace, name) is not unset]
+        for name in tracked:
+            if getattr(namespace, name) is unset:
+                setattr(namespace, name, self.get_default(name))
+        mode = getattr(namespace, "partial_loss_mode", None)
+        for name in given:
+            owners = [owner for owner, info in LOSS_MODES.items() if name in info.hyperparameters]
+            if mode in LOSS_MODES and mode not in owners:
+                self.error(f"--{name} is a hyper-parameter of --partial_loss_mode {' / '.join(owners)}, not "
+                           f"of {mode}: drop --{name}, or pass --partial_loss_mode {owners[-1]}")
+        return namespace, extras
+
+
 def build_train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = TrainParser(
         description="Train a multi-label classifier with partial annotations (CSL, arXiv 2110.10955). "
                     "Stage 1: --partial_loss_mode ignore (writes the class prior); stage 2: "
                     "--partial_loss_mode selective --prior_path <prior.csv>. Multi-GPU: torchrun "

@@ -329,7 +329,7 @@ def test_the_bounds_are_those_of_the_papers():
         "in [0, 1)", ">= 0", "a probability in [0, 1]", "an integer >= 1"]
     assert (bounds["gr_q2"], bounds["ll_r_delta"], bounds["an_ls_smoothing"]) == (
         "> 0", "in [0, 1]", "in [0, 1)")
-    assert "alpha_pos" not in bounds and "gr_b_start" not in bounds  # any real number
+    assert bounds["alpha_pos"] == ">= 0" and "gr_b_start" not in bounds  # issue 18: class weights >= 0
     args = build_train_parser().parse_args(["--likelihood_topk", "0", "--prior_threshold", "1",
                                             "--clip", "0.99"])
     assert (args.likelihood_topk, args.prior_threshold, args.clip) == (0, 1.0, 0.99)

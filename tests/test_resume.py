@@ -120,8 +120,7 @@ def test_resume_after_sigkill_and_sigterm_is_exact(embedded_data_dir, uninterrup
 
 @pytest.mark.parametrize("flag, value, message", [
     ("--lr", "1e-3", "--lr: checkpoint 0.0002, now 0.001"),
-    ("--hill_lambda", "2.5", "--hill_lambda: checkpoint 1.5, now 2.5"),  # a peer loss's setting
-    ("--em_alpha", "0.5", "--em_alpha: checkpoint 0.1, now 0.5"),
+    ("--alpha_neg", "0.5", "--alpha_neg: checkpoint 1.0, now 0.5"),  # a loss setting (peer ones: test_train)
     ("--loss_reduction", "mean", "--loss_reduction: checkpoint 'sum', now 'mean'"),
 ])
 def test_resume_refuses_changed_settings(embedded_data_dir, uninterrupted, tmp_path, flag, value, message):

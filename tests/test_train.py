@@ -16,6 +16,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+from src.loss_functions import LOSS_MODES
 from src.trainer import PAPER_PROTOCOL, last_epoch
 from tests.conftest import EMBEDDED_NUM_CLASSES, SINGLE_THREAD_ENV, tiny_train_argv
 
@@ -141,6 +142,8 @@ def test_resume_refuses_a_changed_setting(changed, key):
     from src.utils.distributed import DistributedContext
 
     base = ["--model-path", "none", "--prior_path", "prior.csv", "-j", "0", "--resume", "last.pth"]
+    owners = [mode for mode, info in LOSS_MODES.items() if key in info.hyperparameters]
+    base += ["--partial_loss_mode", owners[0]] if owners else []  # a mode's flag is refused for the others
     saved = {"args": train.resolved_config(train.parse_args(base))}
     ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     config = train.resolved_config(train.parse_args(base))  # what the Trainer compares

@@ -28,7 +28,7 @@ class PartialSelectiveLoss(PeerLoss):
     not the checkpoint, is its source). ``reduction`` 'mean' divides by B x C; the paper sums."""
 
     bounds = {"clip": "in [0, 1)", "likelihood_topk": ">= 0", "prior_threshold": "a probability in [0, 1]",
-              **{f"gamma_{kind}": ">= 0" for kind in ("pos", "neg", "unann")}}
+              **{f"{name}_{kind}": ">= 0" for name in ("gamma", "alpha") for kind in ("pos", "neg", "unann")}}
 
     def __init__(self, *, partial_loss_mode: str = "negative", prior: Tensor | None = None,
                  prior_threshold: float = 0.05, likelihood_topk: float = 5, clip: float = 0.0,

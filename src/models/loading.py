@@ -28,6 +28,7 @@ from src.models.factory import create_model
 from src.models.hub import cached_download, parse_weights_spec, timm_pretrained_checkpoint
 from src.utils.checkpoint import CheckpointError, read_pth, recorded_args
 from src.utils.cli import ConfigError
+from src.utils.values import IMAGE_SIZE_BOUND, printable, within
 
 _EMA_KEYS = ('ema', 'model_ema', 'state_dict_ema')
 # A flag that disagrees with the checkpoint is used (with one printed line) where that is meaningful, i.e.
@@ -195,9 +196,8 @@ def load_model(path, model_name: str | None = None, device='cpu', use_ema: bool 
     return model.to(device), class_names
 
 
-def _positive_whole(value) -> bool:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    return number and float(value).is_integer() and value >= 1
+def _valid_size(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and within(value, IMAGE_SIZE_BOUND)
 
 
 def resolve_model_settings(checkpoint, architecture: Mapping, given: Mapping[str, tuple[str, object]],
@@ -206,11 +206,11 @@ def resolve_model_settings(checkpoint, architecture: Mapping, given: Mapping[str
     setting -> (flag, value or None); ``defaults``: where neither says (the paper's files record no size)."""
     recorded = dict(architecture)
     size = recorded_args(checkpoint).get('image_size')
-    if size is not None and _positive_whole(size):
+    if size is not None and _valid_size(size):
         recorded['image_size'] = int(size)
     elif size is not None and given.get('image_size', (None, None))[1] is None:
-        raise CheckpointError(f'{path!r} stores image_size {size!r}, which is not a positive whole '
-                              f'number; pass {given.get("image_size", ("--image-size",))[0]}')
+        raise CheckpointError(f'{path!r} stores image_size {size!r}, which is not {IMAGE_SIZE_BOUND}; '
+                              f'pass {given.get("image_size", ("--image-size",))[0]}')
     settings, sources, notes = {}, {}, []
     for key in dict.fromkeys([*recorded, *given, *defaults]):
         flag, value = given.get(key, (None, None))
@@ -243,7 +243,8 @@ class LoadedModel:
         """``settings: image_size 32 (checkpoint), model test_resnet (checkpoint), ...``, then the notes."""
         shown = [key for key in SETTING_LABELS if key in self.settings
                  and not (key == 'boostlu_alpha' and self.settings[key] is None)]
-        parts = [f'{SETTING_LABELS[key]} {self.settings[key]} ({self.sources[key]})' for key in shown]
+        parts = [f'{SETTING_LABELS[key]} {printable(self.settings[key])} ({self.sources[key]})'
+                 for key in shown]
         return '\n'.join(['settings: ' + ', '.join(parts), *self.notes])
 
 

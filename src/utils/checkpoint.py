@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,26 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def _check_zip_directory(path: str, where: str) -> None:
+    """torch.save stores its members uncompressed, so none can be larger than the file: a compressed member
+    or a size beyond the file's is a crafted archive that would cost memory when unpickled."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError):  # truncated: torch.load's own error below names it
+        return
+    size = os.path.getsize(path)
+    for member in members:
+        if member.file_size > size:
+            why = f"claims {member.file_size} bytes in a {size}-byte file"
+        elif member.compress_type != zipfile.ZIP_STORED:
+            why = "is compressed, which torch.save never writes"
+        else:
+            continue
+        raise CheckpointError(f"{where} was not loaded: its member {member.filename!r} {why}; pass a "
+                              "checkpoint written by torch.save (train.py's best.pth, a released model)")
+
+
 def read_pth(path, *, allow_pickle: bool = False, flag: str | None = None):
     """The one reader of .pth files: ``torch.load`` on CPU with ``weights_only=True`` plus
     ``SAFE_CHECKPOINT_GLOBALS``. Other Python objects need full unpickling, which can execute code: refused
@@ -102,6 +123,8 @@ def read_pth(path, *, allow_pickle: bool = False, flag: str | None = None):
     # torch.save writes a zip archive (new format) or a pickle starting with the protocol opcode 0x80.
     if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
         raise CheckpointError(f"{where} is not a readable torch file (starts with {magic!r}); {_EXPECTED}")
+    if magic.startswith(b"PK"):  # the legacy format (a bare pickle) has no directory to check
+        _check_zip_directory(path, where)
     try:
         with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -36,6 +36,8 @@ def run_cli(main: Callable, argv=None, prog: str | None = None) -> int:
         print(f"{prefix}interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except USER_ERRORS as error:
+        if isinstance(error, MemoryError) and not str(error):  # numpy and PIL raise it without a text
+            error = "out of memory; pass a smaller --image-size / --input_size or --batch-size"
         print(f"{prefix}error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,9 @@ import math
 import re
 
 NONE_WORDS = ("none", "")  # the paper's scripts pass --prior_path None for no prior; ours --model-path none
+# Image sides a command accepts (flags and checkpoints): 4096 is 9x the paper's 448 and far above any trained
+# size; a 30000 px square input would need ~10 GB per image before the model runs.
+IMAGE_SIZE_BOUND = "an integer in [1, 4096]"
 
 
 def is_none_path(path) -> bool:
@@ -18,6 +21,12 @@ def is_none_path(path) -> bool:
 def optional_path(text: str) -> str | None:
     """argparse type: a path, or None for 'none' / ''."""
     return None if is_none_path(text) else text
+
+
+def printable(text) -> str:
+    """``text`` with control characters escaped: names read from files never drive the terminal."""
+    text = str(text)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def within(value: float, bound: str) -> bool:
