@@ -15,7 +15,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 
-from src.args import build_train_parser, is_none_path, require_file, require_weights
+from src.args import build_train_parser, check_loss_flags_belong, is_none_path, require_file, require_weights
 from src.callbacks import ConsoleReport, IgnoredRecorder, PriorWriter
 from src.data import build_datasets_with_summary, eval_view
 from src.data.partial_labels import describe_simulation
@@ -44,14 +44,6 @@ def parse_args(argv=None):
     return build_train_parser().parse_args(argv)
 
 
-def given_flags(parser: argparse.ArgumentParser, argv=None) -> set[str]:
-    """The destinations the command line sets: argparse fills in a default only where the namespace lacks
-    the attribute, so a namespace pre-filled with a marker keeps it exactly where no flag was given."""
-    marker = object()
-    probe = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args(argv)), marker))
-    return {dest for dest, value in vars(parser.parse_args(argv, probe)).items() if value is not marker}
-
-
 def take_run_settings(args, given: set[str], checkpoint: dict) -> argparse.Namespace:
     """--resume: the run's own settings (the checkpoint's ``args``) for every flag not given again; a given
     flag that changes the run is refused later (`src.trainer.check_resume_compatible`). The run continues
@@ -61,6 +53,10 @@ def take_run_settings(args, given: set[str], checkpoint: dict) -> argparse.Names
              if key in vars(args) and key not in given and key not in PROCESS_FLAGS}
     if "path_dest" not in given:
         taken["path_dest"] = os.path.dirname(os.path.abspath(args.resume))
+    try:
+        check_loss_flags_belong(dict(vars(args), **taken)["partial_loss_mode"], given)
+    except ValueError as error:
+        raise ConfigError(f"--resume {args.resume}: {error}") from None
     own = sorted(given - {"resume"})
     print(f"settings: {len(taken)} from {args.resume} (the run's own); given: "
           f"{', '.join('--' + key for key in own) or 'none'}", flush=True)
@@ -206,7 +202,7 @@ def main(argv=None, callbacks=()) -> dict:
         require_file(args.resume, "--resume", "checkpoint", "pass <path_dest>/last.pth of the run to "
                      "continue")
         checkpoint = load_training_checkpoint(args.resume, allow_pickle=args.unsafe_pickle)
-        args = take_run_settings(args, given_flags(parser, argv), checkpoint)
+        args = take_run_settings(args, parser.given, checkpoint)
     check_args(args)
     try:
         ctx = init_distributed(args.device, args.dist_timeout)

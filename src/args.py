@@ -243,29 +243,41 @@ class _Unset:
         return "<not given>"
 
 
+def check_loss_flags_belong(mode: str, given) -> None:
+    """A loss hyper-parameter given for a --partial_loss_mode that does not use it: ValueError naming the
+    mode(s) it belongs to (the four CSL modes share theirs)."""
+    for name in (name for name in given if name in LOSS_HYPERPARAMETERS):
+        owners = [owner for owner, info in LOSS_MODES.items() if name in info.hyperparameters]
+        if mode in LOSS_MODES and mode not in owners:
+            raise ValueError(f"--{name} is a hyper-parameter of --partial_loss_mode {' / '.join(owners)}, "
+                             f"not of {mode}: drop --{name}, or pass --partial_loss_mode {owners[-1]}")
+
+
 class TrainParser(argparse.ArgumentParser):
-    """train.py's parser: a loss hyper-parameter given for a --partial_loss_mode that does not use it is an
-    error naming the mode(s) it belongs to. "Given" is tracked, not guessed from the value: argparse sets a
-    default only for attributes missing from the namespace, so each hyper-parameter starts as a sentinel
-    that only a flag on the command line replaces (``--clip 0``, the default passed explicitly, is given)."""
+    """train.py's parser. It records which flags the command line gave (``self.given``, destinations):
+    argparse sets a default only for attributes missing from the namespace, so each starts as a sentinel that
+    only a flag replaces (``--clip 0``, the default passed explicitly, is given). A loss hyper-parameter
+    given for another --partial_loss_mode is an error (with --resume, once the run's mode is known)."""
+
+    given: frozenset = frozenset()
 
     def parse_known_args(self, args=None, namespace=None):
         namespace = argparse.Namespace() if namespace is None else namespace
         unset = _Unset()
-        tracked = [name for name in LOSS_HYPERPARAMETERS if not hasattr(namespace, name)]
+        tracked = {action.dest for action in self._actions if action.dest != argparse.SUPPRESS}
+        tracked = [name for name in tracked if not hasattr(namespace, name)]
         for name in tracked:
             setattr(namespace, name, unset)
         namespace, extras = super().parse_known_args(args, namespace)
-        given = [name for name in tracked if getattr(namespace, name) is not unset]
+        self.given = frozenset(name for name in tracked if getattr(namespace, name) is not unset)
         for name in tracked:
             if getattr(namespace, name) is unset:
                 setattr(namespace, name, self.get_default(name))
-        mode = getattr(namespace, "partial_loss_mode", None)
-        for name in given:
-            owners = [owner for owner, info in LOSS_MODES.items() if name in info.hyperparameters]
-            if mode in LOSS_MODES and mode not in owners:
-                self.error(f"--{name} is a hyper-parameter of --partial_loss_mode {' / '.join(owners)}, not "
-                           f"of {mode}: drop --{name}, or pass --partial_loss_mode {owners[-1]}")
+        if getattr(namespace, "resume", None) is None:
+            try:
+                check_loss_flags_belong(getattr(namespace, "partial_loss_mode", None), self.given)
+            except ValueError as error:
+                self.error(str(error))
         return namespace, extras
 
 

@@ -168,3 +168,26 @@ def test_memory_error_is_reported_with_the_size_and_the_fix(tmp_path, picture, m
     assert "out of memory tagging" in err and "--input_size 4000" in err and "smaller --input_size" in err
     assert not (tmp_path / "out").exists()
 
+
+
+def test_the_parser_records_which_flags_were_given():
+    parser = train.build_train_parser()
+    parser.parse_args(["--lr", "2e-4", "--clip", "0.05", "--resume", "x.pth"])  # two defaults, given
+    assert parser.given == {"lr", "clip", "resume"}
+
+
+@pytest.mark.parametrize("mode, flag, refused", [("hill", "--hill_lambda", False),
+                                                 ("negative", "--hill_lambda", True)])
+def test_with_resume_a_loss_flag_must_belong_to_the_runs_own_mode(tmp_path, mode, flag, refused):
+    """--resume RUN/last.pth --hill_lambda 1.5: checked against the run's mode (from its checkpoint), not
+    against the command line's default mode."""
+    parser = train.build_train_parser()
+    args = parser.parse_args(["--resume", str(tmp_path / "last.pth"), flag, "1.5"])  # no parse-time error
+    checkpoint = {"args": dict(vars(train.build_train_parser().parse_args([])), partial_loss_mode=mode)}
+    if refused:
+        with pytest.raises(train.ConfigError, match=r"--hill_lambda is a hyper-parameter of "
+                                                    r"--partial_loss_mode hill, not of negative"):
+            train.take_run_settings(args, parser.given, checkpoint)
+    else:
+        taken = train.take_run_settings(args, parser.given, checkpoint)
+        assert (taken.partial_loss_mode, taken.hill_lambda, taken.path_dest) == ("hill", 1.5, str(tmp_path))
