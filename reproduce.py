@@ -25,6 +25,7 @@ from src.reproduce.protocols import (
 )
 from src.reproduce.report import write_reports
 from src.reproduce.runner import cell_environment, run_table
+from src.reproduce.sensitivity import run_sensitivity
 from src.reproduce.sweep import run_sweep
 from src.utils.cli import run_cli
 from src.utils.io import atomic_write_json, prepare_output_folder
@@ -85,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "Negative-ASL and CSL on FPC and RPS over model strength, label budget and "
                              "class design on the embedded set; one seed unless --seeds is given; writes "
                              "<out>/sweep.{md,json,csv,png}")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="the benchmark's three limits (src/reproduce/sensitivity.py, docs/regime.md): a "
+                             "4 x 4 map, an upstream backbone of the downstream classes, full labels missing "
+                             "10%%, and the first two together; one seed, 3 where CSL's margin changes sign; "
+                             "writes <out>/sensitivity.{md,json,csv}")
     parser.add_argument("--design", choices=DESIGNS, default=EMBEDDED_DEFAULTS["design"],
                         help="embedded: the class design of the generator (src/data/embedded.py)")
     return parser
@@ -92,10 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    if args.sweep and args.data:
-        raise ValueError("--sweep runs on the embedded dataset; drop --data")
+    if (args.sweep or args.sensitivity) and args.data:
+        raise ValueError("--sweep and --sensitivity run on the embedded dataset; drop --data")
+    if args.sweep and args.sensitivity:
+        raise ValueError("--sweep and --sensitivity are two runs; pass one of them")
     args.seeds = args.seeds or (1 if args.sweep else 3)
-    name = "sweep" if args.sweep else "coco" if args.data else "embedded"
+    name = next(n for n, on in (("coco", args.data), ("sweep", args.sweep), ("sensitivity", args.sensitivity),
+                                ("embedded", True)) if on)
     args.out = args.out or os.path.join(HERE, "outputs", f"reproduce_{name}")
     return args
 
@@ -107,7 +116,7 @@ def build_protocol(args: argparse.Namespace):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    protocol = None if args.sweep else build_protocol(args)
+    protocol = None if args.sweep or args.sensitivity else build_protocol(args)
     if protocol is not None:
         select_columns(protocol, args.schemes)
         protocol.rows = select_rows(protocol, args.rows)
@@ -117,6 +126,9 @@ def main(argv=None) -> None:
     if args.sweep:
         print(run_sweep(args, user_train_flags(args, train_flag_names()), args.seeds, jobs, env))
         written = "sweep.{md,json,csv,png}"
+    elif args.sensitivity:
+        print(run_sensitivity(args, user_train_flags(args, train_flag_names()), jobs, env))
+        written = "sensitivity.{md,json,csv}"
     else:
         atomic_write_json(os.path.join(args.out, "protocol.json"),
                           {"argv": sys.argv, "args": vars(args), "protocol": protocol.__dict__})

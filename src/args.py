@@ -219,6 +219,9 @@ def _add_run_flags(parser) -> None:
              help="BoostLU (Kim et al., CVPR 2023; docs/peer_methods.md): positive class activations x A "
                   "before global average pooling, at training and test time (stored in the checkpoint); "
                   "their value 5, with --partial_loss_mode ll_r. Default: off")
+    add_flag(parser, "--output_stride", type=int, choices=(8, 16, 32), default=None,
+             help="the backbone's output stride (timm's dilation; stored in the checkpoint): 8 gives the "
+                  "head a 4 x 4 map at 32 px. Default: the model's own (32 for ResNets and TResNets)")
     add_flag(parser, "--grad_checkpointing", action="store_true",
              help="gradient checkpointing (less memory, ~30%% slower)")
     add_flag(parser, "--channels_last", action="store_true", help="channels_last memory format")

@@ -58,6 +58,7 @@ RESUME_MUST_MATCH = (
     "lr", "epochs", "weight_decay", "model_name", "num_classes", "image_size", "simulate_partial_type",
     "simulate_partial_param", "batch_size", "seed", "dataset_type", "partial_labels", "val_split",
     "ema_decay", "do_bottleneck_head", "amp", "amp_dtype", "workers", "boostlu_alpha",
+    "output_stride",
     *LOSS_SETTING_NAMES,
 )
 # What a checkpoint written before a loss flag existed ran with: that flag's default.

@@ -308,7 +308,7 @@ def test_factory_builds_each_name_and_head(name, bottleneck):
     model = create_model(model_name=name, num_classes=7, do_bottleneck_head=bottleneck)
     assert model_metadata(model) == {'model_name': name, 'num_classes': 7, 'do_bottleneck_head': bottleneck,
                                      'bottleneck_features': 512 if bottleneck else None,
-                                     'boostlu_alpha': None}
+                                     'boostlu_alpha': None, 'output_stride': None}
     classifier = model.get_submodule(model.pretrained_cfg['classifier'])
     if bottleneck:
         assert isinstance(classifier, BottleneckHead)
@@ -398,7 +398,7 @@ def test_build_model_from_args_reads_every_setting_and_dicts():
     model = build_model_from_args(args)
     assert model_metadata(model) == {'model_name': 'test_resnet', 'num_classes': 5,
                                      'do_bottleneck_head': True, 'bottleneck_features': 16,
-                                     'boostlu_alpha': None}
+                                     'boostlu_alpha': None, 'output_stride': None}
     assert model.fc.embedding_generator[0].out_features == 16
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
     assert model.grad_checkpointing  # timm's flag: test_resnet is not a TResNet

@@ -397,7 +397,8 @@ def test_rows_groups_and_opt_in_rows(tmp_path):
     assert default_keys[0] == "full_labels" and "csl_topk1" not in default_keys
     assert protocols.select_rows(protocol, "regime") == ("full_labels", "ignore_ce", "negative_ce")
     assert protocols.select_rows(protocol, "mechanism") == (
-        "ignore_ce", "csl", "csl_prior_only", "csl_likelihood_only", "csl_topk1", "csl_topk2")
+        "ignore_ce", "negative_ce", "csl", "csl_prior_only", "csl_likelihood_only", "csl_topk1", "csl_topk2",
+        "negative_focal")
     assert protocols.select_rows(protocol, "full_labels") == ("full_labels",)  # needs no prior
 
 

@@ -112,7 +112,8 @@ def _require_rate(value, name: str) -> float:
 def create_model(args=None, /, *, model_name: str | None = None, num_classes: int | None = None,
                  do_bottleneck_head: bool = False, bottleneck_features: int = DEFAULT_BOTTLENECK_FEATURES,
                  grad_checkpointing: bool = False, channels_last: bool = False,
-                 drop_path_rate: float = 0.0, boostlu_alpha: float | None = None) -> nn.Module:
+                 drop_path_rate: float = 0.0, boostlu_alpha: float | None = None,
+                 output_stride: int | None = None) -> nn.Module:
     """A classifier from typed keywords ('80' or 'true' is an error); ``create_model(args)`` with a namespace
     only is the paper's call. ``channels_last`` converts the parameters: feed channels_last inputs."""
     if args is not None:
@@ -138,8 +139,12 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
         raise ValueError(f'model_name {model_name!r} is not a timm model; use one of {TRESNET_NAMES} '
                          'or any name listed by timm.list_models()')
     # pretrained=False: weights come from load_model / load_pretrained_backbone
+    # output_stride (timm's dilation; None: the model's own): the size of the map the head pools
+    if output_stride not in (None, 8, 16, 32):
+        raise ValueError(f'output_stride must be 8, 16 or 32 (None: the model\'s), got {output_stride!r}')
+    stride = {} if output_stride is None else {'output_stride': int(output_stride)}
     model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
-                              drop_path_rate=drop_path_rate)
+                              drop_path_rate=drop_path_rate, **stride)
     if do_bottleneck_head:
         parent, attr, _ = classifier_slot(model, 'do_bottleneck_head')
         old = getattr(parent, attr)
@@ -150,6 +155,7 @@ def create_model(args=None, /, *, model_name: str | None = None, num_classes: in
     model.do_bottleneck_head = do_bottleneck_head
     model.bottleneck_features = bottleneck_features if do_bottleneck_head else None
     model.boostlu_alpha = None
+    model.output_stride = output_stride
     if boostlu_alpha is not None:
         install_boostlu(model, boostlu_alpha)
     if grad_checkpointing:
@@ -217,6 +223,7 @@ def build_model_from_args(args) -> nn.Module:
         channels_last=parse_bool(getattr(args, 'channels_last', False), 'channels_last'),
         drop_path_rate=float(getattr(args, 'drop_path_rate', 0.0)),
         boostlu_alpha=_optional_float(getattr(args, 'boostlu_alpha', None), 'boostlu_alpha'),
+        output_stride=getattr(args, 'output_stride', None),
     )
 
 
@@ -228,6 +235,7 @@ def model_metadata(model: nn.Module) -> dict:
         'do_bottleneck_head': bool(getattr(model, 'do_bottleneck_head', False)),
         'bottleneck_features': getattr(model, 'bottleneck_features', None),
         'boostlu_alpha': getattr(model, 'boostlu_alpha', None),
+        'output_stride': getattr(model, 'output_stride', None),
     }
 
 

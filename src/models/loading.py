@@ -178,11 +178,12 @@ def build_model_from_checkpoint(checkpoint, path, model_name: str | None = None,
     model = create_model(model_name=name, num_classes=head['num_classes'],
                          do_bottleneck_head=head['do_bottleneck_head'],
                          bottleneck_features=head.get('bottleneck_features', 512),
-                         boostlu_alpha=fields.get('boostlu_alpha'))
+                         boostlu_alpha=fields.get('boostlu_alpha'), output_stride=fields.get('output_stride'))
     load_state_dict_strict(model, state_dict, path)
     architecture = {'model_name': name, 'num_classes': head['num_classes'],
                     'do_bottleneck_head': head['do_bottleneck_head'],
-                    'boostlu_alpha': fields.get('boostlu_alpha')}
+                    'boostlu_alpha': fields.get('boostlu_alpha'),
+                    'output_stride': fields.get('output_stride')}
     return model.eval(), _class_names(fields, head['num_classes'], path), architecture
 
 

@@ -4,13 +4,14 @@ two protocols, the CSL threshold rule."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from src.data.embedded import class_names, dataset_config
-from src.loss_functions import LOSS_MODES, PEER_MODES
+from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_MODES, PEER_MODES
 from src.prior import read_prior_csv
 from src.reproduce.identity import run_settings, settings_identity
 
@@ -41,6 +42,7 @@ class Row:
     same_run_as: str | None = None
     full_labels: bool = False  # trained on the full labels: one run per seed, the ceiling of every column
     default: bool = True  # in the table when --rows is not given (the ablation and peer rows are opt-in)
+    scaled: bool = False  # its method's schedule scaled to the protocol's epochs (`scaled_schedule`)
 
 
 ROWS = (
@@ -66,21 +68,62 @@ ROWS = (
           ("likelihood_only", "likelihood only (no prior)", {"likelihood_topk": 5}, False),
           ("topk1", "top-k 1", {"likelihood_topk": 1}, True),
           ("topk2", "top-k 2", {"likelihood_topk": 2}, True))),
+    # CSL's focusing without its prior or top-k: separates the prior's share of the prior-only row.
+    Row("negative_focal", "Negative, CSL's focusing (no prior)",
+        {"partial_loss_mode": "negative", "gamma_pos": 0, "gamma_unann": 4}, column_flags=CSL_COLUMNS,
+        protocols=("embedded",), default=False),
 )
+
+# docs/peer_methods.md "Schedules at the protocol's length": per epoch-based hyper-parameter, the official
+# run's epochs and how the value maps to T epochs at the same fraction of training. 'step': a per-epoch
+# step from epoch 2 on (LL's delta: the share reached at the last epoch, (T - 1) x delta, is kept);
+# 'epochs_before': whole epochs before the schedule starts (at least 1: the method needs a trained model).
+# GR's schedules are already fractions e / T of training, the same at every length.
+OFFICIAL_SCHEDULES = {  # hyper-parameter: (mode, official epochs, kind, offset of the flag to the epochs)
+    "ll_r_delta": ("ll_r", 10, "step", 0),  # LargeLossMatters config.py: num_epochs 10
+    "ll_ct_delta": ("ll_ct", 10, "step", 0),
+    "ll_cp_delta": ("ll_cp", 10, "step", 0),
+    "apl_warmup_epochs": ("em_apl", 10, "epochs_before", 0),  # SPML-AckTheUnknown, COCO: 10 epochs
+    "splc_start_epoch": ("splc", 30, "epochs_before", 1),  # robust-loss-mlml: stopped at epoch 30
+}
+
+
+def scaled_schedule(mode: str, protocol_epochs: int) -> dict:
+    """The flags of ``mode``'s epoch-based hyper-parameters scaled from its official run to
+    ``protocol_epochs`` (empty for a mode without one)."""
+    flags = {}
+    for name, (owner, official, kind, offset) in OFFICIAL_SCHEDULES.items():
+        if owner != mode:
+            continue
+        value = LOSS_HYPERPARAMETERS[name].default
+        if kind == "step":
+            flags[name] = float(f"{value * (official - 1) / max(1, protocol_epochs - 1):.6g}")
+        else:  # round half up, at least one epoch and at least one epoch left
+            before = math.floor((value - offset) * protocol_epochs / official + 0.5)
+            flags[name] = min(max(1, before), max(1, protocol_epochs - 1)) + offset
+    return flags
 
 # The later methods (--rows peers) at their published defaults, with the protocol's schedule.
 PEER_LABELS = {mode: LOSS_MODES[mode].label for mode in PEER_MODES}
-PEER_ROWS = tuple(Row(mode, PEER_LABELS[mode], {"partial_loss_mode": mode}, default=False)
-                  for mode in PEER_MODES)
+# The modes whose schedule the protocol's length changes: their rows at the official values are "literal".
+SCALED_MODES = ("ll_r", "ll_ct", "ll_cp", "em_apl")
+PEER_ROWS = tuple(Row(mode, PEER_LABELS[mode] + (" (literal schedule)" if mode in SCALED_MODES else ""),
+                      {"partial_loss_mode": mode}, default=False) for mode in PEER_MODES)
 # BoostLU (Kim et al. 2023) is a head option, combined with LL-R as in their code (their --alpha 5).
-BOOSTLU_ROWS = (Row("ll_r_boostlu", "LL-R + BoostLU (Kim et al. 2023)",
+BOOSTLU_ROWS = (Row("ll_r_boostlu", "LL-R + BoostLU (Kim et al. 2023) (literal schedule)",
                     {"partial_loss_mode": "ll_r", "boostlu_alpha": 5}, default=False),)
-ROWS = ROWS + PEER_ROWS + BOOSTLU_ROWS
+# --rows schedules: the same rows with the schedule scaled to the protocol's length.
+SCHEDULE_ROWS = tuple(Row(f"{row.key}_scaled", row.label.replace("literal", "scaled"), row.flags,
+                          default=False, scaled=True)
+                      for row in PEER_ROWS + BOOSTLU_ROWS if row.flags["partial_loss_mode"] in SCALED_MODES)
+ROWS = ROWS + PEER_ROWS + BOOSTLU_ROWS + SCHEDULE_ROWS
 
 # --rows accepts these names for groups of rows.
 ROW_GROUPS = {
     "peers": (*(row.key for row in ROWS if row.default), *(row.key for row in PEER_ROWS + BOOSTLU_ROWS)),
-    "mechanism": ("ignore_ce", "csl", "csl_prior_only", "csl_likelihood_only", "csl_topk1", "csl_topk2"),
+    "mechanism": ("ignore_ce", "negative_ce", "csl", "csl_prior_only", "csl_likelihood_only", "csl_topk1",
+                  "csl_topk2", "negative_focal"),
+    "schedules": tuple(key for row in SCHEDULE_ROWS for key in (row.key[:-len("_scaled")], row.key)),
     "regime": ("full_labels", "ignore_ce", "negative_ce"),
     "baselines": ("negative_asl", "negative_asl_clip"),
 }
@@ -115,6 +158,7 @@ class Protocol:
     rows: tuple | None = None  # row keys to run (None: all of this protocol's rows)
     design: str = "shape_colour"  # embedded only: the class design of the generator
     data_config: dict | None = None  # embedded only: the generator config of the data (COCO: its path)
+    truth_data: str | None = None  # embedded: the noise-free labels the mechanism is classified against
 
 
 # The train.py flags of the paper's protocol on COCO 2014 (``--data``) and the embedded one.
@@ -182,16 +226,24 @@ def embedded_fpc_param(n_train: int, scale: float = 1.0) -> int:
     return max(1, round(COCO_FPC_PARAM / COCO_TRAIN_IMAGES * n_train * scale))
 
 
-def embedded_protocol(args, extra_flags: dict | None = None) -> Protocol:
+# --sensitivity (b): the upstream set drawn from the downstream generator with another seed (other images).
+SAME_CLASSES_UPSTREAM_SEED = 1
+
+
+def embedded_protocol(args, extra_flags: dict | None = None, same_classes_upstream: bool = False) -> Protocol:
+    """``same_classes_upstream``: the backbone is pretrained on the downstream classes, fully labelled, on
+    images of another seed (the ImageNet-21k analogue), instead of the factorised upstream classes."""
     flags = protocol_flags(EMBEDDED_FLAGS, args, extra_flags)
     # The first design's folders keep their names; the generator configs are part of every run's identity.
     suffix = "" if args.design == "shape_colour" else f"_{args.design}"
     data_config = dataset_config("embedded", args.n_train, args.n_test, 32, 0, args.design)
-    upstream_config = dataset_config("upstream", args.n_train, 1000, 32, 0, args.design)
-    upstream_flags = dict(flags, data=os.path.join(args.data_root, f"embedded_upstream{suffix}"),
+    variant, seed = ("embedded", SAME_CLASSES_UPSTREAM_SEED) if same_classes_upstream else ("upstream", 0)
+    upstream_config = dataset_config(variant, args.n_train, 1000, 32, seed, args.design)
+    folder = f"embedded_upstream{suffix}" + ("_same_classes" if same_classes_upstream else "")
+    upstream_flags = dict(flags, data=os.path.join(args.data_root, folder),
                           epochs=args.upstream_epochs, partial_loss_mode="negative", estimate_prior="none",
                           seed=0, stop_epoch=None, **CE_GAMMAS)  # its own --upstream_epochs, no --stop_epoch
-    upstream_flags.update({"num-classes": len(class_names("upstream", args.design)), "model-path": "none"})
+    upstream_flags.update({"num-classes": len(class_names(variant, args.design)), "model-path": "none"})
     settings = run_settings(upstream_flags, args.nproc_per_node, upstream_config)
     # The cached backbone is named after the hash of its settings: any changed setting pretrains anew.
     name = f"embedded_upstream_{args.design}_{flags['model-name']}_{settings_identity(settings)[:12]}.pth"

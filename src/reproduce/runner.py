@@ -33,6 +33,7 @@ from src.reproduce.protocols import (
     flags_to_argv,
     protocol_rows,
     resolve_threshold,
+    scaled_schedule,
 )
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
@@ -170,6 +171,8 @@ def cell_flags(args, protocol: Protocol, group: Group, row: Row, labels: str | N
     if protocol.upstream is not None:
         flags["model-path"] = protocol.upstream["path"]
     flags["estimate_prior"] = "clean" if row.writes_prior else "none"
+    if row.scaled:  # docs/peer_methods.md "Schedules at the protocol's length"
+        flags.update(scaled_schedule(flags["partial_loss_mode"], int(flags["epochs"])))
     if protocol.name == "embedded" and flags.get("partial_loss_mode") == "selective":
         flags["record_ignored"] = True  # the mechanism: what the top-k ignored in the last epoch
     if flags.get("partial_loss_mode") == "epr":  # E is the data's known mean (Cole et al.), not estimated
@@ -222,7 +225,7 @@ def _train_cell(args, protocol, group, row, flags, env, twin) -> dict:
     if row.needs_prior:
         result["ignored_classes"] = ignored
     if flags.get("record_ignored"):
-        result["ignored"] = cell_composition(cell_dir, protocol.data, protocol.design)
+        result["ignored"] = cell_composition(cell_dir, protocol.truth_data or protocol.data, protocol.design)
     print(f"[{group.name}] {row.label}: best {result['best_mAP']:.2f} final {result['final_mAP']:.2f} "
           f"({result['seconds']:.0f} s)", flush=True)
     return result

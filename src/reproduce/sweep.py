@@ -11,12 +11,11 @@ import os
 from dataclasses import asdict, dataclass
 
 from src.reproduce.protocols import Protocol, embedded_fpc_param, embedded_protocol
-from src.reproduce.report import column_title, csv_text, regime, table_rows, write_reports
+from src.reproduce.report import BASELINE_ROWS, column_title, csv_text, regime, table_rows, write_reports
 from src.reproduce.runner import run_table
 from src.utils.io import atomic_write_json, atomic_write_text, save_figure
 
 SWEEP_ROWS = ("full_labels", "ignore_ce", "negative_ce", "negative_asl", "csl")
-BASELINE_ROWS = ("ignore_ce", "negative_ce", "negative_asl")
 
 
 @dataclass(frozen=True)
