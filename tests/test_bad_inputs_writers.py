@@ -20,6 +20,7 @@ from src.prior_command import cli as prior_cli
 from src.reproduce import runner
 from src.reproduce.identity import run_settings, settings_identity
 from src.reproduce.protocols import ROWS
+from src.utils import run_folder
 from src.utils.cli import ConfigError, run_cli
 from src.utils.io import LOCK_FILE, lock_folder, unlock_folder
 from src.utils.run_folder import check_run_folder
@@ -56,11 +57,19 @@ def _wait_for(condition, seconds: float):
     return False
 
 
-def _children(pid: int) -> list[int]:
+def _train_children(pid: int) -> list[tuple[int, list[str]]]:
+    """(pid, command line) of ``pid``'s children running train.py (a child not yet exec'd is skipped)."""
     found = []
     for task in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{task}/children") as handle:
-            found += [int(child) for child in handle.read().split()]
+            for child in handle.read().split():
+                try:
+                    with open(f"/proc/{child}/cmdline") as cmdline:
+                        command = cmdline.read().split("\0")
+                except FileNotFoundError:  # ended meanwhile
+                    continue
+                if any(part.endswith("train.py") for part in command):
+                    found.append((int(child), command))
     return found
 
 
@@ -202,32 +211,34 @@ def test_reproduce_stops_its_train_py_on_sigterm_and_sigkill_and_a_rerun_resumes
 
     first = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
-    _watch(first, lambda: bool(last_pth()), 120)  # the backbone's pretraining saved an epoch
-    (child,) = _children(first.pid)
-    first.send_signal(signal.SIGTERM)
-    out, _ = first.communicate(timeout=60)
-    assert first.returncode == 143 and "SIGTERM: stopped" in out and "Re-run the same command" in out
-    assert _gone(child)
+    second = None
+    try:
+        _watch(first, lambda: bool(last_pth()), 120)  # the backbone's pretraining saved an epoch
+        ((child, _),) = _train_children(first.pid)
+        first.send_signal(signal.SIGTERM)
+        out, _ = first.communicate(timeout=60)
+        assert first.returncode == 143 and "SIGTERM: stopped" in out and "Re-run the same command" in out
+        assert _gone(child)
 
-    second = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    _watch(second, lambda: bool(_children(second.pid)), 60)
-    (child,) = _children(second.pid)
-    with open(f"/proc/{child}/cmdline") as handle:
-        command = handle.read().split("\0")
-    assert command[command.index("--resume") + 1] == str(last_pth()[0]) and "--overwrite" not in command
-    second.kill()  # SIGKILL: nothing passes a signal on; the child must notice on its own
-    second.communicate()
-    assert _wait_for(lambda: _gone(child), 30)
+        second = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.STDOUT)
+        _watch(second, lambda: bool(_train_children(second.pid)), 60)
+        ((child, command),) = _train_children(second.pid)
+        assert command[command.index("--resume") + 1] == str(last_pth()[0]) and "--overwrite" not in command
+        second.kill()  # SIGKILL: nothing passes a signal on; the child must notice on its own
+        second.wait()
+        assert _wait_for(lambda: _gone(child), 30)
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
 
 
 def test_a_read_only_models_dir_fails_before_any_pretraining(tmp_path, monkeypatch, capsys):
-    import src.utils.run_folder
-
     models = tmp_path / "models"
     models.mkdir()
     real_access = os.access
-    monkeypatch.setattr(src.utils.run_folder.os, "access",  # root ignores permission bits
+    monkeypatch.setattr(run_folder.os, "access",  # root ignores permission bits
                         lambda path, mode: False if str(path) == str(models) else real_access(path, mode))
     monkeypatch.setattr(runner, "prepare_embedded", lambda *a: pytest.fail("pretraining started"))
     argv = ["--data_root", str(tmp_path / "data"), "--models_dir", str(models),

@@ -52,8 +52,8 @@ class CellFailed(ExitRequest):
 class Interrupted(ExitRequest):
     def __init__(self, signum: int):
         self.exit_code = 128 + signum
-        super().__init__(f"reproduce.py: {signal.Signals(signum).name}: stopped (the running cells were "
-                         "stopped too). Re-run the same command to resume: finished cells are reused, "
+        super().__init__(f"reproduce.py: {signal.Signals(signum).name}: stopped, and its running steps "
+                         "with it. Re-run the same command to resume: finished cells are reused, "
                          "interrupted ones continue from their last.pth")
 
 
@@ -76,7 +76,7 @@ class Children:
 
     @contextlib.contextmanager
     def forwarding_signals(self):
-        signals = (signal.SIGTERM, signal.SIGINT)
+        signals, self.stopped = (signal.SIGTERM, signal.SIGINT), None
         previous = {signum: signal.signal(signum, self.on_signal) for signum in signals}
         try:
             yield
@@ -98,7 +98,8 @@ class Children:
                 self.launching -= 1
         try:
             if self.stopped:  # a signal came while it started
-                os.killpg(child.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGTERM)
             returncode = child.wait()
         finally:
             self.live.discard(child)
