@@ -111,7 +111,6 @@ def main(argv=None) -> None:
     if protocol is not None:
         select_columns(protocol, args.schemes)
         protocol.rows = select_rows(protocol, args.rows)
-    if protocol is not None:
         check_models_dir(protocol)
     prepare_output_folder(args.out, "--out")
     lock_folder(args.out, "--out")
