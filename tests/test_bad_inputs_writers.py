@@ -213,21 +213,21 @@ def test_reproduce_stops_its_train_py_on_sigterm_and_sigkill_and_a_rerun_resumes
                              text=True)
     second = None
     try:
-        _watch(first, lambda: bool(last_pth()), 120)  # the backbone's pretraining saved an epoch
+        _watch(first, lambda: bool(last_pth()), 300)  # the backbone's pretraining saved an epoch
         ((child, _),) = _train_children(first.pid)
         first.send_signal(signal.SIGTERM)
-        out, _ = first.communicate(timeout=60)
+        out, _ = first.communicate(timeout=120)
         assert first.returncode == 143 and "SIGTERM: stopped" in out and "Re-run the same command" in out
         assert _gone(child)
 
         second = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.STDOUT)
-        _watch(second, lambda: bool(_train_children(second.pid)), 60)
+        _watch(second, lambda: bool(_train_children(second.pid)), 300)
         ((child, command),) = _train_children(second.pid)
         assert command[command.index("--resume") + 1] == str(last_pth()[0]) and "--overwrite" not in command
         second.kill()  # SIGKILL: nothing passes a signal on; the child must notice on its own
         second.wait()
-        assert _wait_for(lambda: _gone(child), 30)
+        assert _wait_for(lambda: _gone(child), 60)
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:
