@@ -29,7 +29,7 @@ from tests.conftest import SINGLE_THREAD_ENV, tiny_train_argv
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, **SINGLE_THREAD_ENV, PYTHONUNBUFFERED="1")
 HOLDER = ("import sys, time; from src.utils.io import lock_folder; lock_folder(sys.argv[1], '--x'); "
-          "print('locked', flush=True); time.sleep(60)")
+          "print('locked', flush=True); time.sleep(900)")
 
 
 def _hold(folder):
@@ -114,7 +114,7 @@ def test_a_second_train_py_process_exits_2_at_once(embedded_data_dir, tmp_path):
         # The time bound is loose (imports on a loaded machine); what counts: refused before any work.
         second = subprocess.run([sys.executable, "train.py", *tiny_train_argv(embedded_data_dir, folder)],
                                 cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-        assert second.returncode == 2 and os.listdir(folder) == [LOCK_FILE]
+        assert second.returncode == 2 and os.listdir(folder) == [LOCK_FILE] and holder.poll() is None
         assert f"(pid {holder.pid}: " in second.stderr and str(folder) in second.stderr
         assert "Traceback" not in second.stderr
     finally:
