@@ -28,16 +28,29 @@ from tests.conftest import SINGLE_THREAD_ENV, tiny_train_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, **SINGLE_THREAD_ENV, PYTHONUNBUFFERED="1")
-HOLDER = ("import sys, time; from src.utils.io import lock_folder; lock_folder(sys.argv[1], '--x'); "
-          "print('locked', flush=True); time.sleep(900)")
+class _Holder:
+    """A second process (forked: no start-up cost) that takes the lock of ``folder`` and sleeps."""
 
+    def __init__(self, folder):
+        read, write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child never returns into the tests
+            try:
+                lock_folder(folder, "--x")
+                os.write(write, b"locked")
+                time.sleep(900)
+            finally:
+                os._exit(0)
+        os.close(write)
+        assert os.read(read, 6) == b"locked"
+        os.close(read)
 
-def _hold(folder):
-    """A second process that locks ``folder`` and sleeps; returns once it holds the lock."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], cwd=REPO, env=ENV,
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
+    def alive(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
 
 
 def _gone(pid: int) -> bool:
@@ -77,14 +90,14 @@ def _train_children(pid: int) -> list[tuple[int, list[str]]]:
 def test_a_folder_held_by_another_process_is_refused_by_train_reproduce_and_prepare(embedded_data_dir,
                                                                                     tmp_path, capsys):
     folder = tmp_path / "busy"
-    holder = _hold(folder)
+    holder = _Holder(folder)
     try:
         with open(folder / LOCK_FILE) as handle:
             assert handle.read().split("\n")[0] == str(holder.pid)
         assert run_cli(train.main, tiny_train_argv(embedded_data_dir, folder), prog="train.py") == 2
         err = capsys.readouterr().err
         assert f"--path_dest {str(folder)!r} is being written by another process (pid {holder.pid}: " in err
-        assert f"{sys.executable} -c {folder}" in err and "pass another --path_dest" in err
+        assert f"{sys.executable} {sys.argv[0]}" in err and "pass another --path_dest" in err
         assert reproduce.cli(["--out", str(folder), "--data_root", str(tmp_path / "data"), "--models_dir",
                               str(tmp_path / "models")]) == 2
         assert f"--out {str(folder)!r} is being written by another process (pid {holder.pid}" in \
@@ -95,7 +108,6 @@ def test_a_folder_held_by_another_process_is_refused_by_train_reproduce_and_prep
         assert sorted(os.listdir(folder)) == [LOCK_FILE]  # nothing written by the refused commands
     finally:
         holder.kill()
-        holder.wait()
     lock_folder(folder, "--path_dest")  # the kernel let go of the killed holder's lock
     with open(folder / LOCK_FILE) as handle:
         assert handle.read().split("\n")[0] == str(os.getpid())
@@ -109,17 +121,16 @@ def test_a_folder_held_by_another_process_is_refused_by_train_reproduce_and_prep
 @pytest.mark.slow
 def test_a_second_train_py_process_exits_2_at_once(embedded_data_dir, tmp_path):
     folder = tmp_path / "run"
-    holder = _hold(folder)
+    holder = _Holder(folder)
     try:
         # The time bound is loose (imports on a loaded machine); what counts: refused before any work.
         second = subprocess.run([sys.executable, "train.py", *tiny_train_argv(embedded_data_dir, folder)],
                                 cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-        assert second.returncode == 2 and os.listdir(folder) == [LOCK_FILE] and holder.poll() is None
+        assert second.returncode == 2 and os.listdir(folder) == [LOCK_FILE] and holder.alive()
         assert f"(pid {holder.pid}: " in second.stderr and str(folder) in second.stderr
         assert "Traceback" not in second.stderr
     finally:
         holder.kill()
-        holder.wait()
 
 
 def test_resume_with_overwrite_of_the_same_folder_is_refused_before_anything_is_touched(
