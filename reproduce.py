@@ -24,11 +24,11 @@ from src.reproduce.protocols import (
     user_train_flags,
 )
 from src.reproduce.report import write_reports
-from src.reproduce.runner import cell_environment, run_table
+from src.reproduce.runner import CHILDREN, cell_environment, check_models_dir, run_table
 from src.reproduce.sensitivity import run_sensitivity
 from src.reproduce.sweep import run_sweep
 from src.utils.cli import run_cli
-from src.utils.io import atomic_write_json, prepare_output_folder
+from src.utils.io import atomic_write_json, lock_folder, prepare_output_folder, unlock_folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -120,7 +120,17 @@ def main(argv=None) -> None:
     if protocol is not None:
         select_columns(protocol, args.schemes)
         protocol.rows = select_rows(protocol, args.rows)
+        check_models_dir(protocol)
     prepare_output_folder(args.out, "--out")
+    lock_folder(args.out, "--out")
+    try:
+        with CHILDREN.forwarding_signals():
+            run(args, protocol)
+    finally:
+        unlock_folder(args.out)
+
+
+def run(args: argparse.Namespace, protocol) -> None:
     jobs, env = cell_environment(args.device, args.jobs)
     start = time.time()
     if args.sweep:

@@ -30,7 +30,7 @@ from src.utils.checkpoint import load_training_checkpoint, recorded_args
 from src.utils.cli import ConfigError, run_cli
 from src.utils.distributed import DistributedContext, cleanup_distributed, init_distributed
 from src.utils.logging import git_commit, main_print
-from src.utils.run_folder import resolve_run_folder
+from src.utils.run_folder import resolve_run_folder, unlock_folder
 from src.utils.seed import derive_seed, seed_everything
 
 ONE_CYCLE_PCT_START = 0.2  # the paper's OneCycleLR warm-up share
@@ -232,6 +232,7 @@ def main(argv=None, callbacks=()) -> dict:
     finally:
         if trainer is not None:
             trainer.close()
+        unlock_folder(args.path_dest)
         cleanup_distributed()
 
 

@@ -24,6 +24,7 @@ from src.data.partial_labels import (
     simulate_partial_labels,
 )
 from src.utils.cli import run_cli
+from src.utils.io import refuse_existing_file
 
 # train.py's flags that the simulation takes, declared once in src/args.py (help, types, defaults).
 SHARED_FLAGS = ("data", "metadata", "skip_bad_images", "simulate_partial_type", "simulate_partial_param",
@@ -47,6 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      parents=[shared_flags_parser()],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, help="output .npz file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--plot", default=None,
                         help="PNG of the class frequencies (default: --out with .png; 'none' to skip)")
     args = parser.parse_args(argv)
@@ -59,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    refuse_existing_file(args.out, "--out", args.overwrite)
     dataset = build_split("coco", "train", data=args.data, metadata=args.metadata,
                           skip_bad_images=args.skip_bad_images)
     original = dataset.labels.to_dense()

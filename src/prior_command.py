@@ -38,7 +38,7 @@ from src.prior import (
 from src.utils.amp import resolve_amp
 from src.utils.cli import run_cli
 from src.utils.distributed import cleanup_distributed, init_distributed
-from src.utils.io import prepare_output_file
+from src.utils.io import prepare_output_file, refuse_existing_file
 
 PAPER_DEFAULTS = {"image_size": 448, "batch_size": 64}  # a checkpoint that records none
 
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(group, "--out", type=str, default=None,
              help="output CSV; default next to the checkpoint: <checkpoint folder>/prior_<simulation or "
                   "dataset>_<checkpoint name>[_ema].csv (train.py's own prior is in <path_dest>/priors/)")
+    add_flag(group, "--overwrite", action="store_true", help="replace an existing --out file")
     add_flag(group, "--compare", type=str, nargs="+", default=[], metavar="CSV",
              help="other prior files (Classes,avg_pred) to rank next to this estimate")
     add_flag(group, "--top", type=positive_int, default=10, help="length of the top lists")
@@ -114,6 +115,7 @@ def main(argv=None) -> dict:
     if not os.path.isdir(args.out) and not args.out.lower().endswith(".csv"):
         raise ValueError(f"--out: {args.out!r} should be a .csv file (the prior format is Classes,avg_pred)")
     prepare_output_file(args.out, "--out", example="prior.csv")  # before the pass: a bad --out fails now
+    refuse_existing_file(args.out, "--out", args.overwrite)
     ctx = init_distributed(args.device, args.dist_timeout)
     try:
         if ctx.is_main:

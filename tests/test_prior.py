@@ -506,7 +506,7 @@ def test_cli_takes_the_image_size_from_the_checkpoint(embedded_data_dir, tmp_pat
     assert (f"settings: image_size {TINY_IMAGE_SIZE} (checkpoint), model {TINY_MODEL} (checkpoint), classes "
             f"{len(names)} (checkpoint), bottleneck head False (checkpoint), batch 16 (flag)"
             ) in capsys.readouterr().out
-    given = main(argv)
+    given = main([*argv, "--overwrite"])  # the same --out again
     _, train_paths, _ = embedded_split(embedded_data_dir, "train")
     expected = manual_scores(model, train_paths, size=TINY_IMAGE_SIZE).mean(axis=0)
     np.testing.assert_allclose(without["prior"], expected, atol=1e-5)

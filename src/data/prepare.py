@@ -29,7 +29,7 @@ from tqdm.utils import CallbackIOWrapper
 from src.data.labels import DatasetError
 from src.utils.cli import ConfigError, run_cli
 from src.utils.download import download, human_bytes, progress_bar
-from src.utils.io import existing_ancestor
+from src.utils.io import existing_ancestor, lock_folder, unlock_folder
 
 BASE_URL_ENV = "CSL_PREPARE_BASE_URL"
 STATE_DIR = ".prepare"
@@ -456,7 +456,7 @@ def main(argv=None) -> dict:
     if args.dry_run:
         print("\ndry run: nothing was downloaded or written")
         return {"dry_run": True, "steps": steps, "needs": needs}
-    os.makedirs(root, exist_ok=True)
+    lock_folder(root, "--root")  # one writer; creates the root
     progress = not args.no_progress
     for number, step in enumerate(steps, 1):
         remote = step.remote
@@ -487,6 +487,7 @@ def main(argv=None) -> dict:
                 os.remove(step.local)
     if not args.keep_archives and os.path.isdir(downloads) and not os.listdir(downloads):
         os.rmdir(downloads)
+    unlock_folder(root)
     layout = finish_layout(args.dataset, spec, root)
     stage1, stage2 = train_commands(spec, layout)
     print(f"\n{args.dataset} is ready in {root}.")

@@ -5,10 +5,13 @@ paper's workflow: simulate the partial labels, Ignore (stage 1, writes the prior
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -38,6 +41,7 @@ from src.reproduce.protocols import (
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
 from src.utils.logging import format_duration
+from src.utils.run_folder import check_writable_folder
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "train.py")
@@ -53,14 +57,87 @@ class CellFailed(ExitRequest):
         super().__init__(f"reproduce.py: error: {reason}\nRe-run the same command to resume after fixing it.")
 
 
+class Interrupted(ExitRequest):
+    def __init__(self, signum: int):
+        self.exit_code = 128 + signum
+        super().__init__(f"reproduce.py: {signal.Signals(signum).name}: stopped, and its running steps "
+                         "with it. Re-run the same command to resume: finished cells are reused, "
+                         "interrupted ones continue from their last.pth")
+
+
+class Children:
+    """The running steps of the table, each in its own session (process group): reproduce.py passes a
+    SIGTERM or SIGINT on to them (as SIGTERM, on which train.py saves last.pth) and they get SIGTERM when
+    it dies, even by SIGKILL (PR_SET_PDEATHSIG, Linux)."""
+
+    def __init__(self):
+        self.live, self.launching, self.stopped = set(), 0, None
+        self.lock = threading.Lock()
+
+    def on_signal(self, signum, frame) -> None:
+        self.stopped = signum
+        if not self.live and not self.launching:  # no step running: stop here
+            raise Interrupted(signum)
+        for child in list(self.live):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+
+    @contextlib.contextmanager
+    def forwarding_signals(self):
+        signals, self.stopped = (signal.SIGTERM, signal.SIGINT), None
+        previous = {signum: signal.signal(signum, self.on_signal) for signum in signals}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def run(self, command: list[str], log, env: dict) -> int:
+        with self.lock:
+            if self.stopped:
+                raise Interrupted(self.stopped)
+            self.launching += 1
+        try:
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                                     start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+            self.live.add(child)
+        finally:
+            with self.lock:
+                self.launching -= 1
+        try:
+            if self.stopped:  # a signal came while it started
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGTERM)
+            returncode = child.wait()
+        finally:
+            self.live.discard(child)
+        if self.stopped:
+            raise Interrupted(self.stopped)
+        return returncode
+
+
+def _die_with_parent(parent: int):
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+    def in_child() -> None:  # after fork, before exec
+        if libc is not None:
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before that
+            os.kill(os.getpid(), signal.SIGTERM)
+    return in_child
+
+
+CHILDREN = Children()
+
+
 def run_logged(command: list[str], log_path: str, env: dict) -> None:
     print("$ " + shlex.join(command), flush=True)
     with open(log_path, "w") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    if done.returncode != 0:
+        returncode = CHILDREN.run(command, log, env)
+    if returncode != 0:
         with open(log_path) as log:
             tail = "".join(log.readlines()[-LOG_TAIL_LINES:])
-        raise CellFailed(f"command failed (exit {done.returncode}); log: {log_path}\n{tail}")
+        raise CellFailed(f"command failed (exit {returncode}); log: {log_path}\n{tail}")
 
 
 def train_command(args, flags: dict) -> list[str]:
@@ -188,12 +265,13 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str | Non
     cell_dir = os.path.join(args.out, "cells", f"{group.name}_{row.key}")
     flags = cell_flags(args, protocol, group, row, labels, prior, cell_dir)
     settings = run_settings(flags, args.nproc_per_node, protocol.data_config)
-    result_path = os.path.join(cell_dir, "result.json")
-    if reusable(result_path, os.path.join(cell_dir, "settings.json"), settings, args.overwrite, cell_dir):
+    result_path, record = os.path.join(cell_dir, "result.json"), os.path.join(cell_dir, "settings.json")
+    resumable = interrupted_run(cell_dir, record, settings)
+    if reusable(result_path, record, settings, args.overwrite, cell_dir):
         with open(result_path) as handle:
             result = json.load(handle)
     else:
-        result = _train_cell(args, protocol, group, row, flags, env, twin)
+        result = _train_cell(args, protocol, group, row, flags, env, twin, resumable)
         result["identity"] = settings_identity(settings)
         atomic_write_json(result_path, result)
     if progress is not None:
@@ -201,10 +279,21 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str | Non
     return result
 
 
-def _train_cell(args, protocol, group, row, flags, env, twin) -> dict:
-    """Run one cell's train.py, or reuse its twin's run (`Row.same_run_as`)."""
-    # The folder holds no finished result (`reusable`): what train.py finds there is an interrupted attempt.
-    command = train_command(args, dict(flags, overwrite=True))
+def interrupted_run(cell_dir: str, record: str, settings: dict) -> str | None:
+    """The last.pth of an interrupted attempt with these settings (no result.json yet), to resume."""
+    last = os.path.join(cell_dir, "last.pth")
+    if os.path.exists(os.path.join(cell_dir, "result.json")) or not os.path.isfile(last):
+        return None
+    with contextlib.suppress(OSError, ValueError), open(record) as handle:
+        if json.load(handle).get("identity") == settings_identity(settings):
+            return last
+    return None
+
+
+def _train_cell(args, protocol, group, row, flags, env, twin, resume: str | None = None) -> dict:
+    """Run one cell's train.py (continuing an interrupted attempt of the same settings from its last.pth;
+    one of other settings is replaced), or reuse its twin's run (`Row.same_run_as`)."""
+    command = train_command(args, dict(flags, **({"resume": resume} if resume else {"overwrite": True})))
     cell_dir, prior = flags["path_dest"], flags.get("prior_path")
     atomic_write_text(os.path.join(cell_dir, "command.txt"), shlex.join(command) + "\n")
     threshold = float(flags["prior_threshold"]) if row.needs_prior else None
@@ -256,8 +345,10 @@ def prepare_embedded(args, protocol: Protocol, env: dict) -> None:
         return
     path_dest = os.path.join(args.out, "upstream", os.path.splitext(os.path.basename(target))[0])
     os.makedirs(path_dest, exist_ok=True)
-    # No cached backbone of these settings: what path_dest holds is an interrupted attempt, replaced.
-    command = train_command(args, dict(upstream["flags"], path_dest=path_dest, overwrite=True))
+    # No cached backbone of these settings (path_dest is named after them): continue an interrupted attempt.
+    last = os.path.join(path_dest, "last.pth")
+    command = train_command(args, dict(upstream["flags"], path_dest=path_dest,
+                                       **({"resume": last} if os.path.isfile(last) else {"overwrite": True})))
     run_logged(command, os.path.join(path_dest, "train.log"), env)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     atomic_write_json(os.path.splitext(target)[0] + ".json", upstream["settings"])
@@ -273,6 +364,12 @@ def cell_environment(device: str, jobs: int | None) -> tuple[int, dict]:
     if not cuda:  # share the cores between parallel cells instead of oversubscribing them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // jobs)))
     return jobs, env
+
+
+def check_models_dir(protocol: Protocol) -> None:
+    """A backbone to pretrain must be storable: checked before the hours of pretraining, not after."""
+    if protocol.upstream is not None and not os.path.exists(protocol.upstream["path"]):
+        check_writable_folder(os.path.dirname(protocol.upstream["path"]), "--models_dir")
 
 
 def run_table(args, protocol: Protocol, seeds: int, jobs: int, env: dict) -> list[dict]:

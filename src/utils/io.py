@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import glob
 import json
 import os
+import shlex
+import sys
 
 import numpy as np
 import torch
+
+from src.utils.cli import ConfigError
+
+LOCK_FILE = ".lock"
+_held_locks: dict[str, tuple[int, bool]] = {}  # folder -> (descriptor, whether locking created the folder)
 
 
 class OutputError(OSError):
@@ -122,6 +130,13 @@ def prepare_output_file(path: str, flag: str, example: str = "out.csv") -> str:
     return path
 
 
+def refuse_existing_file(path: str, flag: str, overwrite: bool) -> None:
+    """A command writing a named file keeps an earlier run's file unless ``--overwrite`` is given."""
+    if os.path.isfile(path) and not overwrite:
+        raise ConfigError(f"{flag}: {path!r} exists (an earlier run's output); pass --overwrite to replace "
+                          f"it, or another {flag}")
+
+
 def prepare_output_folder(folder: str, flag: str) -> str:
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"{flag}: {folder!r} is a file, not a folder; pass a folder path")
@@ -134,3 +149,47 @@ def prepare_output_folder(folder: str, flag: str) -> str:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{flag}: the folder {folder!r} is not writable; pass a writable folder")
     return folder
+
+
+def lock_folder(folder: str, flag: str) -> None:
+    """Make this process the folder's one writer until `unlock_folder` or its exit: an exclusive ``flock``
+    on ``folder/.lock`` (the kernel releases it when the process dies, however), which records the
+    holder's pid and command. The folder is created when missing. Another holder: ConfigError naming it."""
+    folder = os.path.abspath(folder)
+    if folder in _held_locks:
+        return
+    created = not os.path.isdir(folder)
+    path = os.path.join(folder, LOCK_FILE)
+    while True:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise ConfigError(f"{flag}: {_describe_os_error(error, folder)}") from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with open(fd, encoding="utf-8", errors="replace") as handle:  # closes fd
+                pid, _, command = handle.read().partition("\n")
+            raise ConfigError(f"{flag} {folder!r} is being written by another process (pid {pid or '?'}: "
+                              f"{command.strip() or 'command unknown'}); wait for it to end, or pass "
+                              f"another {flag}") from None
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the previous holder removed the file as it let go: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n{shlex.join([sys.executable, *sys.argv])}\n".encode())
+    _held_locks[folder] = fd, created
+
+
+def unlock_folder(folder: str | None) -> None:
+    """Let go of `lock_folder`'s lock (nothing when not held): the lock file is removed, and the folder
+    too when locking created it and nothing else was written there."""
+    fd, created = _held_locks.pop(os.path.abspath(folder), (None, False)) if folder else (None, False)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(folder, LOCK_FILE))  # while still held: no one locks the old file after
+        if created:
+            os.rmdir(folder)  # fails, as wanted, when the run wrote anything
+    os.close(fd)

@@ -1,7 +1,8 @@
 """Where a training run writes; a run never destroys another run's results.
 ``--path_dest`` unset: a fresh ``./outputs/<date>-<time>_<name>``. A ``--path_dest`` holding a run is refused
 unless ``--resume`` continues a checkpoint of that very folder, or ``--overwrite`` is given, which removes
-the old run's files first so that nothing of it (a stale best.pth, metrics.jsonl lines) mixes in."""
+the old run's files first so that nothing of it (a stale best.pth, metrics.jsonl lines) mixes in. A folder
+has one writer at a time (`lock_folder`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 
 from src.utils.cli import ConfigError
 from src.utils.distributed import barrier, broadcast_object
-from src.utils.io import existing_ancestor
+from src.utils.io import existing_ancestor, lock_folder, unlock_folder
 
 DEFAULT_PARENT = "./outputs"
 RUN_FILES = ("args.json", "metrics.jsonl", "last.pth", "best.pth")
@@ -61,13 +62,18 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def check_run_folder(folder: str, resume: str | None, overwrite: bool) -> None:
-    if os.path.isdir(folder) and held_run_files(folder) and not overwrite:
-        resuming_here = resume is not None and _same_folder(os.path.dirname(os.path.abspath(resume)), folder)
-        if not resuming_here:
-            raise ConfigError(
-                f"--path_dest {folder!r} holds {describe_run(folder)} ({', '.join(held_run_files(folder))}); "
-                f"a new run would overwrite it. Pass --resume {os.path.join(folder, 'last.pth')} to continue "
-                "it, --overwrite to replace it, or another --path_dest")
+    resuming_here = resume is not None and _same_folder(os.path.dirname(os.path.abspath(resume)), folder)
+    if resuming_here and overwrite:
+        raise ConfigError(f"--resume {resume} and --overwrite: --overwrite would delete the run of "
+                          f"--path_dest {folder!r} that --resume continues; drop --overwrite to continue it, "
+                          "or --resume to replace it")
+    if os.path.isdir(folder) and held_run_files(folder) and not overwrite and not resuming_here:
+        last = os.path.join(folder, "last.pth")
+        resume_hint = f"--resume {last} to continue it, " if os.path.isfile(last) else ""
+        raise ConfigError(
+            f"--path_dest {folder!r} holds {describe_run(folder)} ({', '.join(held_run_files(folder))}); "
+            f"a new run would overwrite it. Pass {resume_hint}--overwrite to replace it, or another "
+            "--path_dest")
     check_writable_folder(folder, "--path_dest")
 
 
@@ -104,7 +110,14 @@ def resolve_run_folder(path_dest: str | None, run_name: str, *, resume: str | No
     folder = path_dest
     if folder is None:
         folder = broadcast_object(fresh_run_folder(DEFAULT_PARENT, run_name) if is_main else None)
-    check_run_folder(folder, resume, overwrite)
+    if is_main:  # one writer (train.py lets go in its `finally`); the checks below run under the lock
+        check_writable_folder(folder, "--path_dest")
+        lock_folder(folder, "--path_dest")
+    try:
+        check_run_folder(folder, resume, overwrite)
+    except ConfigError:
+        unlock_folder(folder)
+        raise
     barrier()  # every rank has looked before rank 0 clears
     if overwrite and is_main and os.path.isdir(folder):
         removed = clear_run_files(folder)
