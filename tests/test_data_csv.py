@@ -5,6 +5,9 @@ train.py -> src.prior -> validate.py -> infer.py on a hand-made CSV dataset with
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import subprocess
 import time
 
 import numpy as np
@@ -269,7 +272,6 @@ def hand_made_dataset(root, layout: str) -> None:
         write(os.path.join(root, f"{split}.csv"), "\n".join([header, *rows]) + "\n")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["lists", "wide"])
 def test_train_prior_validate_infer_on_a_hand_made_csv(tmp_path, layout, capsys):
     data = str(tmp_path / "data")
@@ -294,3 +296,49 @@ def test_train_prior_validate_infer_on_a_hand_made_csv(tmp_path, layout, capsys)
     assert all(len(t["tags"]) == 2 and {name for name, _ in t["tags"]} <= set(COLOURS) for t in tags)
     with open(tmp_path / "tags" / "predictions.csv", encoding="utf-8") as handle:
         assert {row.split(",")[2] for row in handle.read().splitlines()[1:]} <= set(sorted_names)
+
+
+# ------------------------------------------------------------------------- docs/your_data.md, as written
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALLER = {"--n_train 1000": "--n_train 160", "--n_test 300": "--n_test 32", "--epochs 5": "--epochs 1"}
+IN_PROCESS = {("-m", "src.data.embedded"): embedded_main, ("-m", "src.prior"): prior_main,
+              ("train.py",): train.main, ("validate.py",): validate.main, ("infer.py",): infer.main}
+
+
+def doc_commands() -> list[str]:
+    """The commands of docs/your_data.md's bash blocks, continuation lines joined."""
+    with open(os.path.join(REPO, "docs", "your_data.md"), encoding="utf-8") as handle:
+        blocks = re.findall(r"```bash\n(.*?)```", handle.read(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def test_the_commands_of_your_data_md_run_as_written(tmp_path, monkeypatch, capsys):
+    """Each command of the page, in order, with fewer images and epochs: python commands in-process (the
+    import costs more than the run), the shell ones (head) in bash."""
+    commands = doc_commands()
+    assert sum(c.startswith(".venv/bin/python") for c in commands) == 6
+    script = "\n".join(commands)
+    for large in SMALLER:
+        assert large in script, f"docs/your_data.md no longer has {large}: update SMALLER"
+    monkeypatch.chdir(tmp_path)
+    os.symlink(os.path.join(REPO, "pics"), "pics")
+    with single_thread():
+        for command in commands:
+            for large, small in SMALLER.items():
+                command = command.replace(large, small)
+            words = shlex.split(command)
+            if words[0] != ".venv/bin/python":
+                subprocess.run(["bash", "-c", command], check=True, stdout=subprocess.DEVNULL)
+                continue
+            key = next(k for k in IN_PROCESS if tuple(words[1:1 + len(k)]) == k)
+            IN_PROCESS[key](words[1 + len(key):])
+    out = capsys.readouterr().out
+    assert "(lists layout)" in out and "chosen on the held-out split" in out and "mAP" in out
+    with open("data/my_csv/classes.txt", encoding="utf-8") as handle:
+        classes = handle.read().split()
+    with open("outputs/my_tags/predictions.csv", encoding="utf-8") as handle:
+        rows = handle.read().splitlines()[1:]
+    assert len(rows) >= 4 and {row.split(",")[2] for row in rows if row.split(",")[2]} <= set(classes)
+    assert os.path.isfile("outputs/my_prior.csv")
+    assert os.path.isfile("outputs/my_stage2/best_csv_per_class_ap.csv")
