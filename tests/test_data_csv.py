@@ -152,7 +152,9 @@ def test_simulation_on_top_of_a_csv(tmp_path):
     rows = "".join(f"{name},{i % 2},{1 - i % 2}\n" for i, name in enumerate(names))
     write(tmp_path / "train.csv", "image,p,q\n" + rows)
     dataset = build_split("csv", "train", data=str(tmp_path))
+    as_read = dataset.describe_load_stats()
     summary = apply_partial_labels(dataset, simulate_type="fpc", simulate_param=1, seed=0)
+    assert dataset.describe_load_stats() == as_read  # the line describes the file, not the draw
     labels = dataset.labels.to_dense()
     assert summary["positives_kept"] == 2
     assert ((labels == 1).sum(axis=0) == 1).all() and ((labels == 0).sum(axis=0) == 1).all()
@@ -253,7 +255,7 @@ def test_skip_bad_images_drops_the_missing_rows(tmp_path):
 
 # ------------------------------------------------------------------------------ the commands, end to end
 def hand_made_dataset(root, layout: str) -> None:
-    """24 train and 8 val pictures of coloured squares; train labels partial, written by hand-rolled code."""
+    """24 train and 8 val pictures of coloured squares and their labels, written here (not by the project)."""
     rng = np.random.default_rng(1)
     for split, count in (("train", 24), ("val", 8)):
         rows = []
@@ -261,7 +263,8 @@ def hand_made_dataset(root, layout: str) -> None:
             present = [name for name in COLOURS if rng.random() < 0.5] or ["red"]
             name = f"{split}/{i:02d}.png"
             picture(os.path.join(root, name), present)
-            known = [c for c in COLOURS if split == "val" or rng.random() < 0.7]
+            # train partial; val complete in the lists layout, partial in the wide one
+            known = [c for c in COLOURS if (split == "val" and layout == "lists") or rng.random() < 0.7]
             if layout == "wide":
                 cells = [("1" if c in present else "0") if c in known else "" for c in COLOURS]
                 rows.append(",".join([name, *cells]))
@@ -292,10 +295,26 @@ def test_train_prior_validate_infer_on_a_hand_made_csv(tmp_path, layout, capsys)
     sorted_names = sorted(COLOURS)  # no classes.txt: the sorted names of train.csv
     assert prior["class_names"] == sorted_names and len(prior["prior"]) == 3
     assert 0 <= result["mAP"] <= 100
+    assert ("partial mAP" in capsys.readouterr().out) is (layout == "wide")  # val.csv's -1: partial AP
+    assert prior["report"] is None  # train.csv leaves labels unknown: no truth to rank the prior against
     assert len(tags) == 8
     assert all(len(t["tags"]) == 2 and {name for name, _ in t["tags"]} <= set(COLOURS) for t in tags)
     with open(tmp_path / "tags" / "predictions.csv", encoding="utf-8") as handle:
         assert {row.split(",")[2] for row in handle.read().splitlines()[1:]} <= set(sorted_names)
+
+
+def test_prior_of_a_complete_csv_is_ranked_against_its_labels(tmp_path, capsys):
+    """A CSV without -1 holds the full labels: python -m src.prior ranks the prior of an fpc draw on it."""
+    out = str(tmp_path / "emb")
+    embedded_main(["--out", out, "--n_train", "40", "--n_test", "16", "--format", "csv", "--layout", "wide"])
+    common = ["--data", out, "--dataset_type", "csv", "--image-size", "32", "-j", "0", "--device", "cpu",
+              "--simulate_partial_type", "fpc", "--simulate_partial_param", "2"]
+    with single_thread():
+        train.main([*common, "--model-path", "none", "--model-name", TINY_MODEL, "--num-classes", "48",
+                    "--epochs", "1", "-b", "16", "--partial_loss_mode", "ignore", "--path_dest",
+                    str(tmp_path / "run")])
+        prior = prior_main(["--model_path", str(tmp_path / "run" / "best.pth"), *common])
+    assert prior["report"] is not None and "true frequency" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------- docs/your_data.md, as written

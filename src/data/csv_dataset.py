@@ -221,11 +221,14 @@ class CsvDataset(MultiLabelImageDataset):
             raise DatasetError(f"{csv_path}: line {lines[first]}: image {images[first]!r} not found under "
                                f"--data {root} ({len(missing)} of {len(images)} images missing). Fix the "
                                f"path or --data, or pass --skip_bad_images to train without them") from None
+        pos, neg = int(self.labels.positive_counts().sum()), int(self.labels.negative_counts().sum())
+        self.load_stats = {"images": len(self), "positive_labels": pos, "negative_labels": neg}
 
     def describe_load_stats(self) -> str:
-        pos, neg = int(self.labels.positive_counts().sum()), int(self.labels.negative_counts().sum())
-        unknown = 100 * (1 - (pos + neg) / max(len(self) * self.num_classes, 1))
-        return (f"{self.label_source}: {len(self)} images x {self.num_classes} classes ({self.layout} "
+        """The labels as read from the file (a later simulation does not change this line)."""
+        images, pos, neg = (self.load_stats[key] for key in ("images", "positive_labels", "negative_labels"))
+        unknown = 100 * (1 - (pos + neg) / max(images * self.num_classes, 1))
+        return (f"{self.label_source}: {images} images x {self.num_classes} classes ({self.layout} "
                 f"layout): {pos} positive, {neg} negative labels, {unknown:.1f}% not annotated")
 
 
