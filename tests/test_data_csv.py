@@ -214,6 +214,7 @@ ERROR_CASES = {
     "repeated class in classes.txt": ("image,x\na.png,1\n", "x\ny\nx\n",
                                       r"classes.txt: line 3: class 'x' is already listed on line 1"),
     "empty file": ("", None, r"train.csv: the file is empty"),
+    "no class column": ("image\na.png\n", None, r"train.csv: line 1: no class column next to 'image'"),
 }
 
 

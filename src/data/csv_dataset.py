@@ -1,9 +1,9 @@
 """Your own partially labelled data as CSV (docs/your_data.md): ``train.csv`` and ``val.csv`` (or
 ``test.csv``) with an ``image`` column of paths relative to the image root (``--data``). Two layouts, told by
-the header:
-wide ``image,<class>,...`` (cells 1, 0, -1 or empty = not annotated) and lists ``image,positives,negatives``
-(';'-separated class names, every other class -1). Class order: ``classes.txt`` next to the CSVs, else the
-sorted names of train.csv. Labels are stored sparse: memory grows with the annotations, not images x classes.
+the header: wide ``image,<class>,...`` (cells 1, 0, -1 or empty = not annotated) and lists
+``image,positives,negatives`` (';'-separated class names, every other class -1). Class order:
+``classes.txt`` next to the CSVs, else the sorted names of train.csv. Labels are stored sparse: memory grows
+with the annotations, not images x classes.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def _layout(path: str, header: list[str]) -> str:
         raise DatasetError(f"{path}: line 1: column names must be unique and non-empty (repeated: "
                            f"{duplicated[:5]}); rename the columns")
     if "positives" not in header and "negatives" not in header:
+        if len(header) == 1:
+            raise DatasetError(f"{path}: line 1: no class column next to 'image'; {_FORMAT_HINT}")
         return "wide"
     missing = [name for name in LIST_COLUMNS if name not in header]
     extra = [name for name in header if name not in LIST_COLUMNS]
