@@ -33,8 +33,9 @@ PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
 PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 OUTPUT_SUFFIX = "_tags.png"  # the annotated pictures this script writes; never tagged again
+# Keys without "_" and "-": MS-COCO (an older paper README) is mscoco.
 DATASET_ALIASES = {"openimagess": "openimages", "openimages": "openimages", "coco": "coco", "mscoco": "coco",
-                   "lvis": "lvis"}  # keys without "_" and "-": MS-COCO (an older paper README) is mscoco
+                   "lvis": "lvis", "csv": "csv"}
 MIN_DISPLAY_SIZE = 384  # small pictures (e.g. 32 px scenes) are enlarged so the drawing is readable
 MAX_DISPLAY_SIZE = 1024  # large photographs are shrunk so the 16 px text stays readable
 PAPER_INPUT_SIZE = 224  # the paper's infer.py default, for checkpoints that do not store their size
@@ -45,7 +46,7 @@ TRAINED_HERE_THRESHOLD = 0.5  # train.py's --thre: the threshold suggested when 
 def dataset_type(text: str) -> str:
     key = text.lower().replace("_", "").replace("-", "")
     if key not in DATASET_ALIASES:
-        raise argparse.ArgumentTypeError(f"unknown dataset type {text!r}; use coco, openimages or lvis")
+        raise argparse.ArgumentTypeError(f"unknown dataset type {text!r}; use coco, openimages, lvis or csv")
     return DATASET_ALIASES[key]
 
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
              help="the picture is resized to this square size; default: the size stored in the checkpoint "
                   f"(ours: train.py's --image-size), else the paper's {PAPER_INPUT_SIZE}")
     add_flag(parser, "--dataset_type", type=dataset_type, default="openimages",
-             help="coco, openimages or lvis (only selects the default class descriptions file)")
+             help="coco, openimages, lvis or csv (only selects the default class descriptions file)")
     add_flag(parser, "--class_description_path", type=str, default=None,
              help="CSV LabelName,DisplayName mapping class ids (OpenImages MIDs) to names; default "
                   f"{PAPER_DESCRIPTIONS_PATH} for openimages when that file exists")

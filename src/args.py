@@ -69,9 +69,10 @@ def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentPars
                   "dataset uses it too)")
     add_flag(group, "--metadata", type=str, default="./data/COCO_2014",
              help="folder of the paper's annotation files (train.json/val.json for COCO; label files "
-                  "for OpenImages/LVIS)")
+                  "for OpenImages/LVIS; train.csv/val.csv for csv, default there: --data)")
     add_flag(group, "--dataset_type", type=str, choices=DATASET_TYPES, default="coco",
-             help="dataset reader (the embedded dataset uses the coco layout)")
+             help="dataset reader (the embedded dataset uses the coco layout; csv: your own data, "
+                  "docs/your_data.md)")
     add_flag(group, "--image-size", type=image_size, default=448, metavar="N", help="input image size")
     add_flag(group, "-b", "--batch-size", type=positive_int, default=batch_size, metavar="N",
              help="mini-batch size per process")

@@ -70,7 +70,7 @@ def _default_out(args) -> str:
 
 
 def _load_train_sets(args, verbose: bool = True):
-    """(train set, eval transform, partial labels; its full labels: known for coco/embedded, else None)."""
+    """(train set with partial labels, its full labels: known for coco and complete CSVs, else None)."""
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     train_full = build_split_from_args(args, "train", transform)
     if verbose and train_full.describe_load_stats() is not None:
@@ -83,7 +83,9 @@ def _load_train_sets(args, verbose: bool = True):
     if summary is not None and verbose:
         print(describe_simulation(args.simulate_partial_type, args.simulate_partial_param, args.seed,
                                   summary))
-    return train_partial, (train_full.labels if args.dataset_type == "coco" else None)
+    full = train_full.labels  # COCO's are complete; a CSV's when it leaves no label unknown
+    complete = int(full.annotated_counts().sum()) == full.num_samples * full.num_classes
+    return train_partial, (full if args.dataset_type == "coco" or complete else None)
 
 
 def _report(args, train_set, full_labels, class_names, prior, compares) -> tuple[str | None, dict | None]:

@@ -1,7 +1,8 @@
-"""Datasets of the CSL reimplementation: COCO 2014, OpenImages V6, LVIS v1 (and the embedded benchmark,
-read as COCO). `build_split` reads one split with its full labels, `apply_partial_labels` replaces them by a
-partial label file or a simulated draw, `build_datasets(args)` reads the command line's data flags. The
-library prints nothing: callers report `describe_simulation` and ``dataset.describe_load_stats()``.
+"""Datasets of the CSL reimplementation: COCO 2014, OpenImages V6, LVIS v1, your own CSV files (and the
+embedded benchmark, read as COCO or CSV). `build_split` reads one split with its full labels,
+`apply_partial_labels` replaces them by a partial label file or a simulated draw, `build_datasets(args)`
+reads the command line's data flags. The library prints nothing: callers report `describe_simulation` and
+``dataset.describe_load_stats()``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 
 from src.data.base import eval_view
 from src.data.coco import CocoDetection
+from src.data.csv_dataset import csv_dataset
 from src.data.labels import DatasetError, LabelMatrix
 from src.data.lvis import lvis_dataset
 from src.data.openimages import openimages_dataset
@@ -17,7 +19,7 @@ from src.data.partial_labels import describe_simulation, load_partial_labels, si
 from src.data.transforms import build_train_transform, build_val_transform
 
 
-DATASET_TYPES = ("coco", "openimages", "lvis")
+DATASET_TYPES = ("coco", "openimages", "lvis", "csv")
 SPLITS = ("train", "val")
 
 
@@ -76,6 +78,8 @@ def build_split(dataset_type: str, split: str, transform=None, *, data: str, met
         return openimages_dataset(split, transform, data=data, metadata=metadata,
                                   skip_bad_images=skip_bad_images, unknown_mids=unknown_mids,
                                   val_split=openimages_val_split)
+    if dataset_type == "csv":
+        return csv_dataset(split, transform, data=data, metadata=metadata, skip_bad_images=skip_bad_images)
     return lvis_dataset(split, transform, data=data, metadata=metadata, skip_bad_images=skip_bad_images)
 
 

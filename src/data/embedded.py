@@ -19,7 +19,8 @@ from functools import cache
 
 import numpy as np
 
-from src.data.partial_labels import keep_random_k
+from src.data.csv_dataset import CLASSES_FILE, CSV_LAYOUTS, write_csv_labels
+from src.data.partial_labels import keep_random_k, simulate_partial_labels
 from src.utils.cli import run_cli
 
 SHAPES = ("circle", "square", "triangle", "plus", "ring", "diamond")
@@ -643,8 +644,35 @@ def ensure_dataset(
     return _generate(out_dir, variant, n_train, n_test, image_size, seed, design)
 
 
+def write_embedded_csv(out_dir, layout: str = "lists", unannotated: float = 0.0, seed: int = 0) -> list[str]:
+    """train.csv, val.csv and classes.txt of a written dataset, next to its COCO files (docs/your_data.md);
+    each train label is written as not annotated with probability ``unannotated`` (RPS); val is complete."""
+    out_dir = os.fspath(out_dir)
+    written = []
+    for split, (_, folder) in _SPLITS.items():
+        annotation_file = os.path.join(out_dir, "annotations", f"instances_{folder}.json")
+        with open(annotation_file, encoding="utf-8") as handle:
+            content = json.load(handle)
+        categories = sorted(content["categories"], key=lambda category: category["id"])
+        column_of = {category["id"]: c for c, category in enumerate(categories)}
+        row_of = {image["id"]: r for r, image in enumerate(content["images"])}
+        labels = np.zeros((len(row_of), len(categories)), dtype=np.int8)
+        for annotation in content["annotations"]:
+            labels[row_of[annotation["image_id"]], column_of[annotation["category_id"]]] = 1
+        if split == "train" and unannotated > 0:
+            labels = simulate_partial_labels(labels, "rps", unannotated, seed)
+        images = [f"{folder}/{image['file_name']}" for image in content["images"]]
+        written.append(os.path.join(out_dir, f"{split}.csv"))
+        write_csv_labels(written[-1], images, labels, [category["name"] for category in categories], layout)
+    written.append(os.path.join(out_dir, CLASSES_FILE))
+    with open(written[-1], "w", encoding="utf-8") as handle:
+        handle.writelines(f"{category['name']}\n" for category in categories)
+    return written
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Write the synthetic embedded dataset in the COCO layout.")
+    parser = argparse.ArgumentParser(description="Write the synthetic embedded dataset in the COCO layout "
+                                     "(--format csv: also as CSV).")
     parser.add_argument("--out", default="data/embedded", help="output folder")
     parser.add_argument("--n_train", type=int, default=None, help="train images (default 6000)")
     parser.add_argument("--n_test", type=int, default=None, help="val images (default 3000; upstream 1000)")
@@ -659,11 +687,22 @@ def main(argv=None) -> None:
         "any two classes share at most one of shape, body colour, core colour; the design the demo runs)",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder matches the config")
+    parser.add_argument("--format", choices=("coco", "csv"), default="coco",
+                        help="csv: also write train.csv, val.csv and classes.txt (--dataset_type csv)")
+    parser.add_argument("--layout", choices=CSV_LAYOUTS, default="lists",
+                        help="--format csv: lists (image,positives,negatives) or wide (one column per class)")
+    parser.add_argument("--unannotated", type=float, default=0.0, metavar="P",
+                        help="--format csv: write each train label as not annotated with probability P")
     args = parser.parse_args(argv)
+    if not 0 <= args.unannotated < 1:
+        parser.error(f"--unannotated {args.unannotated}: give a probability in [0, 1), e.g. 0.5")
     variant = "upstream" if args.upstream else "embedded"
     result = ensure_dataset(
         args.out, variant, args.n_train, args.n_test, args.image_size, args.seed, args.force, args.design
     )
+    if args.format == "csv":
+        written = write_embedded_csv(args.out, args.layout, args.unannotated, args.seed)
+        print(f"{args.layout} CSV labels: {', '.join(written)} (--dataset_type csv --data {args.out})")
     if result is None:
         print(
             f"{args.out} already holds the requested {variant} dataset ({args.design}); nothing to do "
