@@ -23,6 +23,28 @@ The cases of the issue "Nothing lost, nothing silently wrong", what is guarantee
     tests/test_bad_inputs_data.py
 13. *.pth.tmp.<pid> left by killed saves -> removed at the next save: tests/test_checkpoint_io.py
 14. OpenImages conflicts, empty rows, default folder, open file -> tests/test_bad_inputs_data.py
+
+The second attack (issue "Nothing lost under concurrency, interruption or hostile input"):
+
+15. two processes writing one folder -> an OS lock per folder (train.py's run folder, reproduce.py's
+    --out, prepare's --root): the second exits 2 naming the holder; --resume with --overwrite of the same
+    folder refused before anything is touched; coco_simulation / src.prior --out never replace a file
+    without --overwrite: tests/test_bad_inputs_writers.py
+16. reproduce.py killed or stopped -> its cells run in their own process groups, get SIGTERM passed on
+    (and die with it on kill -9); a rerun resumes the interrupted cell from its last.pth; a read-only
+    --models_dir or a run that saved no epoch gets a hint that is true: tests/test_bad_inputs_writers.py
+17. a fault during a run -> last.pth before each evaluation; a bad image mid-epoch saves and names the file
+    (or is skipped and counted); the evaluation set decoded at start-up, --verify_images full; FIFOs never
+    opened; Ctrl-C = SIGTERM (exit 130); SIGTERM in the prior pass says how to get the prior; a stopped
+    DDP rank ends the job after --dist_timeout; a crafted last.pth is one line:
+    tests/test_bad_inputs_interrupt.py
+18. text inputs with a BOM, repeated or malformed COCO ids / names, a simulation that leaves no label or no
+    positive, truncated data.csv or junk .part downloads, an unwritable prepare --root, a text file as
+    --partial_labels -> refused or read right: tests/test_bad_inputs_inputs.py
+19. flags checked at the parser (lr > 0 and finite, thresholds in [0, 1], alpha >= 0, seed >= 0, image
+    sizes <= 4096); a later method's flag with another --partial_loss_mode refused; compressed or inflated
+    checkpoint members and stored image sizes refused before use; control characters escaped; EXIF
+    orientation applied by infer.py; no empty "error:": tests/test_bad_inputs_flags.py
 """
 
 from __future__ import annotations
