@@ -30,7 +30,7 @@ from src.utils.checkpoint import load_training_checkpoint, recorded_args
 from src.utils.cli import ConfigError, run_cli
 from src.utils.distributed import DistributedContext, cleanup_distributed, init_distributed
 from src.utils.logging import git_commit, main_print
-from src.utils.run_folder import resolve_run_folder, unlock_folder
+from src.utils.run_folder import refuse_overwriting_the_resumed_run, resolve_run_folder, unlock_folder
 from src.utils.seed import derive_seed, seed_everything
 
 ONE_CYCLE_PCT_START = 0.2  # the paper's OneCycleLR warm-up share
@@ -201,6 +201,8 @@ def main(argv=None, callbacks=()) -> dict:
     if args.resume is not None:
         require_file(args.resume, "--resume", "checkpoint", "pass <path_dest>/last.pth of the run to "
                      "continue")
+        refuse_overwriting_the_resumed_run(args.path_dest or os.path.dirname(args.resume), args.resume,
+                                           args.overwrite)  # before the checkpoint is even read
         checkpoint = load_training_checkpoint(args.resume, allow_pickle=args.unsafe_pickle)
         args = take_run_settings(args, parser.given, checkpoint)
     check_args(args)

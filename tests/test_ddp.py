@@ -134,8 +134,9 @@ def test_ddp_label_stores_hold_every_ranks_updates(mode, embedded_data_dir, tmp_
     LL-Cp flips ceil(B C delta) = 1 entry (16 x 48 x 0.001 = 0.77) per rank per step from epoch 2: 2 epochs x
     3 steps x 2 ranks = 12 flips (6 if rank 1's were lost). EM-APL (warm-up 1, T = 3) labels
     int(0.9 U_c / 2) new entries of class c after epochs 1 and 2, from the whole training set's scores."""
+    own = ["--apl_warmup_epochs", "1"] if mode == "em_apl" else []  # a flag only for the mode that has it
     stdout = _torchrun_train(tiny_train_argv(embedded_data_dir, tmp_path, "--epochs", "3",
-                                             "--partial_loss_mode", mode, "--apl_warmup_epochs", "1"))
+                                             "--partial_loss_mode", mode, *own))
     store = torch.load(tmp_path / "last.pth", map_location="cpu", weights_only=True)["criterion"]
     targets = _training_targets(embedded_data_dir)
     unannotated = targets == -1

@@ -375,7 +375,7 @@ def test_class_name_note_only_on_rank_0(embedded_data_dir, tmp_path, monkeypatch
     names = embedded_split(embedded_data_dir)[0]
     save_tiny_checkpoint(tmp_path / "renamed.pth", [f"x_{n}" for n in names])
     ctx = DistributedContext(rank=rank, world_size=2, device=torch.device("cpu"))
-    monkeypatch.setattr(validate, "init_distributed", lambda device: ctx)
+    monkeypatch.setattr(validate, "init_distributed", lambda device, timeout_s=None: ctx)
     validate.main(base_argv(embedded_data_dir, tmp_path / "renamed.pth", tmp_path / "ap.csv"))
     out = capsys.readouterr().out
     assert (f"note: {len(names)} of {len(names)} class names of the checkpoint differ" in out) == (rank == 0)

@@ -61,12 +61,18 @@ def _same_folder(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def check_run_folder(folder: str, resume: str | None, overwrite: bool) -> None:
+def refuse_overwriting_the_resumed_run(folder: str, resume: str | None, overwrite: bool) -> bool:
+    """Whether ``resume`` continues the run in ``folder``; with --overwrite that would delete it: refused."""
     resuming_here = resume is not None and _same_folder(os.path.dirname(os.path.abspath(resume)), folder)
     if resuming_here and overwrite:
         raise ConfigError(f"--resume {resume} and --overwrite: --overwrite would delete the run of "
                           f"--path_dest {folder!r} that --resume continues; drop --overwrite to continue it, "
                           "or --resume to replace it")
+    return resuming_here
+
+
+def check_run_folder(folder: str, resume: str | None, overwrite: bool) -> None:
+    resuming_here = refuse_overwriting_the_resumed_run(folder, resume, overwrite)
     if os.path.isdir(folder) and held_run_files(folder) and not overwrite and not resuming_here:
         last = os.path.join(folder, "last.pth")
         resume_hint = f"--resume {last} to continue it, " if os.path.isfile(last) else ""
