@@ -202,7 +202,7 @@ def _unreachable_host(url: str) -> str | None:
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(PROBE_TIMEOUT_S + 1)
-    return None if reached else f'{host}:{port} cannot be reached in {PROBE_TIMEOUT_S:g} s'
+    return None if reached else f'{host}:{port} cannot be reached'
 
 
 @contextlib.contextmanager
