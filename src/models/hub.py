@@ -185,7 +185,7 @@ def cache_path(url: str) -> str:
 
 def _unreachable_host(url: str) -> str | None:
     """None when ``url``'s host (or its proxy) accepts a TCP connection within ``PROBE_TIMEOUT_S``, else
-    the host. Probed in a thread so that a hanging DNS lookup is bounded too."""
+    why not. Probed in a thread so that a hanging DNS lookup is bounded too."""
     parsed = urllib.parse.urlparse(url)
     host, port = parsed.hostname, parsed.port or (80 if parsed.scheme.lower() == 'http' else 443)
     proxy = urllib.request.getproxies().get(parsed.scheme.lower())
