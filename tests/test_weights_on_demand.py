@@ -13,11 +13,16 @@ import functools
 import hashlib
 import http.server
 import os
+import re
+import socket
 import threading
+import time
 
 import pytest
+import safetensors.torch
 import timm
 import torch
+from huggingface_hub import constants as hf_constants
 
 from src.models import (
     CSL_MODEL_ZOO,
@@ -73,6 +78,25 @@ def tiny_checkpoint(tmp_path):
     torch.save({'model': state, 'model_name': TINY, 'num_classes': NUM_CLASSES, 'class_names': CLASS_NAMES},
                path)
     return path, state
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """Every connection refused (the reachability probe's too) and an empty Hugging Face cache in
+    tmp_path/hf; returns that cache folder."""
+    def refuse(*args, **kwargs):
+        raise ConnectionRefusedError('no network in this test')
+
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))
+    return tmp_path / 'hf'
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]  # free once closed: nothing listens there
 
 
 def _sha256(path) -> str:
@@ -252,13 +276,29 @@ def test_wrong_sha256_is_an_error_with_both_hashes_and_leaves_no_file(hub_cache,
     assert _cache_files(hub_cache) == []
 
 
-def test_unreachable_url_is_a_clear_error(hub_cache):
+def test_unreachable_url_fails_at_once_naming_where_to_put_the_file(hub_cache):
     model = create_model(model_name=TINY, num_classes=3)
-    url = 'http://127.0.0.1:9/tresnet_m.pth'
-    expected = r'could not download http://127\.0\.0\.1:9/tresnet_m\.pth: .*failed after 3 attempt.*network'
+    url = f'http://127.0.0.1:{_closed_port()}/tresnet_m.pth'
+    start = time.monotonic()
+    expected = (rf'could not download {re.escape(url)}: no network .*cannot be reached.*put it at '
+                rf'{re.escape(str(hub_cache))}.*tresnet_m\.pth, or pass its local path')
     with pytest.raises(WeightsDownloadError, match=expected):
         load_pretrained_backbone(model, url, progress=False)
+    assert time.monotonic() - start < 5  # no retries of a host that refuses
     assert _cache_files(hub_cache) == []
+
+
+def test_alias_without_network_fails_fast_and_a_cached_copy_loads(hub_cache, tiny_checkpoint, no_network):
+    source, state = tiny_checkpoint
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError, match=r'no network .*put it at .*mtresnet_opim_ignore\.pth'):
+        read_checkpoint('csl:mtresnet_opim_ignore', progress=False)
+    assert time.monotonic() - start < 5
+    cached = hub.cache_path(CSL_MODEL_ZOO['mtresnet_opim_ignore'].url)
+    os.makedirs(os.path.dirname(cached))
+    os.link(source, cached)
+    model, _ = load_model('csl:mtresnet_opim_ignore', progress=False)
+    _assert_same_tensors(model.state_dict(), state)
 
 
 @pytest.fixture
@@ -432,11 +472,51 @@ def test_unknown_timm_names_are_clear_errors(spec, expected):
         load_pretrained_backbone(model, spec)
 
 
-def test_timm_download_failure_is_a_clear_error(hub_cache):
-    overlay = dict(hf_hub_id=None, url='http://127.0.0.1:9/test_resnet.pth')
-    with pytest.raises(WeightsDownloadError, match=r"'timm:test_resnet': timm could not load its pretrained "
-                                                   r'weights from URL http://127\.0\.0\.1:9/test_resnet\.pth'):
+def test_timm_download_failure_is_a_clear_error(hub_cache, http_server):
+    url = f'{http_server[0]}/test_resnet.pth'  # the host answers, the file is not there
+    with pytest.raises(WeightsDownloadError, match=rf"'timm:test_resnet': timm could not load its pretrained "
+                                                   rf'weights from URL {url} \(HTTPError'):
+        load_model(f'timm:{TINY}', pretrained_cfg_overlay=dict(hf_hub_id=None, url=url))
+
+
+def test_timm_hub_weights_without_network_fail_fast_naming_the_fix(no_network):
+    start = time.monotonic()
+    expected = (r"'timm:test_resnet\.r160_in1k': no network \(huggingface\.co.*cannot be reached.*not in its "
+                rf'cache {re.escape(str(no_network))}.*Fetch them once where there is network.*--model-path')
+    with pytest.raises(WeightsDownloadError, match=expected):
+        load_model('timm:test_resnet.r160_in1k')
+    assert time.monotonic() - start < 5
+    assert hf_constants.HF_HUB_OFFLINE is False  # offline mode only for that call
+
+
+def test_timm_hub_weights_cached_load_without_network(no_network):
+    """The Hugging Face cache layout (refs/main -> snapshots/<commit>/model.safetensors), written by hand."""
+    torch.manual_seed(4)
+    state = timm.create_model(TINY, pretrained=False).state_dict()
+    repo = no_network / 'models--timm--test_resnet.r160_in1k'
+    commit = 'a' * 40
+    (repo / 'snapshots' / commit).mkdir(parents=True)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
+    safetensors.torch.save_file(state, str(repo / 'snapshots' / commit / 'model.safetensors'))
+    start = time.monotonic()
+    model, _ = load_model('timm:test_resnet.r160_in1k')
+    assert time.monotonic() - start < 5
+    _assert_same_tensors(model.state_dict(), state)
+
+
+def test_timm_url_weights_without_network_fail_fast_unless_cached(hub_cache, timm_weights, no_network):
+    path, state = timm_weights
+    overlay = dict(hf_hub_id=None, url='https://example.org/w/test_resnet.pth')
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError, match=r'no network \(example\.org:443 cannot be reached.*not in '
+                                                   r'its cache .*torch_home.*URL https://example\.org'):
         load_model(f'timm:{TINY}', pretrained_cfg_overlay=overlay)
+    assert time.monotonic() - start < 5
+    hub_cache.mkdir(parents=True)
+    os.link(path, hub_cache / 'test_resnet.pth')  # where timm keeps what it downloads by URL
+    model, _ = load_model(f'timm:{TINY}', pretrained_cfg_overlay=overlay)
+    _assert_same_tensors(model.state_dict(), state)
 
 
 # ------------------------------------------------------------------------------ local paths unchanged

@@ -10,7 +10,9 @@ import difflib
 import hashlib
 import os
 import re
+import socket
 import sys
+import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import timm
 import timm.models
 import torch
+from huggingface_hub import constants as hf_constants
 from timm.data import ImageNetInfo, infer_imagenet_subset
 from tqdm import tqdm
 
@@ -35,6 +38,7 @@ ALIAS_PREFIX = 'csl:'
 URL_SCHEMES = ('http', 'https', 'file')
 DOWNLOAD_RETRIES = 2  # network errors retried this many times (each continues the .part file)
 RETRY_WAIT_S = 3.0
+PROBE_TIMEOUT_S = 2.0  # a weights host that accepts no connection in this time counts as unreachable
 _SHA256 = re.compile(r'[0-9a-fA-F]{64}')
 
 # Where the paper's README (Alibaba-MIIL/PartialLabelingCSL, "Pretrained models") serves its OpenImages V6
@@ -179,6 +183,39 @@ def cache_path(url: str) -> str:
     return os.path.join(os.path.abspath(default_cache_dir()), key, name)
 
 
+def _unreachable_host(url: str) -> str | None:
+    """None when ``url``'s host (or its proxy) accepts a TCP connection within ``PROBE_TIMEOUT_S``, else
+    why not. Probed in a thread so that a hanging DNS lookup is bounded too."""
+    parsed = urllib.parse.urlparse(url)
+    host, port = parsed.hostname, parsed.port or (80 if parsed.scheme.lower() == 'http' else 443)
+    proxy = urllib.request.getproxies().get(parsed.scheme.lower())
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy = urllib.parse.urlparse(proxy if '://' in proxy else 'http://' + proxy)
+        host, port = proxy.hostname, proxy.port or 80
+    reached = []
+
+    def probe() -> None:
+        with contextlib.suppress(OSError):
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+            reached.append(True)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S + 1)
+    return None if reached else f'{host}:{port} cannot be reached'
+
+
+@contextlib.contextmanager
+def _hf_hub_offline(offline: bool) -> Iterator[None]:
+    """HF_HUB_OFFLINE=1 for one call (huggingface_hub reads the variable once, at import)."""
+    before = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = before
+
+
 @contextlib.contextmanager
 def _folder_lock(folder: str) -> Iterator[None]:
     """flock of the folder itself (no lock file is left): DDP ranks download once."""
@@ -217,6 +254,12 @@ def cached_download(url: str, sha256: str | None = None, *, progress: bool = Tru
             raise WeightsDownloadError(f'--model-path {url}: SHA-256 mismatch: the file has {actual}, '
                                        f'expected {expected}; {hint}')
         return CachedFile(path, downloaded=False)
+
+    unreachable = None if os.path.isfile(dest) else _unreachable_host(url)
+    if unreachable:
+        raise WeightsDownloadError(f'could not download {url}: no network ({unreachable}) and no copy is '
+                                   f'cached. Download the file where there is network and put it at {dest}, '
+                                   'or pass its local path')
 
     def note(message: str) -> None:  # download()'s resume / retry notes: stderr, beside the progress bar
         if progress:
@@ -288,9 +331,27 @@ def timm_pretrained_checkpoint(name: str, *, pretrained_cfg_overlay: Mapping | N
     key, where = sources[0]
     labels = {'file': 'file', 'hf_hub_id': 'Hugging Face hub', 'url': 'URL'}
     source = 'a state dict' if key == 'state_dict' else f'{labels[key]} {where}'
+    # Without network, fail at once (the hub retries for ~50 s) unless a cached copy exists.
+    offline, cache = None, default_cache_dir()
+    if key == 'hf_hub_id':
+        cache = hf_constants.HF_HUB_CACHE
+        offline = ('HF_HUB_OFFLINE is set' if hf_constants.HF_HUB_OFFLINE else
+                   _unreachable_host(hf_constants.ENDPOINT))
+    elif key == 'url' and not os.path.isfile(os.path.join(cache, os.path.basename(where.split('?')[0]))):
+        offline = _unreachable_host(where)
+    no_network = (f'--model-path {spec!r}: no network ({offline}) and timm\'s weights of {name} are not in '
+                  f'its cache {cache}: timm needs to download them from {source}. Fetch them once where '
+                  'there is network (the same command, or python -c "import timm; timm.create_model('
+                  f'\'{name}\', pretrained=True)") and copy that cache here (HF_HOME / TORCH_HOME move it; a '
+                  'cached copy is used offline), or save the weights as a .pth and pass --model-path FILE')
+    if offline and key == 'url':
+        raise WeightsDownloadError(no_network)
     try:
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay or None)
+        with _hf_hub_offline(bool(offline)):
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay or None)
     except Exception as error:  # noqa: BLE001 - hub, network and file errors of many kinds
+        if offline:
+            raise WeightsDownloadError(no_network) from error
         first_line = str(error).splitlines()[0] if str(error) else ''
         fix = ('check that the file holds the weights of this model' if key in ('file', 'state_dict') else
                'Check the network (timm keeps them in the Hugging Face cache, HF_HOME, or the torch hub '
