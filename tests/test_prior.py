@@ -606,7 +606,7 @@ def test_cli_class_name_note_only_on_rank_0(embedded_data_dir, tmp_path, monkeyp
     names = embedded_split(embedded_data_dir)[0]
     save_tiny_checkpoint(tmp_path / "renamed.pth", [f"x_{n}" for n in names])
     ctx = DistributedContext(rank=rank, world_size=2, device=torch.device("cpu"))
-    monkeypatch.setattr(prior_cli, "init_distributed", lambda device: ctx)
+    monkeypatch.setattr(prior_cli, "init_distributed", lambda device, timeout=None: ctx)
     prior_cli.main(_cli_argv(tmp_path / "renamed.pth", embedded_data_dir, tmp_path / "p.csv"))
     out = capsys.readouterr().out
     assert (f"note: {len(names)} of {len(names)} class names of the checkpoint differ" in out) == (rank == 0)

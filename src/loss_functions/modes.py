@@ -132,7 +132,7 @@ LOSS_MODES: dict[str, ModeInfo] = {
     "epr": _peer_info("EPR (Cole et al. 2021)", _COLE, ExpectedPositiveRegularizer, {
         "epr_expected_positives": "epr: expected number of positives per image (Cole et al.: 2.9 on COCO)"},
         epr_expected_positives="estimated from complete or rps training labels (docs/peer_methods.md); "
-                               "required for fpc and --partial_labels"),
+                               "required otherwise (fpc, --partial_labels)"),
     "hill": _peer_info("Hill (Zhang et al. 2021)", _ZHANG, HillLoss, {
         "hill_lambda": "hill: lambda of the un-annotated term (lambda - p) p^2",
         "hill_margin": "hill: logit margin of the positive focal term",
