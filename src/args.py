@@ -91,7 +91,7 @@ def data_parser(batch_size: int = 64, workers: int | None = None) -> argparse.Ar
              help="mini-batch size per process")
     add_flag(group, "-j", "--workers", type=non_negative_int, metavar="N",
              default=default_workers() if workers is None else workers,
-             help="data loading workers per process (default: %(default)s: 8, or the cores if fewer)")
+             help="data loading workers per process: min(8, the machine's cores) unless given")
     add_flag(group, "--skip_bad_images", action="store_true",
              help="drop missing or undecodable images at start-up (with a warning) instead of failing")
     add_flag(group, "--verify_images", type=str, choices=("header", "full"), default="header",

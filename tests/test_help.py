@@ -54,7 +54,7 @@ def show_help(main, monkeypatch, capsys) -> tuple[str, argparse.ArgumentParser]:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_is_grouped_short_and_names_no_none_default(command, monkeypatch, capsys):
     text, parser = show_help(COMMANDS[command], monkeypatch, capsys)
-    assert "(default: None)" not in text and "default: False" not in text
+    assert "default: None" not in text and "default: False" not in text
     titles = [group.title for group in parser._action_groups if group._group_actions]
     known = [title for title in titles if title in ORDER]
     assert known == sorted(known, key=ORDER.index), titles
