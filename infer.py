@@ -16,7 +16,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from src.args import add_flag, device_parser, image_size, probability, require_weights, unsafe_pickle_parser
+from src.args import (
+    HelpFormatter,
+    add_flag,
+    device_parser,
+    image_size,
+    probability,
+    require_weights,
+    unsafe_pickle_parser,
+)
 from src.data.image_io import ImageReadError, load_rgb
 from src.data.labels import DatasetError
 from src.data.openimages import read_class_list
@@ -29,7 +37,7 @@ from src.utils.distributed import resolve_device
 from src.utils.io import prepare_output_folder
 from src.utils.values import printable
 
-PAPER_MODEL_PATH = "./models/mtresnet_opim_86.72.pth"
+PAPER_MODEL_PATH = "./models_local/mtresnet_opim_86.72.pth"  # the paper: ./models/
 PAPER_DESCRIPTIONS_PATH = "./data/oidv6-class-descriptions.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 OUTPUT_SUFFIX = "_tags.png"  # the annotated pictures this script writes; never tagged again
@@ -58,26 +66,30 @@ def top_k_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Tag pictures with a multi-label model (CSL demo).",
-                                     parents=[device_parser(), unsafe_pickle_parser()])
-    add_flag(parser, "--model_path", type=str, default=PAPER_MODEL_PATH,
-             help=f"checkpoint: ours (train.py) or the paper's (default {PAPER_MODEL_PATH})")
-    add_flag(parser, "--pic_path", type=str, default="./pics",
+    own = argparse.ArgumentParser(add_help=False)
+    data, model = own.add_argument_group("data"), own.add_argument_group("model")
+    add_flag(data, "--pic_path", type=str, default="./pics",
              help="a picture or a folder of pictures (its files with an image extension, not recursive)")
-    add_flag(parser, "--model_name", type=str, default=None,
-             help="architecture; default: stored in our checkpoints, inferred from the paper's TResNet "
-                  "weights (the paper's default was tresnet_m); needed for other bare state dicts")
-    add_flag(parser, "--input_size", type=image_size, default=None,
-             help="the picture is resized to this square size; default: the size stored in the checkpoint "
-                  f"(ours: train.py's --image-size), else the paper's {PAPER_INPUT_SIZE}")
-    add_flag(parser, "--dataset_type", type=dataset_type, default="openimages",
+    add_flag(data, "--dataset_type", type=dataset_type, default="openimages",
              help="coco, openimages, lvis or csv (only selects the default class descriptions file)")
-    add_flag(parser, "--class_description_path", type=str, default=None,
+    add_flag(data, "--class_description_path", type=str, default=None,
              help="CSV LabelName,DisplayName mapping class ids (OpenImages MIDs) to names; default "
                   f"{PAPER_DESCRIPTIONS_PATH} for openimages when that file exists")
-    add_flag(parser, "--th", type=probability, default=0.97, help="a tag needs a score above this threshold")
-    add_flag(parser, "--top_k", type=top_k_count, default=30, help="at most this many tags per picture")
-    add_flag(parser, "--output_dir", type=str, default="outputs/infer",
+    add_flag(model, "--model_path", type=str, default=PAPER_MODEL_PATH,
+             help="checkpoint: ours (train.py) or the paper's")
+    add_flag(model, "--model_name", type=str, default=None,
+             help="architecture; default: stored in our checkpoints, inferred from the paper's TResNet "
+                  "weights (the paper's default was tresnet_m); needed for other bare state dicts")
+    add_flag(model, "--input_size", type=image_size, default=None,
+             help="the picture is resized to this square size; default: the size stored in the checkpoint "
+                  f"(ours: train.py's --image-size), else the paper's {PAPER_INPUT_SIZE}")
+    parser = argparse.ArgumentParser(description="Tag pictures with a multi-label model (CSL demo).",
+                                     formatter_class=HelpFormatter,
+                                     parents=[own, unsafe_pickle_parser(), device_parser()])
+    output = parser.add_argument_group("output")
+    add_flag(output, "--th", type=probability, default=0.97, help="a tag needs a score above this threshold")
+    add_flag(output, "--top_k", type=top_k_count, default=30, help="at most this many tags per picture")
+    add_flag(output, "--output_dir", type=str, default="outputs/infer",
              help="folder for <picture>_tags.png and predictions.csv")
     return parser
 

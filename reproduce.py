@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from src.args import data_parser, device_parser, model_parser, optimisation_parser
+from src.args import HelpFormatter, data_parser, device_parser, model_parser, optimisation_parser
 from src.data.embedded import DESIGNS
 from src.reproduce.protocols import (
     EMBEDDED_DEFAULTS,
@@ -53,45 +53,43 @@ def train_flag_names() -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EPILOG,
                                      parents=train_parents(),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     # Unset, train.py's flags are None: the protocol's value (COCO_FLAGS / EMBEDDED_FLAGS) or train.py's
     # default (the others are passed on only when set); --device keeps 'auto', given to every cell.
     parser.set_defaults(**{name: None for name in train_flag_names() if name != "device"})
-    parser.add_argument("--data_root", default=os.path.join(HERE, "data"),
+    table, csl = parser.add_argument_group("table"), parser.add_argument_group("CSL")
+    embedded, output = parser.add_argument_group("embedded dataset"), parser.add_argument_group("output")
+    embedded.add_argument("--data_root", default=os.path.join(HERE, "data"),
                         help="where the embedded datasets are generated")
-    parser.add_argument("--models_dir", default=os.path.join(HERE, "models_local"),
+    embedded.add_argument("--models_dir", default=os.path.join(HERE, "models_local"),
                         help="embedded: where the pretrained upstream backbone is cached")
-    parser.add_argument("--out", default=None, help="results folder (default outputs/reproduce_<protocol>)")
-    parser.add_argument("--overwrite", action="store_true",
+    output.add_argument("--out", default=None, help="results folder (default outputs/reproduce_<protocol>)")
+    output.add_argument("--overwrite", action="store_true",
                         help="delete and run anew the finished cells (and simulated labels) of --out whose "
                              "recorded settings differ from this run's; without it they are refused")
-    parser.add_argument("--seeds", type=int, default=None,
+    table.add_argument("--seeds", type=int, default=None,
                         help="seeds per cell (partial-label draw and init); default 3, with --sweep 1")
-    parser.add_argument("--schemes", default="fpc,rps", help="columns to run: fpc, rps or both")
-    parser.add_argument("--rows", default=None,
+    table.add_argument("--schemes", default="fpc,rps", help="columns to run: fpc, rps or both")
+    table.add_argument("--rows", default=None,
                         help="comma-separated row keys of ROWS to run (default: every row of the protocol); "
                              "CSL rows also run ignore_ce, whose prior they need")
-    parser.add_argument("--prior_threshold", type=threshold_rule, default=None,
+    csl.add_argument("--prior_threshold", type=threshold_rule, default=None,
                         help="CSL threshold: a number, or 'share' (embedded default: ignore the same share "
                              "of classes as the paper's README setting does on COCO)")
-    parser.add_argument("--jobs", type=int, default=None,
+    table.add_argument("--jobs", type=int, default=None,
                         help="cells run at once (default: 2 on CPU, 1 on CUDA); each uses cores/jobs threads")
-    parser.add_argument("--nproc_per_node", type=int, default=1, help="GPUs per cell (torchrun)")
-    parser.add_argument("--n_train", type=int, default=EMBEDDED_DEFAULTS["n_train"],
+    table.add_argument("--nproc_per_node", type=int, default=1, help="GPUs per cell (torchrun)")
+    embedded.add_argument("--n_train", type=int, default=EMBEDDED_DEFAULTS["n_train"],
                         help="embedded: train images")
-    parser.add_argument("--n_test", type=int, default=3000, help="embedded: test images")
-    parser.add_argument("--upstream_epochs", type=int, default=8, help="embedded: backbone pretraining")
-    parser.add_argument("--sweep", action="store_true",
-                        help="the regime sweep (src/reproduce/sweep.py): full labels, Ignore, Negative, "
-                             "Negative-ASL and CSL on FPC and RPS over model strength, label budget and "
-                             "class design on the embedded set; one seed unless --seeds is given; writes "
-                             "<out>/sweep.{md,json,csv,png}")
-    parser.add_argument("--sensitivity", action="store_true",
-                        help="the benchmark's three limits (src/reproduce/sensitivity.py, docs/regime.md): a "
-                             "4 x 4 map, an upstream backbone of the downstream classes, full labels missing "
-                             "10%%, and the first two together; one seed, 3 where CSL's margin changes sign; "
-                             "writes <out>/sensitivity.{md,json,csv}")
-    parser.add_argument("--design", choices=DESIGNS, default=EMBEDDED_DEFAULTS["design"],
+    embedded.add_argument("--n_test", type=int, default=3000, help="embedded: test images")
+    embedded.add_argument("--upstream_epochs", type=int, default=8, help="embedded: backbone pretraining")
+    table.add_argument("--sweep", action="store_true",
+                       help="the regime sweep over model strength, label budget and class design on the "
+                            "embedded set (src/reproduce/sweep.py); writes <out>/sweep.{md,json,csv,png}")
+    table.add_argument("--sensitivity", action="store_true",
+                       help="the benchmark's three limits (docs/regime.md, src/reproduce/sensitivity.py); "
+                            "writes <out>/sensitivity.{md,json,csv}")
+    embedded.add_argument("--design", choices=DESIGNS, default=EMBEDDED_DEFAULTS["design"],
                         help="embedded: the class design of the generator (src/data/embedded.py)")
     return parser
 

@@ -216,6 +216,7 @@ def main(argv=None, callbacks=()) -> dict:
         folder = resolve_run_folder(args.path_dest, run_name, resume=args.resume, overwrite=args.overwrite,
                                     is_main=ctx.is_main)
         args = argparse.Namespace(**{**vars(args), "path_dest": folder})
+        main_print(ctx.is_main, f"run folder: {folder}")
         priors = PriorWriter(args)
         own = [IgnoredRecorder()] if args.record_ignored else []
         try:
@@ -230,6 +231,7 @@ def main(argv=None, callbacks=()) -> dict:
                                 f"{sizes['resolved_amp_dtype'] or 'off'}; model "
                                 f"selection: {trainer.protocol}")
         trainer.fit()
+        main_print(ctx.is_main, f"run folder: {folder}")
         return {**trainer.summary(), "priors": priors.written}
     finally:
         if trainer is not None:

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 
 from src.args import (
+    HelpFormatter,
     add_flag,
     data_parser,
     device_parser,
@@ -43,8 +44,8 @@ PAPER_DEFAULTS = {"image_size": 448, "batch_size": 32}  # for a checkpoint that 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Evaluate a multi-label checkpoint (CSL paper or ours).",
-        parents=[data_parser(batch_size=32, workers=8), model_parser(path_default=None, name_default=None),
+        description="Evaluate a multi-label checkpoint (CSL paper or ours).", formatter_class=HelpFormatter,
+        parents=[data_parser(batch_size=32), model_parser(path_default=None, name_default=None),
                  eval_weights_parser(), device_parser()],
     )
     group = parser.add_argument_group("evaluation")
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
              help="score threshold of CP/CR/CF1/OP/OR/OF1 (ASL's validate.py default 0.8)")
     add_flag(group, "--top_k", type=positive_int, default=3, help="k of the top-k CP/CR/CF1/OP/OR/OF1")
     add_flag(group, "--print-freq", "-p", type=positive_int, default=64,
-             help="accepted for compatibility with ASL's validate.py; progress is shown by tqdm")
+             help="accepted for compatibility with ASL's validate.py; on a terminal tqdm shows progress")
     add_flag(group, "--output", type=str, default=None,
              help="per-class AP CSV; default next to the checkpoint: <checkpoint folder>/<checkpoint name>"
                   "[_ema]_<dataset_type>_per_class_ap.csv")
@@ -150,7 +151,7 @@ def main(argv=None) -> dict:
                   f"{len(dataset)} {args.dataset_type} validation images at {args.image_size} px")
         loader = build_eval_loader(dataset, args.batch_size, args.workers, ctx.device)
         result = evaluate(model, loader, ctx.device, amp_dtype=amp_dtype, threshold=args.thre,
-                          return_predictions=True)
+                          return_predictions=True, progress=ctx.is_main and sys.stderr.isatty())
         targets, scores = result.pop("targets"), result.pop("scores")
         k = min(args.top_k, len(class_names))
         result["top_k"] = topk_metrics(targets, scores, k=k)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from coco_simulation.plot import plot_class_frequencies
-from src.args import data_parser, partial_labels_parser
+from src.args import HelpFormatter, data_parser, group_of, partial_labels_parser
 from src.data import build_split
 from src.data.partial_labels import (
     canonical_mode,
@@ -35,9 +35,10 @@ def shared_flags_parser() -> argparse.ArgumentParser:
     """train.py's own declarations of `SHARED_FLAGS`, none of its other flags (they mean nothing here)."""
     parent = argparse.ArgumentParser(add_help=False)
     for source in (data_parser(), partial_labels_parser()):
-        for action in source._actions:  # argparse's parents= copies actions the same way
-            if action.dest in SHARED_FLAGS:
-                parent._add_action(action)
+        for group in source._action_groups:  # argparse's parents= copies actions the same way
+            for action in group._group_actions:
+                if action.dest in SHARED_FLAGS:
+                    group_of(parent, group.title)._add_action(action)
     # train.py's None means "no simulation"; this command exists to simulate: FPC, the paper's first column.
     parent.set_defaults(simulate_partial_type="fpc")
     return parent
@@ -46,10 +47,11 @@ def shared_flags_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m coco_simulation", description=__doc__.split("\n\n")[0],
                                      parents=[shared_flags_parser()],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="output .npz file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--plot", default=None,
+                                     formatter_class=HelpFormatter)
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", required=True, help="output .npz file")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    output.add_argument("--plot", default=None,
                         help="PNG of the class frequencies (default: --out with .png; 'none' to skip)")
     args = parser.parse_args(argv)
     if args.plot is None:

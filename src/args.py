@@ -11,10 +11,18 @@ import urllib.request
 
 from src.data import DATASET_TYPES
 from src.data.partial_labels import SIMULATION_MODES
-from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_MODE_NAMES, LOSS_MODES, LOSS_SETTINGS, REDUCTIONS
+from src.loss_functions import (
+    LOSS_HYPERPARAMETERS,
+    LOSS_MODE_NAMES,
+    LOSS_MODES,
+    LOSS_SETTINGS,
+    PEER_MODES,
+    REDUCTIONS,
+)
 from src.models import is_remote_weights
 from src.utils.amp import AMP_DTYPES
-from src.utils.cli import MissingFileError
+from src.utils.cli import HelpFormatter as HelpFormatter  # the commands' import
+from src.utils.cli import MissingFileError, group_of
 from src.utils.values import IMAGE_SIZE_BOUND, bounded, optional_path
 from src.utils.values import is_none_path as is_none_path  # train.py's import
 
@@ -61,7 +69,12 @@ def require_file(path: str, flag: str, what: str, hint: str) -> str:
     return path
 
 
-def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentParser:
+def default_workers(wanted: int = 8) -> int:
+    """Data loading workers per process: ``wanted``, never more than the machine's cores."""
+    return min(wanted, os.cpu_count() or 1)
+
+
+def data_parser(batch_size: int = 64, workers: int | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("data")
     add_flag(group, "--data", metavar="DIR", type=str, default="./data",
@@ -76,14 +89,14 @@ def data_parser(batch_size: int = 64, workers: int = 8) -> argparse.ArgumentPars
     add_flag(group, "--image-size", type=image_size, default=448, metavar="N", help="input image size")
     add_flag(group, "-b", "--batch-size", type=positive_int, default=batch_size, metavar="N",
              help="mini-batch size per process")
-    add_flag(group, "-j", "--workers", type=non_negative_int, default=workers, metavar="N",
-             help="number of data loading workers per process")
+    add_flag(group, "-j", "--workers", type=non_negative_int, metavar="N",
+             default=default_workers() if workers is None else workers,
+             help="data loading workers per process: min(8, the machine's cores) unless given")
     add_flag(group, "--skip_bad_images", action="store_true",
              help="drop missing or undecodable images at start-up (with a warning) instead of failing")
     add_flag(group, "--verify_images", type=str, choices=("header", "full"), default="header",
-             help="start-up check of the training images: header (each file's header parses) or full (every "
-                  "image decoded once, with progress; finds files truncated after their header). The "
-                  "evaluation images are always fully decoded")
+             help="start-up check of the training images: header (each header parses) or full (every image "
+                  "decoded once; finds truncated files). Evaluation images are always fully decoded")
     add_flag(group, "--jpeg_draft", action=argparse.BooleanOptionalAction, default=True,
              help="decode large JPEGs at reduced scale when that still covers --image-size (faster; "
                   "--no-jpeg_draft decodes at full resolution, bit-exact with plain PIL)")
@@ -116,16 +129,20 @@ def partial_labels_parser() -> argparse.ArgumentParser:
 
 def unsafe_pickle_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
-    add_flag(parser, "--unsafe_pickle", action="store_true",
+    _add_unsafe_pickle(parser.add_argument_group("model"))
+    return parser
+
+
+def _add_unsafe_pickle(group) -> None:
+    add_flag(group, "--unsafe_pickle", action="store_true",
              help="allow checkpoints that hold arbitrary Python objects (torch.load weights_only=False). "
                   "Loading such a file can execute code: only for files from a source you trust")
-    return parser
 
 
 def model_parser(path_default: str | None = PAPER_DEFAULT_MODEL_PATH,
                  name_default: str | None = "tresnet_m") -> argparse.ArgumentParser:
     """--model-path is required when ``path_default`` is None."""
-    parser = argparse.ArgumentParser(add_help=False, parents=[unsafe_pickle_parser()])
+    parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("model")
     add_flag(group, "--model-name", type=str, default=name_default,
              help="architecture: tresnet_m, tresnet_l, tresnet_xl or any timm model name"
@@ -138,15 +155,17 @@ def model_parser(path_default: str | None = PAPER_DEFAULT_MODEL_PATH,
                       "(docs/checkpoints.md)")
     else:
         add_flag(group, "--model-path", type=str, default=path_default,
-                 help="pretrained (ImageNet) weights loaded into the backbone, classifier excluded: a file, "
-                      "timm:<name> (e.g. timm:tresnet_m.miil_in21k, the paper's ImageNet-21k backbone) or "
-                      "an http(s):// URL (docs/checkpoints.md); 'none' trains from random initialisation")
+                 help="ImageNet weights for the backbone: a file, timm:<name> (e.g. "
+                      "timm:tresnet_m.miil_in21k) or an http(s):// URL (docs/checkpoints.md); 'none': random "
+                      "initialisation")
+    _add_unsafe_pickle(group)
     return parser
 
 
 def eval_weights_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
-    add_flag(parser, "--use_ema", action="store_true", help="use the EMA weights stored in our checkpoint")
+    add_flag(parser.add_argument_group("model"), "--use_ema", action="store_true",
+             help="use the EMA weights stored in our checkpoint")
     return parser
 
 
@@ -173,9 +192,8 @@ def optimisation_parser() -> argparse.ArgumentParser:
     add_flag(group, "--epochs", type=positive_int, default=30,
              help="number of epochs the OneCycle schedule spans")
     add_flag(group, "--stop_epoch", type=positive_int, default=None,
-             help="stop after this many epochs (the schedule still spans --epochs); default: --epochs; "
-                  "a value above --epochs means no early stop. The paper's loop ran one epoch more (it "
-                  "broke when the 0-based epoch exceeded it)")
+             help="stop after this many epochs; the schedule still spans --epochs (default: --epochs; "
+                  "the paper's loop ran one more, docs/usage.md)")
     add_flag(group, "--weight_decay", type=float, default=1e-4,
              help="weight decay, applied to weights only (not to biases and normalisation parameters)")
     add_flag(group, "--ema_decay", type=decay, default=0.9997,
@@ -183,63 +201,78 @@ def optimisation_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def loss_flag_groups() -> dict[str, tuple[str, ...]]:
+    """Help group title -> the loss flags it holds: the settings, CSL's, then one group per later method
+    (the modes of one paper, from `LOSS_MODES`)."""
+    groups = {"partial labels": ("partial_loss_mode", "loss_reduction"), "CSL": ("prior_path",)}
+    papers: dict[str, list[str]] = {}
+    for mode, info in LOSS_MODES.items():
+        papers.setdefault(info.reference if mode in PEER_MODES else "", []).append(mode)
+    for reference, modes in papers.items():
+        labels = [LOSS_MODES[mode].label for mode in modes]
+        title = "CSL" if not reference else f"{'/'.join(label.split(' (')[0] for label in labels)} (" \
+            + labels[0].split(" (")[1]
+        names = [name for mode in modes for name in LOSS_MODES[mode].hyperparameters]
+        groups[title] = tuple(dict.fromkeys((*groups.get(title, ()), *names)))
+    return groups
+
+
 def _add_loss_flags(parser) -> None:
     special = {"partial_loss_mode": dict(choices=LOSS_MODE_NAMES), "prior_path": dict(type=optional_path),
                "loss_reduction": dict(choices=REDUCTIONS)}
-    for name, entry in {**LOSS_SETTINGS, **LOSS_HYPERPARAMETERS}.items():
-        kind = type(entry.default)
-        options = special.get(name) or dict(type=bounded(kind, entry.bound) if entry.bound else kind)
-        text = entry.help + (f" (default: {entry.unset_means})" if entry.unset_means else "")
-        add_flag(parser, f"--{name}", default=entry.flag_default, help=text.replace("%", "%%"), **options)
+    entries = {**LOSS_SETTINGS, **LOSS_HYPERPARAMETERS}
+    for title, names in loss_flag_groups().items():
+        for name in names:
+            entry = entries[name]
+            options = special.get(name) or dict(type=bounded(type(entry.default), entry.bound) if entry.bound
+                                                else type(entry.default))
+            text = entry.help + (f" (default: {entry.unset_means})" if entry.unset_means else "")
+            add_flag(group_of(parser, title), f"--{name}", default=entry.flag_default,
+                     help=text.replace("%", "%%"), **options)
 
 
 def _add_run_flags(parser) -> None:
-    add_flag(parser, "--num-classes", type=positive_int, default=80,
+    model, output = group_of(parser, "model"), group_of(parser, "output")
+    add_flag(model, "--num-classes", type=positive_int, default=80,
              help="number of classes; must match the dataset")
-    add_flag(parser, "--print-freq", "-p", type=positive_int, default=64, metavar="N",
-             help="print the training loss every N batches")
-    add_flag(parser, "--path_dest", type=str, default=None,
-             help="output folder: checkpoints, args.json, metrics.jsonl, tensorboard/, priors/ (default: a "
-                  "fresh folder ./outputs/<date>-<time>_<mode> per run). A folder holding another run is "
-                  "refused unless --resume continues it or --overwrite replaces it")
-    add_flag(parser, "--overwrite", action="store_true",
-             help="allow --path_dest to hold another run: its files are removed before this run starts")
-    add_flag(parser, "--debug_mode", type=str, default="hyperml",
-             help="accepted (and ignored) for compatibility with the paper's scripts; the data layout is "
-                  "detected from --data/--metadata")
-    add_flag(parser, "--resume", type=str, default=None, metavar="PATH",
-             help="continue a run exactly from its checkpoint (e.g. <path_dest>/last.pth)")
-    add_flag(parser, "--val_split", type=fraction, default=None, metavar="FRACTION",
-             help="hold out this fraction of the training set (seeded) to select the best epoch; the "
-                  "evaluation-set mAP is then reported at that epoch. Without it the best epoch is chosen "
-                  "on the evaluation set (the paper's protocol)")
-    add_flag(parser, "--do_bottleneck_head", action=argparse.BooleanOptionalAction, default=None,
+    add_flag(model, "--do_bottleneck_head", action=argparse.BooleanOptionalAction, default=None,
              help="the paper's OpenImages head: Linear(features, 512) then Linear(512, classes) "
                   "(default: on for --dataset_type openimages, off otherwise)")
-    add_flag(parser, "--boostlu_alpha", type=positive_float, default=None, metavar="A",
-             help="BoostLU (Kim et al., CVPR 2023; docs/peer_methods.md): positive class activations x A "
-                  "before global average pooling, at training and test time (stored in the checkpoint); "
-                  "their value 5, with --partial_loss_mode ll_r. Default: off")
-    add_flag(parser, "--output_stride", type=int, choices=(8, 16, 32), default=None,
+    add_flag(model, "--boostlu_alpha", type=positive_float, default=None, metavar="A",
+             help="BoostLU (docs/peer_methods.md): positive class activations x A before pooling, at "
+                  "training and test time; their value 5, with --partial_loss_mode ll_r. Default: off")
+    add_flag(model, "--output_stride", type=int, choices=(8, 16, 32), default=None,
              help="the backbone's output stride (timm's dilation; stored in the checkpoint): 8 gives the "
                   "head a 4 x 4 map at 32 px. Default: the model's own (32 for ResNets and TResNets)")
-    add_flag(parser, "--grad_checkpointing", action="store_true",
+    add_flag(model, "--grad_checkpointing", action="store_true",
              help="gradient checkpointing (less memory, ~30%% slower)")
-    add_flag(parser, "--channels_last", action="store_true", help="channels_last memory format")
-    add_flag(parser, "--compile", action="store_true", help="torch.compile the model (CUDA only)")
-    add_flag(parser, "--sync_bn", action="store_true", help="SyncBatchNorm under DDP")
-    add_flag(parser, "--estimate_prior", type=str, choices=ESTIMATE_PRIOR_CHOICES, default="auto",
-             help="class prior written at the end of training: clean (eval pass over the training images, "
-                  "no augmentation, best model), running_average (the paper's average of the training "
-                  "predictions), both, none; auto = clean when --partial_loss_mode ignore (stage 1), "
-                  "else none")
-    add_flag(parser, "--prior_dest", type=str, default=None,
+    add_flag(model, "--channels_last", action="store_true", help="channels_last memory format")
+    add_flag(model, "--compile", action="store_true", help="torch.compile the model (CUDA only)")
+    add_flag(model, "--sync_bn", action="store_true", help="SyncBatchNorm under DDP")
+    add_flag(output, "--path_dest", type=str, default=None,
+             help="output folder (default: a fresh ./outputs/<date>-<time>_<mode>_<labels>); one holding "
+                  "another run is refused unless --resume continues it or --overwrite replaces it")
+    add_flag(output, "--overwrite", action="store_true",
+             help="allow --path_dest to hold another run: its files are removed before this run starts")
+    add_flag(output, "--resume", type=str, default=None, metavar="PATH",
+             help="continue a run exactly from its checkpoint (e.g. <path_dest>/last.pth)")
+    add_flag(output, "--val_split", type=fraction, default=None, metavar="FRACTION",
+             help="select the best epoch on this held-out fraction of the training set (seeded), not on "
+                  "the evaluation set (the paper's protocol; docs/usage.md)")
+    add_flag(output, "--estimate_prior", type=str, choices=ESTIMATE_PRIOR_CHOICES, default="auto",
+             help="class prior written at the end: clean (eval pass, best model), running_average (the "
+                  "paper's), both, none; auto: clean in ignore mode (stage 1), else none")
+    add_flag(output, "--prior_dest", type=str, default=None,
              help="folder of the estimated prior CSV (default: <path_dest>/priors)")
-    add_flag(parser, "--record_ignored", action="store_true",
-             help="selective mode, a measurement: write the un-annotated entries the likelihood top-k "
-                  "ignored in the last epoch to <path_dest>/ignored_last_epoch.npz (image ids, classes)")
-    add_flag(parser, "--thre", type=probability, default=0.5,
+    add_flag(output, "--record_ignored", action="store_true",
+             help="selective mode: write the un-annotated entries the top-k ignored in the last epoch to "
+                  "<path_dest>/ignored_last_epoch.npz")
+    add_flag(output, "--thre", type=probability, default=0.5,
              help="score threshold of the CP/CR/CF1/OP/OR/OF1 metrics printed per epoch")
+    add_flag(output, "--print-freq", "-p", type=positive_int, default=64, metavar="N",
+             help="print the training loss every N batches")
+    add_flag(output, "--debug_mode", type=str, default="hyperml",
+             help="accepted (and ignored) for compatibility with the paper's scripts")
 
 
 class _Unset:
@@ -291,9 +324,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                     "Stage 1: --partial_loss_mode ignore (writes the class prior); stage 2: "
                     "--partial_loss_mode selective --prior_path <prior.csv>. Multi-GPU: torchrun "
                     "--nproc_per_node N train.py ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        parents=[data_parser(), partial_labels_parser(), model_parser(), optimisation_parser(),
-                 device_parser()],
+        formatter_class=HelpFormatter,
+        parents=[data_parser(), model_parser(), optimisation_parser(), device_parser(),
+                 partial_labels_parser()],
     )
     _add_loss_flags(parser)
     _add_run_flags(parser)

@@ -223,15 +223,16 @@ def _batches(models: dict, loader, device, amp_dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
+def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None, progress: bool = False):
     """``(targets, scores)``: labels int8 (N, C) in {1, 0, -1}, sigmoid scores float32 (N, C) (a dict name
-    -> scores for a dict of models, one pass), in dataset order on every rank."""
+    -> scores for a dict of models, one pass), in dataset order on every rank. ``progress``: a tqdm bar."""
     models = model if isinstance(model, dict) else {"": model}
     names = list(models)
     num_classes = _num_classes(loader, models[names[0]])
     rows = []
     with contextlib.closing(_batches(models, loader, device, amp_dtype)) as batches:
-        for logits, targets in batches:
+        for logits, targets in tqdm(batches, total=len(loader), desc="evaluating", disable=not progress,
+                                    leave=False, dynamic_ncols=True):
             outputs = [logits[name] for name in names]
             wrong = [out.shape[1] for out in outputs if out.shape[1] != num_classes]
             if wrong:
@@ -248,10 +249,10 @@ def predict(model, loader, device, *, amp_dtype: torch.dtype | None = None):
 
 
 def evaluate(model, loader, device, *, amp_dtype: torch.dtype | None = None, threshold: float = 0.5,
-             return_predictions: bool = False) -> dict:
+             return_predictions: bool = False, progress: bool = False) -> dict:
     """The metrics of :func:`predict`'s scores (a dict name -> metrics for a dict of models). Full labels:
     the paper's mAP; any -1: the partial AP of src.metrics. ``ap_per_class`` in [0, 1], NaN when skipped."""
-    targets, scores = predict(model, loader, device, amp_dtype=amp_dtype)
+    targets, scores = predict(model, loader, device, amp_dtype=amp_dtype, progress=progress)
     partial = bool((targets == -1).any())
     results = {}
     for name, values in (scores.items() if isinstance(model, dict) else [("", scores)]):

@@ -11,6 +11,7 @@ import copy
 import os
 
 from src.args import (
+    HelpFormatter,
     add_flag,
     data_parser,
     device_parser,
@@ -45,12 +46,12 @@ PAPER_DEFAULTS = {"image_size": 448, "batch_size": 64}  # a checkpoint that reco
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m src.prior",
+        prog="python -m src.prior", formatter_class=HelpFormatter,
         description="Estimate the class prior (Classes,avg_pred) with a clean eval-mode pass of a model over "
                     "the training images; with full labels known (coco/embedded) also report how well it "
                     "ranks the classes (Spearman, top-10) next to the naive counts and --compare files.",
-        parents=[data_parser(batch_size=64, workers=8), partial_labels_parser(),
-                 model_parser(path_default=None, name_default=None), eval_weights_parser(), device_parser()],
+        parents=[data_parser(batch_size=64), model_parser(path_default=None, name_default=None),
+                 eval_weights_parser(), device_parser(), partial_labels_parser()],
     )
     group = parser.add_argument_group("output")
     add_flag(group, "--out", type=str, default=None,

@@ -137,6 +137,8 @@ def test_paper_flags_and_defaults():
     # --input_size None: the checkpoint's size, else the paper's 224 (test_input_size_from_the_checkpoint)
     assert (args.model_path, args.model_name, args.input_size, args.th, args.top_k) == (
         infer.PAPER_MODEL_PATH, None, None, 0.97, 30)
+    assert infer.PAPER_MODEL_PATH == "./models_local/mtresnet_opim_86.72.pth"  # the paper's, as a flag:
+    assert infer.build_parser().parse_args(["--model_path", "./models/m.pth"]).model_path == "./models/m.pth"
     assert infer.PAPER_INPUT_SIZE == 224
     assert args.dataset_type == "openimages" and args.pic_path == "./pics" and args.device == "auto"
     assert (args.amp, args.amp_dtype) == (None, "float16")  # src.args.device_parser: AMP off on CPU

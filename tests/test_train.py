@@ -28,7 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_DEFAULTS = {
     "--data": "./data", "--metadata": "./data/COCO_2014", "--lr": 2e-4, "--epochs": 30, "--stop_epoch": None,
     "--weight_decay": 1e-4, "--model-name": "tresnet_m", "--model-path": "./tresnet_m.pth",
-    "--num-classes": 80, "--workers": 8, "--image-size": 448, "--simulate_partial_type": None,
+    "--num-classes": 80, "--workers": min(8, os.cpu_count()), "--image-size": 448,  # 8, at most the cores
+    "--simulate_partial_type": None,
     "--simulate_partial_param": 1000, "--partial_loss_mode": "negative", "--clip": 0, "--gamma_pos": 0,
     "--gamma_neg": 1, "--gamma_unann": 2, "--alpha_pos": 1, "--alpha_neg": 1, "--alpha_unann": 1,
     "--likelihood_topk": 5, "--prior_path": None, "--prior_threshold": 0.05, "--batch-size": 64,

@@ -158,3 +158,18 @@ def test_cache_images_decodes_once_and_trains_to_the_same_result(embedded_data_d
     assert cached_roots == [("train2014", True), ("val2014", True)]
     assert [h["loss"] for h in cached["history"]] == [h["loss"] for h in plain["history"]]
     assert cached["best_test_mAP"] == plain["best_test_mAP"]  # same pixels, same augmentation
+
+
+def test_run_folder_is_printed_at_start_and_at_end(embedded_data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = tiny_train_argv(embedded_data_dir, "unused", "--partial_loss_mode", "ignore")
+    at = argv.index("--path_dest")
+    train.main(argv[:at] + argv[at + 2:])  # no --path_dest: a fresh folder under ./outputs
+    lines = capsys.readouterr().out.splitlines()
+    printed = [i for i, line in enumerate(lines) if line.startswith("run folder: ")]
+    (created,) = os.listdir(tmp_path / "outputs")
+    assert created.endswith("_ignore_fpc_10")
+    assert len(printed) == 2 and printed[0] < 3 and printed[1] == len(lines) - 1
+    for i in printed:
+        assert os.path.samefile(lines[i][len("run folder: "):], tmp_path / "outputs" / created)
+    assert os.path.isfile(tmp_path / "outputs" / created / "args.json")

@@ -4,15 +4,19 @@ layout) report skipped classes and frequency groups; errors; a checkpoint of the
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import train
 import validate
+from src import prior_command
 from src.metrics import (
     average_precision_per_class,
     mean_average_precision,
@@ -450,11 +454,34 @@ def test_flags_come_from_the_shared_parent_parsers():
     # image size, architecture and batch: None = not given (the checkpoint's, else validate.PAPER_DEFAULTS)
     assert (args.image_size, args.batch_size, args.model_name) == (None, None, None)
     assert validate.PAPER_DEFAULTS == {"image_size": 448, "batch_size": 32}
-    assert (args.workers, args.thre, args.top_k) == (8, 0.8, 3)
+    assert (args.workers, args.thre, args.top_k) == (min(8, os.cpu_count()), 0.8, 3)
     assert (args.device, args.amp, args.amp_dtype, args.use_ema, args.num_classes) == (
         "auto", None, "float16", False, None)
     with pytest.raises(SystemExit):  # --model-path is required
         parser.parse_args([])
+
+
+@pytest.mark.parametrize("cores", [2, 64])
+def test_default_workers_never_exceed_the_cores(monkeypatch, cores):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    for parse in (validate.build_parser().parse_args, prior_command.build_parser().parse_args,
+                  train.parse_args):
+        assert parse(["--model-path", "x.pth"]).workers == min(8, cores)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_only_on_a_terminal(embedded_data_dir, tmp_path, monkeypatch, terminal):
+    names, _, _ = embedded_split(embedded_data_dir)
+    save_tiny_checkpoint(tmp_path / "tiny.pth", names)
+    stderr = FakeTerminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    validate.main(base_argv(embedded_data_dir, tmp_path / "tiny.pth", tmp_path / "ap.csv"))
+    assert ("evaluating:   0%|          | 0/3 " in stderr.getvalue()) == terminal  # 48 images, batch 16
 
 
 def test_engine_predict_and_evaluate_take_targets_first(embedded_data_dir, tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 
 from src.data.csv_dataset import CLASSES_FILE, CSV_LAYOUTS, write_csv_labels
 from src.data.partial_labels import keep_random_k, simulate_partial_labels
-from src.utils.cli import run_cli
+from src.utils.cli import HelpFormatter, run_cli
 
 SHAPES = ("circle", "square", "triangle", "plus", "ring", "diamond")
 COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
@@ -672,26 +672,27 @@ def write_embedded_csv(out_dir, layout: str = "lists", unannotated: float = 0.0,
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Write the synthetic embedded dataset in the COCO layout "
-                                     "(--format csv: also as CSV).")
-    parser.add_argument("--out", default="data/embedded", help="output folder")
-    parser.add_argument("--n_train", type=int, default=None, help="train images (default 6000)")
-    parser.add_argument("--n_test", type=int, default=None, help="val images (default 3000; upstream 1000)")
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--upstream", action="store_true", help="write the factorised upstream set")
-    parser.add_argument(
+                                     "(--format csv: also as CSV).", formatter_class=HelpFormatter)
+    data, output = parser.add_argument_group("data"), parser.add_argument_group("output")
+    data.add_argument("--n_train", type=int, default=None, help="train images (default 6000)")
+    data.add_argument("--n_test", type=int, default=None, help="val images (default 3000; upstream 1000)")
+    data.add_argument("--image_size", type=int, default=32, help="image side in pixels")
+    data.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    data.add_argument("--upstream", action="store_true", help="write the factorised upstream set")
+    data.add_argument(
         "--design",
         choices=DESIGNS,
         default=ORIGINAL_DESIGN,
-        help="class design: shape_colour (6 shapes x 8 colours; the default) or glyphs (adds a core colour; "
+        help="class design: shape_colour (6 shapes x 8 colours) or glyphs (adds a core colour; "
         "any two classes share at most one of shape, body colour, core colour; the design the demo runs)",
     )
-    parser.add_argument("--force", action="store_true", help="rebuild even if the folder matches the config")
-    parser.add_argument("--format", choices=("coco", "csv"), default="coco",
+    output.add_argument("--out", default="data/embedded", help="output folder")
+    output.add_argument("--force", action="store_true", help="rebuild even if the folder matches the config")
+    output.add_argument("--format", choices=("coco", "csv"), default="coco",
                         help="csv: also write train.csv, val.csv and classes.txt (--dataset_type csv)")
-    parser.add_argument("--layout", choices=CSV_LAYOUTS, default="lists",
+    output.add_argument("--layout", choices=CSV_LAYOUTS, default="lists",
                         help="--format csv: lists (image,positives,negatives) or wide (one column per class)")
-    parser.add_argument("--unannotated", type=float, default=0.0, metavar="P",
+    output.add_argument("--unannotated", type=float, default=0.0, metavar="P",
                         help="--format csv: write each train label as not annotated with probability P")
     args = parser.parse_args(argv)
     if not 0 <= args.unannotated < 1:

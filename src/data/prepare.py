@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm.utils import CallbackIOWrapper
 
 from src.data.labels import DatasetError
-from src.utils.cli import ConfigError, run_cli
+from src.utils.cli import ConfigError, HelpFormatter, run_cli
 from src.utils.download import download, human_bytes, progress_bar
 from src.utils.io import existing_ancestor, lock_folder, unlock_folder
 
@@ -383,28 +383,29 @@ def train_commands(spec: DatasetSpec, layout: dict) -> tuple[list[str], list[str
 
 # ------------------------------------------------------------------------------------------ command
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m src.data.prepare",
+    parser = argparse.ArgumentParser(prog="python -m src.data.prepare", formatter_class=HelpFormatter,
                                      description="Download a dataset of the CSL paper and lay it out for "
                                                  "train.py (resumable; see docs/datasets.md).")
-    parser.add_argument("dataset", choices=sorted(DATASETS), help="which dataset")
-    parser.add_argument("--root", required=True, help="folder the dataset is laid out in (created)")
-    parser.add_argument("--downloads", default=None,
+    data, download = parser.add_argument_group("data"), parser.add_argument_group("download")
+    data.add_argument("dataset", choices=sorted(DATASETS), help="which dataset")
+    data.add_argument("--root", required=True, help="folder the dataset is laid out in (created)")
+    data.add_argument("--downloads", default=None,
                         help="folder for the archives while they download (default: ROOT/downloads)")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+    download.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="list the files, URLs and disk needs; download and write nothing")
-    parser.add_argument("--base_url", "--base-url", default=None,
+    download.add_argument("--base_url", "--base-url", default=None,
                         help=f"fetch every file as BASE_URL/<file name> (a mirror, file:// URL or folder); "
                              f"default: ${BASE_URL_ENV}, else the publishers' URLs")
-    parser.add_argument("--url", action="append", default=[], metavar="NAME=URL",
+    download.add_argument("--url", action="append", default=[], metavar="NAME=URL",
                         help="the URL of one file (repeatable), e.g. --url train2014.zip=file:///m/t.zip")
-    parser.add_argument("--keep_archives", "--keep-archives", action="store_true",
+    download.add_argument("--keep_archives", "--keep-archives", action="store_true",
                         help="keep the archives after unpacking (default: deleted once unpacked)")
-    parser.add_argument("--skip_checksum", "--skip-checksum", action="store_true",
+    download.add_argument("--skip_checksum", "--skip-checksum", action="store_true",
                         help="do not check the publisher's sizes and checksums (a file changed upstream)")
-    parser.add_argument("--no_space_check", "--no-space-check", action="store_true",
+    download.add_argument("--no_space_check", "--no-space-check", action="store_true",
                         help="start even when the free disk space looks too small")
-    parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--retries", type=int, default=3, help="network retries per file (default 3)")
+    download.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bars")
+    download.add_argument("--retries", type=int, default=3, help="network retries per file")
     return parser
 
 

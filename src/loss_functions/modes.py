@@ -131,9 +131,8 @@ LOSS_MODES: dict[str, ModeInfo] = {
         "an_ls_smoothing": "an_ls: label-smoothing coefficient of positives and assumed negatives"}),
     "epr": _peer_info("EPR (Cole et al. 2021)", _COLE, ExpectedPositiveRegularizer, {
         "epr_expected_positives": "epr: expected number of positives per image (Cole et al.: 2.9 on COCO)"},
-        epr_expected_positives="estimated from the training labels where they identify it (complete "
-                               "labels, or rps: the sum over classes of positives / images annotated for "
-                               "the class); required otherwise (fpc, --partial_labels)"),
+        epr_expected_positives="estimated from complete or rps training labels (docs/peer_methods.md); "
+                               "required otherwise (fpc, --partial_labels)"),
     "hill": _peer_info("Hill (Zhang et al. 2021)", _ZHANG, HillLoss, {
         "hill_lambda": "hill: lambda of the un-annotated term (lambda - p) p^2",
         "hill_margin": "hill: logit margin of the positive focal term",
@@ -180,10 +179,8 @@ LOSS_HYPERPARAMETERS: dict[str, HyperParameter] = _all_hyperparameters()
 LOSS_SETTINGS: dict[str, HyperParameter] = {
     "partial_loss_mode": HyperParameter(
         _defaults_of(PartialSelectiveLoss)["partial_loss_mode"],
-        "how un-annotated labels enter the loss: negative, ignore, ignore_normalize_classes or selective "
-        "(CSL), or a later method run on CSL's protocols (docs/peer_methods.md): "
-        + "; ".join(f"{mode}: {info.reference}" for mode, info in LOSS_MODES.items()
-                    if mode not in ("negative", "ignore", "selective"))),
+        f"how un-annotated labels enter the loss: {', '.join(CSL_MODES)} (CSL's) or a later method (the "
+        "other choices; docs/peer_methods.md)"),
     "prior_path": HyperParameter(None, "class prior CSV (Classes,avg_pred) used by selective mode; 'none' "
                                        "for no prior"),
     "loss_reduction": HyperParameter(

@@ -1,7 +1,8 @@
-"""The one way a command turns a user error into a clean exit."""
+"""The one way a command turns a user error into a clean exit; the one format of every command's --help."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -18,6 +19,24 @@ class ExitRequest(Exception):
     """Ends a command with ``exit_code`` and the message, without a traceback (e.g. SIGTERM: 143)."""
 
     exit_code = 1
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every command's --help: a flag's default is shown unless it is None or an off switch."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.option_strings and all(action.default is not value for value in
+                                              (None, False, argparse.SUPPRESS))
+        if not shown or "%(default)" in text:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def group_of(parser, title: str):
+    """The parser's argument group called ``title`` (created at the end when missing): one group per title."""
+    found = [group for group in parser._action_groups if group.title == title]
+    return found[0] if found else parser.add_argument_group(title)
 
 
 # Bad input is reported as one line; the library raises these with messages naming the file/flag and fix.
