@@ -44,3 +44,8 @@ def test_the_link_checker_sees_broken_links_and_skips_urls_and_code(tmp_path):
                     encoding='utf-8')
     assert relative_links(page) == ['there.md#part', 'missing.png', 'sub/gone.md']
     assert broken_links(page) == ['missing.png', 'sub/gone.md']
+
+
+def test_the_readme_stays_a_front_door():
+    """The README is the front door, not the manual: at most 10,000 characters (the rest lives in docs/)."""
+    assert len((ROOT / "README.md").read_text(encoding="utf-8")) <= 10_000

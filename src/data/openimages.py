@@ -10,17 +10,16 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import pickle
 import re
 import warnings
 
 import numpy as np
 import pandas as pd
-import torch
 
 from src.data.base import MultiLabelImageDataset, require_dir, require_file
 from src.data.image_io import PathSequence
 from src.data.labels import DatasetError, LabelMatrix
+from src.utils.checkpoint import CheckpointError, read_pth
 
 OFFICIAL_COLUMNS = ("ImageID", "LabelName", "Confidence")
 PROCESSED_COLUMNS = ("filepath", "label", "label_neg", "split_name")
@@ -62,8 +61,8 @@ def read_mid_to_classes(path: str, trust_pickle: bool = False) -> tuple[list[str
     require_file(path, "OpenImages mid_to_classes.pth", "It ships with the authors' processed release, "
                  "next to data.csv (pass its folder as --metadata)")
     try:
-        mapping = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        mapping = read_pth(path, allow_pickle=trust_pickle)
+    except CheckpointError as exc:
         raise DatasetError(f"{path}: cannot be read as a torch-saved dict of strings ({exc}). If you trust "
                            f"the file, load it with trust_pickle=True") from exc
     if not isinstance(mapping, dict) or not mapping:
