@@ -21,12 +21,12 @@ lint: venv  ## ruff over the tree
 
 test: venv  ## lint, then every test (the README's test command; about 2 min on 2 cores)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal
 
 # The edit loop: everything but the end-to-end runs marked slow (make test runs them all).
 test-fast: venv  ## lint and the tests not marked slow (the edit loop)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 demo: venv  ## the paper's COCO table on the embedded dataset (about 20 min on 2 cores)
 	$(PY) reproduce.py

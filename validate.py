@@ -70,7 +70,10 @@ def default_output(args) -> str:
 
 def build_val_dataset(args):
     # The validation split alone (building the train split of OpenImages would take minutes).
-    return build_split_from_args(args, "val", build_val_transform(args.image_size, draft=args.jpeg_draft))
+    dataset = build_split_from_args(args, "val", build_val_transform(args.image_size, draft=args.jpeg_draft))
+    if args.verify_images == "full":  # every image decoded now, not a failed pass later
+        dataset.verify_decoding(progress=sys.stderr.isatty())
+    return dataset
 
 
 def per_class_rows(class_names, ap_per_class, targets: np.ndarray, groups=None) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 
 from src.args import (
     HelpFormatter,
@@ -74,6 +75,8 @@ def _load_train_sets(args, verbose: bool = True):
     """(train set with partial labels, its full labels: known for coco and complete CSVs, else None)."""
     transform = build_val_transform(args.image_size, draft=args.jpeg_draft)
     train_full = build_split_from_args(args, "train", transform)
+    if args.verify_images == "full":  # every image decoded now, not a failed pass later
+        train_full.verify_decoding(progress=sys.stderr.isatty())
     if verbose and train_full.describe_load_stats() is not None:
         print(train_full.describe_load_stats())
     # The partial labels replace the copy's label matrix (set_labels), the original keeps the full one.

@@ -86,3 +86,9 @@ def stage1_run(embedded_data_dir, tmp_path_factory):
     return {"path_dest": str(path_dest), "best": os.path.join(path_dest, "best.pth"),
             "last": os.path.join(path_dest, "last.pth"), "prior": prior, "summary": summary,
             "seconds": seconds, "stdout": stdout.getvalue()}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs marked slow first: spread over the xdist workers from the start (make test runs
+    with -n 2), they do not leave one worker finishing a minute-long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

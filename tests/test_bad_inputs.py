@@ -49,11 +49,10 @@ The second attack (issue "Nothing lost under concurrency, interruption or hostil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -61,9 +60,9 @@ import torch
 import train
 from src.data.embedded import generate_embedded_dataset
 from src.engine import NonFiniteLossError
-from src.utils.cli import ConfigError
+from src.utils.cli import ConfigError, run_cli
 from src.utils.run_folder import fresh_run_folder
-from tests.conftest import SINGLE_THREAD_ENV, tiny_train_argv
+from tests.conftest import tiny_train_argv
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -131,11 +130,9 @@ def test_default_path_dest_is_a_fresh_folder(tmp_path):
 @pytest.mark.slow
 def test_two_default_runs_get_two_folders(embedded_data_dir, tmp_path):
     argv = [a for a in tiny_train_argv(embedded_data_dir, "unused") if a not in ("--path_dest", "unused")]
-    env = dict(os.environ, **SINGLE_THREAD_ENV)
-    for _ in range(2):
-        done = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *argv], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    with contextlib.chdir(tmp_path):  # the default parent is ./outputs
+        for _ in range(2):
+            train.main(argv)
     runs = sorted(os.listdir(tmp_path / "outputs"))
     assert len(runs) == 2 and all(r.endswith("_negative_fpc_10") or "_negative_fpc_10-" in r for r in runs)
     for run in runs:
@@ -212,18 +209,19 @@ def test_prior_flags_that_cannot_work(embedded_data_dir, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ 9, 11: files
-@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("content, message", [(b"", "is empty"),
                                               (b"\x80garbage", "not a readable torch file")])
-def test_resume_of_an_unreadable_file_is_one_clear_error(embedded_data_dir, tmp_path, content, message):
+def test_resume_of_an_unreadable_file_is_one_clear_error(embedded_data_dir, tmp_path, content, message,
+                                                         capsys):
+    """Through run_cli, the one place a command's errors become ``prog: error: ...`` and its exit status
+    (tests/test_train.py runs the script itself once)."""
     path = tmp_path / "last.pth"
     path.write_bytes(content)
     argv = tiny_train_argv(embedded_data_dir, tmp_path / "o", "--resume", str(path))
-    completed = subprocess.run([sys.executable, "train.py", *argv],
-                               cwd=REPO, capture_output=True, text=True, timeout=300,
-                               env=dict(os.environ, **SINGLE_THREAD_ENV))
-    assert completed.returncode == 2 and "Traceback" not in completed.stderr
-    assert re.search(f"train.py: error: --resume: .*last.pth.* {message}", completed.stderr)
+    assert run_cli(train.main, argv, prog="train.py") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(f"train.py: error: --resume: .*last.pth.* {message}", err)
 
 
 def test_path_dest_that_is_a_file_is_named_before_any_work(embedded_data_dir, tmp_path):

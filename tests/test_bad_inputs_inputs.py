@@ -60,7 +60,7 @@ def serve(monkeypatch):
 
     def start(files, **kwargs) -> RangeServer:
         server = RangeServer(files, **kwargs)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
         servers.append(server)
         return server
 

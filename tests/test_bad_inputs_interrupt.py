@@ -33,6 +33,7 @@ import pytest
 import torch
 
 import train
+import validate
 from src import prior_command
 from src.callbacks import Callback
 from src.data import build_split
@@ -163,6 +164,21 @@ def test_verify_images_full_decodes_the_training_set_at_start_up(embedded_data_d
     with pytest.warns(UserWarning, match="skipped 1 of 96 images"):
         dataset.verify_decoding()
     assert len(dataset) == 95 and 9 not in dataset.image_ids
+
+
+def test_verify_images_full_reaches_validate_and_the_prior_command(embedded_data_dir, tmp_path):
+    """The flag every command's data parser takes does what it says there too (no silent no-op)."""
+    root = _data_copy(embedded_data_dir, tmp_path)
+    _truncate(_image(root, "val", 3))
+    _truncate(_image(root, "train", 2))
+    args = validate.build_parser().parse_args(["--model-path", "unused.pth", "--data", str(root),
+                                               "--verify_images", "full", "--image-size", "32"])
+    with pytest.raises(DatasetError, match=f"cannot be decoded: {_image(root, 'val', 3)}"):
+        validate.build_val_dataset(args)
+    args = prior_command.build_parser().parse_args(["--model_path", "unused.pth", "--data", str(root),
+                                                    "--verify_images", "full", "--image-size", "32"])
+    with pytest.raises(DatasetError, match=f"cannot be decoded: {_image(root, 'train', 2)}"):
+        prior_command._load_train_sets(args, verbose=False)
 
 
 # ----------------------------------------------------------------------------- (3) only regular files

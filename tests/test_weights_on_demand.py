@@ -317,7 +317,7 @@ def http_server(tmp_path):
     (tmp_path / 'source').mkdir(exist_ok=True)
     handler = functools.partial(Handler, directory=str(tmp_path / 'source'))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield f'http://127.0.0.1:{server.server_address[1]}', requests
