@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -29,7 +28,7 @@ from tests.test_data_lvis import CATEGORIES as LVIS_CATEGORIES
 from tests.test_data_lvis import EXPECTED as LVIS_EXPECTED
 from tests.test_data_lvis import IMAGES as LVIS_IMAGES
 from tests.test_data_openimages import write_jpeg
-from tests.test_prepare import DATA_CSV, RangeServer, openimages_mirror
+from tests.test_prepare import DATA_CSV, openimages_mirror, serve  # noqa: F401 (serve: a fixture)
 
 BOM = b"\xef\xbb\xbf"
 
@@ -52,22 +51,6 @@ def coco_files(tmp_path):
     return str(tmp_path / "train2014"), write
 
 
-@pytest.fixture
-def serve(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    servers = []
-
-    def start(files, **kwargs) -> RangeServer:
-        server = RangeServer(files, **kwargs)
-        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 # ------------------------------------------------------------------------- 1. byte-order marks
@@ -188,7 +171,7 @@ def test_a_truncated_data_csv_is_continued_from_a_source_that_gives_its_size(tmp
     assert (root / "data.csv").read_text() == DATA_CSV
 
 
-def test_a_truncated_data_csv_from_a_source_without_size_is_refused(tmp_path, monkeypatch, serve, capsys):
+def test_a_truncated_data_csv_from_a_source_without_size_is_refused(tmp_path, monkeypatch, serve, capsys):  # noqa: F811 (serve: the fixture)
     mirror = openimages_mirror(tmp_path)
     openimages_table(monkeypatch)
     server = serve({p.name: p.read_bytes() for p in mirror.iterdir()})  # answers no HEAD request
@@ -210,7 +193,7 @@ def test_a_truncated_data_csv_from_a_source_without_size_is_refused(tmp_path, mo
     assert (root / "data.csv").read_text() == DATA_CSV
 
 
-def test_a_junk_part_is_discarded_not_continued(tmp_path, serve, monkeypatch):
+def test_a_junk_part_is_discarded_not_continued(tmp_path, serve, monkeypatch):  # noqa: F811 (serve: the fixture)
     payload = os.urandom(50_000)
     server = serve({"w.pth": payload})
     (tmp_path / "w.pth.part").write_bytes(os.urandom(20_000))  # not a prefix of the file
