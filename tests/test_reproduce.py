@@ -3,6 +3,7 @@ atomic outputs, the exits, and one tiny end-to-end table with resume."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -11,12 +12,15 @@ import shlex
 import numpy as np
 import pytest
 
+import coco_simulation.__main__ as simulation
 import reproduce
+import train
 from src.args import build_train_parser
 from src.loss_functions import PEER_MODES
 from src.prior import read_prior_csv
 from src.reproduce import protocols, report, runner
 from src.reproduce.protocols import ROWS, share_threshold
+from tests.conftest import single_thread
 
 
 def _embedded(tmp_path, *flags):
@@ -321,9 +325,22 @@ def test_user_errors_exit_2_before_any_work(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------- end to end
+def _run_in_this_process(command, log_path, env):
+    """`runner.run_logged` without a new interpreter per step: the same train.py / coco_simulation argv, run
+    here (reproduce.py's process boundary - groups, signals, exit codes - is tested with real processes in
+    tests/test_bad_inputs_writers.py and test_a_failed_cell_*)."""
+    print("$ " + shlex.join(command), flush=True)
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
+            single_thread():
+        if runner.TRAIN_SCRIPT in command:
+            train.main(command[command.index(runner.TRAIN_SCRIPT) + 1:])
+        else:
+            simulation.main(command[command.index("coco_simulation") + 1:])
+
+
 @pytest.mark.slow
 def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(runner, "run_logged", _run_in_this_process)
     out = tmp_path / "out"
     argv = ["--data_root", str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"),
             "--out", str(out), "--n_train", "320", "--n_test", "96", "--seeds", "1", "--schemes", "fpc",
