@@ -162,7 +162,7 @@ def test_resume_of_a_finished_run_trains_nothing_more(embedded_data_dir, uninter
     assert _metrics(dest) == _metrics(uninterrupted)
 
 
-SIGTERM_EPOCHS = 12  # 72 steps of ~0.04 s: still training long after the first step is printed
+SIGTERM_EPOCHS = 6  # 36 steps of ~0.04 s: still training long after the first step is printed
 
 
 def test_real_sigterm_saves_last_and_exits_143_then_resume_finishes(embedded_data_dir, tmp_path):
@@ -175,7 +175,7 @@ def test_real_sigterm_saves_last_and_exits_143_then_resume_finishes(embedded_dat
     watchdog.start()
     try:
         output = []
-        for line in process.stdout:  # step 0 of every epoch is printed ("Epoch [1/12], Step [000/006]")
+        for line in process.stdout:  # step 0 of every epoch is printed ("Epoch [1/6], Step [000/006]")
             output.append(line)
             if line.startswith("Epoch [1/"):  # the handler is installed before the first step
                 process.send_signal(signal.SIGTERM)
