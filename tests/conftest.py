@@ -25,6 +25,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -92,3 +95,28 @@ def pytest_collection_modifyitems(config, items):
     """The end-to-end runs marked slow first: spread over the xdist workers from the start (make test runs
     with -n 2), they do not leave one worker finishing a minute-long test alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def train_py_signalled_at_first_step(argv, send, timeout_s: float, **popen) -> tuple[int, str]:
+    """Run ``python -u train.py argv`` (single-threaded), call ``send(process)`` once the first training
+    step is printed ("Epoch [1/...": the signal handlers are installed), and return its exit status and
+    everything it printed. A run still going after ``timeout_s`` is killed: it fails, never hangs."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-u", "train.py", *argv], cwd=repo, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **SINGLE_THREAD_ENV),
+                               **popen)
+    watchdog = threading.Timer(timeout_s, process.kill)
+    watchdog.start()
+    try:
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("Epoch [1/"):
+                send(process)
+                break
+        output.extend(process.stdout)
+        returncode = process.wait()
+    finally:
+        watchdog.cancel()
+        process.stdout.close()
+    return returncode, "".join(output)

@@ -41,7 +41,7 @@ from src.data.image_io import image_problem
 from src.data.labels import DatasetError
 from src.prior import read_prior_csv
 from src.utils.cli import run_cli
-from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv
+from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv, train_py_signalled_at_first_step
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -209,24 +209,8 @@ def test_ctrl_c_saves_last_and_exits_130_with_one_line(embedded_data_dir, tmp_pa
     """Ctrl-C in a terminal: SIGINT to the whole foreground process group, loader workers included."""
     dest = tmp_path / "run"
     argv = tiny_train_argv(embedded_data_dir, dest, "--epochs", "12", "-j", "1")
-    process = subprocess.Popen([sys.executable, "-u", "train.py", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               env=dict(os.environ, **SINGLE_THREAD_ENV))
-    watchdog = threading.Timer(300, process.kill)  # a hung run fails instead of blocking
-    watchdog.start()
-    try:
-        output = []
-        for line in process.stdout:
-            output.append(line)
-            if line.startswith("Epoch [1/"):  # training: the handlers are installed
-                os.killpg(process.pid, signal.SIGINT)
-                break
-        output.extend(process.stdout)
-        returncode = process.wait()
-    finally:
-        watchdog.cancel()
-        process.stdout.close()
-    printed = "".join(output)
+    returncode, printed = train_py_signalled_at_first_step(  # its own group, as a terminal's foreground job
+        argv, lambda process: os.killpg(process.pid, signal.SIGINT), 300, start_new_session=True)
     assert returncode == 130, printed[-3000:]
     last = [line for line in printed.splitlines() if line.strip()][-1]
     assert last.startswith(f"Ctrl-C (SIGINT): saved {dest / 'last.pth'} ") and "--resume" in last, printed

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ import torch
 import train
 from src.callbacks import SigtermAtStep
 from src.trainer import SIGTERM_EXIT_CODE, TrainingInterrupted
-from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv
+from tests.conftest import SINGLE_THREAD_ENV, single_thread, tiny_train_argv, train_py_signalled_at_first_step
 
 pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.slow]
 
@@ -169,23 +168,8 @@ def test_real_sigterm_saves_last_and_exits_143_then_resume_finishes(embedded_dat
     """A real pre-emption: train.py as a subprocess gets SIGTERM from outside while it trains."""
     dest = tmp_path / "preempted"
     argv = _argv(embedded_data_dir, dest, "--epochs", str(SIGTERM_EPOCHS))
-    process = subprocess.Popen([sys.executable, "-u", "train.py", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **SINGLE_THREAD_ENV))
-    watchdog = threading.Timer(120, process.kill)  # a hung run fails the test instead of blocking it
-    watchdog.start()
-    try:
-        output = []
-        for line in process.stdout:  # step 0 of every epoch is printed ("Epoch [1/6], Step [000/006]")
-            output.append(line)
-            if line.startswith("Epoch [1/"):  # the handler is installed before the first step
-                process.send_signal(signal.SIGTERM)
-                break
-        output.extend(process.stdout)
-        returncode = process.wait()
-    finally:
-        watchdog.cancel()
-        process.stdout.close()
-    printed = "".join(output)
+    returncode, printed = train_py_signalled_at_first_step(
+        argv, lambda process: process.send_signal(signal.SIGTERM), 120)
     assert returncode == SIGTERM_EXIT_CODE == 128 + signal.SIGTERM, printed[-3000:]
 
     state = _load(dest / "last.pth")
