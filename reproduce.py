@@ -3,6 +3,7 @@
     python reproduce.py                      # embedded dataset on CPU, 3 seeds (the README's demo)
     python reproduce.py --data /datasets/COCO_2014 --model-name tresnet_m \
         --model-path models_local/tresnet_m_miil_21k.pth --image-size 448 --device cuda
+    python reproduce.py --dataset_type csv --data my_images --rows ignore_ce,negative_ce,csl  # your data
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from src.data.embedded import DESIGNS
 from src.reproduce.protocols import (
     EMBEDDED_DEFAULTS,
     coco_protocol,
+    csv_protocol,
     embedded_protocol,
     select_columns,
     select_rows,
@@ -24,7 +26,7 @@ from src.reproduce.protocols import (
     user_train_flags,
 )
 from src.reproduce.report import write_reports
-from src.reproduce.runner import CHILDREN, cell_environment, check_models_dir, run_table
+from src.reproduce.runner import CHILDREN, cell_environment, check_before_running, run_table
 from src.reproduce.sensitivity import run_sensitivity
 from src.reproduce.sweep import run_sweep
 from src.utils.cli import run_cli
@@ -37,7 +39,8 @@ EPILOG = (
     "the embedded dataset is generated under --data_root and its backbone pretrained (--metadata and "
     "--model-path apply with --data only). A flag of these groups left unset takes the protocol's value "
     "(COCO_FLAGS / EMBEDDED_FLAGS in src/reproduce/protocols.py) or train.py's default; one you set is "
-    "passed to every train.py run of the table. --dataset_type must be coco."
+    "passed to every train.py run of the table. --dataset_type coco (the default) or csv (your own data, "
+    "docs/your_data.md: the COCO recipe on it; column 'given' = the CSV's labels, fpc/rps simulated on top)."
 )
 
 
@@ -69,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "recorded settings differ from this run's; without it they are refused")
     table.add_argument("--seeds", type=int, default=None,
                         help="seeds per cell (partial-label draw and init); default 3, with --sweep 1")
-    table.add_argument("--schemes", default="fpc,rps", help="columns to run: fpc, rps or both")
+    table.add_argument("--schemes", default=None,
+                       help="columns to run: fpc, rps or both (default); with --dataset_type csv also "
+                            "'given', the CSV's own labels (its default)")
     table.add_argument("--rows", default=None,
                         help="comma-separated row keys of ROWS to run (default: every row of the protocol); "
                              "CSL rows also run ignore_ce, whose prior they need")
@@ -101,14 +106,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.sweep and args.sensitivity:
         raise ValueError("--sweep and --sensitivity are two runs; pass one of them")
     args.seeds = args.seeds or (1 if args.sweep else 3)
-    name = next(n for n, on in (("coco", args.data), ("sweep", args.sweep), ("sensitivity", args.sensitivity),
-                                ("embedded", True)) if on)
+    name = next(n for n, on in (("csv", args.dataset_type == "csv"), ("coco", args.data),
+                                ("sweep", args.sweep), ("sensitivity", args.sensitivity), ("embedded", True))
+                if on)
     args.out = args.out or os.path.join(HERE, "outputs", f"reproduce_{name}")
     return args
 
 
 def build_protocol(args: argparse.Namespace):
-    make_protocol = coco_protocol if args.data else embedded_protocol
+    if args.dataset_type == "csv" and not args.data:
+        raise ValueError("--dataset_type csv: pass --data, the image root of your CSV dataset "
+                         "(docs/your_data.md)")
+    make_protocol = csv_protocol if args.dataset_type == "csv" else coco_protocol if args.data \
+        else embedded_protocol
     return make_protocol(args, user_train_flags(args, train_flag_names()))
 
 
@@ -118,7 +128,7 @@ def main(argv=None) -> None:
     if protocol is not None:
         select_columns(protocol, args.schemes)
         protocol.rows = select_rows(protocol, args.rows)
-        check_models_dir(protocol)
+        check_before_running(protocol)
     prepare_output_folder(args.out, "--out")
     lock_folder(args.out, "--out")
     try:

@@ -1,4 +1,4 @@
-"""Simulate partial labels on the COCO train annotations and write them to a file.
+"""Simulate partial labels on the train labels of COCO (or another --dataset_type) and write them to a file.
 
     python -m coco_simulation --data DIR [--metadata DIR] --simulate_partial_type fpc \
         --simulate_partial_param 1000 --seed 0 --out partial.npz [--plot class_freq.png | --plot none]
@@ -27,8 +27,8 @@ from src.utils.cli import run_cli
 from src.utils.io import refuse_existing_file
 
 # train.py's flags that the simulation takes, declared once in src/args.py (help, types, defaults).
-SHARED_FLAGS = ("data", "metadata", "skip_bad_images", "simulate_partial_type", "simulate_partial_param",
-                "seed")
+SHARED_FLAGS = ("data", "metadata", "dataset_type", "skip_bad_images", "simulate_partial_type",
+                "simulate_partial_param", "seed")
 
 
 def shared_flags_parser() -> argparse.ArgumentParser:
@@ -64,18 +64,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     refuse_existing_file(args.out, "--out", args.overwrite)
-    dataset = build_split("coco", "train", data=args.data, metadata=args.metadata,
+    dataset = build_split(args.dataset_type, "train", data=args.data, metadata=args.metadata,
                           skip_bad_images=args.skip_bad_images)
     original = dataset.labels.to_dense()
     mode, param, seed = args.simulate_partial_type, args.simulate_partial_param, args.seed
     simulated = simulate_partial_labels(original, mode, param, seed)
     check_simulated(simulated, mode, param)
-    meta = {"mode": canonical_mode(mode), "param": param, "seed": seed, "annotation_file": dataset.ann_file,
-            "skip_bad_images": args.skip_bad_images}
+    meta = {"mode": canonical_mode(mode), "param": param, "seed": seed,
+            "annotation_file": dataset.label_source, "skip_bad_images": args.skip_bad_images}
     names = dataset.class_names
-    save_partial_labels(args.out, simulated, names, list(dataset.ids), meta, full_labels=original)
+    save_partial_labels(args.out, simulated, names, list(dataset.image_ids), meta, full_labels=original)
     stats = class_statistics(original, simulated)
-    print(f"{dataset.ann_file}: mode {meta['mode']}, param {param:g}, seed {seed}")
+    print(f"{dataset.label_source}: mode {meta['mode']}, param {param:g}, seed {seed}")
     print(format_class_statistics(stats, names))
     print(f"wrote {args.out}")
     if args.plot:

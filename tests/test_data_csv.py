@@ -4,6 +4,7 @@ train.py -> src.prior -> validate.py -> infer.py on a hand-made CSV dataset with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 import infer
+import reproduce
 import train
 import validate
 from src.data import apply_partial_labels, build_split
@@ -24,7 +26,8 @@ from src.data.embedded import generate_embedded_dataset
 from src.data.embedded import main as embedded_main
 from src.data.labels import DatasetError
 from src.prior_command import main as prior_main
-from tests.conftest import TINY_MODEL, single_thread
+from src.reproduce import runner
+from tests.conftest import TINY_MODEL, run_in_this_process, single_thread
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
@@ -322,7 +325,8 @@ def test_prior_of_a_complete_csv_is_ranked_against_its_labels(tmp_path, capsys):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALLER = {"--n_train 1000": "--n_train 160", "--n_test 300": "--n_test 32", "--epochs 5": "--epochs 1"}
 IN_PROCESS = {("-m", "src.data.embedded"): embedded_main, ("-m", "src.prior"): prior_main,
-              ("train.py",): train.main, ("validate.py",): validate.main, ("infer.py",): infer.main}
+              ("train.py",): train.main, ("validate.py",): validate.main, ("infer.py",): infer.main,
+              ("reproduce.py",): reproduce.main}
 
 
 def doc_commands() -> list[str]:
@@ -337,11 +341,12 @@ def test_the_commands_of_your_data_md_run_as_written(tmp_path, monkeypatch, caps
     """Each command of the page, in order, with fewer images and epochs: python commands in-process (the
     import costs more than the run), the shell ones (head) in bash."""
     commands = doc_commands()
-    assert sum(c.startswith(".venv/bin/python") for c in commands) == 6
+    assert sum(c.startswith(".venv/bin/python") for c in commands) == 7
     script = "\n".join(commands)
     for large in SMALLER:
         assert large in script, f"docs/your_data.md no longer has {large}: update SMALLER"
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runner, "run_logged", run_in_this_process)  # reproduce.py's cells, here too
     os.symlink(os.path.join(REPO, "pics"), "pics")
     with single_thread():
         for command in commands:
@@ -362,3 +367,7 @@ def test_the_commands_of_your_data_md_run_as_written(tmp_path, monkeypatch, caps
     assert len(rows) >= 4 and {row.split(",")[2] for row in rows if row.split(",")[2]} <= set(classes)
     assert os.path.isfile("outputs/my_prior.csv")
     assert os.path.isfile("outputs/my_stage2/best_csv_per_class_ap.csv")
+    with open("outputs/my_table/results.json", encoding="utf-8") as handle:
+        table = json.load(handle)["table"]
+    assert [(row["row"], row["scheme"]) for row in table] == [
+        ("ignore_ce", "given"), ("negative_ce", "given"), ("csl", "given")]

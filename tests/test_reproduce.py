@@ -3,7 +3,6 @@ atomic outputs, the exits, and one tiny end-to-end table with resume."""
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -12,15 +11,16 @@ import shlex
 import numpy as np
 import pytest
 
-import coco_simulation.__main__ as simulation
 import reproduce
-import train
 from src.args import build_train_parser
+from src.data.embedded import main as embedded_main
+from src.data.partial_labels import read_partial_label_file
 from src.loss_functions import PEER_MODES
 from src.prior import read_prior_csv
 from src.reproduce import protocols, report, runner
 from src.reproduce.protocols import ROWS, share_threshold
-from tests.conftest import single_thread
+from tests.conftest import TINY_MODEL, run_in_this_process
+from tests.test_data_csv import COLOURS, hand_made_dataset
 
 
 def _embedded(tmp_path, *flags):
@@ -238,7 +238,7 @@ def test_readme_row_reuses_the_csl_run_only_when_it_ignores_the_same_classes(tmp
     started = []
     monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
     monkeypatch.setattr(runner, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
-    monkeypatch.setattr(runner, "cell_composition", lambda cell_dir, data, design: {})
+    monkeypatch.setattr(runner, "cell_composition", lambda cell_dir, protocol: {})
 
     same = _write_prior(tmp_path / "same.csv", [0.53, 0.43, 0.2])  # 0.48 and 0.5 both ignore class 0
     result = runner.run_cell(args, protocol, group, row, "labels.npz", same, {}, twin)
@@ -325,22 +325,9 @@ def test_user_errors_exit_2_before_any_work(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------- end to end
-def _run_in_this_process(command, log_path, env):
-    """`runner.run_logged` without a new interpreter per step: the same train.py / coco_simulation argv, run
-    here (reproduce.py's process boundary - groups, signals, exit codes - is tested with real processes in
-    tests/test_bad_inputs_writers.py and test_a_failed_cell_*)."""
-    print("$ " + shlex.join(command), flush=True)
-    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
-            single_thread():
-        if runner.TRAIN_SCRIPT in command:
-            train.main(command[command.index(runner.TRAIN_SCRIPT) + 1:])
-        else:
-            simulation.main(command[command.index("coco_simulation") + 1:])
-
-
 @pytest.mark.slow
 def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runner, "run_logged", _run_in_this_process)
+    monkeypatch.setattr(runner, "run_logged", run_in_this_process)
     out = tmp_path / "out"
     argv = ["--data_root", str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"),
             "--out", str(out), "--n_train", "320", "--n_test", "96", "--seeds", "1", "--schemes", "fpc",
@@ -532,7 +519,7 @@ def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, m
     started = _fake_training(monkeypatch, _write_prior(tmp_path / "p.csv", [0.9] + [0.1] * 47))
     full = np.eye(4, 48, dtype=np.int8)  # one positive per image
     names = [str(i) for i in range(48)]
-    monkeypatch.setattr(runner, "_full_training_labels", lambda data: (full, [1, 2, 3, 4], names))
+    monkeypatch.setattr(runner, "_training_labels", lambda protocol, data=None: (full, [1, 2, 3, 4], names))
     runner.run_group(args, protocol, runner.Group(0, "rps", 0.5), {})
     parsed = [_train_args(c) for c in started if runner.TRAIN_SCRIPT in c]
     peers = {p.partial_loss_mode: p for p in parsed
@@ -741,7 +728,8 @@ def test_epr_cells_get_the_datas_known_mean_positives(tmp_path, monkeypatch):
     """EPR is given the true mean number of positives per image (Cole et al.): on the embedded protocol
     the full training labels' mean, on COCO their 2.9 - never an estimate from the FPC labels."""
     full = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]], dtype=np.int8)  # 6 positives / 4 images
-    monkeypatch.setattr(runner, "_full_training_labels", lambda data: (full, [1, 2, 3, 4], ["a", "b", "c"]))
+    monkeypatch.setattr(runner, "_training_labels",
+                        lambda protocol, data=None: (full, [1, 2, 3, 4], ["a", "b", "c"]))
     args, protocol = _embedded(tmp_path, "--rows", "epr")
     flags = runner.cell_flags(args, protocol, runner.Group(0, "fpc", 73), _row("epr"), "l.npz", None, "c")
     assert flags["epr_expected_positives"] == "1.5"
@@ -750,3 +738,57 @@ def test_epr_cells_get_the_datas_known_mean_positives(tmp_path, monkeypatch):
     assert flags["epr_expected_positives"] == "2.9"
     assert "epr_expected_positives" not in runner.cell_flags(args, protocol, runner.Group(0, "fpc", 1000),
                                                              _row("negative_ce"), "l.npz", None, "c")
+
+
+# ------------------------------------------------------------------------ your own data (--dataset_type csv)
+def _csv(tmp_path, data, *flags):
+    args = reproduce.parse_args(["--dataset_type", "csv", "--data", str(data), "--out", str(tmp_path / "out"),
+                                 *flags])
+    return args, reproduce.build_protocol(args)
+
+
+def test_a_complete_csv_has_its_ceiling_and_epr_its_mean(tmp_path):
+    """A CSV without -1 in train.csv holds full labels: the full-label row runs, EPR's E is their mean."""
+    data = tmp_path / "emb"
+    embedded_main(["--out", str(data), "--n_train", "40", "--n_test", "8", "--format", "csv"])
+    args, protocol = _csv(tmp_path, data, "--rows", "full_labels,epr")
+    protocol.rows = protocols.select_rows(protocol, args.rows)
+    full = protocols.full_training_labels(str(data), "csv", None)[0]
+    assert protocol.train_flags["num-classes"] == 48 and protocol.train_flags["dataset_type"] == "csv"
+    assert protocols.select_columns(protocol, args.schemes) == ["given"]  # the CSV's own labels
+    assert protocol.columns == {"given": None}
+    assert [row.key for row in protocols.protocol_rows(protocol)] == ["full_labels", "epr"]
+    runner.check_before_running(protocol)
+    flags = runner.cell_flags(args, protocol, runner.Group(0, "given", None), _row("epr"), None, None, "c")
+    assert float(flags["epr_expected_positives"]) == pytest.approx((full == 1).sum(1).mean(), rel=1e-5)
+    assert protocols.embedded_fpc_param(40) == reproduce.build_protocol(args).columns["fpc"]
+
+
+@pytest.mark.slow
+def test_the_table_on_a_hand_made_partial_csv(tmp_path, monkeypatch, capsys):
+    """reproduce.py's cells on your data: column 'given' trains on the CSV's labels as they are, FPC is
+    simulated on top with the CSV's class names; no ceiling (train.csv is partial), no paper numbers; EPR,
+    whose E partial labels cannot give, is refused before anything runs."""
+    data = tmp_path / "data"
+    hand_made_dataset(str(data), "lists")
+    out = tmp_path / "out"
+    argv = ["--dataset_type", "csv", "--data", str(data), "--out", str(out), "--model-name", TINY_MODEL,
+            "--model-path", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+            "--workers", "0", "--seeds", "1", "--schemes", "given,fpc", "--device", "cpu", "--jobs", "1"]
+    assert reproduce.cli([*argv, "--rows", "epr"]) == 2
+    assert "--epr_expected_positives" in capsys.readouterr().err and not out.exists()
+
+    monkeypatch.setattr(runner, "run_logged", run_in_this_process)
+    assert reproduce.cli([*argv, "--rows", "full_labels,ignore_ce,negative_ce,csl"]) == 0
+    table = json.loads((out / "results.json").read_text())
+    assert {(r["row"], r["scheme"]) for r in table["table"]} == {
+        (row, scheme) for row in ("ignore_ce", "negative_ce", "csl") for scheme in ("given", "fpc")}
+    assert all(r["paper_mAP"] is None and r["share"] is None for r in table["table"])
+    given = (out / "cells" / "given_seed0_csl" / "command.txt").read_text()
+    assert "--partial_labels" not in given and "--dataset_type csv" in given
+    assert "--prior_threshold 0.5" in given  # the paper's README threshold, not the embedded share rule
+    fpc = _train_args(shlex.split((out / "cells" / "fpc_seed0_ignore_ce" / "command.txt").read_text()))
+    assert read_partial_label_file(fpc.partial_labels).class_names == sorted(COLOURS)
+    report_text = (out / "results.md").read_text()
+    assert "as annotated" in report_text and "FPC(" in report_text
+    assert "Estimating the class distribution" not in report_text  # no true frequencies to rank against

@@ -348,8 +348,8 @@ def test_cli_flags_are_train_py_declarations_and_the_papers_command_still_parses
 
     train = {action.dest: action for action in build_train_parser()._actions}
     ours = {action.dest: action for action in shared_flags_parser()._actions}
-    assert set(ours) == set(SHARED_FLAGS) == {"data", "metadata", "skip_bad_images", "simulate_partial_type",
-                                              "simulate_partial_param", "seed"}
+    assert set(ours) == set(SHARED_FLAGS) == {"data", "metadata", "dataset_type", "skip_bad_images",
+                                              "simulate_partial_type", "simulate_partial_param", "seed"}
     for dest, action in ours.items():
         fields = ("option_strings", "type", "choices", "help", "nargs")
         assert [getattr(action, f) for f in fields] == [getattr(train[dest], f) for f in fields], dest

@@ -4,16 +4,19 @@ two protocols, the CSL threshold rule."""
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from src.data import build_split
+from src.data.csv_dataset import CLASSES_FILE, find_split_csv
 from src.data.embedded import class_names, dataset_config
 from src.loss_functions import LOSS_HYPERPARAMETERS, LOSS_MODES, PEER_MODES
 from src.prior import read_prior_csv
-from src.reproduce.identity import run_settings, settings_identity
+from src.reproduce.identity import file_hash, run_settings, settings_identity
 
 # CSL's flags per column from the paper's README, the runnable statement (its table labels such as
 # P-ASL(4,3,1) read like gamma_pos 1, where the README passes 0).
@@ -26,6 +29,7 @@ ASL_FLAGS = {"partial_loss_mode": "negative", "gamma_pos": 1, "gamma_neg": 4, "g
 COCO_TRAIN_IMAGES = 82081
 COCO_FPC_PARAM = 1000
 COCO_COLUMNS = {"fpc": COCO_FPC_PARAM, "rps": 0.5}  # the paper's two simulation schemes
+GIVEN_SCHEME = "given"  # --dataset_type csv: the CSV's own labels, nothing simulated
 
 
 @dataclass(frozen=True)
@@ -209,9 +213,9 @@ def threshold_rule(text: str) -> str:
 def user_train_flags(args, train_flags) -> dict:
     """The train.py flags among ``train_flags`` that the user set and the protocols leave alone, for every
     run (a ``--no-X`` boolean as ``no-X``)."""
-    if getattr(args, "dataset_type", None) not in (None, "coco"):
-        raise ValueError(f"--dataset_type {args.dataset_type}: reproduce.py runs the paper's COCO table; "
-                         "only coco (the default) is possible")
+    if getattr(args, "dataset_type", None) not in (None, "coco", "csv"):
+        raise ValueError(f"--dataset_type {args.dataset_type}: reproduce.py runs the paper's table on COCO "
+                         "(the default) or on your own data as CSV (docs/your_data.md); convert it to csv")
     extra = {}
     for name in train_flags:
         value = getattr(args, name, None)
@@ -259,12 +263,53 @@ def coco_protocol(args, extra_flags: dict | None = None) -> Protocol:
                     args.prior_threshold or str(README_PRIOR_THRESHOLD))
 
 
+@functools.cache
+def full_training_labels(data: str, dataset_type: str = "coco", metadata: str | None = None):
+    """(dense labels, image ids, class names) of the training split as its files give them."""
+    full = build_split(dataset_type, "train", data=data, metadata=metadata)
+    return full.labels.to_dense(), list(full.image_ids), list(full.class_names)
+
+
+def csv_protocol(args, extra_flags: dict | None = None) -> Protocol:
+    """Your own data (``--dataset_type csv``): the paper's COCO recipe on it, its class count from the CSV.
+    Columns: ``given`` (the CSV's labels as annotated) and, on top, FPC with COCO's share of the training
+    set per class and RPS(0.5). The full-label row (the ceiling) runs only where train.csv is complete."""
+    metadata = getattr(args, "metadata", None)
+    labels = full_training_labels(args.data, "csv", metadata)[0]
+    defaults = dict(COCO_FLAGS, dataset_type="csv", **{"num-classes": labels.shape[1]})
+    flags = protocol_flags(defaults, args, extra_flags)
+    columns = {GIVEN_SCHEME: None, "fpc": embedded_fpc_param(labels.shape[0]), "rps": 0.5}
+    # The CSV's identity: its files' content (a changed CSV is another protocol), as the generator's config.
+    config = {}
+    for split in ("train", "val"):
+        path = find_split_csv(split, args.data, metadata)
+        config.update({f"{split}_csv": path, f"{split}_csv_sha256": file_hash(path)})
+    classes = os.path.join(os.path.dirname(config["train_csv"]), CLASSES_FILE)
+    if os.path.isfile(classes):
+        config.update(classes_txt=classes, classes_txt_sha256=file_hash(classes))
+    return Protocol("csv", args.data, columns, flags, args.prior_threshold or str(README_PRIOR_THRESHOLD),
+                    data_config=config)
+
+
+def labels_complete(protocol: Protocol) -> bool:
+    """Whether the training labels annotate every (image, class): only then is a full-label row a ceiling."""
+    if protocol.name != "csv":
+        return True
+    labels = full_training_labels(protocol.data, "csv", protocol.train_flags.get("metadata"))[0]
+    return bool((labels != -1).all())
+
+
 def protocol_rows(protocol: Protocol) -> list[Row]:
-    return [row for row in ROWS if protocol.name in row.protocols
-            and (row.key in protocol.rows if protocol.rows is not None else row.default)]
+    """The rows to run; a CSV with un-annotated training labels has no full-label ceiling to train."""
+    name = "coco" if protocol.name == "csv" else protocol.name  # your data takes COCO's rows
+    return [row for row in ROWS if name in row.protocols
+            and (row.key in protocol.rows if protocol.rows is not None else row.default)
+            and (not row.full_labels or labels_complete(protocol))]
 
 
-def select_columns(protocol: Protocol, schemes: str) -> list[str]:
+def select_columns(protocol: Protocol, schemes: str | None) -> list[str]:
+    """--schemes (default: the CSV's own labels for csv, the paper's FPC and RPS otherwise)."""
+    schemes = schemes or (GIVEN_SCHEME if protocol.name == "csv" else "fpc,rps")
     wanted = [s.strip() for s in schemes.split(",") if s.strip()]
     unknown = sorted(set(wanted) - set(protocol.columns))
     if unknown:
@@ -280,7 +325,8 @@ def select_rows(protocol: Protocol, keys: str | None) -> tuple | None:
     wanted = []
     for key in (k.strip() for k in keys.split(",") if k.strip()):
         wanted += [k for k in ROW_GROUPS.get(key, (key,)) if k not in wanted]
-    available = [row.key for row in ROWS if protocol.name in row.protocols]
+    name = "coco" if protocol.name == "csv" else protocol.name
+    available = [row.key for row in ROWS if name in row.protocols]
     unknown = [k for k in wanted if k not in available]
     if unknown or not wanted:
         raise ValueError(f"--rows: unknown or empty {unknown or keys!r}; choose from {available} or the "

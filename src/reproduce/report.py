@@ -11,8 +11,6 @@ import shlex
 
 import numpy as np
 
-from src.data import resolve_coco_files
-from src.data.coco import CocoDetection
 from src.data.labels import LabelMatrix
 from src.data.partial_labels import read_partial_label_file
 from src.prior import naive_estimates, rank_report, read_prior_csv
@@ -21,11 +19,14 @@ from src.reproduce.protocols import (
     COCO_COLUMNS,
     COCO_FLAGS,
     COCO_REGIME,
+    GIVEN_SCHEME,
     PAPER_RESULTS,
     README_PRIOR_THRESHOLD,
     REGIME_ROWS,
     Protocol,
     flags_to_argv,
+    full_training_labels,
+    labels_complete,
     protocol_rows,
     scaled_schedule,
 )
@@ -101,6 +102,7 @@ def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
     The full-label row has one run per seed, shown in every column."""
     ceiling_cells = [r["best_mAP"] for r in results if r["row"] == "full_labels"]
     ceiling = mean_std(ceiling_cells)[0] if ceiling_cells else None
+    paper = {} if protocol.name == "csv" else PAPER_RESULTS  # the paper's COCO numbers beside COCO's columns
     rows = []
     for row in protocol_rows(protocol):
         for scheme, param in protocol.columns.items():
@@ -113,7 +115,7 @@ def table_rows(results: list[dict], protocol: Protocol) -> list[dict]:
                          "seeds": len(cells), "best_mAP": best, "best_mAP_std": best_std,
                          "final_mAP": final, "final_mAP_std": final_std,
                          "share": best / ceiling if ceiling else None,
-                         "paper_mAP": PAPER_RESULTS.get((scheme, row.key))})
+                         "paper_mAP": paper.get((scheme, row.key))})
     return rows
 
 
@@ -135,6 +137,8 @@ def describe_regime(numbers: dict | None, scheme: str = "fpc") -> str:
 
 
 def column_title(scheme: str, param) -> str:
+    if scheme == GIVEN_SCHEME:
+        return "as annotated"
     return f"FPC({int(param)})" if scheme == "fpc" else f"RPS({param:g})"
 
 
@@ -190,22 +194,26 @@ def csv_text(lines: list[dict]) -> str:
 
 
 def prior_tables(results: list[dict], protocol: Protocol) -> str:
-    """The paper's 'Estimating the Class Distribution' table, per column, for the first seed."""
-    root, ann_file = resolve_coco_files(protocol.data, protocol.train_flags.get("metadata"), "train")
-    full = CocoDetection(root, ann_file)
-    true_freq = full.labels.positive_counts() / full.labels.num_samples
+    """The paper's 'Estimating the Class Distribution' table, per column, for the first seed (against the
+    true class frequencies: none for a CSV with un-annotated training labels)."""
+    if not labels_complete(protocol):
+        return ""
+    full_labels, _, class_names = full_training_labels(protocol.data, protocol.train_flags["dataset_type"],
+                                                       protocol.train_flags.get("metadata"))
+    true_freq = (full_labels == 1).mean(axis=0)
     sections = []
     seed = min((r["seed"] for r in results), default=0)  # the first seed's tables
     for scheme in protocol.columns:
         by_row = {r["row"]: r for r in results if r["scheme"] == scheme and r["seed"] == seed}
         if "ignore_ce" not in by_row or "negative_ce" not in by_row:
             continue
-        partial = read_partial_label_file(by_row["ignore_ce"]["partial_labels"])
-        estimates = {f"{mode}-mode model": read_prior_csv(by_row[row]["prior_path"], full.class_names).numpy()
+        labels_file = by_row["ignore_ce"]["partial_labels"]  # None: the CSV's own (here complete) labels
+        partial = read_partial_label_file(labels_file).labels if labels_file else full_labels
+        estimates = {f"{mode}-mode model": read_prior_csv(by_row[row]["prior_path"], class_names).numpy()
                      for mode, row in (("Ignore", "ignore_ce"), ("Negative", "negative_ce"))}
-        estimates.update(naive_estimates(LabelMatrix.from_dense(partial.labels)))
+        estimates.update(naive_estimates(LabelMatrix.from_dense(partial)))
         title = column_title(scheme, protocol.columns[scheme])
-        table = rank_report(true_freq, estimates, full.class_names)
+        table = rank_report(true_freq, estimates, class_names)
         sections.append(f"#### {title}, seed {seed}\n\n{table}")
     return "\n\n".join(sections)
 

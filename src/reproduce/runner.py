@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import json
 import os
 import shlex
@@ -23,17 +22,18 @@ import numpy as np
 import torch
 
 from src.callbacks import IGNORED_FILE
-from src.data import resolve_coco_files
-from src.data.coco import CocoDetection
 from src.data.embedded import class_attributes, ensure_dataset
 from src.prior import read_prior_csv
 from src.reproduce.identity import reusable, run_settings, settings_identity
 from src.reproduce.mechanism import ignored_composition, read_ignored_file
 from src.reproduce.protocols import (
     COCO_EXPECTED_POSITIVES,
+    GIVEN_SCHEME,
     Protocol,
     Row,
     flags_to_argv,
+    full_training_labels,
+    labels_complete,
     protocol_rows,
     resolve_threshold,
     scaled_schedule,
@@ -174,27 +174,32 @@ def ignored_classes(prior_path: str, threshold: float) -> list[int]:
     return np.flatnonzero(prior > np.float32(threshold)).tolist() if threshold else []
 
 
-@functools.cache
-def _full_training_labels(data: str) -> tuple[np.ndarray, list, list[str]]:
-    full = CocoDetection(*resolve_coco_files(data, None, "train"))
-    return full.labels.to_dense(), list(full.image_ids), list(full.class_names)
-
-
 def expected_positives(protocol: Protocol) -> float:
     """EPR's E: the mean number of positives per training image of the full labels (the embedded
-    generator's), or Cole et al.'s 2.9 for COCO (whose full labels the protocol does not read)."""
+    generator's, a complete CSV's), or Cole et al.'s 2.9 for COCO (whose full labels the protocol does not
+    read). Partial labels cannot identify it (docs/peer_methods.md): refused for an incomplete CSV."""
     if protocol.name == "coco":
         return COCO_EXPECTED_POSITIVES
-    labels = _full_training_labels(protocol.data)[0]
+    if not labels_complete(protocol):
+        raise ValueError("the EPR row needs the expected number of positives per image, which the partial "
+                         "labels of train.csv cannot give; leave epr out of --rows and run train.py "
+                         "--partial_loss_mode epr --epr_expected_positives E with your own estimate of E")
+    labels = _training_labels(protocol)[0]
     return float((labels == 1).sum(axis=1).mean())
 
 
-def cell_composition(cell_dir: str, data: str, design: str) -> dict:
+def _training_labels(protocol: Protocol, data: str | None = None):
+    return full_training_labels(data or protocol.data, protocol.train_flags["dataset_type"],
+                                protocol.train_flags.get("metadata"))
+
+
+def cell_composition(cell_dir: str, protocol: Protocol) -> dict:
     image_ids, classes, recorded_names = read_ignored_file(os.path.join(cell_dir, IGNORED_FILE))
-    labels, full_ids, full_names = _full_training_labels(data)
+    truth = protocol.truth_data or protocol.data
+    labels, full_ids, full_names = _training_labels(protocol, truth)
     if recorded_names != full_names:
-        raise CellFailed(f"{cell_dir}: the recorded classes differ from those of {data}")
-    return ignored_composition(image_ids, classes, labels, full_ids, class_attributes(design))
+        raise CellFailed(f"{cell_dir}: the recorded classes differ from those of {truth}")
+    return ignored_composition(image_ids, classes, labels, full_ids, class_attributes(protocol.design))
 
 
 class Progress:
@@ -230,10 +235,15 @@ class Group:
         return f"{self.scheme}_seed{self.seed}"
 
 
-def simulate_labels(args, protocol: Protocol, group: Group, env: dict) -> str:
+def simulate_labels(args, protocol: Protocol, group: Group, env: dict) -> str | None:
+    """The group's partial-label file (None for the CSV's own labels, column 'given')."""
+    if group.scheme == GIVEN_SCHEME:
+        return None
     out = os.path.join(args.out, "labels", f"{group.name}.npz")
     flags = {"data": protocol.data, "metadata": protocol.train_flags.get("metadata"),
              "simulate_partial_type": group.scheme, "simulate_partial_param": group.param, "seed": group.seed}
+    if protocol.name == "csv":
+        flags["dataset_type"] = "csv"
     settings = run_settings(flags, 1, protocol.data_config)
     if not reusable(out, out[:-len(".npz")] + ".settings.json", settings, args.overwrite, out):
         command = [sys.executable, "-m", "coco_simulation", *flags_to_argv(flags), "--out", out]
@@ -314,7 +324,7 @@ def _train_cell(args, protocol, group, row, flags, env, twin, resume: str | None
     if row.needs_prior:
         result["ignored_classes"] = ignored
     if flags.get("record_ignored"):
-        result["ignored"] = cell_composition(cell_dir, protocol.truth_data or protocol.data, protocol.design)
+        result["ignored"] = cell_composition(cell_dir, protocol)
     print(f"[{group.name}] {row.label}: best {result['best_mAP']:.2f} final {result['final_mAP']:.2f} "
           f"({result['seconds']:.0f} s)", flush=True)
     return result
@@ -366,10 +376,15 @@ def cell_environment(device: str, jobs: int | None) -> tuple[int, dict]:
     return jobs, env
 
 
-def check_models_dir(protocol: Protocol) -> None:
-    """A backbone to pretrain must be storable: checked before the hours of pretraining, not after."""
+def check_before_running(protocol: Protocol) -> None:
+    """What would stop the table midway is checked before the hours of training: a backbone to pretrain
+    must be storable, an EPR row on a CSV needs complete training labels (the embedded data may not exist
+    yet: its labels are complete by construction)."""
     if protocol.upstream is not None and not os.path.exists(protocol.upstream["path"]):
         check_writable_folder(os.path.dirname(protocol.upstream["path"]), "--models_dir")
+    if protocol.name == "csv" and any(row.flags.get("partial_loss_mode") == "epr"
+                                      for row in protocol_rows(protocol)):
+        expected_positives(protocol)
 
 
 def run_table(args, protocol: Protocol, seeds: int, jobs: int, env: dict) -> list[dict]:
