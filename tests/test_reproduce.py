@@ -238,7 +238,7 @@ def test_readme_row_reuses_the_csl_run_only_when_it_ignores_the_same_classes(tmp
     started = []
     monkeypatch.setattr(runner, "run_logged", lambda command, log, env: started.append(command))
     monkeypatch.setattr(runner, "summarise_run", lambda path: {"best_mAP": 1.0, "final_mAP": 1.0})
-    monkeypatch.setattr(runner, "cell_composition", lambda cell_dir, protocol: {})
+    monkeypatch.setattr(runner, "cell_composition", lambda *a: {})
 
     same = _write_prior(tmp_path / "same.csv", [0.53, 0.43, 0.2])  # 0.48 and 0.5 both ignore class 0
     result = runner.run_cell(args, protocol, group, row, "labels.npz", same, {}, twin)
@@ -460,9 +460,26 @@ def test_ignored_composition_by_hand():
 
     seeds = [cell("csl", image_ids, classes), cell("csl", [10], [4]), cell("csl_prior_only", [], [])]
     lines = composition_table(seeds, ["fpc"]).splitlines()
-    # csl: entries (6 + 1) / 2; true positives (2/6 + 0) / 2 = 16.7%; colour 16.7%; shape 16.7%; other 50.0%
-    assert lines[2] == "| csl | fpc | 2 | 4 | 16.7% | 16.7% | 16.7% | 50.0% |"
-    assert lines[3] == "| csl_prior_only | fpc | 1 | 0 | - | - | - | - |"
+    # csl: entries (6 + 1) / 2; prior 0%; true positives (2/6 + 0) / 2 = 16.7%; colour 16.7%; core 0% (no
+    # cores: solid objects); shape 16.7%; other 50.0%
+    assert lines[2] == "| csl | fpc | 2 | 4 | 0.0% | 16.7% | 16.7% | 0.0% | 16.7% | 50.0% |"
+    assert lines[3] == "| csl_prior_only | fpc | 1 | 0 | - | - | - | - | - | - |"
+
+
+def test_ignored_composition_counts_prior_classes_and_core_colours_apart():
+    from src.reproduce.mechanism import ignored_composition
+
+    attributes = [("circle", "red", "blue"), ("square", "green", "yellow"), ("plus", "blue", "white"),
+                  ("ring", "white", "black"), ("ring", "black", "red")]  # (shape, body, core)
+    full = np.array([[1, 0, 0, 0, 0]])  # image 20: a red circle with a blue core
+    got = ignored_composition([20, 20, 20, 20], [0, 1, 2, 4], full, [20], attributes, prior_ignored=[0])
+    # class 0: the prior ignores it already (a true positive, but not counted as one); 1: nothing shared;
+    # 2: its body is the circle's core colour; 4: its core is the circle's body colour
+    assert {k: got[k] for k in ("prior_ignored", "true_positive", "shares_colour", "shares_core_colour",
+                                "shares_shape", "other")} == {
+        "prior_ignored": 1, "true_positive": 0, "shares_colour": 0, "shares_core_colour": 2,
+        "shares_shape": 0, "other": 1}
+    assert ignored_composition([20], [0], full, [20], attributes)["true_positive"] == 1  # no prior: counted
 
 
 # ----------------------------------------------------------------------------------- the sweep

@@ -205,8 +205,9 @@ def test_a_sign_change_runs_three_seeds_in_that_column_only(tmp_path, monkeypatc
         "best_mAP": scores[os.path.basename(path).split("_", 2)[-1]], "final_mAP": 1.0})
     prior = _write_prior(tmp_path / "p.csv", [0.5] + [0.1] * 47)
     monkeypatch.setattr(runner, "find_prior", lambda path: prior)
-    composition = {"entries": 100, "true_positive_share": 0.25, "shares_colour_share": 0.3,
-                   "shares_shape_share": 0.3, "other_share": 0.15}
+    composition = {"entries": 100, "prior_ignored_share": 0.05, "true_positive_share": 0.25,
+                   "shares_colour_share": 0.3, "shares_core_colour_share": 0.1, "shares_shape_share": 0.3,
+                   "other_share": 0.15}
     monkeypatch.setattr(runner, "cell_composition", lambda *a: composition)
     monkeypatch.setattr(report, "prior_tables", lambda *a: "")
     text = sensitivity.run_sensitivity(args, {}, 1, {}, points=sensitivity.SENSITIVITY_POINTS[:1])

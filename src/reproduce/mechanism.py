@@ -1,7 +1,10 @@
 """What CSL's likelihood top-k ignored in a run's last epoch (``train.py --record_ignored``), classified
-against the full labels: ``true_positive`` (class c is in image i), a negative sharing the colour or the
-shape (``shares_colour``/``shares_shape``, both can count) of an object in the image, or ``other``.
-Attributes: `src.data.embedded.class_attributes`.
+against the full labels. First ``prior_ignored``: an entry of a class the prior already ignores (the pick
+changes nothing). Of the others: ``true_positive`` (class c is in image i), or a negative that shares with an
+object of the image its body colour (``shares_colour``), only a colour through a glyph's core
+(``shares_core_colour``: the class's core is the object's body or core colour, or its body the object's
+core), or its shape (``shares_shape``); these can overlap; ``other`` shares none.
+Attributes: `src.data.embedded.class_attributes` (shape, body colour, core colour).
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-COMPOSITION_KEYS = ("true_positive", "shares_colour", "shares_shape", "other")
+COMPOSITION_KEYS = ("prior_ignored", "true_positive", "shares_colour", "shares_core_colour", "shares_shape",
+                    "other")
 
 
 def ignored_composition(image_ids: Sequence, classes: Sequence[int], full_labels: np.ndarray,
-                        full_image_ids: Sequence, attributes: Sequence[tuple[str, str]]) -> dict:
+                        full_image_ids: Sequence, attributes: Sequence[tuple[str, ...]],
+                        prior_ignored: Sequence[int] = ()) -> dict:
     """Counts and shares of the ignored entries ``(image_ids[k], classes[k])``; ``full_labels``: dense
-    (N, C) of ``full_image_ids``; ``attributes``: (shape, colour) per class."""
+    (N, C) of ``full_image_ids``; ``attributes``: (shape, body colour[, core colour]) per class (no core: a
+    solid object, core = body); ``prior_ignored``: the classes the run's prior ignored."""
     row_of = {str(image_id): row for row, image_id in enumerate(full_image_ids)}
     missing = [i for i in image_ids if str(i) not in row_of]
     if missing:
@@ -25,15 +31,21 @@ def ignored_composition(image_ids: Sequence, classes: Sequence[int], full_labels
                          "training set")
     rows = np.asarray([row_of[str(i)] for i in image_ids], dtype=np.int64)
     classes = np.asarray(classes, dtype=np.int64)
-    shapes = np.asarray([a[0] for a in attributes])
-    colours = np.asarray([a[1] for a in attributes])
+    shapes, bodies = (np.asarray([a[k] for a in attributes]) for k in (0, 1))
+    cores = np.asarray([a[2] if len(a) > 2 else a[1] for a in attributes])
     present = full_labels[rows] == 1  # (entries, C): the classes in each entry's image
-    positive = present[np.arange(len(rows)), classes]
-    same_shape = (present & (shapes[None, :] == shapes[classes][:, None])).any(axis=1) & ~positive
-    same_colour = (present & (colours[None, :] == colours[classes][:, None])).any(axis=1) & ~positive
-    counts = {"true_positive": int(positive.sum()), "shares_colour": int(same_colour.sum()),
-              "shares_shape": int(same_shape.sum()),
-              "other": int((~positive & ~same_shape & ~same_colour).sum())}
+    in_prior = np.isin(classes, np.asarray(list(prior_ignored), dtype=np.int64))
+    counted = ~in_prior & ~present[np.arange(len(rows)), classes]  # the negatives outside the prior
+
+    def shares(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+        return (present & (theirs[None, :] == mine[classes][:, None])).any(axis=1)
+
+    same_shape, same_colour = shares(shapes, shapes) & counted, shares(bodies, bodies) & counted
+    via_core = (shares(cores, bodies) | shares(cores, cores) | shares(bodies, cores)) & counted & ~same_colour
+    counts = {"prior_ignored": int(in_prior.sum()),
+              "true_positive": int((~in_prior & ~counted).sum()), "shares_colour": int(same_colour.sum()),
+              "shares_core_colour": int(via_core.sum()), "shares_shape": int(same_shape.sum()),
+              "other": int((counted & ~same_shape & ~same_colour & ~via_core).sum())}
     total = len(rows)
     return {"entries": total, **counts,
             **{f"{key}_share": (counts[key] / total if total else float("nan")) for key in COMPOSITION_KEYS}}
@@ -45,9 +57,10 @@ def read_ignored_file(path: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def composition_table(results: list[dict], schemes: Sequence[str]) -> str:
-    lines = ["| row | column | seeds | entries / epoch | true positives | negatives sharing the colour "
-             "of a present object | sharing the shape | other negatives |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| row | column | seeds | entries / epoch | in a prior-ignored class | true positives "
+             "| negatives sharing the body colour of a present object | a colour only through a core "
+             "| sharing the shape | other negatives |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     keys = sorted({(r["row"], r["scheme"]) for r in results if r.get("ignored")},
                   key=lambda k: (k[0], list(schemes).index(k[1]) if k[1] in schemes else 99))
     for row, scheme in keys:

@@ -193,13 +193,15 @@ def _training_labels(protocol: Protocol, data: str | None = None):
                                 protocol.train_flags.get("metadata"))
 
 
-def cell_composition(cell_dir: str, protocol: Protocol) -> dict:
+def cell_composition(cell_dir: str, protocol: Protocol, prior_ignored=()) -> dict:
+    """What the cell's top-k ignored, classified against the true labels (`ignored_composition`)."""
     image_ids, classes, recorded_names = read_ignored_file(os.path.join(cell_dir, IGNORED_FILE))
     truth = protocol.truth_data or protocol.data
     labels, full_ids, full_names = _training_labels(protocol, truth)
     if recorded_names != full_names:
         raise CellFailed(f"{cell_dir}: the recorded classes differ from those of {truth}")
-    return ignored_composition(image_ids, classes, labels, full_ids, class_attributes(protocol.design))
+    return ignored_composition(image_ids, classes, labels, full_ids,
+                               class_attributes(protocol.design, with_core=True), prior_ignored)
 
 
 class Progress:
@@ -277,12 +279,17 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str | Non
     settings = run_settings(flags, args.nproc_per_node, protocol.data_config)
     result_path, record = os.path.join(cell_dir, "result.json"), os.path.join(cell_dir, "settings.json")
     resumable = interrupted_run(cell_dir, record, settings)
+    stored = None
     if reusable(result_path, record, settings, args.overwrite, cell_dir):
         with open(result_path) as handle:
-            result = json.load(handle)
+            stored = json.load(handle)
+        result = dict(stored)
     else:
         result = _train_cell(args, protocol, group, row, flags, env, twin, resumable)
         result["identity"] = settings_identity(settings)
+    if flags.get("record_ignored") and "same_run_as" not in result:  # derived from the file: never stale
+        result["ignored"] = cell_composition(cell_dir, protocol, result.get("ignored_classes") or ())
+    if result != stored:
         atomic_write_json(result_path, result)
     if progress is not None:
         progress.cell_finished(trained="same_run_as" not in result)
@@ -323,8 +330,6 @@ def _train_cell(args, protocol, group, row, flags, env, twin, resume: str | None
         result["prior_path"] = find_prior(cell_dir)
     if row.needs_prior:
         result["ignored_classes"] = ignored
-    if flags.get("record_ignored"):
-        result["ignored"] = cell_composition(cell_dir, protocol)
     print(f"[{group.name}] {row.label}: best {result['best_mAP']:.2f} final {result['final_mAP']:.2f} "
           f"({result['seconds']:.0f} s)", flush=True)
     return result
