@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import glob
 import os
 import socket
 
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 
 import src.prior.ranking
 from src.data import eval_view
+from src.data.embedded import class_names
 from src.data.labels import LabelMatrix
 from src.engine import compute_prior_from_model
 from src.prior import (
@@ -641,3 +643,15 @@ def test_the_prior_never_imports_the_loss():
             offenders += [f"{os.path.basename(path)}: {n}" for n in names
                           if n.startswith("src.loss_functions")]
     assert len(files) == 5 and offenders == []
+
+
+def test_the_shipped_priors_fit_todays_demo_data():
+    """outputs/priors/ ships priors of the demo's data (README there): their classes are the glyphs design's,
+    in its order, and every value is a probability - a stale file of another design fails here."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "outputs", "priors")
+    files = sorted(glob.glob(os.path.join(folder, "*.csv")))
+    assert [os.path.basename(f) for f in files] == ["prior_embedded_glyphs_fpc244_seed0.csv",
+                                                    "prior_embedded_glyphs_rps0.5_seed0.csv"]
+    for path in files:
+        prior = read_prior_csv(path, class_names("embedded", "glyphs")).numpy()
+        assert prior.shape == (48,) and ((prior > 0) & (prior < 1)).all()
