@@ -116,6 +116,29 @@ def test_results_md_gets_the_paired_table_against_the_best_baseline_and_negative
     assert "negative_asl (best baseline) | +0.00" in table and table.count("| Negative, CE |") == 1
 
 
+def test_the_paired_table_splits_a_difference_into_its_components(tmp_path):
+    """The prior-only row against Negative (+0.50 in the docs) is the sum of CSL's focusing (negative_focal -
+    negative_ce) and the prior (csl_prior_only - negative_focal): each is its own line of the table."""
+    keys = "negative_ce,negative_focal,csl_prior_only,ll_r,ll_r_scaled"
+    _, protocol = _embedded(tmp_path, "--rows", keys)
+    protocol.rows = protocols.select_rows(protocol, keys)
+    protocol.columns = {"fpc": 244}
+    scores = {"ignore_ce": (60, 60, 60), "negative_ce": (70, 71, 72), "negative_focal": (70.5, 71.2, 72.1),
+              "csl_prior_only": (71.0, 71.0, 73.0), "ll_r": (50, 51, 52), "ll_r_scaled": (52, 51, 54)}
+    results = [{"row": row, "scheme": "fpc", "seed": seed, "best_mAP": float(value)}
+               for row, values in scores.items() for seed, value in enumerate(values)]
+    table = report.paired_table(results, protocol)
+    lines = {tuple(cell.strip() for cell in line.split("|")[1:4]): line for line in table.splitlines()[2:]}
+    focal = "Negative, CSL's focusing (no prior)"
+    # focusing: +0.5, +0.2, +0.1 -> +0.27; the prior: +0.5, -0.2, +0.9 -> +0.40; together +0.67
+    assert "| +0.27 |" in lines[(focal, "FPC(244)", "negative_ce (best baseline)")]
+    assert "| +0.40 |" in lines[("CSL, prior only (top-k 0)", "FPC(244)", "negative_focal")]
+    assert "| +0.67 |" in lines[("CSL, prior only (top-k 0)", "FPC(244)", "negative_ce (best baseline)")]
+    # a scaled schedule against its literal row: +2, 0, +2
+    scaled = next(row.label for row in protocols.ROWS if row.key == "ll_r_scaled")
+    assert "| +1.33 |" in lines[(scaled, "FPC(244)", "ll_r")]
+
+
 def test_the_separating_cell_has_csls_focusing_and_neither_prior_nor_top_k(tmp_path, monkeypatch):
     args, protocol = _embedded(tmp_path, "--rows", "mechanism")
     protocol.rows = protocols.select_rows(protocol, args.rows)

@@ -122,6 +122,15 @@ SCHEDULE_ROWS = tuple(Row(f"{row.key}_scaled", row.label.replace("literal", "sca
                       for row in PEER_ROWS + BOOSTLU_ROWS if row.flags["partial_loss_mode"] in SCALED_MODES)
 ROWS = ROWS + PEER_ROWS + BOOSTLU_ROWS + SCHEDULE_ROWS
 
+# The row each row differs from in one component only: the paired table compares them too (which part of a
+# difference comes from where), besides the best baseline and Negative.
+ONE_CHANGE_FROM = {"negative_focal": "negative_ce",  # + CSL's focusing
+                   "csl_prior_only": "negative_focal",  # + the prior
+                   "csl": "csl_prior_only",  # + the likelihood top-k
+                   "csl_likelihood_only": "negative_focal",  # + the top-k, no prior
+                   "csl_topk1": "csl_prior_only", "csl_topk2": "csl_prior_only",
+                   **{row.key: row.key[:-len("_scaled")] for row in SCHEDULE_ROWS}}  # the schedule scaled
+
 # --rows accepts these names for groups of rows.
 ROW_GROUPS = {
     "peers": (*(row.key for row in ROWS if row.default), *(row.key for row in PEER_ROWS + BOOSTLU_ROWS)),

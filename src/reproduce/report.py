@@ -20,6 +20,7 @@ from src.reproduce.protocols import (
     COCO_FLAGS,
     COCO_REGIME,
     GIVEN_SCHEME,
+    ONE_CHANGE_FROM,
     PAPER_RESULTS,
     README_PRIOR_THRESHOLD,
     REGIME_ROWS,
@@ -73,7 +74,8 @@ def verdict(low: float, high: float) -> str:
 
 
 def paired_table(results: list[dict], protocol: Protocol) -> str:
-    """Each row against the best baseline and against Negative, per column, paired by seed."""
+    """Each row against the best baseline, against Negative and against the row it differs from in one
+    component (`ONE_CHANGE_FROM`), per column, paired by seed."""
     lines = ["| row | column | against | difference | 95% interval | seeds agreeing | verdict |",
              "|---|---|---|---:|---|---:|---|"]
     for scheme, param in protocol.columns.items():
@@ -86,8 +88,8 @@ def paired_table(results: list[dict], protocol: Protocol) -> str:
             continue
         best = max(baselines, key=lambda key: np.mean(list(by_row[key].values())))
         for row in protocol_rows(protocol):
-            for other in dict.fromkeys((best, "negative_ce")):
-                if row.key == other or row.key not in by_row or other not in by_row:
+            for other in dict.fromkeys((best, "negative_ce", ONE_CHANGE_FROM.get(row.key))):
+                if other is None or row.key == other or row.key not in by_row or other not in by_row:
                     continue
                 mean, low, high, agree, n = paired_difference(by_row[row.key], by_row[other])
                 interval = "-" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]"
