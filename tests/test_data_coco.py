@@ -2,12 +2,16 @@
 
 import argparse
 import json
+import sys
+import threading
+import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools.coco import COCO
 from torchvision import transforms
 
 import src.data
@@ -150,6 +154,31 @@ def test_bad_images_are_one_error_at_start_up_or_skipped_with_warning(coco_root)
 def test_pycocotools_prints_are_silenced(coco_root, capsys):
     CocoDetection(str(coco_root / "train2014"), str(coco_root / "annotations/instances_train2014.json"))
     assert capsys.readouterr().out == ""
+
+
+def test_loading_in_two_threads_at_once_leaves_stdout_working(coco_root, monkeypatch):
+    """reproduce.py reads labels in two cell threads: their silenced createIndex must not swap sys.stdout
+    (two overlapping redirects restore each other's buffer, and every later print would be lost)."""
+    original, barrier = sys.stdout, threading.Barrier(2)
+    real_create = COCO.createIndex
+
+    def slow_create_index(self):  # widen the window in which the two loads overlap
+        print("creating index...")
+        time.sleep(0.05)
+        real_create(self)
+
+    monkeypatch.setattr(COCO, "createIndex", slow_create_index)
+
+    def load():
+        barrier.wait()
+        CocoDetection(str(coco_root / "train2014"), str(coco_root / "annotations/instances_train2014.json"))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sys.stdout is original
 
 
 def data_args(*argv: str):

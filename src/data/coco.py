@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import threading
 from collections import Counter
 
 import numpy as np
@@ -56,6 +57,11 @@ def check_ids_and_names(content: dict, path: str) -> None:
                                f"fix the file")
 
 
+# sys.stdout is one per process: two threads redirecting it at once would restore each other's buffer and
+# silence every later print (reproduce.py reads labels from two cell threads). One redirect at a time.
+_STDOUT_LOCK = threading.Lock()
+
+
 def load_coco_api(ann_file: str, verbose: bool = False):
     from pycocotools.coco import COCO
 
@@ -66,7 +72,7 @@ def load_coco_api(ann_file: str, verbose: bool = False):
     coco = COCO()
     coco.dataset = content
     try:
-        with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+        with _STDOUT_LOCK, contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
     except (AssertionError, TypeError, KeyError) as exc:
         raise DatasetError(f"COCO annotation file {ann_file} is not a COCO instances file ({exc!r}); it "

@@ -287,8 +287,9 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str | Non
     else:
         result = _train_cell(args, protocol, group, row, flags, env, twin, resumable)
         result["identity"] = settings_identity(settings)
-    if flags.get("record_ignored") and "same_run_as" not in result:  # derived from the file: never stale
-        result["ignored"] = cell_composition(cell_dir, protocol, result.get("ignored_classes") or ())
+    if flags.get("record_ignored"):  # derived from the recorded file at every report: never stale
+        result["ignored"] = twin.get("ignored") if "same_run_as" in result and twin else \
+            cell_composition(cell_dir, protocol, result.get("ignored_classes") or ())
     if result != stored:
         atomic_write_json(result_path, result)
     if progress is not None:
