@@ -330,7 +330,7 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "run_logged", run_in_this_process)
     out = tmp_path / "out"
     argv = ["--data_root", str(tmp_path / "data"), "--models_dir", str(tmp_path / "models"),
-            "--out", str(out), "--n_train", "320", "--n_test", "96", "--seeds", "1", "--schemes", "fpc",
+            "--out", str(out), "--n_train", "192", "--n_test", "64", "--seeds", "1", "--schemes", "fpc",
             "--epochs", "2", "--rows", "full_labels,ignore_ce,negative_ce,csl",  # the pipeline's stages
             "--batch-size", "32", "--upstream_epochs", "1", "--jobs", "1", "--device", "cpu"]
     assert reproduce.cli(argv) == 0
@@ -338,7 +338,7 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch, capsys):
     table = json.loads((out / "results.json").read_text())
     rows = {row["row"]: row for row in table["table"]}
     assert set(rows) == {"full_labels", "ignore_ce", "negative_ce", "csl"}
-    n_fpc = round(1000 / 82081 * 320)  # COCO's share of the training set
+    n_fpc = round(1000 / 82081 * 192)  # COCO's share of the training set
     assert table["protocol"]["columns"] == {"fpc": n_fpc}
     for row in rows.values():
         assert 0.0 < row["best_mAP"] <= 100.0 and row["best_mAP"] >= row["final_mAP"] - 1e-9
@@ -352,7 +352,7 @@ def test_tiny_table_end_to_end_and_skip_on_rerun(tmp_path, monkeypatch, capsys):
     assert "--partial_labels" not in full_command and "--simulate_partial_type" not in full_command
     # The mechanism: CSL's last epoch ignored likelihood_topk (5) x batch (32) entries per full batch.
     ignored = cells["csl"]["ignored"]
-    assert ignored["entries"] == 5 * 32 * (320 // 32)
+    assert ignored["entries"] == 5 * 32 * (192 // 32)
     assert sum(ignored[k] for k in ("true_positive", "other")) <= ignored["entries"]
     # CSL used the Ignore run's prior with the share rule's threshold, and its command line is stored.
     csl_command = (out / "cells" / "fpc_seed0_csl" / "command.txt").read_text()
