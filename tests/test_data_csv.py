@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -165,8 +164,8 @@ def test_simulation_on_top_of_a_csv(tmp_path):
 
 # ----------------------------------------------------------------------------------------- at scale
 def test_lists_layout_at_scale_is_fast_and_sparse(tmp_path):
-    """50,000 images x 5,000 classes, 5 positives and 20 negatives each: read in well under a few seconds,
-    stored in memory proportional to the 1.25 M labels (a dense int8 matrix would take 250 MB)."""
+    """50,000 images x 5,000 classes, 5 positives and 20 negatives each: stored in memory proportional to the
+    1.25 M labels (a dense int8 matrix would take 250 MB). No time bound: timings belong in bench/."""
     n_images, n_classes = 50_000, 5_000
     rng = np.random.default_rng(0)
     # 25 distinct classes a row: start + step * k (mod 5,000) with step * 24 < 5,000
@@ -176,10 +175,7 @@ def test_lists_layout_at_scale_is_fast_and_sparse(tmp_path):
     lines = ["image,positives,negatives"] + [
         f"{i}.jpg,{';'.join(names[row[:5]])},{';'.join(names[row[5:]])}" for i, row in enumerate(chosen)]
     path = write(tmp_path / "train.csv", "\n".join(lines) + "\n")
-    started = time.perf_counter()
     images_read, line_numbers, labels, layout = read_csv_labels(path, list(names))
-    seconds = time.perf_counter() - started
-    assert seconds < 5, f"{seconds:.1f} s"
     assert layout == "lists" and labels.is_sparse and labels.shape == (n_images, n_classes)
     (pos_indptr, pos_indices), (neg_indptr, neg_indices) = labels.csr()
     stored = sum(a.nbytes for a in (pos_indptr, pos_indices, neg_indptr, neg_indices))
