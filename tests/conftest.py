@@ -54,11 +54,13 @@ def run_in_this_process(command, log_path, env):
     """`runner.run_logged` without a new interpreter per step: the same train.py / coco_simulation argv, run
     here (reproduce.py's process boundary - groups, signals, exit codes - is tested with real processes in
     tests/test_bad_inputs_writers.py and test_a_failed_cell_*)."""
+    import shlex
+
     import coco_simulation.__main__ as simulation
     import train
     from src.reproduce import runner
 
-    print("$ " + " ".join(command), flush=True)
+    print("$ " + shlex.join(command), flush=True)
     with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
             single_thread():
         if runner.TRAIN_SCRIPT in command:

@@ -536,7 +536,7 @@ def test_peer_rows_run_each_later_method_with_the_protocols_settings(tmp_path, m
     started = _fake_training(monkeypatch, _write_prior(tmp_path / "p.csv", [0.9] + [0.1] * 47))
     full = np.eye(4, 48, dtype=np.int8)  # one positive per image
     names = [str(i) for i in range(48)]
-    monkeypatch.setattr(runner, "_training_labels", lambda protocol, data=None: (full, [1, 2, 3, 4], names))
+    monkeypatch.setattr(runner, "training_labels", lambda protocol, data=None: (full, [1, 2, 3, 4], names))
     runner.run_group(args, protocol, runner.Group(0, "rps", 0.5), {})
     parsed = [_train_args(c) for c in started if runner.TRAIN_SCRIPT in c]
     peers = {p.partial_loss_mode: p for p in parsed
@@ -745,7 +745,7 @@ def test_epr_cells_get_the_datas_known_mean_positives(tmp_path, monkeypatch):
     """EPR is given the true mean number of positives per image (Cole et al.): on the embedded protocol
     the full training labels' mean, on COCO their 2.9 - never an estimate from the FPC labels."""
     full = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]], dtype=np.int8)  # 6 positives / 4 images
-    monkeypatch.setattr(runner, "_training_labels",
+    monkeypatch.setattr(runner, "training_labels",
                         lambda protocol, data=None: (full, [1, 2, 3, 4], ["a", "b", "c"]))
     args, protocol = _embedded(tmp_path, "--rows", "epr")
     flags = runner.cell_flags(args, protocol, runner.Group(0, "fpc", 73), _row("epr"), "l.npz", None, "c")

@@ -300,12 +300,15 @@ def csv_protocol(args, extra_flags: dict | None = None) -> Protocol:
                     data_config=config)
 
 
+def training_labels(protocol: Protocol, data: str | None = None):
+    """`full_training_labels` of the protocol's data (or of ``data``, read the protocol's way)."""
+    return full_training_labels(data or protocol.data, protocol.train_flags["dataset_type"],
+                                protocol.train_flags.get("metadata"))
+
+
 def labels_complete(protocol: Protocol) -> bool:
     """Whether the training labels annotate every (image, class): only then is a full-label row a ceiling."""
-    if protocol.name != "csv":
-        return True
-    labels = full_training_labels(protocol.data, "csv", protocol.train_flags.get("metadata"))[0]
-    return bool((labels != -1).all())
+    return protocol.name != "csv" or bool((training_labels(protocol)[0] != -1).all())
 
 
 def protocol_rows(protocol: Protocol) -> list[Row]:

@@ -26,10 +26,10 @@ from src.reproduce.protocols import (
     REGIME_ROWS,
     Protocol,
     flags_to_argv,
-    full_training_labels,
     labels_complete,
     protocol_rows,
     scaled_schedule,
+    training_labels,
 )
 from src.utils.io import atomic_write_json, atomic_write_text, save_figure
 
@@ -200,8 +200,7 @@ def prior_tables(results: list[dict], protocol: Protocol) -> str:
     true class frequencies: none for a CSV with un-annotated training labels)."""
     if not labels_complete(protocol):
         return ""
-    full_labels, _, class_names = full_training_labels(protocol.data, protocol.train_flags["dataset_type"],
-                                                       protocol.train_flags.get("metadata"))
+    full_labels, _, class_names = training_labels(protocol)
     true_freq = (full_labels == 1).mean(axis=0)
     sections = []
     seed = min((r["seed"] for r in results), default=0)  # the first seed's tables

@@ -32,11 +32,11 @@ from src.reproduce.protocols import (
     Protocol,
     Row,
     flags_to_argv,
-    full_training_labels,
     labels_complete,
     protocol_rows,
     resolve_threshold,
     scaled_schedule,
+    training_labels,
 )
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
@@ -184,20 +184,15 @@ def expected_positives(protocol: Protocol) -> float:
         raise ValueError("the EPR row needs the expected number of positives per image, which the partial "
                          "labels of train.csv cannot give; leave epr out of --rows and run train.py "
                          "--partial_loss_mode epr --epr_expected_positives E with your own estimate of E")
-    labels = _training_labels(protocol)[0]
+    labels = training_labels(protocol)[0]
     return float((labels == 1).sum(axis=1).mean())
-
-
-def _training_labels(protocol: Protocol, data: str | None = None):
-    return full_training_labels(data or protocol.data, protocol.train_flags["dataset_type"],
-                                protocol.train_flags.get("metadata"))
 
 
 def cell_composition(cell_dir: str, protocol: Protocol, prior_ignored=()) -> dict:
     """What the cell's top-k ignored, classified against the true labels (`ignored_composition`)."""
     image_ids, classes, recorded_names = read_ignored_file(os.path.join(cell_dir, IGNORED_FILE))
     truth = protocol.truth_data or protocol.data
-    labels, full_ids, full_names = _training_labels(protocol, truth)
+    labels, full_ids, full_names = training_labels(protocol, truth)
     if recorded_names != full_names:
         raise CellFailed(f"{cell_dir}: the recorded classes differ from those of {truth}")
     return ignored_composition(image_ids, classes, labels, full_ids,
@@ -288,8 +283,8 @@ def run_cell(args, protocol: Protocol, group: Group, row: Row, labels: str | Non
         result = _train_cell(args, protocol, group, row, flags, env, twin, resumable)
         result["identity"] = settings_identity(settings)
     if flags.get("record_ignored"):  # derived from the recorded file at every report: never stale
-        result["ignored"] = twin.get("ignored") if "same_run_as" in result and twin else \
-            cell_composition(cell_dir, protocol, result.get("ignored_classes") or ())
+        result["ignored"] = (twin or result).get("ignored") if "same_run_as" in result else \
+            cell_composition(cell_dir, protocol, result.get("ignored_classes") or ())  # a twin has no file
     if result != stored:
         atomic_write_json(result_path, result)
     if progress is not None:
