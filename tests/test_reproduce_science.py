@@ -198,6 +198,17 @@ def test_sensitivity_points_lift_one_limit_each_and_their_flags_reach_train_py(t
     assert noisy.truth_data == default.data and noisy.data != default.data and "missing0.1" in noisy.data
 
 
+def test_a_points_time_is_its_cells_recorded_seconds_and_its_own_upstream_epochs(tmp_path):
+    upstream = tmp_path / "upstream" / "backbone"
+    upstream.mkdir(parents=True)
+    (upstream / "metrics.jsonl").write_text('{"epoch": 1, "time_s": 50.0}\n{"epoch": 2, "time_s": 40.0}\n')
+    results = [{"row": "full_labels", "scheme": "full", "seed": 0, "seconds": 100.0},
+               {"row": "csl", "scheme": "fpc", "seed": 0, "seconds": 200.0},
+               {"row": "csl_readme_threshold", "scheme": "fpc", "seed": 0, "seconds": 0.0}]  # a twin
+    assert sensitivity.point_cell_seconds(str(tmp_path), results) == 390.0
+    assert sensitivity.point_cell_seconds(str(tmp_path / "none"), results) == 300.0  # reused backbone
+
+
 def test_missing_labels_drop_present_pairs_from_train_only(tmp_path):
     clean = tmp_path / "clean"
     ensure_dataset(clean, n_train=200, n_test=20, design="glyphs")
@@ -224,8 +235,12 @@ def test_a_sign_change_runs_three_seeds_in_that_column_only(tmp_path, monkeypatc
               "csl": 73.0, "csl_prior_only": 71.0}
     monkeypatch.setattr(runner, "prepare_embedded", lambda *a: None)
     monkeypatch.setattr(runner, "run_logged", lambda command, log, env: None)
-    monkeypatch.setattr(runner, "summarise_run", lambda path: {
-        "best_mAP": scores[os.path.basename(path).split("_", 2)[-1]], "final_mAP": 1.0})
+    def summarise_run(path):  # CSL gains 0.5 per seed: margins 1.0, 1.5, 2.0 over the 3 seeds
+        _, seed, row = os.path.basename(path).split("_", 2)  # e.g. fpc_seed1_csl_prior_only
+        seed = int(seed.removeprefix("seed"))
+        return {"best_mAP": scores[row] + (0.5 * seed if row == "csl" else 0.0), "final_mAP": 1.0}
+
+    monkeypatch.setattr(runner, "summarise_run", summarise_run)
     prior = _write_prior(tmp_path / "p.csv", [0.5] + [0.1] * 47)
     monkeypatch.setattr(runner, "find_prior", lambda path: prior)
     composition = {"entries": 100, "prior_ignored_share": 0.05, "true_positive_share": 0.25,
@@ -236,7 +251,16 @@ def test_a_sign_change_runs_three_seeds_in_that_column_only(tmp_path, monkeypatc
     text = sensitivity.run_sensitivity(args, {}, 1, {}, points=sensitivity.SENSITIVITY_POINTS[:1])
     lines = json.loads((tmp_path / "out" / "sensitivity.json").read_text())
     assert [(line["scheme"], line["seeds"]) for line in lines] == [("fpc", 3), ("rps", 1)]
-    assert lines[0]["csl_margin"] == pytest.approx(1.0) and lines[0]["best_baseline"] == "negative_asl"
+    # 3 seeds: mean 1.5, sd 0.5, half-width t(0.975, 2) 4.3027 x 0.5 / sqrt(3) = 1.2421
+    assert lines[0]["csl_margin"] == pytest.approx(1.5) and lines[0]["best_baseline"] == "negative_asl"
+    interval = (lines[0]["csl_margin_low"], lines[0]["csl_margin_high"])
+    assert interval == pytest.approx((0.2579, 2.7421), abs=1e-3)
+    assert lines[1]["csl_margin"] == pytest.approx(1.0) and lines[1]["csl_margin_low"] is None  # one seed
     assert lines[0]["csl_prior_only_mAP"] == 71.0 and lines[0]["ignored_true_positive_share"] == 0.25
+    assert lines[0]["ignored_prior_class_share"] == pytest.approx(0.05)
     assert "| a_spatial_4x4 | (a) 4 x 4 map | FPC(244) | 3 | 80.0 | 0.75 | 0.88 | negative_asl 72.00 " \
-        "| 73.00 | 1.00 | 71.00 | 25% |" in text
+        "| 73.50 | +1.50 [+0.26, +2.74] | 71.00 | 25.0% | 5.0% |" in text
+    # the point's own report keeps the one-seed column beside the rerun one
+    point_report = (tmp_path / "out" / "sensitivity" / "a_spatial_4x4" / "results.md").read_text()
+    assert "FPC(244) best" in point_report and "RPS(0.5) best" in point_report
+    assert "over 3 (FPC(244)), 1 (RPS(0.5)) seed(s)" in point_report

@@ -8,18 +8,26 @@ The points were committed before any ran; nothing is tuned on CSL.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import os
 import shutil
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from src.data.embedded import ensure_dataset
 from src.reproduce.protocols import Protocol, embedded_protocol
-from src.reproduce.report import BASELINE_ROWS, column_title, csv_text, regime, table_rows, write_reports
+from src.reproduce.report import (
+    BASELINE_ROWS,
+    column_title,
+    csv_text,
+    paired_difference,
+    regime,
+    table_rows,
+    write_reports,
+)
 from src.reproduce.runner import run_table
 from src.utils.io import atomic_write_json, atomic_write_text
 
@@ -97,7 +105,9 @@ def point_protocol(args: argparse.Namespace, point: SensitivityPoint, extra_flag
     return point_args, protocol
 
 
-def summarise_point(point: SensitivityPoint, protocol: Protocol, results: list[dict], seconds: float) -> list:
+def summarise_point(point: SensitivityPoint, protocol: Protocol, results: list[dict]) -> list:
+    """Per column: the regime, the best baseline, CSL's margin over it (with its paired 95% interval where
+    the column has more than one seed) and what CSL's top-k ignored."""
     rows = table_rows(results, protocol)
     lines = []
     for scheme, param in protocol.columns.items():
@@ -107,14 +117,38 @@ def summarise_point(point: SensitivityPoint, protocol: Protocol, results: list[d
         csl, prior_only = (by_row.get(key, {}).get("best_mAP") for key in ("csl", "csl_prior_only"))
         ignored = [r["ignored"] for r in results if r["row"] == "csl" and r["scheme"] == scheme
                    and r.get("ignored")]
-        true_positives = float(np.mean([c["true_positive_share"] for c in ignored])) if ignored else None
+        low = high = None
+        if csl is not None and best:
+            per_seed = {key: {r["seed"]: r["best_mAP"] for r in results
+                              if r["row"] == key and r["scheme"] == scheme} for key in ("csl", best)}
+            _, low, high, _, _ = paired_difference(per_seed["csl"], per_seed[best])
+            low, high = (None, None) if math.isnan(low) else (low, high)
         lines.append({**asdict(point), "scheme": scheme, "param": param, **(regime(rows, scheme) or {}),
                       "seeds": by_row.get("csl", {}).get("seeds"), "best_baseline": best,
                       "best_baseline_mAP": baselines.get(best), "csl_mAP": csl,
                       "csl_prior_only_mAP": prior_only,
                       "csl_margin": csl - baselines[best] if csl is not None and best else None,
-                      "ignored_true_positive_share": true_positives, "seconds": round(seconds)})
+                      "csl_margin_low": low, "csl_margin_high": high,
+                      "ignored_true_positive_share": _mean_share(ignored, "true_positive_share"),
+                      "ignored_prior_class_share": _mean_share(ignored, "prior_ignored_share")})
     return lines
+
+
+def _mean_share(compositions: list[dict], key: str) -> float | None:
+    values = [c[key] for c in compositions if key in c]
+    return float(np.mean(values)) if values else None
+
+
+def point_cell_seconds(out: str, results: list[dict]) -> float:
+    """The point's compute as recorded: each cell's own time (a reused cell keeps the time it took when it
+    ran; a resumed one counts its last attempt) plus the epochs of an upstream backbone pretrained for the
+    point (none where it came from --models_dir). Cells run two at a time on CPU: wall time is about half."""
+    cells = {(r["row"], r["scheme"], r["seed"]): float(r.get("seconds") or 0.0) for r in results}
+    upstream = 0.0
+    for path in glob.glob(os.path.join(out, "upstream", "*", "metrics.jsonl")):
+        with open(path) as handle:
+            upstream += sum(float(json.loads(line).get("time_s", 0.0)) for line in handle if line.strip())
+    return sum(cells.values()) + upstream
 
 
 def sign_changed(line: dict) -> bool:
@@ -124,53 +158,78 @@ def sign_changed(line: dict) -> bool:
 
 
 def sensitivity_markdown(lines: list[dict]) -> str:
-    def number(value, digits=2):
-        return "-" if value is None else f"{value:.{digits}f}"
+    def number(value, digits=2, sign=""):
+        return "-" if value is None else f"{value:{sign}.{digits}f}"
+
+    def share(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
 
     out = ["| point | limit lifted | column | seeds | ceiling | Ignore/ceiling | Negative/ceiling "
-           "| best baseline | CSL | CSL - best baseline | prior-only CSL "
-           "| true positives among CSL's ignored | minutes |",
-           "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+           "| best baseline | CSL | CSL - best baseline [95%] | prior-only CSL "
+           "| CSL's ignored: true positives | in the prior's class | cell-minutes (point) |",
+           "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for line in lines:
         baseline = "-" if not line["best_baseline"] else \
             f"{line['best_baseline']} {number(line['best_baseline_mAP'])}"
-        share = line["ignored_true_positive_share"]
+        margin = number(line["csl_margin"], sign="+")
+        if line.get("csl_margin_low") is not None:
+            margin += f" [{line['csl_margin_low']:+.2f}, {line['csl_margin_high']:+.2f}]"
         out.append(f"| {line['name']} | {line['limit']} | {column_title(line['scheme'], line['param'])} "
                    f"| {line['seeds']} | {number(line.get('ceiling'), 1)} | {number(line.get('ignore_ce'))} "
                    f"| {number(line.get('negative_ce'))} | {baseline} | {number(line['csl_mAP'])} "
-                   f"| {number(line['csl_margin'])} | {number(line['csl_prior_only_mAP'])} "
-                   f"| {'-' if share is None else f'{100 * share:.0f}%'} | {line['seconds'] / 60:.1f} |")
+                   f"| {margin} | {number(line['csl_prior_only_mAP'])} "
+                   f"| {share(line['ignored_true_positive_share'])} "
+                   f"| {share(line['ignored_prior_class_share'])} "
+                   f"| {line['cell_seconds'] / 60:.1f} |")
     return "\n".join(out)
 
 
-def run_point(args, point, extra_flags, seeds, jobs, env, schemes=None) -> list[dict]:
+def run_point(args, point, extra_flags, seeds, jobs, env, schemes=None) -> tuple:
+    """Train (or reuse) the point's cells (``schemes``: only those columns); returns (its namespace, its
+    protocol with every column, the results)."""
     point_args, protocol = point_protocol(args, point, extra_flags)
-    if schemes is not None:
-        protocol.columns = {s: protocol.columns[s] for s in schemes}
+    run_protocol = protocol if schemes is None else \
+        replace(protocol, columns={s: protocol.columns[s] for s in schemes})
     if point.missing_share:
         ensure_dataset(protocol.truth_data, **{k: v for k, v in protocol.data_config.items()
                                                if k != "generator_version"})
         write_missing_labels(protocol.truth_data, protocol.data, point.missing_share, MISSING_LABELS_SEED)
-    print(f"sensitivity point {point.name}: {point.limit}, {seeds} seed(s), {sorted(protocol.columns)}",
+    print(f"sensitivity point {point.name}: {point.limit}, {seeds} seed(s), {sorted(run_protocol.columns)}",
           flush=True)
-    start = time.time()
-    results = run_table(point_args, protocol, seeds, jobs, env)
-    write_reports(point_args.out, protocol, results, seeds)
-    return summarise_point(point, protocol, results, time.time() - start)
+    return point_args, protocol, run_table(point_args, run_protocol, seeds, jobs, env)
+
+
+def merge_results(first: list[dict], again: list[dict]) -> list[dict]:
+    """The one-seed run's cells with the 3-seed rerun's (a cell of both appears once)."""
+    merged = {(r["row"], r["scheme"], r["seed"]): r for r in first}
+    merged.update({(r["row"], r["scheme"], r["seed"]): r for r in again})
+    return list(merged.values())
 
 
 def run_sensitivity(args: argparse.Namespace, extra_flags: dict, jobs: int, env: dict,
                     points=SENSITIVITY_POINTS) -> str:
-    """Every point with one seed, then 3 seeds in each column whose margin changed sign; writes
-    ``<out>/sensitivity.{md,json,csv}``."""
+    """Every point with one seed, then 3 seeds in each column whose margin changed sign; writes each
+    point's results.md (all its columns) and ``<out>/sensitivity.{md,json,csv}``."""
     lines = []
     for point in points:
-        first = run_point(args, point, extra_flags, 1, jobs, env)
-        changed = [line["scheme"] for line in first if sign_changed(line)]
-        again = run_point(args, point, extra_flags, 3, jobs, env, changed) if changed else []
-        for line in first:
-            rerun = next((a for a in again if a["scheme"] == line["scheme"]), None)
-            lines.append(line if rerun is None else dict(rerun, seconds=line["seconds"] + rerun["seconds"]))
+        point_args, protocol, first = run_point(args, point, extra_flags, 1, jobs, env)
+        first_lines = summarise_point(point, protocol, first)
+        changed = [line["scheme"] for line in first_lines if sign_changed(line)]
+        results = first
+        if changed:
+            results = merge_results(first, run_point(args, point, extra_flags, 3, jobs, env, changed)[2])
+        seeds = "1" if not changed else ", ".join(f"{3 if s in changed else 1} ({column_title(s, p)})"
+                                                  for s, p in protocol.columns.items())
+        write_reports(point_args.out, protocol, results, seeds)
+        point_lines = []
+        for scheme, param in protocol.columns.items():  # a changed column over its 3 seeds, the others seed 0
+            seeds_used = range(3) if scheme in changed else range(1)
+            column = replace(protocol, columns={scheme: param})
+            point_lines += summarise_point(point, column, [r for r in results if r["seed"] in seeds_used
+                                                           and r["scheme"] in (scheme, "full")])
+        for line in point_lines:  # recorded, so a resumed run reports what the point cost, not this call
+            line["cell_seconds"] = round(point_cell_seconds(point_args.out, results))
+        lines += point_lines
     text = sensitivity_markdown(lines)
     atomic_write_text(os.path.join(args.out, "sensitivity.md"), text + "\n")
     atomic_write_json(os.path.join(args.out, "sensitivity.json"), lines)
