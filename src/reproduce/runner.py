@@ -40,7 +40,7 @@ from src.reproduce.protocols import (
 )
 from src.utils.cli import ExitRequest
 from src.utils.io import atomic_write_json, atomic_write_text
-from src.utils.logging import format_duration
+from src.utils.logging import format_duration, read_metrics
 from src.utils.run_folder import check_writable_folder
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -149,8 +149,7 @@ def train_command(args, flags: dict) -> list[str]:
 
 def summarise_run(path_dest: str) -> dict:
     """Best-over-epochs mAP (the paper's protocol, max of regular and EMA) and the final epoch's."""
-    with open(os.path.join(path_dest, "metrics.jsonl")) as handle:
-        epochs = [json.loads(line) for line in handle if line.strip()]
+    epochs = read_metrics(path_dest)
     if not epochs:
         raise CellFailed(f"{path_dest}/metrics.jsonl holds no epoch")
     maps = [max(entry["test_regular_mAP"], entry["test_ema_mAP"]) for entry in epochs]

@@ -30,6 +30,7 @@ from src.reproduce.report import (
 )
 from src.reproduce.runner import run_table
 from src.utils.io import atomic_write_json, atomic_write_text
+from src.utils.logging import read_metrics
 
 SENSITIVITY_ROWS = ("full_labels", "ignore_ce", "negative_ce", "negative_asl", "csl", "csl_prior_only")
 # The default's CSL - best baseline, 3 seeds, on the machine that runs the points (rerun 2026-12-07,
@@ -143,12 +144,10 @@ def point_cell_seconds(out: str, results: list[dict]) -> float:
     """The point's compute as recorded: each cell's own time (a reused cell keeps the time it took when it
     ran; a resumed one counts its last attempt) plus the epochs of an upstream backbone pretrained for the
     point (none where it came from --models_dir). Cells run two at a time on CPU: wall time is about half."""
-    cells = {(r["row"], r["scheme"], r["seed"]): float(r.get("seconds") or 0.0) for r in results}
-    upstream = 0.0
-    for path in glob.glob(os.path.join(out, "upstream", "*", "metrics.jsonl")):
-        with open(path) as handle:
-            upstream += sum(float(json.loads(line).get("time_s", 0.0)) for line in handle if line.strip())
-    return sum(cells.values()) + upstream
+    runs = glob.glob(os.path.join(out, "upstream", "*", "metrics.jsonl"))
+    upstream = sum(float(epoch.get("time_s", 0.0))
+                   for path in runs for epoch in read_metrics(os.path.dirname(path)))
+    return sum(float(r.get("seconds") or 0.0) for r in results) + upstream
 
 
 def sign_changed(line: dict) -> bool:
@@ -227,8 +226,9 @@ def run_sensitivity(args: argparse.Namespace, extra_flags: dict, jobs: int, env:
             column = replace(protocol, columns={scheme: param})
             point_lines += summarise_point(point, column, [r for r in results if r["seed"] in seeds_used
                                                            and r["scheme"] in (scheme, "full")])
-        for line in point_lines:  # recorded, so a resumed run reports what the point cost, not this call
-            line["cell_seconds"] = round(point_cell_seconds(point_args.out, results))
+        cell_seconds = round(point_cell_seconds(point_args.out, results))  # recorded: a resumed run too
+        for line in point_lines:
+            line["cell_seconds"] = cell_seconds
         lines += point_lines
     text = sensitivity_markdown(lines)
     atomic_write_text(os.path.join(args.out, "sensitivity.md"), text + "\n")

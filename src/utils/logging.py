@@ -78,6 +78,12 @@ class RunLogger:
             self._writer = None
 
 
+def read_metrics(folder: str) -> list[dict]:
+    """The epochs a run's metrics.jsonl holds, in order (OSError / ValueError for a missing or bad file)."""
+    with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def format_duration(seconds: float) -> str:
     """'45 s', '12 min', '3.5 h'."""
     if seconds < 90:

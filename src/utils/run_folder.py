@@ -14,6 +14,7 @@ import time
 from src.utils.cli import ConfigError
 from src.utils.distributed import barrier, broadcast_object
 from src.utils.io import existing_ancestor, lock_folder, unlock_folder
+from src.utils.logging import read_metrics
 
 DEFAULT_PARENT = "./outputs"
 RUN_FILES = ("args.json", "metrics.jsonl", "last.pth", "best.pth")
@@ -38,8 +39,7 @@ def describe_run(folder: str) -> str:
     except (OSError, ValueError):
         epochs_planned = None
     try:
-        with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as handle:
-            lines = [json.loads(line) for line in handle if line.strip()]
+        lines = read_metrics(folder)
     except (OSError, ValueError):
         lines = []
     if not lines:
