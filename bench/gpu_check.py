@@ -63,6 +63,7 @@ from src.loss_functions import PartialSelectiveLoss  # noqa: E402
 from src.metrics import mean_average_precision  # noqa: E402
 from src.models import create_model  # noqa: E402
 from src.trainer import TrainingInterrupted  # noqa: E402
+from src.utils.logging import read_metrics  # noqa: E402
 
 NO_GPU_MESSAGE = "gpu-check: no GPU (torch.cuda.is_available() is False); nothing to check on this machine"
 TOTAL_BUDGET_S = 480.0  # the whole run fits 8 minutes
@@ -321,8 +322,8 @@ def compare_checkpoints(expected: dict, resumed: dict) -> dict:
 
 
 def _metrics(dest: str) -> list[dict]:
-    with open(os.path.join(dest, "metrics.jsonl"), encoding="utf-8") as handle:
-        return [{k: v for k, v in json.loads(line).items() if not k.endswith("time_s")} for line in handle]
+    """The run's epochs without their timings (which differ between two runs of the same training)."""
+    return [{k: v for k, v in epoch.items() if not k.endswith("time_s")} for epoch in read_metrics(dest)]
 
 
 

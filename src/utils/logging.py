@@ -11,6 +11,8 @@ import subprocess
 
 from src.utils.io import atomic_write_json, atomic_write_text
 
+METRICS_FILE = "metrics.jsonl"  # one JSON object per epoch: written by RunLogger, read by read_metrics
+
 
 def git_commit(repo_dir: str | None = None) -> str | None:
     """The checked-out commit (suffixed ``-dirty`` with uncommitted changes), or None."""
@@ -41,7 +43,7 @@ class RunLogger:
 
     def __init__(self, folder: str, enabled: bool = True):
         self.folder, self.enabled = folder, enabled
-        self.metrics_path = os.path.join(folder, "metrics.jsonl")
+        self.metrics_path = os.path.join(folder, METRICS_FILE)
         self._writer = None
         if enabled:
             os.makedirs(folder, exist_ok=True)
@@ -80,7 +82,7 @@ class RunLogger:
 
 def read_metrics(folder: str) -> list[dict]:
     """The epochs a run's metrics.jsonl holds, in order (OSError / ValueError for a missing or bad file)."""
-    with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as handle:
+    with open(os.path.join(folder, METRICS_FILE), encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 

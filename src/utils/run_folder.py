@@ -14,10 +14,10 @@ import time
 from src.utils.cli import ConfigError
 from src.utils.distributed import barrier, broadcast_object
 from src.utils.io import existing_ancestor, lock_folder, unlock_folder
-from src.utils.logging import read_metrics
+from src.utils.logging import METRICS_FILE, read_metrics
 
 DEFAULT_PARENT = "./outputs"
-RUN_FILES = ("args.json", "metrics.jsonl", "last.pth", "best.pth")
+RUN_FILES = ("args.json", METRICS_FILE, "last.pth", "best.pth")
 RUN_FOLDERS = ("tensorboard",)  # priors/ stays: a stage-2 --prior_path may point into it
 
 
